@@ -1,0 +1,3 @@
+"""devicecloud: a self-hosted, Particle-compatible device cloud."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,7 @@
+"""
+``python -m devicecloud`` runs the CLI.
+"""
+
+from devicecloud.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""
+The ASGI application: routers, middleware and error handlers around the services it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.middleware.cors import CORSMiddleware
+
+from devicecloud import __version__
+from devicecloud.api import docs_page, errors
+from devicecloud.api.deps import ApiDeps
+from devicecloud.api.middleware import RateLimitMiddleware, RateLimits, RequestIdMiddleware
+from devicecloud.api.routes import access_tokens, clients, oauth, users
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Hook | None = None) -> FastAPI:
+    """
+    Build the HTTP API. ``on_startup``/``on_shutdown`` let the runtime tie its own life to the server's.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await on_shutdown()
+
+    app = FastAPI(
+        title="devicecloud",
+        version=__version__,
+        description="A self-hosted, Particle-compatible device cloud: the Particle Device Cloud API v1.",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.deps = deps
+    rate_limits = RateLimits(deps.settings)
+    app.state.rate_limits = rate_limits
+    errors.install(app)
+
+    for module in (oauth, access_tokens, users, clients):
+        app.include_router(module.router)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(docs_page.render(app.openapi()))
+
+    @app.get("/healthz", tags=["Server"], summary="Liveness check")
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"ok": True, "version": __version__})
+
+    _add_security_schemes(app)
+    # Middleware added last runs first: CORS outermost, then request ids, then rate limits.
+    app.add_middleware(RateLimitMiddleware, limits=rate_limits)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(deps.settings.cors_origins),
+        allow_methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-Id", "Retry-After"],
+    )
+    return app
+
+
+def _add_security_schemes(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = original()
+        spec.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "basic": {"type": "http", "scheme": "basic"},
+        }
+        spec["security"] = [{"bearer": []}]
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

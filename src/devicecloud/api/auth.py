@@ -1,0 +1,113 @@
+"""
+Finding the caller: bearer tokens from the header, the query string or a form body, and HTTP Basic.
+
+The rules (and their exact error texts) are those of Particle's OAuth middleware, catalogue §1.2: exactly
+one of the three places may carry the token; the header must be ``Bearer <token>``; a body token needs a
+urlencoded POST/PUT/DELETE. Verification itself is `services.tokens.TokenService.verify`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from devicecloud.api.params import FORM, content_type, read_params
+from devicecloud.domain.accounts import Principal
+from devicecloud.errors import InsufficientScope, OAuthError, PermissionDenied, Unauthorized
+from devicecloud.services.tokens import TokenService
+
+ONE_METHOD = "Only one method may be used to authenticate at a time (Auth header,  GET or POST)."
+
+
+async def _body_token(request: Request) -> str | None:
+    kind = content_type(request)
+    if request.method in ("GET", "HEAD"):
+        if kind != FORM:
+            return None
+        form = await request.form()
+        value = form.get("access_token")
+        return value if isinstance(value, str) else None
+    await read_params(request)
+    value = request.state.body_params.get("access_token")
+    return value if isinstance(value, str) else None
+
+
+async def extract_bearer(request: Request) -> str:
+    """
+    The access token the request carries. Raises `OAuthError` (400 ``invalid_request``) per §1.2.
+    """
+    header = request.headers.get("authorization")
+    query = request.query_params.get("access_token")
+    body = await _body_token(request)
+    used = sum(value is not None for value in (header, query, body))
+    if used > 1:
+        raise OAuthError(ONE_METHOD)
+    if used == 0:
+        raise OAuthError("The access token was not found")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token:
+            raise OAuthError("Malformed auth header")
+        return token
+    if query is not None:
+        return query
+    if request.method in ("GET", "HEAD"):
+        raise OAuthError("Method cannot be GET When putting the token in the body.")
+    if content_type(request) != FORM:
+        raise OAuthError(
+            "When putting the token in the body, content type must be application/x-www-form-urlencoded."
+        )
+    assert body is not None
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class BasicCredentials:
+    username: str
+    password: str
+
+
+def parse_basic(request: Request) -> BasicCredentials | None:
+    """
+    HTTP Basic credentials, or None when the header is absent or not Basic.
+    """
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise Unauthorized("Malformed Basic authorization header") from exc
+    username, sep, password = decoded.partition(":")
+    if not sep:
+        raise Unauthorized("Malformed Basic authorization header")
+    return BasicCredentials(username=username, password=password)
+
+
+def require(scope: str | None = None) -> Callable[[Request], Awaitable[Principal]]:
+    """
+    Dependency: the verified principal, allowed to use an endpoint guarded by ``scope``.
+
+    ``scope=None`` marks endpoints for people only (account, tokens): scoped client tokens are refused there.
+    """
+
+    async def dependency(request: Request) -> Principal:
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:
+            tokens: TokenService = request.app.state.deps.tokens
+            principal = await tokens.verify(await extract_bearer(request))
+            request.state.principal = principal
+        if scope is None:
+            if principal.scopes:
+                raise PermissionDenied("API users are not allowed to call this endpoint", code="unauthorized")
+        elif not principal.allows(scope):
+            raise InsufficientScope(f"This access token lacks the {scope} scope")
+        return principal
+
+    return dependency

@@ -1,0 +1,20 @@
+"""
+What the HTTP layer is handed by the composition root: services and settings, nothing concrete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devicecloud.services.accounts import AccountService
+from devicecloud.services.clients import ClientService
+from devicecloud.services.tokens import TokenService
+from devicecloud.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ApiDeps:
+    settings: Settings
+    accounts: AccountService
+    tokens: TokenService
+    clients: ClientService

@@ -1,0 +1,177 @@
+"""
+Request parameters, whatever the body's encoding.
+
+The Particle API takes the same parameters as JSON, as a urlencoded form (with ``a[b]=`` objects and ``a[]=``
+arrays) or as multipart; GET takes them from the query string. `read_params` turns each of these into one
+plain dict, cached on the request. `Params(Model)` is a FastAPI dependency that validates that dict with a
+pydantic model and turns a failure into a Particle-shaped 400, and `body_doc(Model)` documents the body in
+OpenAPI under all three encodings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from devicecloud.errors import InvalidInput
+
+FORM = "application/x-www-form-urlencoded"
+MULTIPART = "multipart/form-data"
+_BRACKETS = re.compile(r"\[([^\]]*)\]")
+MAX_JSON_BODY = 1_000_000
+
+
+def content_type(request: Request) -> str:
+    """
+    The media type of the request body, lower-cased, without parameters.
+    """
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _assign(target: dict[str, Any], key: str, value: Any) -> None:
+    head, _, rest = key.partition("[")
+    if not rest:
+        target[key] = value
+        return
+    path = [head, *_BRACKETS.findall("[" + rest)]
+    node: Any = target
+    for index, part in enumerate(path):
+        last = index == len(path) - 1
+        nxt = None if last else path[index + 1]
+        if isinstance(node, list):
+            if last:
+                node.append(value)
+                return
+            child: Any = [] if nxt == "" else {}
+            node.append(child)
+            node = child
+            continue
+        if last:
+            node[part] = value
+            return
+        if part not in node or not isinstance(node[part], (dict, list)):
+            node[part] = [] if nxt == "" else {}
+        node = node[part]
+
+
+def unflatten(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """
+    ``[("a[b]", "1"), ("c[]", "x"), ("c[]", "y")]`` → ``{"a": {"b": "1"}, "c": ["x", "y"]}``.
+    """
+    result: dict[str, Any] = {}
+    for key, value in items:
+        try:
+            _assign(result, key, value)
+        except (TypeError, KeyError):
+            result[key] = value
+    return result
+
+
+async def read_body_params(request: Request) -> tuple[dict[str, Any], FormData | None]:
+    """
+    The body's parameters (empty for GET/HEAD) and, for multipart, the raw form with its files.
+    """
+    if request.method in ("GET", "HEAD"):
+        return {}, None
+    kind = content_type(request)
+    if kind in (FORM, MULTIPART):
+        try:
+            form = await request.form()
+        except Exception as exc:  # python-multipart raises several types for broken bodies
+            raise InvalidInput("The request body could not be parsed") from exc
+        items = [(k, v) for k, v in form.multi_items() if not isinstance(v, UploadFile)]
+        return unflatten(items), form if kind == MULTIPART else None
+    raw = await request.body()
+    if not raw.strip():
+        return {}, None
+    if len(raw) > MAX_JSON_BODY:
+        raise InvalidInput("The request body is too large")
+    if kind in ("application/json", "") or kind.endswith("+json") or kind == "text/plain":
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput("The request body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise InvalidInput("The request body must be a JSON object")
+        return data, None
+    raise InvalidInput(f"Unsupported content type {kind}")
+
+
+async def read_params(request: Request) -> dict[str, Any]:
+    """
+    Query parameters merged with body parameters (the body wins), cached on the request.
+    """
+    cached = getattr(request.state, "params", None)
+    if cached is not None:
+        return dict(cached)
+    body, _form = await read_body_params(request)
+    merged: dict[str, Any] = unflatten(list(request.query_params.multi_items()))
+    merged.update(body)
+    request.state.params = merged
+    request.state.body_params = body
+    return dict(merged)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """
+    One readable line from pydantic's errors: ``name: Field required; expires_in: ...``.
+    """
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class Params:
+    """
+    FastAPI dependency: the request's parameters validated by ``model``.
+    """
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+
+    async def __call__(self, request: Request) -> Any:
+        data = await read_params(request)
+        data.pop("access_token", None)
+        try:
+            return self.model.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInput(describe_validation_error(exc)) from exc
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """
+    OpenAPI ``requestBody`` for a model accepted as JSON, form or multipart.
+    """
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {
+        "requestBody": {
+            "required": bool(schema.get("required")),
+            "content": {
+                "application/json": {"schema": schema},
+                FORM: {"schema": schema},
+                MULTIPART: {"schema": schema},
+            },
+        }
+    }
+
+
+def query_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """
+    OpenAPI query ``parameters`` for a model read from the query string.
+    """
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return {
+        "parameters": [
+            {"name": name, "in": "query", "required": name in required, "schema": prop}
+            for name, prop in schema.get("properties", {}).items()
+        ]
+    }

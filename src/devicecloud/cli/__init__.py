@@ -1,0 +1,28 @@
+"""
+The ``devicecloud`` command: one module per command group.
+"""
+
+from __future__ import annotations
+
+import click
+
+from devicecloud import __version__
+from devicecloud.cli.db import db
+from devicecloud.cli.serve import serve
+from devicecloud.cli.users import users
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="devicecloud")
+def main() -> None:
+    """
+    devicecloud: a self-hosted, Particle-compatible device cloud.
+
+    Settings come from DEVICECLOUD_* environment variables and an optional TOML file
+    (DEVICECLOUD_CONFIG, or devicecloud.toml in the data dir); see the README.
+    """
+
+
+main.add_command(serve)
+main.add_command(users)
+main.add_command(db)

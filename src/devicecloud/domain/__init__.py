@@ -1,0 +1,3 @@
+"""
+Domain value objects: frozen dataclasses, stdlib only.
+"""

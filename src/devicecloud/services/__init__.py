@@ -1,0 +1,3 @@
+"""
+Business rules, one module per domain. Collaborators (store, clock, notifier...) arrive through constructors.
+"""

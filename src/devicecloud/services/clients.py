@@ -1,0 +1,179 @@
+"""
+OAuth clients a user creates for their own applications (``/v1/clients``), and later their product twins.
+
+A client id is a slug of its name plus a number (``myapp-2146``); its secret is 40 hex characters, shown once
+and stored hashed. Scopes are recorded here and enforced on the tokens the client obtains (`tokens.py`).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from devicecloud.domain.accounts import ClientType, NewClient, OAuthClient, User
+from devicecloud.errors import Conflict, InvalidInput, NotFound
+from devicecloud.services.secrets import hash_secret, new_token
+
+if TYPE_CHECKING:
+    from devicecloud.clock import Clock
+    from devicecloud.store.interfaces import Store
+
+KNOWN_SCOPES = frozenset(
+    {
+        "*:*",
+        "customers:create",
+        "clients:list",
+        "clients:create",
+        "clients:update",
+        "clients:remove",
+        "devices:list",
+        "devices:get",
+        "devices:update",
+        "devices:remove",
+        "devices:ping",
+        "devices.variable:get",
+        "devices.function:call",
+        "events:get",
+        "events:send",
+        "integrations:get",
+        "integrations:list",
+        "integrations:create",
+        "integrations:update",
+        "integrations:remove",
+        "integrations:test",
+        "firmware:get",
+        "firmware:list",
+        "firmware:create",
+        "firmware:update",
+        "firmware:release",
+        "firmware:remove",
+    }
+)
+MAX_NAME_LENGTH = 255
+
+
+def check_scopes(raw: Any) -> tuple[str, ...]:
+    """
+    Parse a space-separated scope string; ``none`` means no scopes. Raises `InvalidInput` on unknown scopes.
+    """
+    if raw is None or raw == "":
+        return ()
+    if isinstance(raw, list):
+        raw = " ".join(str(part) for part in raw)
+    if not isinstance(raw, str):
+        raise InvalidInput("scope must be a space-separated string")
+    parts = tuple(dict.fromkeys(raw.split()))
+    if parts == ("none",):
+        return ()
+    unknown = [part for part in parts if part not in KNOWN_SCOPES and not part.endswith(":*")]
+    if unknown:
+        raise InvalidInput(f"Unknown scope: {', '.join(unknown)}", code="invalid_scope")
+    return parts
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return (slug or "client")[:30]
+
+
+class ClientService:
+    """
+    Create, list, change and delete OAuth clients, always within one owner (and optionally one product).
+    """
+
+    def __init__(self, *, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def create(
+        self,
+        owner: User,
+        *,
+        name: Any,
+        type: Any,
+        redirect_uri: Any = None,
+        scope: Any = None,
+        product_id: int | None = None,
+    ) -> NewClient:
+        """
+        A new client and its secret. ``web`` clients need a ``redirect_uri``.
+        """
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+            raise InvalidInput("name is required (at most 255 characters)")
+        if type not in ("installed", "web"):
+            raise InvalidInput("type must be installed or web")
+        client_type: ClientType = type
+        if client_type == "web":
+            if not isinstance(redirect_uri, str) or not re.match(r"^https?://", redirect_uri):
+                raise InvalidInput("redirect_uri is required for web clients and must be an http(s) URL")
+        else:
+            redirect_uri = None
+        scopes = check_scopes(scope)
+        secret = new_token()
+        async with self._store.transaction() as tx:
+            for _ in range(20):
+                client = OAuthClient(
+                    id=f"{_slug(name)}-{secrets.randbelow(9000) + 1000}",
+                    name=name.strip(),
+                    type=client_type,
+                    secret_hash=hash_secret(secret),
+                    owner_id=owner.id,
+                    product_id=product_id,
+                    redirect_uri=redirect_uri,
+                    scopes=scopes,
+                )
+                try:
+                    await tx.clients.add(client, now=self._clock.now())
+                except Conflict:
+                    continue
+                return NewClient(client=client, secret=secret)
+        raise Conflict("Could not allocate a client id; try another name")
+
+    async def list(self, owner: User, product_id: int | None = None) -> list[OAuthClient]:
+        async with self._store.transaction() as tx:
+            return list(await tx.clients.list_for_owner(owner.id, product_id))
+
+    async def access(self, owner: User, client_id: str, product_id: int | None = None) -> OAuthClient:
+        """
+        Load a client the owner may manage; others' clients are reported as missing.
+        """
+        async with self._store.transaction() as tx:
+            client = await tx.clients.get(client_id)
+        if client is None or client.owner_id != owner.id or client.product_id != product_id:
+            raise NotFound("Client not found")
+        return client
+
+    async def update(
+        self,
+        owner: User,
+        client_id: str,
+        *,
+        name: Any = None,
+        scope: Any = None,
+        product_id: int | None = None,
+    ) -> OAuthClient:
+        """
+        Rename a client and/or replace its scopes (``none`` clears them).
+        """
+        await self.access(owner, client_id, product_id)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+                raise InvalidInput("name must be a non-empty string (at most 255 characters)")
+            changes["name"] = name.strip()
+        if scope is not None:
+            changes["scopes"] = check_scopes(scope)
+        if not changes:
+            raise InvalidInput("Nothing to update: give name or scope")
+        async with self._store.transaction() as tx:
+            return await tx.clients.update(client_id, **changes)
+
+    async def delete(self, owner: User, client_id: str, product_id: int | None = None) -> None:
+        """
+        Delete a client and revoke every token it issued.
+        """
+        await self.access(owner, client_id, product_id)
+        async with self._store.transaction() as tx:
+            await tx.tokens.delete_for_client(client_id)
+            await tx.clients.delete(client_id)

@@ -1,0 +1,143 @@
+"""
+Settings: the one place that reads the environment and the optional TOML file.
+
+Every value comes from, in order of precedence: keyword arguments (tests), ``DEVICECLOUD_*`` environment
+variables, the TOML file named by ``DEVICECLOUD_CONFIG`` (or ``devicecloud.toml`` in the data dir), then the
+defaults below. The result is frozen; other modules receive it (or single values from it) and never read
+``os.environ`` themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+BUILTIN_CLIENTS = ("particle", "particle-cli", "particle-api", "CLI2", "user")
+
+
+class Settings(BaseSettings):
+    """
+    The whole configuration of one devicecloud process.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DEVICECLOUD_", frozen=True, extra="forbid")
+
+    data_dir: Path = Field(default=Path("./data"), description="Where the database and keys live.")
+    http_host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
+    device_host: str = Field(default="0.0.0.0", description="Address the device gateway listens on.")  # noqa: S104
+    device_port: int = Field(default=5683, ge=0, le=65535, description="TCP port of the device gateway.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",
+    )
+    environment: Literal["development", "production"] = Field(
+        default="development", description="production turns on the stricter defaults."
+    )
+
+    access_token_lifetime: int = Field(default=7_776_000, ge=0, description="Seconds; 0 = never expires.")
+    refresh_token_lifetime: int = Field(default=1_209_600, ge=0, description="Seconds after token expiry.")
+    mfa_token_lifetime: int = Field(default=300, gt=0, description="Seconds an MFA login challenge lives.")
+    password_reset_lifetime: int = Field(default=3600, gt=0, description="Seconds a reset token lives.")
+
+    signup_open: bool = Field(default=True, description="Whether POST /v1/users creates accounts.")
+    cors_origins: list[str] = Field(default=["*"], description="Origins allowed by CORS.")
+    builtin_clients: list[str] = Field(
+        default=list(BUILTIN_CLIENTS), description="OAuth client ids accepted with any secret."
+    )
+
+    rate_limits_enabled: bool = Field(default=True, description="Apply the per-IP limits of the API.")
+    rate_limit_storage: str = Field(
+        default="memory://", description="limits storage URI (memory:// or redis://)."
+    )
+    rate_limit_all: str = Field(default="10000/5minutes", description="Every API route, per IP.")
+    rate_limit_token: str = Field(default="100/5minutes", description="POST /oauth/token, per IP.")
+    rate_limit_token_list: str = Field(default="100/5minutes", description="Token list/revoke, per IP.")
+    rate_limit_account: str = Field(default="100/5minutes", description="Sign-up, delete, reset, per IP.")
+    login_failure_limit: int = Field(
+        default=10, ge=1, description="Consecutive failed logins before lockout."
+    )
+    login_lockout_seconds: int = Field(default=1800, ge=1, description="Lockout after too many failures.")
+
+    password_time_cost: int = Field(default=3, ge=1, description="argon2 time cost.")
+    password_memory_cost: int = Field(default=65536, ge=8, description="argon2 memory cost in KiB.")
+    password_parallelism: int = Field(default=4, ge=1, description="argon2 parallelism.")
+
+    smtp_host: str | None = Field(default=None, description="SMTP server for password-reset mail.")
+    smtp_port: int = Field(default=587, description="SMTP port.")
+    smtp_username: str | None = Field(default=None, description="SMTP login.")
+    smtp_password: str | None = Field(default=None, description="SMTP password.")
+    smtp_starttls: bool = Field(default=True, description="Use STARTTLS.")
+    smtp_from: str = Field(default="devicecloud@localhost", description="Sender of password-reset mail.")
+    public_url: str | None = Field(default=None, description="Base URL shown to users (reset links, hints).")
+
+    admin_email: str | None = Field(default=None, description="First account created by serve.")
+    admin_password: str | None = Field(default=None, description="Its password (generated when unset).")
+    log_level: str = Field(default="WARNING", description="Root log level.")
+    log_format: Literal["console", "json"] = Field(default="console", description="Log line format.")
+
+    @field_validator("cors_origins", "builtin_clients", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _toml_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def effective_database_url(self) -> str:
+        """
+        The database URL, defaulting to SQLite in the data dir.
+        """
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'devicecloud.db').resolve()}"
+
+    @property
+    def effective_public_url(self) -> str:
+        """
+        The base URL users reach the API at.
+        """
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::") else self.http_host  # noqa: S104
+        return f"http://{host}:{self.http_port}"
+
+
+def _toml_path() -> Path | None:
+    explicit = os.environ.get("DEVICECLOUD_CONFIG")
+    if explicit:
+        return Path(explicit)
+    data_dir = Path(os.environ.get("DEVICECLOUD_DATA_DIR", "./data"))
+    candidate = data_dir / "devicecloud.toml"
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """
+    Read the settings from overrides, the environment and the TOML file.
+    """
+    return Settings(**overrides)

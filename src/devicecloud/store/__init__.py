@@ -1,0 +1,3 @@
+"""
+Persistence. Services import only `store.interfaces`; `runtime` picks the backend.
+"""

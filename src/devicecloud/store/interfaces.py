@@ -1,0 +1,137 @@
+"""
+The storage contract services depend on: repositories grouped in a unit of work.
+
+A unit of work is one database transaction: ``async with store.transaction() as tx`` commits when the block
+ends normally and rolls back when it raises. Repositories return domain objects, never rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from devicecloud.domain.accounts import AccessToken, OAuthClient, User
+
+
+class UserRepository(Protocol):
+    async def add(
+        self, *, username: str, password_hash: str, account_info: dict[str, Any], now: datetime
+    ) -> User:
+        """
+        Insert a user. Raises `errors.Conflict` when the username is taken.
+        """
+        ...
+
+    async def get(self, user_id: int) -> User | None: ...
+
+    async def get_by_username(self, username: str) -> User | None: ...
+
+    async def list(self) -> Sequence[User]: ...
+
+    async def count(self) -> int: ...
+
+    async def update(self, user_id: int, **changes: Any) -> User:
+        """
+        Change columns (username, password_hash, account_info, mfa_*). Conflict on a taken username.
+        """
+        ...
+
+    async def delete(self, user_id: int) -> None: ...
+
+
+class TokenRepository(Protocol):
+    async def add(
+        self,
+        *,
+        token_hash: str,
+        hint: str,
+        user_id: int,
+        client_id: str,
+        scopes: Sequence[str],
+        now: datetime,
+        expires_at: datetime | None,
+        refresh_token_hash: str | None,
+        refresh_expires_at: datetime | None,
+    ) -> AccessToken: ...
+
+    async def find_with_user(self, token_hash: str) -> tuple[AccessToken, User] | None:
+        """
+        The hot path of every request: one indexed lookup by hash, joined to its user.
+        """
+        ...
+
+    async def get_by_refresh_hash(self, refresh_hash: str) -> AccessToken | None: ...
+
+    async def list_for_user(self, user_id: int) -> Sequence[AccessToken]: ...
+
+    async def delete(self, token_id: int) -> None: ...
+
+    async def delete_for_user(self, user_id: int, *, except_token_id: int | None = None) -> int: ...
+
+    async def delete_for_client(self, client_id: str) -> int: ...
+
+
+class ClientRepository(Protocol):
+    async def add(self, client: OAuthClient, *, now: datetime) -> OAuthClient:
+        """
+        Insert a client. Raises `errors.Conflict` when the id is taken.
+        """
+        ...
+
+    async def get(self, client_id: str) -> OAuthClient | None: ...
+
+    async def list_for_owner(self, owner_id: int, product_id: int | None = None) -> Sequence[OAuthClient]: ...
+
+    async def update(self, client_id: str, **changes: Any) -> OAuthClient: ...
+
+    async def delete(self, client_id: str) -> None: ...
+
+
+class OneTimeSecretRepository(Protocol):
+    """
+    Single-use secrets (password-reset tokens, MFA login and enrolment challenges), kept hashed.
+    """
+
+    async def add(
+        self, *, kind: str, secret_hash: str, user_id: int, expires_at: datetime, payload: dict[str, Any]
+    ) -> None: ...
+
+    async def get(self, kind: str, secret_hash: str) -> tuple[int, datetime, dict[str, Any]] | None:
+        """
+        Returns (user_id, expires_at, payload) or None.
+        """
+        ...
+
+    async def delete(self, kind: str, secret_hash: str) -> bool:
+        """
+        Remove it; True when it existed (so two racing uses cannot both succeed).
+        """
+        ...
+
+    async def delete_for_user(self, user_id: int, kind: str | None = None) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def tokens(self) -> TokenRepository: ...
+
+    @property
+    def clients(self) -> ClientRepository: ...
+
+    @property
+    def secrets(self) -> OneTimeSecretRepository: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
+        """
+        Open a transaction; commit on normal exit, roll back on exception.
+        """
+        ...
+
+    async def close(self) -> None: ...

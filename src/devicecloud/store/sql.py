@@ -1,0 +1,342 @@
+"""
+SQL repositories on SQLAlchemy Core (async), for SQLite and PostgreSQL.
+
+Theory of operation: `SqlStore` owns the engine. `transaction()` opens one connection in one transaction and
+hands out repositories bound to it; every repository method is a single statement, so there is no ORM
+identity map to keep in sync. Dialect differences stay here: SQLite gets WAL, foreign keys and a busy
+timeout on every connection; unique violations of either dialect become `errors.Conflict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from devicecloud.domain.accounts import AccessToken, ClientType, OAuthClient, User
+from devicecloud.errors import Conflict, NotFound
+from devicecloud.store.tables import access_tokens, oauth_clients, one_time_secrets, users
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """
+    Build the async engine with the per-dialect connection settings this project relies on.
+    """
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _user(row: Row[Any]) -> User:
+    return User(
+        id=row.id,
+        username=row.username,
+        password_hash=row.password_hash,
+        account_info=dict(row.account_info or {}),
+        mfa_enabled=bool(row.mfa_enabled),
+        mfa_secret=row.mfa_secret,
+        created_at=row.created_at,
+    )
+
+
+def _token(row: Row[Any]) -> AccessToken:
+    return AccessToken(
+        id=row.id,
+        token_hash=row.token_hash,
+        hint=row.hint,
+        user_id=row.user_id,
+        client_id=row.client_id,
+        scopes=tuple(row.scopes or ()),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        refresh_token_hash=row.refresh_token_hash,
+        refresh_expires_at=row.refresh_expires_at,
+    )
+
+
+def _client(row: Row[Any]) -> OAuthClient:
+    client_type: ClientType = "web" if row.type == "web" else "installed"
+    return OAuthClient(
+        id=row.id,
+        name=row.name,
+        type=client_type,
+        secret_hash=row.secret_hash,
+        owner_id=row.owner_id,
+        product_id=row.product_id,
+        redirect_uri=row.redirect_uri,
+        scopes=tuple(row.scopes or ()),
+    )
+
+
+class SqlUsers:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(
+        self, *, username: str, password_hash: str, account_info: dict[str, Any], now: datetime
+    ) -> User:
+        values = {
+            "username": username,
+            "password_hash": password_hash,
+            "account_info": account_info,
+            "mfa_enabled": False,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            async with self._conn.begin_nested():
+                result = await self._conn.execute(insert(users).values(**values).returning(*users.c))
+        except IntegrityError as exc:
+            raise Conflict("That username is already taken") from exc
+        return _user(result.one())
+
+    async def get(self, user_id: int) -> User | None:
+        row = (await self._conn.execute(select(users).where(users.c.id == user_id))).first()
+        return _user(row) if row else None
+
+    async def get_by_username(self, username: str) -> User | None:
+        row = (await self._conn.execute(select(users).where(users.c.username == username))).first()
+        return _user(row) if row else None
+
+    async def list(self) -> Sequence[User]:
+        rows = await self._conn.execute(select(users).order_by(users.c.id))
+        return [_user(row) for row in rows]
+
+    async def count(self) -> int:
+        return int((await self._conn.execute(select(func.count()).select_from(users))).scalar_one())
+
+    async def update(self, user_id: int, **changes: Any) -> User:
+        try:
+            async with self._conn.begin_nested():
+                result = await self._conn.execute(
+                    update(users).where(users.c.id == user_id).values(**changes).returning(*users.c)
+                )
+                row = result.first()
+        except IntegrityError as exc:
+            raise Conflict("That username is already taken") from exc
+        if row is None:
+            raise NotFound("User not found")
+        return _user(row)
+
+    async def delete(self, user_id: int) -> None:
+        await self._conn.execute(delete(users).where(users.c.id == user_id))
+
+
+class SqlTokens:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(
+        self,
+        *,
+        token_hash: str,
+        hint: str,
+        user_id: int,
+        client_id: str,
+        scopes: Sequence[str],
+        now: datetime,
+        expires_at: datetime | None,
+        refresh_token_hash: str | None,
+        refresh_expires_at: datetime | None,
+    ) -> AccessToken:
+        result = await self._conn.execute(
+            insert(access_tokens)
+            .values(
+                token_hash=token_hash,
+                hint=hint,
+                user_id=user_id,
+                client_id=client_id,
+                scopes=list(scopes),
+                created_at=now,
+                expires_at=expires_at,
+                refresh_token_hash=refresh_token_hash,
+                refresh_expires_at=refresh_expires_at,
+            )
+            .returning(*access_tokens.c)
+        )
+        return _token(result.one())
+
+    async def find_with_user(self, token_hash: str) -> tuple[AccessToken, User] | None:
+        token_cols = [c.label(f"t_{c.name}") for c in access_tokens.c]
+        stmt = (
+            select(*token_cols, *users.c)
+            .join_from(access_tokens, users, access_tokens.c.user_id == users.c.id)
+            .where(access_tokens.c.token_hash == token_hash)
+        )
+        row = (await self._conn.execute(stmt)).first()
+        if row is None:
+            return None
+        mapping = row._mapping
+        token = AccessToken(
+            id=mapping["t_id"],
+            token_hash=mapping["t_token_hash"],
+            hint=mapping["t_hint"],
+            user_id=mapping["t_user_id"],
+            client_id=mapping["t_client_id"],
+            scopes=tuple(mapping["t_scopes"] or ()),
+            created_at=mapping["t_created_at"],
+            expires_at=mapping["t_expires_at"],
+            refresh_token_hash=mapping["t_refresh_token_hash"],
+            refresh_expires_at=mapping["t_refresh_expires_at"],
+        )
+        return token, _user(row)
+
+    async def get_by_refresh_hash(self, refresh_hash: str) -> AccessToken | None:
+        stmt = select(access_tokens).where(access_tokens.c.refresh_token_hash == refresh_hash)
+        row = (await self._conn.execute(stmt)).first()
+        return _token(row) if row else None
+
+    async def list_for_user(self, user_id: int) -> Sequence[AccessToken]:
+        stmt = select(access_tokens).where(access_tokens.c.user_id == user_id).order_by(access_tokens.c.id)
+        return [_token(row) for row in await self._conn.execute(stmt)]
+
+    async def delete(self, token_id: int) -> None:
+        await self._conn.execute(delete(access_tokens).where(access_tokens.c.id == token_id))
+
+    async def delete_for_user(self, user_id: int, *, except_token_id: int | None = None) -> int:
+        stmt = delete(access_tokens).where(access_tokens.c.user_id == user_id)
+        if except_token_id is not None:
+            stmt = stmt.where(access_tokens.c.id != except_token_id)
+        result = await self._conn.execute(stmt)
+        return int(result.rowcount)
+
+    async def delete_for_client(self, client_id: str) -> int:
+        result = await self._conn.execute(delete(access_tokens).where(access_tokens.c.client_id == client_id))
+        return int(result.rowcount)
+
+
+class SqlClients:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, client: OAuthClient, *, now: datetime) -> OAuthClient:
+        try:
+            async with self._conn.begin_nested():
+                await self._conn.execute(
+                    insert(oauth_clients).values(
+                        id=client.id,
+                        name=client.name,
+                        type=client.type,
+                        secret_hash=client.secret_hash,
+                        owner_id=client.owner_id,
+                        product_id=client.product_id,
+                        redirect_uri=client.redirect_uri,
+                        scopes=list(client.scopes),
+                        created_at=now,
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict("That client id is already taken") from exc
+        return client
+
+    async def get(self, client_id: str) -> OAuthClient | None:
+        row = (await self._conn.execute(select(oauth_clients).where(oauth_clients.c.id == client_id))).first()
+        return _client(row) if row else None
+
+    async def list_for_owner(self, owner_id: int, product_id: int | None = None) -> Sequence[OAuthClient]:
+        stmt = select(oauth_clients).where(oauth_clients.c.owner_id == owner_id)
+        if product_id is None:
+            stmt = stmt.where(oauth_clients.c.product_id.is_(None))
+        else:
+            stmt = stmt.where(oauth_clients.c.product_id == product_id)
+        return [_client(row) for row in await self._conn.execute(stmt.order_by(oauth_clients.c.created_at))]
+
+    async def update(self, client_id: str, **changes: Any) -> OAuthClient:
+        if "scopes" in changes:
+            changes["scopes"] = list(changes["scopes"])
+        result = await self._conn.execute(
+            update(oauth_clients)
+            .where(oauth_clients.c.id == client_id)
+            .values(**changes)
+            .returning(*oauth_clients.c)
+        )
+        row = result.first()
+        if row is None:
+            raise NotFound("Client not found")
+        return _client(row)
+
+    async def delete(self, client_id: str) -> None:
+        await self._conn.execute(delete(oauth_clients).where(oauth_clients.c.id == client_id))
+
+
+class SqlSecrets:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(
+        self, *, kind: str, secret_hash: str, user_id: int, expires_at: datetime, payload: dict[str, Any]
+    ) -> None:
+        await self._conn.execute(
+            insert(one_time_secrets).values(
+                kind=kind, secret_hash=secret_hash, user_id=user_id, expires_at=expires_at, payload=payload
+            )
+        )
+
+    async def get(self, kind: str, secret_hash: str) -> tuple[int, datetime, dict[str, Any]] | None:
+        stmt = select(one_time_secrets).where(
+            one_time_secrets.c.kind == kind, one_time_secrets.c.secret_hash == secret_hash
+        )
+        row = (await self._conn.execute(stmt)).first()
+        if row is None:
+            return None
+        return row.user_id, row.expires_at, dict(row.payload or {})
+
+    async def delete(self, kind: str, secret_hash: str) -> bool:
+        result = await self._conn.execute(
+            delete(one_time_secrets).where(
+                one_time_secrets.c.kind == kind, one_time_secrets.c.secret_hash == secret_hash
+            )
+        )
+        return bool(result.rowcount)
+
+    async def delete_for_user(self, user_id: int, kind: str | None = None) -> None:
+        stmt = delete(one_time_secrets).where(one_time_secrets.c.user_id == user_id)
+        if kind is not None:
+            stmt = stmt.where(one_time_secrets.c.kind == kind)
+        await self._conn.execute(stmt)
+
+
+class SqlUnitOfWork:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.users = SqlUsers(conn)
+        self.tokens = SqlTokens(conn)
+        self.clients = SqlClients(conn)
+        self.secrets = SqlSecrets(conn)
+
+
+class SqlStore:
+    """
+    The SQL backend of `store.interfaces.Store`.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> SqlStore:
+        return cls(create_engine(url))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
+        async with self.engine.begin() as conn:
+            yield SqlUnitOfWork(conn)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
