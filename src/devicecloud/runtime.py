@@ -128,7 +128,7 @@ class Runtime:
         return user, password
 
 
-def build_runtime(settings: Settings, *, clock: Clock | None = None) -> Runtime:
+def build_runtime(settings: Settings, *, clock: Clock | None = None, notifier: Notifier | None = None) -> Runtime:
     """
     Wire a runtime from settings. Does no I/O.
     """
@@ -143,7 +143,7 @@ def build_runtime(settings: Settings, *, clock: Clock | None = None) -> Runtime:
         store=store,
         clock=clock,
         passwords=passwords,
-        notifier=build_notifier(settings),
+        notifier=notifier or build_notifier(settings),
         policy=AccountPolicy(
             signup_open=settings.signup_open,
             reset_lifetime=settings.password_reset_lifetime,

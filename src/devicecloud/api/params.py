@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import UploadFile
 
 from devicecloud.errors import InvalidInput
 
@@ -72,12 +72,13 @@ def unflatten(items: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-async def read_body_params(request: Request) -> tuple[dict[str, Any], FormData | None]:
+async def read_body_params(request: Request) -> dict[str, Any]:
     """
-    The body's parameters (empty for GET/HEAD) and, for multipart, the raw form with its files.
+    The body's parameters (empty for GET/HEAD). Uploaded files are not kept: no endpoint takes one yet, and
+    an unclosed upload leaks a temporary file, so the form is closed here.
     """
     if request.method in ("GET", "HEAD"):
-        return {}, None
+        return {}
     kind = content_type(request)
     if kind in (FORM, MULTIPART):
         try:
@@ -85,10 +86,11 @@ async def read_body_params(request: Request) -> tuple[dict[str, Any], FormData |
         except Exception as exc:  # python-multipart raises several types for broken bodies
             raise InvalidInput("The request body could not be parsed") from exc
         items = [(k, v) for k, v in form.multi_items() if not isinstance(v, UploadFile)]
-        return unflatten(items), form if kind == MULTIPART else None
+        await form.close()
+        return unflatten(items)
     raw = await request.body()
     if not raw.strip():
-        return {}, None
+        return {}
     if len(raw) > MAX_JSON_BODY:
         raise InvalidInput("The request body is too large")
     if kind in ("application/json", "") or kind.endswith("+json") or kind == "text/plain":
@@ -98,7 +100,7 @@ async def read_body_params(request: Request) -> tuple[dict[str, Any], FormData |
             raise InvalidInput("The request body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise InvalidInput("The request body must be a JSON object")
-        return data, None
+        return data
     raise InvalidInput(f"Unsupported content type {kind}")
 
 
@@ -109,7 +111,7 @@ async def read_params(request: Request) -> dict[str, Any]:
     cached = getattr(request.state, "params", None)
     if cached is not None:
         return dict(cached)
-    body, _form = await read_body_params(request)
+    body = await read_body_params(request)
     merged: dict[str, Any] = unflatten(list(request.query_params.multi_items()))
     merged.update(body)
     request.state.params = merged

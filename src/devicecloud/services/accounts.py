@@ -126,7 +126,7 @@ class AccountService:
         """
         The user these credentials belong to. Raises `InvalidGrant` ("User credentials are invalid").
         """
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             user = await tx.users.get_by_username(normalise_username(username))
         ok = await self._passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok:
@@ -171,15 +171,15 @@ class AccountService:
             )
 
     async def list_users(self) -> list[User]:
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             return list(await tx.users.list())
 
     async def count_users(self) -> int:
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             return await tx.users.count()
 
     async def get_by_username(self, username: str) -> User:
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             user = await tx.users.get_by_username(normalise_username(username))
         if user is None:
             raise NotFound(f"No user {username}")

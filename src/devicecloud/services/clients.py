@@ -131,14 +131,14 @@ class ClientService:
         raise Conflict("Could not allocate a client id; try another name")
 
     async def list(self, owner: User, product_id: int | None = None) -> list[OAuthClient]:
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             return list(await tx.clients.list_for_owner(owner.id, product_id))
 
     async def access(self, owner: User, client_id: str, product_id: int | None = None) -> OAuthClient:
         """
         Load a client the owner may manage; others' clients are reported as missing.
         """
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             client = await tx.clients.get(client_id)
         if client is None or client.owner_id != owner.id or client.product_id != product_id:
             raise NotFound("Client not found")

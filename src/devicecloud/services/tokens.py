@@ -96,7 +96,7 @@ class TokenService:
         """
         The principal a bearer token stands for. Raises `AuthenticationFailed` (invalid or expired).
         """
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             found = await tx.tokens.find_with_user(hash_secret(token))
         if found is None:
             raise AuthenticationFailed("The access token provided is invalid.")
@@ -127,7 +127,7 @@ class TokenService:
                 scopes=(),
                 builtin=True,
             )
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             client = await tx.clients.get(client_id)
         if (
             client is None
@@ -296,7 +296,7 @@ class TokenService:
         The user's tokens that are still valid.
         """
         now = self._clock.now()
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             tokens = await tx.tokens.list_for_user(user.id)
         return [t for t in tokens if t.expires_at is None or t.expires_at > now]
 

@@ -128,9 +128,10 @@ class UnitOfWork(Protocol):
 
 
 class Store(Protocol):
-    def transaction(self) -> AbstractAsyncContextManager[UnitOfWork]:
+    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
         """
-        Open a transaction; commit on normal exit, roll back on exception.
+        Open a transaction; commit on normal exit, roll back on exception. ``readonly`` promises no writes,
+        which lets a backend run it beside writers (SQLite: a deferred rather than an immediate lock).
         """
         ...
 

@@ -24,6 +24,9 @@ from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import access_tokens, oauth_clients, one_time_secrets, users
 
 
+READONLY_OPTION = "devicecloud_readonly"
+
+
 def create_engine(url: str) -> AsyncEngine:
     """
     Build the async engine with the per-dialect connection settings this project relies on.
@@ -33,12 +36,22 @@ def create_engine(url: str) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # The sqlite3 module's own transaction handling breaks SAVEPOINTs; SQLAlchemy's documented
+            # recipe is to turn it off and emit BEGIN ourselves (below).
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Writers take the lock up front (IMMEDIATE) so a read-then-write transaction never fails with
+            # SQLITE_BUSY half way; read-only transactions stay DEFERRED and run beside writers under WAL.
+            readonly = conn.get_execution_options().get(READONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -334,9 +347,12 @@ class SqlStore:
         return cls(create_engine(url))
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlUnitOfWork]:
-        async with self.engine.begin() as conn:
-            yield SqlUnitOfWork(conn)
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[SqlUnitOfWork]:
+        async with self.engine.connect() as conn:
+            if readonly:
+                await conn.execution_options(**{READONLY_OPTION: True})
+            async with conn.begin():
+                yield SqlUnitOfWork(conn)
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -1,0 +1,159 @@
+"""
+The store contract, run against every backend (SQLite and PostgreSQL via the ``runtime`` fixture).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from devicecloud.domain.accounts import OAuthClient
+from devicecloud.errors import Conflict
+from devicecloud.runtime import Runtime
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+async def add_user(runtime: Runtime, username: str = "ada@example.com") -> int:
+    async with runtime.store.transaction() as tx:
+        user = await tx.users.add(
+            username=username, password_hash="h", account_info={"first_name": "Ada"}, now=NOW
+        )
+    return user.id
+
+
+async def test_user_round_trip(runtime: Runtime) -> None:
+    """A user comes back with its JSON account info and an aware UTC timestamp."""
+    user_id = await add_user(runtime)
+    async with runtime.store.transaction() as tx:
+        user = await tx.users.get(user_id)
+    assert user is not None
+    assert ("ada@example.com", {"first_name": "Ada"}, NOW) == (
+        user.username,
+        user.account_info,
+        user.created_at,
+    )
+    assert user.created_at.tzinfo is not None
+
+
+async def test_duplicate_username_is_a_conflict_and_keeps_the_transaction_usable(runtime: Runtime) -> None:
+    """A unique violation raises Conflict and the rest of the transaction still commits."""
+    await add_user(runtime)
+    async with runtime.store.transaction() as tx:
+        with pytest.raises(Conflict):
+            await tx.users.add(username="ada@example.com", password_hash="h", account_info={}, now=NOW)
+        await tx.users.add(username="bob@example.com", password_hash="h", account_info={}, now=NOW)
+    async with runtime.store.transaction() as tx:
+        assert 2 == await tx.users.count()
+
+
+async def test_rollback_on_error(runtime: Runtime) -> None:
+    """An exception inside a transaction undoes its writes."""
+    with pytest.raises(RuntimeError):
+        async with runtime.store.transaction() as tx:
+            await tx.users.add(username="ghost@example.com", password_hash="h", account_info={}, now=NOW)
+            raise RuntimeError
+    async with runtime.store.transaction() as tx:
+        assert await tx.users.get_by_username("ghost@example.com") is None
+
+
+async def test_token_lookup_joins_its_user(runtime: Runtime) -> None:
+    """find_with_user returns the token and its owner in one call; unknown hashes return None."""
+    user_id = await add_user(runtime)
+    async with runtime.store.transaction() as tx:
+        await tx.tokens.add(
+            token_hash="f" * 64,
+            hint="ffffffff",
+            user_id=user_id,
+            client_id="particle",
+            scopes=["a:b"],
+            now=NOW,
+            expires_at=NOW + timedelta(days=1),
+            refresh_token_hash="e" * 64,
+            refresh_expires_at=None,
+        )
+    async with runtime.store.transaction() as tx:
+        found = await tx.tokens.find_with_user("f" * 64)
+        missing = await tx.tokens.find_with_user("0" * 64)
+        by_refresh = await tx.tokens.get_by_refresh_hash("e" * 64)
+    assert found is not None
+    token, user = found
+    assert (user_id, ("a:b",), NOW + timedelta(days=1)) == (user.id, token.scopes, token.expires_at)
+    assert missing is None
+    assert by_refresh is not None
+    assert token.id == by_refresh.id
+
+
+async def test_deleting_a_user_cascades(runtime: Runtime) -> None:
+    """Tokens, clients and one-time secrets go with their user."""
+    user_id = await add_user(runtime)
+    async with runtime.store.transaction() as tx:
+        await tx.tokens.add(
+            token_hash="a" * 64,
+            hint="aaaaaaaa",
+            user_id=user_id,
+            client_id="particle",
+            scopes=[],
+            now=NOW,
+            expires_at=None,
+            refresh_token_hash=None,
+            refresh_expires_at=None,
+        )
+        await tx.clients.add(
+            OAuthClient(
+                id="app-1000",
+                name="App",
+                type="installed",
+                secret_hash="s",
+                owner_id=user_id,
+                product_id=None,
+                redirect_uri=None,
+                scopes=(),
+            ),
+            now=NOW,
+        )
+        await tx.secrets.add(
+            kind="k", secret_hash="b" * 64, user_id=user_id, expires_at=NOW, payload={"x": 1}
+        )
+        await tx.users.delete(user_id)
+    async with runtime.store.transaction() as tx:
+        assert await tx.tokens.find_with_user("a" * 64) is None
+        assert await tx.clients.get("app-1000") is None
+        assert await tx.secrets.get("k", "b" * 64) is None
+
+
+async def test_one_time_secret_is_taken_once(runtime: Runtime) -> None:
+    """delete() reports whether it removed the secret, so two uses cannot both win."""
+    user_id = await add_user(runtime)
+    async with runtime.store.transaction() as tx:
+        await tx.secrets.add(kind="reset", secret_hash="c" * 64, user_id=user_id, expires_at=NOW, payload={})
+    async with runtime.store.transaction() as tx:
+        assert (user_id, NOW, {}) == await tx.secrets.get("reset", "c" * 64)
+        assert (True, False) == (
+            await tx.secrets.delete("reset", "c" * 64),
+            await tx.secrets.delete("reset", "c" * 64),
+        )
+
+
+async def test_clients_are_listed_per_owner_and_product(runtime: Runtime) -> None:
+    """list_for_owner separates user clients from product clients."""
+    user_id = await add_user(runtime)
+    base = {"type": "installed", "secret_hash": "s", "owner_id": user_id, "redirect_uri": None, "scopes": ()}
+    async with runtime.store.transaction() as tx:
+        await tx.clients.add(OAuthClient(id="mine-1000", name="Mine", product_id=None, **base), now=NOW)
+        await tx.clients.add(OAuthClient(id="prod-1000", name="Prod", product_id=42, **base), now=NOW)
+        with pytest.raises(Conflict):
+            await tx.clients.add(OAuthClient(id="mine-1000", name="Dup", product_id=None, **base), now=NOW)
+    async with runtime.store.transaction() as tx:
+        assert ["mine-1000"] == [c.id for c in await tx.clients.list_for_owner(user_id)]
+        assert ["prod-1000"] == [c.id for c in await tx.clients.list_for_owner(user_id, 42)]
+
+
+async def test_migrations_are_idempotent(runtime: Runtime) -> None:
+    """Starting twice on the same database applies nothing new and keeps the data."""
+    await add_user(runtime)
+    runtime.started = False
+    await runtime.start()
+    async with runtime.store.transaction() as tx:
+        assert 1 == await tx.users.count()

@@ -1,0 +1,3 @@
+"""
+Shared test helpers: a controllable clock, factories, a recording notifier, a live server.
+"""
