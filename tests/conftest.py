@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ async def _reset_postgres(url: str) -> str | None:
     Empty the test database's public schema; returns why PostgreSQL is unusable, or None.
     """
     try:
-        import asyncpg  # noqa: PLC0415 - only the PostgreSQL leg needs it
+        import asyncpg
     except ImportError:
         return "asyncpg is not installed (pip install devicecloud[postgres])"
     dsn = url.replace("postgresql+asyncpg://", "postgresql://")
@@ -112,7 +112,7 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Iterator[Path]:
+def shared_dir() -> Path:
     """
     The shared/ folder beside the repository (reference docs, conformance recordings).
     """
@@ -120,4 +120,4 @@ def shared_dir() -> Iterator[Path]:
     path = Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared"
     if not path.is_dir():
         pytest.skip(f"shared/ not found at {path}")
-    yield path
+    return path

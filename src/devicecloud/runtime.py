@@ -128,7 +128,9 @@ class Runtime:
         return user, password
 
 
-def build_runtime(settings: Settings, *, clock: Clock | None = None, notifier: Notifier | None = None) -> Runtime:
+def build_runtime(
+    settings: Settings, *, clock: Clock | None = None, notifier: Notifier | None = None
+) -> Runtime:
     """
     Wire a runtime from settings. Does no I/O.
     """

@@ -50,10 +50,14 @@ async def test_duplicate_username_is_a_conflict_and_keeps_the_transaction_usable
 
 async def test_rollback_on_error(runtime: Runtime) -> None:
     """An exception inside a transaction undoes its writes."""
-    with pytest.raises(RuntimeError):
+
+    async def failing_transaction() -> None:
         async with runtime.store.transaction() as tx:
             await tx.users.add(username="ghost@example.com", password_hash="h", account_info={}, now=NOW)
             raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        await failing_transaction()
     async with runtime.store.transaction() as tx:
         assert await tx.users.get_by_username("ghost@example.com") is None
 

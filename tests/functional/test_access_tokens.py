@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from tests.support.api import Account, login, make_account
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 import pyotp
 import pytest
-
 from tests.support.api import Account, login, make_account
 from tests.support.clock import FakeClock
 

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from tests.support.api import Account, make_account
 
 from devicecloud.runtime import Runtime
-from tests.support.api import Account, make_account
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import re
 
 import httpx
 import pytest
-
-from devicecloud.runtime import Runtime
 from tests.support.api import login, make_account
 from tests.support.clock import FakeClock
+
+from devicecloud.runtime import Runtime
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 EMAIL = "ada@example.com"
@@ -293,7 +293,7 @@ async def test_tokens_are_stored_only_as_hashes(
 ) -> None:
     """Neither the access nor the refresh token appears anywhere in the database."""
     body = (await login(client, EMAIL, PASSWORD)).json()
-    from sqlalchemy import text  # noqa: PLC0415
+    from sqlalchemy import text
 
     async with runtime.store.engine.connect() as conn:
         rows = (await conn.execute(text("SELECT * FROM access_tokens"))).all()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from tests.support.api import Account, make_account
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.support.api import Account, login, make_account
 from tests.support.clock import FakeClock
 from tests.support.notifier import RecordingNotifier

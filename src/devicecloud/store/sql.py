@@ -23,7 +23,6 @@ from devicecloud.domain.accounts import AccessToken, ClientType, OAuthClient, Us
 from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import access_tokens, oauth_clients, one_time_secrets, users
 
-
 READONLY_OPTION = "devicecloud_readonly"
 
 
