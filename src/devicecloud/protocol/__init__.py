@@ -1,0 +1,180 @@
+"""
+The Particle device protocol (TCP: Core, Photon, P1) as a sans-IO library, for both ends of the link.
+
+Bytes in, events out, bytes out (h11 / aioquic style): there are no sockets, no asyncio, no clock and no
+logging here. Time is an argument (``now``) and randomness is injectable (``random_bytes``), so the same
+:class:`Connection` object serves the cloud's gateway (``Role.CLOUD``), the virtual device (``Role.DEVICE``),
+the unit tests and the conformance replays.
+
+Typical cloud-side loop::
+
+    conn = Connection(Role.CLOUD, server_private_key=key, now=clock())
+    write(conn.data_to_send())                          # the 40-byte nonce
+    conn.receive_data(read(), clock())                  # RemoteProtocolError → drop the socket
+    while (event := conn.next_event()) is not NEED_DATA:
+        if isinstance(event, DeviceIdentified):
+            conn.send(AcceptDevice(stored_key_for(event.device_id)), clock())
+        ...
+    write(conn.data_to_send()); rearm(conn.get_timer())  # call conn.handle_timer(now) when it fires
+"""
+
+from devicecloud.protocol.codes import (
+    Code,
+    DescribeFlags,
+    HelloFlags,
+    MessageKind,
+    MessageType,
+    OptionNumber,
+    SubscriptionScope,
+    VariableType,
+)
+from devicecloud.protocol.commands import (
+    AcceptDevice,
+    BeginUpdate,
+    CallFunction,
+    Close,
+    Command,
+    FinishUpdate,
+    Ping,
+    PublishEvent,
+    ReadVariable,
+    RejectDevice,
+    RejectRequest,
+    RequestDescribe,
+    RequestTime,
+    RespondDescribe,
+    RespondFunction,
+    RespondVariable,
+    SendChunk,
+    SendDescribe,
+    SendEvent,
+    SendTime,
+    Signal,
+    Subscribe,
+)
+from devicecloud.protocol.config import (
+    CLOUD_TIMING,
+    DEVICE_TIMING,
+    ConnectionState,
+    DeviceHello,
+    ResponseStyle,
+    Role,
+    Timing,
+)
+from devicecloud.protocol.connection import Connection
+from devicecloud.protocol.crypto import RandomBytes, load_private_key, load_public_key, public_key_der
+from devicecloud.protocol.describe import Description, build_describe, parse_describe
+from devicecloud.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from devicecloud.protocol.events import (
+    NEED_DATA,
+    ChunkReceived,
+    ChunksMissed,
+    ConnectionClosed,
+    DescribeReceived,
+    DescribeRequested,
+    DeviceIdentified,
+    Event,
+    EventPublished,
+    EventReceived,
+    FunctionCallRequested,
+    FunctionReturned,
+    GoodbyeReceived,
+    HandshakeCompleted,
+    HelloReceived,
+    PingReceived,
+    RequestCompleted,
+    RequestFailed,
+    RequestTimedOut,
+    ServerHelloReceived,
+    SignalRequested,
+    SubscribeRequested,
+    TimeReceived,
+    TimeRequested,
+    UpdateFinished,
+    UpdateReady,
+    VariableRequested,
+    VariableValue,
+)
+from devicecloud.protocol.variables import VariableData, decode_variable, encode_variable
+
+__all__ = [
+    "CLOUD_TIMING",
+    "DEVICE_TIMING",
+    "NEED_DATA",
+    "AcceptDevice",
+    "BeginUpdate",
+    "CallFunction",
+    "ChunkReceived",
+    "ChunksMissed",
+    "Close",
+    "Code",
+    "Command",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionState",
+    "DescribeFlags",
+    "DescribeReceived",
+    "DescribeRequested",
+    "Description",
+    "DeviceHello",
+    "DeviceIdentified",
+    "Event",
+    "EventPublished",
+    "EventReceived",
+    "FinishUpdate",
+    "FunctionCallRequested",
+    "FunctionReturned",
+    "GoodbyeReceived",
+    "HandshakeCompleted",
+    "HelloFlags",
+    "HelloReceived",
+    "LocalProtocolError",
+    "MessageKind",
+    "MessageType",
+    "OptionNumber",
+    "Ping",
+    "PingReceived",
+    "ProtocolError",
+    "PublishEvent",
+    "RandomBytes",
+    "ReadVariable",
+    "RejectDevice",
+    "RejectRequest",
+    "RemoteProtocolError",
+    "RequestCompleted",
+    "RequestDescribe",
+    "RequestFailed",
+    "RequestTime",
+    "RequestTimedOut",
+    "RespondDescribe",
+    "RespondFunction",
+    "RespondVariable",
+    "ResponseStyle",
+    "Role",
+    "SendChunk",
+    "SendDescribe",
+    "SendEvent",
+    "SendTime",
+    "ServerHelloReceived",
+    "Signal",
+    "SignalRequested",
+    "Subscribe",
+    "SubscribeRequested",
+    "SubscriptionScope",
+    "TimeReceived",
+    "TimeRequested",
+    "Timing",
+    "UpdateFinished",
+    "UpdateReady",
+    "VariableData",
+    "VariableRequested",
+    "VariableType",
+    "VariableValue",
+    "build_describe",
+    "decode_variable",
+    "encode_variable",
+    "load_private_key",
+    "load_public_key",
+    "parse_describe",
+    "public_key_der",
+]

@@ -1,0 +1,234 @@
+"""
+Commands the application gives to ``Connection.send(command, now)``.
+
+Theory of operation:
+    Commands are frozen dataclasses. ``send()`` returns a ``request_id`` for commands that expect an answer
+    (the matching result event carries it) and ``None`` for the others. Commands that answer a peer request
+    quote
+    the ``request_id`` of the event that asked. A command not valid for the connection's role or state raises
+    ``LocalProtocolError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from devicecloud.protocol.codes import Code, DescribeFlags, SubscriptionScope, VariableType
+from devicecloud.protocol.variables import VariableData
+
+__all__ = [
+    "AcceptDevice",
+    "BeginUpdate",
+    "CallFunction",
+    "Close",
+    "Command",
+    "FinishUpdate",
+    "Ping",
+    "PublishEvent",
+    "ReadVariable",
+    "RejectDevice",
+    "RejectRequest",
+    "RequestDescribe",
+    "RequestTime",
+    "RespondDescribe",
+    "RespondFunction",
+    "RespondVariable",
+    "SendChunk",
+    "SendDescribe",
+    "SendEvent",
+    "SendTime",
+    "Signal",
+    "Subscribe",
+]
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base class of all commands."""
+
+
+# ---------------------------------------------------------------- both roles
+
+
+@dataclass(frozen=True)
+class Ping(Command):
+    """Send a CoAP ping (CON 0.00); completes with ``RequestCompleted``."""
+
+
+@dataclass(frozen=True)
+class Close(Command):
+    """Close the connection locally; yields ``ConnectionClosed`` (pending requests fail)."""
+
+    reason: str = "closed locally"
+
+
+# ---------------------------------------------------------------- cloud role
+
+
+@dataclass(frozen=True)
+class AcceptDevice(Command):
+    """Answer ``DeviceIdentified``: finish the handshake with the device's stored RSA-1024 public key."""
+
+    public_key: RSAPublicKey
+
+
+@dataclass(frozen=True)
+class RejectDevice(Command):
+    """Answer ``DeviceIdentified``: unknown device; close the connection."""
+
+    reason: str = "unknown device"
+
+
+@dataclass(frozen=True)
+class CallFunction(Command):
+    """Call a device function; completes with ``FunctionReturned``."""
+
+    name: str
+    argument: str | bytes = b""
+
+
+@dataclass(frozen=True)
+class ReadVariable(Command):
+    """Read a variable; completes with ``VariableValue`` (decoded if ``var_type`` is given)."""
+
+    name: str
+    var_type: VariableType | None = None
+
+
+@dataclass(frozen=True)
+class RequestDescribe(Command):
+    """Ask the device to describe itself; completes with ``DescribeReceived``. ``None`` sends no flags."""
+
+    flags: DescribeFlags | int | None = None
+
+
+@dataclass(frozen=True)
+class Signal(Command):
+    """Start or stop the rainbow LED; completes with ``RequestCompleted``."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
+class SendEvent(Command):
+    """
+    Deliver an event to the device (always NON; the device does not ACK events over TCP).
+
+    ``split_path`` sends each ``/``-separated part of the name as its own Uri-Path option; ``max_age`` adds
+    the
+    Max-Age option (minimal encoding).
+    """
+
+    name: str
+    data: str | bytes | None = None
+    private: bool = False
+    max_age: int | None = None
+    split_path: bool = False
+
+
+@dataclass(frozen=True)
+class SendTime(Command):
+    """Answer ``TimeRequested``."""
+
+    request_id: int
+    unix_time: int
+
+
+@dataclass(frozen=True)
+class BeginUpdate(Command):
+    """Start an OTA transfer (UpdateBegin); completes with ``UpdateReady``."""
+
+    file_length: int
+    chunk_size: int = 512
+    fast: bool = False
+    store: int = 0
+    address: int = 0
+
+
+@dataclass(frozen=True)
+class SendChunk(Command):
+    """
+    Send one OTA chunk. ``crc32`` overrides the computed CRC (tests). Fast chunks carry their index and get no
+    reply (``send`` returns ``None``); non-fast chunks complete with ``ChunkReceived``.
+    """
+
+    index: int
+    data: bytes
+    fast: bool = False
+    crc32: int | None = None
+
+
+@dataclass(frozen=True)
+class FinishUpdate(Command):
+    """UpdateDone: completes with ``UpdateFinished``, or ``RequestFailed`` 4.00 when chunks are missing."""
+
+
+# ---------------------------------------------------------------- device role
+
+
+@dataclass(frozen=True)
+class PublishEvent(Command):
+    """Publish an event (NON, or CON when ``with_ack``; only CON events return a request id)."""
+
+    name: str
+    data: str | bytes | None = None
+    private: bool = True
+    ttl: int = 60
+    with_ack: bool = False
+
+
+@dataclass(frozen=True)
+class Subscribe(Command):
+    """Subscribe to events by name prefix; completes with ``RequestCompleted``."""
+
+    prefix: str
+    scope: SubscriptionScope = SubscriptionScope.ALL_DEVICES
+    device_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestTime(Command):
+    """Ask the cloud for the time; completes with ``TimeReceived``."""
+
+
+@dataclass(frozen=True)
+class SendDescribe(Command):
+    """2.x device-initiated Describe (CON POST /d); completes with ``RequestCompleted``."""
+
+    payload: bytes
+    flags: DescribeFlags | int = DescribeFlags.SYSTEM | DescribeFlags.APPLICATION
+
+
+@dataclass(frozen=True)
+class RespondFunction(Command):
+    """Answer ``FunctionCallRequested``."""
+
+    request_id: int
+    return_value: int
+
+
+@dataclass(frozen=True)
+class RespondVariable(Command):
+    """Answer ``VariableRequested``."""
+
+    request_id: int
+    var_type: VariableType
+    value: VariableData
+
+
+@dataclass(frozen=True)
+class RespondDescribe(Command):
+    """Answer ``DescribeRequested`` with a Describe JSON payload (see ``build_describe``)."""
+
+    request_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class RejectRequest(Command):
+    """Answer a pending peer request with an error code (e.g. 4.04 for an unknown variable)."""
+
+    request_id: int
+    code: int = Code.NOT_FOUND

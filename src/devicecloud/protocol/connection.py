@@ -1,0 +1,798 @@
+"""
+One device connection, either role, as a sans-IO state machine (h11 / aioquic style).
+
+Theory of operation:
+    The I/O adapter feeds received bytes with ``receive_data(data, now)`` (``b""`` = the peer closed), drains
+    ``next_event()`` until it returns :class:`NEED_DATA`, gives commands with ``send(command, now)``, writes
+    ``data_to_send()`` to the socket and re-arms one timer at ``get_timer()``, calling ``handle_timer(now)``
+    when it fires. Nothing here reads a clock, sleeps, logs or touches a socket.
+
+    States (both roles)::
+
+        HANDSHAKE ──(cloud: device block ok)──> AWAIT_DEVICE_KEY ──AcceptDevice──> AWAIT_HELLO
+        HANDSHAKE ──(device: reply verified)──────────────────────────────────────> AWAIT_HELLO
+        AWAIT_HELLO ──(Hello received)──> ESTABLISHED
+        any ──(EOF, Close, RejectDevice, timeout, RemoteProtocolError)──> CLOSED
+
+    Rules the connection keeps by itself:
+
+    - it answers what needs no application decision: the server Hello, empty ACKs to every CON the peer sends
+      (pings, subscribes, CON events, ChunkMissed, 2.x Describe), the device's Signal ACK;
+    - cloud role: every non-ACK device message after the Hello must carry the previous id + 1 ("Bad Counter";
+      see :mod:`~devicecloud.protocol.reliability` for the 0.7 fresh-id ACK quirk);
+    - outgoing requests are matched with their answers by token / message id, both response styles: a
+      piggy-backed ACK with payload (0.x–1.4), or an empty ACK followed by a separate NON/CON response
+      (1.5+/2.x);
+    - each request has a deadline (``Timing.request_timeout``) and yields ``RequestTimedOut`` when it passes;
+    - keep-alive: after ``ping_after`` seconds without receiving anything it sends a ping; after
+      ``idle_timeout``
+      seconds without receiving anything the link is declared dead (``ConnectionClosed``).
+
+    Any bad peer bytes raise :class:`RemoteProtocolError` from ``receive_data`` and close the connection; the
+    ``ConnectionClosed`` event (and ``RequestFailed`` for pending requests) stays queued for ``next_event()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devicecloud.protocol import coap, commands, events, messages
+from devicecloud.protocol.codes import (
+    Code,
+    DescribeFlags,
+    MessageKind,
+    MessageType,
+    OptionNumber,
+    SubscriptionScope,
+    code_class,
+    code_str,
+)
+from devicecloud.protocol.config import (
+    CLOUD_TIMING,
+    DEVICE_TIMING,
+    ConnectionState,
+    DeviceHello,
+    ResponseStyle,
+    Role,
+    Timing,
+)
+from devicecloud.protocol.crypto import RandomBytes, SessionCipher, SessionKeys
+from devicecloud.protocol.describe import parse_describe
+from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
+from devicecloud.protocol.events import NEED_DATA, Event
+from devicecloud.protocol.framing import ReceiveBuffer, frame
+from devicecloud.protocol.handshake import CloudHandshake, DeviceHandshake, HandshakeState
+from devicecloud.protocol.reliability import (
+    MessageIdCounter,
+    Outstanding,
+    PeerMessageIds,
+    RequestTable,
+    TokenCounter,
+)
+from devicecloud.protocol.variables import decode_variable, encode_variable
+
+__all__ = [
+    "CLOUD_TIMING",
+    "DEVICE_TIMING",
+    "Connection",
+    "ConnectionState",
+    "DeviceHello",
+    "ResponseStyle",
+    "Role",
+    "Timing",
+]
+
+
+@dataclass
+class _Inbound:
+    """A peer request waiting for the application's answer."""
+
+    kind: MessageKind
+    message_id: int
+    token: bytes
+    acked: bool
+
+
+# Requests whose empty ACK is the whole answer, per role.
+_DONE_ON_EMPTY_ACK = {
+    Role.CLOUD: frozenset({MessageKind.PING, MessageKind.SIGNAL, MessageKind.EVENT, MessageKind.KEY_CHANGE}),
+    Role.DEVICE: frozenset(
+        {MessageKind.PING, MessageKind.EVENT, MessageKind.SUBSCRIBE, MessageKind.DESCRIBE}
+    ),
+}
+
+
+_DEFAULT_DESCRIBE_FLAGS = DescribeFlags.SYSTEM | DescribeFlags.APPLICATION
+
+
+def _device_id_bytes(device_id: bytes | str) -> bytes:
+    if isinstance(device_id, str):
+        try:
+            device_id = bytes.fromhex(device_id)
+        except ValueError as exc:
+            raise LocalProtocolError("device id must be 24 hex characters") from exc
+    if len(device_id) != 12:
+        raise LocalProtocolError("device id must be 12 bytes")
+    return device_id
+
+
+class Connection:
+    """
+    A Particle TCP protocol connection.
+
+    Args:
+        role: ``Role.CLOUD`` (we accepted the socket) or ``Role.DEVICE`` (we opened it).
+        now: the current time (any monotonic clock; only differences matter).
+        server_private_key: cloud role: the RSA-2048 server key.
+        server_public_key: device role: the server key to expect.
+        device_private_key: device role: our RSA-1024 key.
+        device_id: device role: our 12-byte id (bytes or 24 hex characters).
+        hello: device role: what our Hello says.
+        response_style: device role: piggy-backed (0.x) or separate (1.5+/2.x) answers.
+        timing: timeouts; ``None`` = :data:`CLOUD_TIMING` or :data:`DEVICE_TIMING`.
+        random_bytes: the randomness source (nonce, K, RSA padding, initial id and token), in that order.
+        check_message_ids: cloud role: enforce the device's +1 message id rule.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        now: float,
+        server_private_key: rsa.RSAPrivateKey | None = None,
+        server_public_key: rsa.RSAPublicKey | None = None,
+        device_private_key: rsa.RSAPrivateKey | None = None,
+        device_id: bytes | str | None = None,
+        hello: DeviceHello | None = None,
+        response_style: ResponseStyle = ResponseStyle.PIGGYBACK,
+        timing: Timing | None = None,
+        random_bytes: RandomBytes = os.urandom,
+        check_message_ids: bool = True,
+    ) -> None:
+        self.role = role
+        self.response_style = response_style
+        self._timing = timing or (CLOUD_TIMING if role is Role.CLOUD else DEVICE_TIMING)
+        self._random = random_bytes
+        self._check_ids = check_message_ids
+        self._hello = hello or DeviceHello()
+        self._state = ConnectionState.HANDSHAKE
+        self._rx = ReceiveBuffer()
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        self._cipher: SessionCipher | None = None
+        self._ids = MessageIdCounter(0)
+        self._tokens = TokenCounter(1)
+        self._peer_ids: PeerMessageIds | None = None
+        self._requests = RequestTable()
+        self._inbound: dict[int, _Inbound] = {}
+        self._next_request_id = 1
+        self._last_rx = now
+        self._last_ping = now
+        t = self._timing.handshake_timeout
+        self._handshake_deadline: float | None = now + t if t is not None else None
+        self._failure: str | None = None
+        self.device_id: str | None = None
+        self._cloud_hs: CloudHandshake | None = None
+        self._device_hs: DeviceHandshake | None = None
+        if role is Role.CLOUD:
+            if server_private_key is None:
+                raise LocalProtocolError("the cloud role needs server_private_key")
+            self._cloud_hs = CloudHandshake(server_private_key, random_bytes)
+            self._out += self._cloud_hs.nonce
+        else:
+            if device_private_key is None or server_public_key is None or device_id is None:
+                raise LocalProtocolError(
+                    "the device role needs device_private_key, server_public_key and device_id"
+                )
+            raw_id = _device_id_bytes(device_id)
+            self.device_id = raw_id.hex()
+            self._device_hs = DeviceHandshake(raw_id, device_private_key, server_public_key, random_bytes)
+
+    # ------------------------------------------------------------------------------------------ public API
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current state."""
+        return self._state
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """
+        Feed bytes received from the peer; ``b""`` means the peer closed the connection.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; the connection is now closed.
+        """
+        if self._state is ConnectionState.CLOSED:
+            if self._failure is not None:
+                raise RemoteProtocolError(f"connection already failed: {self._failure}")
+            return
+        if not data:
+            self._close("peer closed the connection")
+            return
+        self._last_rx = now
+        self._rx.feed(data)
+        self._run(now)
+
+    def next_event(self) -> Event | type[NEED_DATA]:
+        """
+        The next event, or :class:`NEED_DATA` if there is none.
+
+        Returns:
+            An event instance or the ``NEED_DATA`` class.
+        """
+        return self._events.popleft() if self._events else NEED_DATA
+
+    def data_to_send(self) -> bytes:
+        """
+        Bytes to write to the socket (and forget).
+
+        Returns:
+            Possibly empty bytes.
+        """
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def get_timer(self) -> float | None:
+        """
+        When ``handle_timer`` should next be called.
+
+        Returns:
+            An absolute time on the caller's clock, or ``None`` if nothing is scheduled.
+        """
+        if self._state is ConnectionState.CLOSED:
+            return None
+        candidates = [self._handshake_deadline, self._requests.next_deadline()]
+        if self._state is ConnectionState.ESTABLISHED:
+            candidates += [self._ping_due(), self._idle_deadline()]
+        times = [t for t in candidates if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        """Act on every deadline that has passed by ``now`` (timeouts, keep-alive pings, a dead link)."""
+        if self._state is ConnectionState.CLOSED:
+            return
+        if self._handshake_deadline is not None and now >= self._handshake_deadline:
+            self._close("handshake timed out")
+            return
+        idle = self._idle_deadline()
+        if idle is not None and now >= idle:
+            self._close(f"nothing received for {self._timing.idle_timeout} s")
+            return
+        for request in self._requests.expired(now):
+            if not request.internal:
+                self._events.append(events.RequestTimedOut(request.request_id))
+        ping_due = self._ping_due()
+        if ping_due is not None and now >= ping_due:
+            self._last_ping = now
+            request = self._new_request(MessageKind.PING, now, token=False, internal=True)
+            request.deadline = now + self._timing.ping_after if self._timing.ping_after else None
+            self._send_message(messages.ping(request.message_id))
+
+    def send(self, command: commands.Command, now: float) -> int | None:
+        """
+        Carry out a command.
+
+        Returns:
+            The request id that the result event will carry, or ``None`` for fire-and-forget commands.
+
+        Raises:
+            LocalProtocolError: the command is not valid for this role or state.
+        """
+        if self._state is ConnectionState.CLOSED:
+            raise LocalProtocolError("the connection is closed")
+        if isinstance(command, commands.Close):
+            self._close(command.reason)
+            return None
+        if isinstance(command, commands.AcceptDevice | commands.RejectDevice):
+            self._decide_device(command, now)
+            return None
+        if self._state is not ConnectionState.ESTABLISHED:
+            raise LocalProtocolError(f"cannot send {type(command).__name__} in state {self._state.value}")
+        if isinstance(command, commands.Ping):
+            request = self._new_request(MessageKind.PING, now, token=False)
+            self._send_message(messages.ping(request.message_id))
+            return request.request_id
+        if self.role is Role.CLOUD:
+            return self._send_cloud(command, now)
+        return self._send_device(command, now)
+
+    # ------------------------------------------------------------------------------------------ receiving
+
+    def _run(self, now: float) -> None:
+        try:
+            while self._state is not ConnectionState.CLOSED and self._step():
+                pass
+        except RemoteProtocolError as exc:
+            self._failure = str(exc)
+            self._close(str(exc), error=True)
+            raise
+
+    def _step(self) -> bool:
+        """Consume one unit of input; False when more data is needed."""
+        if self._state is ConnectionState.HANDSHAKE:
+            return self._step_handshake()
+        if self._state is ConnectionState.AWAIT_DEVICE_KEY:
+            return False
+        ciphertext = self._rx.next_frame()
+        if ciphertext is None or self._cipher is None:
+            return False
+        self._handle(coap.decode(self._cipher.decrypt(ciphertext)))
+        return True
+
+    def _step_handshake(self) -> bool:
+        if self._cloud_hs is not None:
+            block = self._rx.take(self._cloud_hs.device_block_size)
+            if block is None:
+                return False
+            self.device_id = self._cloud_hs.receive_device_block(block).hex()
+            self._state = ConnectionState.AWAIT_DEVICE_KEY
+            offered = self._cloud_hs.offered_public_key_der
+            self._events.append(events.DeviceIdentified(self.device_id, offered))
+            return True
+        hs = self._device_hs
+        if hs is None:  # pragma: no cover - the constructor sets one of the two
+            raise LocalProtocolError("no handshake")
+        if hs.state is HandshakeState.AWAIT_NONCE:
+            nonce = self._rx.take(40)
+            if nonce is None:
+                return False
+            self._out += hs.receive_nonce(nonce)
+            return True
+        reply = self._rx.take(hs.reply_size)
+        if reply is None:
+            return False
+        keys = hs.receive_reply(reply)
+        self._start_session(keys)
+        self._ids = MessageIdCounter(keys.device_message_id_seed + 1)
+        self._tokens = TokenCounter(1)
+        self._send_message(messages.hello(self._ids.next(), self._hello.payload()))
+        return True
+
+    def _start_session(self, keys: SessionKeys) -> None:
+        self._cipher = SessionCipher(keys)
+        self._state = ConnectionState.AWAIT_HELLO
+        self._events.append(events.HandshakeCompleted(self.device_id or ""))
+
+    def _decide_device(self, command: commands.AcceptDevice | commands.RejectDevice, now: float) -> None:
+        if self._cloud_hs is None or self._state is not ConnectionState.AWAIT_DEVICE_KEY:
+            raise LocalProtocolError("no device is waiting for a decision")
+        if isinstance(command, commands.RejectDevice):
+            self._cloud_hs.reject()
+            self._close(command.reason)
+            return
+        reply, keys = self._cloud_hs.accept(command.public_key)
+        self._out += reply
+        self._start_session(keys)
+        self._run(now)
+
+    def _handle(self, msg: coap.Message) -> None:
+        if self._state is ConnectionState.AWAIT_HELLO:
+            if code_class(msg.code) != 0 or messages.classify(msg) is not MessageKind.HELLO:
+                raise RemoteProtocolError(f"expected a Hello, got {msg}")
+            self._on_hello(msg)
+            return
+        if msg.type in (MessageType.ACK, MessageType.RST):
+            self._on_ack(msg)
+            return
+        if msg.code == Code.EMPTY:
+            if msg.type is MessageType.CON:  # a ping: ACK it; it advances the counter unchecked
+                if self._peer_ids is not None:
+                    self._peer_ids.accept(msg.message_id)
+                self._send_message(messages.ack(msg.message_id))
+                self._events.append(events.PingReceived())
+            return
+        if self._peer_ids is not None:
+            self._peer_ids.check(msg.message_id)
+        cls = code_class(msg.code)
+        if cls >= 2:
+            self._on_separate_response(msg)
+        elif cls == 0:
+            kind = messages.classify(msg)
+            if self.role is Role.CLOUD:
+                self._on_device_request(kind, msg)
+            else:
+                self._on_cloud_request(kind, msg)
+        else:
+            raise RemoteProtocolError(f"unexpected code {code_str(msg.code)}")
+
+    def _on_hello(self, msg: coap.Message) -> None:
+        self._state = ConnectionState.ESTABLISHED
+        self._handshake_deadline = None
+        if self.role is Role.DEVICE:
+            self._events.append(events.ServerHelloReceived())
+            return
+        p = msg.payload
+        if self._check_ids:
+            self._peer_ids = PeerMessageIds(msg.message_id)
+        first_id = self._random(2)
+        first_token = self._random(1)
+        if len(first_id) != 2 or len(first_token) != 1:
+            raise LocalProtocolError("random_bytes returned the wrong number of bytes")
+        self._ids = MessageIdCounter(int.from_bytes(first_id, "big"))
+        self._tokens = TokenCounter(first_token[0])
+        if msg.type is MessageType.CON:
+            self._send_message(messages.ack(msg.message_id))
+        self._send_message(messages.hello(self._ids.next()))
+        self._events.append(
+            events.HelloReceived(
+                product_id=int.from_bytes(p[0:2], "big") if len(p) >= 2 else None,
+                product_firmware_version=int.from_bytes(p[2:4], "big") if len(p) >= 4 else None,
+                flags=p[5] if len(p) >= 6 else 0,
+                platform_id=int.from_bytes(p[6:8], "big") if len(p) >= 8 else None,
+            )
+        )
+
+    def _on_ack(self, msg: coap.Message) -> None:
+        request = self._requests.match(msg.token, msg.message_id, msg.is_empty)
+        peer = self._peer_ids
+        if (
+            peer is not None
+            and msg.type is MessageType.ACK
+            and (request is None or request.message_id != msg.message_id)
+            and msg.message_id == peer.expected
+        ):
+            peer.accept(msg.message_id)  # Device OS 0.7 ACKs Signal and pings with a fresh id
+        if request is None:
+            return  # late (timed out) or unknown: nothing to do
+        if msg.type is MessageType.RST:
+            self._requests.remove(request)
+            self._fail(request, None, "reset by peer")
+        elif msg.is_empty and request.kind not in _DONE_ON_EMPTY_ACK[self.role]:
+            request.acked = True  # the separate response follows
+        else:
+            self._on_result(request, msg)
+
+    def _on_separate_response(self, msg: coap.Message) -> None:
+        if msg.type is MessageType.CON:
+            self._send_message(messages.ack(msg.message_id))
+        request = self._requests.by_token(msg.token) if msg.token else None
+        if request is not None:
+            self._on_result(request, msg)
+
+    def _on_result(self, request: Outstanding, msg: coap.Message) -> None:
+        self._requests.remove(request)
+        if request.internal:
+            return
+        rid = request.request_id
+        ok = code_class(msg.code) == 2 or msg.code == Code.EMPTY
+        if request.kind is MessageKind.CHUNK:
+            self._events.append(events.ChunkReceived(rid, request.index, ok))
+        elif not ok:
+            self._fail(request, msg.code, f"peer answered {code_str(msg.code)}")
+        elif request.kind is MessageKind.FUNCTION_CALL and self.role is Role.CLOUD:
+            if len(msg.payload) != 4:
+                self._fail(request, msg.code, f"function result of {len(msg.payload)} bytes")
+                return
+            value = int.from_bytes(msg.payload, "big", signed=True)
+            self._events.append(events.FunctionReturned(rid, value))
+        elif request.kind is MessageKind.VARIABLE_REQUEST:
+            try:
+                data = decode_variable(request.var_type, msg.payload) if request.var_type else None
+            except RemoteProtocolError as exc:
+                self._fail(request, msg.code, str(exc))
+                return
+            self._events.append(events.VariableValue(rid, request.name, request.var_type, data, msg.payload))
+        elif request.kind is MessageKind.DESCRIBE and self.role is Role.CLOUD:
+            try:
+                description = parse_describe(msg.payload)
+            except RemoteProtocolError as exc:
+                self._fail(request, msg.code, str(exc))
+                return
+            flags = DescribeFlags(request.flags) if request.flags is not None else None
+            self._events.append(events.DescribeReceived(rid, flags, description))
+        elif request.kind is MessageKind.UPDATE_BEGIN:
+            self._events.append(events.UpdateReady(rid, bool(msg.payload[:1]) and bool(msg.payload[0] & 1)))
+        elif request.kind is MessageKind.UPDATE_DONE:
+            self._events.append(events.UpdateFinished(rid, msg.payload))
+        elif request.kind is MessageKind.GET_TIME and self.role is Role.DEVICE:
+            if len(msg.payload) != 4:
+                self._fail(request, msg.code, f"time of {len(msg.payload)} bytes")
+                return
+            self._events.append(events.TimeReceived(rid, int.from_bytes(msg.payload, "big")))
+        else:
+            self._events.append(events.RequestCompleted(rid, msg.code))
+
+    def _fail(self, request: Outstanding, code: int | None, reason: str) -> None:
+        if not request.internal:
+            self._events.append(events.RequestFailed(request.request_id, code, reason))
+
+    # ---- cloud role: requests from the device
+
+    def _on_device_request(self, kind: MessageKind | None, msg: coap.Message) -> None:
+        path = msg.uri_path
+        if kind is MessageKind.EVENT:
+            name = "/".join(path[1:])
+            if not name:
+                raise RemoteProtocolError("event without a name")
+            max_age = msg.option_values(OptionNumber.MAX_AGE)
+            self._ack_if_con(msg)
+            self._events.append(
+                events.EventPublished(
+                    name=name,
+                    data=msg.payload or None,
+                    private=path[0] == "E",
+                    ttl=coap.decode_uint(max_age[0]) if max_age else messages.DEFAULT_EVENT_TTL,
+                    confirmable=msg.type is MessageType.CON,
+                )
+            )
+        elif kind is MessageKind.SUBSCRIBE:
+            self._ack_if_con(msg)
+            prefix = "/".join(path[1:])
+            if b"u" in msg.uri_query:
+                sub = events.SubscribeRequested(prefix, SubscriptionScope.MY_DEVICES)
+            elif msg.payload:
+                device = msg.payload.decode("utf-8", "replace")
+                sub = events.SubscribeRequested(prefix, SubscriptionScope.DEVICE, device)
+            else:
+                sub = events.SubscribeRequested(prefix, SubscriptionScope.ALL_DEVICES)
+            self._events.append(sub)
+        elif kind is MessageKind.GET_TIME:
+            rid = self._inbound_request(kind, msg, acked=False)
+            self._events.append(events.TimeRequested(rid))
+        elif kind is MessageKind.DESCRIBE:  # 2.x device-initiated
+            self._ack_if_con(msg)
+            query = msg.uri_query
+            flags = DescribeFlags(query[0][0]) if query and len(query[0]) == 1 else None
+            self._events.append(events.DescribeReceived(None, flags, parse_describe(msg.payload)))
+        elif kind is MessageKind.CHUNK_MISSED:
+            self._ack_if_con(msg)
+            if len(msg.payload) % 2:
+                raise RemoteProtocolError("ChunkMissed payload of odd length")
+            p = msg.payload
+            indices = tuple(int.from_bytes(p[i : i + 2], "big") for i in range(0, len(p), 2))
+            self._events.append(events.ChunksMissed(indices))
+        elif kind is MessageKind.UPDATE_DONE:  # fast OTA: the device reports the result on its own
+            self._ack_if_con(msg)
+            pending = self._requests.take_kind(MessageKind.UPDATE_DONE)
+            done_id = pending.request_id if pending is not None else None
+            self._events.append(events.UpdateFinished(done_id, msg.payload))
+        elif kind is MessageKind.GOODBYE:
+            self._ack_if_con(msg)
+            self._events.append(events.GoodbyeReceived(msg.payload))
+        elif kind is MessageKind.HELLO:
+            self._ack_if_con(msg)  # a repeated Hello changes nothing
+        else:
+            self._refuse(msg, Code.NOT_FOUND)
+
+    # ---- device role: requests from the cloud
+
+    def _on_cloud_request(self, kind: MessageKind | None, msg: coap.Message) -> None:
+        path = msg.uri_path
+        separate = self.response_style is ResponseStyle.SEPARATE
+        if kind is MessageKind.FUNCTION_CALL and len(path) >= 2:
+            rid = self._inbound_request(kind, msg, acked=True)
+            query = msg.uri_query
+            argument = query[0] if query else b""
+            self._events.append(events.FunctionCallRequested(rid, "/".join(path[1:]), argument))
+        elif kind is MessageKind.VARIABLE_REQUEST and len(path) >= 2:
+            rid = self._inbound_request(kind, msg, acked=separate)
+            self._events.append(events.VariableRequested(rid, "/".join(path[1:])))
+        elif kind is MessageKind.DESCRIBE:
+            query = msg.uri_query
+            flags = DescribeFlags(query[0][0]) if query and query[0] else _DEFAULT_DESCRIBE_FLAGS
+            rid = self._inbound_request(kind, msg, acked=separate)
+            self._events.append(events.DescribeRequested(rid, flags))
+        elif kind is MessageKind.SIGNAL:
+            self._send_message(messages.ack(msg.message_id, Code.CHANGED, msg.token))
+            self._events.append(events.SignalRequested(msg.uri_query[:1] == (b"\x01",)))
+        elif kind is MessageKind.EVENT and len(path) >= 2:
+            # Over TCP the device never ACKs events, not even CON ones.
+            name = "/".join(path[1:])
+            self._events.append(events.EventReceived(name, msg.payload or None, path[0] == "E"))
+        elif kind is MessageKind.HELLO:
+            pass
+        elif kind in (MessageKind.UPDATE_BEGIN, MessageKind.SAVE_BEGIN):
+            self._refuse(msg, Code.SERVICE_UNAVAILABLE)  # OTA is not implemented by the device role
+        elif kind is MessageKind.KEY_CHANGE:
+            self._ack_if_con(msg)
+        else:
+            self._refuse(msg, Code.NOT_FOUND)
+
+    def _ack_if_con(self, msg: coap.Message) -> None:
+        if msg.type is MessageType.CON:
+            self._send_message(messages.ack(msg.message_id))
+
+    def _refuse(self, msg: coap.Message, code: int) -> None:
+        if msg.type is MessageType.CON:
+            self._send_message(messages.ack(msg.message_id, code, msg.token))
+
+    def _inbound_request(self, kind: MessageKind, msg: coap.Message, *, acked: bool) -> int:
+        if acked:
+            self._send_message(messages.ack(msg.message_id))
+        rid = self._allocate_request_id()
+        self._inbound[rid] = _Inbound(kind, msg.message_id, msg.token, acked)
+        return rid
+
+    # ------------------------------------------------------------------------------------------ sending
+
+    def _send_message(self, msg: coap.Message) -> None:
+        if self._cipher is None:  # pragma: no cover - only called once the session exists
+            raise LocalProtocolError("no session yet")
+        self._out += frame(self._cipher.encrypt(coap.encode(msg)))
+
+    def _allocate_request_id(self) -> int:
+        rid = self._next_request_id
+        self._next_request_id += 1
+        return rid
+
+    def _new_request(
+        self, kind: MessageKind, now: float, *, token: bool = True, internal: bool = False
+    ) -> Outstanding:
+        timeout = self._timing.request_timeout
+        request = Outstanding(
+            request_id=self._allocate_request_id(),
+            kind=kind,
+            message_id=self._ids.next(),
+            token=self._tokens.next(self._requests.tokens()) if token else b"",
+            deadline=now + timeout if timeout is not None else None,
+            internal=internal,
+        )
+        self._requests.add(request)
+        return request
+
+    def _send_cloud(self, command: commands.Command, now: float) -> int | None:
+        c = command
+        if isinstance(c, commands.CallFunction):
+            if not c.name:
+                raise LocalProtocolError("function name must not be empty")
+            r = self._new_request(MessageKind.FUNCTION_CALL, now)
+            r.name = c.name
+            self._send_message(messages.function_call(r.message_id, r.token, c.name, c.argument))
+        elif isinstance(c, commands.ReadVariable):
+            if not c.name:
+                raise LocalProtocolError("variable name must not be empty")
+            r = self._new_request(MessageKind.VARIABLE_REQUEST, now)
+            r.name, r.var_type = c.name, c.var_type
+            self._send_message(messages.variable_request(r.message_id, r.token, c.name))
+        elif isinstance(c, commands.RequestDescribe):
+            if c.flags is not None and not 0 <= c.flags <= 255:
+                raise LocalProtocolError("describe flags must fit in one byte")
+            r = self._new_request(MessageKind.DESCRIBE, now)
+            r.flags = None if c.flags is None else int(c.flags)
+            self._send_message(messages.describe_request(r.message_id, r.token, r.flags))
+        elif isinstance(c, commands.Signal):
+            r = self._new_request(MessageKind.SIGNAL, now)
+            self._send_message(messages.signal(r.message_id, r.token, c.on))
+        elif isinstance(c, commands.SendEvent):
+            max_age = coap.encode_uint(c.max_age) if c.max_age is not None else None
+            msg = messages.event(
+                self._ids.next(), c.name, c.data, private=c.private, max_age=max_age, split_path=c.split_path
+            )
+            self._send_message(msg)
+            return None
+        elif isinstance(c, commands.SendTime):
+            inbound = self._take_inbound(c.request_id, MessageKind.GET_TIME)
+            if not 0 <= c.unix_time <= 0xFFFFFFFF:
+                raise LocalProtocolError("unix time must fit in a uint32")
+            payload = c.unix_time.to_bytes(4, "big")
+            self._send_message(messages.ack(inbound.message_id, Code.CONTENT, inbound.token, payload))
+            return None
+        elif isinstance(c, commands.BeginUpdate):
+            r = self._new_request(MessageKind.UPDATE_BEGIN, now)
+            self._send_message(
+                messages.update_begin(
+                    r.message_id,
+                    r.token,
+                    fast=c.fast,
+                    chunk_size=c.chunk_size,
+                    file_length=c.file_length,
+                    store=c.store,
+                    address=c.address,
+                )
+            )
+        elif isinstance(c, commands.SendChunk):
+            if c.fast:  # fast OTA chunks get no reply: not tracked
+                mid, token = self._ids.next(), self._tokens.next(self._requests.tokens())
+                self._send_message(messages.chunk(mid, token, c.data, index=c.index, crc32=c.crc32))
+                return None
+            r = self._new_request(MessageKind.CHUNK, now)
+            r.index = c.index
+            self._send_message(messages.chunk(r.message_id, r.token, c.data, index=None, crc32=c.crc32))
+        elif isinstance(c, commands.FinishUpdate):
+            r = self._new_request(MessageKind.UPDATE_DONE, now)
+            self._send_message(messages.update_done(r.message_id, r.token))
+        else:
+            raise LocalProtocolError(f"{type(c).__name__} is not a cloud-role command")
+        return r.request_id
+
+    def _send_device(self, command: commands.Command, now: float) -> int | None:
+        c = command
+        if isinstance(c, commands.PublishEvent):
+            if not 0 <= c.ttl <= 0xFFFFFF:
+                raise LocalProtocolError("ttl must fit in 3 bytes")
+            max_age = messages.device_event_max_age(c.ttl)
+            if not c.with_ack:
+                msg = messages.event(self._ids.next(), c.name, c.data, private=c.private, max_age=max_age)
+                self._send_message(msg)
+                return None
+            r = self._new_request(MessageKind.EVENT, now, token=False)
+            msg = messages.event(
+                r.message_id, c.name, c.data, private=c.private, max_age=max_age, confirmable=True
+            )
+            self._send_message(msg)
+        elif isinstance(c, commands.Subscribe):
+            r = self._new_request(MessageKind.SUBSCRIBE, now, token=False)
+            self._send_message(
+                messages.subscribe(
+                    r.message_id,
+                    c.prefix,
+                    my_devices=c.scope is SubscriptionScope.MY_DEVICES,
+                    device_id=c.device_id if c.scope is SubscriptionScope.DEVICE else None,
+                )
+            )
+        elif isinstance(c, commands.RequestTime):
+            r = self._new_request(MessageKind.GET_TIME, now)
+            self._send_message(messages.time_request(r.message_id, r.token))
+        elif isinstance(c, commands.SendDescribe):
+            r = self._new_request(MessageKind.DESCRIBE, now, token=False)
+            self._send_message(messages.device_describe(r.message_id, c.payload, int(c.flags)))
+        elif isinstance(c, commands.RespondFunction):
+            inbound = self._take_inbound(c.request_id, MessageKind.FUNCTION_CALL)
+            if not -(2**31) <= c.return_value < 2**31:
+                raise LocalProtocolError("return value must fit in an int32")
+            payload = c.return_value.to_bytes(4, "big", signed=True)
+            self._send_message(messages.response(self._ids.next(), Code.CHANGED, inbound.token, payload))
+            return None
+        elif isinstance(c, commands.RespondVariable):
+            inbound = self._take_inbound(c.request_id, MessageKind.VARIABLE_REQUEST)
+            self._answer(inbound, Code.CONTENT, encode_variable(c.var_type, c.value), now)
+            return None
+        elif isinstance(c, commands.RespondDescribe):
+            inbound = self._take_inbound(c.request_id, MessageKind.DESCRIBE)
+            self._answer(inbound, Code.CONTENT, c.payload, now, confirmable=True)
+            return None
+        elif isinstance(c, commands.RejectRequest):
+            inbound = self._take_inbound(c.request_id, None)
+            self._answer(inbound, int(c.code), b"", now)
+            return None
+        else:
+            raise LocalProtocolError(f"{type(c).__name__} is not a device-role command")
+        return r.request_id
+
+    def _take_inbound(self, request_id: int, kind: MessageKind | None) -> _Inbound:
+        inbound = self._inbound.get(request_id)
+        if inbound is None or (kind is not None and inbound.kind is not kind):
+            raise LocalProtocolError(f"no pending {kind.name if kind else 'peer'} request {request_id}")
+        del self._inbound[request_id]
+        return inbound
+
+    def _answer(
+        self, inbound: _Inbound, code: int, payload: bytes, now: float, *, confirmable: bool = False
+    ) -> None:
+        """Answer a peer request: piggy-backed in the ACK, or as a separate response once ACKed."""
+        if not inbound.acked:
+            self._send_message(messages.ack(inbound.message_id, code, inbound.token, payload))
+            return
+        if confirmable:  # 2.x sends the Describe as CON; swallow the cloud's ACK quietly
+            r = self._new_request(MessageKind.DESCRIBE, now, token=False, internal=True)
+            mid = r.message_id
+        else:
+            mid = self._ids.next()
+        self._send_message(messages.response(mid, code, inbound.token, payload, confirmable=confirmable))
+
+    # ------------------------------------------------------------------------------------------ timers & clos
+
+    def _ping_due(self) -> float | None:
+        if self._timing.ping_after is None:
+            return None
+        return max(self._last_rx, self._last_ping) + self._timing.ping_after
+
+    def _idle_deadline(self) -> float | None:
+        if self._timing.idle_timeout is None:
+            return None
+        return self._last_rx + self._timing.idle_timeout
+
+    def _close(self, reason: str, *, error: bool = False) -> None:
+        if self._state is ConnectionState.CLOSED:
+            return
+        self._state = ConnectionState.CLOSED
+        self._handshake_deadline = None
+        for request in self._requests.drain():
+            self._fail(request, None, "connection closed")
+        self._inbound.clear()
+        self._events.append(events.ConnectionClosed(reason, error))

@@ -1,0 +1,297 @@
+"""
+Events a :class:`~devicecloud.protocol.connection.Connection` yields from ``next_event()``.
+
+Theory of operation:
+    Events are frozen dataclasses (h11 style). Requests we sent are identified by the ``request_id`` that
+    ``Connection.send()`` returned; requests the peer sent to us that need an answer from the application
+    carry a
+    ``request_id`` too, which the answering command quotes. Everything the protocol can answer by itself
+    (ACKs,
+    the server Hello, ping ACKs) is answered by the connection; the event only informs.
+
+    Which role sees what:
+
+    - cloud: DeviceIdentified, HandshakeCompleted, HelloReceived, EventPublished, SubscribeRequested,
+      TimeRequested, DescribeReceived, FunctionReturned, VariableValue, UpdateReady, ChunkReceived,
+      ChunksMissed,
+      UpdateFinished, GoodbyeReceived;
+    - device: HandshakeCompleted, ServerHelloReceived, FunctionCallRequested, VariableRequested,
+      DescribeRequested, SignalRequested, EventReceived, TimeReceived;
+    - both: PingReceived, RequestCompleted, RequestFailed, RequestTimedOut, ConnectionClosed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devicecloud.protocol.codes import DescribeFlags, SubscriptionScope, VariableType
+from devicecloud.protocol.describe import Description
+from devicecloud.protocol.variables import VariableData
+
+__all__ = [
+    "NEED_DATA",
+    "ChunkReceived",
+    "ChunksMissed",
+    "ConnectionClosed",
+    "DescribeReceived",
+    "DescribeRequested",
+    "DeviceIdentified",
+    "Event",
+    "EventPublished",
+    "EventReceived",
+    "FunctionCallRequested",
+    "FunctionReturned",
+    "GoodbyeReceived",
+    "HandshakeCompleted",
+    "HelloReceived",
+    "PingReceived",
+    "RequestCompleted",
+    "RequestFailed",
+    "RequestTimedOut",
+    "ServerHelloReceived",
+    "SignalRequested",
+    "SubscribeRequested",
+    "TimeReceived",
+    "TimeRequested",
+    "UpdateFinished",
+    "UpdateReady",
+    "VariableRequested",
+    "VariableValue",
+]
+
+
+class NEED_DATA:
+    """``next_event()`` returns this class when no event is pending: feed more data or wait for the timer."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base class of all events."""
+
+
+# ---------------------------------------------------------------- handshake
+
+
+@dataclass(frozen=True)
+class DeviceIdentified(Event):
+    """
+    Cloud: the device proved it knows the nonce and said who it is.
+
+    Answer with ``AcceptDevice(stored public key)`` or ``RejectDevice()``. ``offered_public_key_der`` is
+    what the
+    device sent (empty for pre-0.4 Core firmware); do not trust it without checking.
+    """
+
+    device_id: str
+    offered_public_key_der: bytes
+
+
+@dataclass(frozen=True)
+class HandshakeCompleted(Event):
+    """Both roles: the session key is agreed; encrypted messages follow."""
+
+    device_id: str
+
+
+@dataclass(frozen=True)
+class HelloReceived(Event):
+    """Cloud: the device's Hello arrived (the server Hello has been queued). Missing fields are ``None``."""
+
+    product_id: int | None
+    product_firmware_version: int | None
+    flags: int
+    platform_id: int | None
+
+
+@dataclass(frozen=True)
+class ServerHelloReceived(Event):
+    """Device: the cloud answered our Hello; the session is up."""
+
+
+# ---------------------------------------------------------------- device → cloud
+
+
+@dataclass(frozen=True)
+class EventPublished(Event):
+    """Cloud: the device published an event (CON events have been ACKed already)."""
+
+    name: str
+    data: bytes | None
+    private: bool
+    ttl: int
+    confirmable: bool
+
+
+@dataclass(frozen=True)
+class SubscribeRequested(Event):
+    """Cloud: the device subscribes to events whose name starts with ``prefix`` (already ACKed)."""
+
+    prefix: str
+    scope: SubscriptionScope
+    device_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TimeRequested(Event):
+    """Cloud: the device asks for the time; answer with ``SendTime(request_id, unix_time)``."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class DescribeReceived(Event):
+    """Cloud: a Describe payload; ``request_id`` is ``None`` when the device volunteered it (2.x)."""
+
+    request_id: int | None
+    flags: DescribeFlags | None
+    description: Description
+
+
+@dataclass(frozen=True)
+class FunctionReturned(Event):
+    """Cloud: a function call finished."""
+
+    request_id: int
+    return_value: int
+
+
+@dataclass(frozen=True)
+class VariableValue(Event):
+    """Cloud: a variable read finished. ``value`` is decoded when the type was known, else ``None``."""
+
+    request_id: int
+    name: str
+    var_type: VariableType | None
+    value: VariableData
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class UpdateReady(Event):
+    """Cloud: the device accepted UpdateBegin; ``fast`` tells whether it agreed to fast OTA."""
+
+    request_id: int
+    fast: bool
+
+
+@dataclass(frozen=True)
+class ChunkReceived(Event):
+    """Cloud, non-fast OTA: the device stored a chunk (``ok``) or rejected it (bad CRC, ``ok`` false)."""
+
+    request_id: int
+    index: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ChunksMissed(Event):
+    """Cloud, fast OTA: the device lists the chunk indices it did not get (already ACKed)."""
+
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UpdateFinished(Event):
+    """Cloud: the device reports the applied update (JSON payload); it resets afterwards."""
+
+    request_id: int | None
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class GoodbyeReceived(Event):
+    """Cloud: a 2.x device announces it is going away; ``payload`` holds its flags and reasons."""
+
+    payload: bytes
+
+
+# ---------------------------------------------------------------- cloud → device
+
+
+@dataclass(frozen=True)
+class FunctionCallRequested(Event):
+    """Device: call a function; answer with ``RespondFunction(request_id, return_value)``."""
+
+    request_id: int
+    name: str
+    argument: bytes
+
+
+@dataclass(frozen=True)
+class VariableRequested(Event):
+    """Device: read a variable; answer with ``RespondVariable`` or ``RejectRequest``."""
+
+    request_id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class DescribeRequested(Event):
+    """Device: describe yourself; answer with ``RespondDescribe(request_id, payload)``."""
+
+    request_id: int
+    flags: DescribeFlags
+
+
+@dataclass(frozen=True)
+class SignalRequested(Event):
+    """Device: start (``on``) or stop the rainbow LED signal (already ACKed)."""
+
+    on: bool
+
+
+@dataclass(frozen=True)
+class EventReceived(Event):
+    """Device: an event from the cloud (the name's Uri-Path segments joined with ``/``)."""
+
+    name: str
+    data: bytes | None
+    private: bool
+
+
+@dataclass(frozen=True)
+class TimeReceived(Event):
+    """Device: the answer to ``RequestTime``."""
+
+    request_id: int
+    unix_time: int
+
+
+# ---------------------------------------------------------------- both roles
+
+
+@dataclass(frozen=True)
+class PingReceived(Event):
+    """The peer pinged us (already ACKed)."""
+
+
+@dataclass(frozen=True)
+class RequestCompleted(Event):
+    """A request with no richer result (Ping, Signal, CON event, Subscribe…) was answered with ``code``."""
+
+    request_id: int
+    code: int
+
+
+@dataclass(frozen=True)
+class RequestFailed(Event):
+    """A request was refused (``code`` = the CoAP error code, ``None`` for RST or a closed connection)."""
+
+    request_id: int
+    code: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class RequestTimedOut(Event):
+    """No response arrived before the request's deadline; a late response will be ignored."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class ConnectionClosed(Event):
+    """The connection is over; always the last event. ``error`` is true when the peer broke the protocol."""
+
+    reason: str
+    error: bool = False
