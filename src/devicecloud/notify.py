@@ -22,6 +22,9 @@ class LogNotifier:
         # WARNING, not INFO: the default level is quiet and an operator must see this line to help the user.
         logger.warning("password reset requested", email=email, token=token, reset_url=reset_url)
 
+    async def drain(self) -> None:
+        return None
+
 
 class SmtpNotifier:
     """
@@ -46,8 +49,23 @@ class SmtpNotifier:
         self._password = password
         self._starttls = starttls
         self._timeout = timeout
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def send_password_reset(self, *, email: str, token: str, reset_url: str) -> None:
+        # Sent in the background: the request must answer the same, at the same speed, whether or not the
+        # account exists and whether or not the mail server is up (so accounts cannot be probed).
+        task = asyncio.create_task(self._deliver(email, token, reset_url))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        """
+        Wait for mail still being sent (shutdown, tests).
+        """
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def _deliver(self, email: str, token: str, reset_url: str) -> None:
         message = EmailMessage()
         message["From"] = self._sender
         message["To"] = email
@@ -56,10 +74,14 @@ class SmtpNotifier:
             "Someone asked to reset the password of this devicecloud account.\n\n"
             f"Reset token: {token}\n\n"
             "Complete the reset with:\n"
-            f"  PUT /v1/user/password-reset  token={token}  password=<new password>\n\n"
-            f"({reset_url})\n\nIf this was not you, ignore this message.\n"
+            f"  PUT {reset_url}  with token={token} and password=<new password>\n\n"
+            "If this was not you, ignore this message.\n"
         )
-        await asyncio.to_thread(self._send, message)
+        try:
+            await asyncio.to_thread(self._send, message)
+        except (OSError, smtplib.SMTPException) as exc:
+            logger.error("password reset mail failed", email=email, error=str(exc))
+            return
         logger.info("password reset mailed", email=email)
 
     def _send(self, message: EmailMessage) -> None:

@@ -82,6 +82,7 @@ class Runtime:
     accounts: AccountService
     tokens: TokenService
     clients: ClientService
+    notifier: Notifier
     started: bool = field(default=False)
 
     def api_deps(self) -> ApiDeps:
@@ -108,6 +109,7 @@ class Runtime:
         self.started = True
 
     async def stop(self) -> None:
+        await self.notifier.drain()
         await self.store.close()
         self.started = False
 
@@ -135,6 +137,7 @@ def build_runtime(
     Wire a runtime from settings. Does no I/O.
     """
     clock = clock or SystemClock()
+    notifier = notifier or build_notifier(settings)
     store = SqlStore.from_url(settings.effective_database_url)
     passwords = Passwords(
         time_cost=settings.password_time_cost,
@@ -145,7 +148,7 @@ def build_runtime(
         store=store,
         clock=clock,
         passwords=passwords,
-        notifier=notifier or build_notifier(settings),
+        notifier=notifier,
         policy=AccountPolicy(
             signup_open=settings.signup_open,
             reset_lifetime=settings.password_reset_lifetime,
@@ -173,4 +176,5 @@ def build_runtime(
         accounts=accounts,
         tokens=tokens,
         clients=clients,
+        notifier=notifier,
     )

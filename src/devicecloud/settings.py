@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     rate_limit_token_list: str = Field(default="100/5minutes", description="Token list/revoke, per IP.")
     rate_limit_account: str = Field(default="100/5minutes", description="Sign-up, delete, reset, per IP.")
     login_failure_limit: int = Field(
-        default=10, ge=1, description="Consecutive failed logins before lockout."
+        default=10,
+        ge=1,
+        description="Failed logins from one IP (within the lockout window) before lockout; a success resets.",
     )
     login_lockout_seconds: int = Field(default=1800, ge=1, description="Lockout after too many failures.")
 
@@ -101,7 +103,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = _toml_path()
+        init_kwargs = getattr(init_settings, "init_kwargs", {})
+        toml_file = _toml_path(init_kwargs.get("data_dir"))
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
@@ -127,11 +130,11 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.http_port}"
 
 
-def _toml_path() -> Path | None:
+def _toml_path(data_dir_override: Any = None) -> Path | None:
     explicit = os.environ.get("DEVICECLOUD_CONFIG")
     if explicit:
         return Path(explicit)
-    data_dir = Path(os.environ.get("DEVICECLOUD_DATA_DIR", "./data"))
+    data_dir = Path(data_dir_override or os.environ.get("DEVICECLOUD_DATA_DIR", "./data"))
     candidate = data_dir / "devicecloud.toml"
     return candidate if candidate.is_file() else None
 

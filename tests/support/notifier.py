@@ -20,3 +20,6 @@ class RecordingNotifier:
 
     async def send_password_reset(self, *, email: str, token: str, reset_url: str) -> None:
         self.sent.append(SentReset(email=email, token=token, reset_url=reset_url))
+
+    async def drain(self) -> None:
+        return None

@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -48,6 +51,20 @@ def banner(settings: Settings, created: tuple[str, str] | None) -> str:
     return "\n".join(lines)
 
 
+class QuietSignalsServer(uvicorn.Server):
+    """
+    uvicorn re-raises SIGINT/SIGTERM after shutting down, which ends the process with a signal status; we
+    handle them ourselves so a requested stop is a clean exit 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+
+
 @click.command()
 @click.option("--host", default=None, help="HTTP address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="HTTP port (default 8080).")
@@ -87,9 +104,19 @@ def serve(
             lifespan="on",
             server_header=False,
         )
-        server = uvicorn.Server(config)
-        click.echo(banner(settings, created), err=False)
-        await server.serve()  # handles SIGINT/SIGTERM itself and runs the app's shutdown (runtime.stop)
+        server = QuietSignalsServer(config)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, server.request_exit)
+        serving = asyncio.create_task(server.serve())
+        # uvicorn exposes only a `started` flag (set once the socket listens), no event to await.
+        while not server.started and not serving.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        if server.started:
+            click.echo(banner(settings, created))
+        await serving  # returns after a graceful shutdown, which also ran runtime.stop() via the lifespan
+        if not server.started:
+            raise click.ClickException(f"could not listen on {settings.http_host}:{settings.http_port}")
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(main())

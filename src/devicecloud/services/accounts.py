@@ -274,7 +274,7 @@ class AccountService:
                 expires_at=self._clock.now() + timedelta(seconds=self._policy.reset_lifetime),
                 payload={},
             )
-        reset_url = f"{self._policy.public_url}/v1/user/password-reset?token={token}"
+        reset_url = f"{self._policy.public_url}/v1/user/password-reset"
         await self._notifier.send_password_reset(email=user.username, token=token, reset_url=reset_url)
 
     async def complete_password_reset(self, token: Any, password: Any) -> None:

@@ -21,7 +21,7 @@ class Passwords:
 
     def __init__(self, *, time_cost: int = 3, memory_cost: int = 65536, parallelism: int = 4) -> None:
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
-        self._dummy_hash = self._hasher.hash("devicecloud-dummy-password")
+        self._dummy_hash: str | None = None
 
     async def hash(self, password: str) -> str:
         """
@@ -33,7 +33,10 @@ class Passwords:
         """
         True when ``password`` matches ``stored_hash``; with no hash, spends the same time and returns False.
         """
+        if stored_hash is None and self._dummy_hash is None:
+            self._dummy_hash = await self.hash("devicecloud-dummy-password")
         target = stored_hash if stored_hash is not None else self._dummy_hash
+        assert target is not None
         try:
             ok = await asyncio.to_thread(self._hasher.verify, target, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):

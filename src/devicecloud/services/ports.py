@@ -13,3 +13,9 @@ class Notifier(Protocol):
     """
 
     async def send_password_reset(self, *, email: str, token: str, reset_url: str) -> None: ...
+
+    async def drain(self) -> None:
+        """
+        Finish messages still in flight (called on shutdown).
+        """
+        ...

@@ -15,9 +15,11 @@ from devicecloud.api.deps import ApiDeps
 from devicecloud.api.errors import NO_STORE
 from devicecloud.api.params import FORM, content_type, unflatten
 from devicecloud.errors import InvalidGrant, OAuthError, RateLimited, Unauthorized
-from devicecloud.services.tokens import GRANT_PASSWORD, GrantRequest
+from devicecloud.services.tokens import GRANT_MFA_OTP, GRANT_PASSWORD, GRANT_RECOVERY, GrantRequest
 
 router = APIRouter(tags=["Authentication"])
+# Grants that test something a person knows: their failures count toward the per-IP lockout.
+USER_CREDENTIAL_GRANTS = frozenset({GRANT_PASSWORD, GRANT_MFA_OTP, GRANT_RECOVERY})
 
 
 class TokenForm(BaseModel):
@@ -81,14 +83,17 @@ async def create_token(request: Request) -> JSONResponse:
     ip = request.client.host if request.client else "unknown"
     limits = request.app.state.rate_limits
     if await limits.login_locked(ip):
-        raise RateLimited("Too many failed logins; try again later", code="rate_limit_exceeded")
+        raise RateLimited(
+            "Too many failed logins; try again later",
+            retry_after=deps.settings.login_lockout_seconds,
+        )
     try:
         issued = await deps.tokens.grant(client, grant)
     except InvalidGrant:
-        if grant.grant_type == GRANT_PASSWORD:
+        if grant.grant_type in USER_CREDENTIAL_GRANTS:
             await limits.record_login_failure(ip)
         raise
-    if grant.grant_type == GRANT_PASSWORD:
+    if grant.grant_type in USER_CREDENTIAL_GRANTS:
         await limits.record_login_success(ip)
 
     body: dict[str, Any] = {"token_type": "bearer", "access_token": issued.access_token}
