@@ -19,6 +19,7 @@ import pytest
 
 from devicecloud.runtime import Runtime, build_runtime
 from devicecloud.settings import Settings
+from tests.support import unavailable
 from tests.support.clock import FakeClock
 from tests.support.notifier import RecordingNotifier
 
@@ -54,7 +55,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'devicecloud.db'}"
     problem = asyncio.run(_reset_postgres(POSTGRES_URL))
     if problem:
-        pytest.skip(problem)
+        unavailable(problem)
     return POSTGRES_URL
 
 
