@@ -34,14 +34,16 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("./data"), description="Where the database and keys live.")
     http_host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
-    device_host: str = Field(default="0.0.0.0", description="Address the device gateway listens on.")  # noqa: S104
-    device_port: int = Field(default=5683, ge=0, le=65535, description="TCP port of the device gateway.")
+    device_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - devices connect from the network
+        description="Address the device gateway listens on (devices issue).",
+    )
+    device_port: int = Field(
+        default=5683, ge=0, le=65535, description="TCP port of the device gateway (devices issue)."
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",
-    )
-    environment: Literal["development", "production"] = Field(
-        default="development", description="production turns on the stricter defaults."
     )
 
     access_token_lifetime: int = Field(default=7_776_000, ge=0, description="Seconds; 0 = never expires.")
