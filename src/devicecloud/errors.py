@@ -126,3 +126,19 @@ class RateLimited(DomainError):
     """
 
     default_code = "rate_limit_exceeded"
+
+
+class DeviceTimedOut(DomainError):
+    """
+    The device did not answer in time.
+    """
+
+    default_code = "timed_out"
+
+
+class DeviceOffline(NotFound):
+    """
+    The device is not connected to this cloud.
+    """
+
+    default_code = "device_offline"

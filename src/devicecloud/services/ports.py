@@ -1,10 +1,20 @@
 """
 What services need from the outside world and adapters implement.
+
+- `Notifier`: messages to users (password-reset tokens).
+- `DeviceControl`: requests to a live device (implemented by `gateway/control.py`).
+- `DeviceSessions` is the other direction: what the gateway reports to services about links. It is
+  implemented by `services.device_sessions.DeviceSessionService` and is declared here so the gateway can be
+  written and tested against the contract.
+
+All values crossing these ports are plain domain values; protocol types never do.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
 
 
 class Notifier(Protocol):
@@ -17,5 +27,95 @@ class Notifier(Protocol):
     async def drain(self) -> None:
         """
         Finish messages still in flight (called on shutdown).
+        """
+        ...
+
+
+class DeviceControl(Protocol):
+    """
+    Requests to a connected device. Every method raises `errors.DeviceOffline` when the device has no live
+    link, `errors.DeviceTimedOut` when it does not answer within ``timeout`` seconds, and `errors.NotFound`
+    when the device answers that it has no such function or variable.
+    """
+
+    def is_online(self, device_id: str) -> bool: ...
+
+    async def call_function(self, device_id: str, name: str, argument: str, *, timeout: float) -> int:
+        """
+        Call a cloud function; returns its int32 return value.
+        """
+        ...
+
+    async def read_variable(
+        self, device_id: str, name: str, var_type: str | None, *, timeout: float
+    ) -> VariableReading:
+        """
+        Read a variable; ``var_type`` is the type from the device's describe (None when unknown).
+        """
+        ...
+
+    async def ping(self, device_id: str, *, timeout: float) -> bool:
+        """
+        True when the device answers a ping in time; False when offline or silent (never raises for that).
+        """
+        ...
+
+    async def signal(self, device_id: str, on: bool, *, timeout: float) -> None:
+        """
+        Start (``on``) or stop the rainbow LED signal.
+        """
+        ...
+
+    async def refresh_describe(self, device_id: str, *, timeout: float) -> DeviceDescription:
+        """
+        Ask the device for its describe again and return it (also reported through `DeviceSessions`).
+        """
+        ...
+
+    async def disconnect(self, device_id: str) -> None:
+        """
+        Close the device's link, if any (used when a device is removed or its key replaced).
+        """
+        ...
+
+
+class DeviceSessions(Protocol):
+    """
+    What the gateway tells services about device links, in order: key check, connected, described*,
+    heard*, disconnected. Calls for one device never overlap.
+    """
+
+    async def check_device_key(
+        self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
+    ) -> bytes | None:
+        """
+        The public key (DER) to run the handshake with, or None to refuse the device.
+
+        An unknown device's offered key is recorded for an operator to approve; it is accepted at once only
+        when the server is configured to accept unknown devices.
+        """
+        ...
+
+    async def device_connected(self, device_id: str, ip_address: str | None, hello: DeviceHelloInfo) -> None:
+        """
+        The handshake completed and the device said Hello: it is online.
+        """
+        ...
+
+    async def device_described(self, device_id: str, description: DeviceDescription) -> None:
+        """
+        The device sent (part of) its describe; parts that are None are left as they were.
+        """
+        ...
+
+    async def device_heard(self, device_id: str) -> None:
+        """
+        Any message arrived from the device (the service may throttle how often it writes this down).
+        """
+        ...
+
+    async def device_disconnected(self, device_id: str) -> None:
+        """
+        The link closed (cleanly, by error, or by keep-alive timeout).
         """
         ...

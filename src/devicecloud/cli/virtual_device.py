@@ -1,0 +1,239 @@
+"""
+``devicecloud virtual-device``: run one virtual Photon against a devicecloud server until Ctrl-C.
+
+Steps, one printed line each: load the server's public key; load (or create and save) the device identity in
+the state dir; unless ``--no-register``, log in (or use the token) and send the device's public key as
+``particle keys send`` does; connect to the device gateway with Tinker's functions and the demo variables;
+once connected (some servers let only online devices be claimed) claim and name the device; print the
+``particle get/call`` lines to try; keep reconnecting until SIGINT/SIGTERM, which is a clean exit 0. An HTTP
+failure ends the command with the server's ``error_description``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import structlog
+
+from devicecloud.protocol import ResponseStyle, load_public_key
+from devicecloud.virtualdevice import (
+    ApiError,
+    CloudApi,
+    DeviceIdentity,
+    IdentityError,
+    VirtualDevice,
+    load_or_create_identity,
+)
+
+__all__ = ["virtual_device"]
+
+STYLES = {"0x": ResponseStyle.PIGGYBACK, "2x": ResponseStyle.SEPARATE}
+
+
+def _configure_logging(level: str) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.processors.format_exc_info,
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _read_server_key(path: Path) -> bytes:
+    try:
+        pem = path.read_bytes()
+        load_public_key(pem)
+    except FileNotFoundError:
+        raise click.ClickException(
+            f"no server public key at {path}: start `devicecloud serve` (it writes server_key.pub.pem in its "
+            "data dir) or pass --server-key"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot use {path} as the server public key: {exc}") from exc
+    return pem
+
+
+@dataclass
+class Registration:
+    """The HTTP steps: the key before connecting (the gateway refuses unknown keys), claim and name after."""
+
+    api_url: str
+    token: str | None
+    username: str | None
+    password: str | None
+    name: str | None
+
+    def _api(self) -> CloudApi:
+        return CloudApi(self.api_url, token=self.token)
+
+    async def send_key(self, identity: DeviceIdentity) -> None:
+        async with self._api() as api:
+            if self.token is None and self.username is not None and self.password is not None:
+                self.token = await api.login(self.username, self.password)
+                click.echo(f"Logged in to {self.api_url} as {self.username}")
+            await api.send_public_key(identity.device_id, identity.public_key_pem())
+        click.echo(f"Registered the device's public key with {self.api_url}")
+
+    async def claim(self, device_id: str) -> None:
+        async with self._api() as api:
+            if await api.claim(device_id):
+                click.echo(f"Claimed device {device_id}")
+            else:
+                click.echo(f"Device {device_id} is already yours")
+            if self.name:
+                await api.rename(device_id, self.name)
+                click.echo(f"Named it {self.name}")
+
+
+def try_lines(target: str) -> str:
+    """The particle-cli lines worth trying against the demo device."""
+    return "\n".join(
+        [
+            "Try:",
+            f"  particle list {target}",
+            f"  particle get {target} temperature",
+            f"  particle get {target} uptime",
+            f"  particle call {target} digitalwrite D7,HIGH",
+            f"  particle get {target} led",
+            f"  particle call {target} analogread A0",
+            f"  particle nyan {target}",
+            "Stop with Ctrl-C.",
+        ]
+    )
+
+
+async def _run(
+    device: VirtualDevice, identity: DeviceIdentity, target: str, registration: Registration | None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if registration is not None:
+        await registration.send_key(identity)
+    click.echo(f"Connecting to the device gateway at {device.host}:{device.port} …")
+    async with device:
+        stopping = asyncio.ensure_future(stop.wait())
+        connecting = asyncio.ensure_future(device.wait_connected())
+        await asyncio.wait({stopping, connecting}, return_when=asyncio.FIRST_COMPLETED)
+        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+            click.echo(f"Connected as {device.device_id}.")
+            if registration is not None:
+                await registration.claim(device.device_id)
+            click.echo(try_lines(target))
+        connecting.cancel()
+        await stopping
+    click.echo("Stopped.")
+
+
+@click.command("virtual-device")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Device gateway address.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=5683, show_default=True, help="Device gateway port."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data"),
+    show_default=True,
+    envvar="DEVICECLOUD_DATA_DIR",
+    help="The server's data dir (for the default --server-key and --state-dir).",
+)
+@click.option(
+    "--server-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Server public key PEM (default: <data-dir>/server_key.pub.pem).",
+)
+@click.option("--api-url", default="http://127.0.0.1:8080", show_default=True, help="The server's HTTP API.")
+@click.option("--username", default=None, help="Account to register the device with (asks for the password).")
+@click.option("--password", default=None, help="Its password.")
+@click.option("--token", envvar="DEVICECLOUD_VD_TOKEN", default=None, help="Access token instead of a login.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the device id and key live (default: <data-dir>/virtual-devices/<name or 'default'>).",
+)
+@click.option("--name", default=None, help="Device name to set after claiming.")
+@click.option(
+    "--platform-id", type=click.IntRange(0, 0xFFFF), default=6, show_default=True, help="6 Photon, 8 P1…"
+)
+@click.option(
+    "--style",
+    type=click.Choice(sorted(STYLES)),
+    default="2x",
+    show_default=True,
+    help="Response style: 0x piggy-backed (Device OS ≤ 1.4) or 2x separate responses.",
+)
+@click.option("--no-register", is_flag=True, help="Skip key registration, claim and rename.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def virtual_device(
+    host: str,
+    port: int,
+    data_dir: Path,
+    server_key: Path | None,
+    api_url: str,
+    username: str | None,
+    password: str | None,
+    token: str | None,
+    state_dir: Path | None,
+    name: str | None,
+    platform_id: int,
+    style: str,
+    no_register: bool,
+    log_level: str,
+) -> None:
+    """
+    Run a virtual device (Tinker functions, demo variables) against a devicecloud server until Ctrl-C.
+    """
+    if password is not None and username is None:
+        raise click.UsageError("--password needs --username")
+    if not no_register and token is None and username is None:
+        raise click.UsageError(
+            "registering the device needs --token (or DEVICECLOUD_VD_TOKEN) or --username; "
+            "pass --no-register if the key is already known to the server"
+        )
+    if not no_register and token is None and password is None:
+        password = click.prompt(f"Password for {username}", hide_input=True)
+    _configure_logging(log_level)
+    server_pem = _read_server_key(server_key or data_dir / "server_key.pub.pem")
+    state = state_dir or data_dir / "virtual-devices" / (name or "default")
+    try:
+        identity, created = load_or_create_identity(state)
+    except (OSError, IdentityError) as exc:
+        raise click.ClickException(f"cannot use the state dir {state}: {exc}") from exc
+    how = "new identity saved in" if created else "identity loaded from"
+    click.echo(f"Device {identity.device_id} ({how} {state})")
+    registration = None if no_register else Registration(api_url, token, username, password, name)
+    with asyncio.Runner() as runner:
+        device = VirtualDevice(
+            host,
+            port,
+            device_id=identity.device_id,
+            device_key=identity.private_key,
+            server_public_key=server_pem,
+            platform_id=platform_id,
+            response_style=STYLES[style],
+            demo=True,
+        )
+        try:
+            runner.run(_run(device, identity, name or identity.device_id, registration))
+        except ApiError as exc:
+            raise click.ClickException(str(exc)) from exc

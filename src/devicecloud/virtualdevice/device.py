@@ -1,0 +1,424 @@
+"""
+:class:`VirtualDevice`: a Particle device in software, speaking the TCP protocol to a devicecloud gateway.
+
+Theory of operation:
+    The device object outlives its connections. A :class:`~.connector.Connector` keeps it connected
+    (reconnecting with backoff); each connection is a :class:`~.link.DeviceLink` around a fresh protocol
+    ``Connection``. What the device *is* stays here across links: its identity and Hello, its variables and
+    functions (:mod:`.application`), its subscriptions and counters. After every Hello it does what Device
+    OS does: 2.x style volunteers its Describe, then every subscription is sent again. Requests from the
+    cloud are answered by the :class:`~.responder.Responder`; requests *to* the cloud (publish, subscribe,
+    ping, time) are methods here and need an established session (else :class:`NotConnectedError`).
+
+    Logging (structlog, logger ``devicecloud.virtualdevice``): INFO for what a user of a demo device wants
+    to see (connected, function called, variable read, signal, published, event received), WARNING for a
+    misbehaving peer or a failing connection, DEBUG for the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+import structlog
+
+from devicecloud.protocol import (
+    Command,
+    Connection,
+    DeviceHello,
+    Event,
+    HelloFlags,
+    LocalProtocolError,
+    Ping,
+    PublishEvent,
+    RandomBytes,
+    RequestCompleted,
+    RequestTime,
+    ResponseStyle,
+    Role,
+    SendDescribe,
+    ServerHelloReceived,
+    Subscribe,
+    SubscriptionScope,
+    TimeReceived,
+    Timing,
+    VariableType,
+    build_describe,
+)
+from devicecloud.virtualdevice.application import (
+    CloudFunction,
+    CloudFunctions,
+    CloudVariables,
+    VariableSource,
+)
+from devicecloud.virtualdevice.connector import Connector
+from devicecloud.virtualdevice.demo import Tinker, install_demo
+from devicecloud.virtualdevice.identity import (
+    PrivateKeyLike,
+    PublicKeyLike,
+    as_private_key,
+    as_public_key,
+    normalize_device_id,
+)
+from devicecloud.virtualdevice.link import DeviceLink, RequestResult
+from devicecloud.virtualdevice.responder import Responder, shorten
+from devicecloud.virtualdevice.support import (
+    Backoff,
+    Counters,
+    DeviceStatistics,
+    EventHandler,
+    NotConnectedError,
+    RequestError,
+    Subscription,
+)
+
+__all__ = ["MAX_EVENT_DATA", "VIRTUAL_DEVICE_TIMING", "VirtualDevice"]
+
+logger = structlog.get_logger("devicecloud.virtualdevice")
+
+#: Device OS 2.x limits on an event's name and data and on a function argument.
+MAX_EVENT_NAME = 64
+MAX_EVENT_DATA = 622
+MAX_FUNCTION_ARGUMENT = 622
+
+#: Device OS 0.7 keep-alive (ping after 15 s of silence), plus 2.x's "no answer 10 s after the ping = dead
+#: link" so a reconnecting device notices a vanished server.
+VIRTUAL_DEVICE_TIMING = Timing(
+    handshake_timeout=30.0, request_timeout=30.0, ping_after=15.0, idle_timeout=25.0
+)
+
+
+class VirtualDevice:
+    """
+    A virtual Particle device (Photon by default) connected to a devicecloud device gateway.
+
+    Args:
+        host: the gateway's address.
+        port: its TCP port.
+        device_id: 24 hex characters (or 12 bytes).
+        device_key: the RSA-1024 device private key (object, PEM or DER).
+        server_public_key: the server's RSA-2048 public key (object, PEM or DER).
+        platform_id: 6 Photon, 8 P1, 0 Core, …
+        product_id: the Hello's product id (default: the platform id, as non-product firmware sends).
+        product_firmware_version: the Hello's firmware version (0xFFFF = unset).
+        response_style: ``SEPARATE`` (Device OS 1.5+/2.x, with a device-initiated Describe) or ``PIGGYBACK``
+            (0.x–1.4).
+        demo: install Tinker's functions and the demo variables (see :mod:`~.demo`).
+        reconnect: connect again after a session ends (with ``backoff``); off = one connection only.
+        backoff: the reconnect delays.
+        timing: protocol timeouts and keep-alive (default :data:`VIRTUAL_DEVICE_TIMING`).
+        connect_timeout: seconds allowed for the TCP connect.
+        max_argument_length: longer function arguments are refused with 4.00, as 2.x does.
+        modules: the Describe's ``"m"`` module list.
+        now: the clock for protocol deadlines (monotonic seconds).
+        random_bytes: the protocol's randomness source.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        device_id: str | bytes,
+        device_key: PrivateKeyLike,
+        server_public_key: PublicKeyLike,
+        platform_id: int = 6,
+        product_id: int | None = None,
+        product_firmware_version: int = 0xFFFF,
+        response_style: ResponseStyle = ResponseStyle.SEPARATE,
+        demo: bool = False,
+        reconnect: bool = True,
+        backoff: Backoff | None = None,
+        timing: Timing | None = None,
+        connect_timeout: float = 10.0,
+        max_argument_length: int = MAX_FUNCTION_ARGUMENT,
+        modules: tuple[object, ...] = (),
+        now: Callable[[], float] = time.monotonic,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> None:
+        self.host, self.port = host, port
+        self.device_id = normalize_device_id(device_id)
+        self._device_key = as_private_key(device_key)
+        if self._device_key.key_size != 1024:
+            raise ValueError(f"device keys are RSA-1024, not {self._device_key.key_size} bits")
+        self._server_key = as_public_key(server_public_key)
+        self.platform_id = platform_id
+        flags = HelloFlags.DEVICE_INITIATED_DESCRIBE if response_style is ResponseStyle.SEPARATE else 0
+        self.hello = DeviceHello(
+            product_id=platform_id if product_id is None else product_id,
+            product_firmware_version=product_firmware_version,
+            flags=int(flags),
+            platform_id=platform_id,
+        )
+        self.response_style = response_style
+        self.timing = timing or VIRTUAL_DEVICE_TIMING
+        self.modules = modules
+        self._now = now
+        self._random_bytes = random_bytes
+        self.log = logger.bind(device_id=self.device_id)
+        self.counters = Counters()
+        self._connector = Connector(
+            host=host,
+            port=port,
+            new_connection=self._new_connection,
+            owner=self,
+            reconnect=reconnect,
+            backoff=backoff or Backoff(),
+            connect_timeout=connect_timeout,
+            now=now,
+            counters=self.counters,
+            log=self.log,
+        )
+        self._describe_pending = False
+        self.variables = CloudVariables()
+        self.functions = CloudFunctions()
+        self.variables.on_change = self.functions.on_change = self._app_changed
+        self.subscriptions: list[Subscription] = []
+        self.tinker: Tinker | None = install_demo(self.functions, self.variables) if demo else None
+        self._responder = Responder(
+            functions=self.functions,
+            variables=self.variables,
+            subscriptions=self.subscriptions,
+            counters=self.counters,
+            describe=self.describe_payload,
+            max_argument_length=max_argument_length,
+            log=self.log,
+        )
+
+    def _new_connection(self) -> Connection:
+        return Connection(
+            Role.DEVICE,
+            now=self._now(),
+            server_public_key=self._server_key,
+            device_private_key=self._device_key,
+            device_id=self.device_id,
+            hello=self.hello,
+            response_style=self.response_style,
+            timing=self.timing,
+            random_bytes=self._random_bytes,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start connecting in the background (returns at once; see :meth:`wait_connected`)."""
+        await self._connector.start(f"virtual-device-{self.device_id}")
+
+    async def stop(self) -> None:
+        """Close the session, stop reconnecting, and wait until the socket is closed."""
+        await self._connector.stop()
+        await self._responder.aclose()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """
+        Wait until a session is established (handshake done, Hello exchanged).
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds.
+            NotConnectedError: the device is not started, or gave up (``reconnect`` off and the link ended).
+        """
+        await self._connector.wait_connected(timeout)
+
+    @property
+    def connected(self) -> bool:
+        """A session is established right now."""
+        return self._connector.connected
+
+    @property
+    def signaling(self) -> bool:
+        """The cloud asked for the rainbow LED and has not stopped it."""
+        return self._responder.signaling
+
+    @property
+    def last_disconnect_reason(self) -> str | None:
+        """Why the last session or connection attempt ended."""
+        return self._connector.last_disconnect_reason
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def link_event(self, link: DeviceLink, event: Event) -> None:
+        """Session events are handled here, the cloud's requests by the responder."""
+        if isinstance(event, ServerHelloReceived):
+            self._on_established(link)
+        else:
+            self._responder.handle(link, event)
+
+    def _on_established(self, link: DeviceLink) -> None:
+        self.log.info(
+            "connected",
+            server=f"{self.host}:{self.port}",
+            platform_id=self.platform_id,
+            style="2.x" if self.response_style is ResponseStyle.SEPARATE else "0.x",
+        )
+        # As Device OS does after every Hello: 2.x volunteers its Describe, then the subscriptions go again.
+        if self.response_style is ResponseStyle.SEPARATE:
+            link.send(SendDescribe(self.describe_payload()))
+            self.counters.describes += 1
+        for s in self.subscriptions:
+            link.send(Subscribe(s.prefix, s.scope, s.device_id))
+
+    # ------------------------------------------------------------------ the application
+
+    def set_variable(
+        self, name: str, value: VariableSource, type: VariableType | int | str | None = None
+    ) -> None:
+        """Create or update a variable (see :meth:`CloudVariables.set`; or ``variables[name] = v``)."""
+        self.variables.set(name, value, type)
+
+    def add_function(self, name: str, function: CloudFunction) -> None:
+        """Register a function ``function(argument: str) -> int`` (sync or async)."""
+        self.functions.add(name, function)
+
+    def function(self, name: str | None = None) -> Callable[[CloudFunction], CloudFunction]:
+        """Decorator form of :meth:`add_function`; the name defaults to the function's ``__name__``."""
+
+        def register(function: CloudFunction) -> CloudFunction:
+            self.functions.add(name or str(getattr(function, "__name__", "")), function)
+            return function
+
+        return register
+
+    def describe_payload(self, flags: int | None = None) -> bytes:
+        """The Describe JSON this device sends now (all parts unless ``flags`` says otherwise)."""
+        return build_describe(
+            functions=list(self.functions),
+            variables=self.variables.types(),
+            platform_id=self.platform_id,
+            modules=self.modules,
+            **({"flags": flags} if flags else {}),
+        )
+
+    def _app_changed(self) -> None:
+        # 2.x devices tell the cloud about new functions/variables; coalesce a burst of changes into one.
+        if self.response_style is ResponseStyle.SEPARATE and self.connected and not self._describe_pending:
+            self._describe_pending = True
+            asyncio.get_running_loop().call_soon(self._send_describe)
+
+    def _send_describe(self) -> None:
+        self._describe_pending = False
+        link = self._connector.link
+        if link is not None and link.is_open and self.connected:
+            link.send(SendDescribe(self.describe_payload()))
+            self.counters.describes += 1
+
+    # ------------------------------------------------------------------ requests to the cloud
+
+    def _require_link(self) -> DeviceLink:
+        link = self._connector.link
+        if link is None or not self.connected or not link.is_open:
+            raise NotConnectedError("the virtual device is not connected")
+        return link
+
+    async def _request(self, what: str, command: Command) -> RequestResult:
+        link = self._require_link()
+        try:
+            result = await link.request(command)
+        except LocalProtocolError as exc:
+            raise NotConnectedError(str(exc)) from exc
+        if isinstance(result, RequestCompleted | TimeReceived):
+            return result
+        code = getattr(result, "code", None)
+        raise RequestError(what, code, getattr(result, "reason", "no answer in time"))
+
+    async def publish(
+        self,
+        name: str,
+        data: str | bytes | None = None,
+        *,
+        private: bool = True,
+        ttl: int = 60,
+        with_ack: bool = False,
+    ) -> None:
+        """
+        Publish an event: NON, or CON when ``with_ack`` (then this waits for the cloud's ACK).
+
+        Raises:
+            ValueError: name or data too long (Device OS 2.x limits: 64 characters, 622 bytes).
+            NotConnectedError: no session.
+            RequestError: ``with_ack`` and the cloud refused or did not answer.
+        """
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        if not name or len(name) > MAX_EVENT_NAME:
+            raise ValueError(f"an event name is 1 to {MAX_EVENT_NAME} characters")
+        if raw is not None and len(raw) > MAX_EVENT_DATA:
+            raise ValueError(f"event data is at most {MAX_EVENT_DATA} bytes, not {len(raw)}")
+        command = PublishEvent(name, raw, private=private, ttl=ttl, with_ack=with_ack)
+        if with_ack:
+            await self._request(f"publish {name!r}", command)
+        else:
+            self._require_link().send(command)
+        self.counters.events_published += 1
+        self.log.info("published", event_name=name, data=shorten(raw), private=private)
+
+    async def subscribe(
+        self,
+        prefix: str,
+        handler: EventHandler,
+        *,
+        scope: SubscriptionScope = SubscriptionScope.ALL_DEVICES,
+        device_id: str | None = None,
+    ) -> Subscription:
+        """
+        Subscribe to events whose name starts with ``prefix``; ``handler(name, data)`` gets each one.
+
+        The subscription is kept and sent again on every new session; when connected, this waits for the
+        cloud's ACK.
+
+        Raises:
+            ValueError: a device scope without ``device_id``.
+            RequestError: the cloud refused the subscription (it is not kept).
+        """
+        if scope is SubscriptionScope.DEVICE and not device_id:
+            raise ValueError("a device-scoped subscription needs device_id")
+        subscription = Subscription(prefix, scope, device_id, handler)
+        if self.connected:
+            await self._request(f"subscribe {prefix!r}", Subscribe(prefix, scope, device_id))
+        self.subscriptions.append(subscription)
+        self.log.info("subscribed", prefix=prefix, scope=scope.name.lower())
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to a subscription (the protocol has no unsubscribe: the cloud may keep sending)."""
+        self.subscriptions.remove(subscription)
+
+    async def ping(self) -> None:
+        """Ping the cloud and wait for its ACK."""
+        await self._request("ping", Ping())
+
+    async def request_time(self) -> int:
+        """
+        Ask the cloud for the time.
+
+        Returns:
+            Unix seconds.
+        """
+        result = await self._request("time", RequestTime())
+        if not isinstance(result, TimeReceived):  # pragma: no cover - RequestTime always answers with one
+            raise RequestError("time", None, "no time in the answer")
+        return result.unix_time
+
+    def statistics(self) -> DeviceStatistics:
+        """A snapshot of the counters and state."""
+        link = self._connector.link
+        live = (link.bytes_sent, link.bytes_received) if link is not None else (0, 0)
+        counts = vars(self.counters) | {
+            "bytes_sent": self.counters.bytes_sent + live[0],
+            "bytes_received": self.counters.bytes_received + live[1],
+        }
+        return DeviceStatistics(
+            connected=self.connected,
+            signaling=self.signaling,
+            last_disconnect_reason=self.last_disconnect_reason,
+            **counts,
+        )
