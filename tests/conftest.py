@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devicecloud.runtime import Runtime, build_runtime
 from devicecloud.settings import Settings
@@ -72,6 +73,8 @@ def settings(tmp_path: Path, database_url: str, settings_overrides: dict[str, An
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data",
         "database_url": database_url,
+        "device_host": "127.0.0.1",
+        "device_port": 0,
         "rate_limits_enabled": False,
         **FAST_HASH,
         **settings_overrides,
@@ -89,12 +92,23 @@ def notifier() -> RecordingNotifier:
     return RecordingNotifier()
 
 
+@pytest.fixture(scope="session")
+def server_key() -> rsa.RSAPrivateKey:
+    """
+    One server key for the whole run: generating RSA-2048 per test would cost more than most tests.
+    """
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 @pytest.fixture
 async def runtime(
-    settings: Settings, clock: FakeClock, notifier: RecordingNotifier
+    settings: Settings, clock: FakeClock, notifier: RecordingNotifier, server_key: rsa.RSAPrivateKey
 ) -> AsyncIterator[Runtime]:
-    rt = build_runtime(settings, clock=clock, notifier=notifier)
-    await rt.start()
+    """
+    A started runtime, device gateway included (on a free port of 127.0.0.1).
+    """
+    rt = build_runtime(settings, clock=clock, notifier=notifier, server_key=server_key)
+    await rt.start_gateway()
     try:
         yield rt
     finally:

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 
 import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
 from devicecloud.api.app import create_app
@@ -20,15 +22,24 @@ from devicecloud.api.deps import ApiDeps
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.domain.accounts import User
 from devicecloud.errors import Conflict
+from devicecloud.gateway import DeviceGateway
 from devicecloud.notify import LogNotifier, SmtpNotifier
+from devicecloud.protocol import EventPublished, LocalProtocolError
+from devicecloud.protocol.keyslot import server_key_slot
 from devicecloud.services.accounts import AccountPolicy, AccountService
 from devicecloud.services.clients import ClientService
+from devicecloud.services.device_keys import DeviceKeyService
+from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
+from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
+from devicecloud.store.keyfiles import load_or_create_server_key
 from devicecloud.store.sql import SqlStore
+
+CLAIM_CODE_EVENT = "spark/device/claim/code"
 
 
 def configure_logging(settings: Settings) -> None:
@@ -83,12 +94,30 @@ class Runtime:
     tokens: TokenService
     clients: ClientService
     notifier: Notifier
+    server_key: rsa.RSAPrivateKey
+    sessions: DeviceSessionService
+    gateway: DeviceGateway
+    devices: DeviceService
+    device_keys: DeviceKeyService
     started: bool = field(default=False)
+    gateway_started: bool = field(default=False)
 
     def api_deps(self) -> ApiDeps:
         return ApiDeps(
-            settings=self.settings, accounts=self.accounts, tokens=self.tokens, clients=self.clients
+            settings=self.settings,
+            accounts=self.accounts,
+            tokens=self.tokens,
+            clients=self.clients,
+            devices=self.devices,
+            device_keys=self.device_keys,
         )
+
+    @property
+    def gateway_port(self) -> int:
+        """
+        The TCP port devices connect to (the real one when the setting is 0).
+        """
+        return self.gateway.port
 
     def asgi_app(self, *, manage_lifecycle: bool = True) -> FastAPI:
         """
@@ -108,7 +137,22 @@ class Runtime:
         await migrate.upgrade(self.store.engine)
         self.started = True
 
+    async def start_gateway(self) -> None:
+        """
+        Listen for devices. No link exists before this, so devices left online by a previous run are offline.
+        """
+        await self.start()
+        if self.gateway_started:
+            return
+        await self.sessions.reset_online_state()
+        await self.gateway.start()
+        self.gateway_started = True
+
     async def stop(self) -> None:
+        if self.gateway_started:
+            # Before the store closes: links report their devices offline while they stop.
+            await self.gateway.stop()
+            self.gateway_started = False
         await self.notifier.drain()
         await self.store.close()
         self.started = False
@@ -130,14 +174,39 @@ class Runtime:
         return user, password
 
 
+def load_server_key(settings: Settings) -> rsa.RSAPrivateKey:
+    """
+    The server's RSA-2048 key from the data dir, created on first use.
+    """
+    return load_or_create_server_key(settings.data_dir)
+
+
+def server_key_slot_image(key: rsa.RSAPrivateKey, host: str, port: int) -> bytes:
+    """
+    The 512-byte key slot a device needs to reach this server at ``host:port``. Raises ValueError.
+    """
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        return server_key_slot(der, host, port)
+    except LocalProtocolError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def build_runtime(
-    settings: Settings, *, clock: Clock | None = None, notifier: Notifier | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    notifier: Notifier | None = None,
+    server_key: rsa.RSAPrivateKey | None = None,
 ) -> Runtime:
     """
-    Wire a runtime from settings. Does no I/O.
+    Wire a runtime from settings. The only I/O is reading (or, the first time, creating) the server key.
     """
     clock = clock or SystemClock()
     notifier = notifier or build_notifier(settings)
+    server_key = server_key or load_server_key(settings)
     store = SqlStore.from_url(settings.effective_database_url)
     passwords = Passwords(
         time_cost=settings.password_time_cost,
@@ -168,6 +237,36 @@ def build_runtime(
         ),
     )
     clients = ClientService(store=store, clock=clock)
+    sessions = DeviceSessionService(
+        store=store, clock=clock, policy=SessionPolicy(accept_unknown_devices=settings.accept_unknown_devices)
+    )
+    devices: DeviceService | None = None
+
+    async def on_device_event(device_id: str, event: EventPublished) -> None:
+        # Device events reach the event bus with the events issue; the claim code is handled already.
+        if event.name == CLAIM_CODE_EVENT and event.data and devices is not None:
+            await devices.claim_with_code(device_id, event.data.decode("utf-8", errors="replace"))
+
+    gateway = DeviceGateway(
+        sessions,
+        server_key,
+        clock=clock,
+        host=settings.device_host,
+        port=settings.device_port,
+        max_links=settings.max_device_links,
+        handshake_timeout=settings.device_handshake_timeout,
+        ping_after=settings.device_keepalive,
+        idle_timeout=settings.device_keepalive * 1.75,
+        request_timeout=settings.device_request_timeout,
+        on_event=on_device_event,
+    )
+    devices = DeviceService(
+        store=store,
+        clock=clock,
+        control=gateway.control,
+        policy=DevicePolicy(request_timeout=settings.device_request_timeout),
+    )
+    device_keys = DeviceKeyService(store=store, clock=clock, control=gateway.control)
     return Runtime(
         settings=settings,
         clock=clock,
@@ -177,4 +276,9 @@ def build_runtime(
         tokens=tokens,
         clients=clients,
         notifier=notifier,
+        server_key=server_key,
+        sessions=sessions,
+        gateway=gateway,
+        devices=devices,
+        device_keys=device_keys,
     )

@@ -36,10 +36,26 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
     device_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - devices connect from the network
-        description="Address the device gateway listens on (devices issue).",
+        description="Address the device gateway listens on.",
     )
-    device_port: int = Field(
-        default=5683, ge=0, le=65535, description="TCP port of the device gateway (devices issue)."
+    device_port: int = Field(default=5683, ge=0, le=65535, description="TCP port of the device gateway.")
+    accept_unknown_devices: bool = Field(
+        default=False,
+        description="Accept an unknown device's key on its first handshake (else it awaits approval).",
+    )
+    max_device_links: int = Field(default=20_000, ge=1, description="Most devices connected at once.")
+    device_handshake_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a device has to finish the handshake."
+    )
+    device_keepalive: float = Field(
+        default=20.0,
+        gt=0,
+        description="Ping a device silent this many seconds; drop it after about twice that.",
+    )
+    device_request_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds to wait for a device to answer a function call or variable read.",
     )
     database_url: str | None = Field(
         default=None,

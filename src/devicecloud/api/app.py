@@ -16,7 +16,7 @@ from devicecloud import __version__
 from devicecloud.api import docs_page, errors
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.middleware import RateLimitMiddleware, RateLimits, RequestIdMiddleware
-from devicecloud.api.routes import access_tokens, clients, oauth, users
+from devicecloud.api.routes import access_tokens, clients, devices, oauth, provisioning, users
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -50,7 +50,8 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
     app.state.rate_limits = rate_limits
     errors.install(app)
 
-    for module in (oauth, access_tokens, users, clients):
+    # oauth first: its pyparticleio alias POST /v1/devices/oauth/token must win over POST /v1/devices/:id/:fn.
+    for module in (oauth, access_tokens, users, clients, provisioning, devices):
         app.include_router(module.router)
 
     @app.get("/docs", include_in_schema=False)

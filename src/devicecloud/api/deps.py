@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from devicecloud.services.accounts import AccountService
 from devicecloud.services.clients import ClientService
+from devicecloud.services.device_keys import DeviceKeyService
+from devicecloud.services.devices import DeviceService
 from devicecloud.services.tokens import TokenService
 from devicecloud.settings import Settings
 
@@ -18,3 +20,5 @@ class ApiDeps:
     accounts: AccountService
     tokens: TokenService
     clients: ClientService
+    devices: DeviceService
+    device_keys: DeviceKeyService

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from devicecloud.errors import (
     AuthenticationFailed,
     Conflict,
+    DeviceTimedOut,
     DomainError,
     InvalidInput,
     MfaRequired,
@@ -45,6 +46,7 @@ STATUS_BY_CLASS: tuple[tuple[type[DomainError], int], ...] = (
     (Conflict, 400),
     (RateLimited, 429),
     (Unavailable, 403),
+    (DeviceTimedOut, 408),
 )
 STATUS_BY_OAUTH_CODE = {
     "invalid_token": 401,

@@ -8,8 +8,10 @@ import click
 
 from devicecloud import __version__
 from devicecloud.cli.db import db
+from devicecloud.cli.keys import keys
 from devicecloud.cli.serve import serve
 from devicecloud.cli.users import users
+from devicecloud.cli.virtual_device import virtual_device
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,3 +28,5 @@ def main() -> None:
 main.add_command(serve)
 main.add_command(users)
 main.add_command(db)
+main.add_command(keys)
+main.add_command(virtual_device)

@@ -96,8 +96,7 @@ class TokenService:
         """
         The principal a bearer token stands for. Raises `AuthenticationFailed` (invalid or expired).
         """
-        async with self._store.transaction(readonly=True) as tx:
-            found = await tx.tokens.find_with_user(hash_secret(token))
+        found = await self._store.lookup_token(hash_secret(token))
         if found is None:
             raise AuthenticationFailed("The access token provided is invalid.")
         access, user = found

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
+from devicecloud.domain.devices import Device, PendingKey
 
 
 class UserRepository(Protocol):
@@ -113,6 +114,54 @@ class OneTimeSecretRepository(Protocol):
     async def delete_for_user(self, user_id: int, kind: str | None = None) -> None: ...
 
 
+class DeviceRepository(Protocol):
+    async def get(self, device_id: str) -> Device | None: ...
+
+    async def get_by_name(self, owner_id: int, name: str) -> Device | None: ...
+
+    async def list_for_owner(self, owner_id: int) -> Sequence[Device]:
+        """
+        The owner's devices, most recently connected first.
+        """
+        ...
+
+    async def name_taken(self, owner_id: int, name: str, *, except_id: str | None = None) -> bool: ...
+
+    async def add(self, device_id: str, *, now: datetime, **values: Any) -> Device:
+        """
+        Insert a device record. Raises `errors.Conflict` when the id exists.
+        """
+        ...
+
+    async def update(self, device_id: str, **changes: Any) -> Device:
+        """
+        Change columns. Raises `errors.Conflict` on a name clash within one owner, `NotFound` if absent.
+        """
+        ...
+
+    async def set_all_offline(self, now: datetime) -> int: ...
+
+    async def delete(self, device_id: str) -> None: ...
+
+
+class PendingKeyRepository(Protocol):
+    async def record(
+        self, device_id: str, public_key_der: bytes, ip_address: str | None, now: datetime
+    ) -> None: ...
+
+    async def get(self, device_id: str) -> PendingKey | None: ...
+
+    async def list(self) -> Sequence[PendingKey]: ...
+
+    async def delete(self, device_id: str) -> None: ...
+
+
+class ClaimCodeRepository(Protocol):
+    async def add(self, code_hash: str, user_id: int, expires_at: datetime) -> None: ...
+
+    async def take(self, code_hash: str) -> tuple[int, datetime] | None: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def users(self) -> UserRepository: ...
@@ -126,12 +175,27 @@ class UnitOfWork(Protocol):
     @property
     def secrets(self) -> OneTimeSecretRepository: ...
 
+    @property
+    def devices(self) -> DeviceRepository: ...
+
+    @property
+    def pending_keys(self) -> PendingKeyRepository: ...
+
+    @property
+    def claim_codes(self) -> ClaimCodeRepository: ...
+
 
 class Store(Protocol):
     def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[UnitOfWork]:
         """
         Open a transaction; commit on normal exit, roll back on exception. ``readonly`` promises no writes,
         which lets a backend run it beside writers (SQLite: a deferred rather than an immediate lock).
+        """
+        ...
+
+    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User] | None:
+        """
+        The request hot path: a token by hash with its user, as one indexed read outside any unit of work.
         """
         ...
 

@@ -19,10 +19,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -116,4 +118,46 @@ one_time_secrets = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     Column("payload", JSON, nullable=False, default=dict),
     Index("ix_one_time_secrets_kind_hash", "kind", "secret_hash", unique=True),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("name", String(64), nullable=True),
+    Column("platform_id", Integer, nullable=True),
+    Column("product_id", Integer, nullable=True),
+    Column("public_key", LargeBinary, nullable=True),
+    Column("last_ip_address", String(64), nullable=True),
+    Column("last_heard", UtcDateTime, nullable=True),
+    Column("last_handshake_at", UtcDateTime, nullable=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("describe", JSON, nullable=False, default=dict),
+    Column("system_firmware_version", String(32), nullable=True),
+    Column("notes", Text, nullable=True),
+    Column("serial_number", String(64), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    # Names are unique per owner (NULLs never clash, so unowned devices may share a generated name).
+    UniqueConstraint("owner_id", "name", name="uq_devices_owner_id_name"),
+)
+
+pending_device_keys = Table(
+    "pending_device_keys",
+    metadata,
+    Column("device_id", String(24), primary_key=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("ip_address", String(64), nullable=True),
+    Column("first_seen", UtcDateTime, nullable=False),
+    Column("last_seen", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, default=1),
+)
+
+claim_codes = Table(
+    "claim_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("expires_at", UtcDateTime, nullable=False),
 )

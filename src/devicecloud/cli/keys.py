@@ -1,0 +1,102 @@
+"""
+``devicecloud keys``: the server key devices need, and device keys (add, pending, approve).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+import click
+from cryptography.hazmat.primitives import serialization
+
+from devicecloud.cli.common import data_dir_option, run_with_runtime, settings_from
+from devicecloud.runtime import Runtime, load_server_key, server_key_slot_image
+
+
+@click.group()
+def keys() -> None:
+    """
+    Server and device keys.
+    """
+
+
+@keys.command("server")
+@click.option("--host", required=True, help="Address devices connect to: IPv4 or domain name.")
+@click.option("--port", type=int, default=5683, show_default=True, help="Device port.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the 512-byte key slot here."
+)
+@data_dir_option
+def server(host: str, port: int, out: Path | None, data_dir: Path | None) -> None:
+    """
+    Print the server public key (PEM, for `particle keys server`) and write the device key-slot image.
+    """
+    settings = settings_from(data_dir=data_dir)
+    key = load_server_key(settings)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        image = server_key_slot_image(key, host, port)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    target = out or settings.data_dir / "server_key_slot.bin"
+    target.write_bytes(image)
+    click.echo(pem.decode().rstrip())
+    click.echo(f"\nwrote the {len(image)}-byte server key slot for {host}:{port} to {target}")
+    click.echo(
+        "Give it to a device in DFU mode with:\n"
+        f"  particle keys server {settings.data_dir / 'server_key.pub.pem'} --host {host} --port {port}\n"
+        f"or: dfu-util -d 2b04:d006 -a 1 -s 2082 -D {target}"
+    )
+
+
+@keys.command("add")
+@click.argument("device_id")
+@click.argument("public_key", type=click.File("r"))
+@data_dir_option
+def add(device_id: str, public_key: TextIO, data_dir: Path | None) -> None:
+    """
+    Register DEVICE_ID's public key from a PEM file ('-' reads standard input).
+    """
+    text = public_key.read()
+
+    async def action(runtime: Runtime) -> str:
+        return await runtime.device_keys.add(device_id, text)
+
+    registered = run_with_runtime(settings_from(data_dir=data_dir), action)
+    click.echo(f"registered the key of {registered}")
+
+
+@keys.command("pending")
+@data_dir_option
+def pending(data_dir: Path | None) -> None:
+    """
+    List unknown devices that tried to connect, with the key they offered.
+    """
+
+    async def action(runtime: Runtime) -> list[str]:
+        return [
+            f"{p.device_id}\tfrom {p.ip_address or '?'}\tattempts={p.attempts}\t"
+            f"last={p.last_seen.isoformat(timespec='seconds')}"
+            for p in await runtime.device_keys.pending()
+        ]
+
+    lines = run_with_runtime(settings_from(data_dir=data_dir), action)
+    click.echo("\n".join(lines) if lines else "no device is waiting for approval")
+
+
+@keys.command("approve")
+@click.argument("device_id")
+@data_dir_option
+def approve(device_id: str, data_dir: Path | None) -> None:
+    """
+    Accept the key DEVICE_ID offered; it connects on its next attempt.
+    """
+
+    async def action(runtime: Runtime) -> str:
+        return await runtime.device_keys.approve(device_id)
+
+    approved = run_with_runtime(settings_from(data_dir=data_dir), action)
+    click.echo(f"approved {approved}; it will connect on its next attempt")

@@ -1,0 +1,143 @@
+"""
+What the gateway reports about device links, written down: keys, online state, last heard, describe.
+
+Implements `services.ports.DeviceSessions`. Rules kept here:
+- a device is accepted only with the key registered for it; an unknown device's offered key is recorded for
+  an operator (``devicecloud keys pending|approve``), and accepted at once only when the server is set to
+  accept unknown devices;
+- a device gets a generated name on its first connection;
+- ``last_heard`` is written at most once per ``heard_interval`` seconds per device, so a chatty device does
+  not turn every message into a database write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo
+from devicecloud.services.device_names import generate_name
+
+if TYPE_CHECKING:
+    from devicecloud.clock import Clock
+    from devicecloud.store.interfaces import Store, UnitOfWork
+
+logger = structlog.get_logger("devicecloud.devices")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    accept_unknown_devices: bool = False
+    heard_interval: float = 15.0
+
+
+class DeviceSessionService:
+    """
+    The store side of device links (see `services.ports.DeviceSessions`).
+    """
+
+    def __init__(self, *, store: Store, clock: Clock, policy: SessionPolicy) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._last_heard_write: dict[str, float] = {}
+
+    async def check_device_key(
+        self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
+    ) -> bytes | None:
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            device = await tx.devices.get(device_id)
+            if device is not None and device.public_key_der:
+                if device.public_key_der != offered_public_key_der:
+                    logger.warning("device offered a different key", device_id=device_id, ip=ip_address)
+                return device.public_key_der
+            if self._policy.accept_unknown_devices:
+                if device is None:
+                    await tx.devices.add(device_id, now=now, public_key=offered_public_key_der)
+                else:
+                    await tx.devices.update(device_id, public_key=offered_public_key_der, updated_at=now)
+                await tx.pending_keys.delete(device_id)
+                logger.info("accepted unknown device on first handshake", device_id=device_id, ip=ip_address)
+                return offered_public_key_der
+            await tx.pending_keys.record(device_id, offered_public_key_der, ip_address, now)
+        logger.warning(
+            "unknown device refused; its key awaits approval (devicecloud keys pending)",
+            device_id=device_id,
+            ip=ip_address,
+        )
+        return None
+
+    async def device_connected(self, device_id: str, ip_address: str | None, hello: DeviceHelloInfo) -> None:
+        now = self._clock.now()
+        changes: dict[str, Any] = {
+            "online": True,
+            "last_ip_address": ip_address,
+            "last_handshake_at": now,
+            "last_heard": now,
+            "updated_at": now,
+        }
+        if hello.platform_id is not None:
+            changes["platform_id"] = hello.platform_id
+        if hello.product_id is not None and hello.product_id not in (0, 0xFFFF):
+            changes["product_id"] = hello.product_id
+        async with self._store.transaction() as tx:
+            device = await tx.devices.get(device_id)
+            if device is None:
+                device = await tx.devices.add(device_id, now=now)
+            if device.name is None:
+                changes["name"] = await self._free_name(tx, device.owner_id)
+            await tx.devices.update(device_id, **changes)
+        self._last_heard_write[device_id] = self._clock.monotonic()
+        logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
+
+    async def device_described(self, device_id: str, description: DeviceDescription) -> None:
+        async with self._store.transaction() as tx:
+            device = await tx.devices.get(device_id)
+            if device is None:
+                return
+            describe = dict(device.describe)
+            if description.functions is not None:
+                describe["functions"] = list(description.functions)
+            if description.variables is not None:
+                describe["variables"] = dict(description.variables)
+            if description.modules is not None:
+                describe["modules"] = description.modules
+            changes: dict[str, Any] = {"describe": describe, "updated_at": self._clock.now()}
+            if description.system_firmware_version is not None:
+                changes["system_firmware_version"] = description.system_firmware_version
+            await tx.devices.update(device_id, **changes)
+
+    async def device_heard(self, device_id: str) -> None:
+        moment = self._clock.monotonic()
+        last = self._last_heard_write.get(device_id)
+        if last is not None and moment - last < self._policy.heard_interval:
+            return
+        self._last_heard_write[device_id] = moment
+        async with self._store.transaction() as tx:
+            if await tx.devices.get(device_id) is not None:
+                await tx.devices.update(device_id, last_heard=self._clock.now())
+
+    async def device_disconnected(self, device_id: str) -> None:
+        self._last_heard_write.pop(device_id, None)
+        async with self._store.transaction() as tx:
+            if await tx.devices.get(device_id) is not None:
+                await tx.devices.update(device_id, online=False, updated_at=self._clock.now())
+        logger.info("device offline", device_id=device_id)
+
+    async def reset_online_state(self) -> int:
+        """
+        At start-up no link exists yet: devices left online by a stopped process are offline.
+        """
+        async with self._store.transaction() as tx:
+            return await tx.devices.set_all_offline(self._clock.now())
+
+    @staticmethod
+    async def _free_name(tx: UnitOfWork, owner_id: int | None) -> str:
+        for _ in range(50):
+            name = generate_name()
+            if owner_id is None or not await tx.devices.name_taken(owner_id, name):
+                return name
+        return f"{generate_name()}_{len(name)}"

@@ -1,0 +1,194 @@
+"""
+Devices as their owners use them: list, look up, call, read, ping, signal, rename, notes, claim, unclaim.
+
+Rules kept here:
+- `access_device` is the one ownership check. A device that does not exist and a device of someone else
+  give the same `PermissionDenied`, so ids cannot be probed.
+- A function or variable the device did not describe is refused without bothering the device.
+- Requests to the device go through `ports.DeviceControl` (the gateway); this module never sees a socket.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from devicecloud.domain.devices import Device, VariableReading, normalise_device_id
+from devicecloud.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from devicecloud.services.device_names import generate_name, is_valid_name
+from devicecloud.services.secrets import hash_secret
+
+if TYPE_CHECKING:
+    from devicecloud.clock import Clock
+    from devicecloud.domain.accounts import User
+    from devicecloud.services.ports import DeviceControl
+    from devicecloud.store.interfaces import Store, UnitOfWork
+
+MAX_FUNCTION_ARGUMENT = 622  # bytes; Device OS ≥ 0.8 (older firmware took 63 and refuses longer itself)
+MAX_NOTES = 4096
+CLAIM_CODE_LIFETIME = timedelta(hours=24)
+
+
+def denied() -> PermissionDenied:
+    return PermissionDenied("Permission Denied: not a device of yours", code="Permission Denied")
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePolicy:
+    request_timeout: float = 20.0
+
+
+class DeviceService:
+    """
+    The devices API's business rules.
+    """
+
+    def __init__(self, *, store: Store, clock: Clock, control: DeviceControl, policy: DevicePolicy) -> None:
+        self._store = store
+        self._clock = clock
+        self._control = control
+        self._policy = policy
+
+    # ------------------------------------------------------------------ reading
+
+    async def list_devices(self, user: User) -> list[Device]:
+        async with self._store.transaction(readonly=True) as tx:
+            return list(await tx.devices.list_for_owner(user.id))
+
+    async def access_device(self, user: User, ref: str) -> Device:
+        """
+        The caller's device named by id or by name. Raises `PermissionDenied` for missing and foreign alike.
+        """
+        async with self._store.transaction(readonly=True) as tx:
+            device_id = normalise_device_id(ref)
+            device = await tx.devices.get(device_id) if device_id else None
+            if device is None or device.owner_id != user.id:
+                device = await tx.devices.get_by_name(user.id, ref)
+        if device is None or device.owner_id != user.id:
+            raise denied()
+        return device
+
+    def is_online(self, device: Device) -> bool:
+        return self._control.is_online(device.id)
+
+    # ------------------------------------------------------------------ talking to the device
+
+    async def call_function(self, user: User, ref: str, name: str, argument: str) -> tuple[Device, int]:
+        device = await self.access_device(user, ref)
+        if len(argument.encode("utf-8")) > MAX_FUNCTION_ARGUMENT:
+            raise InvalidInput(
+                f"The argument is longer than {MAX_FUNCTION_ARGUMENT} bytes", code="Argument too long"
+            )
+        if "functions" in device.describe and name not in device.functions:
+            raise NotFound(f"Function {name} not found", code="Function not found")
+        result = await self._control.call_function(
+            device.id, name, argument, timeout=self._policy.request_timeout
+        )
+        return device, result
+
+    async def read_variable(self, user: User, ref: str, name: str) -> tuple[Device, VariableReading]:
+        device = await self.access_device(user, ref)
+        if "variables" in device.describe and name not in device.variables:
+            raise NotFound(f"Variable {name} not found", code="Variable not found")
+        reading = await self._control.read_variable(
+            device.id, name, device.variables.get(name), timeout=self._policy.request_timeout
+        )
+        return device, reading
+
+    async def ping(self, user: User, ref: str) -> bool:
+        device = await self.access_device(user, ref)
+        return await self._control.ping(device.id, timeout=self._policy.request_timeout)
+
+    async def signal(self, user: User, ref: str, on: bool) -> Device:
+        device = await self.access_device(user, ref)
+        await self._control.signal(device.id, on, timeout=self._policy.request_timeout)
+        return device
+
+    # ------------------------------------------------------------------ changing the record
+
+    async def rename(self, user: User, ref: str, name: Any) -> Device:
+        device = await self.access_device(user, ref)
+        if not isinstance(name, str) or not is_valid_name(name):
+            raise InvalidInput(
+                "name must be 1-63 letters, digits, underscores or dashes", code="invalid_name"
+            )
+        async with self._store.transaction() as tx:
+            return await tx.devices.update(device.id, name=name, updated_at=self._clock.now())
+
+    async def set_notes(self, user: User, ref: str, notes: Any) -> Device:
+        device = await self.access_device(user, ref)
+        if notes is not None and (not isinstance(notes, str) or len(notes) > MAX_NOTES):
+            raise InvalidInput(f"notes must be a string of at most {MAX_NOTES} characters")
+        async with self._store.transaction() as tx:
+            return await tx.devices.update(device.id, notes=notes or None, updated_at=self._clock.now())
+
+    # ------------------------------------------------------------------ ownership
+
+    async def claim(self, user: User, device_ref: Any, *, request_transfer: bool = False) -> Device:
+        """
+        Make a known, unowned device the caller's. Claiming your own device again succeeds.
+        """
+        device_id = normalise_device_id(device_ref) if isinstance(device_ref, str) else None
+        if device_id is None:
+            raise InvalidInput("id must be a 24-character hexadecimal device id")
+        async with self._store.transaction() as tx:
+            device = await tx.devices.get(device_id)
+            if device is None:
+                raise NotFound("device not found: it has never connected nor had its key registered")
+            if device.owner_id == user.id:
+                return device
+            if device.owner_id is not None:
+                if request_transfer:
+                    raise InvalidInput(
+                        "Ownership transfers are not supported by this server; ask the owner to unclaim it",
+                        code="transfer_unsupported",
+                    )
+                raise PermissionDenied(
+                    "You cannot claim a device owned by someone else", code="Permission Denied"
+                )
+            return await self._take_ownership(tx, device, user.id)
+
+    async def unclaim(self, user: User, ref: str) -> None:
+        device = await self.access_device(user, ref)
+        async with self._store.transaction() as tx:
+            await tx.devices.update(device.id, owner_id=None, notes=None, updated_at=self._clock.now())
+
+    async def create_claim_code(self, user: User) -> tuple[str, list[str]]:
+        """
+        A one-time code a device can present (event ``spark/device/claim/code``) to become the user's.
+        """
+        code = secrets.token_urlsafe(47)[:63]
+        async with self._store.transaction() as tx:
+            await tx.claim_codes.add(hash_secret(code), user.id, self._clock.now() + CLAIM_CODE_LIFETIME)
+            owned = [d.id for d in await tx.devices.list_for_owner(user.id)]
+        return code, owned
+
+    async def claim_with_code(self, device_id: str, code: str) -> bool:
+        """
+        A device presented a claim code: give it to the code's user if the device is unowned.
+        """
+        async with self._store.transaction() as tx:
+            taken = await tx.claim_codes.take(hash_secret(code.strip()))
+            device = await tx.devices.get(device_id)
+            if (
+                taken is None
+                or taken[1] <= self._clock.now()
+                or device is None
+                or device.owner_id is not None
+            ):
+                return False
+            await self._take_ownership(tx, device, taken[0])
+        return True
+
+    async def _take_ownership(self, tx: UnitOfWork, device: Device, user_id: int) -> Device:
+        name = device.name
+        if name is None or await tx.devices.name_taken(user_id, name):
+            for _ in range(50):
+                name = generate_name()
+                if not await tx.devices.name_taken(user_id, name):
+                    break
+            else:  # pragma: no cover - 1,560 names, 50 tries
+                raise Conflict("Could not find a free name for the device")
+        return await tx.devices.update(device.id, owner_id=user_id, name=name, updated_at=self._clock.now())

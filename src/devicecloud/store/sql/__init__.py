@@ -1,0 +1,95 @@
+"""
+SQL backend on SQLAlchemy Core (async), for SQLite and PostgreSQL.
+
+Theory of operation: `SqlStore` owns the engine. `transaction()` opens one connection in one transaction and
+hands out repositories bound to it; every repository method is a single statement, so there is no ORM
+identity map to keep in sync. Dialect differences stay in this package: SQLite gets WAL, foreign keys and a
+busy timeout on every connection and an explicit BEGIN; unique violations of either dialect become
+`errors.Conflict`. One module per domain holds its repositories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from devicecloud.domain.accounts import AccessToken, User
+from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
+from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
+from devicecloud.store.sql.token_lookup import TokenLookup
+
+READONLY_OPTION = "devicecloud_readonly"
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """
+    Build the async engine with the per-dialect connection settings this project relies on.
+    """
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # The sqlite3 module's own transaction handling breaks SAVEPOINTs; SQLAlchemy's documented
+            # recipe is to turn it off and emit BEGIN ourselves (below).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            # Writers take the lock up front (IMMEDIATE) so a read-then-write transaction never fails with
+            # SQLITE_BUSY half way; read-only transactions stay DEFERRED and run beside writers under WAL.
+            readonly = conn.get_execution_options().get(READONLY_OPTION, False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+class SqlUnitOfWork:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.users = SqlUsers(conn)
+        self.tokens = SqlTokens(conn)
+        self.clients = SqlClients(conn)
+        self.secrets = SqlSecrets(conn)
+        self.devices = SqlDevices(conn)
+        self.pending_keys = SqlPendingKeys(conn)
+        self.claim_codes = SqlClaimCodes(conn)
+
+
+class SqlStore:
+    """
+    The SQL backend of `store.interfaces.Store`.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._token_lookup = TokenLookup(engine)
+
+    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User] | None:
+        return await self._token_lookup.lookup(token_hash)
+
+    @classmethod
+    def from_url(cls, url: str) -> SqlStore:
+        return cls(create_engine(url))
+
+    @asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[SqlUnitOfWork]:
+        async with self.engine.connect() as conn:
+            if readonly:
+                await conn.execution_options(**{READONLY_OPTION: True})
+            async with conn.begin():
+                yield SqlUnitOfWork(conn)
+
+    async def close(self) -> None:
+        await self._token_lookup.close()
+        await self.engine.dispose()

@@ -1,0 +1,195 @@
+"""
+SQL repositories of devices: device records, keys waiting for approval, and claim codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from devicecloud.domain.devices import Device, PendingKey
+from devicecloud.errors import Conflict, NotFound
+from devicecloud.store.tables import claim_codes, devices, pending_device_keys, users
+
+_DEVICE_COLUMNS = (*devices.c, users.c.username.label("owner_username"))
+
+
+def _device(row: Row[Any]) -> Device:
+    describe = dict(row.describe or {})
+    return Device(
+        id=row.id,
+        owner_id=row.owner_id,
+        owner_username=row.owner_username,
+        name=row.name,
+        platform_id=row.platform_id,
+        product_id=row.product_id,
+        public_key_der=row.public_key,
+        last_ip_address=row.last_ip_address,
+        last_heard=row.last_heard,
+        last_handshake_at=row.last_handshake_at,
+        online=bool(row.online),
+        functions=tuple(describe.get("functions") or ()),
+        variables=dict(describe.get("variables") or {}),
+        system_firmware_version=row.system_firmware_version,
+        notes=row.notes,
+        serial_number=row.serial_number,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        describe=describe,
+    )
+
+
+def _select_devices() -> Any:
+    return select(*_DEVICE_COLUMNS).select_from(devices.outerjoin(users, devices.c.owner_id == users.c.id))
+
+
+class SqlDevices:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def get(self, device_id: str) -> Device | None:
+        row = (await self._conn.execute(_select_devices().where(devices.c.id == device_id))).first()
+        return _device(row) if row else None
+
+    async def get_by_name(self, owner_id: int, name: str) -> Device | None:
+        stmt = _select_devices().where(devices.c.owner_id == owner_id, devices.c.name == name)
+        row = (await self._conn.execute(stmt)).first()
+        return _device(row) if row else None
+
+    async def list_for_owner(self, owner_id: int) -> Sequence[Device]:
+        stmt = _select_devices().where(devices.c.owner_id == owner_id)
+        stmt = stmt.order_by(devices.c.last_handshake_at.desc().nulls_last(), devices.c.id)
+        return [_device(row) for row in await self._conn.execute(stmt)]
+
+    async def name_taken(self, owner_id: int, name: str, *, except_id: str | None = None) -> bool:
+        stmt = select(devices.c.id).where(devices.c.owner_id == owner_id, devices.c.name == name)
+        if except_id is not None:
+            stmt = stmt.where(devices.c.id != except_id)
+        return (await self._conn.execute(stmt)).first() is not None
+
+    async def add(self, device_id: str, *, now: datetime, **values: Any) -> Device:
+        try:
+            async with self._conn.begin_nested():
+                await self._conn.execute(
+                    insert(devices).values(
+                        id=device_id, online=False, describe={}, created_at=now, updated_at=now, **values
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict("That device already exists") from exc
+        added = await self.get(device_id)
+        if added is None:  # pragma: no cover - inserted just above
+            raise NotFound("Device not found")
+        return added
+
+    async def update(self, device_id: str, **changes: Any) -> Device:
+        try:
+            async with self._conn.begin_nested():
+                result = await self._conn.execute(
+                    update(devices).where(devices.c.id == device_id).values(**changes)
+                )
+        except IntegrityError as exc:
+            raise Conflict("That name is already used by another of your devices", code="name_taken") from exc
+        if not result.rowcount:
+            raise NotFound("Device not found")
+        updated = await self.get(device_id)
+        if updated is None:  # pragma: no cover - updated just above
+            raise NotFound("Device not found")
+        return updated
+
+    async def set_all_offline(self, now: datetime) -> int:
+        result = await self._conn.execute(
+            update(devices).where(devices.c.online.is_(True)).values(online=False, updated_at=now)
+        )
+        return int(result.rowcount)
+
+    async def delete(self, device_id: str) -> None:
+        await self._conn.execute(delete(devices).where(devices.c.id == device_id))
+
+
+def _pending(row: Row[Any]) -> PendingKey:
+    return PendingKey(
+        device_id=row.device_id,
+        public_key_der=row.public_key,
+        ip_address=row.ip_address,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        attempts=row.attempts,
+    )
+
+
+class SqlPendingKeys:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def record(
+        self, device_id: str, public_key_der: bytes, ip_address: str | None, now: datetime
+    ) -> None:
+        """
+        Remember an offered key; a new key from the same id replaces the old one (latest offer wins).
+        """
+        existing = await self.get(device_id)
+        if existing is None:
+            await self._conn.execute(
+                insert(pending_device_keys).values(
+                    device_id=device_id,
+                    public_key=public_key_der,
+                    ip_address=ip_address,
+                    first_seen=now,
+                    last_seen=now,
+                    attempts=1,
+                )
+            )
+            return
+        await self._conn.execute(
+            update(pending_device_keys)
+            .where(pending_device_keys.c.device_id == device_id)
+            .values(
+                public_key=public_key_der,
+                ip_address=ip_address,
+                last_seen=now,
+                attempts=existing.attempts + 1,
+            )
+        )
+
+    async def get(self, device_id: str) -> PendingKey | None:
+        stmt = select(pending_device_keys).where(pending_device_keys.c.device_id == device_id)
+        row = (await self._conn.execute(stmt)).first()
+        return _pending(row) if row else None
+
+    async def list(self) -> Sequence[PendingKey]:
+        stmt = select(pending_device_keys).order_by(pending_device_keys.c.last_seen.desc())
+        return [_pending(row) for row in await self._conn.execute(stmt)]
+
+    async def delete(self, device_id: str) -> None:
+        await self._conn.execute(
+            delete(pending_device_keys).where(pending_device_keys.c.device_id == device_id)
+        )
+
+
+class SqlClaimCodes:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, code_hash: str, user_id: int, expires_at: datetime) -> None:
+        await self._conn.execute(
+            insert(claim_codes).values(code_hash=code_hash, user_id=user_id, expires_at=expires_at)
+        )
+
+    async def take(self, code_hash: str) -> tuple[int, datetime] | None:
+        """
+        Use up a claim code: returns (user_id, expires_at) once, then None.
+        """
+        row = (
+            await self._conn.execute(select(claim_codes).where(claim_codes.c.code_hash == code_hash))
+        ).first()
+        if row is None:
+            return None
+        result = await self._conn.execute(delete(claim_codes).where(claim_codes.c.code_hash == code_hash))
+        return (row.user_id, row.expires_at) if result.rowcount else None

@@ -1,0 +1,87 @@
+"""
+Virtual devices connected to a test runtime through the real gateway, registered and claimed over the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from devicecloud.protocol import ResponseStyle
+from devicecloud.runtime import Runtime
+from devicecloud.virtualdevice.device import VirtualDevice
+from devicecloud.virtualdevice.identity import generate_identity
+from tests.support.api import Account
+
+
+async def register_and_claim(
+    client: httpx.AsyncClient, account: Account, device_id: str, public_pem: str
+) -> None:
+    """
+    What a user does with particle-cli: ``keys send`` then claim.
+    """
+    sent = await client.post(
+        f"/v1/provisioning/{device_id}",
+        json={"deviceID": device_id, "publicKey": public_pem, "algorithm": "rsa"},
+        headers=account.auth,
+    )
+    assert 200 == sent.status_code, sent.text
+    claimed = await client.post("/v1/devices", json={"id": device_id}, headers=account.auth)
+    assert 200 == claimed.status_code, claimed.text
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """
+    Poll an async predicate (real time: for things the other side does on its own schedule).
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if await predicate():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def connect_device(
+    client: httpx.AsyncClient,
+    account: Account | None,
+    runtime: Runtime,
+    *,
+    style: ResponseStyle = ResponseStyle.SEPARATE,
+    demo: bool = False,
+    setup: Callable[[VirtualDevice], None] | None = None,
+    **options: Any,
+) -> VirtualDevice:
+    """
+    A new virtual device, registered and claimed by ``account`` (when given), connected and described.
+    """
+    identity = generate_identity()
+    if account is not None:
+        await register_and_claim(client, account, identity.device_id, identity.public_key_pem())
+    device = VirtualDevice(
+        "127.0.0.1",
+        runtime.gateway_port,
+        device_id=identity.device_id,
+        device_key=identity.private_key,
+        server_public_key=runtime.server_key.public_key(),
+        response_style=style,
+        demo=demo,
+        reconnect=False,
+        **options,
+    )
+    if setup is not None:
+        setup(device)
+    await device.start()
+    await device.wait_connected(10)
+
+    async def described() -> bool:
+        async with runtime.store.transaction(readonly=True) as tx:
+            record = await tx.devices.get(identity.device_id)
+        return record is not None and record.online and "functions" in record.describe
+
+    await wait_until(described)
+    return device
