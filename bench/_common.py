@@ -1,0 +1,346 @@
+"""
+Shared plumbing for the benchmarks: start a real ``devicecloud serve`` on a free loopback port, pin it and the
+load generator to separate cores, drive load with ``wrk`` (or the Python fallback in ``_loadgen.py``) and
+measure CPU time of both sides.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+SERVER_CORE = 0
+LOADGEN_CORE = 1
+CLIENT_ID = "particle"
+CLIENT_SECRET = "particle"  # noqa: S105 - the public id/secret of Particle's official clients
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """
+    Something that should have worked did not (server start, a non-2xx reply, a failed load run).
+    """
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def can_pin() -> bool:
+    """
+    Whether ``taskset`` exists and both benchmark cores are ours to use.
+    """
+    if shutil.which("taskset") is None or not hasattr(os, "sched_getaffinity"):
+        return False
+    return {SERVER_CORE, LOADGEN_CORE} <= os.sched_getaffinity(0)
+
+
+def pinned(core: int, argv: list[str], enabled: bool) -> list[str]:
+    return ["taskset", "-c", str(core), *argv] if enabled else argv
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """
+    User + system CPU time of a running process, all its threads included (Linux /proc).
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def wait_child(proc: subprocess.Popen[str], timeout: float) -> tuple[int, float]:
+    """
+    Wait for ``proc`` and return its exit code and CPU seconds (from wait4's rusage).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            code = os.waitstatus_to_exitcode(status)
+            proc.returncode = code
+            return code, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise BenchError(f"{proc.args!r} did not finish within {timeout:.0f}s")
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------- HTTP helpers
+
+
+@dataclass(frozen=True)
+class Request:
+    """
+    One HTTP request, replayed by the load generator over and over.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: str = ""
+
+    def raw(self, port: int) -> str:
+        lines = [f"{self.method} {self.path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        if self.body or self.method in ("POST", "PUT"):
+            lines.append(f"Content-Length: {len(self.body.encode())}")
+        return "\r\n".join(lines) + "\r\n\r\n" + self.body
+
+
+def call(port: int, request: Request, timeout: float = 30.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(request.method, request.path, body=request.body or None, headers=dict(request.headers))
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def login_request(email: str, password: str) -> Request:
+    return Request(
+        "POST",
+        "/oauth/token",
+        {
+            "Authorization": basic_auth(CLIENT_ID, CLIENT_SECRET),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        urllib.parse.urlencode({"grant_type": "password", "username": email, "password": password}),
+    )
+
+
+def get_token(port: int, email: str, password: str) -> str:
+    status, body = call(port, login_request(email, password))
+    if status != 200:
+        raise BenchError(f"login answered {status}: {body[:200]!r}")
+    token: str = json.loads(body)["access_token"]
+    return token
+
+
+# ---------------------------------------------------------------------------------------------- the server
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    pinned: bool
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+
+@contextlib.contextmanager
+def running_server(
+    *, email: str, password: str, pin: bool, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
+    """
+    ``devicecloud serve`` on a free port with a temporary data dir, pinned to core 0 when ``pin``.
+
+    The per-IP rate limits are turned off: their default (10,000 requests per 5 minutes for one address)
+    would answer 429 within seconds of a benchmark, which all comes from 127.0.0.1.
+    """
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="devicecloud-bench-") as tmp:
+        env = {
+            **os.environ,
+            "DEVICECLOUD_RATE_LIMITS_ENABLED": "false",
+            "DEVICECLOUD_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
+        argv = [
+            sys.executable, "-m", "devicecloud", "serve",
+            "--data-dir", tmp, "--port", str(port), "--admin-email", email, "--admin-password", password,
+        ]  # fmt: skip
+        log_path = Path(tmp) / "server.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                pinned(SERVER_CORE, argv, pin), env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
+            server = Server(port=port, proc=proc, data_dir=Path(tmp), pinned=pin)
+            try:
+                _wait_ready(server, log_path)
+                yield server
+            finally:
+                _stop(proc)
+
+
+def _wait_ready(server: Server, log_path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise BenchError(f"server exited with {server.proc.returncode}:\n{log_path.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            if call(server.port, Request("GET", "/healthz"), timeout=2)[0] == 200:
+                return
+        time.sleep(0.05)
+    raise BenchError(f"server not ready after {timeout:.0f}s:\n{log_path.read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadResult:
+    label: str
+    generator: str
+    connections: int
+    requests: int
+    duration_s: float
+    status_errors: int
+    socket_errors: int
+    p50_ms: float
+    p99_ms: float
+    server_cpu_s: float
+    generator_cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.status_errors + self.socket_errors
+
+    @property
+    def server_cpu_us_per_request(self) -> float:
+        return self.server_cpu_s / self.requests * 1e6 if self.requests else float("nan")
+
+    @property
+    def server_cpu_share(self) -> float:
+        return self.server_cpu_s / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def generator_cpu_share(self) -> float:
+        return self.generator_cpu_s / self.duration_s if self.duration_s else 0.0
+
+
+def _lua_string(value: str) -> str:
+    if any(not (32 <= ord(ch) < 127) for ch in value):
+        raise BenchError(f"not printable ASCII, cannot pass to wrk: {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_s": %f, "status_errors": %d, "socket_errors": %d, '
+    .. '"p50_us": %f, "p99_us": %f, "max_us": %f}\\n',
+    summary.requests, summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk_script(request: Request) -> str:
+    lines = [f"wrk.method = {_lua_string(request.method)}"]
+    lines += [f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in request.headers.items()]
+    if request.body:
+        lines.append(f"wrk.body = {_lua_string(request.body)}")
+    return "\n".join(lines) + "\n" + _WRK_DONE
+
+
+def run_load(
+    label: str,
+    server: Server,
+    request: Request,
+    *,
+    generator: str,
+    connections: int,
+    duration: float,
+    pin: bool,
+) -> LoadResult:
+    """
+    Drive ``request`` at the server for ``duration`` seconds from a separate process on core 1.
+    """
+    with tempfile.TemporaryDirectory(prefix="devicecloud-load-") as tmp:
+        if generator == "wrk":
+            script = Path(tmp) / "bench.lua"
+            script.write_text(wrk_script(request))
+            argv = [
+                "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+                "-s", str(script), f"http://127.0.0.1:{server.port}{request.path}",
+            ]  # fmt: skip
+        else:
+            spec = {
+                "port": server.port, "request": request.raw(server.port),
+                "connections": connections, "duration": duration,
+            }  # fmt: skip
+            argv = [sys.executable, str(BENCH_DIR / "_loadgen.py"), json.dumps(spec)]
+        out_path = Path(tmp) / "out.txt"
+        with out_path.open("w") as out:
+            server_cpu_before = server.cpu_seconds()
+            proc = subprocess.Popen(
+                pinned(LOADGEN_CORE, argv, pin), stdout=out, stderr=subprocess.STDOUT, text=True
+            )
+            code, generator_cpu = wait_child(proc, timeout=duration + 60)
+            server_cpu = server.cpu_seconds() - server_cpu_before
+        output = out_path.read_text()
+    if code != 0:
+        raise BenchError(f"{generator} exited with {code}:\n{output[-2000:]}")
+    line = next((ln for ln in output.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise BenchError(f"{generator} printed no result:\n{output[-2000:]}")
+    figures: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+    return LoadResult(
+        label=label,
+        generator=generator,
+        connections=connections,
+        requests=int(figures["requests"]),
+        duration_s=float(figures["duration_s"]),
+        status_errors=int(figures["status_errors"]),
+        socket_errors=int(figures["socket_errors"]),
+        p50_ms=float(figures["p50_us"]) / 1000,
+        p99_ms=float(figures["p99_us"]) / 1000,
+        server_cpu_s=server_cpu,
+        generator_cpu_s=generator_cpu,
+    )
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
