@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     smtp_from: str = Field(default="devicecloud@localhost", description="Sender of password-reset mail.")
     public_url: str | None = Field(default=None, description="Base URL shown to users (reset links, hints).")
 
+    demo_device: bool = Field(
+        default=True, description="serve runs a demo virtual device owned by the first account."
+    )
     admin_email: str | None = Field(default=None, description="First account created by serve.")
     admin_password: str | None = Field(default=None, description="Its password (generated when unset).")
     log_level: str = Field(default="WARNING", description="Root log level.")

@@ -1,5 +1,5 @@
 """
-``devicecloud serve``: run the HTTP API (and, once it exists, the device gateway) until SIGINT/SIGTERM.
+``devicecloud serve``: run the HTTP API and the device gateway (either can run alone) until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,16 +15,22 @@ import click
 import uvicorn
 
 from devicecloud.cli.common import data_dir_option, new_event_loop, settings_from
+from devicecloud.cli.demo_device import DemoDevice, start_demo_device
 from devicecloud.runtime import Runtime, build_runtime, configure_logging
 from devicecloud.settings import Settings
 
 
-def banner(settings: Settings, created: tuple[str, str] | None) -> str:
+def banner(
+    settings: Settings, created: tuple[str, str] | None, *, device_port: int | None, demo: DemoDevice | None
+) -> str:
     """
     What to try first: the account, and exact particle-cli, particle-api-js and curl lines.
     """
     url = settings.effective_public_url
-    lines = [f"devicecloud is listening on {url}  (data: {settings.data_dir.resolve()})", ""]
+    lines = [f"devicecloud API on {url}  (data: {settings.data_dir.resolve()})"]
+    if device_port is not None:
+        lines.append(f"device gateway on {settings.device_host}:{device_port} (TCP)")
+    lines.append("")
     if created is None:
         lines += [
             "Accounts already exist. Create another with: devicecloud users create you@example.com",
@@ -46,8 +52,22 @@ def banner(settings: Settings, created: tuple[str, str] | None) -> str:
         f"  node -e \"new (require('particle-api-js'))({{baseUrl:'{url}'}}).login({{username:'{email}',"
         f"password:'{password}'}}).then(r => console.log(r.body))\"",
         "",
-        f"API reference: {url}/docs   Stop with Ctrl-C.",
     ]
+    if demo is not None:
+        lines += [
+            f"A demo virtual device is connected as {demo.name!r}"
+            + (f" (owned by {demo.owner}):" if demo.owner else ":"),
+            f"  particle list   particle call {demo.name} digitalwrite D7,HIGH"
+            f"   particle get {demo.name} temperature",
+        ]
+    if device_port is not None:
+        lines += [
+            "Connect another virtual device:",
+            f"  devicecloud virtual-device --port {device_port} --username {q_email} --password {q_password} "
+            "--name my-device",
+            "",
+        ]
+    lines.append(f"API reference: {url}/docs   Stop with Ctrl-C.")
     return "\n".join(lines)
 
 
@@ -68,14 +88,29 @@ class QuietSignalsServer(uvicorn.Server):
 @click.command()
 @click.option("--host", default=None, help="HTTP address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="HTTP port (default 8080).")
+@click.option("--device-port", type=int, default=None, help="Device gateway TCP port (default 5683).")
+@click.option(
+    "--only",
+    type=click.Choice(["api", "devices"]),
+    default=None,
+    help="Run only the HTTP API or only the device gateway (default: both in one process).",
+)
 @click.option("--admin-email", default=None, help="Email of the first account, created when none exists.")
 @click.option("--admin-password", default=None, help="Its password (generated when omitted).")
+@click.option(
+    "--demo-device/--no-demo-device",
+    default=None,
+    help="Run a demo virtual device owned by the first account (default on; DEVICECLOUD_DEMO_DEVICE).",
+)
 @data_dir_option
 def serve(
     host: str | None,
     port: int | None,
+    device_port: int | None,
+    only: str | None,
     admin_email: str | None,
     admin_password: str | None,
+    demo_device: bool | None,
     data_dir: Path | None,
 ) -> None:
     """
@@ -84,39 +119,78 @@ def serve(
     settings = settings_from(
         http_host=host,
         http_port=port,
+        device_port=device_port,
         admin_email=admin_email,
         admin_password=admin_password,
+        demo_device=demo_device,
         data_dir=data_dir,
     )
     configure_logging(settings)
+    run_api, run_devices = only != "devices", only != "api"
 
     async def main() -> None:
         runtime: Runtime = build_runtime(settings)
         await runtime.start()
         first = await runtime.ensure_first_account()
         created = (first[0].username, first[1]) if first else None
-        config = uvicorn.Config(
-            runtime.asgi_app(),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
-            lifespan="on",
-            server_header=False,
-        )
-        server = QuietSignalsServer(config)
+        demo: DemoDevice | None = None
+        if run_devices:
+            try:
+                await runtime.start_gateway()
+            except OSError as exc:
+                await runtime.stop()
+                message = f"could not listen for devices on port {settings.device_port}: {exc}"
+                raise click.ClickException(message) from exc
+            if settings.demo_device:
+                demo = await start_demo_device(runtime)
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, server.request_exit)
-        serving = asyncio.create_task(server.serve())
-        # uvicorn exposes only a `started` flag (set once the socket listens), no event to await.
-        while not server.started and not serving.done():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        if server.started:
-            click.echo(banner(settings, created))
-        await serving  # returns after a graceful shutdown, which also ran runtime.stop() via the lifespan
-        if not server.started:
-            raise click.ClickException(f"could not listen on {settings.http_host}:{settings.http_port}")
+        try:
+            if run_api:
+                await serve_api(runtime, settings, created, demo, loop)
+            else:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, stop.set)
+                click.echo(banner(settings, created, device_port=runtime.gateway_port, demo=demo))
+                await stop.wait()
+        finally:
+            if demo is not None:
+                await demo.device.stop()
+            await runtime.stop()
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(main())
+
+
+async def serve_api(
+    runtime: Runtime,
+    settings: Settings,
+    created: tuple[str, str] | None,
+    demo: DemoDevice | None,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """
+    Run uvicorn until a stop signal; the runtime's life stays with the caller.
+    """
+    config = uvicorn.Config(
+        runtime.asgi_app(manage_lifecycle=False),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+    )
+    server = QuietSignalsServer(config)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, server.request_exit)
+    serving = asyncio.create_task(server.serve())
+    # uvicorn exposes only a `started` flag (set once the socket listens), no event to await.
+    while not server.started and not serving.done():  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    if server.started:
+        device_port = runtime.gateway_port if runtime.gateway_started else None
+        click.echo(banner(settings, created, device_port=device_port, demo=demo))
+    await serving
+    if not server.started:
+        raise click.ClickException(f"could not listen on {settings.http_host}:{settings.http_port}")

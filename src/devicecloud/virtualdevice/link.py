@@ -78,9 +78,11 @@ class DeviceLink(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):  # pragma: no cover - TCP always gives one
+        # uvloop's TCP transport implements the Transport interface without subclassing asyncio.Transport,
+        # so check for what we use rather than the class.
+        if not hasattr(transport, "write"):  # pragma: no cover - TCP always gives one
             raise TypeError("a stream transport is needed")
-        self._transport = transport
+        self._transport = transport  # type: ignore[assignment]
         self._flush()
 
     def data_received(self, data: bytes) -> None:

@@ -87,13 +87,13 @@ class TokenLookup:
         if self._connection is not None:
             return self._connection
         async with self._opening:  # the first requests may arrive together: open one connection, not several
-            if self._connection is not None:
-                return self._connection
-            connection = await aiosqlite.connect(self._sqlite_path or ":memory:", isolation_level=None)
-            await connection.execute("PRAGMA query_only=ON")
-            await connection.execute("PRAGMA busy_timeout=30000")
-            self._connection = connection
-        return self._connection
+            connection = self._connection
+            if connection is None:
+                connection = await aiosqlite.connect(self._sqlite_path or ":memory:", isolation_level=None)
+                await connection.execute("PRAGMA query_only=ON")
+                await connection.execute("PRAGMA busy_timeout=30000")
+                self._connection = connection
+        return connection
 
     async def close(self) -> None:
         if self._connection is not None:
