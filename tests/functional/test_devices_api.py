@@ -284,3 +284,29 @@ async def test_unknown_device_waits_for_approval(
     await device.start()
     await device.wait_connected(10)
     await device.stop()
+
+
+async def test_claim_code_presented_by_the_device(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime
+) -> None:
+    """A device that publishes spark/device/claim/code with Ada's code becomes Ada's (the setup-app flow)."""
+    code = (await client.post("/v1/device_claims", headers=ada.auth)).json()["claim_code"]
+    device = await connect_device(client, None, runtime)
+    try:
+        await device.publish("spark/device/claim/code", code, private=True)
+
+        async def claimed() -> bool:
+            listed = (await client.get("/v1/devices", headers=ada.auth)).json()
+            return [device.device_id] == [d["id"] for d in listed]
+
+        await wait_until(claimed)
+        again = await connect_device(client, None, runtime)
+        try:
+            await again.publish("spark/device/claim/code", code, private=True)
+            await asyncio.sleep(0.2)
+            listed = (await client.get("/v1/devices", headers=ada.auth)).json()
+            assert [device.device_id] == [d["id"] for d in listed]
+        finally:
+            await again.stop()
+    finally:
+        await device.stop()

@@ -57,11 +57,13 @@ async def connect_device(
     **options: Any,
 ) -> VirtualDevice:
     """
-    A new virtual device, registered and claimed by ``account`` (when given), connected and described.
+    A new virtual device, registered and claimed by ``account`` (unowned without one), connected and described.
     """
     identity = generate_identity()
     if account is not None:
         await register_and_claim(client, account, identity.device_id, identity.public_key_pem())
+    else:  # an operator registers the key (devicecloud keys add); nobody owns the device yet
+        await runtime.device_keys.add(identity.device_id, identity.public_key_pem())
     device = VirtualDevice(
         "127.0.0.1",
         runtime.gateway_port,
