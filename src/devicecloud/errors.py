@@ -133,7 +133,7 @@ class DeviceTimedOut(DomainError):
     The device did not answer in time.
     """
 
-    default_code = "timed_out"
+    default_code = "Timed out."  # the device API's historical wording (spark-server, the official clients)
 
 
 class DeviceOffline(NotFound):
@@ -141,4 +141,4 @@ class DeviceOffline(NotFound):
     The device is not connected to this cloud.
     """
 
-    default_code = "device_offline"
+    default_code = "Device is offline"

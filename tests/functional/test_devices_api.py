@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from tests.support.api import Account, make_account
+from tests.support.clock import FakeClock
 from tests.support.devices import connect_device, wait_until
 
 from devicecloud.protocol import ResponseStyle
@@ -309,4 +310,36 @@ async def test_claim_code_presented_by_the_device(
         finally:
             await again.stop()
     finally:
+        await device.stop()
+
+
+async def test_silent_device_times_out_then_goes_offline(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, clock: FakeClock
+) -> None:
+    """A function that never answers gets 408 at the request timeout; past the keep-alive window the device is
+    offline. Time is the injected clock: nothing here sleeps for it."""
+    never, entered = asyncio.Event(), asyncio.Event()
+
+    async def hang(_arg: str) -> int:
+        entered.set()
+        await never.wait()
+        return 0
+
+    device = await connect_device(client, ada, runtime, setup=lambda d: d.add_function("hang", hang))
+    try:
+        call = asyncio.create_task(client.post(f"/v1/devices/{device.device_id}/hang", headers=ada.auth))
+        await asyncio.wait_for(entered.wait(), 10)  # the call reached the device
+        clock.advance(runtime.settings.device_request_timeout + 0.1)
+        response = await call
+        assert (408, "Timed out.") == (response.status_code, response.json()["error"])
+        await device.stop()  # the device vanishes; the gateway only learns it from silence
+        clock.advance(runtime.settings.device_keepalive * 2)
+
+        async def offline() -> bool:
+            body = (await client.get(f"/v1/devices/{device.device_id}", headers=ada.auth)).json()
+            return body["online"] is False
+
+        await wait_until(offline)
+    finally:
+        never.set()
         await device.stop()
