@@ -7,14 +7,23 @@ The npm packages live in tests/compat/node (package.json + package-lock.json); `
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 from tests.support import unavailable
 from tests.support.server import LiveServer, live_server
+
+from devicecloud.virtualdevice import DeviceIdentity, VirtualDevice
+
+T = TypeVar("T")
 
 NODE_DIR = Path(__file__).with_name("node")
 
@@ -44,3 +53,104 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir()
     return {**os.environ, "HOME": str(home), "NO_COLOR": "1", "FORCE_COLOR": "0"}
+
+
+# ---------------------------------------------------------------- devices (issue 3, scope item 8)
+
+
+class DeviceRunner:
+    """
+    Virtual devices run from the test process on an asyncio loop in a background thread, so synchronous tests
+    can run an official client as a subprocess while the device answers it.
+    """
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.server_public_key = (server.data_dir / "server_key.pub.pem").read_bytes()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="virtual-devices", daemon=True)
+        self.thread.start()
+        self.devices: list[VirtualDevice] = []
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def connect(self, identity: DeviceIdentity, **options: Any) -> VirtualDevice:
+        """
+        Connect a device (Tinker and the demo variables unless told otherwise) and wait for its session.
+        """
+        device = VirtualDevice(
+            "127.0.0.1",
+            self.server.device_port,
+            device_id=identity.device_id,
+            device_key=identity.private_key,
+            server_public_key=self.server_public_key,
+            reconnect=False,
+            **{"demo": True, **options},
+        )
+        self.devices.append(device)
+
+        async def start() -> None:
+            await device.start()
+            await device.wait_connected(10)
+
+        self.run(start())
+        return device
+
+    def close(self) -> None:
+        async def stop_all() -> None:
+            for device in self.devices:
+                await device.stop()
+
+        try:
+            self.run(stop_all())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def device_runner(server: LiveServer) -> Iterator[DeviceRunner]:
+    runner = DeviceRunner(server)
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="module")
+def owner_api(server: LiveServer) -> Iterator[httpx.Client]:
+    """
+    An httpx client on the server, logged in as the owner of the demo device (Bearer token).
+    """
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        reply = client.post(
+            "/oauth/token",
+            auth=("particle", "particle"),
+            data={"grant_type": "password", "username": server.email, "password": server.password},
+        )
+        assert 200 == reply.status_code, reply.text
+        client.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
+        yield client
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """
+    Poll a condition another process or thread makes true on its own schedule.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def described_online(api: httpx.Client, device_id: str) -> Callable[[], bool]:
+    """
+    The API shows the device online with its functions (the describe has arrived).
+    """
+
+    def check() -> bool:
+        reply = api.get(f"/v1/devices/{device_id}")
+        return reply.status_code == 200 and reply.json()["connected"] and bool(reply.json()["functions"])
+
+    return check

@@ -57,7 +57,7 @@ async def connect_device(
     **options: Any,
 ) -> VirtualDevice:
     """
-    A new virtual device, registered and claimed by ``account`` (unowned without one), connected and described.
+    A new virtual device, registered and claimed by ``account`` (unowned without one), connected, described.
     """
     identity = generate_identity()
     if account is not None:

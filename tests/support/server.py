@@ -31,6 +31,7 @@ class LiveServer:
     password: str
     data_dir: Path
     process: subprocess.Popen[str]
+    device_port: int = 0
 
     def output(self) -> str:
         """
@@ -42,12 +43,20 @@ class LiveServer:
 
 @contextmanager
 def live_server(
-    data_dir: Path, *, email: str = "admin@example.com", password: str = "admin password", **env: str
+    data_dir: Path,
+    *,
+    email: str = "admin@example.com",
+    password: str = "admin password",
+    device_port: int | None = None,
+    **env: str,
 ) -> Iterator[LiveServer]:
     """
     Start the server as the README does, wait until it answers, stop it with SIGTERM and check it exits 0.
+
+    The device gateway listens on ``device_port`` (a free port unless given): servers never collide on 5683.
     """
     port = free_port()
+    device_port = free_port() if device_port is None else device_port
     environment = {
         **os.environ,
         "DEVICECLOUD_PASSWORD_TIME_COST": "1",
@@ -62,6 +71,8 @@ def live_server(
         "serve",
         "--port",
         str(port),
+        "--device-port",
+        str(device_port),
         "--data-dir",
         str(data_dir),
         "--admin-email",
@@ -73,7 +84,9 @@ def live_server(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     url = f"http://127.0.0.1:{port}"
-    server = LiveServer(url=url, email=email, password=password, data_dir=data_dir, process=process)
+    server = LiveServer(
+        url=url, email=email, password=password, data_dir=data_dir, process=process, device_port=device_port
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
