@@ -90,7 +90,8 @@ class MfaRequired(OAuthError):
 
 class NotFound(DomainError):
     """
-    The object does not exist, or is not the caller's (indistinguishable on purpose).
+    The object does not exist, or is not the caller's where the API answers both alike with a 404 (OAuth
+    clients, tokens). Devices answer both with `PermissionDenied` instead, as the Particle API does.
     """
 
     default_code = "not_found"

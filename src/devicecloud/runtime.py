@@ -39,8 +39,6 @@ from devicecloud.store import migrate
 from devicecloud.store.keyfiles import load_or_create_server_key
 from devicecloud.store.sql import SqlStore
 
-CLAIM_CODE_EVENT = "spark/device/claim/code"
-
 
 def configure_logging(settings: Settings) -> None:
     """
@@ -243,9 +241,9 @@ def build_runtime(
     devices: DeviceService | None = None
 
     async def on_device_event(device_id: str, event: EventPublished) -> None:
-        # Device events reach the event bus with the events issue; the claim code is handled already.
-        if event.name == CLAIM_CODE_EVENT and event.data and devices is not None:
-            await devices.claim_with_code(device_id, event.data.decode("utf-8", errors="replace"))
+        if devices is not None:
+            data = event.data.decode("utf-8", errors="replace") if event.data is not None else None
+            await devices.handle_device_event(device_id, event.name, data)
 
     gateway = DeviceGateway(
         sessions,

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     device_keepalive: float = Field(
         default=20.0,
         gt=0,
-        description="Ping a device silent this many seconds; drop it after about twice that.",
+        description="Ping a device silent this many seconds; drop it after 1.75 times that.",
     )
     device_request_timeout: float = Field(
         default=20.0,

@@ -343,3 +343,29 @@ async def test_silent_device_times_out_then_goes_offline(
     finally:
         never.set()
         await device.stop()
+
+
+async def test_key_of_an_unowned_known_device_cannot_be_replaced(
+    client: httpx.AsyncClient, ada: Account, bob: Account, runtime: Runtime
+) -> None:
+    """Bob may register a key for a new device, not replace the key of one the cloud knows and nobody owns."""
+    from devicecloud.virtualdevice import generate_identity
+
+    known, fresh, thief = generate_identity(), generate_identity(), generate_identity()
+    await runtime.device_keys.add(known.device_id, known.public_key_pem())
+    taken = await client.post(
+        f"/v1/provisioning/{known.device_id}", json={"publicKey": thief.public_key_pem()}, headers=bob.auth
+    )
+    assert 403 == taken.status_code
+    same = await client.post(
+        f"/v1/provisioning/{known.device_id}", json={"publicKey": known.public_key_pem()}, headers=bob.auth
+    )
+    assert 200 == same.status_code
+    new = await client.post(
+        f"/v1/provisioning/{fresh.device_id}", json={"publicKey": fresh.public_key_pem()}, headers=bob.auth
+    )
+    assert {"ok": True, "id": fresh.device_id} == new.json()
+    bad = await client.post(
+        f"/v1/provisioning/{fresh.device_id}", json={"publicKey": "nope"}, headers=bob.auth
+    )
+    assert (400, "invalid_key") == (bad.status_code, bad.json()["error"])

@@ -3,8 +3,8 @@ Device public keys: registration by owners (``POST /v1/provisioning/:id``, parti
 operators (``devicecloud keys add|pending|approve``).
 
 A key is stored as SubjectPublicKeyInfo DER, the form a device sends in its handshake, so the gateway can
-compare offered and registered keys byte for byte. Replacing the key of a connected device drops its link:
-the old session was authenticated with the old key.
+compare offered and registered keys byte for byte. Replacing the key of a device connected to this process
+drops its link: the old session was authenticated with the old key.
 """
 
 from __future__ import annotations
@@ -67,13 +67,17 @@ class DeviceKeyService:
 
     async def register(self, user: User, device_ref: Any, public_key: Any) -> str:
         """
-        An owner (or anyone, for a device nobody owns) sets a device's key. Returns the device id.
+        Set a device's key: the owner may always; anyone may for a device the cloud has no key for yet.
+        Replacing the key of a device nobody owns would let a stranger take it over, so that is for
+        operators (``devicecloud keys add|approve``). Returns the device id.
         """
         device_id = check_device_id(device_ref)
         der = parse_public_key(public_key)
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(readonly=True) as tx:
             device = await tx.devices.get(device_id)
-            if device is not None and device.owner_id not in (None, user.id):
+        if device is not None and device.owner_id != user.id:
+            foreign = device.owner_id is not None
+            if foreign or (device.public_key_der is not None and device.public_key_der != der):
                 raise PermissionDenied("Permission Denied: not a device of yours", code="Permission Denied")
         await self._store_key(device_id, der)
         return device_id

@@ -12,6 +12,7 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -140,4 +141,4 @@ class DeviceSessionService:
             name = generate_name()
             if owner_id is None or not await tx.devices.name_taken(owner_id, name):
                 return name
-        return f"{generate_name()}_{len(name)}"
+        return f"{generate_name()}_{secrets.token_hex(2)}"

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 MAX_FUNCTION_ARGUMENT = 622  # bytes; Device OS ≥ 0.8 (older firmware took 63 and refuses longer itself)
 MAX_NOTES = 4096
 CLAIM_CODE_LIFETIME = timedelta(hours=24)
+CLAIM_CODE_EVENT = "spark/device/claim/code"  # what Device OS publishes with the code the setup app gave it
 
 
 def denied() -> PermissionDenied:
@@ -164,6 +165,13 @@ class DeviceService:
             await tx.claim_codes.add(hash_secret(code), user.id, self._clock.now() + CLAIM_CODE_LIFETIME)
             owned = [d.id for d in await tx.devices.list_for_owner(user.id)]
         return code, owned
+
+    async def handle_device_event(self, device_id: str, name: str, data: str | None) -> None:
+        """
+        Events from devices that concern the device record (more arrive with the events bus).
+        """
+        if name == CLAIM_CODE_EVENT and data:
+            await self.claim_with_code(device_id, data)
 
     async def claim_with_code(self, device_id: str, code: str) -> bool:
         """

@@ -33,9 +33,11 @@ class Notifier(Protocol):
 
 class DeviceControl(Protocol):
     """
-    Requests to a connected device. Every method raises `errors.DeviceOffline` when the device has no live
-    link, `errors.DeviceTimedOut` when it does not answer within ``timeout`` seconds, and `errors.NotFound`
-    when the device answers that it has no such function or variable.
+    Requests to a connected device. Requests raise `errors.DeviceOffline` when the device has no live link in
+    this process, `errors.DeviceTimedOut` when it does not answer within ``timeout`` seconds,
+    `errors.NotFound` when it has no such function or variable, and `errors.InvalidInput` for any other
+    refusal (an argument too long for its firmware, a 5.xx). ``ping`` answers False instead of raising, and
+    ``disconnect`` never raises.
     """
 
     def is_online(self, device_id: str) -> bool: ...
