@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from devicecloud.api.app import create_app
 from devicecloud.api.deps import ApiDeps
+from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.domain.accounts import User
 from devicecloud.errors import Conflict
@@ -31,6 +32,7 @@ from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
 from devicecloud.services.devices import DevicePolicy, DeviceService
+from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
 from devicecloud.services.tokens import TokenPolicy, TokenService
@@ -97,6 +99,8 @@ class Runtime:
     gateway: DeviceGateway
     devices: DeviceService
     device_keys: DeviceKeyService
+    bus: MemoryBus
+    events: EventService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
 
@@ -108,6 +112,7 @@ class Runtime:
             clients=self.clients,
             devices=self.devices,
             device_keys=self.device_keys,
+            events=self.events,
         )
 
     @property
@@ -151,6 +156,7 @@ class Runtime:
             # Before the store closes: links report their devices offline while they stop.
             await self.gateway.stop()
             self.gateway_started = False
+        await self.bus.close()
         await self.notifier.drain()
         await self.store.close()
         self.started = False
@@ -239,11 +245,15 @@ def build_runtime(
         store=store, clock=clock, policy=SessionPolicy(accept_unknown_devices=settings.accept_unknown_devices)
     )
     devices: DeviceService | None = None
+    events: EventService | None = None
 
     async def on_device_event(device_id: str, event: EventPublished) -> None:
-        if devices is not None:
-            data = event.data.decode("utf-8", errors="replace") if event.data is not None else None
-            await devices.handle_device_event(device_id, event.name, data)
+        # The gateway knows protocol events, services know plain values: this is the translation.
+        if devices is None or events is None:
+            return
+        data = event.data.decode("utf-8", errors="replace") if event.data is not None else None
+        await events.publish_from_device(device_id, event.name, data, private=event.private, ttl=event.ttl)
+        await devices.handle_device_event(device_id, event.name, data)
 
     gateway = DeviceGateway(
         sessions,
@@ -265,6 +275,10 @@ def build_runtime(
         policy=DevicePolicy(request_timeout=settings.device_request_timeout),
     )
     device_keys = DeviceKeyService(store=store, clock=clock, control=gateway.control)
+    bus = MemoryBus()
+    events = EventService(store=store, clock=clock, bus=bus, devices=devices, policy=EventPolicy())
+    devices.on_owner_change(events.forget_owner)
+    sessions.on_status = events.publish_status
     return Runtime(
         settings=settings,
         clock=clock,
@@ -279,4 +293,6 @@ def build_runtime(
         gateway=gateway,
         devices=devices,
         device_keys=device_keys,
+        bus=bus,
+        events=events,
     )

@@ -10,6 +10,7 @@ from devicecloud.services.accounts import AccountService
 from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
+from devicecloud.services.events import EventService
 from devicecloud.services.tokens import TokenService
 from devicecloud.settings import Settings
 
@@ -22,3 +23,4 @@ class ApiDeps:
     clients: ClientService
     devices: DeviceService
     device_keys: DeviceKeyService
+    events: EventService

@@ -13,6 +13,7 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,8 @@ class DeviceSessionService:
         self._clock = clock
         self._policy = policy
         self._last_heard_write: dict[str, float] = {}
+        # Set by the runtime to the events service: spark/status once the record says online/offline.
+        self.on_status: Callable[[str, bool], Awaitable[None]] | None = None
 
     async def check_device_key(
         self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
@@ -93,6 +96,8 @@ class DeviceSessionService:
             await tx.devices.update(device_id, **changes)
         self._last_heard_write[device_id] = self._clock.monotonic()
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
+        if self.on_status is not None:
+            await self.on_status(device_id, True)
 
     async def device_described(self, device_id: str, description: DeviceDescription) -> None:
         async with self._store.transaction() as tx:
@@ -124,9 +129,12 @@ class DeviceSessionService:
     async def device_disconnected(self, device_id: str) -> None:
         self._last_heard_write.pop(device_id, None)
         async with self._store.transaction() as tx:
-            if await tx.devices.get(device_id) is not None:
+            known = await tx.devices.get(device_id) is not None
+            if known:
                 await tx.devices.update(device_id, online=False, updated_at=self._clock.now())
         logger.info("device offline", device_id=device_id)
+        if known and self.on_status is not None:
+            await self.on_status(device_id, False)
 
     async def reset_online_state(self) -> int:
         """

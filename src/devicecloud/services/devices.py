@@ -11,6 +11,7 @@ Rules kept here:
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,17 @@ class DeviceService:
         self._clock = clock
         self._control = control
         self._policy = policy
+        self._owner_listeners: list[Callable[[str], None]] = []
+
+    def on_owner_change(self, listener: Callable[[str], None]) -> None:
+        """
+        Call ``listener(device_id)`` after a device changes hands (caches of owners listen).
+        """
+        self._owner_listeners.append(listener)
+
+    def _owner_changed(self, device_id: str) -> None:
+        for listener in self._owner_listeners:
+            listener(device_id)
 
     # ------------------------------------------------------------------ reading
 
@@ -149,12 +161,15 @@ class DeviceService:
                 raise PermissionDenied(
                     "You cannot claim a device owned by someone else", code="Permission Denied"
                 )
-            return await self._take_ownership(tx, device, user.id)
+            claimed = await self._take_ownership(tx, device, user.id)
+        self._owner_changed(device_id)
+        return claimed
 
     async def unclaim(self, user: User, ref: str) -> None:
         device = await self.access_device(user, ref)
         async with self._store.transaction() as tx:
             await tx.devices.update(device.id, owner_id=None, notes=None, updated_at=self._clock.now())
+        self._owner_changed(device.id)
 
     async def create_claim_code(self, user: User) -> tuple[str, list[str]]:
         """
@@ -188,6 +203,7 @@ class DeviceService:
             ):
                 return False
             await self._take_ownership(tx, device, taken[0])
+        self._owner_changed(device_id)
         return True
 
     async def _take_ownership(self, tx: UnitOfWork, device: Device, user_id: int) -> Device:

@@ -1,0 +1,60 @@
+"""
+Events as the cloud carries them: from devices, from the API, and from the cloud itself (special events).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+# coreid of events that no device published (catalogue §9.3 uses this for cloud-made events).
+INTERNAL_COREID = "particle-internal"
+# coreid of events published through POST /v1/devices/events.
+API_COREID = "api"
+DEFAULT_TTL = 60
+MAX_NAME_LENGTH = 64
+MAX_DATA_LENGTH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEvent:
+    """
+    One event. ``owner_id`` is the user it belongs to (the device's owner, or the API publisher); public
+    events are visible to everyone, private ones only to their owner.
+    """
+
+    name: str
+    data: str | None
+    ttl: int
+    published_at: datetime
+    coreid: str
+    public: bool
+    owner_id: int | None
+    device_id: str | None = None
+    product_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """
+    What a subscriber wants: a name prefix, and whose events.
+
+    - ``owner_id`` set and ``include_public`` off: only that user's events (``/v1/devices/events``);
+    - ``owner_id`` set and ``include_public`` on: that user's events plus everyone's public ones
+      (``/v1/events``, device subscriptions to all events);
+    - ``device_id`` set: only that device's events (still subject to the owner rule above).
+    """
+
+    prefix: str = ""
+    owner_id: int | None = None
+    include_public: bool = False
+    device_id: str | None = None
+
+    def matches(self, event: CloudEvent) -> bool:
+        if not event.name.startswith(self.prefix):
+            return False
+        if self.device_id is not None and event.device_id != self.device_id:
+            return False
+        if self.owner_id is not None and event.owner_id == self.owner_id:
+            return True
+        return self.include_public and event.public

@@ -1,0 +1,237 @@
+"""
+Events: publish from the API and from devices, subscribe (streams and device subscriptions), special events.
+
+Rules kept here:
+- names are 1–64 characters, data at most 1,024 (the device protocol's limits); the API publishes with the
+  caller as owner and ``coreid`` "api"; a device publishes as its owner, with its id as ``coreid``;
+- who sees what is `EventFilter`'s business: an owner sees everything of theirs, others only public events;
+  ``/v1/devices/events`` shows only the caller's own;
+- a device may publish 1 event/s on average with bursts of 4 (a token bucket per device, on the injected
+  clock); what exceeds is refused, never queued;
+- events go to the bus after the change that caused them is committed (``spark/status`` after the device
+  record says online/offline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from devicecloud.domain.events import (
+    API_COREID,
+    DEFAULT_TTL,
+    MAX_DATA_LENGTH,
+    MAX_NAME_LENGTH,
+    CloudEvent,
+    EventFilter,
+)
+from devicecloud.errors import InvalidInput, PermissionDenied
+
+if TYPE_CHECKING:
+    from devicecloud.bus.interfaces import EventBus, Subscription
+    from devicecloud.clock import Clock
+    from devicecloud.domain.accounts import User
+    from devicecloud.services.devices import DeviceService
+    from devicecloud.store.interfaces import Store
+
+StreamScope = Literal["all", "mine", "device"]
+STATUS_EVENT = "spark/status"
+MAX_TTL = 16_777_215  # what the protocol's Max-Age option (3 bytes) can carry
+
+
+@dataclass(frozen=True, slots=True)
+class EventPolicy:
+    device_rate: float = 1.0
+    device_burst: int = 4
+    max_pending: int = 1000
+
+
+def check_event(name: Any, data: Any, ttl: Any) -> tuple[str, str | None, int]:
+    """
+    A valid (name, data, ttl) triple, or `InvalidInput` in the API's words.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("The event name is required", code="Event name is required")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(
+            f"Event names are at most {MAX_NAME_LENGTH} characters", code="Event name too long"
+        )
+    if data is not None and not isinstance(data, str):
+        data = str(data)
+    if data is not None and len(data.encode("utf-8")) > MAX_DATA_LENGTH:
+        raise InvalidInput(f"Event data is at most {MAX_DATA_LENGTH} bytes", code="Event data too long")
+    if ttl in (None, ""):
+        ttl = DEFAULT_TTL
+    try:
+        ttl = int(ttl)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("ttl must be a whole number of seconds", code="invalid_ttl") from exc
+    if not 0 <= ttl <= MAX_TTL:
+        raise InvalidInput(f"ttl must be between 0 and {MAX_TTL}", code="invalid_ttl")
+    return name, data, ttl
+
+
+def is_private(value: Any) -> bool:
+    """
+    The API's reading of ``private``: truthy unless empty, false, 0 or absent.
+    """
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "no", "off")
+    return bool(value)
+
+
+class _Bucket:
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class EventService:
+    """
+    The event rules; the bus only carries.
+    """
+
+    def __init__(
+        self, *, store: Store, clock: Clock, bus: EventBus, devices: DeviceService, policy: EventPolicy
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._bus = bus
+        self._devices = devices
+        self._policy = policy
+        self._buckets: dict[str, _Bucket] = {}
+        self._owners: dict[str, int | None] = {}
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish_from_api(self, user: User, name: Any, data: Any, private: Any, ttl: Any) -> CloudEvent:
+        """
+        ``POST /v1/devices/events``.
+        """
+        name, data, ttl = check_event(name, data, ttl)
+        event = CloudEvent(
+            name=name,
+            data=data,
+            ttl=ttl,
+            published_at=self._clock.now(),
+            coreid=API_COREID,
+            public=not is_private(private),
+            owner_id=user.id,
+        )
+        await self._bus.publish(event)
+        return event
+
+    async def publish_from_device(
+        self, device_id: str, name: str, data: str | None, *, private: bool, ttl: int
+    ) -> bool:
+        """
+        A device's event. Returns False (and publishes nothing) past the device's rate limit.
+        """
+        if not self._take_token(device_id):
+            return False
+        owner = await self.owner_of(device_id)
+        await self._bus.publish(
+            CloudEvent(
+                name=name,
+                data=data,
+                ttl=ttl,
+                published_at=self._clock.now(),
+                coreid=device_id,
+                public=not private,
+                owner_id=owner,
+                device_id=device_id,
+            )
+        )
+        return True
+
+    async def publish_status(self, device_id: str, online: bool) -> None:
+        """
+        ``spark/status`` online/offline, private to the device's owner, after the record changed.
+        """
+        self.forget_owner(device_id)
+        owner = await self.owner_of(device_id)
+        await self._bus.publish(
+            CloudEvent(
+                name=STATUS_EVENT,
+                data="online" if online else "offline",
+                ttl=DEFAULT_TTL,
+                published_at=self._clock.now(),
+                coreid=device_id,
+                public=False,
+                owner_id=owner,
+                device_id=device_id,
+            )
+        )
+
+    def _take_token(self, device_id: str) -> bool:
+        now = self._clock.monotonic()
+        bucket = self._buckets.get(device_id)
+        burst = float(self._policy.device_burst)
+        if bucket is None:
+            bucket = self._buckets[device_id] = _Bucket(burst, now)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.stamp) * self._policy.device_rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    # ------------------------------------------------------------------ owners (cached: read on every event)
+
+    async def owner_of(self, device_id: str) -> int | None:
+        if device_id in self._owners:
+            return self._owners[device_id]
+        async with self._store.transaction(readonly=True) as tx:
+            device = await tx.devices.get(device_id)
+        owner = device.owner_id if device is not None else None
+        self._owners[device_id] = owner
+        return owner
+
+    def forget_owner(self, device_id: str) -> None:
+        """
+        Drop the cached owner (claims, unclaims and reconnects call this).
+        """
+        self._owners.pop(device_id, None)  # rate-limit buckets survive reconnects on purpose
+
+    # ------------------------------------------------------------------ subscribing
+
+    async def stream(
+        self, user: User, scope: StreamScope, prefix: str, device_ref: str | None = None
+    ) -> Subscription:
+        """
+        A subscription for an SSE stream. ``device`` scope checks the device is the caller's.
+        """
+        if scope == "all":
+            if not prefix:
+                raise InvalidInput(
+                    "An event name prefix is required on /v1/events", code="event prefix filter is required"
+                )
+            event_filter = EventFilter(prefix=prefix, owner_id=user.id, include_public=True)
+        elif scope == "mine":
+            event_filter = EventFilter(prefix=prefix, owner_id=user.id)
+        else:
+            if device_ref is None:
+                raise PermissionDenied("Permission Denied", code="Permission Denied")
+            device = await self._devices.access_device(user, device_ref)
+            event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
+        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+
+    async def device_subscription(
+        self, device_id: str, prefix: str, scope: StreamScope, from_device: str | None = None
+    ) -> Subscription | None:
+        """
+        What a device receives for its Subscribe: ``all`` = public events plus its owner's, ``mine`` = its
+        owner's, ``device`` = that one device's (if visible). A device nobody owns sees public events only.
+        """
+        owner = await self.owner_of(device_id)
+        if scope == "mine" and owner is None:
+            return None
+        event_filter = EventFilter(
+            prefix=prefix,
+            owner_id=owner,
+            include_public=scope != "mine",
+            device_id=from_device if scope == "device" else None,
+        )
+        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
