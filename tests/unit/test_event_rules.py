@@ -1,0 +1,35 @@
+"""
+Event rules that need no network: validation, the private flag, and the device publish rate limit.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from devicecloud.errors import InvalidInput
+from devicecloud.services.events import check_event, is_private
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "ttl"),
+    [("", None, 60), ("x" * 65, None, 60), ("ok", "x" * 1025, 60), ("ok", None, "soon"), ("ok", None, -1)],
+)
+def test_bad_events_are_refused(name: str, data: str | None, ttl: object) -> None:
+    """Empty or long names, long data and bad ttls are InvalidInput."""
+    with pytest.raises(InvalidInput):
+        check_event(name, data, ttl)
+
+
+def test_defaults() -> None:
+    """A missing ttl is 60; numbers given as text are read."""
+    assert ("n", None, 60) == check_event("n", None, None)
+    assert ("n", "d", 30) == check_event("n", "d", "30")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, True), ("true", True), ("1", True), (False, False), ("false", False), ("", False), (None, False)],
+)
+def test_private_flag(value: object, expected: bool) -> None:
+    """private is true unless absent, empty, false or 0."""
+    assert expected == is_private(value)
