@@ -135,6 +135,7 @@ async def update_device(
     params: Annotated[DeviceUpdate, Depends(Params(DeviceUpdate))],
 ) -> dict[str, Any]:
     service = _deps(request).devices
+    await service.access_device(principal.user, device)  # ownership first, whatever the request asks
     if params.firmware_updates_forced is not None or (
         content_type(request) == "multipart/form-data"
         and {"name", "notes", "signal"}.isdisjoint(await read_params(request))
