@@ -23,7 +23,7 @@ from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.domain.accounts import User
 from devicecloud.errors import Conflict
-from devicecloud.gateway import DeviceGateway
+from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
 from devicecloud.notify import LogNotifier, SmtpNotifier
 from devicecloud.protocol import EventPublished, LocalProtocolError
 from devicecloud.protocol.keyslot import server_key_slot
@@ -247,13 +247,23 @@ def build_runtime(
     devices: DeviceService | None = None
     events: EventService | None = None
 
-    async def on_device_event(device_id: str, event: EventPublished) -> None:
+    async def on_device_event(device_id: str, event: EventPublished) -> bool:
         # The gateway knows protocol events, services know plain values: this is the translation.
+        # False = over the device's publish limit: the gateway refuses a CON event (ACK 4.00).
         if devices is None or events is None:
-            return
+            return True
         data = event.data.decode("utf-8", errors="replace") if event.data is not None else None
-        await events.publish_from_device(device_id, event.name, data, private=event.private, ttl=event.ttl)
-        await devices.handle_device_event(device_id, event.name, data)
+        accepted = await events.publish_from_device(
+            device_id, event.name, data, private=event.private, ttl=event.ttl
+        )
+        if accepted:
+            await devices.handle_device_event(device_id, event.name, data)
+        return accepted
+
+    async def open_device_feed(device_id: str, wanted: tuple[DeviceSubscription, ...]) -> EventFeed | None:
+        if events is None:
+            return None
+        return await events.device_feed(device_id, [(s.prefix, s.scope, s.device_id) for s in wanted])
 
     gateway = DeviceGateway(
         sessions,
@@ -267,6 +277,7 @@ def build_runtime(
         idle_timeout=settings.device_keepalive * 1.75,
         request_timeout=settings.device_request_timeout,
         on_event=on_device_event,
+        on_subscribe=open_device_feed,
     )
     devices = DeviceService(
         store=store,

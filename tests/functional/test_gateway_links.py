@@ -201,8 +201,9 @@ async def test_published_events_reach_the_hook(sessions: FakeSessions, clock: Fa
     """Events a device publishes are handed to the on_event hook with the device id."""
     received: list[tuple[str, EventPublished]] = []
 
-    async def hook(device_id: str, event: EventPublished) -> None:
+    async def hook(device_id: str, event: EventPublished) -> bool:
         received.append((device_id, event))
+        return True
 
     async with running_gateway(sessions, clock, on_event=hook) as gateway:
         dev = await connected_device(gateway, sessions, TestDevice(3, demo_app()))

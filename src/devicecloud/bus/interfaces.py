@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from devicecloud.domain.events import CloudEvent, EventFilter
+from devicecloud.domain.events import CloudEvent, Filter
 
 
 class Subscription(Protocol):
@@ -34,7 +34,7 @@ class Subscription(Protocol):
 class EventBus(Protocol):
     async def publish(self, event: CloudEvent) -> None: ...
 
-    def subscribe(self, event_filter: EventFilter, *, max_pending: int | None = None) -> Subscription: ...
+    def subscribe(self, event_filter: Filter, *, max_pending: int | None = None) -> Subscription: ...
 
     def statistics(self) -> dict[str, int]: ...
 

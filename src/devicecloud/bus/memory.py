@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from devicecloud.domain.events import CloudEvent, EventFilter
+from devicecloud.domain.events import CloudEvent, Filter
 
 logger = structlog.get_logger("devicecloud.bus")
 DEFAULT_MAX_PENDING = 1000
@@ -23,7 +23,7 @@ _CLOSED = object()
 
 
 class MemorySubscription:
-    def __init__(self, bus: MemoryBus, event_filter: EventFilter, max_pending: int) -> None:
+    def __init__(self, bus: MemoryBus, event_filter: Filter, max_pending: int) -> None:
         self._bus = bus
         self.filter = event_filter
         # One slot more than the bound, so the close mark always fits.
@@ -91,7 +91,7 @@ class MemoryBus:
                 else:
                     self._dropped_subscribers += 1
 
-    def subscribe(self, event_filter: EventFilter, *, max_pending: int | None = None) -> MemorySubscription:
+    def subscribe(self, event_filter: Filter, *, max_pending: int | None = None) -> MemorySubscription:
         subscription = MemorySubscription(self, event_filter, max_pending or self._max_pending)
         self._subscriptions.append(subscription)
         return subscription

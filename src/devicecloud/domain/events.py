@@ -51,6 +51,9 @@ class EventFilter:
     device_id: str | None = None
 
     def matches(self, event: CloudEvent) -> bool:
+        """
+        Whether this subscriber may and wants to see ``event``.
+        """
         if not event.name.startswith(self.prefix):
             return False
         if self.device_id is not None and event.device_id != self.device_id:
@@ -58,3 +61,22 @@ class EventFilter:
         if self.owner_id is not None and event.owner_id == self.owner_id:
             return True
         return self.include_public and event.public
+
+
+@dataclass(frozen=True, slots=True)
+class AnyFilter:
+    """
+    The union of several filters: one bus subscription serves all of a device's Subscribe messages.
+    """
+
+    parts: tuple[EventFilter, ...]
+
+    @property
+    def prefix(self) -> str:
+        return ",".join(part.prefix for part in self.parts)
+
+    def matches(self, event: CloudEvent) -> bool:
+        return any(part.matches(event) for part in self.parts)
+
+
+Filter = EventFilter | AnyFilter

@@ -7,22 +7,69 @@ touching it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from devicecloud.protocol import EventPublished
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
+    from devicecloud.domain.events import CloudEvent
     from devicecloud.gateway.link import Link
     from devicecloud.gateway.registry import LinkRegistry
     from devicecloud.services.ports import DeviceSessions
 
-__all__ = ["EventHook", "LinkContext", "LinkCounters"]
+__all__ = [
+    "DeviceSubscription",
+    "EventFeed",
+    "EventHook",
+    "LinkContext",
+    "LinkCounters",
+    "SubscribeHook",
+    "SubscriptionScopeName",
+]
 
-#: Called (awaited, in order) for every event a device publishes: ``(device_id, event)``.
-EventHook = Callable[[str, EventPublished], Awaitable[None]]
+#: Called (awaited, in order) for every event a device publishes: ``(device_id, event)``. True = accepted;
+#: False = refused (over the device's publish limit): a CON event then gets ACK 4.00, a NON one is dropped.
+EventHook = Callable[[str, EventPublished], Awaitable[bool]]
+
+#: Whose events a device subscription covers: everyone's public ones plus its owner's (``all``), its
+#: owner's only (``mine``, Uri-Query ``u``), or one device's (``device``).
+SubscriptionScopeName = Literal["all", "mine", "device"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSubscription:
+    """
+    One Subscribe message as plain values: a name prefix, a scope and, for ``device``, that device's id.
+    """
+
+    prefix: str
+    scope: SubscriptionScopeName
+    device_id: str | None = None
+
+
+class EventFeed(Protocol):
+    """
+    The events one link forwards to its device, in order (a bus subscription fits); ``close()`` ends it.
+    """
+
+    def __aiter__(self) -> AsyncIterator[CloudEvent]: ...
+
+    async def __anext__(self) -> CloudEvent: ...
+
+    @property
+    def closed_reason(self) -> str | None: ...
+
+    def close(self, reason: str = "closed") -> None: ...
+
+
+#: Opens ONE feed for all of a device's distinct subscriptions: ``(device_id, subscriptions)`` → the feed
+#: (``None`` = nothing to deliver). Called again with the longer tuple when a new subscription arrives; the
+#: link then closes the old feed. Who may see what is the provider's business (services' visibility rules).
+#: The provider should subscribe as its last step (no await after it), so the swap loses and repeats nothing.
+SubscribeHook = Callable[[str, tuple[DeviceSubscription, ...]], Awaitable[EventFeed | None]]
 
 
 @dataclass(slots=True)
@@ -39,6 +86,9 @@ class LinkCounters:
     protocol_errors: int = 0
     requests: int = 0
     requests_timed_out: int = 0
+    events_received: int = 0
+    events_refused: int = 0
+    events_sent: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +103,4 @@ class LinkContext:
     counters: LinkCounters
     describe_on_connect: bool
     on_event: EventHook | None
+    on_subscribe: SubscribeHook | None = None

@@ -14,9 +14,21 @@ Theory of operation:
       the socket. Everything ``handle_timer`` can produce is of this kind, so the timer never waits for the
       task (which may be blocked in a read);
     - events that need services (``DeviceIdentified`` → key check, ``HelloReceived`` → connected,
-      ``DescribeReceived`` → described, ``EventPublished`` → the optional hook) are queued, and the task
-      awaits them in order before it reads again. While it awaits, it does not read: a slow service slows
-      that one device down and nothing else.
+      ``DescribeReceived`` → described, ``EventPublished`` → the ``on_event`` hook, ``SubscribeRequested``
+      → the ``on_subscribe`` hook) are queued, and the task awaits them in order before it reads again.
+      While it awaits, it does not read: a slow service slows that one device down and nothing else.
+
+    Device events: the hook says whether the event was accepted (False = over the device's publish limit).
+    A CON event (published WITH_ACK) is answered only then: an empty ACK, or ACK 4.00 when refused; a
+    refused NON event is simply dropped. Without a hook every event is accepted.
+
+    Device subscriptions: the link keeps the distinct subscriptions its device asked for (devices send them
+    again after every Hello; a repeat changes nothing) and ONE feed covering all of them, opened by the
+    ``on_subscribe`` hook; a new subscription opens a wider feed and closes the old one. One forwarder task
+    per link (started with the first feed) reads the feed and sends each event once as a NON ``/e/``
+    (``/E/`` when private) message, the name split into Uri-Path segments, Max-Age when the ttl is not 60.
+    When the link ends, the feed is closed and the forwarder stopped. If the bus drops the feed (the
+    forwarder fell too far behind) the link is closed; the device reconnects and subscribes again.
 
     A link reports ``device_connected`` once, after the Hello, and then ``device_disconnected`` exactly
     once when it ends, unless a newer link of the same device has taken its place (see `registry`).
@@ -36,10 +48,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from devicecloud.errors import DeviceOffline, DeviceTimedOut
+from devicecloud.gateway.context import DeviceSubscription
 from devicecloud.gateway.translate import describe_to_domain, hello_to_domain
 from devicecloud.protocol import (
     NEED_DATA,
     AcceptDevice,
+    AcknowledgeEvent,
     ChunkReceived,
     Close,
     Command,
@@ -64,6 +78,7 @@ from devicecloud.protocol import (
     SendEvent,
     SendTime,
     SubscribeRequested,
+    SubscriptionScope,
     TimeRequested,
     UpdateFinished,
     UpdateReady,
@@ -74,7 +89,8 @@ from devicecloud.protocol import (
 
 if TYPE_CHECKING:
     from devicecloud.clock import TimerHandle
-    from devicecloud.gateway.context import LinkContext
+    from devicecloud.domain.events import CloudEvent
+    from devicecloud.gateway.context import EventFeed, LinkContext, SubscriptionScopeName
 
 __all__ = ["Link"]
 
@@ -96,6 +112,15 @@ _RESULTS = (
     UpdateFinished,
 )
 _AWAITED = (DeviceIdentified, HelloReceived, DescribeReceived)
+# Device OS keeps a handful of subscriptions; more distinct ones than this from one link are ignored.
+MAX_SUBSCRIPTIONS = 32
+# Events to devices carry Max-Age only when their ttl differs from this.
+DEFAULT_EVENT_TTL = 60
+_SCOPE_NAMES: dict[SubscriptionScope, SubscriptionScopeName] = {
+    SubscriptionScope.ALL_DEVICES: "all",
+    SubscriptionScope.MY_DEVICES: "mine",
+    SubscriptionScope.DEVICE: "device",
+}
 
 
 class Link:
@@ -128,6 +153,10 @@ class Link:
         self._got_bytes = False  # the peer ever sent anything (health checks and scanners do not)
         self._closed: ConnectionClosed | None = None
         self._closed_locally = False
+        self._subscriptions: list[DeviceSubscription] = []
+        self._feed: EventFeed | None = None
+        self._forwarder: asyncio.Task[None] | None = None
+        self._ending = False
         self._log = logger.bind(ip=ip_address)
 
     @property
@@ -184,8 +213,10 @@ class Link:
                 await self._came_online(event)
             elif isinstance(event, DescribeReceived):
                 await self._report_describe(event)
-            elif isinstance(event, EventPublished) and self._ctx.on_event and self.device_id:
-                await self._ctx.on_event(self.device_id, event)
+            elif isinstance(event, EventPublished):
+                await self._publish(event)
+            elif isinstance(event, SubscribeRequested):
+                await self._subscribe(event)
         if self._heard and self._connected and self.device_id:
             self._heard = False
             async with self._ctx.registry.serial(self.device_id):
@@ -235,8 +266,96 @@ class Link:
                 description = describe_to_domain(event.description)
                 await self._ctx.sessions.device_described(self.device_id, description)
 
+    async def _publish(self, event: EventPublished) -> None:
+        """
+        Hand a device's event to the hook; answer a CON event with the hook's verdict.
+        """
+        self._ctx.counters.events_received += 1
+        accepted = True
+        if self._ctx.on_event is not None and self.device_id is not None and self._connected:
+            accepted = await self._ctx.on_event(self.device_id, event)
+        if not accepted:
+            self._ctx.counters.events_refused += 1
+            self._log.debug("device event refused", event_name=event.name, confirmable=event.confirmable)
+        if event.request_id is not None and self._conn.state is ConnectionState.ESTABLISHED:
+            self._conn.send(AcknowledgeEvent(event.request_id, accepted), self._ctx.clock.monotonic())
+            self._transmit()
+
+    async def _subscribe(self, event: SubscribeRequested) -> None:
+        """
+        Widen the link's feed to a new subscription; a repeated one changes nothing.
+        """
+        device_id, hook = self.device_id, self._ctx.on_subscribe
+        if hook is None or device_id is None or not self._connected or self._ending:
+            return
+        wanted = DeviceSubscription(
+            event.prefix,
+            _SCOPE_NAMES[event.scope],
+            event.device_id if event.scope is SubscriptionScope.DEVICE else None,
+        )
+        if wanted in self._subscriptions:
+            return
+        if len(self._subscriptions) >= MAX_SUBSCRIPTIONS:
+            self._log.warning("too many device subscriptions; ignored", prefix=event.prefix)
+            return
+        feed = await hook(device_id, (*self._subscriptions, wanted))
+        if self._ending or self._conn.state is ConnectionState.CLOSED:
+            if feed is not None:
+                feed.close("link ended")
+            return
+        self._subscriptions.append(wanted)
+        # No await between the provider's subscribe and this swap: nothing is lost or sent twice. The
+        # forwarder drains what the old feed still holds, then moves on to the new one.
+        old, self._feed = self._feed, feed
+        if old is not None:
+            old.close("replaced by a feed for more subscriptions")
+        if feed is not None and self._forwarder is None:
+            self._forwarder = asyncio.create_task(self._forward(), name=f"device-events-{device_id}")
+        self._log.debug("device subscribed", prefix=event.prefix, scope=wanted.scope)
+
+    async def _forward(self) -> None:
+        """
+        The link's one forwarder: feed → device, until the feed is gone.
+        """
+        try:
+            while (feed := self._feed) is not None:
+                async for event in feed:
+                    self._deliver(event)
+                if feed is self._feed:  # it ended by itself: the bus dropped it
+                    self._feed = None
+                    self._log.warning("device event feed dropped", reason=feed.closed_reason)
+                    self.close("the device's event feed was dropped")
+        except Exception:
+            self._log.exception("forwarding events to the device failed", device_id=self.device_id)
+            self.close("internal error")
+        finally:
+            self._forwarder = None
+
+    def _deliver(self, event: CloudEvent) -> None:
+        max_age = event.ttl if event.ttl != DEFAULT_EVENT_TTL else None
+        try:
+            sent = self.send_event(
+                event.name, event.data, private=not event.public, max_age=max_age, split_path=True
+            )
+        except LocalProtocolError as exc:  # a name the protocol cannot carry: skip that event
+            self._log.warning("event not deliverable to the device", event_name=event.name, reason=str(exc))
+            return
+        if sent:
+            self._ctx.counters.events_sent += 1
+
+    async def _stop_forwarding(self) -> None:
+        self._ending = True
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.close("link ended")
+        task = self._forwarder
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def _finish(self) -> None:
         self.close("link ended")
+        await self._stop_forwarding()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -299,11 +418,13 @@ class Link:
                     unix_time = int(self._ctx.clock.now().timestamp())
                     self._conn.send(SendTime(event.request_id, unix_time), self._ctx.clock.monotonic())
             elif isinstance(event, EventPublished):
-                # Publishing to the bus is the next issue; until then the hook (if any) gets it.
                 self._log.debug("device published", event_name=event.name, private=event.private)
-                if self._ctx.on_event is not None:
+                self._work.append(event)  # the hook decides; a CON event is ACKed after it
+            elif isinstance(event, SubscribeRequested):
+                self._log.debug("device subscribes", prefix=event.prefix, scope=event.scope.name.lower())
+                if self._ctx.on_subscribe is not None:
                     self._work.append(event)
-            elif isinstance(event, SubscribeRequested | GoodbyeReceived):
+            elif isinstance(event, GoodbyeReceived):
                 self._log.debug("device message", message=repr(event))
             elif isinstance(event, ConnectionClosed):
                 self._closed = event

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from devicecloud.gateway.context import EventHook, LinkContext, LinkCounters
+from devicecloud.gateway.context import EventHook, LinkContext, LinkCounters, SubscribeHook
 from devicecloud.gateway.control import GatewayControl
 from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
@@ -61,6 +61,9 @@ class GatewayStatistics:
         protocol_errors: links closed because the peer broke the protocol.
         requests: requests sent for `control`.
         requests_timed_out: requests that got no answer in time.
+        events_received: events devices published (``/e/``, ``/E/``).
+        events_refused: of those, the ones ``on_event`` refused (over the device's publish limit).
+        events_sent: events forwarded to devices for their subscriptions.
     """
 
     links: int
@@ -73,6 +76,9 @@ class GatewayStatistics:
     protocol_errors: int
     requests: int
     requests_timed_out: int
+    events_received: int
+    events_refused: int
+    events_sent: int
 
 
 class DeviceGateway:
@@ -93,7 +99,10 @@ class DeviceGateway:
         random_bytes: the randomness for each connection (nonce, session key, ids, tokens).
         describe_on_connect: ask each device for its Describe after its Hello (2.x devices that
             announce device-initiated Describe are not asked).
-        on_event: awaited for every event a device publishes (the bus arrives with the events issue).
+        on_event: awaited for every event a device publishes; its True/False accepts or refuses it (a
+            refused CON event gets ACK 4.00). Without it every event is accepted and goes nowhere.
+        on_subscribe: opens the feed of events for a device's subscriptions (see `SubscribeHook`);
+            without it Subscribe messages are ACKed and nothing is forwarded.
     """
 
     def __init__(
@@ -112,6 +121,7 @@ class DeviceGateway:
         random_bytes: RandomBytes = os.urandom,
         describe_on_connect: bool = True,
         on_event: EventHook | None = None,
+        on_subscribe: SubscribeHook | None = None,
     ) -> None:
         self._server_key = server_private_key
         self._clock = clock
@@ -134,6 +144,7 @@ class DeviceGateway:
             counters=self._counters,
             describe_on_connect=describe_on_connect,
             on_event=on_event,
+            on_subscribe=on_subscribe,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -193,6 +204,9 @@ class DeviceGateway:
             protocol_errors=c.protocol_errors,
             requests=c.requests,
             requests_timed_out=c.requests_timed_out,
+            events_received=c.events_received,
+            events_refused=c.events_refused,
+            events_sent=c.events_sent,
         )
 
     def link(self, device_id: str) -> Link | None:

@@ -30,6 +30,7 @@ from devicecloud.protocol.codes import (
 )
 from devicecloud.protocol.commands import (
     AcceptDevice,
+    AcknowledgeEvent,
     BeginUpdate,
     CallFunction,
     Close,
@@ -102,6 +103,7 @@ __all__ = [
     "DEVICE_TIMING",
     "NEED_DATA",
     "AcceptDevice",
+    "AcknowledgeEvent",
     "BeginUpdate",
     "CallFunction",
     "ChunkReceived",

@@ -20,6 +20,7 @@ from devicecloud.protocol.variables import VariableData
 
 __all__ = [
     "AcceptDevice",
+    "AcknowledgeEvent",
     "BeginUpdate",
     "CallFunction",
     "Close",
@@ -126,6 +127,19 @@ class SendEvent(Command):
     private: bool = False
     max_age: int | None = None
     split_path: bool = False
+
+
+@dataclass(frozen=True)
+class AcknowledgeEvent(Command):
+    """
+    Answer a CON ``EventPublished``: an empty ACK when ``accepted``, else ACK 4.00 ("EventSlowdown").
+
+    Device OS reports any 4.xx answer to a WITH_ACK publish as a failed publish (SYSTEM_ERROR_COAP_4XX);
+    4.00 is what the Particle cloud sends (spark-protocol's EventSlowdown).
+    """
+
+    request_id: int
+    accepted: bool = True
 
 
 @dataclass(frozen=True)

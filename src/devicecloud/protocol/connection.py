@@ -17,7 +17,8 @@ Theory of operation:
     Rules the connection keeps by itself:
 
     - it answers what needs no application decision: the server Hello, empty ACKs to every CON the peer sends
-      (pings, subscribes, CON events, ChunkMissed, 2.x Describe), the device's Signal ACK;
+      (pings, subscribes, ChunkMissed, 2.x Describe), the device's Signal ACK. A CON event is the
+      exception: the application accepts or refuses it (``AcknowledgeEvent``), as it answers ``GetTime``;
     - cloud role: every non-ACK device message after the Hello must carry the previous id + 1 ("Bad Counter";
       see :mod:`~devicecloud.protocol.reliability` for the 0.7 fresh-id ACK quirk);
     - outgoing requests are matched with their answers by token / message id, both response styles: a
@@ -510,14 +511,17 @@ class Connection:
             if not name:
                 raise RemoteProtocolError("event without a name")
             max_age = msg.option_values(OptionNumber.MAX_AGE)
-            self._ack_if_con(msg)
+            confirmable = msg.type is MessageType.CON
+            # A CON event waits for the application's AcknowledgeEvent (accepted, or refused: rate limit).
+            rid = self._inbound_request(kind, msg, acked=False) if confirmable else None
             self._events.append(
                 events.EventPublished(
                     name=name,
                     data=msg.payload or None,
                     private=path[0] == "E",
                     ttl=coap.decode_uint(max_age[0]) if max_age else messages.DEFAULT_EVENT_TTL,
-                    confirmable=msg.type is MessageType.CON,
+                    confirmable=confirmable,
+                    request_id=rid,
                 )
             )
         elif kind is MessageKind.SUBSCRIBE:
@@ -583,7 +587,9 @@ class Connection:
         elif kind is MessageKind.EVENT and len(path) >= 2:
             # Over TCP the device never ACKs events, not even CON ones.
             name = "/".join(path[1:])
-            self._events.append(events.EventReceived(name, msg.payload or None, path[0] == "E"))
+            max_age = msg.option_values(OptionNumber.MAX_AGE)
+            ttl = coap.decode_uint(max_age[0]) if max_age else messages.DEFAULT_EVENT_TTL
+            self._events.append(events.EventReceived(name, msg.payload or None, path[0] == "E", ttl))
         elif kind is MessageKind.HELLO:
             pass
         elif kind in (MessageKind.UPDATE_BEGIN, MessageKind.SAVE_BEGIN):
@@ -664,6 +670,11 @@ class Connection:
                 self._ids.next(), c.name, c.data, private=c.private, max_age=max_age, split_path=c.split_path
             )
             self._send_message(msg)
+            return None
+        elif isinstance(c, commands.AcknowledgeEvent):
+            inbound = self._take_inbound(c.request_id, MessageKind.EVENT)
+            code = Code.EMPTY if c.accepted else messages.EVENT_SLOWDOWN
+            self._send_message(messages.ack(inbound.message_id, code, inbound.token))
             return None
         elif isinstance(c, commands.SendTime):
             inbound = self._take_inbound(c.request_id, MessageKind.GET_TIME)

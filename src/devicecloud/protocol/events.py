@@ -113,18 +113,29 @@ class ServerHelloReceived(Event):
 
 @dataclass(frozen=True)
 class EventPublished(Event):
-    """Cloud: the device published an event (CON events have been ACKed already)."""
+    """
+    Cloud: the device published an event.
+
+    A NON event needs nothing more. A CON event (the device published WITH_ACK) carries a ``request_id``:
+    answer it with ``AcknowledgeEvent(request_id, accepted)``, an empty ACK when accepted, ACK 4.00
+    ("EventSlowdown") when refused, e.g. over the device's publish rate limit.
+    """
 
     name: str
     data: bytes | None
     private: bool
     ttl: int
     confirmable: bool
+    request_id: int | None = None
 
 
 @dataclass(frozen=True)
 class SubscribeRequested(Event):
-    """Cloud: the device subscribes to events whose name starts with ``prefix`` (already ACKed)."""
+    """
+    Cloud: the device subscribes to events whose name starts with ``prefix`` (already ACKed).
+
+    Devices send their subscriptions again after every Hello, so the same one may arrive more than once.
+    """
 
     prefix: str
     scope: SubscriptionScope
@@ -242,11 +253,12 @@ class SignalRequested(Event):
 
 @dataclass(frozen=True)
 class EventReceived(Event):
-    """Device: an event from the cloud (the name's Uri-Path segments joined with ``/``)."""
+    """Device: an event from the cloud (the name's Uri-Path segments joined with ``/``; Max-Age → ``ttl``)."""
 
     name: str
     data: bytes | None
     private: bool
+    ttl: int = 60
 
 
 @dataclass(frozen=True)

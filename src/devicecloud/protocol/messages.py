@@ -21,6 +21,7 @@ from devicecloud.protocol.errors import LocalProtocolError
 
 __all__ = [
     "DEFAULT_EVENT_TTL",
+    "EVENT_SLOWDOWN",
     "ack",
     "chunk",
     "classify",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 DEFAULT_EVENT_TTL = 60
+#: The ACK code refusing a CON event (spark-protocol's "EventSlowdown"); Device OS fails any 4.xx alike.
+EVENT_SLOWDOWN = Code.BAD_REQUEST
 
 
 def _bytes(value: str | bytes | None) -> bytes:

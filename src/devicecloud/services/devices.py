@@ -170,6 +170,8 @@ class DeviceService:
         async with self._store.transaction() as tx:
             await tx.devices.update(device.id, owner_id=None, notes=None, updated_at=self._clock.now())
         self._owner_changed(device.id)
+        # Its event subscriptions were made for the old owner; a fresh link subscribes under the new rules.
+        await self._control.disconnect(device.id)
 
     async def create_claim_code(self, user: User) -> tuple[str, list[str]]:
         """

@@ -14,6 +14,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,8 +23,10 @@ from devicecloud.domain.events import (
     DEFAULT_TTL,
     MAX_DATA_LENGTH,
     MAX_NAME_LENGTH,
+    AnyFilter,
     CloudEvent,
     EventFilter,
+    Filter,
 )
 from devicecloud.errors import InvalidInput, PermissionDenied
 
@@ -218,6 +221,36 @@ class EventService:
             event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
         return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
 
+    async def device_feed(
+        self, device_id: str, wanted: Sequence[tuple[str, StreamScope, str | None]]
+    ) -> Subscription | None:
+        """
+        One subscription for all of a device's Subscribe messages (``(prefix, scope, from_device)`` each),
+        under the same visibility rules as `device_subscription`. Subscribing is the last step, with no
+        await after it: the gateway swaps an old feed for the new one on that promise.
+        """
+        owner = await self.owner_of(device_id)
+        parts = tuple(
+            self._device_filter(owner, prefix, scope, from_device)
+            for prefix, scope, from_device in wanted
+            if not (scope == "mine" and owner is None)
+        )
+        if not parts:
+            return None
+        event_filter: Filter = parts[0] if len(parts) == 1 else AnyFilter(parts)
+        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+
+    @staticmethod
+    def _device_filter(
+        owner: int | None, prefix: str, scope: StreamScope, from_device: str | None
+    ) -> EventFilter:
+        return EventFilter(
+            prefix=prefix,
+            owner_id=owner,
+            include_public=scope != "mine",
+            device_id=from_device if scope == "device" else None,
+        )
+
     async def device_subscription(
         self, device_id: str, prefix: str, scope: StreamScope, from_device: str | None = None
     ) -> Subscription | None:
@@ -225,13 +258,4 @@ class EventService:
         What a device receives for its Subscribe: ``all`` = public events plus its owner's, ``mine`` = its
         owner's, ``device`` = that one device's (if visible). A device nobody owns sees public events only.
         """
-        owner = await self.owner_of(device_id)
-        if scope == "mine" and owner is None:
-            return None
-        event_filter = EventFilter(
-            prefix=prefix,
-            owner_id=owner,
-            include_public=scope != "mine",
-            device_id=from_device if scope == "device" else None,
-        )
-        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+        return await self.device_feed(device_id, [(prefix, scope, from_device)])

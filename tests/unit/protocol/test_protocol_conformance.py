@@ -23,6 +23,7 @@ import pytest
 from devicecloud.protocol import (
     NEED_DATA,
     AcceptDevice,
+    AcknowledgeEvent,
     BeginUpdate,
     CallFunction,
     ChunkReceived,
@@ -333,6 +334,8 @@ class Replay:
                 decoded["platform_id"],
             )
         elif isinstance(event, EventPublished):
+            if event.request_id is not None:  # WITH_ACK: the recorded cloud accepted it (empty ACK)
+                self.conn.send(AcknowledgeEvent(event.request_id), r["t"])
             assert coap["uri_path"][0] == ("E" if event.private else "e")
             assert "/".join(coap["uri_path"][1:]) == event.name
             assert bytes.fromhex(coap.get("payload_hex", "")) == (event.data or b"")

@@ -9,6 +9,7 @@ import pytest
 from devicecloud.protocol import (
     NEED_DATA,
     AcceptDevice,
+    AcknowledgeEvent,
     CallFunction,
     Close,
     Code,
@@ -315,17 +316,72 @@ def test_device_initiated_describe(pair: ConnectionPair) -> None:
 
 
 def test_device_events_reach_the_cloud(pair: ConnectionPair) -> None:
-    """Published events keep name, data, scope and TTL; a WITH_ACK event is acknowledged."""
+    """Published events keep name, data, scope and TTL; a WITH_ACK event waits for the application's ACK."""
     pair.device.send(PublishEvent("conf/pub3", "public-ttl3600", private=False, ttl=3600), pair.now)
     pair.device.send(PublishEvent("conf/pub6"), pair.now)
     rid = pair.device.send(PublishEvent("conf/pub5", b"acked", with_ack=True), pair.now)
     cloud_events, device_events = pair.pump()
+    acked = cloud_events[-1]
+    assert isinstance(acked, EventPublished)
+    assert acked.request_id is not None
     assert [
         EventPublished("conf/pub3", b"public-ttl3600", private=False, ttl=3600, confirmable=False),
         EventPublished("conf/pub6", None, private=True, ttl=60, confirmable=False),
-        EventPublished("conf/pub5", b"acked", private=True, ttl=60, confirmable=True),
+        EventPublished(
+            "conf/pub5", b"acked", private=True, ttl=60, confirmable=True, request_id=acked.request_id
+        ),
     ] == cloud_events
+    assert [] == device_events  # no ACK until the application decides
+    assert pair.cloud.send(AcknowledgeEvent(acked.request_id), pair.now) is None
+    _, device_events = pair.pump()
     assert [RequestCompleted(rid or 0, Code.EMPTY)] == device_events
+
+
+def test_refused_event_fails_the_devices_publish(pair: ConnectionPair) -> None:
+    """A CON event the cloud refuses (over the rate limit) gets ACK 4.00: the device's publish fails."""
+    rid = pair.device.send(PublishEvent("too/fast", b"x", with_ack=True), pair.now)
+    [published], _ = pair.pump()
+    assert isinstance(published, EventPublished)
+    assert published.request_id is not None
+    pair.cloud.send(AcknowledgeEvent(published.request_id, accepted=False), pair.now)
+    _, device_events = pair.pump()
+    [failed] = device_events
+    assert isinstance(failed, RequestFailed)
+    assert (rid, Code.BAD_REQUEST) == (failed.request_id, failed.code)
+    assert ConnectionState.ESTABLISHED is pair.device.state  # a refusal is no protocol error
+
+
+def test_event_acknowledgements_are_checked(pair: ConnectionPair) -> None:
+    """A NON event has no request id; acknowledging twice, or something else, is the application's error."""
+    pair.device.send(PublishEvent("plain"), pair.now)
+    pair.device.send(RequestTime(), pair.now)
+    cloud_events, _ = pair.pump()
+    plain, asked = cloud_events
+    assert isinstance(plain, EventPublished)
+    assert plain.request_id is None
+    assert isinstance(asked, TimeRequested)
+    with pytest.raises(LocalProtocolError):
+        pair.cloud.send(AcknowledgeEvent(asked.request_id), pair.now)  # not an event
+    pair.device.send(PublishEvent("acked", with_ack=True), pair.now)
+    [acked], _ = pair.pump()
+    assert isinstance(acked, EventPublished)
+    assert acked.request_id is not None
+    pair.cloud.send(AcknowledgeEvent(acked.request_id), pair.now)
+    with pytest.raises(LocalProtocolError):
+        pair.cloud.send(AcknowledgeEvent(acked.request_id), pair.now)
+    with pytest.raises(LocalProtocolError):
+        pair.device.send(AcknowledgeEvent(acked.request_id), pair.now)  # a cloud-role command
+
+
+def test_cloud_event_with_slashes_and_max_age_reaches_the_device(pair: ConnectionPair) -> None:
+    """A split name arrives whole on the device; Max-Age travels only when given."""
+    pair.cloud.send(SendEvent("a/b/c", "d", max_age=3600, split_path=True), pair.now)
+    pair.cloud.send(SendEvent("plain", None, split_path=True), pair.now)
+    _, device_events = pair.pump()
+    assert [
+        EventReceived("a/b/c", b"d", private=False, ttl=3600),
+        EventReceived("plain", None, private=False, ttl=60),
+    ] == device_events
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -336,7 +392,7 @@ def test_cloud_events_reach_the_device(pair: ConnectionPair, split: bool) -> Non
         is None
     )
     _, device_events = pair.pump()
-    assert [EventReceived("conf/in/two", b"data", private=True)] == device_events
+    assert [EventReceived("conf/in/two", b"data", private=True, ttl=120)] == device_events
 
 
 def test_subscribe_scopes(pair: ConnectionPair) -> None:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from devicecloud.protocol import (
     NEED_DATA,
     AcceptDevice,
+    AcknowledgeEvent,
     CallFunction,
     Code,
     Command,
@@ -97,6 +98,8 @@ class CloudSession(asyncio.Protocol):
                     stored = load_public_key(event.offered_public_key_der)
                 command: Command = AcceptDevice(stored) if stored else RejectDevice()
                 self.connection.send(command, time.monotonic())
+            elif isinstance(event, EventPublished) and event.request_id is not None:
+                self.connection.send(AcknowledgeEvent(event.request_id), time.monotonic())
             self.events.append(event)
         self._flush()
         self._changed.set()
@@ -368,7 +371,11 @@ async def test_publish_arrives_as_event_published(connected: tuple[VirtualDevice
     temp = await session.wait_for(EventPublished, lambda e: e.name == "temp")
     acked = await session.wait_for(EventPublished, lambda e: e.name == "acked")
     assert EventPublished("temp", b"21.5", private=False, ttl=120, confirmable=False) == temp
-    assert EventPublished("acked", b"\x01", private=True, ttl=60, confirmable=True) == acked
+    assert (
+        EventPublished("acked", b"\x01", private=True, ttl=60, confirmable=True, request_id=acked.request_id)
+        == acked
+    )
+    assert acked.request_id is not None
     assert 2 == device.statistics().events_published
 
 
