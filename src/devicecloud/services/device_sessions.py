@@ -6,8 +6,8 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
   an operator (``devicecloud keys pending|approve``), and accepted at once only when the server is set to
   accept unknown devices;
 - a device gets a generated name on its first connection;
-- ``last_heard`` is written at most once per ``heard_interval`` seconds per device, so a chatty device does
-  not turn every message into a database write.
+- ``last_heard`` is kept in memory and written at most once per ``heard_interval`` seconds per device (and
+  when it disconnects), so neither a chatty device nor keep-alives turn every message into a write.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -32,7 +33,8 @@ logger = structlog.get_logger("devicecloud.devices")
 @dataclass(frozen=True, slots=True)
 class SessionPolicy:
     accept_unknown_devices: bool = False
-    heard_interval: float = 15.0
+    # How stale last_heard may get in the database while a device is connected (exact at disconnect).
+    heard_interval: float = 300.0
 
 
 class DeviceSessionService:
@@ -45,6 +47,7 @@ class DeviceSessionService:
         self._clock = clock
         self._policy = policy
         self._last_heard_write: dict[str, float] = {}
+        self._last_heard: dict[str, datetime] = {}
         # Set by the runtime to the events service: spark/status once the record says online/offline.
         self.on_status: Callable[[str, bool], Awaitable[None]] | None = None
 
@@ -117,6 +120,10 @@ class DeviceSessionService:
             await tx.devices.update(device_id, **changes)
 
     async def device_heard(self, device_id: str) -> None:
+        # Kept in memory on every message; written at most once per heard_interval and at disconnect.
+        # (Writing on every keep-alive cost ~2 ms of CPU per device and ping: 10,000 idle devices saturated
+        # a core.)
+        self._last_heard[device_id] = self._clock.now()
         moment = self._clock.monotonic()
         last = self._last_heard_write.get(device_id)
         if last is not None and moment - last < self._policy.heard_interval:
@@ -124,14 +131,18 @@ class DeviceSessionService:
         self._last_heard_write[device_id] = moment
         async with self._store.transaction() as tx:
             if await tx.devices.get(device_id) is not None:
-                await tx.devices.update(device_id, last_heard=self._clock.now())
+                await tx.devices.update(device_id, last_heard=self._last_heard[device_id])
 
     async def device_disconnected(self, device_id: str) -> None:
         self._last_heard_write.pop(device_id, None)
+        heard = self._last_heard.pop(device_id, None)
+        changes: dict[str, Any] = {"online": False, "updated_at": self._clock.now()}
+        if heard is not None:
+            changes["last_heard"] = heard
         async with self._store.transaction() as tx:
             known = await tx.devices.get(device_id) is not None
             if known:
-                await tx.devices.update(device_id, online=False, updated_at=self._clock.now())
+                await tx.devices.update(device_id, **changes)
         logger.info("device offline", device_id=device_id)
         if known and self.on_status is not None:
             await self.on_status(device_id, False)

@@ -74,10 +74,10 @@ class DeviceService:
         """
         The caller's device named by id or by name. Raises `PermissionDenied` for missing and foreign alike.
         """
-        async with self._store.transaction(readonly=True) as tx:
-            device_id = normalise_device_id(ref)
-            device = await tx.devices.get(device_id) if device_id else None
-            if device is None or device.owner_id != user.id:
+        device_id = normalise_device_id(ref)
+        device = await self._store.lookup_device(device_id) if device_id else None
+        if device is None or device.owner_id != user.id:
+            async with self._store.transaction(readonly=True) as tx:
                 device = await tx.devices.get_by_name(user.id, ref)
         if device is None or device.owner_id != user.id:
             raise denied()

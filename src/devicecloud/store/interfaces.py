@@ -199,4 +199,10 @@ class Store(Protocol):
         """
         ...
 
+    async def lookup_device(self, device_id: str) -> Device | None:
+        """
+        A device by id, outside any unit of work: the first read of every device request.
+        """
+        ...
+
     async def close(self) -> None: ...

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from devicecloud.domain.accounts import AccessToken, User
+from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
 from devicecloud.store.sql.token_lookup import TokenLookup
@@ -77,6 +78,9 @@ class SqlStore:
 
     async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User] | None:
         return await self._token_lookup.lookup(token_hash)
+
+    async def lookup_device(self, device_id: str) -> Device | None:
+        return await self._token_lookup.device(device_id)
 
     @classmethod
     def from_url(cls, url: str) -> SqlStore:

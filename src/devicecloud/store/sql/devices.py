@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,7 +20,7 @@ from devicecloud.store.tables import claim_codes, devices, pending_device_keys, 
 _DEVICE_COLUMNS = (*devices.c, users.c.username.label("owner_username"))
 
 
-def _device(row: Row[Any]) -> Device:
+def device_from_row(row: Row[Any]) -> Device:
     describe = dict(row.describe or {})
     return Device(
         id=row.id,
@@ -49,23 +49,45 @@ def _select_devices() -> Any:
     return select(*_DEVICE_COLUMNS).select_from(devices.outerjoin(users, devices.c.owner_id == users.c.id))
 
 
+# Built once, for the hot path of every device request (store/sql/token_lookup.py).
+FIND_DEVICE = _select_devices().where(devices.c.id == bindparam("device_id"))
+DEVICE_COLUMN_NAMES = tuple(column.name for column in _DEVICE_COLUMNS)
+
+
+def device_from_values(values: dict[str, Any]) -> Device:
+    """
+    A device from already-converted column values (name → value), as `_device` takes from a Row.
+    """
+    return device_from_row(_Values(values))  # type: ignore[arg-type]
+
+
+class _Values:
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        return self._values[name]
+
+
 class SqlDevices:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
     async def get(self, device_id: str) -> Device | None:
         row = (await self._conn.execute(_select_devices().where(devices.c.id == device_id))).first()
-        return _device(row) if row else None
+        return device_from_row(row) if row else None
 
     async def get_by_name(self, owner_id: int, name: str) -> Device | None:
         stmt = _select_devices().where(devices.c.owner_id == owner_id, devices.c.name == name)
         row = (await self._conn.execute(stmt)).first()
-        return _device(row) if row else None
+        return device_from_row(row) if row else None
 
     async def list_for_owner(self, owner_id: int) -> Sequence[Device]:
         stmt = _select_devices().where(devices.c.owner_id == owner_id)
         stmt = stmt.order_by(devices.c.last_handshake_at.desc().nulls_last(), devices.c.id)
-        return [_device(row) for row in await self._conn.execute(stmt)]
+        return [device_from_row(row) for row in await self._conn.execute(stmt)]
 
     async def name_taken(self, owner_id: int, name: str, *, except_id: str | None = None) -> bool:
         stmt = select(devices.c.id).where(devices.c.owner_id == owner_id, devices.c.name == name)
