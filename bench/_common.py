@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,22 +148,65 @@ class Server:
     proc: subprocess.Popen[str]
     data_dir: Path
     pinned: bool
+    device_port: int = 0
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.proc.pid)
 
+    def rss_bytes(self) -> int:
+        return process_rss_bytes(self.proc.pid)
+
+    def open_sockets(self) -> int:
+        return process_open_sockets(self.proc.pid)
+
+    def log_tail(self, chars: int = 2000) -> str:
+        path = self.data_dir / "server.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def process_rss_bytes(pid: int) -> int:
+    """
+    Resident set size of a running process (``VmRSS`` in ``/proc/PID/status``).
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+def process_open_sockets(pid: int) -> int:
+    """
+    How many sockets a process holds open (its ``/proc/PID/fd`` entries that point at a socket).
+    """
+    count = 0
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for entry in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(entry).startswith("socket:"):
+                count += 1
+    return count
+
 
 @contextlib.contextmanager
 def running_server(
-    *, email: str, password: str, pin: bool, extra_env: Mapping[str, str] | None = None
+    *,
+    email: str,
+    password: str,
+    pin: bool,
+    extra_env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Server]:
     """
     ``devicecloud serve`` on a free port with a temporary data dir, pinned to core 0 when ``pin``.
+
+    The device gateway listens on another free port (``Server.device_port``), so a developer's server on the
+    default 5683 does not get in the way; ``extra_args`` go to ``serve`` (e.g. ``--no-demo-device``).
 
     The per-IP rate limits are turned off: their default (10,000 requests per 5 minutes for one address)
     would answer 429 within seconds of a benchmark, which all comes from 127.0.0.1.
     """
     port = free_port()
+    device_port = free_port()
     with tempfile.TemporaryDirectory(prefix="devicecloud-bench-") as tmp:
         env = {
             **os.environ,
@@ -173,14 +216,15 @@ def running_server(
         }
         argv = [
             sys.executable, "-m", "devicecloud", "serve",
-            "--data-dir", tmp, "--port", str(port), "--admin-email", email, "--admin-password", password,
+            "--data-dir", tmp, "--port", str(port), "--device-port", str(device_port),
+            "--admin-email", email, "--admin-password", password, *extra_args,
         ]  # fmt: skip
         log_path = Path(tmp) / "server.log"
         with log_path.open("w") as log:
             proc = subprocess.Popen(
                 pinned(SERVER_CORE, argv, pin), env=env, stdout=log, stderr=subprocess.STDOUT, text=True
             )
-            server = Server(port=port, proc=proc, data_dir=Path(tmp), pinned=pin)
+            server = Server(port=port, proc=proc, data_dir=Path(tmp), pinned=pin, device_port=device_port)
             try:
                 _wait_ready(server, log_path)
                 yield server
@@ -266,11 +310,24 @@ end
 """
 
 
-def wrk_script(request: Request) -> str:
+def wrk_script(request: Request, variants: Sequence[Request] = ()) -> str:
+    """
+    A wrk Lua script for ``request``; with ``variants``, each request in turn (same method, headers, body).
+    """
     lines = [f"wrk.method = {_lua_string(request.method)}"]
     lines += [f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in request.headers.items()]
     if request.body:
         lines.append(f"wrk.body = {_lua_string(request.body)}")
+    if variants:
+        paths = ", ".join(_lua_string(v.path) for v in variants)
+        lines += [
+            f"local paths = {{{paths}}}",
+            "local n = 0",
+            "request = function()",
+            "  n = n + 1",
+            "  return wrk.format(nil, paths[(n % #paths) + 1])",
+            "end",
+        ]
     return "\n".join(lines) + "\n" + _WRK_DONE
 
 
@@ -283,22 +340,30 @@ def run_load(
     connections: int,
     duration: float,
     pin: bool,
+    variants: Sequence[Request] = (),
+    rate: float | None = None,
 ) -> LoadResult:
     """
     Drive ``request`` at the server for ``duration`` seconds from a separate process on core 1.
+
+    ``variants``: send these in turn instead (wrk: same method, headers and body, only the path varies).
+    ``rate``: open loop at this many requests/s (the Python generator only; latency counted from when each
+    request was due).
     """
+    if rate is not None and generator != "python":
+        raise BenchError("a fixed request rate needs the Python generator")
     with tempfile.TemporaryDirectory(prefix="devicecloud-load-") as tmp:
         if generator == "wrk":
             script = Path(tmp) / "bench.lua"
-            script.write_text(wrk_script(request))
+            script.write_text(wrk_script(request, variants))
             argv = [
                 "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
                 "-s", str(script), f"http://127.0.0.1:{server.port}{request.path}",
             ]  # fmt: skip
         else:
             spec = {
-                "port": server.port, "request": request.raw(server.port),
-                "connections": connections, "duration": duration,
+                "port": server.port, "requests": [r.raw(server.port) for r in (variants or [request])],
+                "connections": connections, "duration": duration, "rate": rate,
             }  # fmt: skip
             argv = [sys.executable, str(BENCH_DIR / "_loadgen.py"), json.dumps(spec)]
         out_path = Path(tmp) / "out.txt"

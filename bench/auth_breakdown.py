@@ -7,13 +7,14 @@ the same database file, so the differences between lines are the cost each layer
     sqlite3 (sync)            the SQL itself: the indexed token lookup joined to its user
     aiosqlite                 + the hop to aiosqlite's worker thread and back, per statement
     transaction (empty)       the store's read transaction: pool checkout, BEGIN/COMMIT, reset-on-return
-    TokenService.verify       the whole token check the API runs (hash, transaction, Core query, rows)
+    TokenService.verify       the whole token check the API runs (hash, one statement, rows)
     ASGI GET /healthz         FastAPI/Starlette plus the project's middleware, no database
     ASGI GET /v1/user         the full route in-process: middleware, dependency, verify, render, JSON
     HTTP (from auth_bench)    ``auth_bench.py`` adds uvicorn's HTTP parsing and the socket on top
 
-It also counts, per verification, the SQL statements SQLAlchemy sends and the round trips to aiosqlite's
-thread, and prints SQLite's plan for the lookup: one indexed search, no scan, no password hash.
+It also counts, per verification, the SQL statements sent (through SQLAlchemy or on the token lookup's
+own aiosqlite connection) and the round trips to aiosqlite's thread, and prints SQLite's plan for the
+lookup: one indexed search, no scan, no password hash.
 
 Run: ``taskset -c 0 python bench/auth_breakdown.py`` (one core, like the server in ``auth_bench.py``).
 """
@@ -94,6 +95,14 @@ def _asgi_call(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> Calla
 
 async def _measure(runtime: Runtime, n: int) -> dict[str, Any]:
     await runtime.start()
+    try:
+        return await _measure_started(runtime, n)
+    finally:
+        # Also on failure: the token lookup's aiosqlite thread would otherwise keep the process from exiting.
+        await runtime.stop()
+
+
+async def _measure_started(runtime: Runtime, n: int) -> dict[str, Any]:
     await runtime.accounts.create_user(EMAIL, PASSWORD)
     client = await runtime.tokens.authenticate_client("particle", "particle")
     issued = await runtime.tokens.grant(
@@ -107,6 +116,7 @@ async def _measure(runtime: Runtime, n: int) -> dict[str, Any]:
     # ---- what one token check sends: statements (the lookup's SQL is reused below) and thread round trips
     engine = runtime.store.engine
     statements: list[str] = []
+    raw_statements: list[str] = []
     hops: list[str] = []
 
     def count_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -117,14 +127,22 @@ async def _measure(runtime: Runtime, n: int) -> dict[str, Any]:
 
     async def counting_execute(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
         hops.append(getattr(fn, "__qualname__", repr(fn)))
+        # Statements sent on a bare aiosqlite connection (the token lookup's own, store/sql/token_lookup.py)
+        # bypass SQLAlchemy's events: count them here.
+        if args and isinstance(args[0], str):
+            raw_statements.append(" ".join(args[0].split()))
         return await original_execute(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     aiosqlite.Connection._execute = counting_execute  # type: ignore[method-assign]
     try:
         await runtime.tokens.verify(token)
         statements.clear()
+        raw_statements.clear()
         hops.clear()
         await runtime.tokens.verify(token)
+        # SQLAlchemy's own aiosqlite connections also pass through _execute: keep only what it did not see.
+        seen = set(statements)
+        statements.extend(t for t in raw_statements if t not in seen)
         results["statements"] = [text[:60] for text in statements]
         results["statements_per_verify"] = len(statements)
         results["lookups_per_verify"] = sum(not t.upper().startswith(TRANSACTION_CONTROL) for t in statements)
@@ -189,7 +207,6 @@ async def _measure(runtime: Runtime, n: int) -> dict[str, Any]:
     auth = [(b"authorization", f"Bearer {token}".encode())]
     results["asgi_user_us"] = await _time_loop(_asgi_call(app, "/v1/user", auth), n)
     results["query_plan"] = plan
-    await runtime.stop()
     return results
 
 

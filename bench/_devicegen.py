@@ -1,0 +1,337 @@
+"""
+The device side of ``device_bench.py``: a separate process (pinned to core 1) that plays many devices.
+
+Two modes, chosen by the JSON spec in ``argv[1]``:
+
+``{"mode": "handshake", ...}`` — handshakes as fast as the server takes them. ``workers`` loops run at once;
+each owns one device id and repeats: TCP connect, the handshake and Hello exchange with a device-role
+``protocol.Connection`` (a bare asyncio protocol, no ``VirtualDevice`` machinery), close as soon as the
+server's Hello arrives, wait for the socket to close. The Hello announces a device-initiated Describe, so
+the server asks for nothing more. Device keys come from a small pool made at start, so the generator spends
+its RSA time on the handshake only (one RSA-2048 public encrypt, one RSA-1024 decrypt, one RSA-2048 public
+verify per handshake). Prints one ``BENCH_JSON`` line: count, failures, latency percentiles, CPU.
+
+``{"mode": "devices", ...}`` — long-lived ``VirtualDevice`` s (one asyncio task each), driven by lines on
+stdin: ``connect N`` brings the number of started devices to N (at most ``concurrency`` handshakes in
+flight, so none hits the server's handshake deadline), ``report`` prints the state, ``quit`` stops. Every
+command is answered with one ``STATE {json}`` line: devices connected, connect failures, disconnects,
+pings received from the cloud (min and total), function calls served. With ``functions`` each device has a
+function ``bench(arg) -> len(arg)``.
+
+Device ids are ``tag`` (4 hex digits) followed by a 20-digit counter, so processes do not collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from devicecloud.protocol import (
+    NEED_DATA,
+    Connection,
+    ConnectionClosed,
+    DeviceHello,
+    HelloFlags,
+    RemoteProtocolError,
+    ResponseStyle,
+    Role,
+    ServerHelloReceived,
+    Timing,
+    load_private_key,
+    load_public_key,
+)
+from devicecloud.virtualdevice import VirtualDevice
+
+KEY_POOL = 8
+
+
+def device_id(tag: int, index: int) -> str:
+    return f"{tag:04x}{index:020x}"
+
+
+def key_pool(spec: dict[str, Any]) -> list[rsa.RSAPrivateKey]:
+    """
+    The device keys, from the PEM file the caller made (``keys_file``), else made here.
+
+    The server keeps the key a device id first offered (``DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES``), so every
+    process that plays a given id must offer the same key: the caller makes the pool once per run.
+    """
+    path = spec.get("keys_file")
+    if path is None:
+        return [
+            rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the protocol's
+            for _ in range(KEY_POOL)
+        ]
+    blocks = Path(path).read_text().split("-----END PRIVATE KEY-----")
+    return [load_private_key((b + "-----END PRIVATE KEY-----\n").encode()) for b in blocks if b.strip()]
+
+
+def write_key_pool(path: Path, size: int = KEY_POOL) -> None:
+    """
+    Make ``size`` RSA-1024 device keys and write them to ``path`` (PKCS#8 PEM, one after another).
+    """
+    pems = [
+        rsa.generate_private_key(public_exponent=65537, key_size=1024).private_bytes(  # noqa: S505
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        for _ in range(size)
+    ]
+    path.write_bytes(b"".join(pems))
+
+
+def raise_open_files() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+# ---------------------------------------------------------------------------------------------- handshakes
+
+
+class _HandshakeProbe(asyncio.Protocol):
+    """
+    One device-role connection that ends as soon as the server's Hello has arrived.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[str | None] = loop.create_future()  # None = success, else why not
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.conn.receive_data(data, time.monotonic())
+        except RemoteProtocolError as exc:
+            self._finish(f"protocol error: {exc}")
+        while (event := self.conn.next_event()) is not NEED_DATA:
+            if isinstance(event, ServerHelloReceived):
+                self._finish(None)
+            elif isinstance(event, ConnectionClosed):
+                self._finish(f"closed: {event.reason}")
+        out = self.conn.data_to_send()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(f"connection lost: {exc}")
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def _finish(self, outcome: str | None) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+async def _handshake_worker(
+    host: str,
+    port: int,
+    new_connection: Callable[[], Connection],
+    deadline: float,
+    latencies: list[float],
+    failures: Counter[str],
+) -> None:
+    loop = asyncio.get_running_loop()
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        probe = _HandshakeProbe(new_connection())
+        try:
+            async with asyncio.timeout(30):
+                await loop.create_connection(lambda p=probe: p, host, port)  # type: ignore[misc]
+                outcome = await probe.done
+        except (OSError, TimeoutError) as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        if outcome is None:
+            latencies.append(time.perf_counter() - start)
+        else:
+            failures[outcome[:120]] += 1
+        if probe.transport is not None:
+            probe.transport.close()
+            await probe.lost
+
+
+async def run_handshakes(spec: dict[str, Any]) -> dict[str, Any]:
+    host, port = str(spec.get("host", "127.0.0.1")), int(spec["port"])
+    server_key = load_public_key(str(spec["server_public_key"]).encode())
+    workers, duration, tag = int(spec["workers"]), float(spec["duration"]), int(spec["tag"])
+    keys = key_pool(spec)
+    hello = DeviceHello(product_id=6, flags=int(HelloFlags.DEVICE_INITIATED_DESCRIBE), platform_id=6)
+
+    def factory(index: int) -> Callable[[], Connection]:
+        def new_connection() -> Connection:
+            return Connection(
+                Role.DEVICE,
+                now=time.monotonic(),
+                server_public_key=server_key,
+                device_private_key=keys[index % len(keys)],
+                device_id=device_id(tag, index),
+                hello=hello,
+                response_style=ResponseStyle.SEPARATE,
+            )
+
+        return new_connection
+
+    latencies: list[float] = []
+    failures: Counter[str] = Counter()
+    cpu_start, start = time.process_time(), time.perf_counter()
+    deadline = start + duration
+    await asyncio.gather(
+        *(_handshake_worker(host, port, factory(i), deadline, latencies, failures) for i in range(workers))
+    )
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    ordered = sorted(latencies)
+    return {
+        "handshakes": len(ordered),
+        "duration_s": elapsed,
+        "failures": sum(failures.values()),
+        "failure_reasons": dict(failures.most_common(5)),
+        "p50_ms": _percentile(ordered, 0.5) * 1000,
+        "p99_ms": _percentile(ordered, 0.99) * 1000,
+        "cpu_s": cpu,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+
+class Fleet:
+    """
+    Long-lived virtual devices in this process.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.host, self.port = str(spec.get("host", "127.0.0.1")), int(spec["port"])
+        self.server_key = load_public_key(str(spec["server_public_key"]).encode())
+        self.tag = int(spec["tag"])
+        self.concurrency = int(spec.get("concurrency", 64))
+        self.functions = bool(spec.get("functions", False))
+        ping_after = float(spec.get("device_ping_after", 15.0))
+        # The device's own keep-alive; idle runs set it far out so that the server's pings keep links up.
+        self.timing = Timing(
+            handshake_timeout=60.0, request_timeout=30.0, ping_after=ping_after, idle_timeout=ping_after * 2
+        )
+        self.keys = key_pool(spec)
+        self.devices: list[VirtualDevice] = []
+        self.connect_failures: Counter[str] = Counter()
+
+    async def connect(self, total: int) -> None:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(device: VirtualDevice) -> None:
+            async with gate:
+                await device.start()
+                try:
+                    await device.wait_connected(90)
+                except (TimeoutError, ConnectionError) as exc:
+                    self.connect_failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
+
+        fresh = []
+        for index in range(len(self.devices), total):
+            device = VirtualDevice(
+                self.host,
+                self.port,
+                device_id=device_id(self.tag, index),
+                device_key=self.keys[index % len(self.keys)],
+                server_public_key=self.server_key,
+                reconnect=False,
+                timing=self.timing,
+            )
+            if self.functions:
+                device.add_function("bench", len)
+            fresh.append(device)
+        self.devices += fresh
+        await asyncio.gather(*(one(d) for d in fresh))
+
+    def state(self) -> dict[str, Any]:
+        pings = [d.counters.pings_received for d in self.devices]
+        dropped = Counter(
+            str(d.last_disconnect_reason)[:120] for d in self.devices if not d.connected
+        ).most_common(5)
+        return {
+            "started": len(self.devices),
+            "connected": sum(1 for d in self.devices if d.connected),
+            "connect_failures": sum(self.connect_failures.values()),
+            "connect_failure_reasons": dict(self.connect_failures.most_common(5)),
+            "disconnects": sum(d.counters.disconnects for d in self.devices),
+            "not_connected_reasons": dict(dropped),
+            "pings_received_total": sum(pings),
+            "pings_received_min": min(pings) if pings else 0,
+            "function_calls": sum(d.counters.function_calls for d in self.devices),
+            "ids": [d.device_id for d in self.devices] if len(self.devices) <= 200 else [],
+            "cpu_s": time.process_time(),
+            "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(d.stop() for d in self.devices), return_exceptions=True)
+
+
+async def run_devices(spec: dict[str, Any]) -> None:
+    fleet = Fleet(spec)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            command, *rest = line.split() or ["quit"]
+            if command == "connect":
+                await fleet.connect(int(rest[0]))
+            elif command != "report":
+                break
+            print("STATE " + json.dumps(fleet.state()), flush=True)
+    finally:
+        await fleet.stop()
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    spec: dict[str, Any] = json.loads(sys.argv[1])
+    raise_open_files()
+    # The devices log every connect at INFO; keep warnings only, on stderr (stdout carries the results).
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        if spec["mode"] == "handshake":
+            print("BENCH_JSON " + json.dumps(runner.run(run_handshakes(spec))), flush=True)
+        else:
+            runner.run(run_devices(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,641 @@
+"""
+Device benchmark: handshakes/s, idle connected devices, function calls through the REST API.
+
+Three measurements against a real ``devicecloud serve`` (server pinned to core 0, every generator pinned to
+core 1, ``DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES=true`` so devices need no key registration, rate limits off):
+
+``handshake``
+    1. the crypto ceiling: in a process on core 0, with the server's own key from its data dir, time the RSA
+       work the server does for one handshake — RSA-2048 PKCS#1 v1.5 decrypt of the device block, RSA-1024
+       public encrypt of the session key, one RSA-2048 private-key operation for the signature — with
+       ``cryptography``; ceiling = 1 / that sum. The product's own functions (``crypto.open_device_block``,
+       ``crypto.rsa_encrypt``, ``crypto.rsa_sign_raw``) are timed beside them;
+    2. ``_devicegen.py`` (bare device-role ``protocol.Connection`` s, reused device keys) runs ``workers``
+       handshake loops: connect, handshake + Hello, close; a warm-up registers the ids, then the measured run.
+       Target: handshakes/s >= 0.8 x ceiling.
+
+``idle``
+    ``--idle-procs`` generator processes hold ``--devices`` ``VirtualDevice`` s connected (one asyncio task
+    each, at most 64 handshakes in flight per process), the server's keep-alive set to ``--keepalive``
+    seconds and the devices' own keep-alive pushed far out, so the *server's* pings keep the links up. Server
+    RSS is read at 0, 1,000 and all devices; the links are held ``--hold`` seconds; then every device must
+    still be connected with no disconnect and have answered at least one server ping (when the hold is
+    longer than the keep-alive). Targets: all devices held (>= 10,000), <= 30 KB server RSS per device. The
+    open-file limit is raised here (soft to hard, and the hard limit when root), never in the product.
+
+``calls``
+    ``--call-devices`` virtual devices with a function ``bench`` in one generator process (core 1), claimed by
+    the benchmark's account; HTTP ``POST /v1/devices/:id/bench`` with a bearer token from another process
+    (core 1) over the devices in turn: a closed-loop run for the most calls/s (wrk if installed), then an
+    open-loop run at ``--rate`` calls/s (the Python generator; latency from when each call was due).
+    Targets: >= 1,000 calls/s; p99 <= 50 ms at 500 calls/s.
+
+Exit status: 1 when anything fails (server start, a failed handshake, a device not held or not pinged, a
+non-2xx reply); in a full run 3 when a target is missed. ``--smoke`` runs every path tiny (a few seconds
+each), enforces no speed target and works without wrk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    BENCH_DIR,
+    LOADGEN_CORE,
+    SERVER_CORE,
+    BenchError,
+    LoadResult,
+    Request,
+    Server,
+    call,
+    can_pin,
+    format_table,
+    get_token,
+    pinned,
+    process_cpu_seconds,
+    run_load,
+    running_server,
+    wait_child,
+)
+from _devicegen import device_id, write_key_pool
+
+EMAIL = "bench@example.com"
+PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway account in a temporary data dir
+HANDSHAKE_TARGET = 0.8  # of the crypto ceiling
+IDLE_TARGET = 10_000
+RSS_TARGET_KB = 30.0
+CALLS_TARGET = 1000.0
+P99_TARGET_MS = 50.0
+P99_RATE = 500.0
+DEVICE_ENV = {"DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES": "true"}
+NO_DEMO = ("--no-demo-device",)
+
+
+@dataclass
+class Outcome:
+    """
+    Figures of one section, what failed and which targets were missed.
+    """
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+
+
+def _server_public_pem(server: Server) -> str:
+    return (server.data_dir / "server_key.pub.pem").read_text()
+
+
+def _generator_argv(spec: dict[str, Any], pin: bool) -> list[str]:
+    return pinned(LOADGEN_CORE, [sys.executable, str(BENCH_DIR / "_devicegen.py"), json.dumps(spec)], pin)
+
+
+def raise_open_files(needed: int) -> tuple[int, int]:
+    """
+    Raise this process's open-file limit (inherited by the server and the generators) to cover ``needed``.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed, needed
+        except (ValueError, OSError):
+            pass  # not root: the soft limit up to the hard one is all there is
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+# ---------------------------------------------------------------------------------------------- crypto
+
+
+def _crypto_child(data_dir: str, iterations: int) -> None:
+    """
+    In a process on the server's core: the RSA work of one server handshake, two ways; print JSON (µs).
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+    from devicecloud.protocol import crypto
+
+    server_key = crypto.load_private_key((Path(data_dir) / "server_key.pem").read_bytes())
+    device_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - protocol
+    nonce, raw_id, material = os.urandom(40), os.urandom(12), os.urandom(40)
+    der = crypto.public_key_der(device_key.public_key())
+    block = crypto.build_device_block(server_key.public_key(), nonce, raw_id, der, os.urandom)
+    digest = crypto.hmac_sha1(material, os.urandom(128))
+    prehashed = utils.Prehashed(hashes.SHA1())  # noqa: S303 - the protocol's HMAC is SHA-1; cost only
+
+    def timed(fn: Any) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            fn()
+        return (time.perf_counter() - start) / iterations * 1e6
+
+    figures = {
+        "cg_decrypt_2048": timed(lambda: server_key.decrypt(block, padding.PKCS1v15())),
+        "cg_encrypt_1024": timed(lambda: device_key.public_key().encrypt(material, padding.PKCS1v15())),
+        "cg_private_op_2048": timed(lambda: server_key.sign(digest, padding.PKCS1v15(), prehashed)),
+        "product_open_device_block": timed(lambda: crypto.open_device_block(server_key, block, nonce)),
+        "product_rsa_encrypt_1024": timed(
+            lambda: crypto.rsa_encrypt(device_key.public_key(), material, os.urandom)
+        ),
+        "product_rsa_sign_raw_2048": timed(lambda: crypto.rsa_sign_raw(server_key, digest)),
+        "iterations": iterations,
+        "key_bits": server_key.key_size,
+    }
+    print(json.dumps(figures))
+
+
+def measure_crypto(server: Server, iterations: int, pin: bool) -> dict[str, float]:
+    argv = [sys.executable, str(Path(__file__).resolve()), "--crypto-child", str(server.data_dir),
+            "--iterations", str(iterations)]  # fmt: skip
+    out = subprocess.run(
+        pinned(SERVER_CORE, argv, pin), capture_output=True, text=True, timeout=600, check=False
+    )
+    if out.returncode != 0:
+        raise BenchError(f"crypto measurement failed:\n{out.stderr[-2000:]}")
+    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------- handshakes
+
+
+def _handshake_run(
+    server: Server, keys: Path, *, workers: int, duration: float, pin: bool
+) -> tuple[dict[str, Any], float, float]:
+    """
+    One generator run; returns its figures, the server CPU seconds it cost and the generator's CPU seconds.
+    """
+    spec = {"mode": "handshake", "port": server.device_port, "server_public_key": _server_public_pem(server),
+            "workers": workers, "duration": duration, "tag": 0xA000, "keys_file": str(keys)}  # fmt: skip
+    with tempfile.TemporaryFile("w+") as out:
+        before = server.cpu_seconds()
+        proc = subprocess.Popen(_generator_argv(spec, pin), stdout=out, stderr=subprocess.STDOUT, text=True)
+        code, generator_cpu = wait_child(proc, timeout=duration + 120)
+        server_cpu = server.cpu_seconds() - before
+        out.seek(0)
+        output = out.read()
+    line = next((ln for ln in output.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if code != 0 or line is None:
+        raise BenchError(f"handshake generator exited with {code}:\n{output[-2000:]}")
+    figures: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+    return figures, server_cpu, generator_cpu
+
+
+def bench_handshakes(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome:
+    outcome = Outcome()
+    smoke: bool = args.smoke
+    with running_server(email=EMAIL, password=PASSWORD, pin=pin, extra_env=DEVICE_ENV,
+                        extra_args=NO_DEMO) as server:  # fmt: skip
+        crypto = measure_crypto(server, 20 if smoke else 300, pin)
+        warmup = 1.0 if smoke else 5.0
+        duration = args.handshake_duration or (1.5 if smoke else 20.0)
+        _handshake_run(server, keys, workers=args.handshake_workers, duration=warmup, pin=pin)
+        run, server_cpu, generator_cpu = _handshake_run(
+            server, keys, workers=args.handshake_workers, duration=duration, pin=pin
+        )
+    ceiling_us = crypto["cg_decrypt_2048"] + crypto["cg_encrypt_1024"] + crypto["cg_private_op_2048"]
+    product_us = (
+        crypto["product_open_device_block"]
+        + crypto["product_rsa_encrypt_1024"]
+        + crypto["product_rsa_sign_raw_2048"]
+    )
+    rate = run["handshakes"] / run["duration_s"]
+    per_handshake_us = server_cpu / run["handshakes"] * 1e6 if run["handshakes"] else float("nan")
+    outcome.figures = {
+        "crypto_us": crypto, "ceiling_us": ceiling_us, "ceiling_per_s": 1e6 / ceiling_us,
+        "product_rsa_us": product_us, "product_rsa_per_s": 1e6 / product_us, "run": run,
+        "workers": args.handshake_workers, "rate": rate, "ratio": rate * ceiling_us / 1e6,
+        "server_cpu_us_per_handshake": per_handshake_us, "server_cpu_share": server_cpu / run["duration_s"],
+        "generator_cpu_share": run["cpu_s"] / run["duration_s"],
+        "generator_process_cpu_s": generator_cpu,
+    }  # fmt: skip
+    if run["handshakes"] == 0:
+        outcome.failures.append("handshake: none completed")
+    if run["failures"]:
+        outcome.failures.append(f"handshake: {run['failures']} failed: {run['failure_reasons']}")
+    if rate < HANDSHAKE_TARGET * 1e6 / ceiling_us:
+        outcome.missed.append("handshakes/s below 0.8x the crypto ceiling")
+    return outcome
+
+
+def print_handshakes(o: Outcome) -> None:
+    f, c, run = o.figures, o.figures["crypto_us"], o.figures["run"]
+    print("\nServer RSA work for one handshake, µs, on the server's core with its key "
+          f"(RSA-{c['key_bits']:.0f}, {c['iterations']:.0f} iterations):")  # fmt: skip
+    print(format_table([
+        ["operation", "cryptography", "product code"],
+        ["RSA-2048 decrypt of the device block", f"{c['cg_decrypt_2048']:,.0f}",
+         f"{c['product_open_device_block']:,.0f}"],
+        ["RSA-1024 public encrypt of K", f"{c['cg_encrypt_1024']:,.0f}",
+         f"{c['product_rsa_encrypt_1024']:,.0f}"],
+        ["RSA-2048 private op (signature)", f"{c['cg_private_op_2048']:,.0f}",
+         f"{c['product_rsa_sign_raw_2048']:,.0f}"],
+        ["total", f"{f['ceiling_us']:,.0f}", f"{f['product_rsa_us']:,.0f}"],
+        ["→ handshakes/s on one core", f"{f['ceiling_per_s']:,.0f}", f"{f['product_rsa_per_s']:,.0f}"],
+    ]))  # fmt: skip
+    print(
+        f"\nhandshakes: {run['handshakes']} in {run['duration_s']:.1f}s = {f['rate']:,.1f}/s with"
+        f" {f['workers']} device loops; p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms;"
+        f" {run['failures']} failed\n"
+        f"  = {f['ratio']:.3f}x the crypto ceiling ({f['ceiling_per_s']:,.0f}/s; target"
+        f" {HANDSHAKE_TARGET:.1f}x = {HANDSHAKE_TARGET * f['ceiling_per_s']:,.0f}/s),"
+        f" {f['rate'] / f['product_rsa_per_s']:.2f}x 1/(the product's own RSA code)\n"
+        f"  server CPU {f['server_cpu_us_per_handshake']:,.0f} µs per handshake"
+        f" ({f['server_cpu_share'] * 100:.0f}% of its core): product RSA {f['product_rsa_us']:,.0f} µs,"
+        f" the rest (session writes, protocol, asyncio)"
+        f" {f['server_cpu_us_per_handshake'] - f['product_rsa_us']:,.0f} µs;"
+        f" generator CPU {f['generator_cpu_share'] * 100:.0f}% of core 1"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- fleets
+
+
+class Fleet:
+    """
+    One ``_devicegen.py`` process in devices mode, driven over its stdin/stdout.
+    """
+
+    def __init__(self, spec: dict[str, Any], pin: bool) -> None:
+        self.proc = subprocess.Popen(
+            _generator_argv(spec, pin), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._errors: list[str] = []
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
+        threading.Thread(target=self._keep_tail, args=(self.proc.stderr,), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
+        for line in stream:
+            lines.put(line)
+
+    def _keep_tail(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._errors = [*self._errors[-20:], line]
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def state(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                if time.monotonic() >= deadline or self.proc.poll() is not None:
+                    raise BenchError(f"device generator gave no state:\n{''.join(self._errors)}") from None
+                continue
+            if line.startswith("STATE "):
+                state: dict[str, Any] = json.loads(line.removeprefix("STATE "))
+                return state
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+    def quit(self) -> float:
+        """
+        Stop the devices and the process; its CPU seconds.
+        """
+        if self.proc.poll() is None:
+            self.send("quit")
+        return wait_child(self.proc, timeout=120)[1]
+
+
+@contextmanager
+def fleets(specs: list[dict[str, Any]], pin: bool) -> Iterator[list[Fleet]]:
+    started = [Fleet(spec, pin) for spec in specs]
+    try:
+        yield started
+    finally:
+        for fleet in started:
+            if fleet.proc.poll() is None:
+                try:
+                    fleet.quit()
+                except BenchError:
+                    fleet.proc.kill()
+
+
+def connect_all(group: list[Fleet], per_fleet: int, timeout: float) -> list[dict[str, Any]]:
+    for fleet in group:
+        fleet.send(f"connect {per_fleet}")
+    return [fleet.state(timeout) for fleet in group]
+
+
+def _sum(states: list[dict[str, Any]], key: str) -> int:
+    return sum(int(s[key]) for s in states)
+
+
+# ---------------------------------------------------------------------------------------------- idle
+
+
+def bench_idle(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome:
+    outcome = Outcome()
+    smoke: bool = args.smoke
+    total = args.devices or (20 if smoke else IDLE_TARGET)
+    procs = max(1, min(args.idle_procs, total))
+    keepalive = args.keepalive or (2.0 if smoke else 20.0)
+    hold = args.hold or (5.0 if smoke else 60.0)
+    first_step = min(1000, total)
+    limit = raise_open_files(total + 1024)
+    env = {**DEVICE_ENV, "DEVICECLOUD_DEVICE_KEEPALIVE": str(keepalive),
+           "DEVICECLOUD_MAX_DEVICE_LINKS": str(total + 1000)}  # fmt: skip
+    samples: list[dict[str, float]] = []
+    with running_server(email=EMAIL, password=PASSWORD, pin=pin, extra_env=env,
+                        extra_args=NO_DEMO) as server:  # fmt: skip
+        time.sleep(1.0)
+        rss0 = server.rss_bytes()
+        pem = _server_public_pem(server)
+        specs = [{"mode": "devices", "port": server.device_port, "server_public_key": pem, "tag": 0xB000 + i,
+                  "keys_file": str(keys), "concurrency": 64, "device_ping_after": 3600.0}
+                 for i in range(procs)]  # fmt: skip
+        with fleets(specs, pin) as group:
+            start = time.monotonic()
+            cpu0 = server.cpu_seconds()
+            states = connect_all(group, first_step // procs, timeout=600)
+            rss1k, n1k = server.rss_bytes(), _sum(states, "connected")
+            states = connect_all(group, total // procs, timeout=1800)
+            connect_s, connect_cpu = time.monotonic() - start, server.cpu_seconds() - cpu0
+            rss_all, connected = server.rss_bytes(), _sum(states, "connected")
+            held_from, hold_cpu0 = time.monotonic(), server.cpu_seconds()
+            while time.monotonic() - held_from < hold:
+                time.sleep(min(5.0, hold / 4))
+                samples.append({"t": time.monotonic() - held_from, "rss": server.rss_bytes(),
+                                "sockets": server.open_sockets()})  # fmt: skip
+            hold_s, hold_cpu = time.monotonic() - held_from, server.cpu_seconds() - hold_cpu0
+            for fleet in group:
+                fleet.send("report")
+            states = [fleet.state(120) for fleet in group]
+            rss_end, sockets_end = server.rss_bytes(), server.open_sockets()
+            generator_cpu = sum(fleet.quit() for fleet in group)
+    wanted = (total // procs) * procs
+    end = {key: _sum(states, key) for key in ("started", "connected", "connect_failures", "disconnects",
+                                              "pings_received_total")}  # fmt: skip
+    min_pings = min(int(s["pings_received_min"]) for s in states)
+    per_device_kb = (rss_end - rss0) / 1024 / max(1, end["connected"])
+    marginal_kb = (rss_end - rss1k) / 1024 / max(1, end["connected"] - n1k)
+    outcome.figures = {
+        "devices": wanted, "procs": procs, "keepalive_s": keepalive, "hold_s": hold_s, "nofile": limit,
+        "rss0": rss0, "rss_1k": rss1k, "connected_1k": n1k, "rss_all": rss_all, "rss_end": rss_end,
+        "connected_after_connect": connected, "connect_s": connect_s,
+        "connect_server_cpu_ms_per_device": connect_cpu / max(1, connected) * 1000,
+        "hold_server_cpu_share": hold_cpu / hold_s, "sockets_end": sockets_end, "end": end,
+        "min_pings": min_pings, "per_device_kb": per_device_kb, "marginal_kb": marginal_kb,
+        "generator_cpu_s": generator_cpu, "samples": samples,
+        "not_connected_reasons": [s["not_connected_reasons"] for s in states if s["not_connected_reasons"]],
+        "connect_failure_reasons": [s["connect_failure_reasons"] for s in states if s["connect_failures"]],
+    }  # fmt: skip
+    if end["connected"] != wanted or end["disconnects"] or end["connect_failures"]:
+        outcome.failures.append(
+            f"idle: {end['connected']}/{wanted} connected at the end, {end['connect_failures']} connect"
+            f" failures, {end['disconnects']} disconnects: {outcome.figures['not_connected_reasons']}"
+            f" {outcome.figures['connect_failure_reasons']}"
+        )
+    if hold > keepalive * 1.2 and min_pings < 1:
+        outcome.failures.append(
+            f"idle: some device got no server ping in {hold_s:.0f}s (keep-alive {keepalive}s)"
+        )
+    if wanted < IDLE_TARGET:
+        outcome.missed.append(f"idle: {wanted} devices, target {IDLE_TARGET}")
+    if per_device_kb > RSS_TARGET_KB:
+        outcome.missed.append(f"idle: {per_device_kb:.1f} KB server RSS per device > {RSS_TARGET_KB:.0f}")
+    return outcome
+
+
+def print_idle(o: Outcome) -> None:
+    f = o.figures
+    mib = 1024 * 1024
+    print(
+        f"\nidle devices: {f['end']['connected']:,}/{f['devices']:,} connected over {f['procs']} generator"
+        f" processes, held {f['hold_s']:.0f}s with the server's keep-alive at {f['keepalive_s']:g}s;"
+        f" {f['end']['disconnects']} disconnects, {f['end']['connect_failures']} connect failures;"
+        f" server pings answered: {f['end']['pings_received_total']:,}"
+        f" (at least {f['min_pings']} per device)\n"
+        f"  server RSS: {f['rss0'] / mib:.1f} MiB at 0, {f['rss_1k'] / mib:.1f} MiB at {f['connected_1k']:,},"
+        f" {f['rss_all'] / mib:.1f} MiB at {f['connected_after_connect']:,} (after connecting),"
+        f" {f['rss_end'] / mib:.1f} MiB after the hold;"
+        f" {f['per_device_kb']:.1f} KB per device over the 0 baseline"
+        f" ({f['per_device_kb'] / RSS_TARGET_KB:.2f}x"
+        f" the {RSS_TARGET_KB:.0f} KB budget), {f['marginal_kb']:.1f} KB marginal (1k → all)\n"
+        f"  connecting took {f['connect_s']:.0f}s"
+        f" ({f['connect_server_cpu_ms_per_device']:.1f} ms server CPU per device);"
+        f" while held the server used {f['hold_server_cpu_share'] * 100:.1f}% of its core;"
+        f" server sockets at the end {f['sockets_end']:,}; open-file limit {f['nofile'][0]:,};"
+        f" generators' CPU {f['generator_cpu_s']:.0f}s in all"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- calls
+
+
+def bench_calls(
+    args: argparse.Namespace, keys: Path, pin: bool, generator: str
+) -> tuple[Outcome, list[LoadResult]]:
+    outcome = Outcome()
+    smoke: bool = args.smoke
+    count = args.call_devices
+    duration = args.call_duration or (1.5 if smoke else 15.0)
+    warmup = 0.5 if smoke else 3.0
+    rate = args.rate
+    results: list[LoadResult] = []
+    with running_server(email=EMAIL, password=PASSWORD, pin=pin, extra_env=DEVICE_ENV,
+                        extra_args=NO_DEMO) as server:  # fmt: skip
+        pem = _server_public_pem(server)
+        spec = {"mode": "devices", "port": server.device_port, "server_public_key": pem, "tag": 0xC000,
+                "keys_file": str(keys), "concurrency": 16, "functions": True}  # fmt: skip
+        with fleets([spec], pin) as (fleet,):
+            state = connect_all([fleet], count, timeout=120)[0]
+            if state["connected"] != count:
+                raise BenchError(f"calls: {state['connected']}/{count} devices connected: {state}")
+            token = get_token(server.port, EMAIL, PASSWORD)
+            bearer = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            ids = [device_id(0xC000, i) for i in range(count)]
+            for did in ids:
+                status, body = call(
+                    server.port, Request("POST", "/v1/devices", bearer, json.dumps({"id": did}))
+                )
+                if status != 200:
+                    raise BenchError(f"claiming {did} answered {status}: {body[:200]!r}")
+            calls = [Request("POST", f"/v1/devices/{did}/bench", bearer, json.dumps({"args": "benchmark"}))
+                     for did in ids]  # fmt: skip
+            status, body = call(server.port, calls[0])
+            if status != 200 or json.loads(body).get("return_value") != len("benchmark"):
+                raise BenchError(f"a function call answered {status}: {body[:300]!r}")
+
+            def load(label: str, seconds: float, gen: str, conns: int, at: float | None) -> LoadResult:
+                before = fleet.cpu_seconds()
+                result = run_load(label, server, calls[0], generator=gen, connections=conns,
+                                  duration=seconds, pin=pin, variants=calls, rate=at)  # fmt: skip
+                outcome.figures.setdefault("device_cpu_share", {})[label] = (
+                    fleet.cpu_seconds() - before
+                ) / result.duration_s
+                return result
+
+            load("warm-up", warmup, generator, args.call_connections, None)
+            results.append(
+                load("most calls/s (closed loop)", duration, generator, args.call_connections, None)
+            )
+            results.append(load(f"{rate:g} calls/s (open loop)", duration, "python", 64, rate))
+            outcome.figures["device_process_cpu_s"] = fleet.quit()
+    peak, paced = results
+    outcome.figures["runs"] = [{**asdict(r), "rate": r.rate} for r in results]
+    outcome.figures["devices"] = count
+    for r in results:
+        if r.requests == 0:
+            outcome.failures.append(f"calls: {r.label}: no call completed")
+        if r.errors:
+            outcome.failures.append(
+                f"calls: {r.label}: {r.status_errors} non-2xx, {r.socket_errors} socket errors"
+            )
+    if peak.rate < CALLS_TARGET:
+        outcome.missed.append(f"calls: {peak.rate:,.0f} calls/s < {CALLS_TARGET:,.0f}")
+    if paced.p99_ms > P99_TARGET_MS or paced.rate < 0.95 * rate:
+        outcome.missed.append(
+            f"calls: p99 {paced.p99_ms:.1f} ms at {paced.rate:,.0f}/s (target ≤ 50 ms at 500/s)"
+        )
+    return outcome, results
+
+
+def print_calls(o: Outcome, results: list[LoadResult]) -> None:
+    header = ["run", "gen", "conns", "calls", "calls/s", "p50 ms", "p99 ms", "errors",
+              "server CPU µs/call", "server CPU", "HTTP gen CPU", "devices' CPU"]  # fmt: skip
+    rows = [header] + [
+        [r.label, r.generator, str(r.connections), str(r.requests), f"{r.rate:,.0f}", f"{r.p50_ms:.2f}",
+         f"{r.p99_ms:.2f}", str(r.errors), f"{r.server_cpu_us_per_request:,.0f}",
+         f"{r.server_cpu_share * 100:.0f}%", f"{r.generator_cpu_share * 100:.0f}%",
+         f"{o.figures['device_cpu_share'][r.label] * 100:.0f}%"]
+        for r in results
+    ]  # fmt: skip
+    print(f"\nfunction calls through the REST API to {o.figures['devices']} virtual devices:")
+    print(format_table(rows))
+    peak, paced = results
+    print(f"  most calls/s {peak.rate:,.0f} = {peak.rate / CALLS_TARGET:.2f}x the"
+          f" {CALLS_TARGET:,.0f}/s target;"
+          f" p99 at {paced.rate:,.0f}/s {paced.p99_ms:.1f} ms = {paced.p99_ms / P99_TARGET_MS:.2f}x the"
+          f" {P99_TARGET_MS:.0f} ms budget")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="every path tiny, for CI: no targets, < 30 s")
+    parser.add_argument("--only", action="append", choices=("handshake", "idle", "calls"),
+                        help="run only this measurement (repeatable; default all three)")  # fmt: skip
+    parser.add_argument("--handshake-workers", type=int, default=16, help="concurrent device loops (16)")
+    parser.add_argument("--handshake-duration", type=float, default=None, help="seconds measured (20)")
+    parser.add_argument("--devices", type=int, default=None, help="idle devices to hold (10,000)")
+    parser.add_argument("--idle-procs", type=int, default=2, help="generator processes for them (2)")
+    parser.add_argument("--keepalive", type=float, default=None, help="server keep-alive, s (20)")
+    parser.add_argument("--hold", type=float, default=None, help="seconds to hold them (60)")
+    parser.add_argument("--call-devices", type=int, default=20, help="virtual devices for calls (20)")
+    parser.add_argument("--call-connections", type=int, default=32, help="HTTP connections, closed loop (32)")
+    parser.add_argument("--call-duration", type=float, default=None, help="seconds per call run (15)")
+    parser.add_argument("--rate", type=float, default=P99_RATE, help="open-loop calls/s for p99 (500)")
+    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
+                        help="HTTP load for the closed-loop call run (auto: wrk when installed)")  # fmt: skip
+    parser.add_argument("--no-pin", action="store_true", help="do not use taskset even where available")
+    parser.add_argument("--json", type=Path, default=None, help="also write all figures to this file")
+    parser.add_argument("--crypto-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--iterations", type=int, default=300, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.crypto_child is not None:
+        _crypto_child(args.crypto_child, args.iterations)
+        return 0
+
+    started = time.monotonic()
+    smoke: bool = args.smoke
+    if smoke:
+        args.call_devices = min(args.call_devices, 5)
+        args.handshake_workers = min(args.handshake_workers, 4)
+        args.rate = min(args.rate, 20.0)
+    sections = args.only or ["handshake", "idle", "calls"]
+    generator = args.generator
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") and not smoke else "python"
+    elif generator == "wrk" and shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 1
+    pin = can_pin() and not args.no_pin
+    print(
+        f"devicecloud device benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M UTC}"
+        f"  mode={'smoke' if smoke else 'full'}"
+    )
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        "server pinned to core 0, generators to core 1"
+        if pin
+        else "not pinned (taskset unavailable or disabled)"
+    )
+
+    outcomes: dict[str, Outcome] = {}
+    with tempfile.TemporaryDirectory(prefix="devicecloud-keys-") as tmp:
+        keys = Path(tmp) / "device-keys.pem"
+        write_key_pool(keys)
+        for section in sections:
+            try:
+                if section == "handshake":
+                    outcomes[section] = o = bench_handshakes(args, keys, pin)
+                    print_handshakes(o)
+                elif section == "idle":
+                    outcomes[section] = o = bench_idle(args, keys, pin)
+                    print_idle(o)
+                else:
+                    o, results = bench_calls(args, keys, pin, generator)
+                    outcomes[section] = o
+                    print_calls(o, results)
+            except BenchError as exc:
+                outcomes[section] = Outcome(failures=[f"{section}: {exc}"])
+
+    failures = [f for o in outcomes.values() for f in o.failures]
+    missed = [m for o in outcomes.values() for m in o.missed]
+    if args.json is not None:
+        figures = {k: o.figures for k, o in outcomes.items()}
+        meta = {"date": datetime.now(UTC).isoformat(), "smoke": smoke, "pinned": pin}
+        args.json.write_text(json.dumps({**meta, **figures}, indent=2, default=str))
+    print(f"\nfinished in {time.monotonic() - started:.1f}s")
+    for m in missed:
+        print(("note (not enforced in --smoke): " if smoke else "MISSED: ") + m)
+    for failure in failures:
+        print("FAIL:", failure, file=sys.stderr)
+    if failures:
+        return 1
+    return 3 if missed and not smoke else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print("FAIL:", exc, file=sys.stderr)
+        sys.exit(1)
