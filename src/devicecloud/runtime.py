@@ -287,7 +287,13 @@ def build_runtime(
     )
     device_keys = DeviceKeyService(store=store, clock=clock, control=gateway.control)
     bus = MemoryBus()
-    events = EventService(store=store, clock=clock, bus=bus, devices=devices, policy=EventPolicy())
+    events = EventService(
+        store=store,
+        clock=clock,
+        bus=bus,
+        devices=devices,
+        policy=EventPolicy(max_pending=settings.event_queue_bound),
+    )
     devices.on_owner_change(events.forget_owner)
     sessions.on_status = events.publish_status
     return Runtime(

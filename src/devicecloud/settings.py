@@ -57,6 +57,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds to wait for a device to answer a function call or variable read.",
     )
+    event_queue_bound: int = Field(
+        default=1000, ge=1, description="Events a stream or device may fall behind before it is dropped."
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",
@@ -81,6 +84,11 @@ class Settings(BaseSettings):
     rate_limit_token: str = Field(default="100/5minutes", description="POST /oauth/token, per IP.")
     rate_limit_token_list: str = Field(default="100/5minutes", description="Token list/revoke, per IP.")
     rate_limit_account: str = Field(default="100/5minutes", description="Sign-up, delete, reset, per IP.")
+    rate_limit_events: str = Field(default="100/5minutes", description="Event streams opened, per IP.")
+    max_streams_per_ip: int = Field(default=100, ge=1, description="Event streams open at once, per IP.")
+    sse_keepalive: float = Field(
+        default=9.0, gt=0, le=12, description="Seconds of silence after which a stream gets a keep-alive."
+    )
     login_failure_limit: int = Field(
         default=10,
         ge=1,

@@ -78,6 +78,7 @@ class RateLimits:
         token = parse(settings.rate_limit_token)
         token_list = parse(settings.rate_limit_token_list)
         account = parse(settings.rate_limit_account)
+        events = parse(settings.rate_limit_events)
         self.rules = (
             _Rule("token", "POST", re.compile(r"^/oauth/token/?$|^/v1/devices/oauth/token/?$"), token),
             _Rule("token_list", "GET", re.compile(r"^/v1/access_tokens/?$"), token_list),
@@ -88,6 +89,8 @@ class RateLimits:
             _Rule("account", "DELETE", re.compile(r"^/v1/user/?$"), account),
             _Rule("account", "POST", re.compile(r"^/v1/user/password-reset/?$"), account),
             _Rule("account", "PUT", re.compile(r"^/v1/user/password-reset/?$"), account),
+            # Opening an event stream: /v1/events…, /v1/devices/events…, /v1/devices/:id/events…
+            _Rule("events", "GET", re.compile(r"^/v1/(?:devices/(?:[^/]+/)?)?events(?:/.*)?$"), events),
         )
 
     async def login_locked(self, ip: str) -> bool:

@@ -172,8 +172,9 @@ async def serve_api(
     """
     Run uvicorn until a stop signal; the runtime's life stays with the caller.
     """
+    app = runtime.asgi_app(manage_lifecycle=False)
     config = uvicorn.Config(
-        runtime.asgi_app(manage_lifecycle=False),
+        app,
         host=settings.http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
@@ -182,8 +183,14 @@ async def serve_api(
         server_header=False,
     )
     server = QuietSignalsServer(config)
+
+    def request_exit() -> None:
+        # Open event streams never end by themselves: end them, or uvicorn would wait for them forever.
+        app.state.event_streams.close_all()
+        server.request_exit()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, server.request_exit)
+        loop.add_signal_handler(signum, request_exit)
     serving = asyncio.create_task(server.serve())
     # uvicorn exposes only a `started` flag (set once the socket listens), no event to await.
     while not server.started and not serving.done():  # noqa: ASYNC110

@@ -55,6 +55,8 @@ def check_event(name: Any, data: Any, ttl: Any) -> tuple[str, str | None, int]:
     """
     if not isinstance(name, str) or not name:
         raise InvalidInput("The event name is required", code="Event name is required")
+    if any(ord(char) < 0x20 or char == "\x7f" for char in name):
+        raise InvalidInput("Event names may not contain control characters", code="Invalid event name")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(
             f"Event names are at most {MAX_NAME_LENGTH} characters", code="Event name too long"
