@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 
 ADJECTIVES = (
     "agile",
@@ -105,3 +106,18 @@ def is_valid_name(name: str) -> bool:
     Names are 1–63 letters, digits, underscores and dashes (what the Particle console accepts).
     """
     return bool(NAME_PATTERN.match(name))
+
+
+async def free_name(taken: Callable[[str], Awaitable[bool]], *, tries: int = 20) -> str:
+    """
+    A generated name ``taken`` says is free. The two-word space holds ~1,560 names, so an owner with many
+    devices soon exhausts it: after ``tries`` clashes, a random suffix makes the name unique.
+    """
+    for _ in range(tries):
+        name = generate_name()
+        if not await taken(name):
+            return name
+    while True:
+        name = f"{generate_name()}_{secrets.token_hex(3)}"
+        if not await taken(name):
+            return name

@@ -12,7 +12,6 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo
-from devicecloud.services.device_names import generate_name
+from devicecloud.services.device_names import free_name, generate_name
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
@@ -156,8 +155,6 @@ class DeviceSessionService:
 
     @staticmethod
     async def _free_name(tx: UnitOfWork, owner_id: int | None) -> str:
-        for _ in range(50):
-            name = generate_name()
-            if owner_id is None or not await tx.devices.name_taken(owner_id, name):
-                return name
-        return f"{generate_name()}_{secrets.token_hex(2)}"
+        if owner_id is None:  # names are unique per owner; an unowned device takes any
+            return generate_name()
+        return await free_name(lambda candidate: tx.devices.name_taken(owner_id, candidate))

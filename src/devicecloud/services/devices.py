@@ -17,8 +17,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from devicecloud.domain.devices import Device, VariableReading, normalise_device_id
-from devicecloud.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from devicecloud.services.device_names import generate_name, is_valid_name
+from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
+from devicecloud.services.device_names import free_name, is_valid_name
 from devicecloud.services.secrets import hash_secret
 
 if TYPE_CHECKING:
@@ -211,10 +211,5 @@ class DeviceService:
     async def _take_ownership(self, tx: UnitOfWork, device: Device, user_id: int) -> Device:
         name = device.name
         if name is None or await tx.devices.name_taken(user_id, name):
-            for _ in range(50):
-                name = generate_name()
-                if not await tx.devices.name_taken(user_id, name):
-                    break
-            else:  # pragma: no cover - 1,560 names, 50 tries
-                raise Conflict("Could not find a free name for the device")
+            name = await free_name(lambda candidate: tx.devices.name_taken(user_id, candidate))
         return await tx.devices.update(device.id, owner_id=user_id, name=name, updated_at=self._clock.now())
