@@ -188,8 +188,7 @@ class EventService:
     async def owner_of(self, device_id: str) -> int | None:
         if device_id in self._owners:
             return self._owners[device_id]
-        async with self._store.transaction(readonly=True) as tx:
-            device = await tx.devices.get(device_id)
+        device = await self._store.lookup_device(device_id)  # the one-statement hot path, not a unit of work
         owner = device.owner_id if device is not None else None
         self._owners[device_id] = owner
         return owner
