@@ -4,10 +4,12 @@ The events service on a real runtime: device rate limit on the injected clock, a
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from tests.support.api import make_account
 from tests.support.clock import FakeClock
-from tests.support.devices import connect_device
+from tests.support.devices import connect_device, wait_until
 
 from devicecloud.domain.events import EventFilter
 from devicecloud.runtime import Runtime
@@ -44,3 +46,45 @@ async def test_events_follow_the_owner(client: httpx.AsyncClient, runtime: Runti
         assert ["2"] == [e.data async for e in to_bob]
     finally:
         await device.stop()
+
+
+async def test_offline_when_a_device_vanishes_silently(
+    client: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """A device that stops talking without closing its socket gets spark/status offline once its keep-alive
+    window passes on the injected clock, not before."""
+    ada = await make_account(client, "ada@example.com")
+    device = await connect_device(client, ada, runtime)
+    user = await runtime.accounts.get_by_username(ada.email)
+    status = runtime.bus.subscribe(EventFilter(owner_id=user.id, prefix="spark/status"))
+    device.go_silent()  # keeps the socket open and answers nothing
+    try:
+        clock.advance(runtime.settings.device_keepalive)  # the gateway pings; no answer comes
+        await asyncio.sleep(0.05)
+        assert 0 == status.pending()  # still inside the window: no verdict yet
+        clock.advance(runtime.settings.device_keepalive)
+
+        async def offline() -> bool:
+            return status.pending() > 0
+
+        await wait_until(offline)
+        event = await anext(status)
+        assert ("spark/status", "offline", device.device_id) == (event.name, event.data, event.coreid)
+    finally:
+        status.close()
+        await device.stop()
+
+
+async def test_internal_events(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    """Cloud-made events carry coreid particle-internal and reach only their owner."""
+    ada = await make_account(client, "ada@example.com")
+    user = await runtime.accounts.get_by_username(ada.email)
+    mine = runtime.bus.subscribe(EventFilter(owner_id=user.id, prefix="hook-sent/"))
+    others = runtime.bus.subscribe(
+        EventFilter(owner_id=user.id + 1, include_public=True, prefix="hook-sent/")
+    )
+    await runtime.events.publish_internal("hook-sent/temp", None, owner_id=user.id)
+    mine.close()
+    others.close()
+    assert [("hook-sent/temp", "particle-internal")] == [(e.name, e.coreid) async for e in mine]
+    assert [] == [e async for e in others]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from devicecloud.domain.events import (
     API_COREID,
     DEFAULT_TTL,
+    INTERNAL_COREID,
     MAX_DATA_LENGTH,
     MAX_NAME_LENGTH,
     AnyFilter,
@@ -169,6 +170,32 @@ class EventService:
                 device_id=device_id,
             )
         )
+
+    async def publish_internal(
+        self,
+        name: str,
+        data: str | None,
+        *,
+        owner_id: int | None,
+        device_id: str | None = None,
+        public: bool = False,
+    ) -> CloudEvent:
+        """
+        An event the cloud itself makes (``spark/flash/status``, ``hook-sent/…``, ``hook-response/…``):
+        ``coreid`` is "particle-internal", as the catalogue gives it; it belongs to ``owner_id``.
+        """
+        event = CloudEvent(
+            name=name,
+            data=data,
+            ttl=DEFAULT_TTL,
+            published_at=self._clock.now(),
+            coreid=INTERNAL_COREID,
+            public=public,
+            owner_id=owner_id,
+            device_id=device_id,
+        )
+        await self._bus.publish(event)
+        return event
 
     def _take_token(self, device_id: str) -> bool:
         now = self._clock.monotonic()

@@ -408,6 +408,15 @@ class VirtualDevice:
             raise RequestError("time", None, "no time in the answer")
         return result.unix_time
 
+    def go_silent(self) -> None:
+        """
+        Keep the socket open but say and answer nothing, like a device that lost power (for tests of the
+        cloud's keep-alive handling). ``stop()`` still closes it.
+        """
+        link = self._connector.link
+        if link is not None:
+            link.go_silent()
+
     def statistics(self) -> DeviceStatistics:
         """A snapshot of the counters and state."""
         link = self._connector.link

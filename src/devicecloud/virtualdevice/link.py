@@ -68,6 +68,7 @@ class DeviceLink(asyncio.Protocol):
         self._now = now
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._silent = False
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Future[RequestResult]] = {}
         self._lost: asyncio.Future[None] = self._loop.create_future()
@@ -84,6 +85,18 @@ class DeviceLink(asyncio.Protocol):
             raise TypeError("a stream transport is needed")
         self._transport = transport  # type: ignore[assignment]
         self._flush()
+
+    def go_silent(self) -> None:
+        """
+        Stop reading and writing while keeping the socket open: what a device that lost power looks like
+        from the cloud (no FIN, no RST, just silence).
+        """
+        self._silent = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
@@ -199,7 +212,7 @@ class DeviceLink(asyncio.Protocol):
 
     def _flush(self) -> None:
         data = self.connection.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
+        if data and self._transport is not None and not self._transport.is_closing() and not self._silent:
             self._transport.write(data)
             self.bytes_sent += len(data)
         self._arm_timer()
