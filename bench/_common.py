@@ -19,8 +19,9 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -409,3 +410,48 @@ def format_table(rows: list[list[str]]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+@dataclass
+class Outcome:
+    """
+    Figures of one section, what failed and which targets were missed.
+    """
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+
+
+def report(
+    outcomes: dict[str, Outcome], *, json_path: Path | None, smoke: bool, pin: bool, started: float
+) -> int:
+    """
+    Print missed targets and failures, write the JSON figures, and give the exit status: 1 on a failure,
+    3 when a full run missed a target, else 0.
+    """
+    failures = [f for o in outcomes.values() for f in o.failures]
+    missed = [m for o in outcomes.values() for m in o.missed]
+    if json_path is not None:
+        meta = {"date": datetime.now(UTC).isoformat(), "smoke": smoke, "pinned": pin}
+        figures = {k: o.figures for k, o in outcomes.items()}
+        json_path.write_text(json.dumps({**meta, **figures}, indent=2, default=str))
+    print(f"\nfinished in {time.monotonic() - started:.1f}s")
+    for m in missed:
+        print(("note (not enforced in --smoke): " if smoke else "MISSED: ") + m)
+    for failure in failures:
+        print("FAIL:", failure, file=sys.stderr)
+    if failures:
+        return 1
+    return 3 if missed and not smoke else 0
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """
+    Exit with ``main()``'s status; a `BenchError` is a failure (1) with its message.
+    """
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print("FAIL:", exc, file=sys.stderr)
+        sys.exit(1)

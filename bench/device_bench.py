@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -64,6 +64,7 @@ from _common import (
     SERVER_CORE,
     BenchError,
     LoadResult,
+    Outcome,
     Request,
     Server,
     call,
@@ -72,7 +73,9 @@ from _common import (
     get_token,
     pinned,
     process_cpu_seconds,
+    report,
     run_load,
+    run_main,
     running_server,
     wait_child,
 )
@@ -88,17 +91,6 @@ P99_TARGET_MS = 50.0
 P99_RATE = 500.0
 DEVICE_ENV = {"DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES": "true"}
 NO_DEMO = ("--no-demo-device",)
-
-
-@dataclass
-class Outcome:
-    """
-    Figures of one section, what failed and which targets were missed.
-    """
-
-    figures: dict[str, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    missed: list[str] = field(default_factory=list)
 
 
 def _server_public_pem(server: Server) -> str:
@@ -617,25 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as exc:
                 outcomes[section] = Outcome(failures=[f"{section}: {exc}"])
 
-    failures = [f for o in outcomes.values() for f in o.failures]
-    missed = [m for o in outcomes.values() for m in o.missed]
-    if args.json is not None:
-        figures = {k: o.figures for k, o in outcomes.items()}
-        meta = {"date": datetime.now(UTC).isoformat(), "smoke": smoke, "pinned": pin}
-        args.json.write_text(json.dumps({**meta, **figures}, indent=2, default=str))
-    print(f"\nfinished in {time.monotonic() - started:.1f}s")
-    for m in missed:
-        print(("note (not enforced in --smoke): " if smoke else "MISSED: ") + m)
-    for failure in failures:
-        print("FAIL:", failure, file=sys.stderr)
-    if failures:
-        return 1
-    return 3 if missed and not smoke else 0
+    return report(outcomes, json_path=args.json, smoke=smoke, pin=pin, started=started)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print("FAIL:", exc, file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -44,7 +44,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +54,7 @@ from _common import (
     BENCH_DIR,
     LOADGEN_CORE,
     BenchError,
+    Outcome,
     Request,
     Server,
     call,
@@ -63,6 +63,8 @@ from _common import (
     get_token,
     pinned,
     process_cpu_seconds,
+    report,
+    run_main,
     running_server,
     wait_child,
 )
@@ -77,13 +79,6 @@ INGEST_TARGET = 5_000.0
 INGEST_MIN_DEVICES = 1_000
 STREAMS_PER_READER = 250
 DEFAULT_POINTS = "1x100,10x100,100x100,500x100,1000x50,1000x100"
-
-
-@dataclass
-class Outcome:
-    figures: dict[str, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    missed: list[str] = field(default_factory=list)
 
 
 class Child:
@@ -191,12 +186,12 @@ def percentile(histogram: Counter[int], fraction: float) -> float:
 
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     histogram: Counter[int] = Counter()
-    for report in reports:
-        histogram.update({int(k): v for k, v in report["histogram_us"].items()})
+    for one in reports:
+        histogram.update({int(k): v for k, v in one["histogram_us"].items()})
     per_stream = [n for r in reports for n in r["events"]]
     closed: Counter[str] = Counter()
-    for report in reports:
-        closed.update(report["closed"])
+    for one in reports:
+        closed.update(one["closed"])
     return {
         "streams": len(per_stream),
         "delivered": sum(per_stream),
@@ -601,26 +596,8 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as exc:
                 outcomes[section] = Outcome(failures=[f"{section}: {exc}"])
 
-    failures = [f for o in outcomes.values() for f in o.failures]
-    missed = [m for o in outcomes.values() for m in o.missed]
-    if args.json is not None:
-        meta = {"date": datetime.now(UTC).isoformat(), "smoke": smoke, "pinned": pin}
-        args.json.write_text(
-            json.dumps({**meta, **{k: o.figures for k, o in outcomes.items()}}, indent=2, default=str)
-        )
-    print(f"\nfinished in {time.monotonic() - started:.1f}s")
-    for m in missed:
-        print(("note (not enforced in --smoke): " if smoke else "MISSED: ") + m)
-    for failure in failures:
-        print("FAIL:", failure, file=sys.stderr)
-    if failures:
-        return 1
-    return 3 if missed and not smoke else 0
+    return report(outcomes, json_path=args.json, smoke=smoke, pin=pin, started=started)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print("FAIL:", exc, file=sys.stderr)
-        sys.exit(1)
+    run_main(main)
