@@ -53,6 +53,11 @@ class DeviceSessionService:
     async def check_device_key(
         self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
     ) -> bytes | None:
+        known = await self._store.lookup_device(device_id)  # the common case, on the one-statement path
+        if known is not None and known.public_key_der:
+            if known.public_key_der != offered_public_key_der:
+                logger.warning("device offered a different key", device_id=device_id, ip=ip_address)
+            return known.public_key_der
         now = self._clock.now()
         async with self._store.transaction() as tx:
             device = await tx.devices.get(device_id)
