@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
-from tests.support.devices import connect_device, wait_until
+from tests.support.devices import connect_device, virtual_device, wait_until
 
 from devicecloud.protocol import ResponseStyle
 from devicecloud.runtime import Runtime
@@ -264,14 +264,7 @@ async def test_unknown_device_waits_for_approval(
     from devicecloud.virtualdevice.identity import generate_identity
 
     identity = generate_identity()
-    device = VirtualDevice(
-        "127.0.0.1",
-        runtime.gateway_port,
-        device_id=identity.device_id,
-        device_key=identity.private_key,
-        server_public_key=runtime.server_key.public_key(),
-        reconnect=False,
-    )
+    device = virtual_device(runtime, identity)
     await device.start()
     await asyncio.sleep(0)
 

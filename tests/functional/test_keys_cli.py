@@ -11,12 +11,12 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
-from tests.support.devices import wait_until
+from tests.support.devices import virtual_device, wait_until
 
 from devicecloud.cli import main
 from devicecloud.protocol.keyslot import server_key_slot
 from devicecloud.runtime import Runtime
-from devicecloud.virtualdevice import VirtualDevice, generate_identity
+from devicecloud.virtualdevice import generate_identity
 
 FAST = {
     "DEVICECLOUD_PASSWORD_TIME_COST": "1",
@@ -68,14 +68,7 @@ def test_server_key_slot_refuses_ipv6(tmp_path: Path) -> None:
 async def test_pending_then_approved(runtime: Runtime, client: httpx.AsyncClient, tmp_path: Path) -> None:
     """An unknown device is refused and listed by keys pending; keys approve lets it connect."""
     identity = generate_identity()
-    device = VirtualDevice(
-        "127.0.0.1",
-        runtime.gateway_port,
-        device_id=identity.device_id,
-        device_key=identity.private_key,
-        server_public_key=runtime.server_key.public_key(),
-        reconnect=False,
-    )
+    device = virtual_device(runtime, identity)
     await device.start()
 
     async def pending() -> bool:
@@ -103,14 +96,7 @@ async def test_keys_add(runtime: Runtime, tmp_path: Path) -> None:
     pem.write_text(identity.public_key_pem())
     added = await cli(runtime, "keys", "add", identity.device_id, str(pem))
     assert (0, f"registered the key of {identity.device_id}\n") == (added.exit_code, added.output)
-    async with VirtualDevice(
-        "127.0.0.1",
-        runtime.gateway_port,
-        device_id=identity.device_id,
-        device_key=identity.private_key,
-        server_public_key=runtime.server_key.public_key(),
-        reconnect=False,
-    ) as device:
+    async with virtual_device(runtime, identity) as device:
         await device.wait_connected(10)
     junk = tmp_path / "junk.pem"
     junk.write_text("not a key")

@@ -18,6 +18,7 @@ from aiosmtpd.controller import Controller
 from tests.conftest import FAST_HASH
 from tests.support import unavailable
 from tests.support.api import login, make_account
+from tests.support.server import free_port
 
 from devicecloud.runtime import build_runtime
 from devicecloud.settings import Settings
@@ -30,12 +31,6 @@ class Mailbox:
     async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
         self.messages.append(envelope.content)
         return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

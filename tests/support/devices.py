@@ -13,7 +13,7 @@ import httpx
 from devicecloud.protocol import ResponseStyle
 from devicecloud.runtime import Runtime
 from devicecloud.virtualdevice.device import VirtualDevice
-from devicecloud.virtualdevice.identity import generate_identity
+from devicecloud.virtualdevice.identity import DeviceIdentity, generate_identity
 from tests.support.api import Account
 
 
@@ -46,6 +46,20 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Non
         await asyncio.sleep(0.02)
 
 
+def virtual_device(runtime: Runtime, identity: DeviceIdentity, **options: Any) -> VirtualDevice:
+    """
+    A virtual device with ``identity`` aimed at the test runtime's gateway (not started, no reconnects).
+    """
+    return VirtualDevice(
+        "127.0.0.1",
+        runtime.gateway_port,
+        device_id=identity.device_id,
+        device_key=identity.private_key,
+        server_public_key=runtime.server_key.public_key(),
+        **{"reconnect": False, **options},
+    )
+
+
 async def connect_device(
     client: httpx.AsyncClient,
     account: Account | None,
@@ -64,17 +78,7 @@ async def connect_device(
         await register_and_claim(client, account, identity.device_id, identity.public_key_pem())
     else:  # an operator registers the key (devicecloud keys add); nobody owns the device yet
         await runtime.device_keys.add(identity.device_id, identity.public_key_pem())
-    device = VirtualDevice(
-        "127.0.0.1",
-        runtime.gateway_port,
-        device_id=identity.device_id,
-        device_key=identity.private_key,
-        server_public_key=runtime.server_key.public_key(),
-        response_style=style,
-        demo=demo,
-        reconnect=False,
-        **options,
-    )
+    device = virtual_device(runtime, identity, response_style=style, demo=demo, **options)
     if setup is not None:
         setup(device)
     await device.start()

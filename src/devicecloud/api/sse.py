@@ -31,6 +31,7 @@ import structlog
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from devicecloud.api.timestamps import iso
 from devicecloud.domain.events import CloudEvent
 
 if TYPE_CHECKING:
@@ -46,10 +47,6 @@ DEFAULT_STALL_TIMEOUT = 60.0
 FINAL_WRITE_TIMEOUT = 1.0
 
 
-def _timestamp(event: CloudEvent) -> str:
-    return event.published_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @functools.lru_cache(maxsize=1024)
 def encode_event(event: CloudEvent) -> bytes:
     """
@@ -59,7 +56,12 @@ def encode_event(event: CloudEvent) -> bytes:
     """
     name = event.name.replace("\r", " ").replace("\n", " ")
     payload = json.dumps(
-        {"data": event.data, "ttl": event.ttl, "published_at": _timestamp(event), "coreid": event.coreid},
+        {
+            "data": event.data,
+            "ttl": event.ttl,
+            "published_at": iso(event.published_at),
+            "coreid": event.coreid,
+        },
         separators=(",", ":"),
     )
     return f"event: {name}\ndata: {payload}\n\n".encode()

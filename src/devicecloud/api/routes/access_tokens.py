@@ -4,7 +4,6 @@ Listing and revoking access tokens (catalogue §2.2–§2.6).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -13,21 +12,13 @@ from fastapi.responses import JSONResponse
 from devicecloud.api.auth import parse_basic, require
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.errors import NO_STORE
+from devicecloud.api.timestamps import iso
 from devicecloud.domain.accounts import AccessToken, Principal, User
 from devicecloud.errors import Unauthorized
 
 router = APIRouter(tags=["Authentication"])
 Person = Annotated[Principal, Depends(require())]
 BASIC_DOC: dict[str, Any] = {"security": [{"basic": []}]}
-
-
-def iso(moment: datetime | None) -> str | None:
-    """
-    Particle's timestamp format: ISO-8601 UTC with milliseconds and a Z.
-    """
-    if moment is None:
-        return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def render_token(token: AccessToken) -> dict[str, Any]:
