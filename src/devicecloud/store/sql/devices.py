@@ -4,7 +4,7 @@ SQL repositories of devices: device records, keys waiting for approval, and clai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,26 +21,33 @@ _DEVICE_COLUMNS = (*devices.c, users.c.username.label("owner_username"))
 
 
 def device_from_row(row: Row[Any]) -> Device:
-    describe = dict(row.describe or {})
+    return device_from_values(dict(row._mapping))
+
+
+def device_from_values(row: Mapping[str, Any]) -> Device:
+    """
+    A device from column values by name (a Row's mapping, or the hot path's converted values).
+    """
+    describe = dict(row["describe"] or {})
     return Device(
-        id=row.id,
-        owner_id=row.owner_id,
-        owner_username=row.owner_username,
-        name=row.name,
-        platform_id=row.platform_id,
-        product_id=row.product_id,
-        public_key_der=row.public_key,
-        last_ip_address=row.last_ip_address,
-        last_heard=row.last_heard,
-        last_handshake_at=row.last_handshake_at,
-        online=bool(row.online),
+        id=row["id"],
+        owner_id=row["owner_id"],
+        owner_username=row["owner_username"],
+        name=row["name"],
+        platform_id=row["platform_id"],
+        product_id=row["product_id"],
+        public_key_der=row["public_key"],
+        last_ip_address=row["last_ip_address"],
+        last_heard=row["last_heard"],
+        last_handshake_at=row["last_handshake_at"],
+        online=bool(row["online"]),
         functions=tuple(describe.get("functions") or ()),
         variables=dict(describe.get("variables") or {}),
-        system_firmware_version=row.system_firmware_version,
-        notes=row.notes,
-        serial_number=row.serial_number,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        system_firmware_version=row["system_firmware_version"],
+        notes=row["notes"],
+        serial_number=row["serial_number"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
         describe=describe,
     )
 
@@ -52,23 +59,6 @@ def _select_devices() -> Any:
 # Built once, for the hot path of every device request (store/sql/token_lookup.py).
 FIND_DEVICE = _select_devices().where(devices.c.id == bindparam("device_id"))
 DEVICE_COLUMN_NAMES = tuple(column.name for column in _DEVICE_COLUMNS)
-
-
-def device_from_values(values: dict[str, Any]) -> Device:
-    """
-    A device from already-converted column values (name → value), as `_device` takes from a Row.
-    """
-    return device_from_row(_Values(values))  # type: ignore[arg-type]
-
-
-class _Values:
-    __slots__ = ("_values",)
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._values = values
-
-    def __getattr__(self, name: str) -> Any:
-        return self._values[name]
 
 
 class SqlDevices:
