@@ -32,7 +32,7 @@ from devicecloud.gateway.context import EventHook, LinkContext, LinkCounters, Su
 from devicecloud.gateway.control import GatewayControl
 from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
-from devicecloud.protocol import Connection, RandomBytes, Role, Timing
+from devicecloud.protocol import Connection, RandomBytes, RawSigner, Role, Timing, raw_signer
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -124,6 +124,7 @@ class DeviceGateway:
         on_subscribe: SubscribeHook | None = None,
     ) -> None:
         self._server_key = server_private_key
+        self._signer: RawSigner | None = None  # chosen at start(): it loads libcrypto and signs once
         self._clock = clock
         self._host = host
         self._port = port
@@ -169,6 +170,13 @@ class DeviceGateway:
         if self._server is not None:
             raise RuntimeError("the gateway is already started")
         self._stopping = False
+        if self._signer is None:
+            self._signer = raw_signer(self._server_key)
+            if self._signer.backend != "libcrypto":
+                logger.warning(
+                    "no usable libcrypto: handshakes are signed in pure Python (~20x slower)",
+                    reason=self._signer.reason,
+                )
         self._server = await asyncio.start_server(self._accept, self._host, self._port, backlog=1024)
         logger.info("device gateway listening", host=self._host or "*", port=self.port)
 
@@ -242,6 +250,7 @@ class DeviceGateway:
                     Role.CLOUD,
                     now=self._clock.monotonic(),
                     server_private_key=self._server_key,
+                    raw_signer=self._signer,
                     timing=self._timing,
                     random_bytes=self._random_bytes,
                 )

@@ -96,6 +96,7 @@ from devicecloud.protocol.events import (
     VariableRequested,
     VariableValue,
 )
+from devicecloud.protocol.rawsign import RawSigner, raw_signer
 from devicecloud.protocol.variables import VariableData, decode_variable, encode_variable
 
 __all__ = [
@@ -139,6 +140,7 @@ __all__ = [
     "ProtocolError",
     "PublishEvent",
     "RandomBytes",
+    "RawSigner",
     "ReadVariable",
     "RejectDevice",
     "RejectRequest",
@@ -179,4 +181,5 @@ __all__ = [
     "load_public_key",
     "parse_describe",
     "public_key_der",
+    "raw_signer",
 ]

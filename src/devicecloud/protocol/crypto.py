@@ -10,7 +10,8 @@ Theory of operation:
       bytes ``aes_key(16) ‖ iv(16) ‖ salt(8)``, and ``SIG`` is a *raw* type-1 signature (``00 01 FF… 00 ‖
       H``, no
       DigestInfo) of ``H = HMAC-SHA1(key=K, msg=C)`` — ``cryptography``'s ``sign()`` always adds a DigestInfo,
-      so the private-key operation is done by hand here.
+      so the private-key operation is done by hand here (reference, blinded) or through OpenSSL
+      (`rawsign`, what the gateway uses).
 
     Encryption with PKCS#1 v1.5 is also done by hand so that the padding string can come from an injected
     ``random_bytes`` (the conformance transcripts record it); decryption uses ``cryptography``.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -179,7 +181,12 @@ def _type1_block(key_bytes: int, data: bytes) -> bytes:
 
 def rsa_sign_raw(private_key: rsa.RSAPrivateKey, data: bytes) -> bytes:
     """
-    Raw PKCS#1 v1.5 type-1 signature of ``data`` (no hashing, no DigestInfo).
+    Raw PKCS#1 v1.5 type-1 signature of ``data`` (no hashing, no DigestInfo), in Python integers.
+
+    The reference implementation, and the fallback of `rawsign.raw_signer` (which normally signs through
+    OpenSSL, ~20 times faster). Python's ``pow`` is not constant-time, so the message is blinded with a
+    fresh random ``r`` (from ``secrets``, never from an injected ``random_bytes``: the output does not
+    depend on it): ``s = ((m·r^e)^d mod n)·r⁻¹ mod n``.
 
     Returns:
         The ``k``-byte signature ``(00 01 FF… 00 ‖ data)^d mod n`` (computed with the CRT).
@@ -188,11 +195,14 @@ def rsa_sign_raw(private_key: rsa.RSAPrivateKey, data: bytes) -> bytes:
     if len(data) > k - 11:
         raise LocalProtocolError("data too long for a raw RSA signature")
     priv = private_key.private_numbers()
+    n, e = priv.public_numbers.n, priv.public_numbers.e
     m = int.from_bytes(_type1_block(k, data), "big")
-    s1 = pow(m, priv.dmp1, priv.p)
-    s2 = pow(m, priv.dmq1, priv.q)
+    r = secrets.randbelow(n - 2) + 2  # a factor of n here would mean we had just factored n
+    blinded = m * pow(r, e, n) % n
+    s1 = pow(blinded, priv.dmp1, priv.p)
+    s2 = pow(blinded, priv.dmq1, priv.q)
     h = (priv.iqmp * (s1 - s2)) % priv.p
-    return (s2 + h * priv.q).to_bytes(k, "big")
+    return ((s2 + h * priv.q) * pow(r, -1, n) % n).to_bytes(k, "big")
 
 
 def rsa_verify_raw(public_key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
@@ -262,9 +272,18 @@ def build_server_reply(
     device_public_key: rsa.RSAPublicKey,
     key_material: bytes,
     random_bytes: RandomBytes,
+    sign_raw: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
     """
     The cloud's 384-byte handshake reply ``C ‖ SIG``.
+
+    Args:
+        server_private_key: the server's key.
+        device_public_key: the device's stored key.
+        key_material: ``K``.
+        random_bytes: the padding source of ``C``.
+        sign_raw: the raw type-1 signer for the server key (`rawsign.RawSigner.sign`); ``None`` =
+            :func:`rsa_sign_raw`.
 
     Returns:
         ``C`` (key material encrypted to the device, 128 bytes) followed by the raw signature of
@@ -273,7 +292,8 @@ def build_server_reply(
     if len(key_material) != KEY_MATERIAL_SIZE:
         raise LocalProtocolError("key material must be 40 bytes")
     c = rsa_encrypt(device_public_key, key_material, random_bytes)
-    return c + rsa_sign_raw(server_private_key, hmac_sha1(key_material, c))
+    digest = hmac_sha1(key_material, c)
+    return c + (sign_raw(digest) if sign_raw is not None else rsa_sign_raw(server_private_key, digest))
 
 
 def open_server_reply(

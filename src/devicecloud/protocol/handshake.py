@@ -18,6 +18,7 @@ sessions replay byte for byte.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -43,9 +44,15 @@ class HandshakeState(Enum):
 class CloudHandshake:
     """Cloud side: send the nonce, read the device block, answer with the session key."""
 
-    def __init__(self, server_private_key: rsa.RSAPrivateKey, random_bytes: RandomBytes) -> None:
+    def __init__(
+        self,
+        server_private_key: rsa.RSAPrivateKey,
+        random_bytes: RandomBytes,
+        sign_raw: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self._key = server_private_key
         self._random = random_bytes
+        self._sign_raw = sign_raw
         self.nonce = random_bytes(crypto.NONCE_SIZE)
         if len(self.nonce) != crypto.NONCE_SIZE:
             raise LocalProtocolError("random_bytes returned the wrong number of bytes")
@@ -93,7 +100,9 @@ class CloudHandshake:
         key_material = self._random(crypto.KEY_MATERIAL_SIZE)
         if len(key_material) != crypto.KEY_MATERIAL_SIZE:
             raise LocalProtocolError("random_bytes returned the wrong number of bytes")
-        reply = crypto.build_server_reply(self._key, device_public_key, key_material, self._random)
+        reply = crypto.build_server_reply(
+            self._key, device_public_key, key_material, self._random, self._sign_raw
+        )
         self.state = HandshakeState.DONE
         return reply, SessionKeys.from_material(key_material)
 
