@@ -156,6 +156,7 @@ class Runtime:
             # Before the store closes: links report their devices offline while they stop.
             await self.gateway.stop()
             self.gateway_started = False
+        await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
         await self.bus.close()
         await self.notifier.drain()
         await self.store.close()
@@ -284,6 +285,7 @@ def build_runtime(
         clock=clock,
         control=gateway.control,
         policy=DevicePolicy(request_timeout=settings.device_request_timeout),
+        presence=sessions.presence,
     )
     device_keys = DeviceKeyService(store=store, clock=clock, control=gateway.control)
     bus = MemoryBus()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devicecloud.domain.accounts import OAuthClient
+from devicecloud.domain.devices import DevicePresence
 from devicecloud.errors import Conflict
 from devicecloud.runtime import Runtime
 
@@ -161,3 +162,40 @@ async def test_migrations_are_idempotent(runtime: Runtime) -> None:
     await runtime.start()
     async with runtime.store.transaction() as tx:
         assert 1 == await tx.users.count()
+
+
+async def test_write_presence_updates_many_devices_in_one_call(runtime: Runtime) -> None:
+    """write_presence sets each device's presence columns, keeps platform/product if None, skips unknowns."""
+    later = NOW + timedelta(minutes=5)
+    async with runtime.store.transaction() as tx:
+        await tx.devices.add("a" * 24, now=NOW, platform_id=6, product_id=7)
+        await tx.devices.add("b" * 24, now=NOW)
+        await tx.devices.write_presence(
+            [
+                DevicePresence("a" * 24, True, "10.0.0.1", later, later, None, None, later),
+                DevicePresence("b" * 24, False, None, None, later, 12, 4000, later),
+                DevicePresence("c" * 24, True, "10.0.0.3", later, later, 6, None, later),
+            ]
+        )
+    async with runtime.store.transaction(readonly=True) as tx:
+        a, b, c = [await tx.devices.get(x * 24) for x in "abc"]
+    assert a is not None
+    assert b is not None
+    assert (True, "10.0.0.1", later, later, 6, 7, later) == (
+        a.online,
+        a.last_ip_address,
+        a.last_handshake_at,
+        a.last_heard,
+        a.platform_id,
+        a.product_id,
+        a.updated_at,
+    )
+    assert (False, None, None, later, 12, 4000) == (
+        b.online,
+        b.last_ip_address,
+        b.last_handshake_at,
+        b.last_heard,
+        b.platform_id,
+        b.product_id,
+    )
+    assert c is None

@@ -87,7 +87,10 @@ async def connect_device(
     async def described() -> bool:
         async with runtime.store.transaction(readonly=True) as tx:
             record = await tx.devices.get(identity.device_id)
-        return record is not None and record.online and "functions" in record.describe
+        if record is None:
+            return False
+        record = runtime.sessions.presence.overlay(record)  # written behind: the store may lag; reads do not
+        return record.online and "functions" in record.describe
 
     await wait_until(described)
     return device

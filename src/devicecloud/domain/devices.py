@@ -100,6 +100,24 @@ class Device:
 
 
 @dataclass(frozen=True, slots=True)
+class DevicePresence:
+    """
+    What a live link says about a device's presence, as written behind to its record.
+
+    ``platform_id`` and ``product_id`` are ``None`` when the device did not say (the record keeps its value).
+    """
+
+    device_id: str
+    online: bool
+    last_ip_address: str | None
+    last_handshake_at: datetime | None
+    last_heard: datetime | None
+    platform_id: int | None
+    product_id: int | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class PendingKey:
     """
     A key offered by an unknown device, waiting for an operator's approval.

@@ -6,21 +6,26 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
   an operator (``devicecloud keys pending|approve``), and accepted at once only when the server is set to
   accept unknown devices;
 - a device gets a generated name on its first connection;
-- ``last_heard`` is kept in memory and written at most once per ``heard_interval`` seconds per device (and
-  when it disconnects), so neither a chatty device nor keep-alives turn every message into a write.
+- presence (online, last IP address, last handshake, last heard) goes to `presence`, which this process
+  reads first and the store gets written behind in batches (see `device_presence`): the handshake path
+  makes no database write once a device has a name. ``spark/status`` is published after the presence
+  changed there, so whoever hears it reads the new state;
+- ``last_heard`` is kept on every message and written at most once per ``heard_interval`` seconds per
+  device (and when it disconnects), so neither a chatty device nor keep-alives turn every message into a
+  write.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo
 from devicecloud.services.device_names import free_name, generate_name
+from devicecloud.services.device_presence import DevicePresenceBook
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
@@ -34,6 +39,8 @@ class SessionPolicy:
     accept_unknown_devices: bool = False
     # How stale last_heard may get in the database while a device is connected (exact at disconnect).
     heard_interval: float = 300.0
+    # Seconds from a presence change to the batched write that takes it to the database.
+    presence_flush_interval: float = 1.0
 
 
 class DeviceSessionService:
@@ -46,7 +53,13 @@ class DeviceSessionService:
         self._clock = clock
         self._policy = policy
         self._last_heard_write: dict[str, float] = {}
-        self._last_heard: dict[str, datetime] = {}
+        # Devices whose record exists with a name (names are never removed, records never deleted): their
+        # connection needs no transaction. Filled from the key check that precedes every connection.
+        self._named: set[str] = set()
+        #: This process's view of its devices' presence; `DeviceService` reads through it.
+        self.presence = DevicePresenceBook(
+            store=store, clock=clock, flush_interval=policy.presence_flush_interval
+        )
         # Set by the runtime to the events service: spark/status once the record says online/offline.
         self.on_status: Callable[[str, bool], Awaitable[None]] | None = None
 
@@ -54,6 +67,8 @@ class DeviceSessionService:
         self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
     ) -> bytes | None:
         known = await self._store.lookup_device(device_id)  # the common case, on the one-statement path
+        if known is not None and known.name is not None:
+            self._named.add(device_id)
         if known is not None and known.public_key_der:
             if known.public_key_der != offered_public_key_der:
                 logger.warning("device offered a different key", device_id=device_id, ip=ip_address)
@@ -82,25 +97,18 @@ class DeviceSessionService:
         return None
 
     async def device_connected(self, device_id: str, ip_address: str | None, hello: DeviceHelloInfo) -> None:
-        now = self._clock.now()
-        changes: dict[str, Any] = {
-            "online": True,
-            "last_ip_address": ip_address,
-            "last_handshake_at": now,
-            "last_heard": now,
-            "updated_at": now,
-        }
-        if hello.platform_id is not None:
-            changes["platform_id"] = hello.platform_id
-        if hello.product_id is not None and hello.product_id not in (0, 0xFFFF):
-            changes["product_id"] = hello.product_id
-        async with self._store.transaction() as tx:
-            device = await tx.devices.get(device_id)
-            if device is None:
-                device = await tx.devices.add(device_id, now=now)
-            if device.name is None:
-                changes["name"] = await self._free_name(tx, device.owner_id)
-            await tx.devices.update(device_id, **changes)
+        if device_id not in self._named:  # first connection: make sure the record exists and has a name
+            now = self._clock.now()
+            async with self._store.transaction() as tx:
+                device = await tx.devices.get(device_id)
+                if device is None:
+                    device = await tx.devices.add(device_id, now=now)
+                if device.name is None:
+                    name = await self._free_name(tx, device.owner_id)
+                    await tx.devices.update(device_id, name=name, updated_at=now)
+            self._named.add(device_id)
+        product_id = hello.product_id if hello.product_id not in (None, 0, 0xFFFF) else None
+        self.presence.connected(device_id, ip_address, platform_id=hello.platform_id, product_id=product_id)
         self._last_heard_write[device_id] = self._clock.monotonic()
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
         if self.on_status is not None:
@@ -127,29 +135,25 @@ class DeviceSessionService:
         # Kept in memory on every message; written at most once per heard_interval and at disconnect.
         # (Writing on every keep-alive cost ~2 ms of CPU per device and ping: 10,000 idle devices saturated
         # a core.)
-        self._last_heard[device_id] = self._clock.now()
         moment = self._clock.monotonic()
         last = self._last_heard_write.get(device_id)
-        if last is not None and moment - last < self._policy.heard_interval:
-            return
-        self._last_heard_write[device_id] = moment
-        async with self._store.transaction() as tx:
-            if await tx.devices.get(device_id) is not None:
-                await tx.devices.update(device_id, last_heard=self._last_heard[device_id])
+        write = last is None or moment - last >= self._policy.heard_interval
+        if write:
+            self._last_heard_write[device_id] = moment
+        self.presence.heard(device_id, write=write)
 
     async def device_disconnected(self, device_id: str) -> None:
         self._last_heard_write.pop(device_id, None)
-        heard = self._last_heard.pop(device_id, None)
-        changes: dict[str, Any] = {"online": False, "updated_at": self._clock.now()}
-        if heard is not None:
-            changes["last_heard"] = heard
-        async with self._store.transaction() as tx:
-            known = await tx.devices.get(device_id) is not None
-            if known:
-                await tx.devices.update(device_id, **changes)
+        known = self.presence.disconnected(device_id)
         logger.info("device offline", device_id=device_id)
         if known and self.on_status is not None:
             await self.on_status(device_id, False)
+
+    async def close(self) -> None:
+        """
+        Write the presence still in memory (call after the gateway stopped, before the store closes).
+        """
+        await self.presence.close()
 
     async def reset_online_state(self) -> int:
         """

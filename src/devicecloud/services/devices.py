@@ -6,6 +6,8 @@ Rules kept here:
   give the same `PermissionDenied`, so ids cannot be probed.
 - A function or variable the device did not describe is refused without bothering the device.
 - Requests to the device go through `ports.DeviceControl` (the gateway); this module never sees a socket.
+- Every device it returns shows the presence this process knows (`device_presence`: the gateway's links
+  report it there before it is written to the store).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from devicecloud.services.secrets import hash_secret
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
     from devicecloud.domain.accounts import User
+    from devicecloud.services.device_presence import DevicePresenceBook
     from devicecloud.services.ports import DeviceControl
     from devicecloud.store.interfaces import Store, UnitOfWork
 
@@ -31,6 +34,11 @@ MAX_FUNCTION_ARGUMENT = 622  # bytes; Device OS ≥ 0.8 (older firmware took 63 
 MAX_NOTES = 4096
 CLAIM_CODE_LIFETIME = timedelta(hours=24)
 CLAIM_CODE_EVENT = "spark/device/claim/code"  # what Device OS publishes with the code the setup app gave it
+
+
+def _most_recently_connected_first(device: Device) -> tuple[bool, float, str]:
+    at = device.last_handshake_at
+    return at is None, -at.timestamp() if at is not None else 0.0, device.id
 
 
 def denied() -> PermissionDenied:
@@ -47,12 +55,24 @@ class DeviceService:
     The devices API's business rules.
     """
 
-    def __init__(self, *, store: Store, clock: Clock, control: DeviceControl, policy: DevicePolicy) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        control: DeviceControl,
+        policy: DevicePolicy,
+        presence: DevicePresenceBook | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._control = control
         self._policy = policy
+        self._presence = presence
         self._owner_listeners: list[Callable[[str], None]] = []
+
+    def _present(self, device: Device) -> Device:
+        return self._presence.overlay(device) if self._presence is not None else device
 
     def on_owner_change(self, listener: Callable[[str], None]) -> None:
         """
@@ -67,8 +87,14 @@ class DeviceService:
     # ------------------------------------------------------------------ reading
 
     async def list_devices(self, user: User) -> list[Device]:
+        """
+        The user's devices, most recently connected first.
+        """
         async with self._store.transaction(readonly=True) as tx:
-            return list(await tx.devices.list_for_owner(user.id))
+            listed = [self._present(device) for device in await tx.devices.list_for_owner(user.id)]
+        if self._presence is not None:  # presence may be newer than the order the store gave
+            listed.sort(key=_most_recently_connected_first)
+        return listed
 
     async def access_device(self, user: User, ref: str) -> Device:
         """
@@ -81,7 +107,7 @@ class DeviceService:
                 device = await tx.devices.get_by_name(user.id, ref)
         if device is None or device.owner_id != user.id:
             raise denied()
-        return device
+        return self._present(device)
 
     def is_online(self, device: Device) -> bool:
         return self._control.is_online(device.id)
@@ -128,14 +154,16 @@ class DeviceService:
                 "name must be 1-63 letters, digits, underscores or dashes", code="invalid_name"
             )
         async with self._store.transaction() as tx:
-            return await tx.devices.update(device.id, name=name, updated_at=self._clock.now())
+            renamed = await tx.devices.update(device.id, name=name, updated_at=self._clock.now())
+        return self._present(renamed)
 
     async def set_notes(self, user: User, ref: str, notes: Any) -> Device:
         device = await self.access_device(user, ref)
         if notes is not None and (not isinstance(notes, str) or len(notes) > MAX_NOTES):
             raise InvalidInput(f"notes must be a string of at most {MAX_NOTES} characters")
         async with self._store.transaction() as tx:
-            return await tx.devices.update(device.id, notes=notes or None, updated_at=self._clock.now())
+            noted = await tx.devices.update(device.id, notes=notes or None, updated_at=self._clock.now())
+        return self._present(noted)
 
     # ------------------------------------------------------------------ ownership
 
@@ -151,7 +179,7 @@ class DeviceService:
             if device is None:
                 raise NotFound("device not found: it has never connected nor had its key registered")
             if device.owner_id == user.id:
-                return device
+                return self._present(device)
             if device.owner_id is not None:
                 if request_transfer:
                     raise InvalidInput(
@@ -163,7 +191,7 @@ class DeviceService:
                 )
             claimed = await self._take_ownership(tx, device, user.id)
         self._owner_changed(device_id)
-        return claimed
+        return self._present(claimed)
 
     async def unclaim(self, user: User, ref: str) -> None:
         device = await self.access_device(user, ref)

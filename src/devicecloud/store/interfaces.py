@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
-from devicecloud.domain.devices import Device, PendingKey
+from devicecloud.domain.devices import Device, DevicePresence, PendingKey
 
 
 class UserRepository(Protocol):
@@ -140,6 +140,13 @@ class DeviceRepository(Protocol):
         ...
 
     async def set_all_offline(self, now: datetime) -> int: ...
+
+    async def write_presence(self, presence: Sequence[DevicePresence]) -> None:
+        """
+        Write each device's presence columns (online, last IP, last handshake, last heard, updated_at, and
+        platform/product ids when not ``None``) in one statement; unknown device ids are skipped.
+        """
+        ...
 
     async def delete(self, device_id: str) -> None: ...
 

@@ -8,12 +8,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from devicecloud.domain.devices import Device, PendingKey
+from devicecloud.domain.devices import Device, DevicePresence, PendingKey
 from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import claim_codes, devices, pending_device_keys, users
 
@@ -59,6 +59,25 @@ def _select_devices() -> Any:
 # Built once, for the hot path of every device request (store/sql/token_lookup.py).
 FIND_DEVICE = _select_devices().where(devices.c.id == bindparam("device_id"))
 DEVICE_COLUMN_NAMES = tuple(column.name for column in _DEVICE_COLUMNS)
+
+# Built once: the write-behind of device presence, run with one parameter set per device (executemany).
+WRITE_PRESENCE = (
+    update(devices)
+    .where(devices.c.id == bindparam("p_id"))
+    .values(
+        online=bindparam("p_online"),
+        last_ip_address=bindparam("p_ip"),
+        last_handshake_at=bindparam("p_handshake"),
+        last_heard=bindparam("p_heard"),
+        updated_at=bindparam("p_updated"),
+        platform_id=func.coalesce(
+            bindparam("p_platform", type_=devices.c.platform_id.type), devices.c.platform_id
+        ),
+        product_id=func.coalesce(
+            bindparam("p_product", type_=devices.c.product_id.type), devices.c.product_id
+        ),
+    )
+)
 
 
 class SqlDevices:
@@ -120,6 +139,26 @@ class SqlDevices:
             update(devices).where(devices.c.online.is_(True)).values(online=False, updated_at=now)
         )
         return int(result.rowcount)
+
+    async def write_presence(self, presence: Sequence[DevicePresence]) -> None:
+        if not presence:
+            return
+        await self._conn.execute(
+            WRITE_PRESENCE,
+            [
+                {
+                    "p_id": p.device_id,
+                    "p_online": p.online,
+                    "p_ip": p.last_ip_address,
+                    "p_handshake": p.last_handshake_at,
+                    "p_heard": p.last_heard,
+                    "p_updated": p.updated_at,
+                    "p_platform": p.platform_id,
+                    "p_product": p.product_id,
+                }
+                for p in presence
+            ],
+        )
 
     async def delete(self, device_id: str) -> None:
         await self._conn.execute(delete(devices).where(devices.c.id == device_id))
