@@ -88,3 +88,24 @@ async def test_internal_events(client: httpx.AsyncClient, runtime: Runtime) -> N
     others.close()
     assert [("hook-sent/temp", "particle-internal")] == [(e.name, e.coreid) async for e in mine]
     assert [] == [e async for e in others]
+
+
+async def test_status_goes_to_the_owner_read_at_the_key_check(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    """spark/status online goes to the owner the key check read; after an unclaim, offline goes to nobody."""
+    ada = await make_account(client, "ada@example.com")
+    user = await runtime.accounts.get_by_username(ada.email)
+    status = runtime.bus.subscribe(EventFilter(owner_id=user.id, prefix="spark/status"))
+    device = await connect_device(client, ada, runtime)
+    try:
+        await client.delete(f"/v1/devices/{device.device_id}", headers=ada.auth)  # unclaim: the link closes
+
+        async def link_finished() -> bool:  # a link's task ends after it reported its device offline
+            return runtime.gateway.statistics().links == 0
+
+        await wait_until(link_finished)
+    finally:
+        status.close()
+        await device.stop()
+    assert ["online"] == [event.data async for event in status]

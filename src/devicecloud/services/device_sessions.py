@@ -17,9 +17,8 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
 
@@ -32,6 +31,16 @@ if TYPE_CHECKING:
     from devicecloud.store.interfaces import Store, UnitOfWork
 
 logger = structlog.get_logger("devicecloud.devices")
+
+
+class StatusHook(Protocol):
+    """
+    Publishes ``spark/status`` (`EventService.publish_status`); ``owner_id`` is the owner as just read.
+    """
+
+    async def __call__(
+        self, device_id: str, online: bool, *, owner_id: int | Literal["unread"] | None = "unread"
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +65,15 @@ class DeviceSessionService:
         # Devices whose record exists with a name (names are never removed, records never deleted): their
         # connection needs no transaction. Filled from the key check that precedes every connection.
         self._named: set[str] = set()
+        # The owner each device had at its latest key check: its online status goes to that owner without
+        # reading the record again (one entry per device id, like _named).
+        self._owners: dict[str, int | None] = {}
         #: This process's view of its devices' presence; `DeviceService` reads through it.
         self.presence = DevicePresenceBook(
             store=store, clock=clock, flush_interval=policy.presence_flush_interval
         )
         # Set by the runtime to the events service: spark/status once the record says online/offline.
-        self.on_status: Callable[[str, bool], Awaitable[None]] | None = None
+        self.on_status: StatusHook | None = None
 
     async def check_device_key(
         self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
@@ -69,6 +81,8 @@ class DeviceSessionService:
         known = await self._store.lookup_device(device_id)  # the common case, on the one-statement path
         if known is not None and known.name is not None:
             self._named.add(device_id)
+        if known is not None:
+            self._owners[device_id] = known.owner_id
         if known is not None and known.public_key_der:
             if known.public_key_der != offered_public_key_der:
                 logger.warning("device offered a different key", device_id=device_id, ip=ip_address)
@@ -97,7 +111,7 @@ class DeviceSessionService:
         return None
 
     async def device_connected(self, device_id: str, ip_address: str | None, hello: DeviceHelloInfo) -> None:
-        if device_id not in self._named:  # first connection: make sure the record exists and has a name
+        if device_id not in self._named or device_id not in self._owners:  # first connection: name it
             now = self._clock.now()
             async with self._store.transaction() as tx:
                 device = await tx.devices.get(device_id)
@@ -107,12 +121,13 @@ class DeviceSessionService:
                     name = await self._free_name(tx, device.owner_id)
                     await tx.devices.update(device_id, name=name, updated_at=now)
             self._named.add(device_id)
+            self._owners[device_id] = device.owner_id
         product_id = hello.product_id if hello.product_id not in (None, 0, 0xFFFF) else None
         self.presence.connected(device_id, ip_address, platform_id=hello.platform_id, product_id=product_id)
         self._last_heard_write[device_id] = self._clock.monotonic()
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
         if self.on_status is not None:
-            await self.on_status(device_id, True)
+            await self.on_status(device_id, True, owner_id=self._owners.get(device_id))
 
     async def device_described(self, device_id: str, description: DeviceDescription) -> None:
         async with self._store.transaction() as tx:

@@ -152,11 +152,24 @@ class EventService:
         )
         return True
 
-    async def publish_status(self, device_id: str, online: bool) -> None:
+    async def publish_status(
+        self, device_id: str, online: bool, *, owner_id: int | Literal["unread"] | None = "unread"
+    ) -> None:
         """
-        ``spark/status`` online/offline, private to the device's owner, after the record changed.
+        ``spark/status`` online/offline, private to the device's owner, after the presence changed.
+
+        Args:
+            device_id: the device.
+            online: which of the two.
+            owner_id: the owner as the caller just read it for this connection (the gateway's key check
+                reads the record anyway); it replaces the cached owner. ``"unread"``: online reads the
+                owner afresh; offline uses the owner the connection's events went to (the cache, which
+                claims and unclaims here clear).
         """
-        self.forget_owner(device_id)
+        if owner_id != "unread":
+            self._owners[device_id] = owner_id
+        elif online:
+            self.forget_owner(device_id)
         owner = await self.owner_of(device_id)
         await self._bus.publish(
             CloudEvent(
