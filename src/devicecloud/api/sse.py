@@ -31,8 +31,8 @@ import structlog
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from devicecloud.api.timestamps import iso
 from devicecloud.domain.events import CloudEvent
+from devicecloud.domain.timestamps import iso
 
 if TYPE_CHECKING:
     from devicecloud.bus.interfaces import Subscription

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from devicecloud.api.auth import parse_basic, require
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.errors import NO_STORE
-from devicecloud.api.timestamps import iso
 from devicecloud.domain.accounts import AccessToken, Principal, User
+from devicecloud.domain.timestamps import iso
 from devicecloud.errors import Unauthorized
 
 router = APIRouter(tags=["Authentication"])

@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 from devicecloud.api.auth import require
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.params import Params, body_doc, content_type, query_doc, read_params
-from devicecloud.api.timestamps import iso
 from devicecloud.domain.accounts import Principal
 from devicecloud.domain.devices import Device, VariableReading
+from devicecloud.domain.timestamps import iso
 from devicecloud.errors import InvalidInput
 
 router = APIRouter(tags=["Devices"])
