@@ -9,13 +9,15 @@ defaults below. The result is frozen; other modules receive it (or single values
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -60,6 +62,29 @@ class Settings(BaseSettings):
     event_queue_bound: int = Field(
         default=1000, ge=1, description="Events a stream or device may fall behind before it is dropped."
     )
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="production turns on the safer defaults (webhooks may not reach private addresses).",
+    )
+    webhooks_enabled: bool = Field(default=True, description="Deliver webhooks from this process.")
+    webhook_block_private: bool | None = Field(
+        default=None,
+        description="Refuse webhook requests to non-public addresses; default: on in production.",
+    )
+    webhook_timeout: float = Field(default=20.0, gt=0, description="Seconds a webhook target has to answer.")
+    webhook_max_response_bytes: int = Field(
+        default=102_400, ge=1024, description="Bytes of a webhook response that are read."
+    )
+    webhook_max_redirects: int = Field(default=5, ge=0, description="Redirects a webhook request follows.")
+    webhook_host_concurrency: int = Field(
+        default=32, ge=1, description="Requests in flight to one target host at most (adapts downwards)."
+    )
+    webhook_max_in_flight: int = Field(
+        default=2000, ge=1, description="Webhook deliveries in memory at once (the rest wait in the outbox)."
+    )
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default=[30.0, 60.0], description="Seconds before each retry of a failed webhook (comma-separated)."
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",
@@ -71,8 +96,10 @@ class Settings(BaseSettings):
     password_reset_lifetime: int = Field(default=3600, gt=0, description="Seconds a reset token lives.")
 
     signup_open: bool = Field(default=True, description="Whether POST /v1/users creates accounts.")
-    cors_origins: list[str] = Field(default=["*"], description="Origins allowed by CORS.")
-    builtin_clients: list[str] = Field(
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default=["*"], description="Origins allowed by CORS."
+    )
+    builtin_clients: Annotated[list[str], NoDecode] = Field(
         default=list(BUILTIN_CLIENTS), description="OAuth client ids accepted with any secret."
     )
 
@@ -116,10 +143,13 @@ class Settings(BaseSettings):
     log_level: str = Field(default="WARNING", description="Root log level.")
     log_format: Literal["console", "json"] = Field(default="console", description="Log line format.")
 
-    @field_validator("cors_origins", "builtin_clients", mode="before")
+    @field_validator("cors_origins", "builtin_clients", "webhook_retry_delays", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.startswith("["):
+        # Lists come from the environment as "a,b" or as JSON ("[...]"); NoDecode leaves both to us.
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
@@ -147,6 +177,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'devicecloud.db').resolve()}"
+
+    @property
+    def effective_webhook_block_private(self) -> bool:
+        """
+        Whether webhooks may not reach private addresses (explicit setting, else on in production).
+        """
+        if self.webhook_block_private is not None:
+            return self.webhook_block_private
+        return self.environment == "production"
 
     @property
     def effective_public_url(self) -> str:
