@@ -36,10 +36,14 @@ from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
 from devicecloud.services.tokens import TokenPolicy, TokenService
+from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
 from devicecloud.store.keyfiles import load_or_create_server_key
 from devicecloud.store.sql import SqlStore
+from devicecloud.webhooks.dispatcher import DispatchPolicy, WebhookDispatcher
+from devicecloud.webhooks.http import HttpSender, SenderLimits
+from devicecloud.webhooks.throttle import ThrottlePolicy
 
 
 def configure_logging(settings: Settings) -> None:
@@ -101,8 +105,11 @@ class Runtime:
     device_keys: DeviceKeyService
     bus: MemoryBus
     events: EventService
+    webhooks: WebhookService
+    dispatcher: WebhookDispatcher
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
+    dispatcher_started: bool = field(default=False)
 
     def api_deps(self) -> ApiDeps:
         return ApiDeps(
@@ -113,6 +120,7 @@ class Runtime:
             devices=self.devices,
             device_keys=self.device_keys,
             events=self.events,
+            webhooks=self.webhooks,
         )
 
     @property
@@ -139,6 +147,9 @@ class Runtime:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate.upgrade(self.store.engine)
         self.started = True
+        if self.settings.webhooks_enabled:
+            await self.dispatcher.start()
+            self.dispatcher_started = True
 
     async def start_gateway(self) -> None:
         """
@@ -152,6 +163,9 @@ class Runtime:
         self.gateway_started = True
 
     async def stop(self) -> None:
+        if self.dispatcher_started:
+            await self.dispatcher.stop()
+            self.dispatcher_started = False
         if self.gateway_started:
             # Before the store closes: links report their devices offline while they stop.
             await self.gateway.stop()
@@ -297,6 +311,31 @@ def build_runtime(
         policy=EventPolicy(max_pending=settings.event_queue_bound),
     )
     devices.on_owner_change(events.forget_owner)
+    webhooks = WebhookService(
+        store=store,
+        clock=clock,
+        events=events,
+        policy=WebhookPolicy(
+            retry_delays=tuple(settings.webhook_retry_delays), lease=2 * settings.webhook_timeout + 10
+        ),
+    )
+    dispatcher = WebhookDispatcher(
+        webhooks,
+        clock=clock,
+        sender=HttpSender(
+            SenderLimits(
+                timeout=settings.webhook_timeout,
+                max_body=settings.webhook_max_response_bytes,
+                max_redirects=settings.webhook_max_redirects,
+                block_private=settings.effective_webhook_block_private,
+            )
+        ),
+        policy=DispatchPolicy(
+            max_in_flight=settings.webhook_max_in_flight,
+            throttle=ThrottlePolicy(max_concurrency=settings.webhook_host_concurrency),
+        ),
+    )
+    webhooks.runner = dispatcher
     sessions.on_status = events.publish_status
     return Runtime(
         settings=settings,
@@ -314,4 +353,6 @@ def build_runtime(
         device_keys=device_keys,
         bus=bus,
         events=events,
+        webhooks=webhooks,
+        dispatcher=dispatcher,
     )

@@ -10,19 +10,15 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from tests.support.api import Account, make_account
 from tests.support.devices import connect_device, wait_until
+from tests.support.sse import Reader, Served, flag, serve_app, stream
 
 from devicecloud.api.middleware import RateLimits
-from devicecloud.api.sse import StreamRegistry
 from devicecloud.runtime import Runtime
 from devicecloud.settings import Settings
 
@@ -33,19 +29,13 @@ MAX_STREAMS = 4
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     # A tiny queue bound makes the slow-client test quick; healthy streams never come near it.
-    return {"sse_keepalive": KEEPALIVE, "max_streams_per_ip": MAX_STREAMS, "event_queue_bound": 20}
-
-
-@dataclass
-class Served:
-    url: str
-    app: FastAPI
-    http: httpx.AsyncClient
-
-    @property
-    def streams(self) -> StreamRegistry:
-        registry: StreamRegistry = self.app.state.event_streams
-        return registry
+    # Webhook delivery off: its bus subscription would count in the subscription figures checked here.
+    return {
+        "sse_keepalive": KEEPALIVE,
+        "max_streams_per_ip": MAX_STREAMS,
+        "event_queue_bound": 20,
+        "webhooks_enabled": False,
+    }
 
 
 @pytest.fixture
@@ -53,83 +43,8 @@ async def served(runtime: Runtime) -> AsyncIterator[Served]:
     """
     The runtime's app behind uvicorn on a free port, and an httpx client on it.
     """
-    app = runtime.asgi_app(manage_lifecycle=False)
-    sock = socket.socket()
-    # Accepted sockets inherit this small send buffer: a client that stops reading blocks the server soon.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="critical", access_log=False))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        await wait_until(_flag(lambda: server.started))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            yield Served(url=f"http://127.0.0.1:{port}", app=app, http=http)
-    finally:
-        app.state.event_streams.close_all()
-        server.should_exit = True
-        await serving
-        sock.close()
-
-
-def _flag(check: Any) -> Any:
-    async def predicate() -> bool:
-        return bool(check())
-
-    return predicate
-
-
-class Reader:
-    """
-    Reads an event stream block by block (a block ends with a blank line), keeping every byte received.
-    """
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._chunks = response.aiter_raw()
-        self.buffer = b""
-        self.raw = b""
-
-    async def block(self, timeout: float = 5.0) -> bytes:
-        while b"\n\n" not in self.buffer:
-            chunk = await asyncio.wait_for(anext(self._chunks), timeout)
-            self.buffer += chunk
-            self.raw += chunk
-        block, _, self.buffer = self.buffer.partition(b"\n\n")
-        return block
-
-    async def event(self, timeout: float = 5.0) -> tuple[str, dict[str, Any]]:
-        """
-        The next event (keep-alive comments skipped) as (name, data JSON).
-        """
-        while True:
-            block = await self.block(timeout)
-            if block.startswith(b":"):
-                continue
-            event_line, data_line = block.decode().split("\n")
-            assert event_line.startswith("event: ")
-            assert data_line.startswith("data: ")
-            return event_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))
-
-    async def names(self, count: int) -> list[str]:
-        return [(await self.event())[0] for _ in range(count)]
-
-
-@asynccontextmanager
-async def stream(
-    served: Served, path: str, account: Account, *, query_token: bool = False, **params: str
-) -> AsyncIterator[Reader]:
-    """
-    An open stream (``:ok`` already read, so the subscription exists) on ``path``.
-    """
-    headers = {} if query_token else account.auth
-    if query_token:
-        params["access_token"] = account.token
-    async with served.http.stream("GET", path, headers=headers, params=params) as response:
-        assert 200 == response.status_code, await response.aread()
-        reader = Reader(response)
-        assert b":ok" == await reader.block()
-        yield reader
+    async with serve_app(runtime) as running:
+        yield running
 
 
 async def publish(client: httpx.AsyncClient, account: Account, name: str, **fields: Any) -> None:
@@ -252,7 +167,7 @@ async def test_closed_client_is_cleaned_up(
     ada = await make_account(client, "ada@example.com")
     async with stream(served, "/v1/devices/events", ada), stream(served, "/v1/events/x", ada):
         assert (2, 2) == (runtime.bus.statistics()["subscriptions"], served.streams.open_streams("127.0.0.1"))
-    await wait_until(_flag(lambda: runtime.bus.statistics()["subscriptions"] == 0), timeout=2)
+    await wait_until(flag(lambda: runtime.bus.statistics()["subscriptions"] == 0), timeout=2)
     assert 0 == served.streams.open_streams()
 
 
@@ -271,7 +186,7 @@ async def test_streams_per_ip_are_capped(client: httpx.AsyncClient, served: Serv
                 refused.json()["ok"],
                 refused.json()["error"],
             )
-        await wait_until(_flag(lambda: served.streams.open_streams() == 1), timeout=2)
+        await wait_until(flag(lambda: served.streams.open_streams() == 1), timeout=2)
         async with stream(served, "/v1/devices/events/cap", ada) as again:
             await publish(client, ada, "cap")
             assert ["cap"] == await again.names(1)
@@ -312,7 +227,7 @@ async def test_slow_client_is_dropped(client: httpx.AsyncClient, served: Served,
     )
     await loop.sock_sendall(slow, request.encode())
     try:
-        await wait_until(_flag(lambda: runtime.bus.statistics()["subscriptions"] == 1), timeout=2)
+        await wait_until(flag(lambda: runtime.bus.statistics()["subscriptions"] == 1), timeout=2)
         user = await user_of(runtime, ada)
         payload = "x" * 1000
         sent = 0
@@ -324,7 +239,7 @@ async def test_slow_client_is_dropped(client: httpx.AsyncClient, served: Served,
                 for _ in range(10):
                     assert "big" == (await healthy.event())[0]
                     sent += 1
-            await wait_until(_flag(lambda: served.streams.open_streams() == 1), timeout=5)
+            await wait_until(flag(lambda: served.streams.open_streams() == 1), timeout=5)
             assert 1 == runtime.bus.statistics()["subscriptions"]
             await runtime.events.publish_from_api(user, "big", "after", True, 60)
             assert "after" == (await healthy.event())[1]["data"]
@@ -379,7 +294,7 @@ async def test_device_scoped_stream(client: httpx.AsyncClient, served: Served, r
         assert {(other.device_id, "offline"), (first.device_id, "offline")} == {
             (data["coreid"], data["data"]) for _, data in offline
         }
-    await wait_until(_flag(lambda: served.streams.open_streams() == 0), timeout=2)
+    await wait_until(flag(lambda: served.streams.open_streams() == 0), timeout=2)
 
 
 # ---------------------------------------------------------------- publishing

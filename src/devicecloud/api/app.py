@@ -16,7 +16,16 @@ from devicecloud import __version__
 from devicecloud.api import docs_page, errors
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.middleware import RateLimitMiddleware, RateLimits, RequestIdMiddleware
-from devicecloud.api.routes import access_tokens, clients, devices, events, oauth, provisioning, users
+from devicecloud.api.routes import (
+    access_tokens,
+    clients,
+    devices,
+    events,
+    oauth,
+    provisioning,
+    users,
+    webhooks,
+)
 from devicecloud.api.sse import StreamRegistry
 
 Hook = Callable[[], Awaitable[None]]
@@ -55,7 +64,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
     # oauth first: its pyparticleio alias POST /v1/devices/oauth/token must win over POST /v1/devices/:id/:fn;
     # events before devices: /v1/devices/events[/…] and /v1/devices/:id/events[/…] must win over
     # /v1/devices/:id and /v1/devices/:id/:variable.
-    for module in (oauth, access_tokens, users, clients, provisioning, events, devices):
+    for module in (oauth, access_tokens, users, clients, provisioning, events, devices, webhooks):
         app.include_router(module.router)
 
     @app.get("/docs", include_in_schema=False)

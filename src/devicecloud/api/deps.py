@@ -12,6 +12,7 @@ from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
 from devicecloud.services.tokens import TokenService
+from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
 
 
@@ -24,3 +25,4 @@ class ApiDeps:
     devices: DeviceService
     device_keys: DeviceKeyService
     events: EventService
+    webhooks: WebhookService

@@ -79,4 +79,18 @@ class AnyFilter:
         return any(part.matches(event) for part in self.parts)
 
 
-Filter = EventFilter | AnyFilter
+@dataclass(frozen=True, slots=True)
+class AllEvents:
+    """
+    Every event whatever its owner, except names starting with ``exclude`` (the cloud's own consumers,
+    such as webhook delivery, subscribe with this; never a user-facing stream).
+    """
+
+    exclude: str = ""
+    prefix: str = "*"
+
+    def matches(self, event: CloudEvent) -> bool:
+        return not (self.exclude and event.name.startswith(self.exclude))
+
+
+Filter = EventFilter | AnyFilter | AllEvents

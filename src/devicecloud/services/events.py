@@ -24,6 +24,7 @@ from devicecloud.domain.events import (
     INTERNAL_COREID,
     MAX_DATA_LENGTH,
     MAX_NAME_LENGTH,
+    AllEvents,
     AnyFilter,
     CloudEvent,
     EventFilter,
@@ -261,6 +262,13 @@ class EventService:
             device = await self._devices.access_device(user, device_ref)
             event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
         return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+
+    def everything(self, *, max_pending: int, exclude: str = "hook-") -> Subscription:
+        """
+        All events of every owner but those named ``exclude…``: for the cloud's own consumers (webhooks),
+        never for a user's stream.
+        """
+        return self._bus.subscribe(AllEvents(exclude=exclude), max_pending=max_pending)
 
     async def device_feed(
         self, device_id: str, wanted: Sequence[tuple[str, StreamScope, str | None]]

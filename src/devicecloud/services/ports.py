@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
+from devicecloud.domain.webhooks import HookEvent, Webhook, WebhookConfig
 
 
 class Notifier(Protocol):
@@ -119,5 +120,24 @@ class DeviceSessions(Protocol):
     async def device_disconnected(self, device_id: str) -> None:
         """
         The link closed (cleanly, by error, or by keep-alive timeout).
+        """
+        ...
+
+
+class WebhookRunner(Protocol):
+    """
+    What the webhook service needs from the delivery adapter (`webhooks/`): template checks and one test
+    request. Implemented by `webhooks.dispatcher.WebhookDispatcher`.
+    """
+
+    def check(self, config: WebhookConfig) -> None:
+        """
+        Raise ValueError (with a readable message) if a template of ``config`` cannot be rendered.
+        """
+        ...
+
+    async def test(self, hook: Webhook, event: HookEvent) -> str | None:
+        """
+        Send ``event`` through ``hook`` once, now, bypassing the queue; the error text, or None on success.
         """
         ...

@@ -7,13 +7,14 @@ ends normally and rolls back when it raises. Repositories return domain objects,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
+from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, Webhook
 
 
 class UserRepository(Protocol):
@@ -169,6 +170,79 @@ class ClaimCodeRepository(Protocol):
     async def take(self, code_hash: str) -> tuple[int, datetime] | None: ...
 
 
+class WebhookRepository(Protocol):
+    async def add(self, hook: Webhook) -> Webhook: ...
+
+    async def get(self, hook_id: str) -> Webhook | None: ...
+
+    async def list_for_owner(self, owner_id: int) -> Sequence[Webhook]: ...
+
+    async def list_all(self) -> Sequence[Webhook]: ...
+
+    async def replace(self, hook: Webhook) -> Webhook:
+        """
+        Store a new configuration for an existing hook. Raises `errors.NotFound`.
+        """
+        ...
+
+    async def delete(self, hook_id: str) -> bool:
+        """
+        Remove the hook with its queued deliveries and logs; True when it existed.
+        """
+        ...
+
+    async def logs(self, hook_id: str, limit: int) -> Sequence[DeliveryLog]:
+        """
+        The newest ``limit`` delivery logs, newest first.
+        """
+        ...
+
+    async def add_logs(self, entries: Sequence[tuple[str, DeliveryLog]]) -> None: ...
+
+    async def prune_logs(self, hook_ids: Iterable[str], keep: int) -> None:
+        """
+        Keep only the newest ``keep`` logs of each hook.
+        """
+        ...
+
+
+class DeliveryRepository(Protocol):
+    """
+    The durable outbox of webhook deliveries.
+    """
+
+    async def enqueue(self, items: Sequence[tuple[Webhook, HookEvent, str]], now: datetime) -> None:
+        """
+        Queue ``(hook, event, target host)`` triples, due now; hooks deleted meanwhile are skipped.
+        """
+        ...
+
+    async def claim_due(
+        self, now: datetime, lease_until: datetime, limit: int, exclude_hosts: Collection[str] = ()
+    ) -> Sequence[Delivery]:
+        """
+        Take up to ``limit`` due deliveries (oldest first) whose lease is free or ran out, leasing them
+        until ``lease_until``; deliveries to ``exclude_hosts`` stay where they are.
+        """
+        ...
+
+    async def extend_leases(self, delivery_ids: Sequence[int], lease_until: datetime) -> None:
+        """
+        Keep holding deliveries still waiting or in flight in this process.
+        """
+        ...
+
+    async def finish(self, delivery_ids: Sequence[int]) -> None:
+        """
+        Remove deliveries that are done (delivered or given up).
+        """
+        ...
+
+    async def reschedule(self, items: Sequence[tuple[int, int, datetime]]) -> None: ...
+
+    async def count(self) -> int: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def users(self) -> UserRepository: ...
@@ -190,6 +264,12 @@ class UnitOfWork(Protocol):
 
     @property
     def claim_codes(self) -> ClaimCodeRepository: ...
+
+    @property
+    def webhooks(self) -> WebhookRepository: ...
+
+    @property
+    def deliveries(self) -> DeliveryRepository: ...
 
 
 class Store(Protocol):

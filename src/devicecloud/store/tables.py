@@ -161,3 +161,40 @@ claim_codes = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("expires_at", UtcDateTime, nullable=False),
 )
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(24), primary_key=True),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("product_id", Integer, nullable=True),
+    Column("event", String(64), nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+# The durable outbox: one row per (event, hook) until it is delivered or given up.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("hook_id", String(24), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("owner_id", Integer, nullable=False),
+    Column("host", String(255), nullable=False, default=""),  # the rendered URL's host: per-host throttling
+    Column("event", JSON, nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("lease_until", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_webhook_deliveries_due", "next_attempt_at", "id"),
+)
+
+webhook_logs = Table(
+    "webhook_logs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("hook_id", String(24), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("entry", JSON, nullable=False),
+    Index("ix_webhook_logs_hook_id_id", "hook_id", "id"),
+)

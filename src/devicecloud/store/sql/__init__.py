@@ -22,6 +22,7 @@ from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
 from devicecloud.store.sql.token_lookup import TokenLookup
+from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 
 READONLY_OPTION = "devicecloud_readonly"
 
@@ -65,6 +66,8 @@ class SqlUnitOfWork:
         self.devices = SqlDevices(conn)
         self.pending_keys = SqlPendingKeys(conn)
         self.claim_codes = SqlClaimCodes(conn)
+        self.webhooks = SqlWebhooks(conn)
+        self.deliveries = SqlDeliveries(conn)
 
 
 class SqlStore:

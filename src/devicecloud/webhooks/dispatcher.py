@@ -1,0 +1,372 @@
+"""
+Webhook delivery: from the bus to the outbox, from the outbox to the targets, and back as hook events.
+
+Theory of operation — four tasks, none of which ever waits on another's I/O:
+- *intake* takes every non-``hook-*`` event off the bus (a bounded subscription) into a list; it never
+  awaits anything but the bus, so the event pipeline never waits on webhooks;
+- *writer* turns what intake gathered into outbox rows (one transaction per batch: the matching hooks and the
+  host each targets) and wakes the claimer. Once a row is written, a crash loses nothing;
+- *claimer* leases due rows from the outbox, as many as there is room for (``max_in_flight``), leaving those
+  of hosts whose in-memory queue is full where they are; it renders each request and hands it to its host's
+  queue, or — when the host is sleeping after too many errors — books it as skipped;
+- each request runs in its own task, at most the host's adaptive limit at a time (`throttle.HostThrottle`);
+  outcomes are gathered and booked in batches by *recorder* (`WebhookService.record`: delete or reschedule,
+  logs, hook events).
+The clock is injected: retry times and host sleeps follow it, so tests drive them without sleeping; the
+claimer also polls every ``poll_interval`` seconds of real time for retries that came due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import structlog
+
+from devicecloud.domain.events import CloudEvent
+from devicecloud.domain.webhooks import Delivery, DeliveryOutcome, HookEvent, Webhook, WebhookConfig
+from devicecloud.services.webhooks import hook_event
+from devicecloud.webhooks.http import DeliveryError, HttpSender, Response
+from devicecloud.webhooks.templating import (
+    OutgoingRequest,
+    TemplateError,
+    build_request,
+    check_templates,
+    error_events,
+    event_context,
+    render,
+    response_events,
+)
+from devicecloud.webhooks.throttle import SLEEPING_MESSAGE, HostThrottle, ThrottlePolicy
+
+if TYPE_CHECKING:
+    from devicecloud.clock import Clock
+    from devicecloud.services.webhooks import WebhookService
+
+logger = structlog.get_logger("devicecloud.webhooks")
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchPolicy:
+    max_in_flight: int = 2000  # deliveries held in memory (queued per host or being sent)
+    claim_batch: int = 500
+    intake_bound: int = 100_000  # events the intake may fall behind before the bus drops it
+    poll_interval: float = 1.0
+    throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
+
+
+def target_host(config: WebhookConfig, event: HookEvent) -> str:
+    """
+    The host a hook's request for ``event`` goes to ("" when its URL template does not render).
+    """
+    try:
+        return (urlsplit(render(config.url, event_context(event))).hostname or "").lower()
+    except (TemplateError, ValueError):
+        return ""
+
+
+class WebhookDispatcher:
+    """
+    Implements `services.ports.WebhookRunner` too (template checks, test requests).
+    """
+
+    def __init__(
+        self,
+        service: WebhookService,
+        *,
+        clock: Clock,
+        sender: HttpSender,
+        policy: DispatchPolicy | None = None,
+    ) -> None:
+        self._service = service
+        self._clock = clock
+        self._sender = sender
+        self.policy = policy or DispatchPolicy()
+        self._throttle = HostThrottle(self.policy.throttle)
+        self._incoming: list[CloudEvent] = []
+        self._incoming_ready = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._outcomes: list[DeliveryOutcome] = []
+        self._outcomes_ready = asyncio.Event()
+        self._held: set[int] = set()  # delivery ids claimed and not yet booked
+        self._renewed_at = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._requests: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.statistics = {"received": 0, "queued": 0, "sent": 0, "succeeded": 0, "failed": 0, "skipped": 0}
+
+    # ------------------------------------------------------------------ WebhookRunner
+
+    def check(self, config: WebhookConfig) -> None:
+        check_templates(config)
+
+    async def test(self, hook: Webhook, event: HookEvent) -> str | None:
+        try:
+            request = build_request(hook.config, event)
+            response = await self._sender.send(request, verify_tls=hook.config.reject_unauthorized)
+        except (TemplateError, DeliveryError) as exc:
+            return str(exc)
+        if response.status >= 300:
+            return f"error status {response.status} from {request.host}"
+        return None
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._stopping = False
+        for name, loop in (
+            ("intake", self._intake),
+            ("writer", self._writer),
+            ("claimer", self._claimer),
+            ("recorder", self._recorder),
+        ):
+            self._tasks.append(asyncio.create_task(self._guard(name, loop), name=f"webhooks-{name}"))
+
+    async def stop(self) -> None:
+        """
+        Stop taking work, write what intake holds, cancel requests in flight (their rows come back when the
+        lease runs out) and book what finished.
+        """
+        self._stopping = True
+        await self._flush_incoming()
+        for task in [*self._tasks, *self._requests]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._requests, return_exceptions=True)
+        self._tasks.clear()
+        self._requests.clear()
+        await self._book()
+        await self._sender.close()
+
+    def poke(self) -> None:
+        """
+        Look at the outbox now (after enqueueing, or when a test moved the clock).
+        """
+        self._wake.set()
+
+    async def idle(self) -> bool:
+        """
+        True when nothing is in memory: no event waiting to be written, nothing claimed.
+        """
+        return not self._incoming and not self._held and not self._outcomes
+
+    async def _guard(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("webhook task failed; restarting it", task=name)
+                await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------ bus → outbox
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
+    async def _intake(self) -> None:
+        while not self._is_stopping():
+            subscription = self._service.subscribe_all(self.policy.intake_bound)
+            async for event in subscription:
+                self._incoming.append(event)
+                self._incoming_ready.set()
+            if self._is_stopping():
+                return
+            logger.error(
+                "webhook intake fell behind and was dropped; resubscribing", reason=subscription.closed_reason
+            )
+
+    async def _writer(self) -> None:
+        while True:
+            await self._incoming_ready.wait()
+            self._incoming_ready.clear()
+            await self._flush_incoming()
+
+    async def _flush_incoming(self) -> None:
+        while self._incoming:
+            batch, self._incoming = self._incoming[:2000], self._incoming[2000:]
+            self.statistics["received"] += len(batch)
+            items: list[tuple[Webhook, HookEvent, str]] = []
+            for event in batch:
+                hooks = await self._service.matching(event)
+                if hooks:
+                    stored = hook_event(event)
+                    items.extend((hook, stored, target_host(hook.config, stored)) for hook in hooks)
+            if items:
+                await self._service.enqueue(items)
+                self.statistics["queued"] += len(items)
+                self._wake.set()
+
+    # ------------------------------------------------------------------ outbox → targets
+
+    async def _claimer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.policy.poll_interval)
+            self._wake.clear()
+            self._throttle.forget_idle(self._clock.monotonic())
+            await self._renew_leases()
+            while (room := self.policy.max_in_flight - len(self._held)) > 0:
+                deliveries = await self._service.claim(
+                    min(room, self.policy.claim_batch), self._throttle.full_hosts()
+                )
+                if not deliveries:
+                    break
+                # A lease that ran out while its row was still here (the clock jumped, or a request
+                # outlived it) must not make this process send the row twice.
+                fresh = [delivery for delivery in deliveries if delivery.id not in self._held]
+                self._held.update(delivery.id for delivery in fresh)
+                for delivery in fresh:
+                    await self._dispatch(delivery)
+                if not fresh:
+                    break
+
+    async def _renew_leases(self) -> None:
+        # Rows wait in a host's queue for as long as that host is slow: keep the claim on them alive.
+        now = asyncio.get_running_loop().time()
+        if self._held and now - self._renewed_at >= self._service.lease / 3:
+            self._renewed_at = now
+            await self._service.renew(sorted(self._held))
+
+    async def _dispatch(self, delivery: Delivery) -> None:
+        hook = await self._service.hook(delivery.hook_id)
+        if hook is None:  # deleted meanwhile: nothing to send, nothing to say
+            self._finish(DeliveryOutcome(delivery=delivery, request={}, error="integration deleted"))
+            return
+        try:
+            request = build_request(hook.config, delivery.event)
+        except TemplateError as exc:
+            self._fail(hook, delivery, {}, str(exc), retry=False)
+            return
+        host = request.host
+        now = self._clock.monotonic()
+        if self._throttle.sleeping(host, now):
+            self.statistics["skipped"] += 1
+            self._fail(hook, delivery, request.log_entry(), SLEEPING_MESSAGE, retry=True, skipped=True)
+            return
+        state = self._throttle.state(host)
+        state.queue.append((hook, delivery, request))
+        self._pump(host)
+
+    def _pump(self, host: str) -> None:
+        state = self._throttle.state(host)
+        while state.queue and self._throttle.may_start(state):
+            hook, delivery, request = state.queue.popleft()
+            if self._throttle.sleeping(host, self._clock.monotonic()):
+                self.statistics["skipped"] += 1
+                self._fail(hook, delivery, request.log_entry(), SLEEPING_MESSAGE, retry=True, skipped=True)
+                continue
+            state.active += 1
+            task = asyncio.create_task(self._send(hook, delivery, request))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+
+    async def _send(self, hook: Webhook, delivery: Delivery, request: OutgoingRequest) -> None:
+        host = request.host
+        self.statistics["sent"] += 1
+        try:
+            response = await self._sender.send(request, verify_tls=hook.config.reject_unauthorized)
+        except DeliveryError as exc:
+            self._throttle.failed(host, self._clock.monotonic())
+            self._fail(hook, delivery, request.log_entry(), str(exc), retry=exc.retry)
+        except Exception as exc:  # e.g. a header the HTTP library refuses: final, and the task must end
+            logger.warning("webhook request could not be made", hook=hook.id, error=repr(exc))
+            self._fail(hook, delivery, request.log_entry(), f"request could not be made: {exc}", retry=False)
+        else:
+            self._answered(hook, delivery, request, response)
+        finally:
+            self._throttle.state(host).active -= 1
+            self._pump(host)
+
+    def _answered(
+        self, hook: Webhook, delivery: Delivery, request: OutgoingRequest, response: Response
+    ) -> None:
+        host = request.host
+        if 200 <= response.status < 300:
+            self._throttle.succeeded(host)
+            self.statistics["succeeded"] += 1
+            try:
+                events = response_events(hook.config, delivery.event, response.body, response.content_type)
+            except TemplateError as exc:
+                events = error_events(hook.config, delivery.event, str(exc))
+            self._finish(
+                DeliveryOutcome(
+                    delivery=delivery,
+                    request=request.log_entry(),
+                    status=response.status,
+                    elapsed_ms=response.elapsed_ms,
+                    body=response.body,
+                    content_type=response.content_type,
+                    response_events=events,
+                )
+            )
+            return
+        self._throttle.failed(host, self._clock.monotonic())
+        message = f"error status {response.status} from {host}"
+        retry = response.status >= 500 or response.status == 429
+        self._fail(
+            hook,
+            delivery,
+            request.log_entry(),
+            message,
+            retry=retry,
+            status=response.status,
+            response=response,
+        )
+
+    def _fail(
+        self,
+        hook: Webhook,
+        delivery: Delivery,
+        request: dict[str, Any],
+        message: str,
+        *,
+        retry: bool,
+        skipped: bool = False,
+        status: int | None = None,
+        response: Response | None = None,
+    ) -> None:
+        if not skipped:
+            self.statistics["failed"] += 1
+        self._finish(
+            DeliveryOutcome(
+                delivery=delivery,
+                request=request,
+                status=status,
+                elapsed_ms=response.elapsed_ms if response else 0,
+                body=response.body if response else b"",
+                error=message,
+                retry=retry,
+                skipped=skipped,
+                response_events=error_events(hook.config, delivery.event, message),
+            )
+        )
+
+    def _finish(self, outcome: DeliveryOutcome) -> None:
+        self._outcomes.append(outcome)
+        self._outcomes_ready.set()
+
+    # ------------------------------------------------------------------ booking
+
+    async def _recorder(self) -> None:
+        while True:
+            await self._outcomes_ready.wait()
+            self._outcomes_ready.clear()
+            await self._book()
+
+    async def _book(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes[:1000], self._outcomes[1000:]
+            try:
+                await self._service.record(batch)
+            finally:
+                self._held.difference_update(outcome.delivery.id for outcome in batch)
+            if not self._stopping:
+                self._wake.set()  # room again: claim more

@@ -1,0 +1,206 @@
+"""
+Sending one webhook request with every bound a hostile target needs: a total time limit (20 s), a response
+body read only up to a size limit (the rest is never read: the connection is dropped), a bounded number of
+redirects followed by hand (each hop checked again), and, when the guard is on, no connection to loopback,
+private, link-local or otherwise non-public addresses — checked on the addresses actually resolved, so
+neither a DNS name nor a redirect can lead there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from devicecloud.webhooks.templating import OutgoingRequest
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class DeliveryError(Exception):
+    """
+    An attempt that got no usable response. ``retry``: worth trying again later (timeouts, refused
+    connections); the text is what ``hook-error`` says.
+    """
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class BlockedAddress(OSError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str | None
+    elapsed_ms: int
+    truncated: bool
+
+
+def is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """
+    A resolver that drops every non-public address (and fails when none is left).
+    """
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [result for result in results if is_public(result["host"])]
+        if not allowed:
+            raise BlockedAddress(f"{host} resolves only to private or local addresses")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SenderLimits:
+    timeout: float = 20.0
+    max_body: int = 100 * 1024
+    max_redirects: int = 5
+    max_connections: int = 1000
+    block_private: bool = False
+
+
+class HttpSender:
+    """
+    One aiohttp session for all deliveries (connections are pooled and kept alive per host).
+    """
+
+    def __init__(self, limits: SenderLimits) -> None:
+        self.limits = limits
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.limits.max_connections,
+                limit_per_host=0,
+                resolver=PublicOnlyResolver() if self.limits.block_private else None,
+                ttl_dns_cache=60,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.limits.timeout),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent", "Content-Type"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _check_target(self, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DeliveryError(f"invalid URL {url[:200]!r}", retry=False)
+        host = parts.hostname
+        if self.limits.block_private:
+            try:
+                literal = ipaddress.ip_address(host)
+            except ValueError:
+                literal = None
+            local_name = host.lower() == "localhost" or host.lower().endswith(".localhost")
+            if local_name or (literal is not None and not is_public(str(literal))):
+                raise DeliveryError(
+                    f"requests to {host} are not allowed (private or local address)", retry=False
+                )
+        return host
+
+    async def send(self, request: OutgoingRequest, *, verify_tls: bool = True) -> Response:
+        """
+        Send ``request``; raises `DeliveryError` when no response within the limits came back.
+        """
+        session = self._open()
+        started = time.perf_counter()
+        url, method, body = request.url, request.method, request.body
+        headers = dict(request.headers)
+        deadline = started + self.limits.timeout
+        for _hop in range(self.limits.max_redirects + 1):
+            host = self._check_target(url)
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise DeliveryError(f"timeout after {self.limits.timeout:g} s from {host}", retry=True)
+            try:
+                response = await session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    ssl=verify_tls,
+                    timeout=aiohttp.ClientTimeout(total=remaining),
+                )
+                try:
+                    if response.status in REDIRECTS and "Location" in response.headers:
+                        url = urljoin(url, response.headers["Location"])
+                        if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                            method, body = "GET", None
+                            headers.pop("Content-Type", None)
+                        continue
+                    payload, truncated = await self._read(response)
+                    return Response(
+                        status=response.status,
+                        body=payload,
+                        content_type=response.headers.get("Content-Type"),
+                        elapsed_ms=int((time.perf_counter() - started) * 1000),
+                        truncated=truncated,
+                    )
+                finally:
+                    response.close()  # never drain what was not read: a 10 MB reply costs nothing
+            except DeliveryError:
+                raise
+            except TimeoutError as exc:
+                timed_out = f"timeout after {self.limits.timeout:g} s from {host}"
+                raise DeliveryError(timed_out, retry=True) from exc
+            except BlockedAddress as exc:
+                raise DeliveryError(f"requests to {host} are not allowed ({exc})", retry=False) from exc
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, BlockedAddress):
+                    blocked = f"requests to {host} are not allowed ({exc.os_error})"
+                    raise DeliveryError(blocked, retry=False) from exc
+                raise DeliveryError(f"could not connect to {host}: {exc.os_error}", retry=True) from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise DeliveryError(f"request to {host} failed: {_describe(exc)}", retry=True) from exc
+        raise DeliveryError(f"too many redirects (more than {self.limits.max_redirects})", retry=False)
+
+    async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        limit = self.limits.max_body
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(16 * 1024):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks)[:limit], True
+        return b"".join(chunks), False
+
+
+def _describe(exc: Any) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,121 @@
+"""
+A runtime's HTTP app behind a real uvicorn server on a free port, and an event-stream reader.
+
+Streams are read as clients read them, so keep-alives, disconnects and flow control are the real thing;
+httpx's ASGI transport would buffer a stream until it ends, which an event stream never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from devicecloud.api.sse import StreamRegistry
+from devicecloud.runtime import Runtime
+from tests.support.api import Account
+from tests.support.devices import wait_until
+
+
+@dataclass
+class Served:
+    url: str
+    app: FastAPI
+    http: httpx.AsyncClient
+
+    @property
+    def streams(self) -> StreamRegistry:
+        registry: StreamRegistry = self.app.state.event_streams
+        return registry
+
+
+@asynccontextmanager
+async def serve_app(runtime: Runtime) -> AsyncIterator[Served]:
+    """
+    The runtime's app behind uvicorn on a free port, and an httpx client on it.
+    """
+    app = runtime.asgi_app(manage_lifecycle=False)
+    sock = socket.socket()
+    # Accepted sockets inherit this small send buffer: a client that stops reading blocks the server soon.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="critical", access_log=False))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await wait_until(flag(lambda: server.started))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            yield Served(url=f"http://127.0.0.1:{port}", app=app, http=http)
+    finally:
+        app.state.event_streams.close_all()
+        server.should_exit = True
+        await serving
+        sock.close()
+
+
+def flag(check: Any) -> Any:
+    async def predicate() -> bool:
+        return bool(check())
+
+    return predicate
+
+
+class Reader:
+    """
+    Reads an event stream block by block (a block ends with a blank line), keeping every byte received.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._chunks = response.aiter_raw()
+        self.buffer = b""
+        self.raw = b""
+
+    async def block(self, timeout: float = 5.0) -> bytes:
+        while b"\n\n" not in self.buffer:
+            chunk = await asyncio.wait_for(anext(self._chunks), timeout)
+            self.buffer += chunk
+            self.raw += chunk
+        block, _, self.buffer = self.buffer.partition(b"\n\n")
+        return block
+
+    async def event(self, timeout: float = 5.0) -> tuple[str, dict[str, Any]]:
+        """
+        The next event (keep-alive comments skipped) as (name, data JSON).
+        """
+        while True:
+            block = await self.block(timeout)
+            if block.startswith(b":"):
+                continue
+            event_line, data_line = block.decode().split("\n")
+            assert event_line.startswith("event: ")
+            assert data_line.startswith("data: ")
+            return event_line.removeprefix("event: "), json.loads(data_line.removeprefix("data: "))
+
+    async def names(self, count: int) -> list[str]:
+        return [(await self.event())[0] for _ in range(count)]
+
+
+@asynccontextmanager
+async def stream(
+    served: Served, path: str, account: Account, *, query_token: bool = False, **params: str
+) -> AsyncIterator[Reader]:
+    """
+    An open stream (``:ok`` already read, so the subscription exists) on ``path``.
+    """
+    headers = {} if query_token else account.auth
+    if query_token:
+        params["access_token"] = account.token
+    async with served.http.stream("GET", path, headers=headers, params=params) as response:
+        assert 200 == response.status_code, await response.aread()
+        reader = Reader(response)
+        assert b":ok" == await reader.block()
+        yield reader
