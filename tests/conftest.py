@@ -105,10 +105,11 @@ async def runtime(
     settings: Settings, clock: FakeClock, notifier: RecordingNotifier, server_key: rsa.RSAPrivateKey
 ) -> AsyncIterator[Runtime]:
     """
-    A started runtime, device gateway included (on a free port of 127.0.0.1).
+    A started runtime, device gateway and webhook delivery included (the gateway on a free port of 127.0.0.1).
     """
     rt = build_runtime(settings, clock=clock, notifier=notifier, server_key=server_key)
     await rt.start_gateway()
+    await rt.start_webhooks()
     try:
         yield rt
     finally:

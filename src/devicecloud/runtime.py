@@ -135,7 +135,7 @@ class Runtime:
         The HTTP application; with ``manage_lifecycle`` its lifespan starts and stops this runtime.
         """
         if manage_lifecycle:
-            return create_app(self.api_deps(), on_startup=self.start, on_shutdown=self.stop)
+            return create_app(self.api_deps(), on_startup=self.start_webhooks, on_shutdown=self.stop)
         return create_app(self.api_deps())
 
     async def start(self) -> None:
@@ -147,7 +147,14 @@ class Runtime:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate.upgrade(self.store.engine)
         self.started = True
-        if self.settings.webhooks_enabled:
+
+    async def start_webhooks(self) -> None:
+        """
+        Deliver webhooks from this process (when ``webhooks_enabled``). Only serving processes do this: a
+        one-off command such as ``users list`` must not send what waits in the outbox.
+        """
+        await self.start()
+        if self.settings.webhooks_enabled and not self.dispatcher_started:
             await self.dispatcher.start()
             self.dispatcher_started = True
 

@@ -143,6 +143,8 @@ def serve(
                 raise click.ClickException(message) from exc
             if settings.demo_device:
                 demo = await start_demo_device(runtime)
+        # Both halves deliver webhooks: each subscribes to its own process's events and they share the outbox.
+        await runtime.start_webhooks()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         try:
