@@ -10,12 +10,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from pytest_httpserver import HTTPServer
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
@@ -369,3 +377,66 @@ async def test_private_addresses_are_refused_when_guarded(
     assert 4 == len(errors)
     assert all("not allowed" in (text or "") for text in errors.values()), errors
     assert [] == httpserver.log
+
+
+# ---------------------------------------------------------------------------------------- TLS
+
+
+def self_signed_context(directory: Path) -> ssl.SSLContext:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[HTTPServer]:
+    server = HTTPServer(ssl_context=self_signed_context(tmp_path))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.clear()
+        server.stop()
+
+
+async def test_reject_unauthorized(
+    client: httpx.AsyncClient, runtime: Runtime, ada: Account, tls_server: HTTPServer
+) -> None:
+    """
+    A certificate nobody vouches for fails by default; ``rejectUnauthorized: false`` accepts it.
+    """
+    tls_server.expect_request("/tls").respond_with_data("secure enough")
+    url = tls_server.url_for("/tls")
+    assert url.startswith("https://")
+    await create_hook(client, ada, event="strict", url=url)
+    await create_hook(client, ada, event="lax", url=url, rejectUnauthorized=False)
+    seen = await hook_events(runtime, ada)
+    await publish(client, ada, "strict")
+    strict = [e for e in await next_events(seen, 2) if e.name.startswith("hook-error")]
+    assert 1 == len(strict)
+    assert "certificate" in (strict[0].data or "").lower()
+    await publish(client, ada, "lax")
+    lax = {e.name: e.data for e in await next_events(seen, 2)}
+    assert "secure enough" == lax["hook-response/lax/0"]
+    assert 1 == len(tls_server.log)
