@@ -58,6 +58,7 @@ class WebhookPolicy:
     # died (or hangs) lets its deliveries go back to the outbox for another try.
     lease: float = 50.0
     max_hooks_per_user: int = 500
+    prune_interval: float = 5.0  # old logs are deleted in passes, not in every batch
 
 
 def _bad(message: str) -> InvalidInput:
@@ -200,6 +201,8 @@ class WebhookService:
         self._policy = policy or WebhookPolicy()
         self._by_owner: dict[int, list[Webhook]] | None = None
         self._by_id: dict[str, Webhook] = {}
+        self._unpruned: set[str] = set()  # hooks with logs added since the last prune
+        self._pruned_at = float("-inf")
 
     # ------------------------------------------------------------------ CRUD
 
@@ -383,11 +386,16 @@ class WebhookService:
                     DeliveryLog(at=now, request=outcome.request, response=response, error=outcome.error),
                 )
             )
+        self._unpruned.update(hook_id for hook_id, _log in logs)
+        prune: set[str] = set()
+        if self._clock.monotonic() - self._pruned_at >= self._policy.prune_interval:
+            prune, self._unpruned = self._unpruned, set()
+            self._pruned_at = self._clock.monotonic()
         async with self._store.transaction() as tx:
             await tx.deliveries.finish(done)
             await tx.deliveries.reschedule(again)
             await tx.webhooks.add_logs(logs)
-            await tx.webhooks.prune_logs({hook_id for hook_id, _log in logs}, LOGS_KEPT)
+            await tx.webhooks.prune_logs(prune, LOGS_KEPT)  # reads show the newest 10 whatever the table holds
         for outcome in outcomes:
             await self._publish(outcome)
 
