@@ -252,6 +252,7 @@ class Link:
             self._log.info("device reconnected; its older link is closed", device_id=device_id)
         async with self._ctx.registry.serial(device_id):
             await self._ctx.sessions.device_connected(device_id, self.ip_address, hello_to_domain(event))
+        self._heard = False  # connected means heard now: the Hello's own bytes need no second report
         self._log = self._log.bind(device_id=device_id)
         self._log.debug("device link up", platform_id=event.platform_id, flags=event.flags)
         # A 2.x device that announces device-initiated Describe sends it by itself.

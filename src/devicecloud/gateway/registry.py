@@ -15,8 +15,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["LinkRegistry", "RegisteredLink"]
@@ -101,19 +100,47 @@ class LinkRegistry(Generic[L]):
                 if not waiters:
                     del self._online_waiters[device_id]
 
-    @asynccontextmanager
-    async def serial(self, device_id: str) -> AsyncIterator[None]:
+    def serial(self, device_id: str) -> _Serial:
         """
-        Hold the device's lock: reports about one device run one at a time, in arrival order.
+        ``async with registry.serial(id)``: hold the device's lock, so reports about one device run one at a
+        time, in arrival order.
         """
-        lock, users = self._locks.get(device_id) or (asyncio.Lock(), 0)
-        self._locks[device_id] = (lock, users + 1)
+        return _Serial(self._locks, device_id)
+
+
+class _Serial:
+    """
+    The context manager of `LinkRegistry.serial` (a class: it runs several times per handshake, and a
+    generator-based one costs several times more).
+    """
+
+    __slots__ = ("_device_id", "_lock", "_locks")
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], device_id: str) -> None:
+        self._locks = locks
+        self._device_id = device_id
+        self._lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> None:
+        lock, users = self._locks.get(self._device_id) or (asyncio.Lock(), 0)
+        self._locks[self._device_id] = (lock, users + 1)
+        self._lock = lock
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[device_id]
-            if users == 1:
-                del self._locks[device_id]
-            else:
-                self._locks[device_id] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._lock is not None:
+            self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self._locks[self._device_id]
+        if users == 1:
+            del self._locks[self._device_id]
+        else:
+            self._locks[self._device_id] = (lock, users - 1)

@@ -151,7 +151,7 @@ def rsa_encrypt(public_key: rsa.RSAPublicKey, message: bytes, random_bytes: Rand
         raise LocalProtocolError("message too long for RSA PKCS#1 v1.5")
     ps = bytearray()
     while len(ps) < ps_len:
-        ps += bytes(b for b in random_bytes(ps_len - len(ps)) if b)
+        ps += random_bytes(ps_len - len(ps)).replace(b"\x00", b"")
     em = b"\x00\x02" + bytes(ps) + b"\x00" + message
     numbers = public_key.public_numbers()
     return pow(int.from_bytes(em, "big"), numbers.e, numbers.n).to_bytes(k, "big")
