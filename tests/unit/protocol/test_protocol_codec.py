@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 from typing import Any
 
@@ -267,3 +268,24 @@ def test_describe_rejects_bad_payloads(payload: bytes) -> None:
     """Anything that is not a Describe object is a RemoteProtocolError."""
     with pytest.raises(RemoteProtocolError):
         parse_describe(payload)
+
+
+def test_system_randomness_encrypts_through_openssl_and_decrypts(keys: Any) -> None:
+    """With os.urandom, rsa_encrypt is OpenSSL's (fresh padding each time), and the key opens it."""
+    first = crypto.rsa_encrypt(keys.device.public_key(), b"k" * 40, os.urandom)
+    second = crypto.rsa_encrypt(keys.device.public_key(), b"k" * 40, os.urandom)
+    assert first != second
+    assert [b"k" * 40] * 2 == [crypto.rsa_decrypt(keys.device, c) for c in (first, second)]
+
+
+def test_injected_randomness_pads_by_hand_exactly(keys: Any) -> None:
+    """An injected source gives the textbook ciphertext of 00 02 ‖ its non-zero bytes ‖ 00 ‖ message."""
+    drawn = iter([b"\x00\x07" * 42, b"\x09" * 64])
+
+    def recorded(n: int) -> bytes:
+        return next(drawn)[:n]
+
+    ciphertext = crypto.rsa_encrypt(keys.device.public_key(), b"k" * 40, recorded)
+    numbers = keys.device.public_key().public_numbers()
+    block = b"\x00\x02" + b"\x07" * 42 + b"\x09" * 43 + b"\x00" + b"k" * 40
+    assert pow(int.from_bytes(block, "big"), numbers.e, numbers.n).to_bytes(128, "big") == ciphertext

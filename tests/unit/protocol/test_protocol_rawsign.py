@@ -6,12 +6,13 @@ import sys
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devicecloud.protocol import LocalProtocolError, crypto, raw_signer
 from devicecloud.protocol.rawsign import python_signer
 
 
-def _textbook(key: Any, data: bytes) -> bytes:
+def _textbook(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
     """(00 01 FF… 00 ‖ data)^d mod n, with no CRT and no blinding: the definition."""
     priv = key.private_numbers()
     k = (key.key_size + 7) // 8
