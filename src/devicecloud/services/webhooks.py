@@ -395,7 +395,9 @@ class WebhookService:
             await tx.deliveries.finish(done)
             await tx.deliveries.reschedule(again)
             await tx.webhooks.add_logs(logs)
-            await tx.webhooks.prune_logs(prune, LOGS_KEPT)  # reads show the newest 10 whatever the table holds
+            await tx.webhooks.prune_logs(
+                prune, LOGS_KEPT
+            )  # reads show the newest 10 whatever the table holds
         for outcome in outcomes:
             await self._publish(outcome)
 
