@@ -14,6 +14,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -358,7 +359,7 @@ class WebhookService:
 
     async def record(self, outcomes: Sequence[DeliveryOutcome]) -> None:
         """
-        Book a batch of attempts: remove what is done, reschedule retries, keep logs, publish hook events.
+        Book a batch of attempts in one transaction: remove what is done, reschedule retries, keep logs.
         """
         if not outcomes:
             return
@@ -398,8 +399,15 @@ class WebhookService:
             await tx.webhooks.prune_logs(
                 prune, LOGS_KEPT
             )  # reads show the newest 10 whatever the table holds
-        for outcome in outcomes:
+
+    async def announce(self, outcomes: Sequence[DeliveryOutcome]) -> None:
+        """
+        Publish the ``hook-*`` events of booked attempts (after `record`: the log is there first).
+        """
+        for count, outcome in enumerate(outcomes, 1):
             await self._publish(outcome)
+            if count % 100 == 0:
+                await asyncio.sleep(0)  # a burst of skipped events must not hold the loop
 
     async def _publish(self, outcome: DeliveryOutcome) -> None:
         delivery = outcome.delivery

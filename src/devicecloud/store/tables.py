@@ -187,6 +187,8 @@ webhook_deliveries = Table(
     Column("lease_until", UtcDateTime, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Index("ix_webhook_deliveries_due", "next_attempt_at", "id"),
+    # Ids are never reused (SQLite hands a deleted row's id out again): an id names one delivery for good.
+    sqlite_autoincrement=True,
 )
 
 webhook_logs = Table(

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
     from devicecloud.services.webhooks import WebhookService
 
 logger = structlog.get_logger("devicecloud.webhooks")
+GATHER = 0.005  # seconds the writer and recorder wait for more work before a transaction
+BATCH_FULL = 200  # ... unless this much is already waiting
+BOOK_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,8 @@ class WebhookDispatcher:
     async def _writer(self) -> None:
         while True:
             await self._incoming_ready.wait()
+            if len(self._incoming) < BATCH_FULL:
+                await asyncio.sleep(GATHER)  # one transaction for what arrives meanwhile, not one per event
             self._incoming_ready.clear()
             await self._flush_incoming()
 
@@ -214,9 +219,9 @@ class WebhookDispatcher:
             self._throttle.forget_idle(self._clock.monotonic())
             await self._renew_leases()
             while (room := self.policy.max_in_flight - len(self._held)) > 0:
-                deliveries = await self._service.claim(
-                    min(room, self.policy.claim_batch), self._throttle.full_hosts()
-                )
+                wanted = min(room, self.policy.claim_batch)
+                now = self._clock.monotonic()
+                deliveries = await self._service.claim(wanted, self._throttle.hosts_to_leave(now))
                 if not deliveries:
                     break
                 # A lease that ran out while its row was still here (the clock jumped, or a request
@@ -225,7 +230,7 @@ class WebhookDispatcher:
                 self._held.update(delivery.id for delivery in fresh)
                 for delivery in fresh:
                     await self._dispatch(delivery)
-                if not fresh:
+                if not fresh or len(deliveries) < wanted:  # the outbox has nothing more that is due
                     break
 
     async def _renew_leases(self) -> None:
@@ -248,6 +253,7 @@ class WebhookDispatcher:
         host = request.host
         now = self._clock.monotonic()
         if self._throttle.sleeping(host, now):
+            self._throttle.skipped(host, now)
             self.statistics["skipped"] += 1
             self._fail(hook, delivery, request.log_entry(), SLEEPING_MESSAGE, retry=True, skipped=True)
             return
@@ -358,15 +364,20 @@ class WebhookDispatcher:
     async def _recorder(self) -> None:
         while True:
             await self._outcomes_ready.wait()
+            if len(self._outcomes) < BATCH_FULL:
+                await asyncio.sleep(GATHER)
             self._outcomes_ready.clear()
             await self._book()
 
     async def _book(self) -> None:
         while self._outcomes:
-            batch, self._outcomes = self._outcomes[:1000], self._outcomes[1000:]
+            batch, self._outcomes = self._outcomes[:BOOK_BATCH], self._outcomes[BOOK_BATCH:]
             try:
                 await self._service.record(batch)
             finally:
+                # Before any other await: once the rows are gone their ids are free, and a row that reuses
+                # one must not look like something this process already holds.
                 self._held.difference_update(outcome.delivery.id for outcome in batch)
             if not self._stopping:
                 self._wake.set()  # room again: claim more
+            await self._service.announce(batch)

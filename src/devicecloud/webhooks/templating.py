@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -78,9 +79,16 @@ def stringify(value: Any) -> str:
     return str(value)
 
 
+@lru_cache(maxsize=4096)
+def _compiled(template: str) -> combustache.Template:
+    return combustache.Template(template)  # parsing is most of a render's cost: once per template
+
+
 def render(template: str, context: Context) -> str:
+    if "{{" not in template:  # every tag, delimiter changes included, starts so
+        return template
     try:
-        rendered: str = combustache.render(template, context, stringify=stringify)
+        rendered: str = _compiled(template).render(context, stringify=stringify)
     except combustache.CombustacheError as exc:
         raise TemplateError(f"bad template {template!r}: {exc}") from exc
     return rendered
@@ -120,9 +128,13 @@ def check_templates(config: WebhookConfig) -> None:
             render_value(value, empty)
 
 
+@lru_cache(maxsize=1024)
 def event_context(event: HookEvent) -> Context:
     """
     The template variables of one event: the JSON data's keys, then the predefined names (which win).
+
+    Cached (an event is rendered for every hook it triggers, and again for its response): callers must not
+    change the dict they get.
     """
     context: Context = {}
     if event.data:

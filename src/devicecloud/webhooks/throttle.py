@@ -26,6 +26,9 @@ class ThrottlePolicy:
     min_errors: int = 5
     sleep: float = 30.0
     max_sleep: float = 300.0
+    # Events skipped per second for a sleeping host at most: its backlog is worked off at this pace, so the
+    # moment a busy host falls asleep is not one burst of thousands of skips that stalls everyone else.
+    skip_rate: float = 500.0
 
 
 @dataclass(slots=True)
@@ -36,6 +39,8 @@ class HostState:
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=20))
     sleep_until: float = 0.0
     next_sleep: float = 0.0
+    skip_tokens: float = 0.0
+    skip_stamp: float = 0.0
 
 
 class HostThrottle:
@@ -61,11 +66,28 @@ class HostThrottle:
     def may_start(self, state: HostState) -> bool:
         return state.active < max(1, int(state.limit))
 
-    def full_hosts(self) -> list[str]:
+    def hosts_to_leave(self, now: float) -> list[str]:
         """
-        Hosts whose in-memory queue is full: claims leave their deliveries in the outbox for now.
+        Hosts whose deliveries claims should leave in the outbox for now: their in-memory queue is full, or
+        they sleep and have used up this second's skips.
         """
-        return [host for host, state in self._hosts.items() if len(state.queue) >= self.policy.queue_bound]
+        return [
+            host
+            for host, state in self._hosts.items()
+            if len(state.queue) >= self.policy.queue_bound
+            or (state.sleep_until > now and self._skip_tokens(state, now) < 1.0)
+        ]
+
+    def _skip_tokens(self, state: HostState, now: float) -> float:
+        rate = self.policy.skip_rate
+        state.skip_tokens = min(rate, state.skip_tokens + (now - state.skip_stamp) * rate)
+        state.skip_stamp = now
+        return state.skip_tokens
+
+    def skipped(self, host: str, now: float) -> None:
+        state = self.state(host)
+        self._skip_tokens(state, now)
+        state.skip_tokens -= 1.0
 
     def succeeded(self, host: str) -> None:
         state = self.state(host)
@@ -82,6 +104,7 @@ class HostThrottle:
             state.sleep_until = now + state.next_sleep
             state.next_sleep = min(state.next_sleep * 2.0, self.policy.max_sleep)
             state.outcomes.clear()
+            state.skip_tokens, state.skip_stamp = self.policy.skip_rate, now
 
     def forget_idle(self, now: float) -> None:
         """

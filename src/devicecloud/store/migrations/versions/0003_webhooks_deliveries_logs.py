@@ -44,7 +44,8 @@ def upgrade() -> None:
     sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['hook_id'], ['webhooks.id'], name=op.f('fk_webhook_deliveries_hook_id_webhooks'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_deliveries'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_deliveries')),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_webhook_deliveries_due', ['next_attempt_at', 'id'], unique=False)
