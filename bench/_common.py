@@ -11,19 +11,21 @@ import contextlib
 import http.client
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 SERVER_CORE = 0
@@ -455,3 +457,71 @@ def run_main(main: Callable[[], int]) -> None:
     except BenchError as exc:
         print("FAIL:", exc, file=sys.stderr)
         sys.exit(1)
+
+
+class ScriptProcess:
+    """
+    One helper process (``script`` with a JSON spec), driven over stdin/stdout (``WORD {json}`` lines).
+    """
+
+    def __init__(self, script: str, spec: dict[str, Any], core: int, pin: bool) -> None:
+        argv = pinned(core, [sys.executable, str(BENCH_DIR / script), json.dumps(spec)], pin)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._errors: list[str] = []
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
+        threading.Thread(target=self._keep_tail, args=(self.proc.stderr,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+
+    def _keep_tail(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._errors = [*self._errors[-20:], line]
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, word: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                if time.monotonic() >= deadline or self.proc.poll() is not None:
+                    raise BenchError(
+                        f"{self.proc.args[-2]} gave no {word}:\n{''.join(self._errors)}"
+                    ) from None
+                continue
+            if line.startswith(word + " "):
+                payload: dict[str, Any] = json.loads(line.removeprefix(word + " "))
+                return payload
+
+    def ask(self, command: str, word: str, timeout: float = 60) -> dict[str, Any]:
+        self.send(command)
+        return self.expect(word, timeout)
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+    def finish(self, timeout: float = 120) -> float:
+        """
+        Ask the process to quit and wait; its CPU seconds.
+        """
+        if self.proc.poll() is None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                self.send("quit")
+        try:
+            return wait_child(self.proc, timeout)[1]
+        except BenchError:
+            self.proc.kill()
+            raise
+        except ChildProcessError:  # already reaped
+            return 0.0

@@ -31,42 +31,35 @@ runs 2 streams × 20 events and 10 devices × 5 events, enforces no speed target
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import platform
-import queue
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    BENCH_DIR,
     LOADGEN_CORE,
     BenchError,
     Outcome,
     Request,
+    ScriptProcess,
     Server,
     call,
     can_pin,
     format_table,
     get_token,
-    pinned,
-    process_cpu_seconds,
     report,
     run_main,
     running_server,
-    wait_child,
 )
 from _devicegen import raise_open_files, write_key_pool
 
@@ -81,68 +74,13 @@ STREAMS_PER_READER = 250
 DEFAULT_POINTS = "1x100,10x100,100x100,500x100,1000x50,1000x100"
 
 
-class Child:
+class Child(ScriptProcess):
     """
     One ``_events_gen.py`` process, driven over its stdin/stdout (``WORD {json}`` lines).
     """
 
     def __init__(self, spec: dict[str, Any], pin: bool) -> None:
-        argv = pinned(
-            LOADGEN_CORE, [sys.executable, str(BENCH_DIR / "_events_gen.py"), json.dumps(spec)], pin
-        )
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-        )
-        self._lines: queue.Queue[str] = queue.Queue()
-        self._errors: list[str] = []
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
-        threading.Thread(target=self._keep_tail, args=(self.proc.stderr,), daemon=True).start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._lines.put(line)
-
-    def _keep_tail(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._errors = [*self._errors[-20:], line]
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, word: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                if time.monotonic() >= deadline or self.proc.poll() is not None:
-                    raise BenchError(f"generator gave no {word}:\n{''.join(self._errors)}") from None
-                continue
-            if line.startswith(word + " "):
-                payload: dict[str, Any] = json.loads(line.removeprefix(word + " "))
-                return payload
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.proc.pid)
-
-    def finish(self, timeout: float = 120) -> float:
-        """
-        Ask the process to quit and wait; its CPU seconds.
-        """
-        if self.proc.poll() is None:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self.send("quit")
-        try:
-            return wait_child(self.proc, timeout)[1]
-        except BenchError:
-            self.proc.kill()
-            raise
-        except ChildProcessError:  # already reaped
-            return 0.0
+        super().__init__("_events_gen.py", spec, LOADGEN_CORE, pin)
 
 
 class Children:

@@ -61,7 +61,6 @@ import json
 import math
 import os
 import platform
-import queue
 import shutil
 import socket
 import sqlite3
@@ -75,7 +74,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -86,13 +85,13 @@ from _common import (
     BenchError,
     Outcome,
     Request,
+    ScriptProcess,
     Server,
     call,
     can_pin,
     format_table,
     get_token,
     pinned,
-    process_cpu_seconds,
     report,
     run_main,
     running_server,
@@ -129,74 +128,9 @@ TEMPLATE = {
 # ---------------------------------------------------------------------------------------------- processes
 
 
-class Proc:
-    """
-    One helper process (``script`` with a JSON spec), driven over stdin/stdout (``WORD {json}`` lines).
-    """
-
-    def __init__(self, script: str, spec: dict[str, Any], core: int, pin: bool) -> None:
-        argv = pinned(core, [sys.executable, str(BENCH_DIR / script), json.dumps(spec)], pin)
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
-        )
-        self._lines: queue.Queue[str] = queue.Queue()
-        self._errors: list[str] = []
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
-        threading.Thread(target=self._keep_tail, args=(self.proc.stderr,), daemon=True).start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._lines.put(line)
-
-    def _keep_tail(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._errors = [*self._errors[-20:], line]
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, word: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                if time.monotonic() >= deadline or self.proc.poll() is not None:
-                    raise BenchError(
-                        f"{self.proc.args[-2]} gave no {word}:\n{''.join(self._errors)}"
-                    ) from None
-                continue
-            if line.startswith(word + " "):
-                payload: dict[str, Any] = json.loads(line.removeprefix(word + " "))
-                return payload
-
-    def ask(self, command: str, word: str, timeout: float = 60) -> dict[str, Any]:
-        self.send(command)
-        return self.expect(word, timeout)
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.proc.pid)
-
-    def finish(self, timeout: float = 120) -> float:
-        """
-        Ask the process to quit and wait; its CPU seconds.
-        """
-        if self.proc.poll() is None:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                self.send("quit")
-        try:
-            return wait_child(self.proc, timeout)[1]
-        except ChildProcessError:  # already reaped
-            return 0.0
-
-
 @contextlib.contextmanager
-def started(script: str, spec: dict[str, Any], core: int, pin: bool) -> Iterator[Proc]:
-    proc = Proc(script, spec, core, pin)
+def started(script: str, spec: dict[str, Any], core: int, pin: bool) -> Iterator[ScriptProcess]:
+    proc = ScriptProcess(script, spec, core, pin)
     try:
         yield proc
     finally:
@@ -209,7 +143,7 @@ def started(script: str, spec: dict[str, Any], core: int, pin: bool) -> Iterator
 
 
 @contextlib.contextmanager
-def sink_process(pin: bool, *, hang: bool) -> Iterator[tuple[Proc, list[int]]]:
+def sink_process(pin: bool, *, hang: bool) -> Iterator[tuple[ScriptProcess, list[int]]]:
     listeners = [{"host": HEALTHY_HOST, "mode": "ok"}]
     if hang:
         listeners.append({"host": HANG_HOST, "mode": "hang"})
@@ -425,7 +359,7 @@ class DeviceSource:
 
     kind = "devices"
 
-    def __init__(self, fleet: Proc, count: int) -> None:
+    def __init__(self, fleet: ScriptProcess, count: int) -> None:
         self.fleet, self.count = fleet, count
 
     def publish(self, name: str, rate: float, duration: float) -> dict[str, Any]:
@@ -481,7 +415,7 @@ def device_source(server: Server, token: str, count: int, keys: Path, pin: bool)
 
 def publish_run(
     server: Server,
-    sink: Proc,
+    sink: ScriptProcess,
     source: Source,
     *,
     label: str,
