@@ -128,6 +128,8 @@ def test_headers_and_basic_auth_are_templates() -> None:
     assert DEVICE == sent["X-Device"]
     assert "text/plain" == sent["Content-Type"]  # the user's header wins over the default
     assert "Basic " + base64.b64encode(b"demo:s3cret").decode() == sent["Authorization"]
+    logged = build_request(config, event()).log_entry()["headers"]
+    assert ("[redacted]", DEVICE) == (logged["Authorization"], logged["X-Device"])  # logs keep no credentials
 
 
 def test_escaping_paths_indexes_and_sections() -> None:

@@ -33,6 +33,7 @@ from devicecloud.domain.webhooks import (
 )
 
 JSON_TYPE = "application/json"
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})  # never kept in logs
 FORM_TYPE = "application/x-www-form-urlencoded"
 Context = dict[str, Any]
 
@@ -59,7 +60,10 @@ class OutgoingRequest:
         The request as the integration's logs show it (the body cut to 1 KB).
         """
         body = None if self.body is None else self.body[:1024].decode("utf-8", errors="replace")
-        return {"method": self.method, "url": self.url, "headers": dict(self.headers), "body": body}
+        headers = {
+            name: "[redacted]" if name.lower() in SECRET_HEADERS else value for name, value in self.headers
+        }
+        return {"method": self.method, "url": self.url, "headers": headers, "body": body}
 
 
 def stringify(value: Any) -> str:
