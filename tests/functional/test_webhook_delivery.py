@@ -442,3 +442,18 @@ async def test_reject_unauthorized(
     lax = {e.name: e.data for e in await next_events(seen, 2)}
     assert "secure enough" == lax["hook-response/lax/0"]
     assert 1 == len(tls_server.log)
+
+
+async def test_event_data_cannot_inject_headers(
+    client: httpx.AsyncClient, runtime: Runtime, ada: Account, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/h").respond_with_data("ok")
+    await create_hook(
+        client, ada, event="inj", url=httpserver.url_for("/h"), headers={"X-V": "{{{PARTICLE_EVENT_VALUE}}}"}
+    )
+    seen = await hook_events(runtime, ada)
+    await publish(client, ada, "inj", "a\r\nInjected: 1")
+    errors = [e for e in await next_events(seen, 2) if e.name.startswith("hook-error")]
+    assert 1 == len(errors)
+    assert "request could not be made" in (errors[0].data or "")
+    assert [] == httpserver.log

@@ -113,6 +113,8 @@ class WebhookDispatcher:
             response = await self._sender.send(request, verify_tls=hook.config.reject_unauthorized)
         except (TemplateError, DeliveryError) as exc:
             return str(exc)
+        except Exception as exc:  # e.g. a rendered header the HTTP library refuses
+            return f"request could not be made: {exc}"
         if response.status >= 300:
             return f"error status {response.status} from {request.host}"
         return None
@@ -137,13 +139,21 @@ class WebhookDispatcher:
         lease runs out) and book what finished.
         """
         self._stopping = True
-        await self._flush_incoming()
+        try:
+            await self._flush_incoming()
+        except Exception:  # shutting down anyway: what is not written is logged, not raised
+            logger.exception(
+                "webhook events not written to the outbox at shutdown", events=len(self._incoming)
+            )
         for task in [*self._tasks, *self._requests]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._requests, return_exceptions=True)
         self._tasks.clear()
         self._requests.clear()
-        await self._book()
+        try:
+            await self._book()
+        except Exception:  # the rows stay leased and come back when the lease runs out
+            logger.exception("webhook outcomes not booked at shutdown")
         await self._sender.close()
 
     def poke(self) -> None:
