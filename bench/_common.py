@@ -10,6 +10,7 @@ import base64
 import contextlib
 import http.client
 import json
+import math
 import os
 import queue
 import shutil
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -525,3 +527,20 @@ class ScriptProcess:
             raise
         except ChildProcessError:  # already reaped
             return 0.0
+
+
+def percentile(histogram: Counter[int], fraction: float) -> float:
+    """
+    From a histogram of bucket start (µs) → count: the bucket's upper edge at ``fraction``, in ms.
+    """
+    total = sum(histogram.values())
+    if not total:
+        return 0.0
+    rank = max(1, math.ceil(fraction * total))
+    seen = 0
+    keys = sorted(histogram)
+    for key in keys:
+        seen += histogram[key]
+        if seen >= rank:
+            return (key + 50) / 1000
+    return (keys[-1] + 50) / 1000

@@ -31,8 +31,11 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from devicecloud.virtualdevice import VirtualDevice
 
 BUCKET_US = 50
 
@@ -376,9 +379,54 @@ async def run_publisher(spec: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- devices
 
 
+async def publish_round_robin(
+    devices: Sequence[VirtualDevice], name: str, rate: float, duration: float, offset: int = 0
+) -> dict[str, Any]:
+    """
+    ``rate`` NON events per second in all for ``duration`` s, round-robin so each device keeps a steady
+    period; each event's data ``<offset + device index>:<seq>:<monotonic ns at send>``. The result: events
+    sent per device, how far behind the schedule the loop fell, its CPU.
+    """
+    from devicecloud.virtualdevice import NotConnectedError
+
+    sent = [0] * len(devices)
+    errors: Counter[str] = Counter()
+    lag_max = 0.0
+    last_send = start = time.monotonic()
+    cpu_start = time.process_time()
+    total = round(rate * duration)
+    n = 0
+    while n < total:
+        now = time.monotonic()
+        due = min(total, int((now - start) * rate) + 1)
+        lag_max = max(lag_max, (due - n - 1) / rate)
+        stamp = time.monotonic_ns()
+        last_send = time.monotonic()
+        while n < due:
+            index = n % len(devices)
+            try:
+                await devices[index].publish(
+                    name, f"{offset + index}:{sent[index]}:{stamp}", private=True, ttl=60
+                )
+                sent[index] += 1
+            except (NotConnectedError, ValueError) as exc:
+                errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+            n += 1
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+    return {
+        "published": sum(sent),
+        "sent": {str(offset + i): s for i, s in enumerate(sent)},
+        "duration_s": time.monotonic() - start,
+        "send_window_s": last_send - start + 1 / rate,
+        "errors": dict(errors.most_common(5)),
+        "lag_max_s": lag_max,
+        "cpu_s": time.process_time() - cpu_start,
+        "connected": sum(1 for d in devices if d.connected),
+    }
+
+
 async def run_devices(spec: dict[str, Any]) -> None:
     from _devicegen import Fleet
-    from devicecloud.virtualdevice import NotConnectedError
 
     fleet = Fleet(spec)
     name = str(spec["name"])
@@ -394,45 +442,8 @@ async def run_devices(spec: dict[str, Any]) -> None:
                 emit("STATE", state)
             elif words[0] == "publish":
                 per_device, duration = float(words[1]), float(words[2])
-                devices = fleet.devices
-                rate = per_device * len(devices)
-                sent = [0] * len(devices)
-                errors: Counter[str] = Counter()
-                lag_max = 0.0
-                last_send = start = time.monotonic()
-                cpu_start = time.process_time()
-                total = round(rate * duration)
-                n = 0
-                while n < total:
-                    now = time.monotonic()
-                    due = min(total, int((now - start) * rate) + 1)
-                    lag_max = max(lag_max, (due - n - 1) / rate)
-                    stamp = time.monotonic_ns()
-                    last_send = time.monotonic()
-                    while n < due:
-                        index = n % len(devices)
-                        try:
-                            await devices[index].publish(
-                                name, f"{offset + index}:{sent[index]}:{stamp}", private=True, ttl=60
-                            )
-                            sent[index] += 1
-                        except (NotConnectedError, ValueError) as exc:
-                            errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
-                        n += 1
-                    await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
-                emit(
-                    "RESULT",
-                    {
-                        "published": sum(sent),
-                        "sent": {str(offset + i): s for i, s in enumerate(sent)},
-                        "duration_s": time.monotonic() - start,
-                        "send_window_s": last_send - start + 1 / rate,
-                        "errors": dict(errors.most_common(5)),
-                        "lag_max_s": lag_max,
-                        "cpu_s": time.process_time() - cpu_start,
-                        "connected": sum(1 for d in devices if d.connected),
-                    },
-                )
+                rate = per_device * len(fleet.devices)
+                emit("RESULT", await publish_round_robin(fleet.devices, name, rate, duration, offset))
             elif words[0] == "report":
                 emit("STATE", fleet.state())
             else:

@@ -15,52 +15,20 @@ import asyncio
 import json
 import logging
 import sys
-import time
-from collections import Counter
 from typing import Any
 
 import structlog
 
 from _devicegen import Fleet, raise_open_files
-from _events_gen import _loop_factory, emit, read_commands
-from devicecloud.virtualdevice import NotConnectedError
+from _events_gen import _loop_factory, emit, publish_round_robin, read_commands
 
 
 async def publish(fleet: Fleet, name: str, rate: float, duration: float) -> dict[str, Any]:
-    devices = fleet.devices
-    sent = [0] * len(devices)
-    errors: Counter[str] = Counter()
-    lag_max = 0.0
-    last_send = start = time.monotonic()
-    cpu_start = time.process_time()
-    total = round(rate * duration)
-    n = 0
-    while n < total:
-        now = time.monotonic()
-        due = min(total, int((now - start) * rate) + 1)
-        lag_max = max(lag_max, (due - n - 1) / rate)
-        stamp = time.monotonic_ns()
-        last_send = time.monotonic()
-        while n < due:
-            index = n % len(devices)
-            try:
-                await devices[index].publish(name, f"{index}:{sent[index]}:{stamp}", private=True, ttl=60)
-                sent[index] += 1
-            except (NotConnectedError, ValueError) as exc:
-                errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
-            n += 1
-        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
-    return {
-        "published": sum(sent),
-        "sent": {str(i): s for i, s in enumerate(sent) if s},
-        "duration_s": time.monotonic() - start,
-        "send_window_s": last_send - start + 1 / rate,
-        "errors": dict(errors.most_common(5)),
-        "lag_p99_ms": lag_max * 1000,  # the largest lag: this loop does not keep every one
-        "statuses": {},
-        "cpu_s": time.process_time() - cpu_start,
-        "connected": sum(1 for d in devices if d.connected),
-    }
+    result = await publish_round_robin(fleet.devices, name, rate, duration)
+    result["sent"] = {index: count for index, count in result["sent"].items() if count}
+    result["lag_p99_ms"] = result.pop("lag_max_s") * 1000  # the largest lag: the loop does not keep every one
+    result["statuses"] = {}
+    return result
 
 
 async def run(spec: dict[str, Any]) -> None:

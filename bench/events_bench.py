@@ -57,6 +57,7 @@ from _common import (
     can_pin,
     format_table,
     get_token,
+    percentile,
     report,
     run_main,
     running_server,
@@ -103,23 +104,6 @@ class Children:
                 except BenchError:
                     child.proc.kill()
                     child.proc.wait()
-
-
-def percentile(histogram: Counter[int], fraction: float) -> float:
-    """
-    From a histogram of bucket start (µs) → count: the bucket's upper edge at ``fraction``, in ms.
-    """
-    total = sum(histogram.values())
-    if not total:
-        return 0.0
-    rank = max(1, math.ceil(fraction * total))
-    seen = 0
-    keys = sorted(histogram)
-    for key in keys:
-        seen += histogram[key]
-        if seen >= rank:
-            return (key + 50) / 1000
-    return (keys[-1] + 50) / 1000
 
 
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:

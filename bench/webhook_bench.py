@@ -91,6 +91,7 @@ from _common import (
     can_pin,
     format_table,
     get_token,
+    percentile,
     pinned,
     report,
     run_main,
@@ -153,23 +154,6 @@ def sink_process(pin: bool, *, hang: bool) -> Iterator[tuple[ScriptProcess, list
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def percentile(histogram: Counter[int], fraction: float) -> float:
-    """
-    From a histogram of bucket start (µs) → count: the bucket's upper edge at ``fraction``, in ms.
-    """
-    total = sum(histogram.values())
-    if not total:
-        return 0.0
-    rank = max(1, math.ceil(fraction * total))
-    seen = 0
-    keys = sorted(histogram)
-    for key in keys:
-        seen += histogram[key]
-        if seen >= rank:
-            return (key + 50) / 1000
-    return (keys[-1] + 50) / 1000
 
 
 def outbox_rows(server: Server) -> int:
