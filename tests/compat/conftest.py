@@ -8,8 +8,10 @@ The npm packages live in tests/compat/node (package.json + package-lock.json); `
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -43,6 +45,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         tmp_path_factory.mktemp("compat"), email="owner@example.com", password="owner password"
     ) as s:
         yield s
+
+
+class NodeFlow:
+    """
+    Runs one phase of a node/*_flow.js driver (``node X_flow.js URL USER PASSWORD PHASE ARGS…``) and returns
+    the JSON it printed: what each particle-api-js call gave.
+    """
+
+    def __init__(self, node_dir: Path, server: LiveServer, script: str) -> None:
+        self.command = ["node", str(node_dir / script), server.url, server.email, server.password]
+
+    def __call__(self, phase: str, *args: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [*self.command, phase, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert 0 == result.returncode, result.stderr
+        return dict(json.loads(result.stdout))
 
 
 @pytest.fixture

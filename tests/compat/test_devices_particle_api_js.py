@@ -5,14 +5,12 @@ functions, signal, rename, claim codes, public keys, claim and remove.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.compat.conftest import DeviceRunner, described_online, wait_for
+from tests.compat.conftest import DeviceRunner, NodeFlow, described_online, wait_for
 from tests.support.server import LiveServer
 
 from devicecloud.virtualdevice import VirtualDevice, generate_identity
@@ -22,37 +20,18 @@ DEMO_FUNCTIONS = ["digitalread", "digitalwrite", "analogread", "analogwrite"]
 DEMO_VARIABLES = {"uptime": "int32", "temperature": "double", "greeting": "string", "led": "bool"}
 
 
-class Flow:
-    """Runs one phase of node/devices_flow.js and returns what each particle-api-js call gave."""
-
-    def __init__(self, node_dir: Path, server: LiveServer) -> None:
-        self.script = str(node_dir / "devices_flow.js")
-        self.server = server
-
-    def __call__(self, phase: str, *args: str) -> dict[str, Any]:
-        result = subprocess.run(
-            ["node", self.script, self.server.url, self.server.email, self.server.password, phase, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert 0 == result.returncode, result.stderr
-        return dict(json.loads(result.stdout))
+@pytest.fixture(scope="module")
+def flow(node_dir: Path, server: LiveServer) -> NodeFlow:
+    return NodeFlow(node_dir, server, "devices_flow.js")
 
 
 @pytest.fixture(scope="module")
-def flow(node_dir: Path, server: LiveServer) -> Flow:
-    return Flow(node_dir, server)
-
-
-@pytest.fixture(scope="module")
-def reads(flow: Flow) -> dict[str, Any]:
+def reads(flow: NodeFlow) -> dict[str, Any]:
     return flow("reads")
 
 
 @pytest.fixture(scope="module")
-def provisioned(flow: Flow, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, dict[str, Any]]:
+def provisioned(flow: NodeFlow, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Any, dict[str, Any]]:
     """A new device identity whose key sendPublicKey registered and which claimDevice claimed."""
     identity = generate_identity()
     key_file = tmp_path_factory.mktemp("keys") / f"{identity.device_id}.pub.pem"
@@ -155,7 +134,7 @@ def test_get_claim_code(provisioned: tuple[str, Any, dict[str, Any]], reads: dic
     assert {device_id, reads["getDevice"]["body"]["id"]} == set(body["device_ids"])
 
 
-def test_signal_device(flow: Flow, new_device: VirtualDevice) -> None:
+def test_signal_device(flow: NodeFlow, new_device: VirtualDevice) -> None:
     """signalDevice() true makes the device signal and false stops it."""
     on = flow("signal", new_device.device_id, "on")["signalDevice"]
     assert (200, new_device.device_id, True) == (on["statusCode"], on["body"]["id"], on["body"]["signaling"])
@@ -165,14 +144,14 @@ def test_signal_device(flow: Flow, new_device: VirtualDevice) -> None:
     wait_for(lambda: not new_device.signaling)
 
 
-def test_rename_device(flow: Flow, new_device: VirtualDevice) -> None:
+def test_rename_device(flow: NodeFlow, new_device: VirtualDevice) -> None:
     """renameDevice() echoes the new name, and getDevice() then finds the device by it."""
     out = flow("rename", new_device.device_id, "js_renamed")
     assert (200, "js_renamed") == (out["renameDevice"]["statusCode"], out["renameDevice"]["body"]["name"])
     assert new_device.device_id == out["getDevice"]["body"]["id"]
 
 
-def test_remove_device(flow: Flow, new_device: VirtualDevice) -> None:
+def test_remove_device(flow: NodeFlow, new_device: VirtualDevice) -> None:
     """removeDevice() unclaims the device: it leaves the list and getDevice() is refused."""
     out = flow("remove", new_device.device_id)
     assert (200, {"ok": True}) == (out["removeDevice"]["statusCode"], out["removeDevice"]["body"])

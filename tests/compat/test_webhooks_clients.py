@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 from pytest_httpserver import HTTPServer
-from tests.compat.conftest import wait_for
+from tests.compat.conftest import NodeFlow, wait_for
 from tests.support.server import LiveServer
 
 pytestmark = pytest.mark.compat
@@ -341,33 +341,14 @@ def test_cli_deleted_hook_stops_delivering(
 # ---------------------------------------------------------------- particle-api-js
 
 
-class Flow:
-    """Runs one phase of node/webhooks_flow.js and returns what each particle-api-js call gave."""
-
-    def __init__(self, node_dir: Path, server: LiveServer) -> None:
-        self.script = str(node_dir / "webhooks_flow.js")
-        self.server = server
-
-    def __call__(self, phase: str, *args: str) -> dict[str, Any]:
-        result = subprocess.run(
-            ["node", self.script, self.server.url, self.server.email, self.server.password, phase, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert 0 == result.returncode, result.stderr
-        return dict(json.loads(result.stdout))
-
-
 @pytest.fixture(scope="module")
 def webhooks(node_dir: Path, server: LiveServer) -> dict[str, Any]:
-    return Flow(node_dir, server)("webhooks", DEAD_TARGET, DEVICE_ID)
+    return NodeFlow(node_dir, server, "webhooks_flow.js")("webhooks", DEAD_TARGET, DEVICE_ID)
 
 
 @pytest.fixture(scope="module")
 def integrations(node_dir: Path, server: LiveServer) -> dict[str, Any]:
-    return Flow(node_dir, server)("integrations", DEAD_TARGET, DEVICE_ID)
+    return NodeFlow(node_dir, server, "webhooks_flow.js")("integrations", DEAD_TARGET, DEVICE_ID)
 
 
 def test_js_create_webhook(webhooks: dict[str, Any], server: LiveServer, owner_api: httpx.Client) -> None:

@@ -2,15 +2,7 @@
 // one JSON object with what each call returned, for the Python test to check.
 'use strict';
 const Particle = require('particle-api-js');
-
-async function settle(promise) {
-	try {
-		const response = await promise;
-		return { ok: true, statusCode: response.statusCode, body: response.body };
-	} catch (error) {
-		return { ok: false, statusCode: error.statusCode, body: error.body, message: error.shortErrorDescription };
-	}
-}
+const { settle } = require('./flow');
 
 async function main() {
 	const [baseUrl, username, password, newUser] = process.argv.slice(2);

@@ -8,16 +8,7 @@
 //   node devices_flow.js URL USER PASSWORD remove ID                   removeDevice, then listDevices and getDevice
 'use strict';
 const fs = require('fs');
-const Particle = require('particle-api-js');
-
-async function settle(promise) {
-	try {
-		const response = await promise;
-		return { ok: true, statusCode: response.statusCode, body: response.body };
-	} catch (error) {
-		return { ok: false, statusCode: error.statusCode, body: error.body, message: error.shortErrorDescription };
-	}
-}
+const { runPhases, settle } = require('./flow');
 
 const phases = {
 	async reads(particle, auth) {
@@ -60,15 +51,4 @@ const phases = {
 	},
 };
 
-async function main() {
-	const [baseUrl, username, password, phase, ...args] = process.argv.slice(2);
-	const particle = new Particle({ baseUrl });
-	const login = await particle.login({ username, password });
-	const out = await phases[phase](particle, login.body.access_token, ...args);
-	process.stdout.write(JSON.stringify(out));
-}
-
-main().catch((error) => {
-	process.stderr.write(String(error && error.stack ? error.stack : error));
-	process.exit(1);
-});
+runPhases(phases);

@@ -9,18 +9,10 @@
 //       getEventStream expected to fail; prints {statusCode, errorDescription, body}
 'use strict';
 const Particle = require('particle-api-js');
+const { settle } = require('./flow');
 
 function sleep(ms) {
 	return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function settle(promise) {
-	try {
-		const response = await promise;
-		return { ok: true, statusCode: response.statusCode, body: response.body };
-	} catch (error) {
-		return { ok: false, statusCode: error.statusCode, body: error.body, message: error.shortErrorDescription };
-	}
 }
 
 function streamOptions(device, name, auth) {

@@ -9,16 +9,7 @@
 // particle-api-js 12.0.3 has no getIntegration: the "get" steps use its generic particle.get({uri}), the
 // request every other call is built on.
 'use strict';
-const Particle = require('particle-api-js');
-
-async function settle(promise) {
-	try {
-		const response = await promise;
-		return { ok: true, statusCode: response.statusCode, body: response.body };
-	} catch (error) {
-		return { ok: false, statusCode: error.statusCode, body: error.body, message: error.shortErrorDescription };
-	}
-}
+const { runPhases, settle } = require('./flow');
 
 const phases = {
 	async webhooks(particle, auth, target, deviceId) {
@@ -86,15 +77,4 @@ const phases = {
 	},
 };
 
-async function main() {
-	const [baseUrl, username, password, phase, ...args] = process.argv.slice(2);
-	const particle = new Particle({ baseUrl });
-	const login = await particle.login({ username, password });
-	const out = await phases[phase](particle, login.body.access_token, ...args);
-	process.stdout.write(JSON.stringify(out));
-}
-
-main().catch((error) => {
-	process.stderr.write(String(error && error.stack ? error.stack : error));
-	process.exit(1);
-});
+runPhases(phases);
