@@ -137,11 +137,11 @@ async def one_round(
     async def outcomes() -> list[DeliveryOutcome]:
         out = []
         for (hook, delivery, request), response in zip(requests, responses, strict=True):
-            events_out = response_events(hook.config, delivery.event, response.body, response.content_type)
+            events_out = response_events(hook.config, delivery.event, response.body)
             out.append(
                 DeliveryOutcome(delivery=delivery, request=request.log_entry(), status=response.status,
                                 elapsed_ms=response.elapsed_ms, body=response.body,
-                                content_type=response.content_type, response_events=events_out)
+                                response_events=events_out)
             )  # fmt: skip
         return out
 

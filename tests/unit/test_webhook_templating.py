@@ -180,7 +180,7 @@ def test_bad_templates_are_found_at_create_time() -> None:
 
 def test_a_1300_byte_response_is_three_chunks() -> None:
     body = bytes(range(65, 91)) * 50  # 1,300 ASCII bytes
-    events = response_events(hook(), event(), body, "text/plain")
+    events = response_events(hook(), event(), body)
     assert ["hook-response/demo/0", "hook-response/demo/1", "hook-response/demo/2"] == [n for n, _ in events]
     assert [512, 512, 276] == [len(d) for _, d in events]
     assert body.decode() == "".join(d for _, d in events)
@@ -188,9 +188,9 @@ def test_a_1300_byte_response_is_three_chunks() -> None:
 
 def test_chunks_never_split_a_character_and_stop_at_100_kb() -> None:
     body = ("é" * 300).encode()  # 600 bytes of two-byte characters
-    chunks = [d for _, d in response_events(hook(), event(), body, None)]
+    chunks = [d for _, d in response_events(hook(), event(), body)]
     assert ["é" * 256, "é" * 44] == chunks
-    big = response_events(hook(), event(), b"x" * 200_000, None)
+    big = response_events(hook(), event(), b"x" * 200_000)
     assert 100 * 1024 == sum(len(d) for _, d in big)
     assert 200 == len(big)
 
@@ -200,9 +200,9 @@ def test_response_topic_and_template() -> None:
         response_topic="{{PARTICLE_DEVICE_ID}}/reply",
         response_template="{{main.temp}} at {{PARTICLE_EVENT_NAME}}",
     )
-    events = response_events(config, event(), b'{"main": {"temp": 12.5}}', "application/json")
+    events = response_events(config, event(), b'{"main": {"temp": 12.5}}')
     assert ((f"{DEVICE}/reply/0", "12.5 at demo"),) == events
-    unchunked = response_events(hook(unchunked=True), event(), b"y" * 1300, None)
+    unchunked = response_events(hook(unchunked=True), event(), b"y" * 1300)
     assert [("hook-response/demo/0", "y" * 1300)] == list(unchunked)
 
 

@@ -45,7 +45,6 @@ class WebhookConfig:
     disabled: bool = False
     reject_unauthorized: bool = True
     unchunked: bool = False
-    mydevices: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +121,6 @@ class DeliveryOutcome:
     status: int | None = None
     elapsed_ms: int = 0
     body: bytes = b""
-    content_type: str | None = None
     error: str | None = None
     retry: bool = False
     skipped: bool = False  # not sent at all (the host is sleeping after too many errors)

@@ -49,7 +49,8 @@ _DEVICE_ID = re.compile(r"^[0-9a-fA-F]{24}$")
 _URL = re.compile(r"^https?://\S+$", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
-_BOOLEANS = ("noDefaults", "disabled", "rejectUnauthorized", "unchunked", "mydevices")
+# The legacy ``mydevices`` flag is accepted and ignored: a hook fires on its owner's events only.
+_BOOLEANS = ("noDefaults", "disabled", "rejectUnauthorized", "unchunked")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,6 @@ def parse_config(params: Mapping[str, Any]) -> WebhookConfig:
         disabled=flags.get("disabled", False),
         reject_unauthorized=flags.get("rejectUnauthorized", True),
         unchunked=flags.get("unchunked", False),
-        mydevices=flags.get("mydevices", True),
     )
 
 
@@ -256,7 +256,11 @@ class WebhookService:
         config = parse_config(merged)
         self._check(config)
         updated = Webhook(
-            id=hook.id, owner_id=hook.owner_id, config=config, created_at=hook.created_at, product_id=None
+            id=hook.id,
+            owner_id=hook.owner_id,
+            config=config,
+            created_at=hook.created_at,
+            product_id=hook.product_id,
         )
         async with self._store.transaction() as tx:
             await tx.webhooks.replace(updated)

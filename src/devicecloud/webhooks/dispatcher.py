@@ -100,7 +100,6 @@ class WebhookDispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._requests: set[asyncio.Task[None]] = set()
         self._stopping = False
-        self.statistics = {"received": 0, "queued": 0, "sent": 0, "succeeded": 0, "failed": 0, "skipped": 0}
 
     # ------------------------------------------------------------------ WebhookRunner
 
@@ -207,7 +206,6 @@ class WebhookDispatcher:
     async def _flush_incoming(self) -> None:
         while self._incoming:
             batch, self._incoming = self._incoming[:2000], self._incoming[2000:]
-            self.statistics["received"] += len(batch)
             items: list[tuple[Webhook, HookEvent, str]] = []
             for event in batch:
                 hooks = await self._service.matching(event)
@@ -216,7 +214,6 @@ class WebhookDispatcher:
                     items.extend((hook, stored, target_host(hook.config, stored)) for hook in hooks)
             if items:
                 await self._service.enqueue(items)
-                self.statistics["queued"] += len(items)
                 self._wake.set()
 
     # ------------------------------------------------------------------ outbox → targets
@@ -264,7 +261,6 @@ class WebhookDispatcher:
         now = self._clock.monotonic()
         if self._throttle.sleeping(host, now):
             self._throttle.skipped(host, now)
-            self.statistics["skipped"] += 1
             self._fail(hook, delivery, request.log_entry(), SLEEPING_MESSAGE, retry=True, skipped=True)
             return
         state = self._throttle.state(host)
@@ -276,7 +272,6 @@ class WebhookDispatcher:
         while state.queue and self._throttle.may_start(state):
             hook, delivery, request = state.queue.popleft()
             if self._throttle.sleeping(host, self._clock.monotonic()):
-                self.statistics["skipped"] += 1
                 self._fail(hook, delivery, request.log_entry(), SLEEPING_MESSAGE, retry=True, skipped=True)
                 continue
             state.active += 1
@@ -286,7 +281,6 @@ class WebhookDispatcher:
 
     async def _send(self, hook: Webhook, delivery: Delivery, request: OutgoingRequest) -> None:
         host = request.host
-        self.statistics["sent"] += 1
         try:
             response = await self._sender.send(request, verify_tls=hook.config.reject_unauthorized)
         except DeliveryError as exc:
@@ -307,9 +301,8 @@ class WebhookDispatcher:
         host = request.host
         if 200 <= response.status < 300:
             self._throttle.succeeded(host)
-            self.statistics["succeeded"] += 1
             try:
-                events = response_events(hook.config, delivery.event, response.body, response.content_type)
+                events = response_events(hook.config, delivery.event, response.body)
             except TemplateError as exc:
                 events = error_events(hook.config, delivery.event, str(exc))
             self._finish(
@@ -319,7 +312,6 @@ class WebhookDispatcher:
                     status=response.status,
                     elapsed_ms=response.elapsed_ms,
                     body=response.body,
-                    content_type=response.content_type,
                     response_events=events,
                 )
             )
@@ -349,8 +341,6 @@ class WebhookDispatcher:
         status: int | None = None,
         response: Response | None = None,
     ) -> None:
-        if not skipped:
-            self.statistics["failed"] += 1
         self._finish(
             DeliveryOutcome(
                 delivery=delivery,

@@ -43,9 +43,7 @@ class BlockedAddress(OSError):
 class Response:
     status: int
     body: bytes
-    content_type: str | None
     elapsed_ms: int
-    truncated: bool
 
 
 def is_public(address: str) -> bool:
@@ -164,13 +162,11 @@ class HttpSender:
                             method, body = "GET", None
                             headers.pop("Content-Type", None)
                         continue
-                    payload, truncated = await self._read(response)
+                    payload = await self._read(response)
                     return Response(
                         status=response.status,
                         body=payload,
-                        content_type=response.headers.get("Content-Type"),
                         elapsed_ms=int((time.perf_counter() - started) * 1000),
-                        truncated=truncated,
                     )
                 finally:
                     response.close()  # never drain what was not read: a 10 MB reply costs nothing
@@ -190,7 +186,10 @@ class HttpSender:
                 raise DeliveryError(f"request to {host} failed: {_describe(exc)}", retry=True) from exc
         raise DeliveryError(f"too many redirects (more than {self.limits.max_redirects})", retry=False)
 
-    async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """
+        The body up to the size limit; the rest is never read (the caller drops the connection).
+        """
         limit = self.limits.max_body
         chunks: list[bytes] = []
         size = 0
@@ -198,8 +197,8 @@ class HttpSender:
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
-                return b"".join(chunks)[:limit], True
-        return b"".join(chunks), False
+                break
+        return b"".join(chunks)[:limit]
 
 
 def _describe(exc: Any) -> str:

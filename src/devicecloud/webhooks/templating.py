@@ -275,9 +275,7 @@ def _topic_events(topic: str, text: str, unchunked: bool) -> tuple[tuple[str, st
     return tuple((f"{topic}/{index}", piece) for index, piece in enumerate(_chunks(limited, RESPONSE_CHUNK)))
 
 
-def response_events(
-    config: WebhookConfig, event: HookEvent, body: bytes, content_type: str | None
-) -> tuple[tuple[str, str], ...]:
+def response_events(config: WebhookConfig, event: HookEvent, body: bytes) -> tuple[tuple[str, str], ...]:
     """
     The ``hook-response`` events (name, data) for a successful response, chunked as the hosted cloud does.
     """

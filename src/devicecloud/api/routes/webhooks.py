@@ -87,8 +87,9 @@ def render_log(log: DeliveryLog) -> dict[str, Any]:
     return {"time": iso(log.at), "request": log.request, "response": log.response, "error": log.error}
 
 
-def _hook_url(request: Request, hook: Webhook) -> str:
-    return f"{_deps(request).settings.effective_public_url}/v1/webhooks/{hook.id}"
+def _created(request: Request, hook: Webhook, **extra: Any) -> JSONResponse:
+    hook_url = f"{_deps(request).settings.effective_public_url}/v1/webhooks/{hook.id}"
+    return JSONResponse({"ok": True, **extra, **render_summary(hook), "hookUrl": hook_url}, status_code=201)
 
 
 # ---------------------------------------------------------------------------------------- /v1/integrations
@@ -104,11 +105,11 @@ async def create_integration(
     request: Request, principal: Annotated[Principal, Depends(require("integrations:create"))]
 ) -> JSONResponse:
     hook = await _deps(request).webhooks.create(principal.user, await _params(request))
-    body = {"ok": True, **render_summary(hook), "hookUrl": _hook_url(request, hook)}
-    return JSONResponse(body, status_code=201)
+    return _created(request, hook)
 
 
 @router.get("/v1/integrations", summary="List integrations")
+@router.get("/v1/webhooks", summary="List webhooks (legacy)")
 async def list_integrations(
     request: Request, principal: Annotated[Principal, Depends(require("integrations:list"))]
 ) -> list[dict[str, Any]]:
@@ -176,16 +177,7 @@ async def create_webhook(
     params = await _params(request)
     params.pop("integration_type", None)
     hook = await _deps(request).webhooks.create(principal.user, params)
-    body = {"ok": True, **render_summary(hook), "hookUrl": _hook_url(request, hook)}
-    body.setdefault("name", hook.config.name or hook.config.event)
-    return JSONResponse(body, status_code=201)
-
-
-@router.get("/v1/webhooks", summary="List webhooks (legacy)")
-async def list_webhooks(
-    request: Request, principal: Annotated[Principal, Depends(require("integrations:list"))]
-) -> list[dict[str, Any]]:
-    return [render_summary(hook) for hook in await _deps(request).webhooks.list_hooks(principal.user)]
+    return _created(request, hook, name=hook.config.name or hook.config.event)
 
 
 @router.get("/v1/webhooks/{hook_id}", summary="Get a webhook (legacy)")
