@@ -74,6 +74,17 @@ async def test_list_and_get(client: httpx.AsyncClient, ada: Account, device: Vir
     assert "127.0.0.1" == body["last_ip_address"]
 
 
+async def test_system_firmware_version(
+    client: httpx.AsyncClient, ada: Account, device: VirtualDevice
+) -> None:
+    """The Device OS release of the system part the device describes shows in detail and in the list."""
+    expected = {ResponseStyle.PIGGYBACK: "0.7.0", ResponseStyle.SEPARATE: "2.3.0"}[device.response_style]
+    body = (await client.get(f"/v1/devices/{device.device_id}", headers=ada.auth)).json()
+    assert (expected, expected) == (body["system_firmware_version"], body["current_build_target"])
+    listed = (await client.get("/v1/devices", headers=ada.auth)).json()
+    assert [expected] == [d["system_firmware_version"] for d in listed]
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("vbool", True), ("vint", -42), ("vdouble", 1234.5678), ("vstring", "hello, cloud")],

@@ -4,15 +4,25 @@ Protocol values → domain values, and back, at the gateway's edge.
 Services never see protocol types (an import contract), so everything a link reports goes through here:
 the Hello becomes a `DeviceHelloInfo`, a Describe a `DeviceDescription`, a variable answer a
 `VariableReading`. Type codes become the names the Particle API shows (``bool``, ``int32``, ``double``,
-``string``).
+``string``), and the system modules' version number the Device OS release (``2301`` → ``"2.3.0"``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+from devicecloud.domain.device_os_versions import system_version_name
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
 from devicecloud.protocol import Description, HelloReceived, VariableType, VariableValue
 
-__all__ = ["describe_to_domain", "hello_to_domain", "reading_to_domain", "variable_type_code"]
+__all__ = [
+    "describe_to_domain",
+    "hello_to_domain",
+    "reading_to_domain",
+    "system_firmware_version",
+    "variable_type_code",
+]
 
 _TYPE_NAMES: dict[int, str] = {
     VariableType.BOOL: "bool",
@@ -38,7 +48,8 @@ def hello_to_domain(event: HelloReceived) -> DeviceHelloInfo:
 def describe_to_domain(description: Description) -> DeviceDescription:
     """
     A Describe as services store it. Parts the device did not send stay ``None``; variables of a type the
-    API cannot show (NULL, unknown codes) are left out.
+    API cannot show (NULL, unknown codes) are left out; the Device OS release comes from the system parts in
+    the module list (``None`` when it cannot be told, so the stored one stays).
     """
     variables = None
     if description.variables is not None:
@@ -48,11 +59,30 @@ def describe_to_domain(description: Description) -> DeviceDescription:
     return DeviceDescription(
         functions=description.functions,
         variables=variables,
-        # The module list carries version numbers, not the semver string the API shows; mapping one to
-        # the other needs Particle's release table, which we do not have yet.
-        system_firmware_version=None,
+        system_firmware_version=system_firmware_version(description.modules),
         modules=list(description.modules) if description.modules is not None else None,
     )
+
+
+def system_firmware_version(modules: Iterable[Any] | None) -> str | None:
+    """
+    The Device OS release the module list shows, from the version numbers of its system parts (function
+    ``"s"``).
+
+    Mid-upgrade the parts can disagree; the lowest is shown (the newer release is not complete yet).
+    Entries that are not modules, modules in another store than the main one (``"l"``: backup, factory, OTA
+    scratchpad) and versions that are not integers are ignored. ``None`` when no system part is listed or
+    its number is not in the release table.
+    """
+    versions = [
+        module["v"]
+        for module in modules or ()
+        if isinstance(module, dict)
+        and module.get("f") == "s"
+        and module.get("l", "m") == "m"
+        and type(module.get("v")) is int
+    ]
+    return system_version_name(min(versions)) if versions else None
 
 
 def variable_type_code(name: str | None) -> VariableType | None:

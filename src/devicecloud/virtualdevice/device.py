@@ -76,7 +76,13 @@ from devicecloud.virtualdevice.support import (
     Subscription,
 )
 
-__all__ = ["MAX_EVENT_DATA", "VIRTUAL_DEVICE_TIMING", "VirtualDevice"]
+__all__ = [
+    "MAX_EVENT_DATA",
+    "SYSTEM_MODULE_VERSIONS",
+    "VIRTUAL_DEVICE_TIMING",
+    "VirtualDevice",
+    "system_modules",
+]
 
 logger = structlog.get_logger("devicecloud.virtualdevice")
 
@@ -90,6 +96,19 @@ MAX_FUNCTION_ARGUMENT = 622
 VIRTUAL_DEVICE_TIMING = Timing(
     handshake_timeout=30.0, request_timeout=30.0, ping_after=15.0, idle_timeout=25.0
 )
+
+#: The system module version a device's Describe reports by default, per response style: Device OS 2.3.0
+#: (2301) for 2.x, 0.7.0 (207) for 0.x, both real Photon releases. The cloud shows the release as
+#: ``system_firmware_version``.
+SYSTEM_MODULE_VERSIONS = {ResponseStyle.SEPARATE: 2301, ResponseStyle.PIGGYBACK: 207}
+
+
+def system_modules(version: int) -> tuple[dict[str, object], ...]:
+    """
+    A Describe module list with one system part at ``version`` (module function ``"s"``, index 1), in the
+    shape Device OS writes; the other modules a real device lists (bootloader, user part) are left out.
+    """
+    return ({"f": "s", "n": "1", "v": version, "d": []},)
 
 
 class VirtualDevice:
@@ -113,7 +132,8 @@ class VirtualDevice:
         timing: protocol timeouts and keep-alive (default :data:`VIRTUAL_DEVICE_TIMING`).
         connect_timeout: seconds allowed for the TCP connect.
         max_argument_length: longer function arguments are refused with 4.00, as 2.x does.
-        modules: the Describe's ``"m"`` module list.
+        modules: the Describe's ``"m"`` module list (default: one system part of the style's release, see
+            :data:`SYSTEM_MODULE_VERSIONS`; ``()`` for none).
         now: the clock for protocol deadlines (monotonic seconds).
         random_bytes: the protocol's randomness source.
     """
@@ -136,7 +156,7 @@ class VirtualDevice:
         timing: Timing | None = None,
         connect_timeout: float = 10.0,
         max_argument_length: int = MAX_FUNCTION_ARGUMENT,
-        modules: tuple[object, ...] = (),
+        modules: tuple[object, ...] | None = None,
         now: Callable[[], float] = time.monotonic,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
@@ -156,7 +176,9 @@ class VirtualDevice:
         )
         self.response_style = response_style
         self.timing = timing or VIRTUAL_DEVICE_TIMING
-        self.modules = modules
+        self.modules = (
+            modules if modules is not None else system_modules(SYSTEM_MODULE_VERSIONS[response_style])
+        )
         self._now = now
         self._random_bytes = random_bytes
         self.log = logger.bind(device_id=self.device_id)
