@@ -25,18 +25,45 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield running
 
 
-def bearer(server: LiveServer) -> str:
-    response = httpx.post(
-        f"{server.url}/oauth/token",
-        data={
-            "grant_type": "password",
-            "username": server.email,
-            "password": server.password,
-            "expires_in": "0",
-        },
-        auth=("particle", "particle"),
-    )
-    return str(response.json()["access_token"])
+class Bearer:
+    """
+    A token of the server's account over one kept-alive client: the same token while it still works, a new
+    login only after a fuzzed request revoked it (a login per example, an argon2 hash and a fresh TLS
+    context each, made the whole run outgrow its timeout).
+    """
+
+    def __init__(self, server: LiveServer) -> None:
+        self._server = server
+        self._http = httpx.Client(base_url=server.url)
+        self._token: str | None = None
+
+    def token(self) -> str:
+        if self._token is not None:
+            check = self._http.get("/v1/user", headers={"Authorization": f"Bearer {self._token}"})
+            if check.status_code == 200:
+                return self._token
+        response = self._http.post(
+            "/oauth/token",
+            data={
+                "grant_type": "password",
+                "username": self._server.email,
+                "password": self._server.password,
+                "expires_in": "0",
+            },
+            auth=("particle", "particle"),
+        )
+        self._token = str(response.json()["access_token"])
+        return self._token
+
+    def close(self) -> None:
+        self._http.close()
+
+
+@pytest.fixture(scope="module")
+def bearer(server: LiveServer) -> Iterator[Bearer]:
+    tokens = Bearer(server)
+    yield tokens
+    tokens.close()
 
 
 # Event streams (GET …/events…) never end, so the fuzzer cannot read them (test_events_api.py covers them);
@@ -53,9 +80,9 @@ def api_schema(server: LiveServer) -> schemathesis.BaseSchema:
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_server_errors(case: schemathesis.Case, server: LiveServer) -> None:
+def test_no_server_errors(case: schemathesis.Case, server: LiveServer, bearer: Bearer) -> None:
     """Any generated request gets a 2xx/4xx JSON reply, never a 5xx."""
-    headers = {"Authorization": f"Bearer {bearer(server)}"} if case.path != "/oauth/token" else None
+    headers = {"Authorization": f"Bearer {bearer.token()}"} if case.path != "/oauth/token" else None
     response = case.call(base_url=server.url, headers=headers, timeout=10)
     assert response.status_code < 500, (case.as_curl_command(), response.text)
     if response.status_code != 204 and case.path != "/docs":
