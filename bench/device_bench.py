@@ -16,7 +16,10 @@ core 1, ``DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES=true`` so devices need no key regis
        three operations each after ~1 ms of unrelated work (cold caches: what they cost inside a server);
     2. ``_devicegen.py`` (bare device-role ``protocol.Connection`` s, reused device keys) runs ``workers``
        handshake loops: connect, handshake + Hello, close; a warm-up registers the ids, then the measured run.
-       Target: handshakes/s >= 0.8 x ceiling.
+       Target: handshakes/s >= 0.8 x ceiling;
+    3. the protocol floor: the same generator against ``_handshake_floor.py`` on core 0 (the server's
+       Connection, key, signer and loop behind a bare ``asyncio.Protocol``, nothing else) while the server
+       idles — what any server on this protocol core costs at least (decision 0009).
 
 ``idle``
     ``--idle-procs`` generator processes hold ``--devices`` ``VirtualDevice`` s connected (one asyncio task
@@ -70,6 +73,7 @@ from _common import (
     LoadResult,
     Outcome,
     Request,
+    ScriptProcess,
     Server,
     call,
     can_pin,
@@ -200,18 +204,26 @@ def measure_crypto(server: Server, iterations: int, pin: bool) -> dict[str, Any]
 
 
 def _handshake_run(
-    server: Server, keys: Path, *, workers: int, duration: float, pin: bool
+    server: Server,
+    keys: Path,
+    *,
+    workers: int,
+    duration: float,
+    pin: bool,
+    floor: tuple[ScriptProcess, int] | None = None,
 ) -> tuple[dict[str, Any], float, float]:
     """
-    One generator run; returns its figures, the server CPU seconds it cost and the generator's CPU seconds.
+    One generator run against the server (or, with ``floor`` = (process, port), against the protocol
+    floor); returns its figures, the CPU seconds it cost the serving process and the generator's CPU seconds.
     """
-    spec = {"mode": "handshake", "port": server.device_port, "server_public_key": _server_public_pem(server),
+    serving, port = floor if floor is not None else (server, server.device_port)
+    spec = {"mode": "handshake", "port": port, "server_public_key": _server_public_pem(server),
             "workers": workers, "duration": duration, "tag": 0xA000, "keys_file": str(keys)}  # fmt: skip
     with tempfile.TemporaryFile("w+") as out:
-        before = server.cpu_seconds()
+        before = serving.cpu_seconds()
         proc = subprocess.Popen(_generator_argv(spec, pin), stdout=out, stderr=subprocess.STDOUT, text=True)
         code, generator_cpu = wait_child(proc, timeout=duration + 120)
-        server_cpu = server.cpu_seconds() - before
+        server_cpu = serving.cpu_seconds() - before
         out.seek(0)
         output = out.read()
     line = next((ln for ln in output.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -219,6 +231,27 @@ def _handshake_run(
         raise BenchError(f"handshake generator exited with {code}:\n{output[-2000:]}")
     figures: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
     return figures, server_cpu, generator_cpu
+
+
+def _floor_run(
+    server: Server, keys: Path, args: argparse.Namespace, *, warmup: float, duration: float, pin: bool
+) -> tuple[dict[str, Any], float]:
+    """
+    The same generator against `_handshake_floor.py` (the protocol core alone, the server's key) on the
+    server's core, while the server idles; its figures and the floor process's CPU seconds.
+    """
+    floor = ScriptProcess("_handshake_floor.py", {"data_dir": str(server.data_dir)}, SERVER_CORE, pin)
+    try:
+        target = (floor, int(floor.expect("READY", timeout=60)["port"]))
+        _handshake_run(server, keys, workers=args.handshake_workers, duration=warmup, pin=pin, floor=target)
+        idle_before = server.cpu_seconds()
+        run, floor_cpu, _ = _handshake_run(
+            server, keys, workers=args.handshake_workers, duration=duration, pin=pin, floor=target
+        )
+        run["idle_server_cpu_share"] = (server.cpu_seconds() - idle_before) / run["duration_s"]
+    finally:
+        floor.finish()
+    return run, floor_cpu
 
 
 def bench_handshakes(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome:
@@ -233,6 +266,7 @@ def bench_handshakes(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome
         run, server_cpu, generator_cpu = _handshake_run(
             server, keys, workers=args.handshake_workers, duration=duration, pin=pin
         )
+        floor_run, floor_cpu = _floor_run(server, keys, args, warmup=warmup, duration=duration, pin=pin)
     # The ceiling: the RSA work of the code the server runs; beside it, the same work in cryptography alone.
     ceiling_us = (
         crypto["product_open_device_block"]
@@ -241,6 +275,7 @@ def bench_handshakes(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome
     )
     cg_ceiling_us = crypto["cg_decrypt_2048"] + crypto["cg_encrypt_1024"] + crypto["cg_private_op_2048"]
     rate = run["handshakes"] / run["duration_s"]
+    floor_rate = floor_run["handshakes"] / floor_run["duration_s"]
     per_handshake_us = server_cpu / run["handshakes"] * 1e6 if run["handshakes"] else float("nan")
     outcome.figures = {
         "crypto_us": crypto, "ceiling_us": ceiling_us, "ceiling_per_s": 1e6 / ceiling_us,
@@ -250,11 +285,15 @@ def bench_handshakes(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome
         "server_cpu_us_per_handshake": per_handshake_us, "server_cpu_share": server_cpu / run["duration_s"],
         "generator_cpu_share": run["cpu_s"] / run["duration_s"],
         "generator_process_cpu_s": generator_cpu,
+        "floor_run": floor_run, "floor_rate": floor_rate, "floor_ratio": floor_rate * ceiling_us / 1e6,
+        "floor_cpu_us_per_handshake": floor_cpu / floor_run["handshakes"] * 1e6 if floor_run["handshakes"]
+        else float("nan"), "floor_cpu_share": floor_cpu / floor_run["duration_s"],
+        "rate_of_floor": rate / floor_rate if floor_rate else float("nan"),
     }  # fmt: skip
-    if run["handshakes"] == 0:
-        outcome.failures.append("handshake: none completed")
-    if run["failures"]:
-        outcome.failures.append(f"handshake: {run['failures']} failed: {run['failure_reasons']}")
+    for name, figures in (("handshake", run), ("handshake floor", floor_run)):
+        if figures["handshakes"] == 0 or figures["failures"]:
+            done, failed = figures["handshakes"], figures["failures"]
+            outcome.failures.append(f"{name}: {done} done, {failed} failed: {figures['failure_reasons']}")
     if rate < HANDSHAKE_TARGET * 1e6 / ceiling_us:
         outcome.missed.append("handshakes/s below 0.8x the crypto ceiling")
     return outcome
@@ -295,6 +334,18 @@ def print_handshakes(o: Outcome) -> None:
         f" the rest (session state, protocol, asyncio, kernel)"
         f" {f['server_cpu_us_per_handshake'] - f['ceiling_us']:,.0f} µs;"
         f" generator CPU {f['generator_cpu_share'] * 100:.0f}% of core 1"
+    )
+    fr = f["floor_run"]
+    print(
+        f"protocol floor (the same Connection, key and loop behind a bare asyncio.Protocol: no link, key"
+        f" check, presence, events or timers): {fr['handshakes']} in {fr['duration_s']:.1f}s ="
+        f" {f['floor_rate']:,.1f}/s, p99 {fr['p99_ms']:.1f} ms, {fr['failures']} failed\n"
+        f"  = {f['floor_ratio']:.3f}x the crypto ceiling;"
+        f" floor process CPU {f['floor_cpu_us_per_handshake']:,.0f} µs per handshake"
+        f" ({f['floor_cpu_share'] * 100:.0f}% of its core): RSA {f['ceiling_us']:,.0f} µs, the"
+        f" rest {f['floor_cpu_us_per_handshake'] - f['ceiling_us']:,.0f} µs;"
+        f" the server reaches {f['rate_of_floor']:.3f}x the floor's rate (the idle server meanwhile:"
+        f" {fr['idle_server_cpu_share'] * 100:.1f}% of the core)"
     )
 
 
