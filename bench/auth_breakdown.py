@@ -12,9 +12,9 @@ the same database file, so the differences between lines are the cost each layer
     ASGI GET /v1/user         the full route in-process: middleware, dependency, verify, render, JSON
     HTTP (from auth_bench)    ``auth_bench.py`` adds uvicorn's HTTP parsing and the socket on top
 
-It also counts, per verification, the SQL statements sent (through SQLAlchemy or on the token lookup's
-own aiosqlite connection) and the round trips to aiosqlite's thread, and prints SQLite's plan for the
-lookup: one indexed search, no scan, no password hash.
+It also counts, per verification, the SQL statements sent (through SQLAlchemy, inline on the token lookup's
+own ``sqlite3`` connection, or on its aiosqlite fallback; decision 0010) and the round trips to aiosqlite's
+thread, and prints SQLite's plan for the lookup: one indexed search, no scan, no password hash.
 
 Run: ``taskset -c 0 python bench/auth_breakdown.py`` (one core, like the server in ``auth_bench.py``).
 """
@@ -34,12 +34,14 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy import event, text
+from sqlalchemy.dialects import sqlite
 
 from devicecloud.api.routes.users import render_user
 from devicecloud.runtime import Runtime, build_runtime
 from devicecloud.services.secrets import hash_secret
 from devicecloud.services.tokens import GrantRequest
 from devicecloud.settings import load_settings
+from devicecloud.store.sql.accounts import FIND_TOKEN_WITH_USER
 
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 EMAIL = "bench@example.com"
@@ -134,8 +136,15 @@ async def _measure_started(runtime: Runtime, n: int) -> dict[str, Any]:
         return await original_execute(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     aiosqlite.Connection._execute = counting_execute  # type: ignore[method-assign]
+    inline: sqlite3.Connection | None = None
+    inline_statements: list[str] = []
     try:
-        await runtime.tokens.verify(token)
+        await runtime.tokens.verify(token)  # opens the lookup's connections
+        # The inline reads run on a plain sqlite3 connection that neither SQLAlchemy nor aiosqlite sees: trace
+        # it. It is private to the store, hence the lookup by attribute names.
+        inline = getattr(getattr(runtime.store, "_token_lookup", None), "_inline", None)
+        if inline is not None:
+            inline.set_trace_callback(lambda sql: inline_statements.append(" ".join(sql.split())))
         statements.clear()
         raw_statements.clear()
         hops.clear()
@@ -143,19 +152,24 @@ async def _measure_started(runtime: Runtime, n: int) -> dict[str, Any]:
         # SQLAlchemy's own aiosqlite connections also pass through _execute: keep only what it did not see.
         seen = set(statements)
         statements.extend(t for t in raw_statements if t not in seen)
+        statements.extend(inline_statements)
         results["statements"] = [text[:60] for text in statements]
         results["statements_per_verify"] = len(statements)
         results["lookups_per_verify"] = sum(not t.upper().startswith(TRANSACTION_CONTROL) for t in statements)
+        results["inline_statements_per_verify"] = len(inline_statements)
         results["aiosqlite_hops"] = list(hops)
         results["aiosqlite_hops_per_verify"] = len(hops)
     finally:
         aiosqlite.Connection._execute = original_execute  # type: ignore[method-assign]
         event.remove(engine.sync_engine, "before_cursor_execute", count_statement)
+        if inline is not None:
+            inline.set_trace_callback(None)
 
     lookups = [text for text in statements if not text.upper().startswith(TRANSACTION_CONTROL)]
     if not lookups:
         raise RuntimeError(f"no lookup seen in a token check: {statements}")
-    sql = lookups[0]
+    # The statement as prepared (a trace shows it with its parameters filled in).
+    sql = str(FIND_TOKEN_WITH_USER.compile(dialect=sqlite.dialect()))
 
     # ---- the SQL alone, synchronous sqlite3 on a persistent connection
     raw = sqlite3.connect(db_path)
@@ -247,7 +261,8 @@ def render(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         f"per verification: {results['lookups_per_verify']} lookup, "
-        f"{results['statements_per_verify']} SQL statement(s) in all, "
+        f"{results['statements_per_verify']} SQL statement(s) in all"
+        f" ({results['inline_statements_per_verify']} inline on the loop's thread), "
         f"{results['aiosqlite_hops_per_verify']} round trips to aiosqlite's thread"
     )
     lines.append("  statements: " + " ; ".join(results["statements"]))
