@@ -461,6 +461,13 @@ def run_main(main: Callable[[], int]) -> None:
         sys.exit(1)
 
 
+def emit(word: str, payload: dict[str, Any]) -> None:
+    """
+    One ``WORD {json}`` line on stdout: how helper processes answer `ScriptProcess`.
+    """
+    print(f"{word} {json.dumps(payload)}", flush=True)
+
+
 class ScriptProcess:
     """
     One helper process (``script`` with a JSON spec), driven over stdin/stdout (``WORD {json}`` lines).

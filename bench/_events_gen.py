@@ -31,26 +31,17 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from _common import emit
+from devicecloud.cli.common import new_event_loop
+
 if TYPE_CHECKING:
+    from _devicegen import Fleet
     from devicecloud.virtualdevice import VirtualDevice
 
 BUCKET_US = 50
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        return asyncio.new_event_loop
-
-
-def emit(word: str, payload: dict[str, Any]) -> None:
-    print(f"{word} {json.dumps(payload)}", flush=True)
 
 
 async def read_commands() -> asyncio.Queue[list[str]]:
@@ -425,6 +416,16 @@ async def publish_round_robin(
     }
 
 
+async def connect_fleet(fleet: Fleet, count: int) -> None:
+    """
+    Bring the fleet to ``count`` devices, then answer ``STATE`` with their ids.
+    """
+    await fleet.connect(count)
+    state = fleet.state()
+    state["ids"] = [d.device_id for d in fleet.devices]
+    emit("STATE", state)
+
+
 async def run_devices(spec: dict[str, Any]) -> None:
     from _devicegen import Fleet
 
@@ -436,10 +437,7 @@ async def run_devices(spec: dict[str, Any]) -> None:
         while True:
             words = await commands.get()
             if words[0] == "connect":
-                await fleet.connect(int(words[1]))
-                state = fleet.state()
-                state["ids"] = [d.device_id for d in fleet.devices]
-                emit("STATE", state)
+                await connect_fleet(fleet, int(words[1]))
             elif words[0] == "publish":
                 per_device, duration = float(words[1]), float(words[2])
                 rate = per_device * len(fleet.devices)
@@ -474,7 +472,7 @@ def main() -> int:
         from _devicegen import raise_open_files
 
         raise_open_files()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         if mode == "readers":
             runner.run(run_readers(spec))
         elif mode == "publisher":

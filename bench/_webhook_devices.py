@@ -19,8 +19,10 @@ from typing import Any
 
 import structlog
 
+from _common import emit
 from _devicegen import Fleet, raise_open_files
-from _events_gen import _loop_factory, emit, publish_round_robin, read_commands
+from _events_gen import connect_fleet, publish_round_robin, read_commands
+from devicecloud.cli.common import new_event_loop
 
 
 async def publish(fleet: Fleet, name: str, rate: float, duration: float) -> dict[str, Any]:
@@ -38,10 +40,7 @@ async def run(spec: dict[str, Any]) -> None:
         while True:
             words = await commands.get()
             if words[0] == "connect":
-                await fleet.connect(int(words[1]))
-                state = fleet.state()
-                state["ids"] = [d.device_id for d in fleet.devices]
-                emit("STATE", state)
+                await connect_fleet(fleet, int(words[1]))
             elif words[0] == "publish":
                 emit("RESULT", await publish(fleet, words[1], float(words[2]), float(words[3])))
             elif words[0] == "report":
@@ -58,7 +57,7 @@ def main() -> int:
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(run(json.loads(sys.argv[1])))
     return 0
 

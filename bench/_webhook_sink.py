@@ -36,21 +36,11 @@ from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qs
 
+from _common import emit
+from devicecloud.cli.common import new_event_loop
+
 BUCKET_US = 50
 RATE_BUCKET_NS = 100_000_000  # receipts counted per 100 ms
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        return asyncio.new_event_loop
-
-
-def emit(word: str, payload: dict[str, Any]) -> None:
-    print(f"{word} {json.dumps(payload)}", flush=True)
 
 
 class Tally:
@@ -258,7 +248,7 @@ async def run(spec: dict[str, Any]) -> None:
 
 def main() -> int:
     spec: dict[str, Any] = json.loads(sys.argv[1])
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(run(spec))
     return 0
 

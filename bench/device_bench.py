@@ -48,20 +48,18 @@ import argparse
 import json
 import os
 import platform
-import queue
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -80,7 +78,6 @@ from _common import (
     format_table,
     get_token,
     pinned,
-    process_cpu_seconds,
     report,
     run_load,
     run_main,
@@ -352,60 +349,22 @@ def print_handshakes(o: Outcome) -> None:
 # ---------------------------------------------------------------------------------------------- fleets
 
 
-class Fleet:
+class Fleet(ScriptProcess):
     """
     One ``_devicegen.py`` process in devices mode, driven over its stdin/stdout.
     """
 
     def __init__(self, spec: dict[str, Any], pin: bool) -> None:
-        self.proc = subprocess.Popen(
-            _generator_argv(spec, pin), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, bufsize=1,
-        )  # fmt: skip
-        self._lines: queue.Queue[str] = queue.Queue()
-        self._errors: list[str] = []
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
-        threading.Thread(target=self._keep_tail, args=(self.proc.stderr,), daemon=True).start()
-
-    @staticmethod
-    def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
-        for line in stream:
-            lines.put(line)
-
-    def _keep_tail(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._errors = [*self._errors[-20:], line]
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
+        super().__init__("_devicegen.py", spec, LOADGEN_CORE, pin)
 
     def state(self, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                if time.monotonic() >= deadline or self.proc.poll() is not None:
-                    raise BenchError(f"device generator gave no state:\n{''.join(self._errors)}") from None
-                continue
-            if line.startswith("STATE "):
-                state: dict[str, Any] = json.loads(line.removeprefix("STATE "))
-                return state
-
-    def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.proc.pid)
+        return self.expect("STATE", timeout)
 
     def quit(self) -> float:
         """
         Stop the devices and the process; its CPU seconds.
         """
-        if self.proc.poll() is None:
-            self.send("quit")
-        return wait_child(self.proc, timeout=120)[1]
+        return self.finish()
 
 
 @contextmanager
