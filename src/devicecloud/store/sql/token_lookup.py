@@ -92,6 +92,7 @@ class TokenLookup:
         self._opening = asyncio.Lock()
         self._inline: sqlite3.Connection | None = None
         self._inline_thread: int | None = None  # the thread that opened it: the only one that uses it
+        self._closed = False
         #: Reads that met a busy database inline and took the hop instead (for tests and metrics).
         self.busy_fallbacks = 0
 
@@ -133,7 +134,7 @@ class TokenLookup:
         """
         connection = self._inline
         if connection is None:
-            if self._inline_thread is not None:  # opened, then closed: the store is closing
+            if self._closed:  # the store is closing: do not open a connection nobody closes
                 return None
             # timeout=0: never wait for a lock on the loop's thread (the hop waits instead).
             connection = sqlite3.connect(
@@ -164,9 +165,9 @@ class TokenLookup:
         return connection
 
     async def close(self) -> None:
+        self._closed = True
         inline, self._inline = self._inline, None
         if inline is not None:
-            self._inline_thread = -1  # not None: no reopening
             inline.close()
         if self._connection is not None:
             connection, self._connection = self._connection, None
