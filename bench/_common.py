@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from _results import Table, record
+
 BENCH_DIR = Path(__file__).resolve().parent
 SERVER_CORE = 0
 LOADGEN_CORE = 1
@@ -425,17 +427,27 @@ class Outcome:
     figures: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
+    table: Table | None = None  # what bench/results/ records and bench/README.md shows of this section
 
 
 def report(
-    outcomes: dict[str, Outcome], *, json_path: Path | None, smoke: bool, pin: bool, started: float
+    benchmark: str,
+    outcomes: dict[str, Outcome],
+    *,
+    json_path: Path | None,
+    smoke: bool,
+    pin: bool,
+    started: float,
 ) -> int:
     """
-    Print missed targets and failures, write the JSON figures, and give the exit status: 1 on a failure,
-    3 when a full run missed a target, else 0.
+    Record the sections' tables (`_results.record`: only those that did not fail), print missed targets and
+    failures, write the JSON figures, and give the exit status: 1 on a failure, 3 when a full run missed a
+    target, else 0.
     """
     failures = [f for o in outcomes.values() for f in o.failures]
     missed = [m for o in outcomes.values() for m in o.missed]
+    tables = {name: o.table for name, o in outcomes.items() if o.table is not None and not o.failures}
+    record(benchmark, tables, smoke=smoke)
     if json_path is not None:
         meta = {"date": datetime.now(UTC).isoformat(), "smoke": smoke, "pinned": pin}
         figures = {k: o.figures for k, o in outcomes.items()}

@@ -40,17 +40,20 @@ from _common import (
     BenchError,
     LoadResult,
     Request,
+    Table,
     call,
     can_pin,
     format_table,
     get_token,
     login_request,
     pinned,
+    record,
     run_load,
     running_server,
 )
 
 TARGET_USER_RPS = 3000.0
+RUNS_TITLE = "GET /v1/user (target ≥ 3,000 req/s) and POST /oauth/token (against 1 / one argon2 verify)"
 EMAIL = "bench@example.com"
 PASSWORD = "bench-password-1"  # noqa: S105 - a throwaway account in a temporary data dir
 
@@ -271,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'note' if smoke else 'MISSED'}: GET /v1/user below {TARGET_USER_RPS:,.0f} req/s"
               + (" (not enforced in --smoke)" if smoke else ""))  # fmt: skip
 
+    if not failures:
+        record("auth", {"runs": Table(RUNS_TITLE, header, [_row(r) for r in results])}, smoke=smoke)
     if args.json is not None:
         args.json.write_text(json.dumps({
             "date": datetime.now(UTC).isoformat(), "mode": mode, "pinned": pin,

@@ -73,6 +73,7 @@ from _common import (
     Request,
     ScriptProcess,
     Server,
+    Table,
     call,
     can_pin,
     format_table,
@@ -96,6 +97,9 @@ P99_TARGET_MS = 50.0
 P99_RATE = 500.0
 DEVICE_ENV = {"DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES": "true"}
 NO_DEMO = ("--no-demo-device",)
+HANDSHAKE_TITLE = "Handshakes per second on one server core (target ≥ 0.8× the crypto ceiling)"
+IDLE_TITLE = "Idle connected devices (targets: ≥ 10,000 held, ≤ 30 KB of server RSS per device)"
+CALLS_TITLE = "Function calls through the REST API (targets: ≥ 1,000 calls/s; p99 ≤ 50 ms at 500 calls/s)"
 
 
 def _server_public_pem(server: Server) -> str:
@@ -344,6 +348,17 @@ def print_handshakes(o: Outcome) -> None:
         f" the server reaches {f['rate_of_floor']:.3f}x the floor's rate (the idle server meanwhile:"
         f" {fr['idle_server_cpu_share'] * 100:.1f}% of the core)"
     )
+    o.table = Table(
+        HANDSHAKE_TITLE,
+        ["run", "ceiling (RSA, tight loop)", "server", "server ÷ ceiling", "server CPU / handshake", "floor",
+         "floor ÷ ceiling", "floor CPU / handshake", "server ÷ floor"],
+        [[f"{f['workers']} device loops, {run['duration_s']:.0f} s",
+          f"{f['ceiling_us']:,.0f} µs = {f['ceiling_per_s']:,.0f}/s",
+          f"{f['rate']:,.1f}/s (p99 {run['p99_ms']:.1f} ms)", f"{f['ratio']:.3f}×",
+          f"{f['server_cpu_us_per_handshake']:,.0f} µs", f"{f['floor_rate']:,.1f}/s",
+          f"{f['floor_ratio']:.3f}×",
+          f"{f['floor_cpu_us_per_handshake']:,.0f} µs", f"{f['rate_of_floor']:.3f}×"]],
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- fleets
@@ -488,6 +503,20 @@ def print_idle(o: Outcome) -> None:
         f" server sockets at the end {f['sockets_end']:,}; open-file limit {f['nofile'][0]:,};"
         f" generators' CPU {f['generator_cpu_s']:.0f}s in all"
     )
+    end = f["end"]
+    o.table = Table(
+        IDLE_TITLE,
+        ["devices", "server RSS", "per device over the 0 baseline", "note"],
+        [["0", f"{f['rss0'] / mib:.1f} MiB", "", "after start, before any device"],
+         [f"{f['connected_1k']:,}", f"{f['rss_1k'] / mib:.1f} MiB", "", ""],
+         [f"{f['connected_after_connect']:,}", f"{f['rss_all'] / mib:.1f} MiB",
+          f"{f['per_device_kb']:.1f} KB ({f['marginal_kb']:.1f} KB marginal from {f['connected_1k']:,})",
+          f"after connecting ({f['connect_s']:.0f} s)"],
+         [f"{end['connected']:,}", f"{f['rss_end'] / mib:.1f} MiB", "",
+          f"after the {f['hold_s']:.0f} s hold: {end['disconnects']} disconnects,"
+          f" {end['connect_failures']} connect failures,"
+          f" {end['pings_received_total']:,} server pings answered"]],
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- calls
@@ -573,6 +602,7 @@ def print_calls(o: Outcome, results: list[LoadResult]) -> None:
     ]  # fmt: skip
     print(f"\nfunction calls through the REST API to {o.figures['devices']} virtual devices:")
     print(format_table(rows))
+    o.table = Table(CALLS_TITLE, rows[0], rows[1:])
     peak, paced = results
     print(f"  most calls/s {peak.rate:,.0f} = {peak.rate / CALLS_TARGET:.2f}x the"
           f" {CALLS_TARGET:,.0f}/s target;"
@@ -655,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as exc:
                 outcomes[section] = Outcome(failures=[f"{section}: {exc}"])
 
-    return report(outcomes, json_path=args.json, smoke=smoke, pin=pin, started=started)
+    return report("device", outcomes, json_path=args.json, smoke=smoke, pin=pin, started=started)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from _common import (
     Request,
     ScriptProcess,
     Server,
+    Table,
     call,
     can_pin,
     format_table,
@@ -73,6 +74,8 @@ INGEST_TARGET = 5_000.0
 INGEST_MIN_DEVICES = 1_000
 STREAMS_PER_READER = 250
 DEFAULT_POINTS = "1x100,10x100,100x100,500x100,1000x50,1000x100"
+FANOUT_TITLE = "Fan-out to SSE streams (target: ≥ 50,000 deliveries/s with p99 ≤ 100 ms)"
+INGEST_TITLE = "Ingest from many devices into one stream (target: ≥ 5,000 events/s from ≥ 1,000 devices)"
 
 
 class Child(ScriptProcess):
@@ -278,6 +281,7 @@ def print_fanout(o: Outcome) -> None:
     ]
     print("\nfan-out (POST /v1/devices/events → SSE streams /v1/devices/events/benchfan)")
     print(format_table(rows))
+    o.table = Table(FANOUT_TITLE, rows[0], rows[1:])
 
 
 # ---------------------------------------------------------------------------------------------- ingest
@@ -440,6 +444,7 @@ def print_ingest(o: Outcome) -> None:
              f"{f['server_cpu_us_per_event']:.0f}", f"{f['devices_cpu_share']:.0%}",
              f"{f['reader_cpu_share']:.0%}"]]  # fmt: skip
     print(format_table(rows))
+    o.table = Table(INGEST_TITLE, rows[0], rows[1:])
     print(
         f"connect: {f['connected']:,} devices in {f['connect_s']:.1f}s "
         f"({f['connect_server_cpu_ms_per_device']:.1f} ms server CPU each); claims {f['claim_s']:.1f}s; "
@@ -518,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as exc:
                 outcomes[section] = Outcome(failures=[f"{section}: {exc}"])
 
-    return report(outcomes, json_path=args.json, smoke=smoke, pin=pin, started=started)
+    return report("events", outcomes, json_path=args.json, smoke=smoke, pin=pin, started=started)
 
 
 if __name__ == "__main__":

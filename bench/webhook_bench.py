@@ -87,6 +87,7 @@ from _common import (
     Request,
     ScriptProcess,
     Server,
+    Table,
     call,
     can_pin,
     format_table,
@@ -108,6 +109,10 @@ PREFIX = "benchhook"
 HEALTHY_HOST = "127.0.0.1"
 HANG_HOST = "127.0.0.2"  # all of 127/8 is loopback on Linux: another host name for the per-host throttle
 THROUGHPUT_TARGET = 2_000.0
+SINK_TITLE = "Sink capacity (the baseline: the sink is not the bottleneck)"
+THROUGHPUT_TITLE = "Deliveries per second (targets: ≥ 2,000/s; p99 ≤ 200 ms at 500/s)"
+BREAKDOWN_TITLE = "Where a delivery's server CPU goes (in-process, batches of the claim size)"
+HANG_TITLE = "A hanging target beside a healthy one (target: the healthy one keeps ≥ 0.9× its deliveries/s)"
 P99_TARGET_MS = 200.0
 P99_AT = 500.0
 HANG_RATIO_TARGET = 0.9
@@ -534,7 +539,10 @@ def _credited(row: dict[str, Any]) -> float:
     return measured
 
 
-def print_rows(title: str, rows: list[dict[str, Any]]) -> None:
+def print_rows(title: str, rows: list[dict[str, Any]]) -> list[list[str]]:
+    """
+    Print the runs as a table; the table (header first).
+    """
     table = [["run", "offered/s", "sustained/s", "deliveries/s", "in window/s", "delivered/expected",
               "missing", "dups", "p50 ms", "p99 ms", "max ms", "server CPU", "µs/delivery", "outbox end/most",
               "sink CPU", "source CPU", "source lag", "others"]]  # fmt: skip
@@ -563,6 +571,7 @@ def print_rows(title: str, rows: list[dict[str, Any]]) -> None:
     ]
     print(f"\n{title}")
     print(format_table(table))
+    return table
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -612,6 +621,12 @@ def bench_sink(args: argparse.Namespace, pin: bool) -> Outcome:
     )  # fmt: skip
     if f["errors"] or rep["bad"] or not figures["requests"]:
         outcome.failures.append(f"sink capacity: errors {f['errors']}, unreadable {rep['bad']}")
+    outcome.table = Table(
+        SINK_TITLE,
+        ["generator", "req/s", "p99 ms", "sink CPU", "sink µs/request", "generator CPU"],
+        [[generator, f"{f['req_per_s']:,.0f}", f"{f['p99_ms']:.1f}", f"{f['sink_cpu_share']:.0%}",
+          f"{f['sink_us_per_request']:.0f}", f"{f['generator_cpu_share']:.0%}"]],
+    )  # fmt: skip
     print(
         f"  sink capacity ({generator} on core {SERVER_CORE}, 32 connections): {f['req_per_s']:,.0f} req/s, "
         f"p99 {f['p99_ms']:.1f} ms, sink CPU {f['sink_cpu_share']:.0%} "
@@ -749,7 +764,8 @@ def print_throughput(o: Outcome) -> None:
     rows = o.figures.get("rows", [])
     if not rows:
         return
-    print_rows("throughput (POST /v1/devices/events → hooks → sink on core 1)", rows)
+    table = print_rows("throughput (POST /v1/devices/events → hooks → sink on core 1)", rows)
+    o.table = Table(THROUGHPUT_TITLE, table[0], table[1:])
     extra = [["run", "server µs/event", "µs/delivery: all", "event loop thread", "other threads (SQLite)",
               "webhook only (publish taken out)", "outbox after"]]  # fmt: skip
     for r in rows:
@@ -847,7 +863,9 @@ def print_hang(o: Outcome) -> None:
     if not pairs:
         return
     rows = [r for p in pairs for r in (p["alone"], p["hang"])]
-    print_rows("hanging target (healthy hooks → 127.0.0.1; hanging hook → 127.0.0.2, never answers)", rows)
+    title = "hanging target (healthy hooks → 127.0.0.1; hanging hook → 127.0.0.2, never answers)"
+    table = print_rows(title, rows)
+    o.table = Table(HANG_TITLE, table[0], table[1:])
     for p in pairs:
         print(
             f"{p['alone']['label']}: with the hanging target {p['ratio']:.3f}× the deliveries/s "
@@ -896,6 +914,7 @@ def print_breakdown(o: Outcome) -> None:
                      f"{v['statements_per_round']:g}"])  # fmt: skip
     rows.append(["total", f"{total:.1f}", "100%", ""])
     print(format_table(rows))
+    o.table = Table(BREAKDOWN_TITLE, rows[0], rows[1:])
     print(
         f"event_context alone {f['event_context_us']:.1f} µs; one Mustache render {f['one_render_us']:.1f} µs"
     )
@@ -978,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
             outcomes[section] = Outcome(failures=[f"{section}: {exc}"])
         print(f"[{section}: {time.monotonic() - section_began:.1f}s]", flush=True)
     keys_dir.cleanup()
-    return report(outcomes, json_path=args.json, smoke=smoke, pin=pin, started=began)
+    return report("webhook", outcomes, json_path=args.json, smoke=smoke, pin=pin, started=began)
 
 
 if __name__ == "__main__":

@@ -125,15 +125,3 @@ async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """
-    The shared/ folder beside the repository (reference docs, conformance recordings).
-    """
-    override = os.environ.get("DEVICECLOUD_SHARED_DIR")
-    path = Path(override) if override else Path(__file__).resolve().parents[1].parent / "shared"
-    if not path.is_dir():
-        pytest.skip(f"shared/ not found at {path}")
-    return path

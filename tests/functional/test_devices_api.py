@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
-from tests.support.devices import connect_device, virtual_device, wait_until
+from tests.support.devices import connect_device, handled, virtual_device, wait_until
 
 from devicecloud.protocol import ResponseStyle
 from devicecloud.runtime import Runtime
@@ -277,7 +277,6 @@ async def test_unknown_device_waits_for_approval(
     identity = generate_identity()
     device = virtual_device(runtime, identity)
     await device.start()
-    await asyncio.sleep(0)
 
     async def recorded() -> bool:
         return [identity.device_id] == [p.device_id for p in await runtime.device_keys.pending()]
@@ -308,7 +307,7 @@ async def test_claim_code_presented_by_the_device(
         again = await connect_device(client, None, runtime)
         try:
             await again.publish("spark/device/claim/code", code, private=True)
-            await asyncio.sleep(0.2)
+            await handled(runtime, again.device_id)  # the gateway has run the claim hook for that event
             listed = (await client.get("/v1/devices", headers=ada.auth)).json()
             assert [device.device_id] == [d["id"] for d in listed]
         finally:

@@ -12,7 +12,6 @@ part of the gateway yet, so a replay stops at the first OTA operation.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 from tests.support.clock import FakeClock
+from tests.support.conformance import KEYS, load_transcript
 from tests.support.gateway_fakes import GUARD, FakeSessions
 
 from devicecloud.errors import DeviceOffline, DeviceTimedOut, InvalidInput
@@ -265,12 +265,9 @@ class Replay:
 
 
 @pytest.mark.parametrize("name", TRANSCRIPTS)
-async def test_gateway_replays_recording(name: str, shared_dir: Path) -> None:
+async def test_gateway_replays_recording(name: str) -> None:
     """Every server byte the gateway sends matches the recording, and each operation gets its answer."""
-    corpus = shared_dir / "conformance"
-    if not (corpus / "index.json").is_file():
-        pytest.skip(f"conformance corpus not found at {corpus}")
-    replay = Replay(json.loads((corpus / "transcripts" / f"{name}.json").read_text()), corpus / "keys")
+    replay = Replay(load_transcript(name), KEYS)
     await replay.run()
     replay.check_outcomes()
     assert not replay.random.chunks, "recorded randomness left unused"

@@ -25,6 +25,7 @@ from tests.support.gateway_fakes import (
     device_key,
     running_gateway,
     server_key,
+    until,
 )
 
 from devicecloud.gateway import DeviceGateway
@@ -78,15 +79,6 @@ async def assert_closed_by_gateway(reader: asyncio.StreamReader, writer: asyncio
     finally:
         writer.close()
         await writer.wait_closed()
-
-
-async def until(predicate: object) -> None:
-    """Yield to the loop until ``predicate()`` holds (bounded by the real-time guard)."""
-    assert callable(predicate)
-    async with asyncio.timeout(GUARD):
-        # Socket teardown and task exit have no event to wait on; poll briefly (never a timing assumption).
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
 
 
 def warnings_in(logs: Sequence[Mapping[str, object]]) -> list[str]:

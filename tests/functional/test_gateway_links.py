@@ -20,6 +20,7 @@ from tests.support.gateway_fakes import (
     TestDevice,
     connected_device,
     running_gateway,
+    until,
 )
 
 from devicecloud.clock import SystemClock
@@ -219,7 +220,7 @@ async def test_silent_device_times_out_then_goes_offline_after_the_keepalive_win
     """A device that stops answering mid-call: DeviceTimedOut at the timeout, offline at idle_timeout."""
     device.silent = True
     call = asyncio.create_task(gateway.control.call_function(device.id, "len", "abc", timeout=TIMEOUT))
-    await asyncio.sleep(0)  # let the call send its request (a yield, not a wait)
+    await until(lambda: 1 == gateway.statistics().requests)  # sent, its timeout armed on the clock
     clock.advance(TIMEOUT - 0.001)
     await asyncio.sleep(0)
     assert not call.done()

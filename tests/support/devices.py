@@ -46,6 +46,17 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Non
         await asyncio.sleep(0.02)
 
 
+async def handled(runtime: Runtime, device_id: str) -> None:
+    """
+    Wait until the gateway has handled everything the device sent before this call (a barrier, not a sleep).
+
+    A link awaits the services for what one read brought before it reads again, so the answer to a second
+    ping is read only after the hooks of anything that arrived before, or together with, the first answer.
+    """
+    for _ in range(2):
+        assert await runtime.gateway.control.ping(device_id, timeout=10.0), "the device is not linked"
+
+
 def virtual_device(runtime: Runtime, identity: DeviceIdentity, **options: Any) -> VirtualDevice:
     """
     A virtual device with ``identity`` aimed at the test runtime's gateway (not started, no reconnects).

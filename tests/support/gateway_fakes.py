@@ -315,3 +315,13 @@ async def connected_device(gateway: DeviceGateway, sessions: FakeSessions, devic
     await device.online()
     await sessions.wait_for(lambda: sessions.count("device_described", device.id) > 0)
     return device
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """
+    Yield to the loop until ``predicate()`` holds (bounded by the real-time guard).
+    """
+    async with asyncio.timeout(GUARD):
+        # Socket teardown and task steps have no event to wait on; poll briefly (never a timing assumption).
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)

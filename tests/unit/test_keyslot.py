@@ -4,20 +4,18 @@ The server key slot image matches what a real device was given (conformance keys
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from cryptography.hazmat.primitives import serialization
+from tests.support.conformance import KEYS
 
 from devicecloud.protocol.errors import LocalProtocolError
 from devicecloud.protocol.keyslot import server_key_slot
 
 
-def test_slot_matches_the_recorded_device_slot(shared_dir: Path) -> None:
+def test_slot_matches_the_recorded_device_slot() -> None:
     """127.0.0.1 and the default port give the exact 512 bytes the conformance device used."""
-    keys = shared_dir / "conformance" / "keys"
-    expected = (keys / "server_key_slot.bin").read_bytes()
-    der = (keys / "server_public.der").read_bytes()
+    expected = (KEYS / "server_key_slot.bin").read_bytes()
+    der = (KEYS / "server_public.der").read_bytes()
     assert expected == server_key_slot(der, "127.0.0.1")
 
 

@@ -11,14 +11,13 @@ frame labels.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.conformance import CORPUS, KEYS, load_transcript, transcript_names
 
 from devicecloud.protocol import (
     NEED_DATA,
@@ -64,28 +63,6 @@ from devicecloud.protocol import (
     load_public_key,
     raw_signer,
 )
-
-
-def _shared_dir() -> Path | None:
-    env = os.environ.get("DEVICECLOUD_SHARED_DIR")
-    if env:
-        return Path(env)
-    repo_root = Path(__file__).resolve().parents[3]
-    return repo_root.parent / "shared"
-
-
-SHARED = _shared_dir()
-CONFORMANCE = SHARED / "conformance" if SHARED else None
-HAVE_CORPUS = CONFORMANCE is not None and (CONFORMANCE / "index.json").is_file()
-
-
-def _transcript_names() -> list[Any]:
-    if not HAVE_CORPUS or CONFORMANCE is None:
-        reason = f"conformance corpus not found at {CONFORMANCE} (set DEVICECLOUD_SHARED_DIR)"
-        return [pytest.param("absent", marks=pytest.mark.skip(reason=reason))]
-    index = json.loads((CONFORMANCE / "index.json").read_text())
-    return [t["name"] for t in index["transcripts"]]
-
 
 # d2s label → the event types the cloud must yield for that frame.
 EXPECTED_EVENTS: dict[str, list[type[Event]]] = {
@@ -151,13 +128,12 @@ class Replay:
         self.name: str = transcript["name"]
         params = transcript["server_params"]
         self.params = params
-        keys_dir = CONFORMANCE / "keys" if CONFORMANCE else Path()
-        self.server_key = load_private_key((keys_dir / "server_private.pem").read_bytes())
+        self.server_key = load_private_key((KEYS / "server_private.pem").read_bytes())
         # The gateway signs through OpenSSL (rawsign); the reference is the Python code. Same bytes.
         self.signer = raw_signer(self.server_key) if signer == "gateway" else None
-        self.device_key = load_public_key((keys_dir / "device_public.pem").read_bytes())
-        self.device_private = load_private_key((keys_dir / "device_private.der").read_bytes())
-        self.device_id = (keys_dir / "device_id.txt").read_text().strip()
+        self.device_key = load_public_key((KEYS / "device_public.pem").read_bytes())
+        self.device_private = load_private_key((KEYS / "device_private.der").read_bytes())
+        self.device_id = (KEYS / "device_id.txt").read_text().strip()
         self.conn: Connection | None = None
         self.out = bytearray()
         self.timer_events: list[Event] = []
@@ -367,17 +343,11 @@ class Replay:
             assert self.ota["fast"] == event.fast
 
 
-def _load(name: str) -> dict[str, Any]:
-    assert CONFORMANCE is not None
-    data: dict[str, Any] = json.loads((CONFORMANCE / "transcripts" / f"{name}.json").read_text())
-    return data
-
-
 @pytest.mark.parametrize("signer", ["gateway", "reference"])
-@pytest.mark.parametrize("name", _transcript_names())
+@pytest.mark.parametrize("name", transcript_names())
 def test_replay_transcript(name: str, signer: str) -> None:
     """The cloud reproduces every deterministic server byte of the recording and yields its events."""
-    replay = Replay(_load(name), signer)
+    replay = Replay(load_transcript(name), signer)
     replay.run()
     if name == "neg_app_errors":
         # The unknown function never returns: it times out (5 s); the 64-byte argument got ACK 4.00.
@@ -387,11 +357,9 @@ def test_replay_transcript(name: str, signer: str) -> None:
         assert replay.timer_events == []
 
 
-@pytest.mark.skipif(not HAVE_CORPUS, reason="conformance corpus not found (set DEVICECLOUD_SHARED_DIR)")
 def test_every_frame_decrypts_with_the_iv_chain() -> None:
     """Each recorded frame decrypts with K and its direction's running IV chain (reset per TCP connection)."""
-    assert CONFORMANCE is not None
-    for path in sorted((CONFORMANCE / "transcripts").glob("*.json")):
+    for path in sorted((CORPUS / "transcripts").glob("*.json")):
         transcript = json.loads(path.read_text())
         keys = crypto.SessionKeys.from_material(
             bytes.fromhex(transcript["server_params"]["session_key_material_hex"])
@@ -405,3 +373,11 @@ def test_every_frame_decrypts_with_the_iv_chain() -> None:
                 assert int.from_bytes(raw[:2], "big") == len(raw) - 2
                 plaintext = chains[r["dir"]].decrypt(raw[2:])
                 assert r["plaintext_hex"] == plaintext.hex(), f"{path.name} record {r['i']}"
+
+
+def test_the_whole_corpus_is_in_the_repository() -> None:
+    """Every key and transcript the index lists is in tests/conformance/: no clone replays part of it."""
+    index = json.loads((CORPUS / "index.json").read_text())
+    listed = [KEYS / name for name in index["keys"]] + [CORPUS / t["file"] for t in index["transcripts"]]
+    assert [] == [str(path) for path in listed if not path.is_file()]
+    assert 9 == len(transcript_names())
