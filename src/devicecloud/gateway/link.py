@@ -18,9 +18,12 @@ Theory of operation:
       → the ``on_subscribe`` hook) are queued, and the task awaits them in order before it reads again.
       While it awaits, it does not read: a slow service slows that one device down and nothing else.
 
-    Device events: the hook says whether the event was accepted (False = over the device's publish limit).
-    A CON event (published WITH_ACK) is answered only then: an empty ACK, or ACK 4.00 when refused; a
-    refused NON event is simply dropped. Without a hook every event is accepted.
+    Device events: the hook says whether the event was accepted (False = over the device's publish limit)
+    or raises `InvalidInput` when it breaks the API's rules (too long, not UTF-8, …); a name that is not
+    UTF-8 is refused here without asking. A CON event (published WITH_ACK) is answered only then: an empty
+    ACK, or ACK 4.00 when refused; a refused NON event is simply dropped. Invalid events are counted, and
+    the first of each link is logged at INFO (the rest at DEBUG: a device cannot flood the log). Without
+    a hook every valid event is accepted.
 
     Device subscriptions: the link keeps the distinct subscriptions its device asked for (devices send them
     again after every Hello; a repeat changes nothing) and ONE feed covering all of them, opened by the
@@ -28,7 +31,9 @@ Theory of operation:
     per link (started with the first feed) reads the feed and sends each event once as a NON ``/e/``
     (``/E/`` when private) message, the name split into Uri-Path segments, Max-Age when the ttl is not 60.
     When the link ends, the feed is closed and the forwarder stopped. If the bus drops the feed (the
-    forwarder fell too far behind) the link is closed; the device reconnects and subscribes again.
+    forwarder fell too far behind) the link is closed; the device reconnects and subscribes again. An
+    event that cannot be sent (a name the protocol cannot carry, text that cannot be encoded) is skipped,
+    logged and counted: one bad event never ends the link of a device that merely subscribed to it.
 
     A link reports ``device_connected`` once, after the Hello, and then ``device_disconnected`` exactly
     once when it ends, unless a newer link of the same device has taken its place (see `registry`).
@@ -47,7 +52,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from devicecloud.errors import DeviceOffline, DeviceTimedOut
+from devicecloud.errors import DeviceOffline, DeviceTimedOut, InvalidInput
 from devicecloud.gateway.context import DeviceSubscription
 from devicecloud.gateway.translate import describe_to_domain, hello_to_domain
 from devicecloud.protocol import (
@@ -116,6 +121,8 @@ _AWAITED = (DeviceIdentified, HelloReceived, DescribeReceived)
 MAX_SUBSCRIPTIONS = 32
 # Events to devices carry Max-Age only when their ttl differs from this.
 DEFAULT_EVENT_TTL = 60
+# Event names in log lines are cut to this many characters (a device may send thousands).
+LOGGED_NAME_LENGTH = 64
 _SCOPE_NAMES: dict[SubscriptionScope, SubscriptionScopeName] = {
     SubscriptionScope.ALL_DEVICES: "all",
     SubscriptionScope.MY_DEVICES: "mine",
@@ -157,6 +164,7 @@ class Link:
         self._feed: EventFeed | None = None
         self._forwarder: asyncio.Task[None] | None = None
         self._ending = False
+        self._invalid_logged = False  # the link's first invalid event is logged at INFO, the rest at DEBUG
         self._log = logger.bind(ip=ip_address)
 
     @property
@@ -272,12 +280,22 @@ class Link:
         Hand a device's event to the hook; answer a CON event with the hook's verdict.
         """
         self._ctx.counters.events_received += 1
-        accepted = True
-        if self._ctx.on_event is not None and self.device_id is not None and self._connected:
-            accepted = await self._ctx.on_event(self.device_id, event)
+        accepted, invalid = True, None if event.name_utf8 else "The event name is not UTF-8"
+        if invalid is None and self._ctx.on_event is not None and self.device_id and self._connected:
+            try:
+                accepted = await self._ctx.on_event(self.device_id, event)
+            except InvalidInput as exc:
+                invalid = exc.description
+        if invalid is not None:
+            accepted = False
+            self._ctx.counters.events_invalid += 1
+            log = self._log.debug if self._invalid_logged else self._log.info
+            self._invalid_logged = True
+            log("device event refused", reason=invalid, event_name=_shown(event.name), size=_size(event))
+        elif not accepted:
+            self._log.debug("device event over the publish limit", event_name=_shown(event.name))
         if not accepted:
             self._ctx.counters.events_refused += 1
-            self._log.debug("device event refused", event_name=event.name, confirmable=event.confirmable)
         if event.request_id is not None and self._conn.state is ConnectionState.ESTABLISHED:
             self._conn.send(AcknowledgeEvent(event.request_id, accepted), self._ctx.clock.monotonic())
             self._transmit()
@@ -338,8 +356,11 @@ class Link:
             sent = self.send_event(
                 event.name, event.data, private=not event.public, max_age=max_age, split_path=True
             )
-        except LocalProtocolError as exc:  # a name the protocol cannot carry: skip that event
-            self._log.warning("event not deliverable to the device", event_name=event.name, reason=str(exc))
+        except (LocalProtocolError, UnicodeError, ValueError) as exc:  # this event only: skip it
+            self._ctx.counters.events_undeliverable += 1
+            self._log.warning(
+                "event not deliverable to the device", event_name=_shown(event.name), reason=str(exc)
+            )
             return
         if sent:
             self._ctx.counters.events_sent += 1
@@ -419,7 +440,7 @@ class Link:
                     unix_time = int(self._ctx.clock.now().timestamp())
                     self._conn.send(SendTime(event.request_id, unix_time), self._ctx.clock.monotonic())
             elif isinstance(event, EventPublished):
-                self._log.debug("device published", event_name=event.name, private=event.private)
+                self._log.debug("device published", event_name=_shown(event.name), private=event.private)
                 self._work.append(event)  # the hook decides; a CON event is ACKed after it
             elif isinstance(event, SubscribeRequested):
                 self._log.debug("device subscribes", prefix=event.prefix, scope=event.scope.name.lower())
@@ -539,3 +560,15 @@ class Link:
         self._conn.send(command, self._ctx.clock.monotonic())
         self._transmit()
         return True
+
+
+def _shown(name: str) -> str:
+    """
+    An event name for a log line: cut, and ASCII (a lone surrogate would break the log's own output).
+    """
+    shown = ascii(name[:LOGGED_NAME_LENGTH])[1:-1]
+    return shown if len(name) <= LOGGED_NAME_LENGTH else f"{shown}… ({len(name)} characters)"
+
+
+def _size(event: EventPublished) -> int:
+    return len(event.data) if event.data is not None else 0

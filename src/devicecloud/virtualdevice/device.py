@@ -355,15 +355,19 @@ class VirtualDevice:
 
     async def publish(
         self,
-        name: str,
+        name: str | bytes,
         data: str | bytes | None = None,
         *,
         private: bool = True,
         ttl: int = 60,
         with_ack: bool = False,
+        check_limits: bool = True,
     ) -> None:
         """
         Publish an event: NON, or CON when ``with_ack`` (then this waits for the cloud's ACK).
+
+        ``check_limits=False`` sends whatever it is given, as broken or hostile firmware could (a name of
+        any length, bytes that are not UTF-8, data of any size): for tests of the cloud's own limits.
 
         Raises:
             ValueError: name or data too long (Device OS 2.x limits: 64 characters, 622 bytes).
@@ -371,9 +375,9 @@ class VirtualDevice:
             RequestError: ``with_ack`` and the cloud refused or did not answer.
         """
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        if not name or len(name) > MAX_EVENT_NAME:
+        if check_limits and (not name or len(name) > MAX_EVENT_NAME):
             raise ValueError(f"an event name is 1 to {MAX_EVENT_NAME} characters")
-        if raw is not None and len(raw) > MAX_EVENT_DATA:
+        if check_limits and raw is not None and len(raw) > MAX_EVENT_DATA:
             raise ValueError(f"event data is at most {MAX_EVENT_DATA} bytes, not {len(raw)}")
         command = PublishEvent(name, raw, private=private, ttl=ttl, with_ack=with_ack)
         if with_ack:
@@ -381,7 +385,7 @@ class VirtualDevice:
         else:
             self._require_link().send(command)
         self.counters.events_published += 1
-        self.log.info("published", event_name=name, data=shorten(raw), private=private)
+        self.log.info("published", event_name=shorten(name), data=shorten(raw), private=private)
 
     async def subscribe(
         self,
