@@ -35,6 +35,13 @@ Theory of operation:
     event that cannot be sent (a name the protocol cannot carry, text that cannot be encoded) is skipped,
     logged and counted: one bad event never ends the link of a device that merely subscribed to it.
 
+    Describe: after the Hello the link asks for the device's Describe, unless the device announces that it
+    sends one itself (2.x, which also sends it again whenever its application registers something). Device
+    OS before 1.5 runs the application's ``setup()``, where functions and variables are registered, only
+    once the cloud connection is up, so that first answer may come too early. The link therefore asks
+    again, on the clock, after `DESCRIBE_RETRY_DELAYS`: once when the Describe shows a Device OS before 1.5,
+    and up to three times while it lists no function and no variable at all.
+
     A link reports ``device_connected`` once, after the Hello, and then ``device_disconnected`` exactly
     once when it ends, unless a newer link of the same device has taken its place (see `registry`).
 
@@ -54,7 +61,7 @@ import structlog
 
 from devicecloud.errors import DeviceOffline, DeviceTimedOut, InvalidInput
 from devicecloud.gateway.context import DeviceSubscription
-from devicecloud.gateway.translate import describe_to_domain, hello_to_domain
+from devicecloud.gateway.translate import describe_to_domain, hello_to_domain, system_module_version
 from devicecloud.protocol import (
     NEED_DATA,
     AcceptDevice,
@@ -66,6 +73,7 @@ from devicecloud.protocol import (
     ConnectionClosed,
     ConnectionState,
     DescribeReceived,
+    Description,
     DeviceIdentified,
     Event,
     EventPublished,
@@ -123,6 +131,11 @@ MAX_SUBSCRIPTIONS = 32
 DEFAULT_EVENT_TTL = 60
 # Event names in log lines are cut to this many characters (a device may send thousands).
 LOGGED_NAME_LENGTH = 64
+# The system module version of Device OS 1.5.0-rc.1: older releases run the application's setup() only
+# once the cloud connection is up, after the Describe we ask for at once.
+SETUP_BEFORE_CLOUD_SINCE = 1500
+# Seconds (on the clock) from a Describe that may have come too early to asking again; one per retry.
+DESCRIBE_RETRY_DELAYS = (3.0, 10.0, 30.0)
 _SCOPE_NAMES: dict[SubscriptionScope, SubscriptionScopeName] = {
     SubscriptionScope.ALL_DEVICES: "all",
     SubscriptionScope.MY_DEVICES: "mine",
@@ -165,6 +178,9 @@ class Link:
         self._forwarder: asyncio.Task[None] | None = None
         self._ending = False
         self._invalid_logged = False  # the link's first invalid event is logged at INFO, the rest at DEBUG
+        self._asks_describe = False  # the link asked for the Describe (the device does not volunteer it)
+        self._describe_retries = 0
+        self._describe_timer: TimerHandle | None = None
         self._log = logger.bind(ip=ip_address)
 
     @property
@@ -266,6 +282,7 @@ class Link:
         # A 2.x device that announces device-initiated Describe sends it by itself.
         wants_request = not event.flags & HelloFlags.DEVICE_INITIATED_DESCRIBE
         if self._ctx.describe_on_connect and wants_request and self.online:
+            self._asks_describe = True
             self._conn.send(RequestDescribe(), self._ctx.clock.monotonic())
             self._transmit()
 
@@ -274,6 +291,38 @@ class Link:
             async with self._ctx.registry.serial(self.device_id):
                 description = describe_to_domain(event.description)
                 await self._ctx.sessions.device_described(self.device_id, description)
+            self._plan_redescribe(event.description)
+
+    def _plan_redescribe(self, description: Description) -> None:
+        """
+        Ask for the Describe again later if this one may have come before the application registered.
+        """
+        retries = self._describe_retries
+        if (
+            not self._asks_describe
+            or self._describe_timer is not None
+            or retries >= len(DESCRIBE_RETRY_DELAYS)
+        ):
+            return
+        empty = not self.functions and not self.variables
+        version = system_module_version(description.modules)
+        before_setup = version is not None and version < SETUP_BEFORE_CLOUD_SINCE and retries == 0
+        if empty or before_setup:
+            self._describe_retries += 1
+            deadline = self._ctx.clock.monotonic() + DESCRIBE_RETRY_DELAYS[retries]
+            self._describe_timer = self._ctx.clock.call_at(deadline, self._redescribe)
+
+    def _redescribe(self) -> None:
+        self._describe_timer = None
+        if not self.online:
+            return
+        try:
+            self._conn.send(RequestDescribe(), self._ctx.clock.monotonic())
+            self._transmit()
+        except Exception:  # a timer callback: nobody above would see it
+            self._log.exception("asking the device for its Describe again failed")
+            self._writer.transport.abort()
+        self._log.debug("describe asked again", retry=self._describe_retries)
 
     async def _publish(self, event: EventPublished) -> None:
         """
@@ -378,9 +427,10 @@ class Link:
     async def _finish(self) -> None:
         self.close("link ended")
         await self._stop_forwarding()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._describe_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._describe_timer = None
         device_id = self.device_id
         current = device_id is not None and self._ctx.registry.release(device_id, self)
         self._log_end()
