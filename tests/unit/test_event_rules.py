@@ -20,6 +20,17 @@ def test_bad_events_are_refused(name: str, data: str | None, ttl: object) -> Non
         check_event(name, data, ttl)
 
 
+@pytest.mark.parametrize(
+    ("name", "data", "code"),
+    [("n\ud800", None, "Invalid event name"), ("n", "\udfff", "Invalid event data")],
+)
+def test_text_that_cannot_be_encoded_is_refused(name: str, data: str | None, code: str) -> None:
+    """A lone surrogate (JSON can carry one, UTF-8 cannot) in the name or data is InvalidInput."""
+    with pytest.raises(InvalidInput) as refused:
+        check_event(name, data, None)
+    assert code == refused.value.code
+
+
 def test_defaults() -> None:
     """A missing ttl is 60; numbers given as text are read."""
     assert ("n", None, 60) == check_event("n", None, None)
