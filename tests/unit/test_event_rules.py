@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from devicecloud.domain.events import loggable
 from devicecloud.errors import InvalidInput
 from devicecloud.services.events import check_event, is_private
 
@@ -44,3 +45,9 @@ def test_defaults() -> None:
 def test_private_flag(value: object, expected: bool) -> None:
     """private is true unless absent, empty, false or 0."""
     assert expected == is_private(value)
+
+
+def test_names_in_log_lines_are_cut_and_escaped() -> None:
+    """A lone surrogate would break the log's output; a 3,000-character name would flood it."""
+    assert "a\\ud800é" == loggable("a\ud800é")
+    assert f"{'n' * 64}… (3009 characters)" == loggable("n" * 3009)

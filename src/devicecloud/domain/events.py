@@ -30,6 +30,15 @@ def is_valid_text(text: str) -> bool:
     return True
 
 
+def loggable(text: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """
+    Text from outside for a log line: at most ``limit`` characters (with the full length when cut), lone
+    surrogates escaped (``\\ud800``), since the log's own output would fail on them.
+    """
+    shown = text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+    return shown if len(text) <= limit else f"{shown}… ({len(text)} characters)"
+
+
 @dataclass(frozen=True, slots=True)
 class CloudEvent:
     """

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from devicecloud.domain.events import loggable
 from devicecloud.errors import DeviceOffline, DeviceTimedOut, InvalidInput
 from devicecloud.gateway.context import DeviceSubscription
 from devicecloud.gateway.translate import describe_to_domain, hello_to_domain, system_module_version
@@ -129,8 +130,6 @@ _AWAITED = (DeviceIdentified, HelloReceived, DescribeReceived)
 MAX_SUBSCRIPTIONS = 32
 # Events to devices carry Max-Age only when their ttl differs from this.
 DEFAULT_EVENT_TTL = 60
-# Event names in log lines are cut to this many characters (a device may send thousands).
-LOGGED_NAME_LENGTH = 64
 # The system module version of Device OS 1.5.0-rc.1: older releases run the application's setup() only
 # once the cloud connection is up, after the Describe we ask for at once.
 SETUP_BEFORE_CLOUD_SINCE = 1500
@@ -316,13 +315,13 @@ class Link:
         self._describe_timer = None
         if not self.online:
             return
+        self._log.debug("asking for the Describe again", retry=self._describe_retries)
         try:
             self._conn.send(RequestDescribe(), self._ctx.clock.monotonic())
             self._transmit()
         except Exception:  # a timer callback: nobody above would see it
             self._log.exception("asking the device for its Describe again failed")
             self._writer.transport.abort()
-        self._log.debug("describe asked again", retry=self._describe_retries)
 
     async def _publish(self, event: EventPublished) -> None:
         """
@@ -340,9 +339,9 @@ class Link:
             self._ctx.counters.events_invalid += 1
             log = self._log.debug if self._invalid_logged else self._log.info
             self._invalid_logged = True
-            log("device event refused", reason=invalid, event_name=_shown(event.name), size=_size(event))
+            log("device event refused", reason=invalid, event_name=loggable(event.name), size=_size(event))
         elif not accepted:
-            self._log.debug("device event over the publish limit", event_name=_shown(event.name))
+            self._log.debug("device event over the publish limit", event_name=loggable(event.name))
         if not accepted:
             self._ctx.counters.events_refused += 1
         if event.request_id is not None and self._conn.state is ConnectionState.ESTABLISHED:
@@ -405,10 +404,10 @@ class Link:
             sent = self.send_event(
                 event.name, event.data, private=not event.public, max_age=max_age, split_path=True
             )
-        except (LocalProtocolError, UnicodeError, ValueError) as exc:  # this event only: skip it
+        except (LocalProtocolError, ValueError) as exc:  # UnicodeEncodeError included: skip this event only
             self._ctx.counters.events_undeliverable += 1
             self._log.warning(
-                "event not deliverable to the device", event_name=_shown(event.name), reason=str(exc)
+                "event not deliverable to the device", event_name=loggable(event.name), reason=str(exc)
             )
             return
         if sent:
@@ -490,7 +489,7 @@ class Link:
                     unix_time = int(self._ctx.clock.now().timestamp())
                     self._conn.send(SendTime(event.request_id, unix_time), self._ctx.clock.monotonic())
             elif isinstance(event, EventPublished):
-                self._log.debug("device published", event_name=_shown(event.name), private=event.private)
+                self._log.debug("device published", event_name=loggable(event.name), private=event.private)
                 self._work.append(event)  # the hook decides; a CON event is ACKed after it
             elif isinstance(event, SubscribeRequested):
                 self._log.debug("device subscribes", prefix=event.prefix, scope=event.scope.name.lower())
@@ -610,14 +609,6 @@ class Link:
         self._conn.send(command, self._ctx.clock.monotonic())
         self._transmit()
         return True
-
-
-def _shown(name: str) -> str:
-    """
-    An event name for a log line: cut, and ASCII (a lone surrogate would break the log's own output).
-    """
-    shown = ascii(name[:LOGGED_NAME_LENGTH])[1:-1]
-    return shown if len(name) <= LOGGED_NAME_LENGTH else f"{shown}… ({len(name)} characters)"
 
 
 def _size(event: EventPublished) -> int:

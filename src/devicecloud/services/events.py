@@ -35,6 +35,7 @@ from devicecloud.domain.events import (
     EventFilter,
     Filter,
     is_valid_text,
+    loggable,
 )
 from devicecloud.errors import InvalidInput, PermissionDenied
 
@@ -248,7 +249,7 @@ class EventService:
         self._dropped += 1
         logger.warning(
             "event dropped: its text cannot be encoded",
-            event_name=ascii(event.name[:MAX_NAME_LENGTH]),
+            event_name=loggable(event.name),
             coreid=event.coreid,
             owner_id=event.owner_id,
         )
