@@ -271,16 +271,16 @@ def build_runtime(
 
     async def on_device_event(device_id: str, event: EventPublished) -> bool:
         # The gateway knows protocol events, services know plain values: this is the translation.
-        # False = over the device's publish limit: the gateway refuses a CON event (ACK 4.00).
+        # False = over the device's publish limit, InvalidInput = against the rules (the service decodes
+        # the data strictly): the gateway refuses either (ACK 4.00 to a CON event).
         if devices is None or events is None:
             return True
-        data = event.data.decode("utf-8", errors="replace") if event.data is not None else None
-        accepted = await events.publish_from_device(
-            device_id, event.name, data, private=event.private, ttl=event.ttl
+        published = await events.publish_from_device(
+            device_id, event.name, event.data, private=event.private, ttl=event.ttl
         )
-        if accepted:
-            await devices.handle_device_event(device_id, event.name, data)
-        return accepted
+        if published is not None:
+            await devices.handle_device_event(device_id, published.name, published.data)
+        return published is not None
 
     async def open_device_feed(device_id: str, wanted: tuple[DeviceSubscription, ...]) -> EventFeed | None:
         if events is None:

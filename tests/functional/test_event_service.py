@@ -15,13 +15,14 @@ from devicecloud.runtime import Runtime
 
 async def test_device_rate_limit(runtime: Runtime, clock: FakeClock) -> None:
     """A device gets a burst of 4, then 1 event per second of (injected) time."""
-    accepted = [
-        await runtime.events.publish_from_device("a" * 24, "x", None, private=True, ttl=60) for _ in range(6)
-    ]
-    assert [True] * 4 + [False] * 2 == accepted
+
+    async def accepted() -> bool:
+        return await runtime.events.publish_from_device("a" * 24, "x", None, private=True, ttl=60) is not None
+
+    assert [True] * 4 + [False] * 2 == [await accepted() for _ in range(6)]
     clock.advance(1.0)
-    assert await runtime.events.publish_from_device("a" * 24, "x", None, private=True, ttl=60)
-    assert not await runtime.events.publish_from_device("a" * 24, "x", None, private=True, ttl=60)
+    assert await accepted()
+    assert not await accepted()
 
 
 async def test_events_follow_the_owner(client: httpx.AsyncClient, runtime: Runtime) -> None:

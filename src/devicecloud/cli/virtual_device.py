@@ -177,6 +177,16 @@ async def _run(
     show_default=True,
     help="Response style: 0x piggy-backed (Device OS ≤ 1.4) or 2x separate responses.",
 )
+@click.option(
+    "--late-setup",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help=(
+        "Register the functions and variables only after connecting (right after the cloud's first Describe, "
+        "at most SECONDS later), as Device OS 0.x does."
+    ),
+)
 @click.option("--no-register", is_flag=True, help="Skip key registration, claim and rename.")
 @click.option(
     "--log-level",
@@ -197,6 +207,7 @@ def virtual_device(
     name: str | None,
     platform_id: int,
     style: str,
+    late_setup: float | None,
     no_register: bool,
     log_level: str,
 ) -> None:
@@ -232,6 +243,7 @@ def virtual_device(
             platform_id=platform_id,
             response_style=STYLES[style],
             demo=True,
+            late_setup=late_setup,
         )
         try:
             runner.run(_run(device, identity, name or identity.device_id, registration))

@@ -12,8 +12,31 @@ INTERNAL_COREID = "particle-internal"
 # coreid of events published through POST /v1/devices/events.
 API_COREID = "api"
 DEFAULT_TTL = 60
+# The limits of an event, wherever it comes from (the API, a device): characters of name, bytes of data.
 MAX_NAME_LENGTH = 64
 MAX_DATA_LENGTH = 1024
+
+
+def is_valid_text(text: str) -> bool:
+    """
+    True when ``text`` can be written as UTF-8, i.e. holds no lone surrogate (which strict UTF-8 decoding
+    never yields, but ``json.loads`` of ``"\\ud800"`` does). Streams, devices and webhooks cannot send
+    anything else.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def loggable(text: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """
+    Text from outside for a log line: at most ``limit`` characters (with the full length when cut), lone
+    surrogates escaped (``\\ud800``), since the log's own output would fail on them.
+    """
+    shown = text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+    return shown if len(text) <= limit else f"{shown}… ({len(text)} characters)"
 
 
 @dataclass(frozen=True, slots=True)

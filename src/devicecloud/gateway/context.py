@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 #: Called (awaited, in order) for every event a device publishes: ``(device_id, event)``. True = accepted;
-#: False = refused (over the device's publish limit): a CON event then gets ACK 4.00, a NON one is dropped.
+#: False = refused (over the device's publish limit); raising `errors.InvalidInput` = refused as against
+#: the rules (too long, not UTF-8, …). A refused CON event gets ACK 4.00, a refused NON one is dropped.
 EventHook = Callable[[str, EventPublished], Awaitable[bool]]
 
 #: Whose events a device subscription covers: everyone's public ones plus its owner's (``all``), its
@@ -88,7 +89,9 @@ class LinkCounters:
     requests_timed_out: int = 0
     events_received: int = 0
     events_refused: int = 0
+    events_invalid: int = 0
     events_sent: int = 0
+    events_undeliverable: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,12 @@ Theory of operation:
       → the ``on_subscribe`` hook) are queued, and the task awaits them in order before it reads again.
       While it awaits, it does not read: a slow service slows that one device down and nothing else.
 
-    Device events: the hook says whether the event was accepted (False = over the device's publish limit).
-    A CON event (published WITH_ACK) is answered only then: an empty ACK, or ACK 4.00 when refused; a
-    refused NON event is simply dropped. Without a hook every event is accepted.
+    Device events: the hook says whether the event was accepted (False = over the device's publish limit)
+    or raises `InvalidInput` when it breaks the API's rules (too long, not UTF-8, …); a name that is not
+    UTF-8 is refused here without asking. A CON event (published WITH_ACK) is answered only then: an empty
+    ACK, or ACK 4.00 when refused; a refused NON event is simply dropped. Invalid events are counted, and
+    the first of each link is logged at INFO (the rest at DEBUG: a device cannot flood the log). Without
+    a hook every valid event is accepted.
 
     Device subscriptions: the link keeps the distinct subscriptions its device asked for (devices send them
     again after every Hello; a repeat changes nothing) and ONE feed covering all of them, opened by the
@@ -28,7 +31,16 @@ Theory of operation:
     per link (started with the first feed) reads the feed and sends each event once as a NON ``/e/``
     (``/E/`` when private) message, the name split into Uri-Path segments, Max-Age when the ttl is not 60.
     When the link ends, the feed is closed and the forwarder stopped. If the bus drops the feed (the
-    forwarder fell too far behind) the link is closed; the device reconnects and subscribes again.
+    forwarder fell too far behind) the link is closed; the device reconnects and subscribes again. An
+    event that cannot be sent (a name the protocol cannot carry, text that cannot be encoded) is skipped,
+    logged and counted: one bad event never ends the link of a device that merely subscribed to it.
+
+    Describe: after the Hello the link asks for the device's Describe, unless the device announces that it
+    sends one itself (2.x, which also sends it again whenever its application registers something). Device
+    OS before 1.5 runs the application's ``setup()``, where functions and variables are registered, only
+    once the cloud connection is up, so that first answer may come too early. The link therefore asks
+    again, on the clock, after `DESCRIBE_RETRY_DELAYS`: once when the Describe shows a Device OS before 1.5,
+    and up to three times while it lists no function and no variable at all.
 
     A link reports ``device_connected`` once, after the Hello, and then ``device_disconnected`` exactly
     once when it ends, unless a newer link of the same device has taken its place (see `registry`).
@@ -47,9 +59,10 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from devicecloud.errors import DeviceOffline, DeviceTimedOut
+from devicecloud.domain.events import loggable
+from devicecloud.errors import DeviceOffline, DeviceTimedOut, InvalidInput
 from devicecloud.gateway.context import DeviceSubscription
-from devicecloud.gateway.translate import describe_to_domain, hello_to_domain
+from devicecloud.gateway.translate import describe_to_domain, hello_to_domain, system_module_version
 from devicecloud.protocol import (
     NEED_DATA,
     AcceptDevice,
@@ -61,6 +74,7 @@ from devicecloud.protocol import (
     ConnectionClosed,
     ConnectionState,
     DescribeReceived,
+    Description,
     DeviceIdentified,
     Event,
     EventPublished,
@@ -116,6 +130,11 @@ _AWAITED = (DeviceIdentified, HelloReceived, DescribeReceived)
 MAX_SUBSCRIPTIONS = 32
 # Events to devices carry Max-Age only when their ttl differs from this.
 DEFAULT_EVENT_TTL = 60
+# The system module version of Device OS 1.5.0-rc.1: older releases run the application's setup() only
+# once the cloud connection is up, after the Describe we ask for at once.
+SETUP_BEFORE_CLOUD_SINCE = 1500
+# Seconds (on the clock) from a Describe that may have come too early to asking again; one per retry.
+DESCRIBE_RETRY_DELAYS = (3.0, 10.0, 30.0)
 _SCOPE_NAMES: dict[SubscriptionScope, SubscriptionScopeName] = {
     SubscriptionScope.ALL_DEVICES: "all",
     SubscriptionScope.MY_DEVICES: "mine",
@@ -157,6 +176,10 @@ class Link:
         self._feed: EventFeed | None = None
         self._forwarder: asyncio.Task[None] | None = None
         self._ending = False
+        self._invalid_logged = False  # the link's first invalid event is logged at INFO, the rest at DEBUG
+        self._asks_describe = False  # the link asked for the Describe (the device does not volunteer it)
+        self._describe_retries = 0
+        self._describe_timer: TimerHandle | None = None
         self._log = logger.bind(ip=ip_address)
 
     @property
@@ -258,6 +281,7 @@ class Link:
         # A 2.x device that announces device-initiated Describe sends it by itself.
         wants_request = not event.flags & HelloFlags.DEVICE_INITIATED_DESCRIBE
         if self._ctx.describe_on_connect and wants_request and self.online:
+            self._asks_describe = True
             self._conn.send(RequestDescribe(), self._ctx.clock.monotonic())
             self._transmit()
 
@@ -266,18 +290,60 @@ class Link:
             async with self._ctx.registry.serial(self.device_id):
                 description = describe_to_domain(event.description)
                 await self._ctx.sessions.device_described(self.device_id, description)
+            self._plan_redescribe(event.description)
+
+    def _plan_redescribe(self, description: Description) -> None:
+        """
+        Ask for the Describe again later if this one may have come before the application registered.
+        """
+        retries = self._describe_retries
+        if (
+            not self._asks_describe
+            or self._describe_timer is not None
+            or retries >= len(DESCRIBE_RETRY_DELAYS)
+        ):
+            return
+        empty = not self.functions and not self.variables
+        version = system_module_version(description.modules)
+        before_setup = version is not None and version < SETUP_BEFORE_CLOUD_SINCE and retries == 0
+        if empty or before_setup:
+            self._describe_retries += 1
+            deadline = self._ctx.clock.monotonic() + DESCRIBE_RETRY_DELAYS[retries]
+            self._describe_timer = self._ctx.clock.call_at(deadline, self._redescribe)
+
+    def _redescribe(self) -> None:
+        self._describe_timer = None
+        if not self.online:
+            return
+        self._log.debug("asking for the Describe again", retry=self._describe_retries)
+        try:
+            self._conn.send(RequestDescribe(), self._ctx.clock.monotonic())
+            self._transmit()
+        except Exception:  # a timer callback: nobody above would see it
+            self._log.exception("asking the device for its Describe again failed")
+            self._writer.transport.abort()
 
     async def _publish(self, event: EventPublished) -> None:
         """
         Hand a device's event to the hook; answer a CON event with the hook's verdict.
         """
         self._ctx.counters.events_received += 1
-        accepted = True
-        if self._ctx.on_event is not None and self.device_id is not None and self._connected:
-            accepted = await self._ctx.on_event(self.device_id, event)
+        accepted, invalid = True, None if event.name_utf8 else "The event name is not UTF-8"
+        if invalid is None and self._ctx.on_event is not None and self.device_id and self._connected:
+            try:
+                accepted = await self._ctx.on_event(self.device_id, event)
+            except InvalidInput as exc:
+                invalid = exc.description
+        if invalid is not None:
+            accepted = False
+            self._ctx.counters.events_invalid += 1
+            log = self._log.debug if self._invalid_logged else self._log.info
+            self._invalid_logged = True
+            log("device event refused", reason=invalid, event_name=loggable(event.name), size=_size(event))
+        elif not accepted:
+            self._log.debug("device event over the publish limit", event_name=loggable(event.name))
         if not accepted:
             self._ctx.counters.events_refused += 1
-            self._log.debug("device event refused", event_name=event.name, confirmable=event.confirmable)
         if event.request_id is not None and self._conn.state is ConnectionState.ESTABLISHED:
             self._conn.send(AcknowledgeEvent(event.request_id, accepted), self._ctx.clock.monotonic())
             self._transmit()
@@ -338,8 +404,11 @@ class Link:
             sent = self.send_event(
                 event.name, event.data, private=not event.public, max_age=max_age, split_path=True
             )
-        except LocalProtocolError as exc:  # a name the protocol cannot carry: skip that event
-            self._log.warning("event not deliverable to the device", event_name=event.name, reason=str(exc))
+        except (LocalProtocolError, ValueError) as exc:  # UnicodeEncodeError included: skip this event only
+            self._ctx.counters.events_undeliverable += 1
+            self._log.warning(
+                "event not deliverable to the device", event_name=loggable(event.name), reason=str(exc)
+            )
             return
         if sent:
             self._ctx.counters.events_sent += 1
@@ -357,9 +426,10 @@ class Link:
     async def _finish(self) -> None:
         self.close("link ended")
         await self._stop_forwarding()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._describe_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._describe_timer = None
         device_id = self.device_id
         current = device_id is not None and self._ctx.registry.release(device_id, self)
         self._log_end()
@@ -419,7 +489,7 @@ class Link:
                     unix_time = int(self._ctx.clock.now().timestamp())
                     self._conn.send(SendTime(event.request_id, unix_time), self._ctx.clock.monotonic())
             elif isinstance(event, EventPublished):
-                self._log.debug("device published", event_name=event.name, private=event.private)
+                self._log.debug("device published", event_name=loggable(event.name), private=event.private)
                 self._work.append(event)  # the hook decides; a CON event is ACKed after it
             elif isinstance(event, SubscribeRequested):
                 self._log.debug("device subscribes", prefix=event.prefix, scope=event.scope.name.lower())
@@ -539,3 +609,7 @@ class Link:
         self._conn.send(command, self._ctx.clock.monotonic())
         self._transmit()
         return True
+
+
+def _size(event: EventPublished) -> int:
+    return len(event.data) if event.data is not None else 0

@@ -62,8 +62,10 @@ class GatewayStatistics:
         requests: requests sent for `control`.
         requests_timed_out: requests that got no answer in time.
         events_received: events devices published (``/e/``, ``/E/``).
-        events_refused: of those, the ones ``on_event`` refused (over the device's publish limit).
+        events_refused: of those, the ones refused (over the device's publish limit, or invalid).
+        events_invalid: of the refused, the ones against the rules (too long, not UTF-8, …).
         events_sent: events forwarded to devices for their subscriptions.
+        events_undeliverable: events a subscribed device could not be sent (skipped, the link kept).
     """
 
     links: int
@@ -78,7 +80,9 @@ class GatewayStatistics:
     requests_timed_out: int
     events_received: int
     events_refused: int
+    events_invalid: int
     events_sent: int
+    events_undeliverable: int
 
 
 class DeviceGateway:
@@ -214,7 +218,9 @@ class DeviceGateway:
             requests_timed_out=c.requests_timed_out,
             events_received=c.events_received,
             events_refused=c.events_refused,
+            events_invalid=c.events_invalid,
             events_sent=c.events_sent,
+            events_undeliverable=c.events_undeliverable,
         )
 
     def link(self, device_id: str) -> Link | None:

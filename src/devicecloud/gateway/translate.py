@@ -21,6 +21,7 @@ __all__ = [
     "hello_to_domain",
     "reading_to_domain",
     "system_firmware_version",
+    "system_module_version",
     "variable_type_code",
 ]
 
@@ -66,13 +67,21 @@ def describe_to_domain(description: Description) -> DeviceDescription:
 
 def system_firmware_version(modules: Iterable[Any] | None) -> str | None:
     """
-    The Device OS release the module list shows, from the version numbers of its system parts (function
-    ``"s"``).
+    The Device OS release the module list shows (see `system_module_version`); ``None`` when no system part
+    is listed or its number is not in the release table.
+    """
+    version = system_module_version(modules)
+    return system_version_name(version) if version is not None else None
 
-    Mid-upgrade the parts can disagree; the lowest is shown (the newer release is not complete yet).
+
+def system_module_version(modules: Iterable[Any] | None) -> int | None:
+    """
+    The version number of the system parts (function ``"s"``) in a Describe's module list; the numbers grow
+    with each Device OS release (1.5.0-rc.1 is 1500).
+
+    Mid-upgrade the parts can disagree; the lowest counts (the newer release is not complete yet).
     Entries that are not modules, modules in another store than the main one (``"l"``: backup, factory, OTA
-    scratchpad) and versions that are not integers are ignored. ``None`` when no system part is listed or
-    its number is not in the release table.
+    scratchpad) and versions that are not integers are ignored. ``None`` when no system part is listed.
     """
     versions = [
         module["v"]
@@ -82,7 +91,7 @@ def system_firmware_version(modules: Iterable[Any] | None) -> str | None:
         and module.get("l", "m") == "m"
         and type(module.get("v")) is int
     ]
-    return system_version_name(min(versions)) if versions else None
+    return min(versions) if versions else None
 
 
 def variable_type_code(name: str | None) -> VariableType | None:

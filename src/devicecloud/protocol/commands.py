@@ -184,9 +184,14 @@ class FinishUpdate(Command):
 
 @dataclass(frozen=True)
 class PublishEvent(Command):
-    """Publish an event (NON, or CON when ``with_ack``; only CON events return a request id)."""
+    """
+    Publish an event (NON, or CON when ``with_ack``; only CON events return a request id).
 
-    name: str
+    A ``bytes`` name goes on the wire as given (tests of a cloud facing firmware that sends names that are
+    not UTF-8).
+    """
+
+    name: str | bytes
     data: str | bytes | None = None
     private: bool = True
     ttl: int = 60

@@ -111,6 +111,16 @@ _DONE_ON_EMPTY_ACK = {
 _DEFAULT_DESCRIBE_FLAGS = DescribeFlags.SYSTEM | DescribeFlags.APPLICATION
 
 
+def _utf8(raw: bytes) -> tuple[str, bool]:
+    """
+    Text from the peer, strictly: (the text, True), or (U+FFFD where bytes are not UTF-8, False).
+    """
+    try:
+        return raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace"), False
+
+
 def _device_id_bytes(device_id: bytes | str) -> bytes:
     if isinstance(device_id, str):
         try:
@@ -512,9 +522,10 @@ class Connection:
     def _on_device_request(self, kind: MessageKind | None, msg: coap.Message) -> None:
         path = msg.uri_path
         if kind is MessageKind.EVENT:
-            name = "/".join(path[1:])
-            if not name:
+            raw_name = b"/".join(msg.option_values(OptionNumber.URI_PATH)[1:])
+            if not raw_name:
                 raise RemoteProtocolError("event without a name")
+            name, name_utf8 = _utf8(raw_name)
             max_age = msg.option_values(OptionNumber.MAX_AGE)
             confirmable = msg.type is MessageType.CON
             # A CON event waits for the application's AcknowledgeEvent (accepted, or refused: rate limit).
@@ -527,6 +538,7 @@ class Connection:
                     ttl=coap.decode_uint(max_age[0]) if max_age else messages.DEFAULT_EVENT_TTL,
                     confirmable=confirmable,
                     request_id=rid,
+                    name_utf8=name_utf8,
                 )
             )
         elif kind is MessageKind.SUBSCRIBE:

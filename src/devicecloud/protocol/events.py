@@ -119,6 +119,9 @@ class EventPublished(Event):
     A NON event needs nothing more. A CON event (the device published WITH_ACK) carries a ``request_id``:
     answer it with ``AcknowledgeEvent(request_id, accepted)``, an empty ACK when accepted, ACK 4.00
     ("EventSlowdown") when refused, e.g. over the device's publish rate limit.
+
+    ``name_utf8`` is False when the name's bytes are not UTF-8 (CoAP's Uri-Path is a UTF-8 string): ``name``
+    then shows U+FFFD in their place, and the event should be refused.
     """
 
     name: str
@@ -127,6 +130,7 @@ class EventPublished(Event):
     ttl: int
     confirmable: bool
     request_id: int | None = None
+    name_utf8: bool = True
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def signal(message_id: int, token: bytes, on: bool) -> Message:
 
 def event(
     message_id: int,
-    name: str,
+    name: str | bytes,
     data: str | bytes | None,
     *,
     private: bool,
@@ -129,7 +129,7 @@ def event(
 
     Args:
         message_id: the id.
-        name: event name.
+        name: event name (``bytes``: sent as they are, one Uri-Path option).
         data: payload (``None`` or empty = no payload marker).
         private: ``/E`` instead of ``/e``.
         max_age: raw Max-Age option value (``None`` = no option).
@@ -141,7 +141,7 @@ def event(
     """
     if not name:
         raise LocalProtocolError("event name must not be empty")
-    segments = name.split("/") if split_path else [name]
+    segments: list[str | bytes] = [*name.split("/")] if split_path and isinstance(name, str) else [name]
     options = path_options(["E" if private else "e", *segments])
     if max_age is not None:
         options += ((OptionNumber.MAX_AGE, max_age),)

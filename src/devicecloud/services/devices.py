@@ -4,7 +4,9 @@ Devices as their owners use them: list, look up, call, read, ping, signal, renam
 Rules kept here:
 - `access_device` is the one ownership check. A device that does not exist and a device of someone else
   give the same `PermissionDenied`, so ids cannot be probed.
-- A function or variable the device did not describe is refused without bothering the device.
+- A function or variable the device's stored Describe lacks is asked for again once (Device OS 0.x may
+  have answered before its application registered anything) and refused only if it is still missing; an
+  offline device is not asked.
 - Requests to the device go through `ports.DeviceControl` (the gateway); this module never sees a socket.
 - Every device it returns shows the presence this process knows (`device_presence`: the gateway's links
   report it there before it is written to the store).
@@ -18,8 +20,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from devicecloud.domain.devices import Device, VariableReading, normalise_device_id
-from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
+from devicecloud.domain.devices import Device, DeviceDescription, VariableReading, normalise_device_id
+from devicecloud.errors import DomainError, InvalidInput, NotFound, PermissionDenied
 from devicecloud.services.device_names import free_name, is_valid_name
 from devicecloud.services.secrets import hash_secret
 
@@ -121,7 +123,9 @@ class DeviceService:
                 f"The argument is longer than {MAX_FUNCTION_ARGUMENT} bytes", code="Argument too long"
             )
         if "functions" in device.describe and name not in device.functions:
-            raise NotFound(f"Function {name} not found", code="Function not found")
+            described = await self._describe_again(device)
+            if described is None or name not in (described.functions or ()):
+                raise NotFound(f"Function {name} not found", code="Function not found")
         result = await self._control.call_function(
             device.id, name, argument, timeout=self._policy.request_timeout
         )
@@ -129,12 +133,27 @@ class DeviceService:
 
     async def read_variable(self, user: User, ref: str, name: str) -> tuple[Device, VariableReading]:
         device = await self.access_device(user, ref)
-        if "variables" in device.describe and name not in device.variables:
-            raise NotFound(f"Variable {name} not found", code="Variable not found")
+        var_type = device.variables.get(name)
+        if "variables" in device.describe and var_type is None:
+            described = await self._describe_again(device)
+            var_type = (described.variables or {}).get(name) if described is not None else None
+            if var_type is None:
+                raise NotFound(f"Variable {name} not found", code="Variable not found")
         reading = await self._control.read_variable(
-            device.id, name, device.variables.get(name), timeout=self._policy.request_timeout
+            device.id, name, var_type, timeout=self._policy.request_timeout
         )
         return device, reading
+
+    async def _describe_again(self, device: Device) -> DeviceDescription | None:
+        """
+        The device's Describe, asked afresh (the gateway stores it too); ``None`` when it cannot tell now.
+        """
+        if not self._control.is_online(device.id):
+            return None
+        try:
+            return await self._control.refresh_describe(device.id, timeout=self._policy.request_timeout)
+        except DomainError:  # offline meanwhile, timed out, refused: the stored Describe stands
+            return None
 
     async def ping(self, user: User, ref: str) -> bool:
         device = await self.access_device(user, ref)

@@ -2,8 +2,11 @@
 Events: publish from the API and from devices, subscribe (streams and device subscriptions), special events.
 
 Rules kept here:
-- names are 1–64 characters, data at most 1,024 (the device protocol's limits); the API publishes with the
+- names are 1–64 characters without control characters, data at most 1,024 bytes, both valid text, for the
+  API and devices alike (`check_event`; a device's bytes must be strict UTF-8); the API publishes with the
   caller as owner and ``coreid`` "api"; a device publishes as its owner, with its id as ``coreid``;
+- nothing that cannot be encoded reaches the bus, whoever made it: such an event is dropped, logged and
+  counted (``statistics()["dropped"]``), so no stream, device link or webhook ever has to choke on it;
 - who sees what is `EventFilter`'s business: an owner sees everything of theirs, others only public events;
   ``/v1/devices/events`` shows only the caller's own;
 - a device may publish 1 event/s on average with bursts of 4 (a token bucket per device, on the injected
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import structlog
+
 from devicecloud.domain.events import (
     API_COREID,
     DEFAULT_TTL,
@@ -29,6 +34,8 @@ from devicecloud.domain.events import (
     CloudEvent,
     EventFilter,
     Filter,
+    is_valid_text,
+    loggable,
 )
 from devicecloud.errors import InvalidInput, PermissionDenied
 
@@ -38,6 +45,8 @@ if TYPE_CHECKING:
     from devicecloud.domain.accounts import User
     from devicecloud.services.devices import DeviceService
     from devicecloud.store.interfaces import Store
+
+logger = structlog.get_logger("devicecloud.events")
 
 StreamScope = Literal["all", "mine", "device"]
 STATUS_EVENT = "spark/status"
@@ -57,14 +66,18 @@ def check_event(name: Any, data: Any, ttl: Any) -> tuple[str, str | None, int]:
     """
     if not isinstance(name, str) or not name:
         raise InvalidInput("The event name is required", code="Event name is required")
-    if any(ord(char) < 0x20 or char == "\x7f" for char in name):
-        raise InvalidInput("Event names may not contain control characters", code="Invalid event name")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(
             f"Event names are at most {MAX_NAME_LENGTH} characters", code="Event name too long"
         )
+    if any(ord(char) < 0x20 or char == "\x7f" for char in name):
+        raise InvalidInput("Event names may not contain control characters", code="Invalid event name")
+    if not is_valid_text(name):
+        raise InvalidInput("The event name is not valid Unicode text", code="Invalid event name")
     if data is not None and not isinstance(data, str):
         data = str(data)
+    if data is not None and not is_valid_text(data):
+        raise InvalidInput("The event data is not valid Unicode text", code="Invalid event data")
     if data is not None and len(data.encode("utf-8")) > MAX_DATA_LENGTH:
         raise InvalidInput(f"Event data is at most {MAX_DATA_LENGTH} bytes", code="Event data too long")
     if ttl in (None, ""):
@@ -110,6 +123,7 @@ class EventService:
         self._policy = policy
         self._buckets: dict[str, _Bucket] = {}
         self._owners: dict[str, int | None] = {}
+        self._dropped = 0
 
     # ------------------------------------------------------------------ publishing
 
@@ -127,31 +141,42 @@ class EventService:
             public=not is_private(private),
             owner_id=user.id,
         )
-        await self._bus.publish(event)
+        await self._emit(event)
         return event
 
     async def publish_from_device(
-        self, device_id: str, name: str, data: str | None, *, private: bool, ttl: int
-    ) -> bool:
+        self, device_id: str, name: str, data: bytes | str | None, *, private: bool, ttl: int
+    ) -> CloudEvent | None:
         """
-        A device's event. Returns False (and publishes nothing) past the device's rate limit.
+        A device's event, under the API's rules (`check_event`; ``bytes`` data must be strict UTF-8).
+
+        Returns:
+            The event, or ``None`` (and nothing published) past the device's rate limit.
+
+        Raises:
+            InvalidInput: the event breaks the rules (the gateway refuses it to the device).
         """
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput("The event data is not UTF-8", code="Invalid event data") from exc
+        # Max-Age may carry more than the API allows; a long ttl is no reason to refuse an event.
+        name, data, ttl = check_event(name, data, min(ttl, MAX_TTL))
         if not self._take_token(device_id):
-            return False
-        owner = await self.owner_of(device_id)
-        await self._bus.publish(
-            CloudEvent(
-                name=name,
-                data=data,
-                ttl=ttl,
-                published_at=self._clock.now(),
-                coreid=device_id,
-                public=not private,
-                owner_id=owner,
-                device_id=device_id,
-            )
+            return None
+        event = CloudEvent(
+            name=name,
+            data=data,
+            ttl=ttl,
+            published_at=self._clock.now(),
+            coreid=device_id,
+            public=not private,
+            owner_id=await self.owner_of(device_id),
+            device_id=device_id,
         )
-        return True
+        await self._emit(event)
+        return event
 
     async def publish_status(
         self, device_id: str, online: bool, *, owner_id: int | Literal["unread"] | None = "unread"
@@ -172,7 +197,7 @@ class EventService:
         elif online:
             self.forget_owner(device_id)
         owner = await self.owner_of(device_id)
-        await self._bus.publish(
+        await self._emit(
             CloudEvent(
                 name=STATUS_EVENT,
                 data="online" if online else "offline",
@@ -193,10 +218,13 @@ class EventService:
         owner_id: int | None,
         device_id: str | None = None,
         public: bool = False,
-    ) -> CloudEvent:
+    ) -> CloudEvent | None:
         """
         An event the cloud itself makes (``spark/flash/status``, ``hook-sent/…``, ``hook-response/…``):
         ``coreid`` is "particle-internal", as the catalogue gives it; it belongs to ``owner_id``.
+
+        Returns:
+            The event, or ``None`` when its text cannot be encoded (dropped and logged, see `_emit`).
         """
         event = CloudEvent(
             name=name,
@@ -208,8 +236,30 @@ class EventService:
             owner_id=owner_id,
             device_id=device_id,
         )
-        await self._bus.publish(event)
-        return event
+        return event if await self._emit(event) else None
+
+    async def _emit(self, event: CloudEvent) -> bool:
+        """
+        The one way onto the bus. An event whose name or data cannot be encoded would break every stream
+        and device link it matches; it is dropped here instead (False), with a log line and a count.
+        """
+        if is_valid_text(event.name) and (event.data is None or is_valid_text(event.data)):
+            await self._bus.publish(event)
+            return True
+        self._dropped += 1
+        logger.warning(
+            "event dropped: its text cannot be encoded",
+            event_name=loggable(event.name),
+            coreid=event.coreid,
+            owner_id=event.owner_id,
+        )
+        return False
+
+    def statistics(self) -> dict[str, int]:
+        """
+        Running totals: ``dropped`` = events refused at the bus because their text cannot be encoded.
+        """
+        return {"dropped": self._dropped}
 
     def _take_token(self, device_id: str) -> bool:
         now = self._clock.monotonic()

@@ -10,6 +10,13 @@ Theory of operation:
     cloud are answered by the :class:`~.responder.Responder`; requests *to* the cloud (publish, subscribe,
     ping, time) are methods here and need an established session (else :class:`NotConnectedError`).
 
+    Late setup (``late_setup``): as on Device OS 0.x, where the application's ``setup()`` registers its
+    functions and variables only once the cloud connection is up, the cloud sees none of them at first (an
+    empty Describe, 4.04 to calls). The application starts right after the first Describe it answers, or
+    ``late_setup`` seconds after the first session came up, whichever is first; once per device object,
+    as ``setup()`` runs once per boot. A 2.x-style device then volunteers its Describe; a 0.x one waits to
+    be asked.
+
     Logging (structlog, logger ``devicecloud.virtualdevice``): INFO for what a user of a demo device wants
     to see (connected, function called, variable read, signal, published, event received), WARNING for a
     misbehaving peer or a failing connection, DEBUG for the rest.
@@ -29,6 +36,7 @@ import structlog
 from devicecloud.protocol import (
     Command,
     Connection,
+    DescribeRequested,
     DeviceHello,
     Event,
     HelloFlags,
@@ -134,6 +142,8 @@ class VirtualDevice:
         max_argument_length: longer function arguments are refused with 4.00, as 2.x does.
         modules: the Describe's ``"m"`` module list (default: one system part of the style's release, see
             :data:`SYSTEM_MODULE_VERSIONS`; ``()`` for none).
+        late_setup: register the application only after connecting, as Device OS 0.x does (see above);
+            ``None`` = registered from the start.
         now: the clock for protocol deadlines (monotonic seconds).
         random_bytes: the protocol's randomness source.
     """
@@ -157,6 +167,7 @@ class VirtualDevice:
         connect_timeout: float = 10.0,
         max_argument_length: int = MAX_FUNCTION_ARGUMENT,
         modules: tuple[object, ...] | None = None,
+        late_setup: float | None = None,
         now: Callable[[], float] = time.monotonic,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
@@ -201,9 +212,13 @@ class VirtualDevice:
         self.variables.on_change = self.functions.on_change = self._app_changed
         self.subscriptions: list[Subscription] = []
         self.tinker: Tinker | None = install_demo(self.functions, self.variables) if demo else None
+        self.late_setup = late_setup
+        self._setup_timer: asyncio.TimerHandle | None = None
+        # Until the application starts, the cloud is answered from empty registries (nothing registered).
+        started = late_setup is None
         self._responder = Responder(
-            functions=self.functions,
-            variables=self.variables,
+            functions=self.functions if started else CloudFunctions(),
+            variables=self.variables if started else CloudVariables(),
             subscriptions=self.subscriptions,
             counters=self.counters,
             describe=self.describe_payload,
@@ -232,6 +247,9 @@ class VirtualDevice:
 
     async def stop(self) -> None:
         """Close the session, stop reconnecting, and wait until the socket is closed."""
+        if self._setup_timer is not None:
+            self._setup_timer.cancel()
+            self._setup_timer = None
         await self._connector.stop()
         await self._responder.aclose()
 
@@ -275,6 +293,23 @@ class VirtualDevice:
             self._on_established(link)
         else:
             self._responder.handle(link, event)
+            if isinstance(event, DescribeRequested) and not self.application_started:
+                asyncio.get_running_loop().call_soon(self._start_application)
+
+    @property
+    def application_started(self) -> bool:
+        """The application's functions and variables are registered with the cloud (see ``late_setup``)."""
+        return self._responder.functions is self.functions
+
+    def _start_application(self) -> None:
+        if self.application_started:
+            return
+        if self._setup_timer is not None:
+            self._setup_timer.cancel()
+            self._setup_timer = None
+        self._responder.functions, self._responder.variables = self.functions, self.variables
+        self.log.info("application started", functions=len(self.functions), variables=len(self.variables))
+        self._app_changed()
 
     def _on_established(self, link: DeviceLink) -> None:
         self.log.info(
@@ -283,6 +318,10 @@ class VirtualDevice:
             platform_id=self.platform_id,
             style="2.x" if self.response_style is ResponseStyle.SEPARATE else "0.x",
         )
+        if not self.application_started and self._setup_timer is None and self.late_setup is not None:
+            self._setup_timer = asyncio.get_running_loop().call_later(
+                self.late_setup, self._start_application
+            )
         # As Device OS does after every Hello: 2.x volunteers its Describe, then the subscriptions go again.
         if self.response_style is ResponseStyle.SEPARATE:
             link.send(SendDescribe(self.describe_payload()))
@@ -314,8 +353,8 @@ class VirtualDevice:
     def describe_payload(self, flags: int | None = None) -> bytes:
         """The Describe JSON this device sends now (all parts unless ``flags`` says otherwise)."""
         return build_describe(
-            functions=list(self.functions),
-            variables=self.variables.types(),
+            functions=list(self._responder.functions),
+            variables=self._responder.variables.types(),
             platform_id=self.platform_id,
             modules=self.modules,
             **({"flags": flags} if flags else {}),
@@ -323,7 +362,12 @@ class VirtualDevice:
 
     def _app_changed(self) -> None:
         # 2.x devices tell the cloud about new functions/variables; coalesce a burst of changes into one.
-        if self.response_style is ResponseStyle.SEPARATE and self.connected and not self._describe_pending:
+        if (
+            self.response_style is ResponseStyle.SEPARATE
+            and self.connected
+            and self.application_started
+            and not self._describe_pending
+        ):
             self._describe_pending = True
             asyncio.get_running_loop().call_soon(self._send_describe)
 
@@ -355,15 +399,19 @@ class VirtualDevice:
 
     async def publish(
         self,
-        name: str,
+        name: str | bytes,
         data: str | bytes | None = None,
         *,
         private: bool = True,
         ttl: int = 60,
         with_ack: bool = False,
+        check_limits: bool = True,
     ) -> None:
         """
         Publish an event: NON, or CON when ``with_ack`` (then this waits for the cloud's ACK).
+
+        ``check_limits=False`` sends whatever it is given, as broken or hostile firmware could (a name of
+        any length, bytes that are not UTF-8, data of any size): for tests of the cloud's own limits.
 
         Raises:
             ValueError: name or data too long (Device OS 2.x limits: 64 characters, 622 bytes).
@@ -371,9 +419,9 @@ class VirtualDevice:
             RequestError: ``with_ack`` and the cloud refused or did not answer.
         """
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        if not name or len(name) > MAX_EVENT_NAME:
+        if check_limits and (not name or len(name) > MAX_EVENT_NAME):
             raise ValueError(f"an event name is 1 to {MAX_EVENT_NAME} characters")
-        if raw is not None and len(raw) > MAX_EVENT_DATA:
+        if check_limits and raw is not None and len(raw) > MAX_EVENT_DATA:
             raise ValueError(f"event data is at most {MAX_EVENT_DATA} bytes, not {len(raw)}")
         command = PublishEvent(name, raw, private=private, ttl=ttl, with_ack=with_ack)
         if with_ack:
@@ -381,7 +429,7 @@ class VirtualDevice:
         else:
             self._require_link().send(command)
         self.counters.events_published += 1
-        self.log.info("published", event_name=name, data=shorten(raw), private=private)
+        self.log.info("published", event_name=shorten(name), data=shorten(raw), private=private)
 
     async def subscribe(
         self,

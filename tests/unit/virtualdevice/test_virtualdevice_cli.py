@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ def test_help_lists_the_options(runner: CliRunner) -> None:
     assert 0 == result.exit_code
     for option in ("--host", "--port", "--server-key", "--api-url", "--token", "--state-dir", "--style"):
         assert option in result.output
+    assert "--late-setup" in result.output
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,7 @@ def test_help_lists_the_options(runner: CliRunner) -> None:
     [
         (["--style", "3x"], "Invalid value for '--style'"),
         (["--port", "0"], "Invalid value for '--port'"),
+        (["--late-setup", "-1"], "Invalid value for '--late-setup'"),
         (["--password", "secret"], "--password needs --username"),
         ([], "needs --token"),
     ],
@@ -74,3 +77,23 @@ def test_try_lines_name_the_device() -> None:
     lines = try_lines("bob")
     assert "particle call bob digitalwrite D7,HIGH" in lines
     assert "particle get bob temperature" in lines
+
+
+def test_late_setup_reaches_the_device(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--late-setup makes a device that registers its application after connecting, as 0.x firmware."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "server_key.pub.pem").write_bytes(pem)
+    made: dict[str, object] = {}
+
+    def capture(*args: object, **options: object) -> None:
+        made.update(options)
+        raise KeyboardInterrupt  # stop before connecting
+
+    # The package's ``virtual_device`` is the command; the module is in sys.modules.
+    monkeypatch.setattr(importlib.import_module(virtual_device.callback.__module__), "VirtualDevice", capture)
+    args = ["--no-register", "--data-dir", str(tmp_path), "--style", "0x", "--late-setup", "2.5"]
+    runner.invoke(virtual_device, args)
+    assert 2.5 == made["late_setup"]
