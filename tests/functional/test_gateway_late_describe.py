@@ -24,6 +24,7 @@ from tests.support.devices import connect_device, wait_until
 from devicecloud.gateway.link import DESCRIBE_RETRY_DELAYS
 from devicecloud.protocol import ResponseStyle
 from devicecloud.runtime import Runtime
+from devicecloud.services.devices import REDESCRIBE_INTERVAL
 from devicecloud.virtualdevice import VirtualDevice
 
 TINKER = ["digitalread", "digitalwrite", "analogread", "analogwrite"]
@@ -121,6 +122,21 @@ async def test_a_read_of_a_variable_the_stored_describe_lacks_asks_again(
     assert isinstance(read.json()["result"], float)  # read as a double: the type came with the Describe
     missing = await client.get(f"/v1/devices/{device.device_id}/nope", headers=ada.auth)
     assert (404, "Variable not found") == (missing.status_code, missing.json()["error"])
+
+
+async def test_calls_naming_unknown_functions_ask_the_device_at_most_once_per_interval(
+    client: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, ada: Account, devices: list[VirtualDevice]
+) -> None:
+    """Five 404s in a row cost one Describe, not five; once the interval has passed, one more."""
+    device = await connect(client, runtime, ada, devices, style=ResponseStyle.SEPARATE, demo=True)
+    before = device.statistics().describes
+    for _ in range(5):
+        missing = await client.post(f"/v1/devices/{device.device_id}/nope", headers=ada.auth)
+        assert 404 == missing.status_code
+    assert before + 1 == device.statistics().describes
+    clock.advance(REDESCRIBE_INTERVAL)
+    await client.post(f"/v1/devices/{device.device_id}/nope", headers=ada.auth)
+    assert before + 2 == device.statistics().describes
 
 
 async def test_a_0x_device_is_described_once_more_and_an_empty_one_at_most_three_times(

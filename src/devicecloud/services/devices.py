@@ -6,7 +6,8 @@ Rules kept here:
   give the same `PermissionDenied`, so ids cannot be probed.
 - A function or variable the device's stored Describe lacks is asked for again once (Device OS 0.x may
   have answered before its application registered anything) and refused only if it is still missing; an
-  offline device is not asked.
+  offline device is not asked, and a device is asked at most once per `REDESCRIBE_INTERVAL` (calls naming
+  functions that do not exist must not turn into a Describe round trip each).
 - Requests to the device go through `ports.DeviceControl` (the gateway); this module never sees a socket.
 - Every device it returns shows the presence this process knows (`device_presence`: the gateway's links
   report it there before it is written to the store).
@@ -47,6 +48,9 @@ def denied() -> PermissionDenied:
     return PermissionDenied("Permission Denied: not a device of yours", code="Permission Denied")
 
 
+REDESCRIBE_INTERVAL = 10.0  # seconds between Describes asked for because a call named something unknown
+
+
 @dataclass(frozen=True, slots=True)
 class DevicePolicy:
     request_timeout: float = 20.0
@@ -71,6 +75,7 @@ class DeviceService:
         self._control = control
         self._policy = policy
         self._presence = presence
+        self._redescribed: dict[str, float] = {}  # device id → monotonic time it was last asked again
         self._owner_listeners: list[Callable[[str], None]] = []
 
     def _present(self, device: Device) -> Device:
@@ -148,12 +153,24 @@ class DeviceService:
         """
         The device's Describe, asked afresh (the gateway stores it too); ``None`` when it cannot tell now.
         """
-        if not self._control.is_online(device.id):
+        if not self._control.is_online(device.id) or not self._may_redescribe(device.id):
             return None
         try:
             return await self._control.refresh_describe(device.id, timeout=self._policy.request_timeout)
         except DomainError:  # offline meanwhile, timed out, refused: the stored Describe stands
             return None
+
+    def _may_redescribe(self, device_id: str) -> bool:
+        now = self._clock.monotonic()
+        last = self._redescribed.get(device_id)
+        if last is not None and now - last < REDESCRIBE_INTERVAL:
+            return False
+        if len(self._redescribed) > 10_000:  # keep the book small: only recent entries matter
+            self._redescribed = {
+                key: at for key, at in self._redescribed.items() if now - at < REDESCRIBE_INTERVAL
+            }
+        self._redescribed[device_id] = now
+        return True
 
     async def ping(self, user: User, ref: str) -> bool:
         device = await self.access_device(user, ref)
