@@ -58,7 +58,9 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
     app.state.deps = deps
     rate_limits = RateLimits(deps.settings)
     app.state.rate_limits = rate_limits
-    app.state.event_streams = StreamRegistry(deps.settings.max_streams_per_ip)
+    app.state.event_streams = StreamRegistry(
+        deps.settings.max_streams_per_ip, clock=deps.clock, check_tokens=deps.tokens.revoked_or_expired
+    )
     errors.install(app)
 
     # oauth first: its pyparticleio alias POST /v1/devices/oauth/token must win over POST /v1/devices/:id/:fn;
