@@ -11,8 +11,11 @@ from pydantic import BaseModel, Field
 
 from devicecloud.api.auth import require
 from devicecloud.api.deps import ApiDeps
+from devicecloud.api.middleware import RateLimits
 from devicecloud.api.params import Params, body_doc
 from devicecloud.domain.accounts import Principal, User
+from devicecloud.errors import RateLimited
+from devicecloud.services.accounts import normalise_username
 
 router = APIRouter(tags=["User"])
 Person = Annotated[Principal, Depends(require())]
@@ -78,6 +81,11 @@ def _deps(request: Request) -> ApiDeps:
     return deps
 
 
+def _limits(request: Request) -> RateLimits:
+    limits: RateLimits = request.app.state.rate_limits
+    return limits
+
+
 @router.post("/v1/users", summary="Create an account", openapi_extra=body_doc(SignUp))
 async def sign_up(request: Request, params: Annotated[SignUp, Depends(Params(SignUp))]) -> dict[str, Any]:
     await _deps(request).accounts.sign_up(params.username, params.password, params.account_info)
@@ -119,6 +127,13 @@ async def delete_user(
 async def request_reset(
     request: Request, params: Annotated[ResetRequest, Depends(Params(ResetRequest))]
 ) -> dict[str, Any]:
+    if params.username.strip():
+        # Counted per address whether an account has it or not, so the answer reveals nothing.
+        retry_after = await _limits(request).reset_mail_retry_after(normalise_username(params.username))
+        if retry_after is not None:
+            raise RateLimited(
+                "Too many password reset requests for this address; try again later", retry_after=retry_after
+            )
     await _deps(request).accounts.request_password_reset(params.username)
     return {"ok": True, "message": "Password reset email sent."}
 
@@ -130,7 +145,8 @@ async def complete_reset(
     request: Request, params: Annotated[ResetCompletion, Depends(Params(ResetCompletion))]
 ) -> dict[str, Any]:
     token = params.token or params.password_reset_token
-    await _deps(request).accounts.complete_password_reset(token, params.password)
+    user = await _deps(request).accounts.complete_password_reset(token, params.password)
+    await _limits(request).clear_account_lockout(user.username)  # the mailbox's owner may log in again
     return {"ok": True, "message": "Password updated."}
 
 
