@@ -104,6 +104,26 @@ async def test_password_reset_lifts_the_account_lockout(
     assert 200 == (await login_from(client, "192.0.2.1", ada.email, "a new password")).status_code
 
 
+async def test_http_basic_guesses_count_too(client: httpx.AsyncClient) -> None:
+    """
+    `GET /v1/access_tokens` checks a password over HTTP Basic: its failures lock the account like failed
+    logins, and a locked account is refused there too, right password or not.
+    """
+    ada = await make_account(client, "ada@example.com")
+    for n in range(5):
+        guess = await client.get(
+            "/v1/access_tokens",
+            auth=(ada.email, "not the password"),
+            headers={"X-Forwarded-For": f"198.51.100.{n}"},
+        )
+        assert 401 == guess.status_code
+    assert 429 == (await login_from(client, "192.0.2.1", ada.email, ada.password)).status_code
+    listed = await client.get(
+        "/v1/access_tokens", auth=(ada.email, ada.password), headers={"X-Forwarded-For": "192.0.2.2"}
+    )
+    assert (429, "rate_limit_exceeded") == (listed.status_code, listed.json()["error"])
+
+
 # ---------------------------------------------------------------- reset mail
 
 

@@ -1,12 +1,8 @@
 """
 ``POST /oauth/token``: every grant, with client credentials by HTTP Basic or form fields (catalogue §2.1).
 
-Two login lockouts guard the grants that test what a person knows, both answering 429 before any password is
-checked (so a right password cannot unlock them): one per client IP (failed person-credential grants), one
-per account (failed password grants for one username, known or not, from any IPs). Locking out the victim is
-the price of the second; it is kept small: its threshold is higher than the per-IP one (an attacker needs
-several addresses), it pauses only password logins (existing tokens and refresh grants keep working), it
-lifts by itself when its moving window passes, and a completed password reset lifts it at once.
+Every grant waits out the client address's login lockout; password grants also the account's (see
+`api.auth.login_attempt`). Only grants that test what a person knows count as failures or successes.
 """
 
 from __future__ import annotations
@@ -17,19 +13,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from devicecloud.api.auth import parse_basic
+from devicecloud.api.auth import login_attempt, parse_basic
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.errors import NO_STORE
-from devicecloud.api.middleware import RateLimits
 from devicecloud.api.params import FORM, content_type, unflatten
-from devicecloud.errors import InvalidGrant, OAuthError, RateLimited, Unauthorized
-from devicecloud.services.accounts import normalise_username
+from devicecloud.errors import OAuthError, Unauthorized
 from devicecloud.services.tokens import GRANT_MFA_OTP, GRANT_PASSWORD, GRANT_RECOVERY, GrantRequest
 
 router = APIRouter(tags=["Authentication"])
 # Grants that test something a person knows: their failures count toward the per-IP lockout.
 USER_CREDENTIAL_GRANTS = frozenset({GRANT_PASSWORD, GRANT_MFA_OTP, GRANT_RECOVERY})
-LOCKED_OUT = "Too many failed logins; try again later"
 
 
 class TokenForm(BaseModel):
@@ -90,23 +83,9 @@ async def create_token(request: Request) -> JSONResponse:
         expires_in=_text(form, "expires_in"),
         expires_at=_text(form, "expires_at"),
     )
-    ip = request.client.host if request.client else "unknown"
-    limits: RateLimits = request.app.state.rate_limits
-    if await limits.login_locked(ip):
-        raise RateLimited(LOCKED_OUT, retry_after=deps.settings.login_lockout_seconds)
-    account = None
-    if grant.grant_type == GRANT_PASSWORD and grant.username:
-        account = normalise_username(grant.username)
-        if await limits.account_locked(account):
-            raise RateLimited(LOCKED_OUT, retry_after=deps.settings.login_account_lockout_seconds)
-    try:
+    account = grant.username if grant.grant_type == GRANT_PASSWORD else None
+    async with login_attempt(request, account, counts=grant.grant_type in USER_CREDENTIAL_GRANTS):
         issued = await deps.tokens.grant(client, grant)
-    except InvalidGrant:
-        if grant.grant_type in USER_CREDENTIAL_GRANTS:
-            await limits.record_login_failure(ip, account)
-        raise
-    if grant.grant_type in USER_CREDENTIAL_GRANTS:
-        await limits.record_login_success(ip, account)
 
     body: dict[str, Any] = {"token_type": "bearer", "access_token": issued.access_token}
     if issued.expires_in is not None:
