@@ -114,6 +114,7 @@ class Runtime:
     def api_deps(self) -> ApiDeps:
         return ApiDeps(
             settings=self.settings,
+            clock=self.clock,
             accounts=self.accounts,
             tokens=self.tokens,
             clients=self.clients,

@@ -9,6 +9,7 @@ defaults below. The result is frozen; other modules receive it (or single values
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -122,6 +123,22 @@ class Settings(BaseSettings):
         description="Failed logins from one IP (within the lockout window) before lockout; a success resets.",
     )
     login_lockout_seconds: int = Field(default=1800, ge=1, description="Lockout after too many failures.")
+    login_account_failure_limit: int = Field(
+        default=30,
+        ge=1,
+        description="Failed password logins for one account, from any IPs, before its password logins pause.",
+    )
+    login_account_lockout_seconds: int = Field(
+        default=900, ge=1, description="The window of those failures, and how long that pause lasts."
+    )
+    rate_limit_reset_mail: str = Field(
+        default="3/hour",
+        description="Password-reset mails to one address (whether it has an account or not).",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Addresses or networks of reverse proxies whose X-Forwarded-For/-Proto are believed.",
+    )
 
     password_time_cost: int = Field(default=3, ge=1, description="argon2 time cost.")
     password_memory_cost: int = Field(default=65536, ge=8, description="argon2 memory cost in KiB.")
@@ -143,7 +160,9 @@ class Settings(BaseSettings):
     log_level: str = Field(default="WARNING", description="Root log level.")
     log_format: Literal["console", "json"] = Field(default="console", description="Log line format.")
 
-    @field_validator("cors_origins", "builtin_clients", "webhook_retry_delays", mode="before")
+    @field_validator(
+        "cors_origins", "builtin_clients", "webhook_retry_delays", "trusted_proxies", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # Lists come from the environment as "a,b" or as JSON ("[...]"); NoDecode leaves both to us.
@@ -151,6 +170,17 @@ class Settings(BaseSettings):
             if value.strip().startswith("["):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        # A typo must not silently trust nothing (or the wrong hosts): each entry is an address or a network.
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not an IP address or network") from exc
         return value
 
     @classmethod

@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.api import Account, make_account
+from tests.support.api import Account, login, make_account
+from tests.support.clock import FakeClock
 from tests.support.devices import connect_device, wait_until
 from tests.support.sse import Reader, Served, flag, serve_app, stream
 
@@ -22,7 +23,10 @@ from devicecloud.api.middleware import RateLimits
 from devicecloud.runtime import Runtime
 from devicecloud.settings import Settings
 
-KEEPALIVE = 0.3
+# On the injected clock: keep-alives come only when a test moves it.
+KEEPALIVE = 9.0
+# The issue's promise: a stream ends within this many seconds of its token going.
+TOKEN_DEADLINE = 5.0
 MAX_STREAMS = 4
 
 
@@ -152,16 +156,21 @@ async def test_stream_auth(client: httpx.AsyncClient, served: Served) -> None:
     assert (401, "invalid_token") == (bad.status_code, bad.json()["error"])
 
 
-async def test_keepalive_when_idle(client: httpx.AsyncClient, served: Served) -> None:
-    """An idle stream gets a `:` comment every keep-alive interval."""
+async def test_keepalive_when_idle(client: httpx.AsyncClient, served: Served, clock: FakeClock) -> None:
+    """
+    A `:` comment after KEEPALIVE seconds (injected clock) without a write, and not before; then every
+    KEEPALIVE seconds while idle.
+    """
     ada = await make_account(client, "ada@example.com")
     async with stream(served, "/v1/devices/events", ada) as reader:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        blocks = [await reader.block(timeout=KEEPALIVE * 4) for _ in range(3)]
-        elapsed = loop.time() - started
-    assert [b":"] * 3 == blocks
-    assert KEEPALIVE * 2.5 <= elapsed < KEEPALIVE * 3 + 1.0
+        clock.advance(KEEPALIVE - 0.5)
+        await publish(client, ada, "quiet")
+        assert ["quiet"] == await reader.names(1)  # no comment came first
+        clock.advance(KEEPALIVE)
+        assert b":" == await reader.block()
+        clock.advance(KEEPALIVE)
+        assert b":" == await reader.block()
+    assert reader.raw.startswith(b":ok\n\nevent: quiet\n")
 
 
 async def test_closed_client_is_cleaned_up(
@@ -214,7 +223,9 @@ def test_stream_opens_are_rate_limited() -> None:
     assert {7} == {r.limit.amount for r in events}
 
 
-async def test_slow_client_is_dropped(client: httpx.AsyncClient, served: Served, runtime: Runtime) -> None:
+async def test_slow_client_is_dropped(
+    client: httpx.AsyncClient, served: Served, runtime: Runtime, clock: FakeClock
+) -> None:
     """
     A client that never reads: its subscription is closed once the bus bound is reached, its connection is
     dropped, and a healthy stream gets every event meanwhile.
@@ -243,6 +254,7 @@ async def test_slow_client_is_dropped(client: httpx.AsyncClient, served: Served,
                 for _ in range(10):
                     assert "big" == (await healthy.event())[0]
                     sent += 1
+            clock.advance(KEEPALIVE)  # a stream stuck writing looks at its subscription by then
             await wait_until(flag(lambda: served.streams.open_streams() == 1), timeout=5)
             assert 1 == runtime.bus.statistics()["subscriptions"]
             await runtime.events.publish_from_api(user, "big", "after", True, 60)
@@ -256,6 +268,76 @@ async def test_slow_client_is_dropped(client: httpx.AsyncClient, served: Served,
         assert received < sent * 1100
     finally:
         slow.close()
+
+
+# ---------------------------------------------------------------- streams end with their token
+
+
+async def second_token(client: httpx.AsyncClient, account: Account, **extra: Any) -> Account:
+    """The same account logged in again: another token."""
+    reply = await login(client, account.email, account.password, **extra)
+    assert 200 == reply.status_code, reply.text
+    return Account(email=account.email, password=account.password, token=reply.json()["access_token"])
+
+
+async def revoke(client: httpx.AsyncClient, how: str, doomed: Account, other: Account) -> None:
+    if how == "current":
+        reply = await client.delete("/v1/access_tokens/current", headers=doomed.auth)
+    elif how == "token":  # the token itself is the credential
+        reply = await client.delete(f"/v1/access_tokens/{doomed.token}")
+    elif how == "all":  # from another of the account's tokens: every one goes
+        reply = await client.delete("/v1/access_tokens", headers=other.auth)
+    else:  # a new password: every other token of the account goes
+        reply = await client.put(
+            "/v1/user",
+            json={"password": "a brand new password", "current_password": doomed.password},
+            headers=other.auth,
+        )
+    assert 200 == reply.status_code, reply.text
+
+
+@pytest.mark.parametrize("how", ["current", "token", "all", "password"])
+async def test_stream_ends_when_its_token_goes(
+    client: httpx.AsyncClient, served: Served, clock: FakeClock, how: str
+) -> None:
+    """
+    Within 5 s (injected clock) of its token being revoked, or of the owner's new password, a stream ends
+    cleanly and sends nothing more; streams on live tokens keep going.
+    """
+    ada = await make_account(client, "ada@example.com")
+    ada_again = await second_token(client, ada)
+    bob = await make_account(client, "bob@example.com")
+    async with (
+        stream(served, "/v1/devices/events", ada) as doomed,
+        stream(served, "/v1/devices/events", ada_again) as other_token,
+        stream(served, "/v1/devices/events", bob) as bobs,
+    ):
+        await revoke(client, how, ada, ada_again)
+        clock.advance(TOKEN_DEADLINE)
+        assert b"" == (await doomed.rest()).replace(b":\n\n", b"")
+        await publish(client, bob, "still-here", private=True)
+        assert ["still-here"] == await bobs.names(1)
+        if how == "all":
+            assert b"" == (await other_token.rest()).replace(b":\n\n", b"")
+        else:  # the token that changed the password or revoked another one stays, and so does its stream
+            await publish(client, ada_again, "mine", private=True)
+            assert ["mine"] == await other_token.names(1)
+    await wait_until(flag(lambda: served.streams.open_streams() == 0), timeout=2)
+
+
+async def test_stream_ends_when_its_token_expires(
+    client: httpx.AsyncClient, served: Served, clock: FakeClock
+) -> None:
+    """A token that lives 10 s: its stream carries on at 5 s, and has ended by 10 s (+ nothing after)."""
+    ada = await make_account(client, "ada@example.com")
+    short = await second_token(client, ada, expires_in="10")
+    async with stream(served, "/v1/devices/events", short) as reader:
+        clock.advance(TOKEN_DEADLINE)
+        await wait_until(flag(lambda: served.streams.token_checks >= 1), timeout=5)
+        await publish(client, ada, "alive", private=True)
+        assert ["alive"] == await reader.names(1)
+        clock.advance(10 - TOKEN_DEADLINE)
+        assert b"" == (await reader.rest()).replace(b":\n\n", b"")
 
 
 # ---------------------------------------------------------------- devices

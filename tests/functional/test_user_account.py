@@ -10,7 +10,10 @@ import httpx
 import pytest
 from tests.support.api import Account, login, make_account
 from tests.support.clock import FakeClock
+from tests.support.devices import connect_device
 from tests.support.notifier import RecordingNotifier
+
+from devicecloud.runtime import Runtime
 
 
 @pytest.fixture
@@ -87,6 +90,28 @@ async def test_get_user_shape(client: httpx.AsyncClient, ada: Account) -> None:
     assert "ada@example.com" == body["username"]
     assert {"enabled": False} == body["mfa"]
     assert {"subscription_ids", "account_info", "wifi_device_count", "cellular_device_count"} <= set(body)
+
+
+async def test_device_counts(client: httpx.AsyncClient, ada: Account, runtime: Runtime) -> None:
+    """
+    wifi_device_count and cellular_device_count count the devices the user owns by platform: an online
+    Photon is one Wi-Fi device; a newly claimed Electron shows at once as a cellular one.
+    """
+    photon = await connect_device(client, ada, runtime)  # platform 6
+    try:
+        body = (await client.get("/v1/user", headers=ada.auth)).json()
+        assert (1, 0) == (body["wifi_device_count"], body["cellular_device_count"])
+        electron = await connect_device(client, ada, runtime, platform_id=10)
+        try:
+            body = (await client.get("/v1/user", headers=ada.auth)).json()
+            assert (1, 1) == (body["wifi_device_count"], body["cellular_device_count"])
+        finally:
+            await electron.stop()
+    finally:
+        await photon.stop()
+    bob = await make_account(client, "bob@example.com")
+    body = (await client.get("/v1/user", headers=bob.auth)).json()
+    assert (0, 0) == (body["wifi_device_count"], body["cellular_device_count"])
 
 
 async def test_change_password_needs_current_password(client: httpx.AsyncClient, ada: Account) -> None:

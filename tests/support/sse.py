@@ -103,6 +103,22 @@ class Reader:
     async def names(self, count: int) -> list[str]:
         return [(await self.event())[0] for _ in range(count)]
 
+    async def rest(self, timeout: float = 5.0) -> bytes:
+        """
+        What the server still sends until it ends the stream. A stream the server cuts instead of ending it
+        cleanly (chunked encoding finished) raises here; one that does not end in time raises TimeoutError.
+        """
+
+        async def drain() -> bytes:
+            rest = self.buffer
+            async for chunk in self._chunks:
+                rest += chunk
+                self.raw += chunk
+            self.buffer = b""
+            return rest
+
+        return await asyncio.wait_for(drain(), timeout)
+
 
 @asynccontextmanager
 async def stream(

@@ -15,7 +15,12 @@ from starlette.middleware.cors import CORSMiddleware
 from devicecloud import __version__
 from devicecloud.api import docs_page, errors
 from devicecloud.api.deps import ApiDeps
-from devicecloud.api.middleware import RateLimitMiddleware, RateLimits, RequestIdMiddleware
+from devicecloud.api.middleware import (
+    RateLimitMiddleware,
+    RateLimits,
+    RequestIdMiddleware,
+    TrustedProxiesMiddleware,
+)
 from devicecloud.api.routes import (
     access_tokens,
     clients,
@@ -58,7 +63,9 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
     app.state.deps = deps
     rate_limits = RateLimits(deps.settings)
     app.state.rate_limits = rate_limits
-    app.state.event_streams = StreamRegistry(deps.settings.max_streams_per_ip)
+    app.state.event_streams = StreamRegistry(
+        deps.settings.max_streams_per_ip, clock=deps.clock, check_tokens=deps.tokens.revoked_or_expired
+    )
     errors.install(app)
 
     # oauth first: its pyparticleio alias POST /v1/devices/oauth/token must win over POST /v1/devices/:id/:fn;
@@ -76,7 +83,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         return JSONResponse({"ok": True, "version": __version__})
 
     _add_security_schemes(app)
-    # Middleware added last runs first: CORS outermost, then request ids, then rate limits.
+    # Middleware added last runs first: trusted proxies, CORS, request ids, then rate limits.
     app.add_middleware(RateLimitMiddleware, limits=rate_limits)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(
@@ -86,6 +93,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         allow_headers=["*"],
         expose_headers=["X-Request-Id", "Retry-After"],
     )
+    app.add_middleware(TrustedProxiesMiddleware, trusted=deps.settings.trusted_proxies)
     return app
 
 

@@ -4,21 +4,40 @@ Finding the caller: bearer tokens from the header, the query string or a form bo
 The rules (and their exact error texts) are those of Particle's OAuth middleware, catalogue §1.2: exactly
 one of the three places may carry the token; the header must be ``Bearer <token>``; a body token needs a
 urlencoded POST/PUT/DELETE. Verification itself is `services.tokens.TokenService.verify`.
+
+`login_attempt` guards every door that checks what a person knows (the OAuth grants, HTTP Basic) with the
+two lockouts: per client IP and per account. Both answer 429 before any password is checked, so a right
+password cannot unlock them. Locking out a victim is the price of the per-account one; it is kept small: its
+threshold is higher than the per-IP one (an attacker needs several addresses), it pauses only password
+logins (tokens already issued and refresh grants keep working), it lifts by itself when its moving window
+passes, and a completed password reset lifts it at once.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import Request
 
+from devicecloud.api.middleware import RateLimits
 from devicecloud.api.params import FORM, content_type, read_params
 from devicecloud.domain.accounts import Principal
-from devicecloud.errors import InsufficientScope, OAuthError, PermissionDenied, Unauthorized
+from devicecloud.errors import (
+    InsufficientScope,
+    InvalidGrant,
+    OAuthError,
+    PermissionDenied,
+    RateLimited,
+    Unauthorized,
+)
+from devicecloud.services.accounts import normalise_username
 from devicecloud.services.tokens import TokenService
+
+LOCKED_OUT = "Too many failed logins; try again later"
 
 ONE_METHOD = "Only one method may be used to authenticate at a time (Auth header,  GET or POST)."
 
@@ -88,6 +107,33 @@ def parse_basic(request: Request) -> BasicCredentials | None:
     if not sep:
         raise Unauthorized("Malformed Basic authorization header")
     return BasicCredentials(username=username, password=password)
+
+
+@asynccontextmanager
+async def login_attempt(
+    request: Request, username: str | None, *, counts: bool = True
+) -> AsyncIterator[None]:
+    """
+    Around a check of a person's credentials: refuse (429) while the client's address, or the account named
+    by ``username``, is locked out; then, if ``counts``, book a failure (`InvalidGrant` or `Unauthorized`
+    raised inside) or a success, which clears the failures of both.
+    """
+    limits: RateLimits = request.app.state.rate_limits
+    settings = request.app.state.deps.settings
+    ip = request.client.host if request.client else "unknown"
+    account = normalise_username(username) if username else None
+    if await limits.login_locked(ip):
+        raise RateLimited(LOCKED_OUT, retry_after=settings.login_lockout_seconds)
+    if account is not None and await limits.account_locked(account):
+        raise RateLimited(LOCKED_OUT, retry_after=settings.login_account_lockout_seconds)
+    try:
+        yield
+    except (InvalidGrant, Unauthorized):
+        if counts:
+            await limits.record_login_failure(ip, account)
+        raise
+    if counts:
+        await limits.record_login_success(ip, account)
 
 
 def require(scope: str | None = None) -> Callable[[Request], Awaitable[Principal]]:

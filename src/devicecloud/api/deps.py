@@ -1,11 +1,12 @@
 """
-What the HTTP layer is handed by the composition root: services and settings, nothing concrete.
+What the HTTP layer is handed by the composition root: services, settings and the clock, nothing concrete.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from devicecloud.clock import Clock
 from devicecloud.services.accounts import AccountService
 from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
@@ -19,6 +20,7 @@ from devicecloud.settings import Settings
 @dataclass(frozen=True, slots=True)
 class ApiDeps:
     settings: Settings
+    clock: Clock
     accounts: AccountService
     tokens: TokenService
     clients: ClientService

@@ -1,21 +1,27 @@
 """
-Pure-ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on the hot path): a request id on every
-reply, and the per-IP rate limits of catalogue §1.5 through the `limits` library.
+Pure-ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on the hot path): the client address behind
+trusted proxies, a request id on every reply, and the per-IP rate limits of catalogue §1.5 through the
+`limits` library, which also keeps the login lockouts (per IP and per account) and the per-address limit on
+password-reset mail, so Redis storage shares all of them between nodes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 from limits import RateLimitItem, parse
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from devicecloud.settings import Settings
 
@@ -49,6 +55,24 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
+class TrustedProxiesMiddleware:
+    """
+    Believe ``X-Forwarded-For``/``X-Forwarded-Proto`` only from the configured proxies (addresses or networks;
+    uvicorn's middleware takes the right-most address no trusted proxy added). With none configured, the
+    client address is the socket's: a client cannot pick its apparent IP to escape the per-IP limits.
+    """
+
+    def __init__(self, app: ASGIApp, trusted: Sequence[str]) -> None:
+        self.app = app
+        if trusted:
+            # uvicorn's ASGI types are not Starlette's; the protocol is the same.
+            proxied = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted))  # type: ignore[arg-type]
+            self.app = cast(ASGIApp, proxied)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 def _storage_uri(uri: str) -> str:
     return uri if uri.startswith("async+") else f"async+{uri}"
 
@@ -75,6 +99,10 @@ class RateLimits:
         self.login_failures = parse(
             f"{settings.login_failure_limit} per {settings.login_lockout_seconds} seconds"
         )
+        self.account_failures = parse(
+            f"{settings.login_account_failure_limit} per {settings.login_account_lockout_seconds} seconds"
+        )
+        self.reset_mail = parse(settings.rate_limit_reset_mail)
         token = parse(settings.rate_limit_token)
         token_list = parse(settings.rate_limit_token_list)
         account = parse(settings.rate_limit_account)
@@ -99,13 +127,47 @@ class RateLimits:
         """
         return self.enabled and not await self.moving.test(self.login_failures, "login-failures", ip)
 
-    async def record_login_failure(self, ip: str) -> None:
+    async def account_locked(self, account: str) -> bool:
+        """
+        Whether password logins to this account (a normalised username, known or not) failed too often lately,
+        from whatever addresses.
+        """
+        return self.enabled and not await self.moving.test(
+            self.account_failures, "account-login-failures", _account_key(account)
+        )
+
+    async def record_login_failure(self, ip: str, account: str | None = None) -> None:
         if self.enabled:
             await self.moving.hit(self.login_failures, "login-failures", ip)
+            if account is not None:
+                await self.moving.hit(self.account_failures, "account-login-failures", _account_key(account))
 
-    async def record_login_success(self, ip: str) -> None:
+    async def record_login_success(self, ip: str, account: str | None = None) -> None:
         if self.enabled:
             await self.moving.clear(self.login_failures, "login-failures", ip)
+            if account is not None:
+                await self.clear_account_lockout(account)
+
+    async def clear_account_lockout(self, account: str) -> None:
+        """
+        Forget an account's failed logins (a completed password reset proves the mailbox is the owner's).
+        """
+        if self.enabled:
+            await self.moving.clear(self.account_failures, "account-login-failures", _account_key(account))
+
+    async def reset_mail_retry_after(self, address: str) -> int | None:
+        """
+        Count one password-reset mail to ``address``: None when it may go, else seconds until one may.
+        """
+        if not self.enabled or await self.fixed.hit(self.reset_mail, "reset-mail", _account_key(address)):
+            return None
+        stats = await self.fixed.get_window_stats(self.reset_mail, "reset-mail", _account_key(address))
+        return max(1, int(stats.reset_time - time.time()))
+
+
+def _account_key(username: str) -> str:
+    # Counters are keyed by a digest: no addresses in the limiter's storage, and any text makes a valid key.
+    return hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class RateLimitMiddleware:

@@ -183,6 +183,7 @@ async def serve_api(
         access_log=False,
         lifespan="on",
         server_header=False,
+        proxy_headers=False,  # the app believes X-Forwarded-For only from DEVICECLOUD_TRUSTED_PROXIES
     )
     server = QuietSignalsServer(config)
 

@@ -34,6 +34,7 @@ PLATFORM_NAMES = {
     35: "esomx",
 }
 CELLULAR_PLATFORMS = frozenset({10, 13, 23, 25, 26, 28, 35})
+WIFI_PLATFORMS = frozenset({0, 6, 8, 12, 22, 32})  # Core, Photon, P1, Argon, A SoM, P2 (Xenon has neither)
 
 
 def normalise_device_id(value: str) -> str | None:

@@ -277,9 +277,10 @@ class AccountService:
         reset_url = f"{self._policy.public_url}/v1/user/password-reset"
         await self._notifier.send_password_reset(email=user.username, token=token, reset_url=reset_url)
 
-    async def complete_password_reset(self, token: Any, password: Any) -> None:
+    async def complete_password_reset(self, token: Any, password: Any) -> User:
         """
-        Set a new password with a reset token; the token is used up and every session revoked.
+        Set a new password with a reset token; the token is used up and every session revoked. Returns the
+        account, whose owner has just proved they read its mail.
         """
         if not isinstance(token, str) or not token:
             raise InvalidInput("token is required")
@@ -294,8 +295,9 @@ class AccountService:
                 or not await tx.secrets.delete(PASSWORD_RESET, token_hash)
             ):
                 raise InvalidInput("The password reset token is invalid or has expired", code="invalid_token")
-            await tx.users.update(found[0], password_hash=password_hash, updated_at=self._clock.now())
+            user = await tx.users.update(found[0], password_hash=password_hash, updated_at=self._clock.now())
             await tx.tokens.delete_for_user(found[0])
+        return user
 
     # ------------------------------------------------------------------ MFA
 

@@ -12,6 +12,7 @@ Rules kept here:
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -103,6 +104,21 @@ class TokenService:
         if access.expires_at is not None and access.expires_at <= self._clock.now():
             raise AuthenticationFailed("The access token provided has expired.")
         return Principal(user=user, token=access, scopes=frozenset(access.scopes))
+
+    async def revoked_or_expired(self, tokens: Collection[AccessToken]) -> set[str]:
+        """
+        The hashes of ``tokens`` that would no longer verify: expired by the clock, or deleted (revoked, the
+        password changed, the account deleted). One batched, indexed read for any number of tokens: open
+        event streams re-check theirs with it every few seconds.
+        """
+        now = self._clock.now()
+        expired = {t.token_hash for t in tokens if t.expires_at is not None and t.expires_at <= now}
+        wanted = sorted({t.token_hash for t in tokens} - expired)
+        if not wanted:
+            return expired
+        async with self._store.transaction(readonly=True) as tx:
+            existing = await tx.tokens.existing_hashes(wanted)
+        return expired | (set(wanted) - existing)
 
     # ------------------------------------------------------------------ clients
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from devicecloud.api.auth import parse_basic, require
+from devicecloud.api.auth import login_attempt, parse_basic, require
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.errors import NO_STORE
 from devicecloud.domain.accounts import AccessToken, Principal, User
@@ -33,7 +33,9 @@ async def _basic_user(request: Request, *, required: bool) -> User | None:
             raise Unauthorized("Send your username and password with HTTP Basic authentication")
         return None
     otp = request.query_params.get("otp")
-    return await deps.accounts.authenticate_basic(credentials.username, credentials.password, otp)
+    # A password (and OTP) check like a login: the same lockouts guard it and count its failures.
+    async with login_attempt(request, credentials.username):
+        return await deps.accounts.authenticate_basic(credentials.username, credentials.password, otp)
 
 
 @router.get("/v1/access_tokens", summary="List your access tokens (HTTP Basic)", openapi_extra=BASIC_DOC)

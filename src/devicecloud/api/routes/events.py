@@ -37,7 +37,8 @@ STREAM_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": (
             "A server-sent event stream: `:ok`, then one `event:`/`data:` block per event, and a `:` "
-            "keep-alive comment after a few seconds of silence. It never ends by itself."
+            "keep-alive comment after a few seconds of silence. It ends (cleanly) only when its access token "
+            "is revoked or expires, or the server shuts down."
         ),
         "content": {MEDIA_TYPE: {"schema": {"type": "string"}, "example": _EXAMPLE}},
     },
@@ -91,9 +92,10 @@ async def open_stream(
     except BaseException:
         streams.release(ip)
         raise
-    streams.track(subscription)
+    streams.track(subscription, principal.token)
     return EventStreamResponse(
         subscription,
+        clock=deps.clock,
         keepalive=deps.settings.sse_keepalive,
         on_close=lambda: streams.release(ip, subscription),
     )

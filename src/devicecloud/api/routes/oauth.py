@@ -1,5 +1,8 @@
 """
 ``POST /oauth/token``: every grant, with client credentials by HTTP Basic or form fields (catalogue §2.1).
+
+Every grant waits out the client address's login lockout; password grants also the account's (see
+`api.auth.login_attempt`). Only grants that test what a person knows count as failures or successes.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from devicecloud.api.auth import parse_basic
+from devicecloud.api.auth import login_attempt, parse_basic
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.errors import NO_STORE
 from devicecloud.api.params import FORM, content_type, unflatten
-from devicecloud.errors import InvalidGrant, OAuthError, RateLimited, Unauthorized
+from devicecloud.errors import OAuthError, Unauthorized
 from devicecloud.services.tokens import GRANT_MFA_OTP, GRANT_PASSWORD, GRANT_RECOVERY, GrantRequest
 
 router = APIRouter(tags=["Authentication"])
@@ -80,21 +83,9 @@ async def create_token(request: Request) -> JSONResponse:
         expires_in=_text(form, "expires_in"),
         expires_at=_text(form, "expires_at"),
     )
-    ip = request.client.host if request.client else "unknown"
-    limits = request.app.state.rate_limits
-    if await limits.login_locked(ip):
-        raise RateLimited(
-            "Too many failed logins; try again later",
-            retry_after=deps.settings.login_lockout_seconds,
-        )
-    try:
+    account = grant.username if grant.grant_type == GRANT_PASSWORD else None
+    async with login_attempt(request, account, counts=grant.grant_type in USER_CREDENTIAL_GRANTS):
         issued = await deps.tokens.grant(client, grant)
-    except InvalidGrant:
-        if grant.grant_type in USER_CREDENTIAL_GRANTS:
-            await limits.record_login_failure(ip)
-        raise
-    if grant.grant_type in USER_CREDENTIAL_GRANTS:
-        await limits.record_login_success(ip)
 
     body: dict[str, Any] = {"token_type": "bearer", "access_token": issued.access_token}
     if issued.expires_in is not None:

@@ -17,6 +17,8 @@ from devicecloud.domain.accounts import AccessToken, ClientType, OAuthClient, Us
 from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import access_tokens, oauth_clients, one_time_secrets, users
 
+HASHES_PER_STATEMENT = 500
+
 
 def _user(row: Row[Any]) -> User:
     return User(
@@ -175,6 +177,15 @@ class SqlTokens:
     async def find_with_user(self, token_hash: str) -> tuple[AccessToken, User] | None:
         row = (await self._conn.execute(FIND_TOKEN_WITH_USER, {"token_hash": token_hash})).first()
         return token_and_user(row) if row is not None else None
+
+    async def existing_hashes(self, token_hashes: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        # In slices: SQLite caps the bound parameters of one statement.
+        for start in range(0, len(token_hashes), HASHES_PER_STATEMENT):
+            chunk = token_hashes[start : start + HASHES_PER_STATEMENT]
+            stmt = select(access_tokens.c.token_hash).where(access_tokens.c.token_hash.in_(chunk))
+            found.update(await self._conn.scalars(stmt))
+        return found
 
     async def get_by_refresh_hash(self, refresh_hash: str) -> AccessToken | None:
         stmt = select(access_tokens).where(access_tokens.c.refresh_token_hash == refresh_hash)
