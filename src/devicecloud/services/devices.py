@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from devicecloud.domain.devices import Device, DeviceDescription, VariableReading, normalise_device_id
+from devicecloud.domain.devices import (
+    WIFI_PLATFORMS,
+    Device,
+    DeviceDescription,
+    VariableReading,
+    normalise_device_id,
+)
 from devicecloud.errors import DomainError, InvalidInput, NotFound, PermissionDenied
 from devicecloud.services.device_names import free_name, is_valid_name
 from devicecloud.services.secrets import hash_secret
@@ -48,6 +54,7 @@ def denied() -> PermissionDenied:
     return PermissionDenied("Permission Denied: not a device of yours", code="Permission Denied")
 
 
+COUNTS_TTL = 10.0  # seconds the Wi-Fi/cellular device counts of `GET /v1/user` may be stale
 REDESCRIBE_INTERVAL = 10.0  # seconds between Describes asked for because a call named something unknown
 
 
@@ -76,6 +83,8 @@ class DeviceService:
         self._policy = policy
         self._presence = presence
         self._redescribed: dict[str, float] = {}  # device id → monotonic time it was last asked again
+        # user id → (valid until, wifi, cellular); dropped whenever a device changes hands
+        self._counts: dict[int, tuple[float, int, int]] = {}
         self._owner_listeners: list[Callable[[str], None]] = []
 
     def _present(self, device: Device) -> Device:
@@ -88,10 +97,29 @@ class DeviceService:
         self._owner_listeners.append(listener)
 
     def _owner_changed(self, device_id: str) -> None:
+        self._counts.clear()
         for listener in self._owner_listeners:
             listener(device_id)
 
     # ------------------------------------------------------------------ reading
+
+    async def owned_counts(self, user: User) -> tuple[int, int]:
+        """
+        (Wi-Fi, cellular) devices the user owns, for ``GET /v1/user``. Cached per user for `COUNTS_TTL`
+        on the clock: that request otherwise reads nothing but its token (ADR 0005), and a platform
+        reported by a new Hello may show a few seconds late.
+        """
+        now = self._clock.monotonic()
+        cached = self._counts.get(user.id)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        devices = await self.list_devices(user)
+        wifi = sum(device.platform_id in WIFI_PLATFORMS for device in devices)
+        cellular = sum(device.cellular for device in devices)
+        if len(self._counts) >= 10_000:  # bounded: only recent readers matter
+            self._counts.clear()
+        self._counts[user.id] = (now + COUNTS_TTL, wifi, cellular)
+        return wifi, cellular
 
     async def list_devices(self, user: User) -> list[Device]:
         """
