@@ -144,7 +144,7 @@ def event_context(event: HookEvent) -> Context:
     if event.data:
         try:
             parsed = json.loads(event.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: just text
             parsed = None
         if isinstance(parsed, dict):
             context.update(parsed)
@@ -285,7 +285,7 @@ def response_events(config: WebhookConfig, event: HookEvent, body: bytes) -> tup
     if config.response_template is not None:
         try:
             parsed = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         response_context: Context = {**context, **parsed} if isinstance(parsed, dict) else dict(context)
         rendered = render_value(config.response_template, response_context)
@@ -297,12 +297,14 @@ def response_events(config: WebhookConfig, event: HookEvent, body: bytes) -> tup
 
 def error_events(config: WebhookConfig, event: HookEvent, message: str) -> tuple[tuple[str, str], ...]:
     """
-    The ``hook-error`` events for a failed attempt.
+    The ``hook-error`` events for a failed attempt. Never raises: it also reports attempts that failed
+    because the event or the hook could not be rendered.
     """
-    context = event_context(event)
     try:
-        topic = render(config.error_response_topic or "hook-error/{{{PARTICLE_EVENT_NAME}}}", context)
-    except TemplateError:
+        topic = render(
+            config.error_response_topic or "hook-error/{{{PARTICLE_EVENT_NAME}}}", event_context(event)
+        )
+    except Exception:  # the failure being reported may be this very rendering
         topic = f"hook-error/{event.name}"
     return _topic_events(topic, message, unchunked=False)
 
