@@ -50,6 +50,9 @@ class OutgoingRequest:
     url: str
     headers: tuple[tuple[str, str], ...]
     body: bytes | None
+    # Lower-case names of the headers the hook's own templates set (``headers``; ``auth`` as Authorization):
+    # they are meant for the hook's target only, and a redirect to another origin drops them.
+    hook_headers: frozenset[str] = frozenset()
 
     @property
     def host(self) -> str:
@@ -238,15 +241,24 @@ def build_request(config: WebhookConfig, event: HookEvent) -> OutgoingRequest:
         body = urlencode(defaults).encode("ascii")
         headers["Content-Type"] = FORM_TYPE
 
+    hook_headers: set[str] = set()
     if config.auth:
         auth = render_value(config.auth, context)
         user_pass = f"{auth.get('username', '')}:{auth.get('password', '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode("ascii")
+        hook_headers.add("authorization")
     for name, value in render_value(config.headers or {}, context).items():
         headers[str(name)] = _form_value(value)
+        hook_headers.add(str(name).lower())
 
     url = _merge_query(render(config.url, context), query)
-    return OutgoingRequest(method=method, url=url, headers=tuple(headers.items()), body=body)
+    return OutgoingRequest(
+        method=method,
+        url=url,
+        headers=tuple(headers.items()),
+        body=body,
+        hook_headers=frozenset(hook_headers),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ responses
