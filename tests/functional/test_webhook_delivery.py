@@ -342,10 +342,17 @@ async def test_private_addresses_are_refused_when_guarded(
     await create_hook(client, ada, event="p2", url=httpserver.url_for("/private"))  # localhost
     await create_hook(client, ada, event="p3", url="http://10.1.2.3/x")
     await create_hook(client, ada, event="p4", url="http://[::1]:9/x")
-    for name in ("p1", "p2", "p3", "p4"):
+    # IPv6 forms of 127.0.0.1 and 10.0.0.1: NAT64, local-use NAT64, 6to4, IPv4-compatible
+    await create_hook(client, ada, event="p5", url="http://[64:ff9b::7f00:1]:9/x")
+    await create_hook(client, ada, event="p6", url="http://[64:ff9b:1::a00:1]:9/x")
+    await create_hook(client, ada, event="p7", url="http://[2002:7f00:1::1]:9/x")
+    await create_hook(client, ada, event="p8", url="http://[::a00:1]:9/x")
+    names = [f"p{i}" for i in range(1, 9)]
+    for name in names:
         await publish(client, ada, name)
-    errors = {e.name: e.data for e in await next_events(seen, 8) if e.name.startswith("hook-error")}
-    assert 4 == len(errors)
+    events = await next_events(seen, 2 * len(names))
+    errors = {e.name: e.data for e in events if e.name.startswith("hook-error")}
+    assert len(names) == len(errors)
     assert all("not allowed" in (text or "") for text in errors.values()), errors
     assert [] == httpserver.log
 

@@ -50,10 +50,41 @@ class Response:
     elapsed_ms: int
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the last 32 bits
+LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: local use only, never public
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """
+    The IPv4 addresses an IPv6 address leads to: IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo.
+    """
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in NAT64 or ip in IPV4_COMPATIBLE:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # the relay server and the client behind it
+    return found
+
+
 def is_public(address: str) -> bool:
+    """
+    Whether ``address`` is a public unicast address, and so is every IPv4 address it embeds (a translated
+    or tunnelled form of 127.0.0.1 or 10.0.0.1 leads there just as well).
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in LOCAL_NAT64:
+            return False
+        embedded = embedded_ipv4(ip)
+        if not all(v4.is_global and not v4.is_multicast for v4 in embedded):
+            return False
+        if ip.ipv4_mapped is not None:  # judged by its IPv4 address alone
+            return True
     return ip.is_global and not ip.is_multicast
 
 
