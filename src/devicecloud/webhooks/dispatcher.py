@@ -65,6 +65,7 @@ logger = structlog.get_logger("devicecloud.webhooks")
 GATHER = 0.005  # seconds the writer and recorder wait for more work before a transaction
 BATCH_FULL = 200  # ... unless this much is already waiting
 BOOK_BATCH = 500
+OUTAGE_AFTER = 3  # items failing alone in a row, none done, that mean the store (not an item) is failing
 T = TypeVar("T")
 Rows = list[tuple[Webhook, HookEvent, str]]
 
@@ -92,7 +93,8 @@ def target_host(config: WebhookConfig, event: HookEvent) -> str:
 async def each_alone(items: Sequence[T], action: Callable[[Sequence[T]], Awaitable[None]]) -> list[T]:
     """
     ``action`` on all ``items`` at once (one transaction); when that fails, on each item alone, so one bad
-    item fails by itself. Returns the items that failed alone.
+    item fails by itself. Returns the items that failed. When the first few alone fail too, the store itself
+    is failing, not an item: the rest are returned untried rather than waited on one by one.
     """
     try:
         await action(items)
@@ -103,7 +105,10 @@ async def each_alone(items: Sequence[T], action: Callable[[Sequence[T]], Awaitab
             return list(items)
         logger.exception("webhook batch failed; retrying its items one by one", items=len(items))
     failed: list[T] = []
-    for item in items:
+    for index, item in enumerate(items):
+        if len(failed) == index == OUTAGE_AFTER:
+            logger.error("webhook items not retried: the store is failing", items=len(items) - index)
+            return [*failed, *items[index:]]
         try:
             await action([item])
         except Exception:
