@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
-from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, Webhook
+from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
 
 class UserRepository(Protocol):
@@ -225,10 +225,11 @@ class DeliveryRepository(Protocol):
 
     async def claim_due(
         self, now: datetime, lease_until: datetime, limit: int, exclude_hosts: Collection[str] = ()
-    ) -> Sequence[Delivery]:
+    ) -> Sequence[Delivery | UnreadableDelivery]:
         """
         Take up to ``limit`` due deliveries (oldest first) whose lease is free or ran out, leasing them
-        until ``lease_until``; deliveries to ``exclude_hosts`` stay where they are.
+        until ``lease_until``; deliveries to ``exclude_hosts`` stay where they are. A row whose event cannot
+        be read comes back as an `UnreadableDelivery`.
         """
         ...
 
