@@ -49,7 +49,8 @@ async def serve_app(runtime: Runtime, **config: Any) -> AsyncIterator[Served]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="critical", access_log=False, **config))
+    options = {"lifespan": "off", "log_level": "critical", "access_log": False, **config}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await wait_until(flag(lambda: server.started))
