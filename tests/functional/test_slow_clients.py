@@ -20,11 +20,12 @@ import pytest
 from tests.support.server import live_server
 from tests.support.slowloris import raise_own_descriptor_limit, start_attack
 
-HEAD_TIMEOUT = 4
+HEAD_TIMEOUT = 12  # longer than the measurement, which runs while every slow socket is held
 PER_IP = 50
 SPREAD = [f"127.0.0.{2 + n // PER_IP}" for n in range(1950)]  # 39 addresses, each at its cap
 GREEDY = ["127.0.0.250"] * (PER_IP + 50)  # one address asking for 50 more than its cap
-SAMPLES = 150
+SAMPLES = 300
+SLACK = 5  # descriptors the server may open lazily meanwhile (e.g. SQLite's connection for busy reads)
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +34,14 @@ def open_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
     """
     Poll a cheap condition (a /proc read, a shared counter) until it holds, or fail after ``timeout``.
     """
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout} s: {what}")
+            raise AssertionError(f"not reached in {timeout} s: {what()}")
         time.sleep(0.05)
 
 
@@ -71,7 +72,7 @@ def test_two_thousand_slow_sockets_do_not_starve_the_api_or_the_devices(tmp_path
         def call() -> httpx.Response:
             return http.post("/v1/devices/demo/digitalwrite", data={"arg": "D7,HIGH"}, headers=auth)
 
-        wait_for(lambda: call().status_code == 200, 15, "the demo device answers")
+        wait_for(lambda: call().status_code == 200, 15, lambda: "the demo device answers")
         assert 200 == user().status_code
         baseline = open_descriptors(pid)
 
@@ -79,7 +80,11 @@ def test_two_thousand_slow_sockets_do_not_starve_the_api_or_the_devices(tmp_path
         with start_attack(port, SPREAD + GREEDY) as attack:
             counters = attack.counters
             everyone = len(SPREAD) + len(GREEDY)
-            wait_for(lambda: counters.opened.value >= everyone, 30, "every slow socket opened")
+            wait_for(
+                lambda: counters.opened.value >= everyone,
+                30,
+                lambda: f"slow sockets opened: {counters.opened.value}",
+            )
             peak = open_descriptors(pid)
 
             timings: dict[str, list[float]] = {"GET /v1/user": [], "POST /v1/devices/demo/digitalwrite": []}
@@ -89,12 +94,14 @@ def test_two_thousand_slow_sockets_do_not_starve_the_api_or_the_devices(tmp_path
                     assert 200 == request().status_code
                     samples.append(time.perf_counter() - started)
                 peak = max(peak, open_descriptors(pid))
-            cut = counters.closed_by_server
-            wait_for(lambda: cut.value >= len(SPREAD), 3 * HEAD_TIMEOUT, "slow sockets cut by the server")
-
+            # From now on the sockets stay open and silent: only the server's head deadline can close them.
             attack.stop_dripping()
-            back = 3 * HEAD_TIMEOUT + 5
-            wait_for(lambda: open_descriptors(pid) <= baseline, back, "descriptors back to baseline")
+            back = HEAD_TIMEOUT + 10
+            wait_for(
+                lambda: open_descriptors(pid) <= baseline + SLACK,
+                back,
+                lambda: f"descriptors {open_descriptors(pid)}, baseline {baseline}",
+            )
             refused = counters.refused.value
 
         assert peak >= baseline + len(SPREAD), "the attack held the sockets it claims to"

@@ -5,7 +5,8 @@ It runs in a separate process (``start_attack``) so its work never competes for 
 while the test measures the server's latency. Each socket opens from a chosen loopback source address,
 sends the start of a request, and adds one header line per ``drip_interval`` until the server closes it;
 then it opens again, until ``stop_dripping()``. Sockets refused with a 429/503 stay closed. After
-``stop_dripping()`` the open sockets stay open and silent, so only the server can close them.
+``stop_dripping()`` the open sockets stay open and silent, so only the server can close them, and closed
+ones are not opened again.
 """
 
 from __future__ import annotations
