@@ -37,6 +37,27 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("./data"), description="Where the database and keys live.")
     http_host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
+    http_head_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds to send a request's line and headers, from connecting or the last reply.",
+    )
+    http_body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a client has to send a request's whole body after its head."
+    )
+    http_max_connections_per_ip: int = Field(
+        default=256, ge=1, description="HTTP connections open at once from one address (IPv6: one /64)."
+    )
+    http_max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="HTTP connections open at once; default: what device links and the reserve leave.",
+    )
+    descriptor_reserve: int = Field(
+        default=1500,
+        ge=0,
+        description="File descriptors kept for the database, webhook connections and logs.",
+    )
     device_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - devices connect from the network
         description="Address the device gateway listens on.",
