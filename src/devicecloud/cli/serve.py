@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import structlog
 import uvicorn
 
 from devicecloud.cli.common import data_dir_option, new_event_loop, settings_from
@@ -22,6 +23,8 @@ from devicecloud.clock import SystemClock
 from devicecloud.httpserver import HttpLimits, guarded_protocol, plan_descriptors, raise_descriptor_limit
 from devicecloud.runtime import Runtime, build_runtime, configure_logging
 from devicecloud.settings import Settings
+
+logger = structlog.get_logger("devicecloud.serve")
 
 # What `devicecloud virtual-device` assumes when it is given no --api-url or --data-dir.
 VIRTUAL_DEVICE_API_URL = "http://127.0.0.1:8080"
@@ -220,8 +223,13 @@ def share_descriptors(settings: Settings, *, run_api: bool, run_devices: bool) -
         serve_http=run_api,
         serve_devices=run_devices,
     )
-    if plan.shortfall is not None:
+    # Said aloud when the operator asked for more than fits; a default that is cut is only logged, so the
+    # quick start on a machine with a modest hard limit prints no warning.
+    asked = {"max_device_links", "http_max_connections"} & settings.model_fields_set
+    if plan.shortfall is not None and asked:
         click.echo(f"warning: {plan.shortfall}", err=True)
+    elif plan.shortfall is not None:
+        logger.info("descriptor limit shared", detail=plan.shortfall)
     if run_devices and plan.device_links != settings.max_device_links:
         settings = settings.model_copy(update={"max_device_links": max(plan.device_links, 1)})
     return settings, plan.http_connections
