@@ -110,7 +110,7 @@ class EventFilter:
 
     - ``owner_id`` set and ``include_public`` off: only that user's events (``/v1/devices/events``);
     - ``owner_id`` set and ``include_public`` on: that user's events plus everyone's public ones
-      (``/v1/events``, device subscriptions to all events);
+      (``/v1/events``; a device's subscription to all devices, inside its `DeviceFilter`);
     - ``device_id`` set: only that device's events (still subject to the owner rule above).
     """
 
