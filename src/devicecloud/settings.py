@@ -82,7 +82,9 @@ class Settings(BaseSettings):
         description="Seconds to wait for a device to answer a function call or variable read.",
     )
     event_queue_bound: int = Field(
-        default=1000, ge=1, description="Events a stream or device may fall behind before it is dropped."
+        default=1000,
+        ge=1,
+        description="Events a stream may fall behind before it is dropped; a device loses those past it.",
     )
     environment: Literal["development", "production"] = Field(
         default="development",

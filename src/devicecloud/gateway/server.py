@@ -66,6 +66,7 @@ class GatewayStatistics:
         events_invalid: of the refused, the ones against the rules (too long, not UTF-8, …).
         events_sent: events forwarded to devices for their subscriptions.
         events_undeliverable: events a subscribed device could not be sent (skipped, the link kept).
+        events_dropped: events a subscribed device lost because its link fell behind (the link kept).
     """
 
     links: int
@@ -83,6 +84,7 @@ class GatewayStatistics:
     events_invalid: int
     events_sent: int
     events_undeliverable: int
+    events_dropped: int
 
 
 class DeviceGateway:
@@ -221,6 +223,7 @@ class DeviceGateway:
             events_invalid=c.events_invalid,
             events_sent=c.events_sent,
             events_undeliverable=c.events_undeliverable,
+            events_dropped=c.events_dropped,
         )
 
     def link(self, device_id: str) -> Link | None:
