@@ -20,7 +20,7 @@ from tests.support.api import make_account
 from tests.support.clock import FakeClock
 from tests.support.devices import connect_device, handled, register_and_claim, virtual_device, wait_until
 
-from devicecloud.domain.devices import Device
+from devicecloud.domain.devices import Device, DeviceDescription, DeviceHelloInfo
 from devicecloud.domain.timestamps import iso
 from devicecloud.runtime import Runtime
 from devicecloud.virtualdevice.device import VirtualDevice
@@ -193,3 +193,83 @@ async def test_keepalives_touch_no_database_and_last_heard_is_written_exact(
 
 def der(identity: DeviceIdentity) -> bytes:
     return identity.public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+async def test_a_device_claims_itself_before_its_first_connect_record_is_written(
+    client: httpx.AsyncClient, runtime: Runtime, clock: FakeClock
+) -> None:
+    """
+    An unknown device (accepted on its first handshake) presents a claim code at once, as the setup app
+    makes it do: the claim writes the record first and the device becomes the account's, named.
+    """
+    ada = await make_account(client, "ada@example.com")
+    code = (await client.post("/v1/device_claims", headers=ada.auth)).json()["claim_code"]
+    identity = generate_identity()
+    async with virtual_device(runtime, identity) as device:
+        await device.wait_connected(10)
+        assert await stored(runtime, identity.device_id) is None  # only in memory so far
+        await device.publish("spark/device/claim/code", code, private=True)
+        await handled(runtime, identity.device_id)
+        listed = (await client.get("/v1/devices", headers=ada.auth)).json()
+        assert [(identity.device_id, True)] == [(d["id"], d["online"]) for d in listed]
+        assert listed[0]["name"]
+
+
+async def test_generated_names_stay_unique_per_owner_and_never_replace_a_given_name(
+    runtime: Runtime, clock: FakeClock
+) -> None:
+    """
+    A name generated in memory that another device of the owner took before the flush is replaced by a free
+    one in the flush; a record named meanwhile (a claim, a rename) keeps its own name.
+    """
+    async with runtime.store.transaction() as tx:
+        owner = (
+            await tx.users.add(
+                username="ada@example.com", password_hash="h", account_info={}, now=clock.now()
+            )
+        ).id
+        await tx.devices.add("a" * 24, now=clock.now(), owner_id=owner, public_key=b"k")
+        await tx.devices.add("b" * 24, now=clock.now(), public_key=b"k")
+    hello = DeviceHelloInfo(platform_id=6, product_id=None, product_firmware_version=None)
+    for device_id in ("a" * 24, "b" * 24):
+        assert b"k" == await runtime.sessions.check_device_key(device_id, b"k", "10.0.0.1")
+        await runtime.sessions.device_connected(device_id, "10.0.0.1", hello)
+    pending_a = runtime.sessions.presence.name("a" * 24)
+    async with runtime.store.transaction() as tx:  # meanwhile: another of Ada's devices takes a's name,
+        await tx.devices.add("c" * 24, now=clock.now(), owner_id=owner, name=pending_a)
+        await tx.devices.update("b" * 24, name="given_name")  # and b gets a name of its own
+    clock.advance(INTERVAL)
+    await wait_until(lambda: _flushed(runtime), timeout=10)
+    a, b = await stored(runtime, "a" * 24), await stored(runtime, "b" * 24)
+    assert a is not None
+    assert b is not None
+    assert a.name
+    assert a.name != pending_a
+    assert "given_name" == b.name
+    assert (a.name, "given_name") == (
+        runtime.sessions.presence.overlay(a).name,
+        runtime.sessions.presence.overlay(b).name,
+    )
+
+
+async def _flushed(runtime: Runtime) -> bool:
+    stats = runtime.sessions.presence.statistics()
+    return stats.flushes >= 1 and not stats.dirty
+
+
+async def test_shutdown_writes_every_pending_fact(runtime: Runtime, clock: FakeClock) -> None:
+    """close() writes what no flush has taken yet: the first-connect record, its name, presence, Describe."""
+    hello = DeviceHelloInfo(platform_id=6, product_id=None, product_firmware_version=None)
+    assert b"k" == await runtime.sessions.check_device_key("d" * 24, b"k", "10.0.0.1")
+    await runtime.sessions.device_connected("d" * 24, "10.0.0.1", hello)
+    await runtime.sessions.device_described("d" * 24, DeviceDescription(functions=("open",), variables={}))
+    name = runtime.sessions.presence.name("d" * 24)
+    await runtime.sessions.close()
+    record = await stored(runtime, "d" * 24)
+    assert record is not None
+    assert (b"k", name, True, ("open",)) == (
+        record.public_key_der,
+        record.name,
+        record.online,
+        record.functions,
+    )
