@@ -113,6 +113,15 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",
     )
+    database_pool_size: int = Field(
+        default=10, ge=1, description="Database connections kept open (SQLite and PostgreSQL alike)."
+    )
+    database_max_overflow: int = Field(
+        default=20, ge=0, description="Connections opened beyond the pool size at peaks."
+    )
+    database_pool_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a database user waits for a free connection."
+    )
 
     access_token_lifetime: int = Field(default=7_776_000, ge=0, description="Seconds; 0 = never expires.")
     refresh_token_lifetime: int = Field(default=1_209_600, ge=0, description="Seconds after token expiry.")

@@ -238,6 +238,7 @@ class DeviceService:
         device_id = normalise_device_id(device_ref) if isinstance(device_ref, str) else None
         if device_id is None:
             raise InvalidInput("id must be a 24-character hexadecimal device id")
+        await self._settle(device_id)
         async with self._store.transaction() as tx:
             device = await tx.devices.get(device_id)
             if device is None:
@@ -286,6 +287,7 @@ class DeviceService:
         """
         A device presented a claim code: give it to the code's user if the device is unowned.
         """
+        await self._settle(device_id)
         async with self._store.transaction() as tx:
             taken = await tx.claim_codes.take(hash_secret(code.strip()))
             device = await tx.devices.get(device_id)
@@ -299,6 +301,11 @@ class DeviceService:
             await self._take_ownership(tx, device, taken[0])
         self._owner_changed(device_id)
         return True
+
+    async def _settle(self, device_id: str) -> None:
+        # A first-connect record or generated name still only in the presence book: write it first.
+        if self._presence is not None:
+            await self._presence.settle(device_id)
 
     async def _take_ownership(self, tx: UnitOfWork, device: Device, user_id: int) -> Device:
         name = device.name

@@ -155,6 +155,26 @@ class DeviceRepository(Protocol):
         """
         ...
 
+    async def describes(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """
+        The stored Describe of each of these devices that exists (any number of ids).
+        """
+        ...
+
+    async def write_describes(self, rows: Sequence[tuple[str, dict[str, Any], str | None, datetime]]) -> None:
+        """
+        Write ``(device id, describe, system firmware version or None = keep, updated_at)`` rows in one
+        statement; unknown device ids are skipped.
+        """
+        ...
+
+    async def name_if_unnamed(self, device_id: str, name: str, *, now: datetime) -> bool:
+        """
+        Give the device ``name`` unless it has one (or does not exist): True when it was given. Raises
+        `errors.Conflict` when another device of the same owner has that name.
+        """
+        ...
+
     async def delete(self, device_id: str) -> None: ...
 
 
