@@ -7,7 +7,7 @@ the bus, into the outbox table), since the door is not the only way in.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,6 +27,7 @@ from tests.support.webhooks import (
     requests_seen,
 )
 
+from devicecloud.domain.events import CloudEvent
 from devicecloud.runtime import Runtime
 from devicecloud.store.tables import webhook_deliveries
 
@@ -77,12 +78,25 @@ async def test_deeply_nested_event_data_from_the_api_is_just_text(
     assert sorted(expected) == sent_data(httpserver)
 
 
+def poison(name: str, data: str, *, owner_id: int) -> CloudEvent:
+    return CloudEvent(
+        name=name,
+        data=data,
+        ttl=60,
+        published_at=datetime.now(UTC),
+        coreid="api",
+        public=False,
+        owner_id=owner_id,
+    )
+
+
 async def test_an_event_with_lone_surrogates_is_dropped_alone(
     client: httpx.AsyncClient, runtime: Runtime, ada: Account, bob: Account, httpserver: HTTPServer
 ) -> None:
     """
-    An event that is not valid text (here put on the bus below the API's checks) is dropped with a log line;
-    the events around it, of both accounts, are delivered, and delivery goes on afterwards.
+    An event that is not valid text (here put straight on the bus, below the API's and the event service's
+    checks) is dropped by the intake with a log line; the events around it, of both accounts, are delivered,
+    and delivery goes on afterwards.
     """
     httpserver.expect_request("/in").respond_with_data("ok")
     await create_hook(client, ada, event="t", url=httpserver.url_for("/in"))
@@ -93,8 +107,8 @@ async def test_an_event_with_lone_surrogates_is_dropped_alone(
             await runtime.events.publish_internal("t", f"ada-{i}", owner_id=ada_id)
             await runtime.events.publish_internal("t", f"bob-{i}", owner_id=bob_id)
             if i == 2:
-                await runtime.events.publish_internal("t/\ud800", "name", owner_id=ada_id)
-                await runtime.events.publish_internal("t", "data \udfff", owner_id=bob_id)
+                await runtime.bus.publish(poison("t/\ud800", "name", owner_id=ada_id))
+                await runtime.bus.publish(poison("t", "data \udfff", owner_id=bob_id))
         await requests_seen(httpserver, 10)
         await outbox_empty(runtime)
     assert sorted(f"{who}-{i}" for who in ("ada", "bob") for i in range(5)) == sent_data(httpserver)
