@@ -193,6 +193,19 @@ async def test_urlencoded_names_and_values(client: httpx.AsyncClient, ada: Accou
     assert_refused(await client.post("/v1/devices/events", **with_auth(ada, request)))
 
 
+@pytest.mark.parametrize("depth", [32, 1000])
+async def test_deep_form_keys(client: httpx.AsyncClient, ada: Account, depth: int) -> None:
+    """``json[a][a]…=`` nests as deep as JSON can; the same limit applies, and nothing is stored."""
+    body = urlencoded_hook() + b"&json" + b"[a]" * depth + b"=1"
+    request = {"content": body, "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+    assert_refused(await client.post("/v1/integrations", **with_auth(ada, request)))
+    assert [] == (await client.get("/v1/integrations", headers=ada.auth)).json()
+
+
+def urlencoded_hook() -> bytes:
+    return "&".join(f"{k}={v}" for k, v in HOOK.items()).encode()
+
+
 @pytest.mark.parametrize(
     ("name", "value"), [("password", "long" + NUL + "enough"), ("password", "long \udcff enough"), (NUL, "x")]
 )

@@ -42,6 +42,11 @@ NOT_TEXT = "must be UTF-8 text without NUL characters"
 OAUTH_PATH = re.compile(r"^(?:/v1/devices)?/oauth/token/?$")
 
 
+def _shown(name: str) -> str:
+    """A caller's field name as an error message repeats it: cut short (it may be most of the body)."""
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
 def text_problem(value: str) -> bool:
     """
     Whether ``value`` holds a NUL or a lone surrogate (the only ways a Python str fails to be UTF-8 text).
@@ -82,12 +87,12 @@ def decode_urlencoded(raw: bytes, where: str) -> list[tuple[str, str]]:
             raise InvalidInput(f"{where} has more than {MAX_FIELDS} fields")
         name, _, value = chunk.replace(b"+", b" ").partition(b"=")
         key = decode_text(unquote_to_bytes(name), f"{where}: a field name")
-        items.append((key, decode_text(unquote_to_bytes(value), f"{where}: {key}")))
+        items.append((key, decode_text(unquote_to_bytes(value), f"{where}: {_shown(key)}")))
     return items
 
 
 def _describe(path: list[str]) -> str:
-    return ".".join(path) or "body"
+    return _shown(".".join(path)) or "body"
 
 
 def check_tree(data: Any, where: str = "body") -> None:
@@ -141,7 +146,7 @@ class StrictMultiPartParser(MultiPartParser):
 
     def on_part_end(self) -> None:
         if self._current_part.file is None:
-            self._refuse_unless_text(bytes(self._current_part.data), f"{self._current_part.field_name}")
+            self._refuse_unless_text(bytes(self._current_part.data), _shown(self._current_part.field_name))
         super().on_part_end()
 
 
