@@ -32,6 +32,7 @@ from devicecloud.api.routes import (
     webhooks,
 )
 from devicecloud.api.sse import StreamRegistry
+from devicecloud.api.text_guard import TextGuardMiddleware
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -83,7 +84,9 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         return JSONResponse({"ok": True, "version": __version__})
 
     _add_security_schemes(app)
-    # Middleware added last runs first: trusted proxies, CORS, request ids, then rate limits.
+    # Middleware added last runs first: trusted proxies, CORS, request ids, rate limits, then the text door
+    # (path, query and Authorization are text before any route runs; bodies are checked by api/params.py).
+    app.add_middleware(TextGuardMiddleware)
     app.add_middleware(RateLimitMiddleware, limits=rate_limits)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(

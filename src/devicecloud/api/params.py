@@ -6,6 +6,10 @@ arrays) or as multipart; GET takes them from the query string. `read_params` tur
 plain dict, cached on the request. `Params(Model)` is a FastAPI dependency that validates that dict with a
 pydantic model and turns a failure into a Particle-shaped 400, and `body_doc(Model)` documents the body in
 OpenAPI under all three encodings.
+
+This is the one reader of request bodies, so it is also the body's half of the text door
+(`api/text_guard.py`): forms are decoded strictly, and every parsed body is checked for text, depth and
+numbers before a route sees it.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 
+from devicecloud.api.text_guard import StrictMultiPartParser, check_tree, decode_urlencoded
 from devicecloud.errors import InvalidInput
 
 FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
-MAX_JSON_BODY = 1_000_000
+MAX_BODY = 1_000_000
 
 
 def content_type(request: Request) -> str:
@@ -74,34 +79,50 @@ def unflatten(items: list[tuple[str, Any]]) -> dict[str, Any]:
 
 async def read_body_params(request: Request) -> dict[str, Any]:
     """
-    The body's parameters (empty for GET/HEAD). Uploaded files are not kept: no endpoint takes one yet, and
-    an unclosed upload leaks a temporary file, so the form is closed here.
+    The body's parameters (empty for GET/HEAD), checked by `text_guard.check_tree`. Uploaded files are
+    not kept: no endpoint takes one yet, and an unclosed upload leaks a temporary file, so the form is
+    closed here.
     """
     if request.method in ("GET", "HEAD"):
         return {}
+    data = await _parse_body(request)
+    check_tree(data)
+    return data
+
+
+async def _parse_body(request: Request) -> dict[str, Any]:
     kind = content_type(request)
-    if kind in (FORM, MULTIPART):
-        try:
-            form = await request.form()
-        except Exception as exc:  # python-multipart raises several types for broken bodies
-            raise InvalidInput("The request body could not be parsed") from exc
-        items = [(k, v) for k, v in form.multi_items() if not isinstance(v, UploadFile)]
-        await form.close()
-        return unflatten(items)
+    if kind == MULTIPART:
+        return unflatten(await _multipart_fields(request))
     raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise InvalidInput("The request body is too large")
+    if kind == FORM:
+        return unflatten(decode_urlencoded(raw, "The request body"))
     if not raw.strip():
         return {}
-    if len(raw) > MAX_JSON_BODY:
-        raise InvalidInput("The request body is too large")
     if kind in ("application/json", "") or kind.endswith("+json") or kind == "text/plain":
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidInput("The request body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise InvalidInput("The request body must be a JSON object")
         return data
     raise InvalidInput(f"Unsupported content type {kind}")
+
+
+async def _multipart_fields(request: Request) -> list[tuple[str, Any]]:
+    parser = StrictMultiPartParser(request.headers, request.stream())
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidInput(f"The request body could not be parsed: {exc.message}") from exc
+    except Exception as exc:  # python-multipart raises several types for broken bodies
+        raise InvalidInput("The request body could not be parsed") from exc
+    fields = [(key, value) for key, value in form.multi_items() if isinstance(value, str)]
+    await form.close()
+    return fields
 
 
 async def read_params(request: Request) -> dict[str, Any]:

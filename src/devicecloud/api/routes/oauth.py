@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 from devicecloud.api.auth import login_attempt, parse_basic
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.errors import NO_STORE
-from devicecloud.api.params import FORM, content_type, unflatten
-from devicecloud.errors import OAuthError, Unauthorized
+from devicecloud.api.params import FORM, content_type, read_body_params
+from devicecloud.errors import InvalidInput, OAuthError, Unauthorized
 from devicecloud.services.tokens import GRANT_MFA_OTP, GRANT_PASSWORD, GRANT_RECOVERY, GrantRequest
 
 router = APIRouter(tags=["Authentication"])
@@ -59,10 +59,9 @@ async def create_token(request: Request) -> JSONResponse:
     if request.method != "POST" or content_type(request) != FORM:
         raise OAuthError("Method must be POST with application/x-www-form-urlencoded encoding")
     try:
-        raw = await request.form()
-    except Exception as exc:  # a broken body is the caller's fault
-        raise OAuthError("Method must be POST with application/x-www-form-urlencoded encoding") from exc
-    form = unflatten([(k, v) for k, v in raw.multi_items() if isinstance(v, str)])
+        form = await read_body_params(request)
+    except InvalidInput as exc:  # a broken body (or one that is not text): the OAuth shape, still a 400
+        raise OAuthError(exc.description) from exc
     try:
         basic = parse_basic(request)
     except Unauthorized as exc:
