@@ -27,6 +27,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devicecloud.api.errors import error_response
+from devicecloud.domain.text import is_valid_text
 from devicecloud.errors import DomainError, InvalidInput, OAuthError
 
 # The deepest JSON a request may carry, the body object counting as one level. Particle's deepest documented
@@ -51,13 +52,7 @@ def text_problem(value: str) -> bool:
     """
     Whether ``value`` holds a NUL or a lone surrogate (the only ways a Python str fails to be UTF-8 text).
     """
-    if "\x00" in value:
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return "\x00" in value or not is_valid_text(value)
 
 
 def decode_text(raw: bytes, where: str, encoding: str = "utf-8") -> str:

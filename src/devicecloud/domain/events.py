@@ -30,19 +30,6 @@ def is_system_name(name: str) -> bool:
     return name[:8].lower().startswith(SYSTEM_PREFIXES)
 
 
-def is_valid_text(text: str) -> bool:
-    """
-    True when ``text`` can be written as UTF-8, i.e. holds no lone surrogate (which strict UTF-8 decoding
-    never yields, but ``json.loads`` of ``"\\ud800"`` does). Streams, devices and webhooks cannot send
-    anything else.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def loggable(text: str, limit: int = MAX_NAME_LENGTH) -> str:
     """
     Text from outside for a log line: at most ``limit`` characters (with the full length when cut), lone

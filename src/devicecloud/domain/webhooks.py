@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from devicecloud.domain.text import is_valid_text
+
 WEBHOOK_TYPE = "Webhook"
 REQUEST_TYPES = ("GET", "POST", "PUT", "DELETE")
 USER_AGENT = "ParticleBot/1.1 (https://docs.particle.io/webhooks)"
@@ -111,17 +113,6 @@ class UnreadableDelivery:
     id: int
     hook_id: str
     problem: str
-
-
-def is_valid_text(value: str) -> bool:
-    """
-    Whether ``value`` has a UTF-8 form (a lone UTF-16 surrogate has none: no request, row or event holds it).
-    """
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def event_problem(event: HookEvent) -> str | None:

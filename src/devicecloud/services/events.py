@@ -39,9 +39,9 @@ from devicecloud.domain.events import (
     DeviceFilter,
     EventFilter,
     Filter,
-    is_valid_text,
     loggable,
 )
+from devicecloud.domain.text import is_valid_text
 from devicecloud.errors import InvalidInput, PermissionDenied
 
 if TYPE_CHECKING:

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from devicecloud.domain.events import CloudEvent
+from devicecloud.domain.text import is_valid_text
 from devicecloud.domain.webhooks import (
     Delivery,
     DeliveryOutcome,
@@ -41,7 +42,6 @@ from devicecloud.domain.webhooks import (
     Webhook,
     WebhookConfig,
     event_problem,
-    is_valid_text,
 )
 from devicecloud.services.webhooks import hook_event
 from devicecloud.webhooks.http import DeliveryError, HttpSender, Response
