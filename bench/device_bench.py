@@ -1,7 +1,7 @@
 """
-Device benchmark: handshakes/s, idle connected devices, function calls through the REST API.
+Device benchmark: handshakes/s, idle connected devices, function calls through the REST API, connect storms.
 
-Three measurements against a real ``devicecloud serve`` (server pinned to core 0, every generator pinned to
+Four measurements against a real ``devicecloud serve`` (server pinned to core 0, every generator pinned to
 core 1, ``DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES=true`` so devices need no key registration, rate limits off):
 
 ``handshake``
@@ -19,7 +19,16 @@ core 1, ``DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES=true`` so devices need no key regis
        Target: handshakes/s >= 0.8 x ceiling;
     3. the protocol floor: the same generator against ``_handshake_floor.py`` on core 0 (the server's
        Connection, key, signer and loop behind a bare ``asyncio.Protocol``, nothing else) while the server
-       idles — what any server on this protocol core costs at least (decision 0009).
+       idles — what any server on this protocol core costs at least (decision 0009);
+    4. the same loops doing the 0.7.0 connect sequence (``_photon.py``): target >= 0.8 x the bare rate.
+
+``storm``
+    ``--storm-devices`` simulated Photons of one owner (``_photon.py``), bare and then 0.7.0, the same ids:
+    each fleet connects, the server restarts, every device reconnects at once; the time until all are
+    online again, devices dropped, events sent to devices (counted by the devices), database errors and
+    dropped event feeds (from the server's log). Target: the 0.7.0 storm within 1.5 x the bare one, 0
+    dropped. Then the 0.7.0 fleet idles, pinging every 15 s: server CPU (target <= 10 % of one core) and the
+    pings' round trips (p99 <= 50 ms).
 
 ``idle``
     ``--idle-procs`` generator processes hold ``--devices`` ``VirtualDevice`` s connected (one asyncio task
