@@ -639,6 +639,8 @@ def bench_storm(args: argparse.Namespace, keys: Path, pin: bool) -> tuple[Outcom
     ping_after = 1.0 if smoke else 15.0
     raise_open_files(2 * count + 1024)
     env = {**DEVICE_ENV, "DEVICECLOUD_MAX_DEVICE_LINKS": str(2 * count + 1000)}
+    if args.handshake_slots:
+        env["DEVICECLOUD_DEVICE_HANDSHAKE_SLOTS"] = str(args.handshake_slots)
     runs: dict[str, dict[str, Any]] = {}
     with running_server(email=EMAIL, password=PASSWORD, pin=pin, extra_env=env,
                         extra_args=NO_DEMO) as server:  # fmt: skip
@@ -860,6 +862,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=None, help="seconds to hold them (60)")
     parser.add_argument("--storm-devices", type=int, default=None, help="devices in the storm (1,000)")
     parser.add_argument("--storm-timeout", type=float, default=None, help="most seconds for a storm (300)")
+    parser.add_argument("--handshake-slots", type=int, default=None,
+                        help="the server's handshake slots in the storm (its default, 512)")  # fmt: skip
     parser.add_argument("--settle", type=float, default=None, help="seconds after the storm (35)")
     parser.add_argument("--keepalive-hold", type=float, default=None, help="keep-alive seconds measured (60)")
     parser.add_argument("--call-devices", type=int, default=20, help="virtual devices for calls (20)")

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     )
     max_device_links: int = Field(default=20_000, ge=1, description="Most devices connected at once.")
     device_handshake_slots: int = Field(
-        default=128,
+        default=512,
         ge=1,
         description="Handshakes in progress at once; in a connect storm the rest wait in the listen backlog.",
     )

@@ -152,7 +152,7 @@ class DeviceGateway:
         host: str | None = None,
         port: int = 5683,
         max_links: int = 10_000,
-        handshake_slots: int = 128,
+        handshake_slots: int = 512,
         listen_backlog: int = 4096,
         handshake_timeout: float = 30.0,
         ping_after: float = 20.0,
