@@ -40,7 +40,7 @@ from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
 from devicecloud.store.keyfiles import load_or_create_server_key
-from devicecloud.store.sql import SqlStore
+from devicecloud.store.sql import PoolLimits, SqlStore
 from devicecloud.webhooks.dispatcher import DispatchPolicy, WebhookDispatcher
 from devicecloud.webhooks.http import HttpSender, SenderLimits
 from devicecloud.webhooks.throttle import ThrottlePolicy
@@ -234,7 +234,14 @@ def build_runtime(
     clock = clock or SystemClock()
     notifier = notifier or build_notifier(settings)
     server_key = server_key or load_server_key(settings)
-    store = SqlStore.from_url(settings.effective_database_url)
+    store = SqlStore.from_url(
+        settings.effective_database_url,
+        PoolLimits(
+            size=settings.database_pool_size,
+            overflow=settings.database_max_overflow,
+            timeout=settings.database_pool_timeout,
+        ),
+    )
     passwords = Passwords(
         time_cost=settings.password_time_cost,
         memory_cost=settings.password_memory_cost,
@@ -265,7 +272,13 @@ def build_runtime(
     )
     clients = ClientService(store=store, clock=clock)
     sessions = DeviceSessionService(
-        store=store, clock=clock, policy=SessionPolicy(accept_unknown_devices=settings.accept_unknown_devices)
+        store=store,
+        clock=clock,
+        policy=SessionPolicy(
+            accept_unknown_devices=settings.accept_unknown_devices,
+            # Waiting longer than the device has for its handshake serves nobody.
+            key_check_timeout=settings.device_handshake_timeout,
+        ),
     )
     devices: DeviceService | None = None
     events: EventService | None = None

@@ -37,6 +37,27 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("./data"), description="Where the database and keys live.")
     http_host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
+    http_head_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds to send a request's line and headers, from connecting or the last reply.",
+    )
+    http_body_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a client has to send a request's whole body after its head."
+    )
+    http_max_connections_per_ip: int = Field(
+        default=256, ge=1, description="HTTP connections open at once from one address (IPv6: one /64)."
+    )
+    http_max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="HTTP connections open at once; default: what device links and the reserve leave.",
+    )
+    descriptor_reserve: int = Field(
+        default=1500,
+        ge=0,
+        description="File descriptors kept for the database, webhook connections and logs.",
+    )
     device_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - devices connect from the network
         description="Address the device gateway listens on.",
@@ -71,7 +92,9 @@ class Settings(BaseSettings):
         description="Seconds to wait for a device to answer a function call or variable read.",
     )
     event_queue_bound: int = Field(
-        default=1000, ge=1, description="Events a stream or device may fall behind before it is dropped."
+        default=1000,
+        ge=1,
+        description="Events a stream may fall behind before it is dropped; a device loses those past it.",
     )
     environment: Literal["development", "production"] = Field(
         default="development",
@@ -99,6 +122,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",
+    )
+    database_pool_size: int = Field(
+        default=10, ge=1, description="Database connections kept open (SQLite and PostgreSQL alike)."
+    )
+    database_max_overflow: int = Field(
+        default=20, ge=0, description="Connections opened beyond the pool size at peaks."
+    )
+    database_pool_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds a database user waits for a free connection."
     )
 
     access_token_lifetime: int = Field(default=7_776_000, ge=0, description="Seconds; 0 = never expires.")

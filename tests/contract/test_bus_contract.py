@@ -12,12 +12,19 @@ import pytest
 
 from devicecloud.bus.interfaces import EventBus
 from devicecloud.bus.memory import MemoryBus
-from devicecloud.domain.events import CloudEvent, EventFilter
+from devicecloud.domain.events import AllEvents, AnyFilter, CloudEvent, DeviceFilter, EventFilter
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def event(name: str, *, owner: int | None = 1, public: bool = False, device: str | None = None) -> CloudEvent:
+def event(
+    name: str,
+    *,
+    owner: int | None = 1,
+    public: bool = False,
+    device: str | None = None,
+    to_device: str | None = None,
+) -> CloudEvent:
     return CloudEvent(
         name=name,
         data=name,
@@ -27,6 +34,7 @@ def event(name: str, *, owner: int | None = 1, public: bool = False, device: str
         public=public,
         owner_id=owner,
         device_id=device,
+        to_device=to_device,
     )
 
 
@@ -97,3 +105,81 @@ async def test_close_ends_iteration_and_unsubscribes(bus: EventBus) -> None:
     subscription.close("client left")
     assert [] == [item async for item in subscription]
     assert ("client left", 0) == (subscription.closed_reason, bus.statistics()["subscriptions"])
+
+
+def device_feed(device_id: str, owner: int, *prefixes: str, public: bool = False) -> AnyFilter:
+    """A device's feed as the events service builds it: one part per Subscribe."""
+    return AnyFilter(
+        tuple(
+            DeviceFilter(device_id, EventFilter(prefix=prefix, owner_id=owner, include_public=public))
+            for prefix in prefixes
+        )
+    )
+
+
+async def test_publishing_costs_the_matching_subscribers_not_all(bus: EventBus) -> None:
+    """
+    With 1,000 device feeds of one owner subscribed to ``spark``, ``particle`` and ``fleet/``, a
+    ``spark/status`` evaluates only the stream's filter; an owner's ordinary event, only its matching feeds.
+    """
+    feeds = [
+        bus.subscribe(device_feed(f"d{n}", 1, "spark", "particle", "fleet/", public=bool(n % 2)), lossy=True)
+        for n in range(1000)
+    ]
+    stream = bus.subscribe(EventFilter(prefix="spark", owner_id=1))
+
+    async def evaluated_by(published: CloudEvent) -> int:
+        before = bus.statistics()["evaluated"]
+        await bus.publish(published)
+        return bus.statistics()["evaluated"] - before
+
+    assert 1 == await evaluated_by(event("spark/status", device="d1"))  # the stream; never a device feed
+    assert 0 == await evaluated_by(event("particle/device/updates/forced", device="d1"))
+    assert 1000 == await evaluated_by(event("fleet/ready"))  # the owner's feeds
+    assert 500 == await evaluated_by(event("fleet/ready", owner=2, public=True))  # those taking public ones
+    assert 0 == await evaluated_by(event("other", owner=2, public=True))
+    assert 2 == await evaluated_by(event("spark/device/claim/ok", device="d7", to_device="d7"))  # d7, stream
+    assert ["spark/status", "spark/device/claim/ok"] == await drain(stream, 2)
+    assert ["fleet/ready", "fleet/ready", "spark/device/claim/ok"] == await drain(feeds[7], 3)
+    assert ["fleet/ready"] == await drain(feeds[8], 1)
+    for feed in feeds:
+        feed.close()
+    stream.close()
+
+
+async def test_devices_receive_system_events_only_when_addressed_to_them(bus: EventBus) -> None:
+    """
+    A device's ``spark``/``particle`` subscription (any scope, short prefixes too) gets no system event of
+    its siblings, its own or the cloud's unless addressed to it; streams and the cloud's consumers see all.
+    """
+    listener = bus.subscribe(device_feed("d1", 1, "sp", "particle", "", public=True), lossy=True)
+    everything = bus.subscribe(AllEvents())
+    for published in (
+        event("spark/status", device="d2"),
+        event("spark/status", device="d1"),
+        event("SPARK/anything", public=True),
+        event("particle/device/updates/forced", device="d2"),
+        event("particle/device/updates/pending", device="d2", to_device="d2"),
+        event("particle/device/updates/pending", device="d1", to_device="d1"),
+        event("sports", owner=2, public=True),
+        event("hello", device="d2"),
+    ):
+        await bus.publish(published)
+    assert ["particle/device/updates/pending", "sports", "hello"] == await drain(listener, 3)
+    assert 8 == len(await drain(everything, 8))
+    listener.close()
+    everything.close()
+
+
+async def test_a_lossy_subscriber_loses_events_and_stays_open(bus: EventBus) -> None:
+    """Past its bound a lossy subscriber loses what does not fit, counted, and receives later events."""
+    lossy = bus.subscribe(EventFilter(owner_id=1), lossy=True)
+    for n in range(15):
+        await bus.publish(event(f"e{n}"))
+    assert (None, 5) == (lossy.closed_reason, lossy.dropped)
+    assert 5 == bus.statistics()["dropped_events"]
+    assert [f"e{n}" for n in range(10)] == await drain(lossy, 10)
+    await bus.publish(event("after"))
+    assert ["after"] == await drain(lossy, 1)
+    assert 1 == bus.statistics()["subscriptions"]
+    lossy.close()

@@ -199,3 +199,52 @@ async def test_write_presence_updates_many_devices_in_one_call(runtime: Runtime)
         b.product_id,
     )
     assert c is None
+
+
+async def test_describes_are_read_and_written_many_at_a_time(runtime: Runtime) -> None:
+    """describes() reads stored ones; write_describes() writes many, keeps firmware on None, skips unknown."""
+    later = NOW + timedelta(minutes=5)
+    async with runtime.store.transaction() as tx:
+        await tx.devices.add("a" * 24, now=NOW, system_firmware_version="1.5.2")
+        await tx.devices.update("a" * 24, describe={"functions": ["f"]})
+        await tx.devices.add("b" * 24, now=NOW)
+        assert {"a" * 24: {"functions": ["f"]}, "b" * 24: {}} == await tx.devices.describes(
+            ["a" * 24, "b" * 24, "c" * 24]
+        )
+        await tx.devices.write_describes(
+            [
+                ("a" * 24, {"functions": ["g"], "variables": {"t": "double"}}, None, later),
+                ("b" * 24, {"functions": []}, "2.3.1", later),
+                ("c" * 24, {"functions": []}, "2.3.1", later),
+            ]
+        )
+    async with runtime.store.transaction(readonly=True) as tx:
+        a, b, c = [await tx.devices.get(x * 24) for x in "abc"]
+    assert a is not None
+    assert b is not None
+    assert (("g",), {"t": "double"}, "1.5.2", later) == (
+        a.functions,
+        a.variables,
+        a.system_firmware_version,
+        a.updated_at,
+    )
+    assert ({"functions": []}, "2.3.1") == (b.describe, b.system_firmware_version)
+    assert c is None
+
+
+async def test_name_if_unnamed_never_replaces_a_name_and_clashes_are_conflicts(runtime: Runtime) -> None:
+    """A generated name goes only to a record without one; a name the owner uses is a Conflict."""
+    owner = await add_user(runtime)
+    async with runtime.store.transaction() as tx:
+        await tx.devices.add("a" * 24, now=NOW, owner_id=owner, name="brave_yak")
+        await tx.devices.add("b" * 24, now=NOW, owner_id=owner)
+        assert not await tx.devices.name_if_unnamed("a" * 24, "calm_ibis", now=NOW)
+        assert not await tx.devices.name_if_unnamed("c" * 24, "calm_ibis", now=NOW)
+        with pytest.raises(Conflict):
+            await tx.devices.name_if_unnamed("b" * 24, "brave_yak", now=NOW)
+        assert await tx.devices.name_if_unnamed("b" * 24, "calm_ibis", now=NOW)
+    async with runtime.store.transaction(readonly=True) as tx:
+        a, b = [await tx.devices.get(x * 24) for x in "ab"]
+    assert a is not None
+    assert b is not None
+    assert ("brave_yak", "calm_ibis") == (a.name, b.name)

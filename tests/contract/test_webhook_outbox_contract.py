@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
-from devicecloud.domain.webhooks import HookEvent, Webhook, WebhookConfig
+from devicecloud.domain.webhooks import Delivery, HookEvent, UnreadableDelivery, Webhook, WebhookConfig
 from devicecloud.runtime import Runtime
+from devicecloud.store.tables import webhook_deliveries
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LEASE = NOW + timedelta(seconds=50)
@@ -88,3 +90,20 @@ async def test_deleted_hooks_are_skipped_not_fatal(runtime: Runtime) -> None:
     async with runtime.store.transaction() as tx:
         await tx.deliveries.enqueue([(gone, event("lost"), "a"), (h, event("kept"), "a")], NOW)
         assert ["kept"] == [d.event.name for d in await tx.deliveries.claim_due(NOW, LEASE, 10)]
+
+
+async def test_a_damaged_row_is_claimed_as_unreadable_beside_the_others(runtime: Runtime) -> None:
+    h = await hook(runtime)
+    async with runtime.store.transaction() as tx:
+        await tx.deliveries.enqueue([(h, event("before"), "a")], NOW)
+    async with runtime.store.engine.begin() as conn:  # type: ignore[attr-defined]
+        row = {"hook_id": h.id, "owner_id": h.owner_id, "host": "a", "next_attempt_at": NOW}
+        await conn.execute(insert(webhook_deliveries), [{**row, "created_at": NOW, "event": {"name": 5}}])
+    async with runtime.store.transaction() as tx:
+        await tx.deliveries.enqueue([(h, event("after"), "a")], NOW)
+        claimed = await tx.deliveries.claim_due(NOW, LEASE, 10)
+        assert [] == await tx.deliveries.claim_due(NOW, LEASE, 10)  # the damaged row is leased too
+    good = [d.event.name for d in claimed if isinstance(d, Delivery)]
+    (damaged,) = [d for d in claimed if isinstance(d, UnreadableDelivery)]
+    assert (["before", "after"], h.id) == (good, damaged.hook_id)
+    assert damaged.problem.startswith("KeyError")

@@ -269,7 +269,7 @@ async def test_claim_code(client: httpx.AsyncClient, ada: Account) -> None:
 
 
 async def test_unknown_device_waits_for_approval(
-    client: httpx.AsyncClient, ada: Account, runtime: Runtime
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, clock: FakeClock
 ) -> None:
     """A device with an unregistered key is refused and its key recorded; after approval it connects."""
     from devicecloud.virtualdevice.identity import generate_identity
@@ -279,6 +279,7 @@ async def test_unknown_device_waits_for_approval(
     await device.start()
 
     async def recorded() -> bool:
+        clock.advance(1.0)  # offered keys are written behind, with the next flush
         return [identity.device_id] == [p.device_id for p in await runtime.device_keys.pending()]
 
     await wait_until(recorded)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
+from tests.support.clock import FakeClock
 from tests.support.devices import virtual_device, wait_until
 
 from devicecloud.cli import main
@@ -65,13 +66,16 @@ def test_server_key_slot_refuses_ipv6(tmp_path: Path) -> None:
     assert 2 == result.exit_code
 
 
-async def test_pending_then_approved(runtime: Runtime, client: httpx.AsyncClient, tmp_path: Path) -> None:
+async def test_pending_then_approved(
+    runtime: Runtime, client: httpx.AsyncClient, tmp_path: Path, clock: FakeClock
+) -> None:
     """An unknown device is refused and listed by keys pending; keys approve lets it connect."""
     identity = generate_identity()
     device = virtual_device(runtime, identity)
     await device.start()
 
     async def pending() -> bool:
+        clock.advance(1.0)  # offered keys are written behind, with the next flush
         return bool(await runtime.device_keys.pending())
 
     await wait_until(pending)

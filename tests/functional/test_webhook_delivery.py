@@ -30,10 +30,16 @@ from tests.support.clock import FakeClock
 from tests.support.devices import connect_device, wait_until
 from tests.support.sse import flag, serve_app, stream
 from tests.support.targets import drip, huge, never_answer, redirect_loop, target
+from tests.support.webhooks import (
+    create_hook,
+    hook_events,
+    next_events,
+    outbox_empty,
+    publish,
+    requests_seen,
+)
 from werkzeug import Request, Response
 
-from devicecloud.bus.interfaces import Subscription
-from devicecloud.domain.events import CloudEvent, EventFilter
 from devicecloud.runtime import Runtime
 
 REQUEST_LIMIT = 1.0
@@ -43,43 +49,6 @@ REQUEST_LIMIT = 1.0
 def settings_overrides() -> dict[str, Any]:
     # A short request limit keeps the hostile-target cases quick; the hosted cloud's 20 s is the default.
     return {"webhook_timeout": REQUEST_LIMIT, "webhook_max_redirects": 3}
-
-
-async def create_hook(client: httpx.AsyncClient, account: Account, **fields: Any) -> str:
-    body = {"integration_type": "Webhook", **fields}
-    response = await client.post("/v1/integrations", json=body, headers=account.auth)
-    assert 201 == response.status_code, response.text
-    hook_id: str = response.json()["id"]
-    return hook_id
-
-
-async def publish(client: httpx.AsyncClient, account: Account, name: str, data: str | None = None) -> None:
-    fields: dict[str, Any] = {"name": name, "private": True}
-    if data is not None:
-        fields["data"] = data
-    response = await client.post("/v1/devices/events", json=fields, headers=account.auth)
-    assert 200 == response.status_code, response.text
-
-
-async def requests_seen(httpserver: HTTPServer, count: int, timeout: float = 10) -> list[Request]:
-    await wait_until(flag(lambda: len(httpserver.log) >= count), timeout=timeout)
-    return [request for request, _response in httpserver.log]
-
-
-async def hook_events(runtime: Runtime, account: Account) -> Subscription:
-    user = await runtime.accounts.get_by_username(account.email)
-    return runtime.bus.subscribe(EventFilter(prefix="hook-", owner_id=user.id))
-
-
-async def next_events(subscription: Subscription, count: int, timeout: float = 10) -> list[CloudEvent]:
-    return [await asyncio.wait_for(anext(aiter(subscription)), timeout) for _ in range(count)]
-
-
-async def outbox_empty(runtime: Runtime) -> None:
-    async def empty() -> bool:
-        return await runtime.webhooks.pending() == 0 and await runtime.dispatcher.idle()
-
-    await wait_until(empty, timeout=10)
 
 
 @pytest.fixture
@@ -373,10 +342,17 @@ async def test_private_addresses_are_refused_when_guarded(
     await create_hook(client, ada, event="p2", url=httpserver.url_for("/private"))  # localhost
     await create_hook(client, ada, event="p3", url="http://10.1.2.3/x")
     await create_hook(client, ada, event="p4", url="http://[::1]:9/x")
-    for name in ("p1", "p2", "p3", "p4"):
+    # IPv6 forms of 127.0.0.1 and 10.0.0.1: NAT64, local-use NAT64, 6to4, IPv4-compatible
+    await create_hook(client, ada, event="p5", url="http://[64:ff9b::7f00:1]:9/x")
+    await create_hook(client, ada, event="p6", url="http://[64:ff9b:1::a00:1]:9/x")
+    await create_hook(client, ada, event="p7", url="http://[2002:7f00:1::1]:9/x")
+    await create_hook(client, ada, event="p8", url="http://[::a00:1]:9/x")
+    names = [f"p{i}" for i in range(1, 9)]
+    for name in names:
         await publish(client, ada, name)
-    errors = {e.name: e.data for e in await next_events(seen, 8) if e.name.startswith("hook-error")}
-    assert 4 == len(errors)
+    events = await next_events(seen, 2 * len(names))
+    errors = {e.name: e.data for e in events if e.name.startswith("hook-error")}
+    assert len(names) == len(errors)
     assert all("not allowed" in (text or "") for text in errors.values()), errors
     assert [] == httpserver.log
 

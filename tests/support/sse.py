@@ -38,9 +38,10 @@ class Served:
 
 
 @asynccontextmanager
-async def serve_app(runtime: Runtime) -> AsyncIterator[Served]:
+async def serve_app(runtime: Runtime, **config: Any) -> AsyncIterator[Served]:
     """
-    The runtime's app behind uvicorn on a free port, and an httpx client on it.
+    The runtime's app behind uvicorn on a free port, and an httpx client on it; ``config`` adds
+    ``uvicorn.Config`` options (e.g. ``http=`` the guarded protocol of ``devicecloud.httpserver``).
     """
     app = runtime.asgi_app(manage_lifecycle=False)
     sock = socket.socket()
@@ -48,7 +49,8 @@ async def serve_app(runtime: Runtime) -> AsyncIterator[Served]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="critical", access_log=False))
+    options = {"lifespan": "off", "log_level": "critical", "access_log": False, **config}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await wait_until(flag(lambda: server.started))

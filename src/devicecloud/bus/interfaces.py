@@ -3,8 +3,13 @@ The event bus contract: publish events, subscribe with a filter, bounded queues 
 
 Rules every backend keeps:
 - ``publish`` never waits for subscribers; it returns once the event is handed to the bus;
+- publishing costs work in proportion to the subscribers an event can match, not to all subscribers: a
+  filter's ``routes()`` (audience, name prefix) and the event's ``audiences`` say who can match (in
+  memory: dict look-ups; over NATS: subjects);
 - each subscription has a bounded queue: a subscriber that falls that far behind is closed (its iterator
-  ends and ``closed_reason`` says why) and the drop is logged; nobody else notices;
+  ends and ``closed_reason`` says why) and the drop is logged; nobody else notices. A ``lossy``
+  subscription (events to devices: NON by protocol) instead loses the events that do not fit, counts them
+  (``dropped``, ``statistics()["dropped_events"]``) and stays open;
 - a healthy subscriber receives every matching event, in publish order per publisher.
 """
 
@@ -28,14 +33,26 @@ class Subscription(Protocol):
     @property
     def closed_reason(self) -> str | None: ...
 
+    @property
+    def dropped(self) -> int:
+        """Events lost so far because the queue was full (only a ``lossy`` subscription loses any)."""
+        ...
+
     def close(self, reason: str = "closed") -> None: ...
 
 
 class EventBus(Protocol):
     async def publish(self, event: CloudEvent) -> None: ...
 
-    def subscribe(self, event_filter: Filter, *, max_pending: int | None = None) -> Subscription: ...
+    def subscribe(
+        self, event_filter: Filter, *, max_pending: int | None = None, lossy: bool = False
+    ) -> Subscription: ...
 
-    def statistics(self) -> dict[str, int]: ...
+    def statistics(self) -> dict[str, int]:
+        """
+        Running totals; every backend has ``subscriptions``, ``published``, ``delivered``,
+        ``dropped_subscribers``, ``dropped_events`` and ``evaluated`` (filters it evaluated: its work).
+        """
+        ...
 
     async def close(self) -> None: ...

@@ -7,17 +7,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shlex
+import shutil
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import structlog
 import uvicorn
 
 from devicecloud.cli.common import data_dir_option, new_event_loop, settings_from
 from devicecloud.cli.demo_device import DemoDevice, start_demo_device
+from devicecloud.clock import SystemClock
+from devicecloud.httpserver import HttpLimits, guarded_protocol, plan_descriptors, raise_descriptor_limit
 from devicecloud.runtime import Runtime, build_runtime, configure_logging
 from devicecloud.settings import Settings
+
+logger = structlog.get_logger("devicecloud.serve")
+
+# What `devicecloud virtual-device` assumes when it is given no --api-url or --data-dir.
+VIRTUAL_DEVICE_API_URL = "http://127.0.0.1:8080"
+VIRTUAL_DEVICE_DATA_DIR = Path("data")
+
+
+def launcher() -> str:
+    """
+    How the person reading the banner runs a devicecloud command: ``./dev`` from a clone (nothing is on PATH
+    there), else ``devicecloud`` when it is on PATH, else this interpreter's ``-m devicecloud``.
+    """
+    root = Path(__file__).resolve().parents[3]
+    dev = root / "dev"
+    if dev.is_file() and (root / "pyproject.toml").is_file() and (root / "src" / "devicecloud").is_dir():
+        try:
+            return f"./{dev.relative_to(Path.cwd())}"
+        except ValueError:
+            return shlex.quote(str(dev))
+    if shutil.which("devicecloud"):
+        return "devicecloud"
+    return f"{shlex.quote(sys.executable)} -m devicecloud"
+
+
+def virtual_device_line(settings: Settings, device_port: int, q_email: str, q_password: str) -> str:
+    """
+    The exact ``virtual-device`` command that registers with this server: its API and data dir when not the
+    command's defaults, and its gateway.
+    """
+    words = [launcher(), "virtual-device", "--port", str(device_port)]
+    if settings.device_host not in ("0.0.0.0", "::", "127.0.0.1"):  # noqa: S104 - comparing, not binding
+        words += ["--host", shlex.quote(settings.device_host)]
+    url = settings.effective_public_url
+    if url != VIRTUAL_DEVICE_API_URL:
+        words += ["--api-url", shlex.quote(url)]
+    data_dir = settings.data_dir.resolve()
+    if data_dir != VIRTUAL_DEVICE_DATA_DIR.resolve():
+        words += ["--data-dir", shlex.quote(str(data_dir))]
+    words += ["--username", q_email, "--password", q_password, "--name", "my-device"]
+    return " ".join(words)
 
 
 def banner(
@@ -63,8 +109,7 @@ def banner(
     if device_port is not None:
         lines += [
             "Connect another virtual device:",
-            f"  devicecloud virtual-device --port {device_port} --username {q_email} --password {q_password} "
-            "--name my-device",
+            f"  {virtual_device_line(settings, device_port, q_email, q_password)}",
             "",
         ]
     lines.append(f"API reference: {url}/docs   Stop with Ctrl-C.")
@@ -127,6 +172,7 @@ def serve(
     )
     configure_logging(settings)
     run_api, run_devices = only != "devices", only != "api"
+    settings, http_connections = share_descriptors(settings, run_api=run_api, run_devices=run_devices)
 
     async def main() -> None:
         runtime: Runtime = build_runtime(settings)
@@ -149,7 +195,7 @@ def serve(
         loop = asyncio.get_running_loop()
         try:
             if run_api:
-                await serve_api(runtime, settings, created, demo, loop)
+                await serve_api(runtime, settings, http_connections, created, demo, loop)
             else:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(signum, stop.set)
@@ -164,9 +210,35 @@ def serve(
         runner.run(main())
 
 
+def share_descriptors(settings: Settings, *, run_api: bool, run_devices: bool) -> tuple[Settings, int]:
+    """
+    Raise the descriptor limit and share it: the gateway keeps its links (fewer, said aloud, when the limit is
+    too low for them), HTTP gets its cap. Returns the settings the runtime should use and the HTTP cap.
+    """
+    plan = plan_descriptors(
+        raise_descriptor_limit(),
+        reserve=settings.descriptor_reserve,
+        device_links=settings.max_device_links,
+        http_connections=settings.http_max_connections,
+        serve_http=run_api,
+        serve_devices=run_devices,
+    )
+    # Said aloud when the operator asked for more than fits; a default that is cut is only logged, so the
+    # quick start on a machine with a modest hard limit prints no warning.
+    asked = {"max_device_links", "http_max_connections"} & settings.model_fields_set
+    if plan.shortfall is not None and asked:
+        click.echo(f"warning: {plan.shortfall}", err=True)
+    elif plan.shortfall is not None:
+        logger.info("descriptor limit shared", detail=plan.shortfall)
+    if run_devices and plan.device_links != settings.max_device_links:
+        settings = settings.model_copy(update={"max_device_links": max(plan.device_links, 1)})
+    return settings, plan.http_connections
+
+
 async def serve_api(
     runtime: Runtime,
     settings: Settings,
+    http_connections: int,
     created: tuple[str, str] | None,
     demo: DemoDevice | None,
     loop: asyncio.AbstractEventLoop,
@@ -175,6 +247,12 @@ async def serve_api(
     Run uvicorn until a stop signal; the runtime's life stays with the caller.
     """
     app = runtime.asgi_app(manage_lifecycle=False)
+    limits = HttpLimits(
+        head_timeout=settings.http_head_timeout,
+        body_timeout=settings.http_body_timeout,
+        max_connections=http_connections,
+        max_connections_per_ip=settings.http_max_connections_per_ip,
+    )
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -184,6 +262,9 @@ async def serve_api(
         lifespan="on",
         server_header=False,
         proxy_headers=False,  # the app believes X-Forwarded-For only from DEVICECLOUD_TRUSTED_PROXIES
+        # Read deadlines and connection caps (ADR 0011); no WebSocket routes, so no upgrades to follow.
+        http=guarded_protocol(limits, SystemClock()),
+        ws="none",
     )
     server = QuietSignalsServer(config)
 

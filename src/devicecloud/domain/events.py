@@ -4,6 +4,7 @@ Events as the cloud carries them: from devices, from the API, and from the cloud
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,6 +16,18 @@ DEFAULT_TTL = 60
 # The limits of an event, wherever it comes from (the API, a device): characters of name, bytes of data.
 MAX_NAME_LENGTH = 64
 MAX_DATA_LENGTH = 1024
+
+
+# Names reserved for the cloud's own events (case-insensitive, as the Particle docs reserve them).
+SYSTEM_PREFIXES = ("spark", "particle")
+
+
+def is_system_name(name: str) -> bool:
+    """
+    True for ``spark…`` and ``particle…`` names (any case): the cloud's and Device OS's own events, which
+    reach a device only when addressed to it (docs/decisions/0012-what-devices-receive.md).
+    """
+    return name[:8].lower().startswith(SYSTEM_PREFIXES)
 
 
 def is_valid_text(text: str) -> bool:
@@ -43,7 +56,8 @@ def loggable(text: str, limit: int = MAX_NAME_LENGTH) -> str:
 class CloudEvent:
     """
     One event. ``owner_id`` is the user it belongs to (the device's owner, or the API publisher); public
-    events are visible to everyone, private ones only to their owner.
+    events are visible to everyone, private ones only to their owner. ``to_device`` addresses it to one
+    device: of all device subscriptions, only that device's receive it (streams see it as any other).
     """
 
     name: str
@@ -55,6 +69,38 @@ class CloudEvent:
     owner_id: int | None
     device_id: str | None = None
     product_id: int | None = None
+    to_device: str | None = None
+
+
+#: Who may receive an event, as a bus index key: ``("owner", id)``, ``("public", "")``, ``("all", "")`` for
+#: streams and the cloud's consumers; ``("to", device_id)``, ``("owner-devices", id)``,
+#: ``("public-devices", "")`` for device subscriptions. A filter lists (audience, prefix) routes; an event
+#: can only match a filter that shares an audience with it and whose route prefix starts its name.
+Audience = tuple[str, Hashable]
+Route = tuple[Audience, str]
+EVERYONE: Audience = ("all", "")
+PUBLIC: Audience = ("public", "")
+PUBLIC_TO_DEVICES: Audience = ("public-devices", "")
+
+
+def audiences(event: CloudEvent) -> tuple[Audience, ...]:
+    """
+    The audiences of ``event``: a few, whatever the number of subscribers. A system event addressed to
+    nobody has no device audience at all, so device subscriptions are never even candidates for it.
+    """
+    found: list[Audience] = [EVERYONE]
+    if event.owner_id is not None:
+        found.append(("owner", event.owner_id))
+    if event.public:
+        found.append(PUBLIC)
+    if event.to_device is not None:
+        found.append(("to", event.to_device))
+    elif not is_system_name(event.name):
+        if event.owner_id is not None:
+            found.append(("owner-devices", event.owner_id))
+        if event.public:
+            found.append(PUBLIC_TO_DEVICES)
+    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +110,7 @@ class EventFilter:
 
     - ``owner_id`` set and ``include_public`` off: only that user's events (``/v1/devices/events``);
     - ``owner_id`` set and ``include_public`` on: that user's events plus everyone's public ones
-      (``/v1/events``, device subscriptions to all events);
+      (``/v1/events``; a device's subscription to all devices, inside its `DeviceFilter`);
     - ``device_id`` set: only that device's events (still subject to the owner rule above).
     """
 
@@ -85,6 +131,48 @@ class EventFilter:
             return True
         return self.include_public and event.public
 
+    def routes(self) -> tuple[Route, ...]:
+        found: list[Route] = []
+        if self.owner_id is not None:
+            found.append((("owner", self.owner_id), self.prefix))
+        if self.include_public:
+            found.append((PUBLIC, self.prefix))
+        return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    """
+    What one Subscribe of device ``recipient`` receives: events addressed to it (``to_device``) whose name
+    starts with the prefix; and, addressed to no device, ordinary (not system) events that ``visible``
+    (prefix, owner, public, device scope, as for streams) lets through. Never another device's system
+    events, whatever the scope (docs/decisions/0012-what-devices-receive.md).
+    """
+
+    recipient: str
+    visible: EventFilter
+
+    @property
+    def prefix(self) -> str:
+        return self.visible.prefix
+
+    def matches(self, event: CloudEvent) -> bool:
+        if not event.name.startswith(self.visible.prefix):
+            return False
+        if event.to_device is not None:
+            return event.to_device == self.recipient
+        return not is_system_name(event.name) and self.visible.matches(event)
+
+    def routes(self) -> tuple[Route, ...]:
+        prefix, owner = self.visible.prefix, self.visible.owner_id
+        found: list[Route] = [(("to", self.recipient), prefix)]
+        if not is_system_name(prefix):  # a "spark…" prefix can match no ordinary name
+            if owner is not None:
+                found.append((("owner-devices", owner), prefix))
+            if self.visible.include_public:
+                found.append((PUBLIC_TO_DEVICES, prefix))
+        return tuple(found)
+
 
 @dataclass(frozen=True, slots=True)
 class AnyFilter:
@@ -92,7 +180,7 @@ class AnyFilter:
     The union of several filters: one bus subscription serves all of a device's Subscribe messages.
     """
 
-    parts: tuple[EventFilter, ...]
+    parts: tuple[EventFilter | DeviceFilter, ...]
 
     @property
     def prefix(self) -> str:
@@ -100,6 +188,9 @@ class AnyFilter:
 
     def matches(self, event: CloudEvent) -> bool:
         return any(part.matches(event) for part in self.parts)
+
+    def routes(self) -> tuple[Route, ...]:
+        return tuple(dict.fromkeys(route for part in self.parts for route in part.routes()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,5 +206,8 @@ class AllEvents:
     def matches(self, event: CloudEvent) -> bool:
         return not (self.exclude and event.name.startswith(self.exclude))
 
+    def routes(self) -> tuple[Route, ...]:
+        return ((EVERYONE, ""),)
 
-Filter = EventFilter | AnyFilter | AllEvents
+
+Filter = EventFilter | DeviceFilter | AnyFilter | AllEvents

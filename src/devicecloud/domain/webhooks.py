@@ -102,6 +102,50 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class UnreadableDelivery:
+    """
+    An outbox row that does not make a `Delivery` (its stored event is damaged or not valid text): it is
+    given up at once, with a log entry saying why, instead of being sent.
+    """
+
+    id: int
+    hook_id: str
+    problem: str
+
+
+def is_valid_text(value: str) -> bool:
+    """
+    Whether ``value`` has a UTF-8 form (a lone UTF-16 surrogate has none: no request, row or event holds it).
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def event_problem(event: HookEvent) -> str | None:
+    """
+    Why ``event`` cannot be delivered, or None. Its texts end up in requests, logs and ``hook-*`` events.
+    """
+    texts: dict[str, object] = {"id": event.id, "name": event.name, "coreid": event.coreid}
+    optional: dict[str, object] = {
+        "data": event.data,
+        "device_id": event.device_id,
+        "product_user_id": event.product_user_id,
+    }
+    texts.update((key, value) for key, value in optional.items() if value is not None)
+    for key, value in texts.items():
+        if not isinstance(value, str):
+            return f"{key} is not text"
+        if not is_valid_text(value):
+            return f"{key} is not valid Unicode text"
+    if not isinstance(event.published_at, datetime) or event.published_at.tzinfo is None:
+        return "published_at is not an instant"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryLog:
     at: datetime
     request: dict[str, Any]

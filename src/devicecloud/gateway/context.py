@@ -63,6 +63,11 @@ class EventFeed(Protocol):
     @property
     def closed_reason(self) -> str | None: ...
 
+    @property
+    def dropped(self) -> int:
+        """Events lost so far because the link fell behind (a lossy feed: events to devices are NON)."""
+        ...
+
     def close(self, reason: str = "closed") -> None: ...
 
 
@@ -92,6 +97,7 @@ class LinkCounters:
     events_invalid: int = 0
     events_sent: int = 0
     events_undeliverable: int = 0
+    events_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

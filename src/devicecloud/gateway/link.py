@@ -30,10 +30,14 @@ Theory of operation:
     ``on_subscribe`` hook; a new subscription opens a wider feed and closes the old one. One forwarder task
     per link (started with the first feed) reads the feed and sends each event once as a NON ``/e/``
     (``/E/`` when private) message, the name split into Uri-Path segments, Max-Age when the ttl is not 60.
-    When the link ends, the feed is closed and the forwarder stopped. If the bus drops the feed (the
-    forwarder fell too far behind) the link is closed; the device reconnects and subscribes again. An
-    event that cannot be sent (a name the protocol cannot carry, text that cannot be encoded) is skipped,
-    logged and counted: one bad event never ends the link of a device that merely subscribed to it.
+    When the link ends, the feed is closed and the forwarder stopped. Events to devices are NON, lossy by
+    protocol: a link that falls behind loses events, never its connection. The feed is lossy (the bus
+    drops what does not fit its queue), and while `EVENT_WRITE_LIMIT` bytes wait in the socket's buffer
+    (the device reads slowly) the forwarder drops events instead of writing them. Both are counted
+    (``events_dropped``) and logged at most once per `DROP_LOG_INTERVAL` per link. A feed that ends by
+    itself (the bus closed) closes the link. An event that cannot be sent (a name the protocol cannot
+    carry, text that cannot be encoded) is skipped, logged and counted: one bad event never ends the link
+    of a device that merely subscribed to it.
 
     Describe: after the Hello the link asks for the device's Describe, unless the device announces that it
     sends one itself (2.x, which also sends it again whenever its application registers something). Device
@@ -127,6 +131,11 @@ _RESULTS = (
     UpdateFinished,
 )
 _AWAITED = (DeviceIdentified, HelloReceived, DescribeReceived)
+# Events to a device are dropped, not written, while this much waits in its socket's write buffer: a
+# slow reader loses events instead of reaching MAX_WRITE_BUFFER (which ends the link).
+EVENT_WRITE_LIMIT = MAX_WRITE_BUFFER // 4
+# Seconds (on the clock) between two log lines of one link about the events it dropped.
+DROP_LOG_INTERVAL = 60.0
 # Device OS keeps a handful of subscriptions; more distinct ones than this from one link are ignored.
 MAX_SUBSCRIPTIONS = 32
 # Events to devices carry Max-Age only when their ttl differs from this.
@@ -178,6 +187,10 @@ class Link:
         self._subscriptions: list[DeviceSubscription] = []
         self._feed: EventFeed | None = None
         self._forwarder: asyncio.Task[None] | None = None
+        #: Events this link's device lost because the link fell behind (see the module doc).
+        self.events_dropped = 0
+        self._drops_unlogged = 0
+        self._drops_logged_at: float | None = None
         self._ending = False
         self._invalid_logged = False  # the link's first invalid event is logged at INFO, the rest at DEBUG
         self._asks_describe = False  # the link asked for the Describe (the device does not volunteer it)
@@ -391,9 +404,12 @@ class Link:
         """
         try:
             while (feed := self._feed) is not None:
+                known = 0  # the feed's drops counted so far (they happen while its queue is full)
                 async for event in feed:
+                    known = self._count_feed_drops(feed, known)
                     self._deliver(event)
-                if feed is self._feed:  # it ended by itself: the bus dropped it
+                self._count_feed_drops(feed, known)
+                if feed is self._feed:  # it ended by itself: the bus closed it
                     self._feed = None
                     self._log.warning("device event feed dropped", reason=feed.closed_reason)
                     self.close("the device's event feed was dropped")
@@ -403,7 +419,35 @@ class Link:
         finally:
             self._forwarder = None
 
+    def _count_feed_drops(self, feed: EventFeed, known: int) -> int:
+        if feed.dropped > known:
+            self._drop(feed.dropped - known)
+        return feed.dropped
+
+    def _drop(self, count: int) -> None:
+        """
+        Count events the device lost; log at most one line per `DROP_LOG_INTERVAL`, with the sum.
+        """
+        self.events_dropped += count
+        self._ctx.counters.events_dropped += count
+        self._drops_unlogged += count
+        now = self._ctx.clock.monotonic()
+        if self._drops_logged_at is None or now - self._drops_logged_at >= DROP_LOG_INTERVAL:
+            self._log_drops()
+            self._drops_logged_at = now
+
+    def _log_drops(self) -> None:
+        self._log.warning(
+            "events to the device dropped: its link fell behind",
+            dropped=self._drops_unlogged,
+            total=self.events_dropped,
+        )
+        self._drops_unlogged = 0
+
     def _deliver(self, event: CloudEvent) -> None:
+        if self._writer.transport.get_write_buffer_size() > EVENT_WRITE_LIMIT:
+            self._drop(1)  # NON: a slow reader loses events, not its link
+            return
         max_age = event.ttl if event.ttl != DEFAULT_EVENT_TTL else None
         try:
             sent = self.send_event(
@@ -427,6 +471,8 @@ class Link:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self._drops_unlogged:  # the drops since the last line are not lost from the log
+            self._log_drops()
 
     async def _finish(self) -> None:
         self.close("link ended")

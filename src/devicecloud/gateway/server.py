@@ -88,6 +88,7 @@ class GatewayStatistics:
         events_invalid: of the refused, the ones against the rules (too long, not UTF-8, …).
         events_sent: events forwarded to devices for their subscriptions.
         events_undeliverable: events a subscribed device could not be sent (skipped, the link kept).
+        events_dropped: events a subscribed device lost because its link fell behind (the link kept).
         handshake_slots: the most handshakes in progress at once (``handshake_slots``).
         handshakes_in_progress: sockets admitted whose device is not yet reported connected.
         handshakes_in_progress_peak: the most handshakes ever in progress at once since start.
@@ -110,6 +111,7 @@ class GatewayStatistics:
     events_invalid: int
     events_sent: int
     events_undeliverable: int
+    events_dropped: int
     handshake_slots: int
     handshakes_in_progress: int
     handshakes_in_progress_peak: int
@@ -274,6 +276,7 @@ class DeviceGateway:
             events_invalid=c.events_invalid,
             events_sent=c.events_sent,
             events_undeliverable=c.events_undeliverable,
+            events_dropped=c.events_dropped,
             handshake_slots=self._admission.slots,
             handshakes_in_progress=self._admission.in_progress,
             handshakes_in_progress_peak=self._admission.peak,

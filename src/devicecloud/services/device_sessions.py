@@ -6,29 +6,28 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
   an operator (``devicecloud keys pending|approve``), and accepted at once only when the server is set to
   accept unknown devices;
 - a device gets a generated name on its first connection;
-- presence (online, last IP address, last handshake, last heard) goes to `presence`, which this process
-  reads first and the store gets written behind in batches (see `device_presence`): the handshake path
-  makes no database write once a device has a name. ``spark/status`` is published after the presence
-  changed there, so whoever hears it reads the new state;
-- ``last_heard`` is kept on every message and written at most once per ``heard_interval`` seconds per
-  device (and when it disconnects), so neither a chatty device nor keep-alives turn every message into a
-  write.
+- nothing on a device's path writes to the database: presence, last heard (on every message), Describes,
+  generated names, first-connect records and offered keys go to `presence`, which this process reads
+  first and the store gets written behind in batches (see `device_presence`). The one database access of a
+  connection is the key check's read (ADR 0010), bounded by ``key_check_timeout``: a database that does
+  not answer in time refuses that handshake (the device retries) rather than failing the link;
+- ``spark/status`` is published after the presence changed there, so whoever hears it reads the new state.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo
-from devicecloud.services.device_names import free_name, generate_name
 from devicecloud.services.device_presence import DevicePresenceBook
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
-    from devicecloud.store.interfaces import Store, UnitOfWork
+    from devicecloud.store.interfaces import Store
 
 logger = structlog.get_logger("devicecloud.devices")
 
@@ -46,10 +45,10 @@ class StatusHook(Protocol):
 @dataclass(frozen=True, slots=True)
 class SessionPolicy:
     accept_unknown_devices: bool = False
-    # How stale last_heard may get in the database while a device is connected (exact at disconnect).
-    heard_interval: float = 300.0
-    # Seconds from a presence change to the batched write that takes it to the database.
+    # Seconds from a change (presence, heard, Describe, name, record) to the batched write that stores it.
     presence_flush_interval: float = 1.0
+    # Seconds the key check waits for the database before it refuses the handshake (the device retries).
+    key_check_timeout: float = 30.0
 
 
 class DeviceSessionService:
@@ -61,14 +60,13 @@ class DeviceSessionService:
         self._store = store
         self._clock = clock
         self._policy = policy
-        self._last_heard_write: dict[str, float] = {}
-        # Devices whose record exists with a name (names are never removed, records never deleted): their
-        # connection needs no transaction. Filled from the key check that precedes every connection.
+        # Devices whose record has a name (names are never removed, records never deleted): filled from the
+        # key check that precedes every connection; the others get one generated at connect.
         self._named: set[str] = set()
         # The owner each device had at its latest key check: its online status goes to that owner without
         # reading the record again (one entry per device id, like _named).
         self._owners: dict[str, int | None] = {}
-        #: This process's view of its devices' presence; `DeviceService` reads through it.
+        #: What this process's links learned; `DeviceService` reads through it, the store gets it behind.
         self.presence = DevicePresenceBook(
             store=store, clock=clock, flush_interval=policy.presence_flush_interval
         )
@@ -78,31 +76,33 @@ class DeviceSessionService:
     async def check_device_key(
         self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
     ) -> bytes | None:
-        known = await self._store.lookup_device(device_id)  # the common case, on the one-statement path
-        if known is not None and known.name is not None:
-            self._named.add(device_id)
+        made_here = self.presence.first_connect_key(device_id)  # a first-connect record not written yet
+        if made_here is not None:
+            return self._known_key(device_id, made_here, offered_public_key_der, ip_address)
+        try:
+            async with asyncio.timeout(self._policy.key_check_timeout):
+                known = await self._store.lookup_device(device_id)  # one point read (ADR 0010)
+        except Exception:
+            logger.warning(
+                "device key check failed: the database did not answer; the device will retry",
+                device_id=device_id,
+                ip=ip_address,
+                exc_info=True,
+            )
+            return None
         if known is not None:
             self._owners[device_id] = known.owner_id
-        if known is not None and known.public_key_der:
-            if known.public_key_der != offered_public_key_der:
-                logger.warning("device offered a different key", device_id=device_id, ip=ip_address)
-            return known.public_key_der
-        now = self._clock.now()
-        async with self._store.transaction() as tx:
-            device = await tx.devices.get(device_id)
-            if device is not None and device.public_key_der:
-                if device.public_key_der != offered_public_key_der:
-                    logger.warning("device offered a different key", device_id=device_id, ip=ip_address)
-                return device.public_key_der
-            if self._policy.accept_unknown_devices:
-                if device is None:
-                    await tx.devices.add(device_id, now=now, public_key=offered_public_key_der)
-                else:
-                    await tx.devices.update(device_id, public_key=offered_public_key_der, updated_at=now)
-                await tx.pending_keys.delete(device_id)
-                logger.info("accepted unknown device on first handshake", device_id=device_id, ip=ip_address)
-                return offered_public_key_der
-            await tx.pending_keys.record(device_id, offered_public_key_der, ip_address, now)
+            if known.name is not None:
+                self._named.add(device_id)
+            if known.public_key_der:
+                return self._known_key(device_id, known.public_key_der, offered_public_key_der, ip_address)
+        else:
+            self._owners[device_id] = None
+        if self._policy.accept_unknown_devices:
+            self.presence.first_connect(device_id, offered_public_key_der)
+            logger.info("accepted unknown device on first handshake", device_id=device_id, ip=ip_address)
+            return offered_public_key_der
+        self.presence.offered_key(device_id, offered_public_key_der, ip_address)
         logger.warning(
             "unknown device refused; its key awaits approval (devicecloud keys pending)",
             device_id=device_id,
@@ -110,55 +110,36 @@ class DeviceSessionService:
         )
         return None
 
+    @staticmethod
+    def _known_key(device_id: str, known: bytes, offered: bytes, ip_address: str | None) -> bytes:
+        if known != offered:
+            logger.warning("device offered a different key", device_id=device_id, ip=ip_address)
+        return known
+
     async def device_connected(self, device_id: str, ip_address: str | None, hello: DeviceHelloInfo) -> None:
-        if device_id not in self._named or device_id not in self._owners:  # first connection: name it
-            now = self._clock.now()
-            async with self._store.transaction() as tx:
-                device = await tx.devices.get(device_id)
-                if device is None:
-                    device = await tx.devices.add(device_id, now=now)
-                if device.name is None:
-                    name = await self._free_name(tx, device.owner_id)
-                    await tx.devices.update(device_id, name=name, updated_at=now)
-            self._named.add(device_id)
-            self._owners[device_id] = device.owner_id
+        if device_id not in self._owners:  # no key check in this process (a direct report): read it once
+            known = await self._store.lookup_device(device_id)
+            if known is None:
+                self.presence.first_connect(device_id, None)
+            elif known.name is not None:
+                self._named.add(device_id)
+            self._owners[device_id] = known.owner_id if known is not None else None
         product_id = hello.product_id if hello.product_id not in (None, 0, 0xFFFF) else None
         self.presence.connected(device_id, ip_address, platform_id=hello.platform_id, product_id=product_id)
-        self._last_heard_write[device_id] = self._clock.monotonic()
+        if device_id not in self._named and self.presence.name(device_id) is None:
+            self.presence.give_name(device_id, self._owners[device_id])  # written behind, checked there
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
         if self.on_status is not None:
             await self.on_status(device_id, True, owner_id=self._owners.get(device_id))
 
     async def device_described(self, device_id: str, description: DeviceDescription) -> None:
-        async with self._store.transaction() as tx:
-            device = await tx.devices.get(device_id)
-            if device is None:
-                return
-            describe = dict(device.describe)
-            if description.functions is not None:
-                describe["functions"] = list(description.functions)
-            if description.variables is not None:
-                describe["variables"] = dict(description.variables)
-            if description.modules is not None:
-                describe["modules"] = description.modules
-            changes: dict[str, Any] = {"describe": describe, "updated_at": self._clock.now()}
-            if description.system_firmware_version is not None:
-                changes["system_firmware_version"] = description.system_firmware_version
-            await tx.devices.update(device_id, **changes)
+        self.presence.described(device_id, description)
 
     async def device_heard(self, device_id: str) -> None:
-        # Kept in memory on every message; written at most once per heard_interval and at disconnect.
-        # (Writing on every keep-alive cost ~2 ms of CPU per device and ping: 10,000 idle devices saturated
-        # a core.)
-        moment = self._clock.monotonic()
-        last = self._last_heard_write.get(device_id)
-        write = last is None or moment - last >= self._policy.heard_interval
-        if write:
-            self._last_heard_write[device_id] = moment
-        self.presence.heard(device_id, write=write)
+        # In memory on every message, written by the next flush: a keep-alive sends no statement.
+        self.presence.heard(device_id)
 
     async def device_disconnected(self, device_id: str) -> None:
-        self._last_heard_write.pop(device_id, None)
         known = self.presence.disconnected(device_id)
         logger.info("device offline", device_id=device_id)
         if known and self.on_status is not None:
@@ -176,9 +157,3 @@ class DeviceSessionService:
         """
         async with self._store.transaction() as tx:
             return await tx.devices.set_all_offline(self._clock.now())
-
-    @staticmethod
-    async def _free_name(tx: UnitOfWork, owner_id: int | None) -> str:
-        if owner_id is None:  # names are unique per owner; an unowned device takes any
-            return generate_name()
-        return await free_name(lambda candidate: tx.devices.name_taken(owner_id, candidate))

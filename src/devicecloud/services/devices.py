@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from devicecloud.domain.devices import Device, DeviceDescription, VariableReading, normalise_device_id
+from devicecloud.domain.devices import (
+    WIFI_PLATFORMS,
+    Device,
+    DeviceDescription,
+    VariableReading,
+    normalise_device_id,
+)
 from devicecloud.errors import DomainError, InvalidInput, NotFound, PermissionDenied
 from devicecloud.services.device_names import free_name, is_valid_name
 from devicecloud.services.secrets import hash_secret
@@ -48,6 +54,7 @@ def denied() -> PermissionDenied:
     return PermissionDenied("Permission Denied: not a device of yours", code="Permission Denied")
 
 
+COUNTS_TTL = 10.0  # seconds the Wi-Fi/cellular device counts of `GET /v1/user` may be stale
 REDESCRIBE_INTERVAL = 10.0  # seconds between Describes asked for because a call named something unknown
 
 
@@ -76,6 +83,8 @@ class DeviceService:
         self._policy = policy
         self._presence = presence
         self._redescribed: dict[str, float] = {}  # device id → monotonic time it was last asked again
+        # user id → (valid until, wifi, cellular); dropped whenever a device changes hands
+        self._counts: dict[int, tuple[float, int, int]] = {}
         self._owner_listeners: list[Callable[[str], None]] = []
 
     def _present(self, device: Device) -> Device:
@@ -88,10 +97,29 @@ class DeviceService:
         self._owner_listeners.append(listener)
 
     def _owner_changed(self, device_id: str) -> None:
+        self._counts.clear()
         for listener in self._owner_listeners:
             listener(device_id)
 
     # ------------------------------------------------------------------ reading
+
+    async def owned_counts(self, user: User) -> tuple[int, int]:
+        """
+        (Wi-Fi, cellular) devices the user owns, for ``GET /v1/user``. Cached per user for `COUNTS_TTL`
+        on the clock: that request otherwise reads nothing but its token (ADR 0005), and a platform
+        reported by a new Hello may show a few seconds late.
+        """
+        now = self._clock.monotonic()
+        cached = self._counts.get(user.id)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        devices = await self.list_devices(user)
+        wifi = sum(device.platform_id in WIFI_PLATFORMS for device in devices)
+        cellular = sum(device.cellular for device in devices)
+        if len(self._counts) >= 10_000:  # bounded: only recent readers matter
+            self._counts.clear()
+        self._counts[user.id] = (now + COUNTS_TTL, wifi, cellular)
+        return wifi, cellular
 
     async def list_devices(self, user: User) -> list[Device]:
         """
@@ -210,6 +238,7 @@ class DeviceService:
         device_id = normalise_device_id(device_ref) if isinstance(device_ref, str) else None
         if device_id is None:
             raise InvalidInput("id must be a 24-character hexadecimal device id")
+        await self._settle(device_id)
         async with self._store.transaction() as tx:
             device = await tx.devices.get(device_id)
             if device is None:
@@ -258,6 +287,7 @@ class DeviceService:
         """
         A device presented a claim code: give it to the code's user if the device is unowned.
         """
+        await self._settle(device_id)
         async with self._store.transaction() as tx:
             taken = await tx.claim_codes.take(hash_secret(code.strip()))
             device = await tx.devices.get(device_id)
@@ -271,6 +301,11 @@ class DeviceService:
             await self._take_ownership(tx, device, taken[0])
         self._owner_changed(device_id)
         return True
+
+    async def _settle(self, device_id: str) -> None:
+        # A first-connect record or generated name still only in the presence book: write it first.
+        if self._presence is not None:
+            await self._presence.settle(device_id)
 
     async def _take_ownership(self, tx: UnitOfWork, device: Device, user_id: int) -> Device:
         name = device.name

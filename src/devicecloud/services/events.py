@@ -9,6 +9,10 @@ Rules kept here:
   counted (``statistics()["dropped"]``), so no stream, device link or webhook ever has to choke on it;
 - who sees what is `EventFilter`'s business: an owner sees everything of theirs, others only public events;
   ``/v1/devices/events`` shows only the caller's own;
+- devices are sent ordinary events under the same rules, but a system event (``spark…``, ``particle…``)
+  only when the cloud addresses it to that device (`publish_to_device`; `DeviceFilter`, decision 0012):
+  ``spark/status`` and a device's own system events go to streams and webhooks, never to its siblings. A
+  device's feed is lossy (NON by protocol): past ``max_pending`` events it loses them, never its link;
 - a device may publish 1 event/s on average with bursts of 4 (a token bucket per device, on the injected
   clock); what exceeds is refused, never queued;
 - events go to the bus after the change that caused them is committed (``spark/status`` after the device
@@ -32,6 +36,7 @@ from devicecloud.domain.events import (
     AllEvents,
     AnyFilter,
     CloudEvent,
+    DeviceFilter,
     EventFilter,
     Filter,
     is_valid_text,
@@ -238,6 +243,31 @@ class EventService:
         )
         return event if await self._emit(event) else None
 
+    async def publish_to_device(
+        self, device_id: str, name: str, data: str | None, *, ttl: int = DEFAULT_TTL
+    ) -> CloudEvent | None:
+        """
+        An event the cloud addresses to one device (``particle/device/updates/pending``, a claim
+        acknowledgement, an answer to the device's own request): of all device subscriptions only that
+        device's receive it, if their prefix matches (system names included); its owner's streams and
+        webhooks see it as a private event of the device, ``coreid`` "particle-internal".
+
+        Returns:
+            The event, or ``None`` when its text cannot be encoded (dropped and logged, see `_emit`).
+        """
+        event = CloudEvent(
+            name=name,
+            data=data,
+            ttl=ttl,
+            published_at=self._clock.now(),
+            coreid=INTERNAL_COREID,
+            public=False,
+            owner_id=await self.owner_of(device_id),
+            device_id=device_id,
+            to_device=device_id,
+        )
+        return event if await self._emit(event) else None
+
     async def _emit(self, event: CloudEvent) -> bool:
         """
         The one way onto the bus. An event whose name or data cannot be encoded would break every stream
@@ -325,30 +355,32 @@ class EventService:
     ) -> Subscription | None:
         """
         One subscription for all of a device's Subscribe messages (``(prefix, scope, from_device)`` each),
-        under the same visibility rules as `device_subscription`. Subscribing is the last step, with no
+        under the same visibility rules as `device_subscription`. It is lossy: a device that falls
+        ``max_pending`` events behind loses events, not its feed. Subscribing is the last step, with no
         await after it: the gateway swaps an old feed for the new one on that promise.
         """
         owner = await self.owner_of(device_id)
         parts = tuple(
-            self._device_filter(owner, prefix, scope, from_device)
+            self._device_filter(device_id, owner, prefix, scope, from_device)
             for prefix, scope, from_device in wanted
-            if not (scope == "mine" and owner is None)
         )
         if not parts:
             return None
         event_filter: Filter = parts[0] if len(parts) == 1 else AnyFilter(parts)
-        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending, lossy=True)
 
     @staticmethod
     def _device_filter(
-        owner: int | None, prefix: str, scope: StreamScope, from_device: str | None
-    ) -> EventFilter:
-        return EventFilter(
+        device_id: str, owner: int | None, prefix: str, scope: StreamScope, from_device: str | None
+    ) -> DeviceFilter:
+        # An unowned device's "mine" covers nobody's ordinary events, only those addressed to it.
+        visible = EventFilter(
             prefix=prefix,
             owner_id=owner,
             include_public=scope != "mine",
             device_id=from_device if scope == "device" else None,
         )
+        return DeviceFilter(recipient=device_id, visible=visible)
 
     async def device_subscription(
         self, device_id: str, prefix: str, scope: StreamScope, from_device: str | None = None
@@ -356,5 +388,6 @@ class EventService:
         """
         What a device receives for its Subscribe: ``all`` = public events plus its owner's, ``mine`` = its
         owner's, ``device`` = that one device's (if visible). A device nobody owns sees public events only.
+        System events (``spark…``, ``particle…``) only when addressed to the device, whatever the scope.
         """
         return await self.device_feed(device_id, [(prefix, scope, from_device)])

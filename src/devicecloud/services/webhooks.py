@@ -19,8 +19,10 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from devicecloud.domain.events import MAX_NAME_LENGTH, CloudEvent
 from devicecloud.domain.webhooks import (
@@ -31,10 +33,14 @@ from devicecloud.domain.webhooks import (
     DeliveryLog,
     DeliveryOutcome,
     HookEvent,
+    UnreadableDelivery,
     Webhook,
     WebhookConfig,
+    event_problem,
 )
 from devicecloud.errors import InvalidInput, NotFound
+
+logger = structlog.get_logger("devicecloud.webhooks")
 
 if TYPE_CHECKING:
     from devicecloud.bus.interfaces import Subscription
@@ -42,7 +48,7 @@ if TYPE_CHECKING:
     from devicecloud.domain.accounts import User
     from devicecloud.services.events import EventService
     from devicecloud.services.ports import WebhookRunner
-    from devicecloud.store.interfaces import Store
+    from devicecloud.store.interfaces import Store, UnitOfWork
 
 UNSUPPORTED_TYPES = ("AzureIotHub", "GoogleCloudPubSub", "GoogleMaps", "Logic", "Ledger")
 _DEVICE_ID = re.compile(r"^[0-9a-fA-F]{24}$")
@@ -333,11 +339,48 @@ class WebhookService:
                 await tx.deliveries.enqueue(items, self._clock.now())
 
     async def claim(self, limit: int, exclude_hosts: Sequence[str] = ()) -> Sequence[Delivery]:
+        """
+        Lease up to ``limit`` due deliveries. Rows that cannot be delivered (a damaged event, text that is not
+        valid) are given up in the same transaction, each with a log entry on its hook, and not returned.
+        """
         now = self._clock.now()
         async with self._store.transaction() as tx:
-            return await tx.deliveries.claim_due(
+            claimed = await tx.deliveries.claim_due(
                 now, now + timedelta(seconds=self._policy.lease), limit, exclude_hosts
             )
+            deliveries: list[Delivery] = []
+            unreadable: list[UnreadableDelivery] = []
+            for item in claimed:
+                problem = event_problem(item.event) if isinstance(item, Delivery) else None
+                if isinstance(item, UnreadableDelivery):
+                    unreadable.append(item)
+                elif problem is not None:
+                    unreadable.append(UnreadableDelivery(id=item.id, hook_id=item.hook_id, problem=problem))
+                else:
+                    deliveries.append(item)
+            if unreadable:
+                await self._give_up(tx, unreadable, now)
+        return deliveries
+
+    async def _give_up(self, tx: UnitOfWork, rows: Sequence[UnreadableDelivery], now: datetime) -> None:
+        for row in rows:
+            logger.error("webhook delivery dropped", delivery=row.id, hook=row.hook_id, problem=row.problem)
+        await tx.deliveries.finish([row.id for row in rows])
+        await tx.webhooks.add_logs(
+            [
+                (
+                    row.hook_id,
+                    DeliveryLog(
+                        at=now,
+                        request={},
+                        response=None,
+                        error=f"the queued event could not be read ({row.problem[:200]})",
+                    ),
+                )
+                for row in rows
+            ]
+        )
+        self._unpruned.update(row.hook_id for row in rows)
 
     async def renew(self, delivery_ids: Sequence[int]) -> None:
         if delivery_ids:
@@ -409,7 +452,10 @@ class WebhookService:
         Publish the ``hook-*`` events of booked attempts (after `record`: the log is there first).
         """
         for count, outcome in enumerate(outcomes, 1):
-            await self._publish(outcome)
+            try:
+                await self._publish(outcome)
+            except Exception:  # one attempt's events, never the others'
+                logger.exception("webhook events not published", delivery=outcome.delivery.id)
             if count % 100 == 0:
                 await asyncio.sleep(0)  # a burst of skipped events must not hold the loop
 

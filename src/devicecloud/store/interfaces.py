@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
-from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, Webhook
+from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
 
 class UserRepository(Protocol):
@@ -155,6 +155,26 @@ class DeviceRepository(Protocol):
         """
         ...
 
+    async def describes(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """
+        The stored Describe of each of these devices that exists (any number of ids).
+        """
+        ...
+
+    async def write_describes(self, rows: Sequence[tuple[str, dict[str, Any], str | None, datetime]]) -> None:
+        """
+        Write ``(device id, describe, system firmware version or None = keep, updated_at)`` rows in one
+        statement; unknown device ids are skipped.
+        """
+        ...
+
+    async def name_if_unnamed(self, device_id: str, name: str, *, now: datetime) -> bool:
+        """
+        Give the device ``name`` unless it has one (or does not exist): True when it was given. Raises
+        `errors.Conflict` when another device of the same owner has that name.
+        """
+        ...
+
     async def delete(self, device_id: str) -> None: ...
 
 
@@ -225,10 +245,11 @@ class DeliveryRepository(Protocol):
 
     async def claim_due(
         self, now: datetime, lease_until: datetime, limit: int, exclude_hosts: Collection[str] = ()
-    ) -> Sequence[Delivery]:
+    ) -> Sequence[Delivery | UnreadableDelivery]:
         """
         Take up to ``limit`` due deliveries (oldest first) whose lease is free or ran out, leasing them
-        until ``lease_until``; deliveries to ``exclude_hosts`` stay where they are.
+        until ``lease_until``; deliveries to ``exclude_hosts`` stay where they are. A row whose event cannot
+        be read comes back as an `UnreadableDelivery`.
         """
         ...
 

@@ -12,6 +12,12 @@ Theory of operation — four tasks, none of which ever waits on another's I/O:
 - each request runs in its own task, at most the host's adaptive limit at a time (`throttle.HostThrottle`);
   outcomes are gathered and booked in batches by *recorder* (`WebhookService.record`: delete or reschedule,
   logs, hook events).
+Poison never spreads: an event, a row or an attempt that cannot be handled ends alone (a logged drop, or an
+outcome booked like any failure), and a batch that fails to be written or booked is retried item by item, so
+no task stops and no other delivery waits on it. Every claimed delivery is *held* until its outcome is
+booked, and only what is held has its lease renewed; the held set is checked against what is really queued,
+being sent or being booked, so a delivery this process lost track of goes back to the outbox when its lease
+runs out instead of being renewed forever.
 The clock is injected: retry times and host sleeps follow it, so tests drive them without sleeping; the
 claimer also polls every ``poll_interval`` seconds of real time for retries that came due.
 """
@@ -20,15 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
 
 from devicecloud.domain.events import CloudEvent
-from devicecloud.domain.webhooks import Delivery, DeliveryOutcome, HookEvent, Webhook, WebhookConfig
+from devicecloud.domain.webhooks import (
+    Delivery,
+    DeliveryOutcome,
+    HookEvent,
+    Webhook,
+    WebhookConfig,
+    event_problem,
+    is_valid_text,
+)
 from devicecloud.services.webhooks import hook_event
 from devicecloud.webhooks.http import DeliveryError, HttpSender, Response
 from devicecloud.webhooks.templating import (
@@ -51,6 +65,9 @@ logger = structlog.get_logger("devicecloud.webhooks")
 GATHER = 0.005  # seconds the writer and recorder wait for more work before a transaction
 BATCH_FULL = 200  # ... unless this much is already waiting
 BOOK_BATCH = 500
+OUTAGE_AFTER = 3  # items failing alone in a row, none done, that mean the store (not an item) is failing
+T = TypeVar("T")
+Rows = list[tuple[Webhook, HookEvent, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +81,40 @@ class DispatchPolicy:
 
 def target_host(config: WebhookConfig, event: HookEvent) -> str:
     """
-    The host a hook's request for ``event`` goes to ("" when its URL template does not render).
+    The host a hook's request for ``event`` goes to ("" when its URL template does not render to one).
     """
     try:
-        return (urlsplit(render(config.url, event_context(event))).hostname or "").lower()
-    except (TemplateError, ValueError):
+        host = (urlsplit(render(config.url, event_context(event))).hostname or "").lower()
+    except Exception:  # only throttling uses it: the request itself reports the problem
         return ""
+    return host if host.isprintable() and is_valid_text(host) else ""
+
+
+async def each_alone(items: Sequence[T], action: Callable[[Sequence[T]], Awaitable[None]]) -> list[T]:
+    """
+    ``action`` on all ``items`` at once (one transaction); when that fails, on each item alone, so one bad
+    item fails by itself. Returns the items that failed. When the first few alone fail too, the store itself
+    is failing, not an item: the rest are returned untried rather than waited on one by one.
+    """
+    try:
+        await action(items)
+        return []
+    except Exception:
+        if len(items) == 1:
+            logger.exception("webhook item failed")
+            return list(items)
+        logger.exception("webhook batch failed; retrying its items one by one", items=len(items))
+    failed: list[T] = []
+    for index, item in enumerate(items):
+        if len(failed) == index == OUTAGE_AFTER:
+            logger.error("webhook items not retried: the store is failing", items=len(items) - index)
+            return [*failed, *items[index:]]
+        try:
+            await action([item])
+        except Exception:
+            logger.exception("webhook item failed")
+            failed.append(item)
+    return failed
 
 
 class WebhookDispatcher:
@@ -96,6 +141,8 @@ class WebhookDispatcher:
         self._outcomes: list[DeliveryOutcome] = []
         self._outcomes_ready = asyncio.Event()
         self._held: set[int] = set()  # delivery ids claimed and not yet booked
+        self._sending: set[int] = set()  # ... of those, being sent
+        self._booking: set[int] = set()  # ... being booked
         self._renewed_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._requests: set[asyncio.Task[None]] = set()
@@ -206,15 +253,33 @@ class WebhookDispatcher:
     async def _flush_incoming(self) -> None:
         while self._incoming:
             batch, self._incoming = self._incoming[:2000], self._incoming[2000:]
-            items: list[tuple[Webhook, HookEvent, str]] = []
-            for event in batch:
-                hooks = await self._service.matching(event)
-                if hooks:
-                    stored = hook_event(event)
-                    items.extend((hook, stored, target_host(hook.config, stored)) for hook in hooks)
-            if items:
-                await self._service.enqueue(items)
+            per_event = [rows for event in batch if (rows := await self._rows_for(event))]
+            if per_event:
+                for rows in await each_alone(per_event, self._enqueue):
+                    logger.error("webhook event dropped", owner=rows[0][0].owner_id, problem="not written")
                 self._wake.set()
+
+    async def _enqueue(self, per_event: Sequence[Rows]) -> None:
+        await self._service.enqueue([row for rows in per_event for row in rows])
+
+    async def _rows_for(self, event: CloudEvent) -> Rows:
+        """
+        The outbox rows ``event`` makes: one per hook it triggers; none (and a log line) if it cannot be sent.
+        """
+        try:
+            hooks = await self._service.matching(event)
+            if not hooks:
+                return []
+            stored = hook_event(event)
+            problem = event_problem(stored)
+            if problem is None:
+                return [(hook, stored, target_host(hook.config, stored)) for hook in hooks]
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        # ascii(): the name may be the very text that is not valid
+        name = ascii(event.name[:64])
+        logger.error("webhook event dropped", owner=event.owner_id, name=name, problem=problem)
+        return []
 
     # ------------------------------------------------------------------ outbox → targets
 
@@ -235,17 +300,37 @@ class WebhookDispatcher:
                 # outlived it) must not make this process send the row twice.
                 fresh = [delivery for delivery in deliveries if delivery.id not in self._held]
                 self._held.update(delivery.id for delivery in fresh)
-                for delivery in fresh:
-                    await self._dispatch(delivery)
+                for index, delivery in enumerate(fresh):
+                    try:
+                        await self._dispatch(delivery)
+                    except Exception:
+                        # Its hook could not be looked up (the database?): what was not handed on is held no
+                        # more, and comes back when its lease runs out.
+                        self._held.difference_update(d.id for d in fresh[index:])
+                        raise
                 if not fresh or len(deliveries) < wanted:  # the outbox has nothing more that is due
                     break
 
     async def _renew_leases(self) -> None:
-        # Rows wait in a host's queue for as long as that host is slow: keep the claim on them alive.
+        # Rows wait in a host's queue for as long as that host is slow: keep the claim on them alive, but
+        # only on those really waiting, sent or booked here. A lease renewed for a delivery nobody works on
+        # would keep it from every process for good.
         now = asyncio.get_running_loop().time()
         if self._held and now - self._renewed_at >= self._service.lease / 3:
             self._renewed_at = now
+            lost = self._held - self._working_on()
+            if lost:
+                logger.error("webhook deliveries held but not worked on; released", deliveries=len(lost))
+                self._held -= lost
             await self._service.renew(sorted(self._held))
+
+    def _working_on(self) -> set[int]:
+        """
+        The deliveries queued on a host, being sent, or waiting to be booked or being booked.
+        """
+        ids = {delivery.id for _hook, delivery, _request in self._throttle.queued()}
+        ids.update(outcome.delivery.id for outcome in self._outcomes)
+        return ids | self._sending | self._booking
 
     async def _dispatch(self, delivery: Delivery) -> None:
         hook = await self._service.hook(delivery.hook_id)
@@ -256,6 +341,10 @@ class WebhookDispatcher:
             request = build_request(hook.config, delivery.event)
         except TemplateError as exc:
             self._fail(hook, delivery, {}, str(exc), retry=False)
+            return
+        except Exception as exc:  # anything else that breaks rendering breaks it for this delivery only
+            logger.warning("webhook request not rendered", hook=hook.id, error=repr(exc))
+            self._fail(hook, delivery, {}, f"request could not be made: {exc}", retry=False)
             return
         host = request.host
         now = self._clock.monotonic()
@@ -275,6 +364,7 @@ class WebhookDispatcher:
                 self._fail(hook, delivery, request.log_entry(), SLEEPING_MESSAGE, retry=True, skipped=True)
                 continue
             state.active += 1
+            self._sending.add(delivery.id)
             task = asyncio.create_task(self._send(hook, delivery, request))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
@@ -282,22 +372,33 @@ class WebhookDispatcher:
     async def _send(self, hook: Webhook, delivery: Delivery, request: OutgoingRequest) -> None:
         host = request.host
         try:
+            outcome = await self._attempt(hook, delivery, request)
+        except Exception as exc:  # whatever broke, it ends this one attempt, which is booked like any other
+            logger.exception("webhook attempt failed", hook=hook.id, delivery=delivery.id)
+            message = f"request could not be made: {exc}"
+            outcome = self._failure(hook, delivery, request.log_entry(), message, retry=False)
+        finally:
+            self._sending.discard(delivery.id)
+            self._throttle.state(host).active -= 1
+        self._finish(outcome)
+        self._pump(host)
+
+    async def _attempt(self, hook: Webhook, delivery: Delivery, request: OutgoingRequest) -> DeliveryOutcome:
+        host = request.host
+        try:
             response = await self._sender.send(request, verify_tls=hook.config.reject_unauthorized)
         except DeliveryError as exc:
             self._throttle.failed(host, self._clock.monotonic())
-            self._fail(hook, delivery, request.log_entry(), str(exc), retry=exc.retry)
-        except Exception as exc:  # e.g. a header the HTTP library refuses: final, and the task must end
+            return self._failure(hook, delivery, request.log_entry(), str(exc), retry=exc.retry)
+        except Exception as exc:  # e.g. a header the HTTP library refuses: final
             logger.warning("webhook request could not be made", hook=hook.id, error=repr(exc))
-            self._fail(hook, delivery, request.log_entry(), f"request could not be made: {exc}", retry=False)
-        else:
-            self._answered(hook, delivery, request, response)
-        finally:
-            self._throttle.state(host).active -= 1
-            self._pump(host)
+            message = f"request could not be made: {exc}"
+            return self._failure(hook, delivery, request.log_entry(), message, retry=False)
+        return self._answered(hook, delivery, request, response)
 
     def _answered(
         self, hook: Webhook, delivery: Delivery, request: OutgoingRequest, response: Response
-    ) -> None:
+    ) -> DeliveryOutcome:
         host = request.host
         if 200 <= response.status < 300:
             self._throttle.succeeded(host)
@@ -305,21 +406,18 @@ class WebhookDispatcher:
                 events = response_events(hook.config, delivery.event, response.body)
             except TemplateError as exc:
                 events = error_events(hook.config, delivery.event, str(exc))
-            self._finish(
-                DeliveryOutcome(
-                    delivery=delivery,
-                    request=request.log_entry(),
-                    status=response.status,
-                    elapsed_ms=response.elapsed_ms,
-                    body=response.body,
-                    response_events=events,
-                )
+            return DeliveryOutcome(
+                delivery=delivery,
+                request=request.log_entry(),
+                status=response.status,
+                elapsed_ms=response.elapsed_ms,
+                body=response.body,
+                response_events=events,
             )
-            return
         self._throttle.failed(host, self._clock.monotonic())
         message = f"error status {response.status} from {host}"
         retry = response.status >= 500 or response.status == 429
-        self._fail(
+        return self._failure(
             hook,
             delivery,
             request.log_entry(),
@@ -338,21 +436,31 @@ class WebhookDispatcher:
         *,
         retry: bool,
         skipped: bool = False,
+    ) -> None:
+        self._finish(self._failure(hook, delivery, request, message, retry=retry, skipped=skipped))
+
+    def _failure(
+        self,
+        hook: Webhook,
+        delivery: Delivery,
+        request: dict[str, Any],
+        message: str,
+        *,
+        retry: bool,
+        skipped: bool = False,
         status: int | None = None,
         response: Response | None = None,
-    ) -> None:
-        self._finish(
-            DeliveryOutcome(
-                delivery=delivery,
-                request=request,
-                status=status,
-                elapsed_ms=response.elapsed_ms if response else 0,
-                body=response.body if response else b"",
-                error=message,
-                retry=retry,
-                skipped=skipped,
-                response_events=error_events(hook.config, delivery.event, message),
-            )
+    ) -> DeliveryOutcome:
+        return DeliveryOutcome(
+            delivery=delivery,
+            request=request,
+            status=status,
+            elapsed_ms=response.elapsed_ms if response else 0,
+            body=response.body if response else b"",
+            error=message,
+            retry=retry,
+            skipped=skipped,
+            response_events=error_events(hook.config, delivery.event, message),
         )
 
     def _finish(self, outcome: DeliveryOutcome) -> None:
@@ -372,12 +480,31 @@ class WebhookDispatcher:
     async def _book(self) -> None:
         while self._outcomes:
             batch, self._outcomes = self._outcomes[:BOOK_BATCH], self._outcomes[BOOK_BATCH:]
+            ids = {outcome.delivery.id for outcome in batch}
+            self._booking |= ids
             try:
-                await self._service.record(batch)
+                failed = await each_alone(batch, self._service.record)
+                if failed:  # what they carried could not be stored: book them bare (no request, no body)
+                    batch = [outcome for outcome in batch if outcome not in failed]
+                    bare = [_bare(outcome) for outcome in failed]
+                    unbooked = await each_alone(bare, self._service.record)
+                    for outcome in unbooked:  # the database refuses even that: the lease brings it back
+                        logger.error("webhook outcome not booked", delivery=outcome.delivery.id)
+                    batch += [outcome for outcome in bare if outcome not in unbooked]
             finally:
                 # Before any other await: once the rows are gone their ids are free, and a row that reuses
                 # one must not look like something this process already holds.
-                self._held.difference_update(outcome.delivery.id for outcome in batch)
+                self._held -= ids
+                self._booking -= ids
             if not self._stopping:
                 self._wake.set()  # room again: claim more
             await self._service.announce(batch)
+
+
+def _bare(outcome: DeliveryOutcome) -> DeliveryOutcome:
+    """
+    ``outcome`` without what came from the event or the target (the request, body and response events).
+    """
+    return replace(
+        outcome, request={}, body=b"", error="the attempt's details could not be stored", response_events=()
+    )

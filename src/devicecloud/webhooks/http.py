@@ -1,9 +1,10 @@
 """
 Sending one webhook request with every bound a hostile target needs: a total time limit (20 s), a response
 body read only up to a size limit (the rest is never read: the connection is dropped), a bounded number of
-redirects followed by hand (each hop checked again), and, when the guard is on, no connection to loopback,
-private, link-local or otherwise non-public addresses — checked on the addresses actually resolved, so
-neither a DNS name nor a redirect can lead there.
+redirects followed by hand (each hop checked again; credentials and the hook's own headers never follow a
+redirect to another origin), and, when the guard is on, no connection to loopback, private, link-local or
+otherwise non-public addresses — checked on the addresses actually resolved, so neither a DNS name nor a
+redirect can lead there.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from aiohttp.resolver import DefaultResolver
 from devicecloud.webhooks.templating import OutgoingRequest
 
 REDIRECTS = (301, 302, 303, 307, 308)
+# Never sent on to another origin, whoever set them (as browsers and ``requests`` do).
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class DeliveryError(Exception):
@@ -46,10 +50,41 @@ class Response:
     elapsed_ms: int
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address in the last 32 bits
+LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: local use only, never public
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """
+    The IPv4 addresses an IPv6 address leads to: IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo.
+    """
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in NAT64 or ip in IPV4_COMPATIBLE:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # the relay server and the client behind it
+    return found
+
+
 def is_public(address: str) -> bool:
+    """
+    Whether ``address`` is a public unicast address, and so is every IPv4 address it embeds (a translated
+    or tunnelled form of 127.0.0.1 or 10.0.0.1 leads there just as well).
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in LOCAL_NAT64:
+            return False
+        embedded = embedded_ipv4(ip)
+        if not all(v4.is_global and not v4.is_multicast for v4 in embedded):
+            return False
+        if ip.ipv4_mapped is not None:  # judged by its IPv4 address alone
+            return True
     return ip.is_global and not ip.is_multicast
 
 
@@ -157,7 +192,8 @@ class HttpSender:
                 )
                 try:
                     if response.status in REDIRECTS and "Location" in response.headers:
-                        url = urljoin(url, response.headers["Location"])
+                        url, previous = urljoin(url, response.headers["Location"]), url
+                        headers = headers_for_redirect(headers, request.hook_headers, previous, url)
                         if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                             method, body = "GET", None
                             headers.pop("Content-Type", None)
@@ -199,6 +235,28 @@ class HttpSender:
             if size > limit:
                 break
         return b"".join(chunks)[:limit]
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """
+    The scheme, host and port of ``url`` (the default port made explicit).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
+
+
+def headers_for_redirect(
+    headers: dict[str, str], hook_headers: frozenset[str], old_url: str, new_url: str
+) -> dict[str, str]:
+    """
+    The headers to send to ``new_url`` after a redirect from ``old_url``: on a change of origin, without
+    credentials and without any header the hook's templates set (an API key is a credential too).
+    """
+    if origin(old_url) == origin(new_url):
+        return headers
+    dropped = CREDENTIAL_HEADERS | hook_headers
+    return {name: value for name, value in headers.items() if name.lower() not in dropped}
 
 
 def _describe(exc: Any) -> str:

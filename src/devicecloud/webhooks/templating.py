@@ -50,6 +50,9 @@ class OutgoingRequest:
     url: str
     headers: tuple[tuple[str, str], ...]
     body: bytes | None
+    # Lower-case names of the headers the hook's own templates set (``headers``; ``auth`` as Authorization):
+    # they are meant for the hook's target only, and a redirect to another origin drops them.
+    hook_headers: frozenset[str] = frozenset()
 
     @property
     def host(self) -> str:
@@ -144,7 +147,7 @@ def event_context(event: HookEvent) -> Context:
     if event.data:
         try:
             parsed = json.loads(event.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: just text
             parsed = None
         if isinstance(parsed, dict):
             context.update(parsed)
@@ -238,15 +241,24 @@ def build_request(config: WebhookConfig, event: HookEvent) -> OutgoingRequest:
         body = urlencode(defaults).encode("ascii")
         headers["Content-Type"] = FORM_TYPE
 
+    hook_headers: set[str] = set()
     if config.auth:
         auth = render_value(config.auth, context)
         user_pass = f"{auth.get('username', '')}:{auth.get('password', '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(user_pass).decode("ascii")
+        hook_headers.add("authorization")
     for name, value in render_value(config.headers or {}, context).items():
         headers[str(name)] = _form_value(value)
+        hook_headers.add(str(name).lower())
 
     url = _merge_query(render(config.url, context), query)
-    return OutgoingRequest(method=method, url=url, headers=tuple(headers.items()), body=body)
+    return OutgoingRequest(
+        method=method,
+        url=url,
+        headers=tuple(headers.items()),
+        body=body,
+        hook_headers=frozenset(hook_headers),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ responses
@@ -285,7 +297,7 @@ def response_events(config: WebhookConfig, event: HookEvent, body: bytes) -> tup
     if config.response_template is not None:
         try:
             parsed = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         response_context: Context = {**context, **parsed} if isinstance(parsed, dict) else dict(context)
         rendered = render_value(config.response_template, response_context)
@@ -297,12 +309,14 @@ def response_events(config: WebhookConfig, event: HookEvent, body: bytes) -> tup
 
 def error_events(config: WebhookConfig, event: HookEvent, message: str) -> tuple[tuple[str, str], ...]:
     """
-    The ``hook-error`` events for a failed attempt.
+    The ``hook-error`` events for a failed attempt. Never raises: it also reports attempts that failed
+    because the event or the hook could not be rendered.
     """
-    context = event_context(event)
     try:
-        topic = render(config.error_response_topic or "hook-error/{{{PARTICLE_EVENT_NAME}}}", context)
-    except TemplateError:
+        topic = render(
+            config.error_response_topic or "hook-error/{{{PARTICLE_EVENT_NAME}}}", event_context(event)
+        )
+    except Exception:  # the failure being reported may be this very rendering
         topic = f"hook-error/{event.name}"
     return _topic_events(topic, message, unchunked=False)
 

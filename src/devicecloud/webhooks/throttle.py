@@ -12,6 +12,7 @@ errors, please wait and try again" and retried later.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,13 @@ class HostThrottle:
             )
             self._hosts[host] = state
         return state
+
+    def queued(self) -> Iterator[Any]:
+        """
+        Everything waiting in a host's queue, all hosts.
+        """
+        for state in self._hosts.values():
+            yield from state.queue
 
     def sleeping(self, host: str, now: float) -> bool:
         state = self._hosts.get(host)

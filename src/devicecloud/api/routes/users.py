@@ -4,7 +4,7 @@ The account of the caller (catalogue §6): sign-up, profile, deletion, password 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -14,13 +14,8 @@ from devicecloud.api.deps import ApiDeps
 from devicecloud.api.middleware import RateLimits
 from devicecloud.api.params import Params, body_doc
 from devicecloud.domain.accounts import Principal, User
-from devicecloud.domain.devices import WIFI_PLATFORMS
 from devicecloud.errors import RateLimited
 from devicecloud.services.accounts import normalise_username
-
-if TYPE_CHECKING:
-    from devicecloud.clock import Clock
-    from devicecloud.services.devices import DeviceService
 
 router = APIRouter(tags=["User"])
 Person = Annotated[Principal, Depends(require())]
@@ -65,50 +60,6 @@ class MfaDisable(BaseModel):
     current_password: str
 
 
-class DeviceCounts:
-    """
-    How many Wi-Fi and cellular devices each user owns, for ``GET /v1/user``. Cached per user for
-    ``COUNT_TTL`` seconds on the injected clock and dropped whenever a device changes hands: that request
-    otherwise reads nothing but the token (~260 µs), and a unit of work would add ~750 µs (ADR 0005).
-    """
-
-    COUNT_TTL = 10.0
-    MAX_USERS = 10_000
-
-    def __init__(self, devices: DeviceService, clock: Clock) -> None:
-        self._devices = devices
-        self._clock = clock
-        self._cached: dict[int, tuple[float, int, int]] = {}
-        devices.on_owner_change(self.forget)
-
-    def forget(self, _device_id: str) -> None:
-        self._cached.clear()
-
-    async def of(self, user: User) -> tuple[int, int]:
-        """
-        (wifi, cellular) devices owned by ``user``.
-        """
-        now = self._clock.monotonic()
-        cached = self._cached.get(user.id)
-        if cached is not None and cached[0] > now:
-            return cached[1], cached[2]
-        devices = await self._devices.list_devices(user)
-        wifi = sum(device.platform_id in WIFI_PLATFORMS for device in devices)
-        cellular = sum(device.cellular for device in devices)
-        if len(self._cached) >= self.MAX_USERS:
-            self._cached.clear()
-        self._cached[user.id] = (now + self.COUNT_TTL, wifi, cellular)
-        return wifi, cellular
-
-
-def _device_counts(request: Request) -> DeviceCounts:
-    counts: DeviceCounts | None = getattr(request.app.state, "device_counts", None)
-    if counts is None:  # one per app, made on first use
-        deps = _deps(request)
-        counts = request.app.state.device_counts = DeviceCounts(deps.devices, deps.clock)
-    return counts
-
-
 def render_user(user: User, device_counts: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     info = {"first_name": None, "last_name": None, "business_account": False, **user.account_info}
     wifi, cellular = device_counts
@@ -144,7 +95,7 @@ async def sign_up(request: Request, params: Annotated[SignUp, Depends(Params(Sig
 
 @router.get("/v1/user", summary="Get the current user")
 async def get_user(request: Request, principal: Person) -> dict[str, Any]:
-    return render_user(principal.user, await _device_counts(request).of(principal.user))
+    return render_user(principal.user, await _deps(request).devices.owned_counts(principal.user))
 
 
 @router.put("/v1/user", summary="Update the current user", openapi_extra=body_doc(UserUpdate))
@@ -160,7 +111,8 @@ async def update_user(
         invalidate_tokens=params.invalidate_tokens,
         keep_token_id=principal.token.id,
     )
-    return {"ok": True, "message": message, **render_user(user, await _device_counts(request).of(user))}
+    counts = await _deps(request).devices.owned_counts(user)
+    return {"ok": True, "message": message, **render_user(user, counts)}
 
 
 @router.delete("/v1/user", summary="Delete the current user", openapi_extra=body_doc(Password))

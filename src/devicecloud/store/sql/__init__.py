@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from devicecloud.domain.accounts import AccessToken, User
@@ -27,12 +29,34 @@ from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 READONLY_OPTION = "devicecloud_readonly"
 
 
-def create_engine(url: str) -> AsyncEngine:
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """
+    The connection pool, for both dialects: ``size`` kept open, ``overflow`` more at peaks, ``timeout``
+    seconds a caller waits for one (then SQLAlchemy's TimeoutError).
+    """
+
+    size: int = 10
+    overflow: int = 20
+    timeout: float = 30.0
+
+
+def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
     """
     Build the async engine with the per-dialect connection settings this project relies on.
     """
+    pool = pool or PoolLimits()
+    sizing: dict[str, Any] = {
+        "pool_size": pool.size,
+        "max_overflow": pool.overflow,
+        "pool_timeout": pool.timeout,
+    }
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        if make_url(url).database in (None, "", ":memory:"):
+            sizing = {}  # one in-memory database per connection: SQLAlchemy uses a static pool there
+        # The busy timeout matches the pool's: a writer waits for SQLite's one write lock as long as for a
+        # connection. Device links never do (their writes go through the presence book's one flush).
+        engine = create_async_engine(url, connect_args={"timeout": pool.timeout}, **sizing)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -43,7 +67,7 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(pool.timeout * 1000)}")
             cursor.close()
 
         @event.listens_for(engine.sync_engine, "begin")
@@ -54,7 +78,7 @@ def create_engine(url: str) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, **sizing)
 
 
 class SqlUnitOfWork:
@@ -86,8 +110,8 @@ class SqlStore:
         return await self._token_lookup.device(device_id)
 
     @classmethod
-    def from_url(cls, url: str) -> SqlStore:
-        return cls(create_engine(url))
+    def from_url(cls, url: str, pool: PoolLimits | None = None) -> SqlStore:
+        return cls(create_engine(url, pool))
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[SqlUnitOfWork]:

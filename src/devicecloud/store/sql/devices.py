@@ -80,6 +80,22 @@ WRITE_PRESENCE = (
 )
 
 
+# Built once: the write-behind of Describes (executemany); no system firmware version keeps the stored one.
+WRITE_DESCRIBE = (
+    update(devices)
+    .where(devices.c.id == bindparam("d_id"))
+    .values(
+        describe=bindparam("d_describe", type_=devices.c.describe.type),
+        system_firmware_version=func.coalesce(
+            bindparam("d_firmware", type_=devices.c.system_firmware_version.type),
+            devices.c.system_firmware_version,
+        ),
+        updated_at=bindparam("d_updated", type_=devices.c.updated_at.type),
+    )
+)
+_IN_CLAUSE_CHUNK = 500  # ids per IN (...) list: far below every dialect's limit on bound parameters
+
+
 class SqlDevices:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -159,6 +175,37 @@ class SqlDevices:
                 for p in presence
             ],
         )
+
+    async def describes(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(device_ids), _IN_CLAUSE_CHUNK):
+            chunk = device_ids[start : start + _IN_CLAUSE_CHUNK]
+            stmt = select(devices.c.id, devices.c.describe).where(devices.c.id.in_(chunk))
+            found.update((row.id, dict(row.describe or {})) for row in await self._conn.execute(stmt))
+        return found
+
+    async def write_describes(self, rows: Sequence[tuple[str, dict[str, Any], str | None, datetime]]) -> None:
+        if not rows:
+            return
+        await self._conn.execute(
+            WRITE_DESCRIBE,
+            [
+                {"d_id": device_id, "d_describe": describe, "d_firmware": firmware, "d_updated": at}
+                for device_id, describe, firmware, at in rows
+            ],
+        )
+
+    async def name_if_unnamed(self, device_id: str, name: str, *, now: datetime) -> bool:
+        try:
+            async with self._conn.begin_nested():
+                result = await self._conn.execute(
+                    update(devices)
+                    .where(devices.c.id == device_id, devices.c.name.is_(None))
+                    .values(name=name, updated_at=now)
+                )
+        except IntegrityError as exc:
+            raise Conflict("That name is already used by another of your devices", code="name_taken") from exc
+        return bool(result.rowcount)
 
     async def delete(self, device_id: str) -> None:
         await self._conn.execute(delete(devices).where(devices.c.id == device_id))

@@ -2,8 +2,10 @@
 SQL repositories of webhooks: the hooks, the delivery outbox, and the delivery logs.
 
 The outbox is claimed with a lease: a worker takes due rows by setting ``lease_until``, and a row whose lease
-ran out (its worker died) is due again. PostgreSQL takes the rows with ``FOR UPDATE SKIP LOCKED`` so several
-processes can share one outbox; SQLite's writer lock (BEGIN IMMEDIATE) serialises claims anyway.
+ran out (its worker died) is due again. A row whose event cannot be read is claimed like the others and
+returned as an `UnreadableDelivery`, so it never fails the claim of the rows beside it. PostgreSQL takes the
+rows with ``FOR UPDATE SKIP LOCKED`` so several processes can share one outbox; SQLite's writer lock (BEGIN
+IMMEDIATE) serialises claims anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from devicecloud.domain.webhooks import (
     Delivery,
     DeliveryLog,
     HookEvent,
+    UnreadableDelivery,
     Webhook,
     config_from_fields,
     config_to_fields,
@@ -54,6 +57,23 @@ def event_to_json(event: HookEvent) -> dict[str, Any]:
 
 def event_from_json(value: dict[str, Any]) -> HookEvent:
     return HookEvent(**{**value, "published_at": datetime.fromisoformat(value["published_at"])})
+
+
+def _claimed(row: Row[Any]) -> Delivery | UnreadableDelivery:
+    # One damaged row must not fail the claim of the rows beside it: it comes back as what it is.
+    try:
+        event = event_from_json(dict(row.event))
+    except (KeyError, TypeError, ValueError) as exc:
+        return UnreadableDelivery(id=row.id, hook_id=row.hook_id, problem=f"{type(exc).__name__}: {exc}")
+    return Delivery(
+        id=row.id,
+        hook_id=row.hook_id,
+        owner_id=row.owner_id,
+        host=row.host,
+        event=event,
+        attempt=row.attempt,
+        next_attempt_at=row.next_attempt_at,
+    )
 
 
 async def _existing_hooks(conn: AsyncConnection, hook_ids: set[str]) -> set[str]:
@@ -185,7 +205,7 @@ class SqlDeliveries:
 
     async def claim_due(
         self, now: datetime, lease_until: datetime, limit: int, exclude_hosts: Collection[str] = ()
-    ) -> Sequence[Delivery]:
+    ) -> Sequence[Delivery | UnreadableDelivery]:
         due = and_(
             webhook_deliveries.c.next_attempt_at <= now,
             or_(webhook_deliveries.c.lease_until.is_(None), webhook_deliveries.c.lease_until < now),
@@ -208,18 +228,7 @@ class SqlDeliveries:
             .where(webhook_deliveries.c.id.in_([row.id for row in rows]))
             .values(lease_until=lease_until)
         )
-        return [
-            Delivery(
-                id=row.id,
-                hook_id=row.hook_id,
-                owner_id=row.owner_id,
-                host=row.host,
-                event=event_from_json(dict(row.event)),
-                attempt=row.attempt,
-                next_attempt_at=row.next_attempt_at,
-            )
-            for row in rows
-        ]
+        return [_claimed(row) for row in rows]
 
     async def extend_leases(self, delivery_ids: Sequence[int], lease_until: datetime) -> None:
         for start in range(0, len(delivery_ids), 500):
