@@ -156,6 +156,39 @@ class Server:
     data_dir: Path
     pinned: bool
     device_port: int = 0
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def halt(self) -> None:
+        """
+        Stop the server process (it closes every device link); `restart` starts it again.
+        """
+        _stop(self.proc)
+
+    def restart(self) -> float:
+        """
+        Start the server again (stopping it first if it runs) on the same ports and data; the seconds from
+        the new process's start until it answers ``/healthz``.
+        """
+        _stop(self.proc)
+        log_path = self.data_dir / "server.log"
+        with log_path.open("a") as log:
+            started = time.monotonic()
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
+        _wait_ready(self, log_path)
+        return time.monotonic() - started
+
+    def log_count(self, *needles: str) -> int:
+        """
+        Lines of the server's log (every run of it) that contain any of ``needles``.
+        """
+        path = self.data_dir / "server.log"
+        if not path.exists():
+            return 0
+        with path.open(errors="replace") as log:
+            return sum(1 for line in log if any(needle in line for needle in needles))
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.proc.pid)
@@ -228,15 +261,15 @@ def running_server(
         ]  # fmt: skip
         log_path = Path(tmp) / "server.log"
         with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                pinned(SERVER_CORE, argv, pin), env=env, stdout=log, stderr=subprocess.STDOUT, text=True
-            )
-            server = Server(port=port, proc=proc, data_dir=Path(tmp), pinned=pin, device_port=device_port)
+            argv = pinned(SERVER_CORE, argv, pin)
+            proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+            server = Server(port=port, proc=proc, data_dir=Path(tmp), pinned=pin, device_port=device_port,
+                            argv=argv, env=env)  # fmt: skip
             try:
                 _wait_ready(server, log_path)
                 yield server
             finally:
-                _stop(proc)
+                _stop(server.proc)
 
 
 def _wait_ready(server: Server, log_path: Path, timeout: float = 60.0) -> None:

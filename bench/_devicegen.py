@@ -1,15 +1,25 @@
 """
 The device side of ``device_bench.py``: a separate process (pinned to core 1) that plays many devices.
 
-Two modes, chosen by the JSON spec in ``argv[1]``:
+Three modes, chosen by the JSON spec in ``argv[1]``:
 
-``{"mode": "handshake", ...}`` — handshakes as fast as the server takes them. ``workers`` loops run at once;
-each owns one device id and repeats: TCP connect, the handshake and Hello exchange with a device-role
-``protocol.Connection`` (a bare asyncio protocol, no ``VirtualDevice`` machinery), close as soon as the
-server's Hello arrives, wait for the socket to close. The Hello announces a device-initiated Describe, so
-the server asks for nothing more. Device keys come from a small pool made at start, so the generator spends
-its RSA time on the handshake only (one RSA-2048 public encrypt, one RSA-1024 decrypt, one RSA-2048 public
-verify per handshake). Prints one ``BENCH_JSON`` line: count, failures, latency percentiles, CPU.
+``{"mode": "handshake", "behaviour": "bare" | "0.7.0", ...}`` — connects as fast as the server takes them.
+``workers`` loops run at once; each owns one device id and repeats: TCP connect, the device's connect
+sequence with a `_photon.PhotonSession` (a bare asyncio protocol around a device-role
+``protocol.Connection``, no ``VirtualDevice`` machinery), close, wait for the socket to close. ``bare``
+(the default, the protocol floor): the handshake and Hello exchange, the Hello announcing a
+device-initiated Describe so the server asks for nothing more. ``0.7.0``: what recorded Device OS 0.7.0
+does (system events, ``Subscribe /e/spark``, a time request, the Describe the server asks for), done when
+the time is answered and the Describe given. Device keys come from a small pool made at start, so the
+generator spends its RSA time on the handshake only (one RSA-2048 public encrypt, one RSA-1024 decrypt,
+one RSA-2048 public verify per handshake). Prints one ``BENCH_JSON`` line: count, failures, latency
+percentiles, CPU.
+
+``{"mode": "photons", "behaviour": "0.7.0" | "bare", ...}`` — `_photon.PhotonDevice` s that stay
+connected, reconnecting as the firmware does after a lost link; driven by lines on stdin (see
+`run_photons`): the connect storm and keep-alive scenarios. Each answer reports devices online, the time
+from the last ``mark`` until all were online, events received, pings and their round trips, links lost,
+failed attempts and the devices affected.
 
 ``{"mode": "devices", ...}`` — long-lived ``VirtualDevice`` s (one asyncio task each), driven by lines on
 stdin: ``connect N`` brings the number of started devices to N (at most ``concurrency`` handshakes in
@@ -38,20 +48,8 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devicecloud.protocol import (
-    NEED_DATA,
-    Connection,
-    ConnectionClosed,
-    DeviceHello,
-    HelloFlags,
-    RemoteProtocolError,
-    ResponseStyle,
-    Role,
-    ServerHelloReceived,
-    Timing,
-    load_private_key,
-    load_public_key,
-)
+from _photon import PING_AFTER, PhotonDevice, PhotonSession, Tally, connection
+from devicecloud.protocol import Timing, load_private_key, load_public_key
 from devicecloud.virtualdevice import VirtualDevice
 
 KEY_POOL = 8
@@ -107,51 +105,10 @@ def _percentile(ordered: list[float], fraction: float) -> float:
 # ---------------------------------------------------------------------------------------------- handshakes
 
 
-class _HandshakeProbe(asyncio.Protocol):
-    """
-    One device-role connection that ends as soon as the server's Hello has arrived.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[str | None] = loop.create_future()  # None = success, else why not
-        self.lost: asyncio.Future[None] = loop.create_future()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.conn.receive_data(data, time.monotonic())
-        except RemoteProtocolError as exc:
-            self._finish(f"protocol error: {exc}")
-        while (event := self.conn.next_event()) is not NEED_DATA:
-            if isinstance(event, ServerHelloReceived):
-                self._finish(None)
-            elif isinstance(event, ConnectionClosed):
-                self._finish(f"closed: {event.reason}")
-        out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish(f"connection lost: {exc}")
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-    def _finish(self, outcome: str | None) -> None:
-        if not self.done.done():
-            self.done.set_result(outcome)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-
 async def _handshake_worker(
     host: str,
     port: int,
-    new_connection: Callable[[], Connection],
+    new_session: Callable[[], PhotonSession],
     deadline: float,
     latencies: list[float],
     failures: Counter[str],
@@ -159,42 +116,42 @@ async def _handshake_worker(
     loop = asyncio.get_running_loop()
     while time.perf_counter() < deadline:
         start = time.perf_counter()
-        probe = _HandshakeProbe(new_connection())
+        session = new_session()
+        outcome: str | None = None
         try:
             async with asyncio.timeout(30):
-                await loop.create_connection(lambda p=probe: p, host, port)  # type: ignore[misc]
-                outcome = await probe.done
-        except (OSError, TimeoutError) as exc:
+                await loop.create_connection(lambda s=session: s, host, port)  # type: ignore[misc]
+                await session.ready
+                if session.behaviour != "bare":
+                    await session.described.wait()  # the connect sequence is over once the Describe is in
+        except (OSError, TimeoutError, ConnectionError) as exc:
             outcome = f"{type(exc).__name__}: {exc}"
         if outcome is None:
             latencies.append(time.perf_counter() - start)
         else:
             failures[outcome[:120]] += 1
-        if probe.transport is not None:
-            probe.transport.close()
-            await probe.lost
+        session.end("done")
+        if session.transport is not None:
+            await session.lost
 
 
 async def run_handshakes(spec: dict[str, Any]) -> dict[str, Any]:
+    """
+    ``workers`` loops of connect → the device's connect sequence (``behaviour``) → close, for ``duration``.
+    """
     host, port = str(spec.get("host", "127.0.0.1")), int(spec["port"])
     server_key = load_public_key(str(spec["server_public_key"]).encode())
     workers, duration, tag = int(spec["workers"]), float(spec["duration"]), int(spec["tag"])
+    behaviour = str(spec.get("behaviour", "bare"))
     keys = key_pool(spec)
-    hello = DeviceHello(product_id=6, flags=int(HelloFlags.DEVICE_INITIATED_DESCRIBE), platform_id=6)
+    tally = Tally()
 
-    def factory(index: int) -> Callable[[], Connection]:
-        def new_connection() -> Connection:
-            return Connection(
-                Role.DEVICE,
-                now=time.monotonic(),
-                server_public_key=server_key,
-                device_private_key=keys[index % len(keys)],
-                device_id=device_id(tag, index),
-                hello=hello,
-                response_style=ResponseStyle.SEPARATE,
-            )
+    def factory(index: int) -> Callable[[], PhotonSession]:
+        def new_session() -> PhotonSession:
+            conn = connection(behaviour, server_key, keys[index % len(keys)], device_id(tag, index))
+            return PhotonSession(conn, behaviour, tally, index)
 
-        return new_connection
+        return new_session
 
     latencies: list[float] = []
     failures: Counter[str] = Counter()
@@ -206,6 +163,7 @@ async def run_handshakes(spec: dict[str, Any]) -> dict[str, Any]:
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     ordered = sorted(latencies)
     return {
+        "behaviour": behaviour,
         "handshakes": len(ordered),
         "duration_s": elapsed,
         "failures": sum(failures.values()),
@@ -213,7 +171,118 @@ async def run_handshakes(spec: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": _percentile(ordered, 0.5) * 1000,
         "p99_ms": _percentile(ordered, 0.99) * 1000,
         "cpu_s": cpu,
+        "events_received": tally.events_received,
     }
+
+
+# ---------------------------------------------------------------------------------------------- photons
+
+
+class Photons:
+    """
+    ``photons`` mode: simulated Photons (0.7.0 or bare) that stay connected, driven over stdin.
+    """
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.address = (str(spec.get("host", "127.0.0.1")), int(spec["port"]))
+        self.server_key = load_public_key(str(spec["server_public_key"]).encode())
+        self.tag = int(spec["tag"])
+        self.behaviour = str(spec.get("behaviour", "0.7.0"))
+        self.keys = key_pool(spec)
+        self.ping_after = float(spec.get("ping_after", PING_AFTER))
+        self.tally = Tally()
+        self.devices: list[PhotonDevice] = []
+        self.all_online_at: float | None = None
+
+    def _device(self, index: int) -> PhotonDevice:
+        did, key = device_id(self.tag, index), self.keys[index % len(self.keys)]
+        return PhotonDevice(
+            index, did, lambda: connection(self.behaviour, self.server_key, key, did), self.behaviour,
+            self.tally, self.address, self.ping_after,
+        )  # fmt: skip
+
+    def online(self) -> int:
+        return sum(1 for d in self.devices if d.online)
+
+    async def connect(self, total: int, concurrency: int) -> None:
+        """
+        Start devices up to ``total``; their first connections ``concurrency`` at a time (0 = all at once).
+        """
+        gate = asyncio.Semaphore(concurrency) if concurrency else None
+        for index in range(len(self.devices), total):
+            device = self._device(index)
+            self.devices.append(device)
+            device.start(gate)
+
+    async def wait_online(self, timeout: float) -> None:
+        """
+        Return once every device is online (noting when, from the mark), or after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.online() == len(self.devices):
+                if self.all_online_at is None:
+                    self.all_online_at = time.monotonic() - self.tally.origin
+                return
+            await asyncio.sleep(0.02)
+
+    def mark(self) -> None:
+        self.tally.reset()
+        self.all_online_at = None
+
+    def state(self) -> dict[str, Any]:
+        t = self.tally
+        rtt = sorted(t.ping_rtt_ms)
+        return {
+            "behaviour": self.behaviour,
+            "started": len(self.devices),
+            "online": self.online(),
+            "since_mark_s": time.monotonic() - t.origin,
+            "all_online_s": self.all_online_at,
+            "first_connect_s": t.first_connect_at,
+            "events_received": t.events_received,
+            "describes_answered": t.describes_answered,
+            "pings": t.pings,
+            "pings_answered": t.pings_answered,
+            "ping_p50_ms": _percentile(rtt, 0.5),
+            "ping_p99_ms": _percentile(rtt, 0.99),
+            "ping_max_ms": rtt[-1] if rtt else 0.0,
+            "links_lost": t.links_lost,
+            "failed_attempts": sum(t.failed_attempts.values()),
+            "failure_reasons": dict(t.failed_attempts.most_common(5)),
+            "devices_dropped": len(t.troubled),
+            "cpu_s": time.process_time(),
+        }
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(d.stop() for d in self.devices), return_exceptions=True)
+
+
+async def run_photons(spec: dict[str, Any]) -> None:
+    """
+    Commands on stdin, each answered with one ``STATE {json}`` line: ``connect N [concurrency] [timeout]``
+    (start devices up to N and wait for them), ``mark`` (counters and the clock start again),
+    ``wait_online TIMEOUT``, ``report``, ``quit``.
+    """
+    photons = Photons(spec)
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            command, *rest = line.split() or ["quit"]
+            if command == "connect":
+                concurrency = int(rest[1]) if len(rest) > 1 else 64
+                await photons.connect(int(rest[0]), concurrency)
+                await photons.wait_online(float(rest[2]) if len(rest) > 2 else 600.0)
+            elif command == "mark":
+                photons.mark()
+            elif command == "wait_online":
+                await photons.wait_online(float(rest[0]))
+            elif command != "report":
+                break
+            print("STATE " + json.dumps(photons.state()), flush=True)
+    finally:
+        await photons.stop()
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -328,6 +397,8 @@ def main() -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         if spec["mode"] == "handshake":
             print("BENCH_JSON " + json.dumps(runner.run(run_handshakes(spec))), flush=True)
+        elif spec["mode"] == "photons":
+            runner.run(run_photons(spec))
         else:
             runner.run(run_devices(spec))
     return 0

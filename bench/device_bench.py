@@ -1,7 +1,7 @@
 """
-Device benchmark: handshakes/s, idle connected devices, function calls through the REST API.
+Device benchmark: handshakes/s, idle connected devices, function calls through the REST API, connect storms.
 
-Three measurements against a real ``devicecloud serve`` (server pinned to core 0, every generator pinned to
+Four measurements against a real ``devicecloud serve`` (server pinned to core 0, every generator pinned to
 core 1, ``DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES=true`` so devices need no key registration, rate limits off):
 
 ``handshake``
@@ -19,7 +19,16 @@ core 1, ``DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES=true`` so devices need no key regis
        Target: handshakes/s >= 0.8 x ceiling;
     3. the protocol floor: the same generator against ``_handshake_floor.py`` on core 0 (the server's
        Connection, key, signer and loop behind a bare ``asyncio.Protocol``, nothing else) while the server
-       idles — what any server on this protocol core costs at least (decision 0009).
+       idles — what any server on this protocol core costs at least (decision 0009);
+    4. the same loops doing the 0.7.0 connect sequence (``_photon.py``): target >= 0.8 x the bare rate.
+
+``storm``
+    ``--storm-devices`` simulated Photons of one owner (``_photon.py``), bare and then 0.7.0, the same ids:
+    each fleet connects, the server restarts, every device reconnects at once; the time until all are
+    online again, devices dropped, events sent to devices (counted by the devices), database errors and
+    dropped event feeds (from the server's log). Target: the 0.7.0 storm within 1.5 x the bare one, 0
+    dropped. Then the 0.7.0 fleet idles, pinging every 15 s: server CPU (target <= 10 % of one core) and the
+    pings' round trips (p99 <= 50 ms).
 
 ``idle``
     ``--idle-procs`` generator processes hold ``--devices`` ``VirtualDevice`` s connected (one asyncio task
@@ -45,6 +54,7 @@ each), enforces no speed target and works without wrk.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -97,7 +107,25 @@ P99_TARGET_MS = 50.0
 P99_RATE = 500.0
 DEVICE_ENV = {"DEVICECLOUD_ACCEPT_UNKNOWN_DEVICES": "true"}
 NO_DEMO = ("--no-demo-device",)
-HANDSHAKE_TITLE = "Handshakes per second on one server core (target ≥ 0.8× the crypto ceiling)"
+REAL_OF_BARE_TARGET = 0.8  # handshakes/s with the 0.7.0 connect sequence, of those without
+STORM_TARGET = 1.5  # the 0.7.0 storm's time until all online, of the bare storm's
+KEEPALIVE_CPU_TARGET = 0.10  # of one core
+KEEPALIVE_P99_TARGET_MS = 50.0
+HANDSHAKE_TITLE = (
+    "Handshakes per second on one server core (targets: ≥ 0.8× the crypto ceiling; with the 0.7.0 connect"
+    " sequence ≥ 0.8× without)"
+)
+STORM_TITLE = (
+    "Connect storm: every device of one owner reconnecting at once after a server restart (target: the"
+    " 0.7.0 storm all online within 1.5× the bare storm's time, 0 dropped)"
+)
+KEEPALIVE_TITLE = (
+    "Idle 0.7.0 devices pinging every 15 s (targets: ≤ 10 % of one server core, ping round trip p99 ≤ 50 ms)"
+)
+# Log lines of a device link that failed on the database, and of devices that fell behind on their events
+# (dropped with their link, or, once device feeds are lossy, losing events).
+DB_ERRORS = ("device link failed", "database is locked", "QueuePool limit", "OperationalError")
+FEED_DROPS = ("device event feed dropped", "events to the device dropped")
 IDLE_TITLE = "Idle connected devices (targets: ≥ 10,000 held, ≤ 30 KB of server RSS per device)"
 CALLS_TITLE = "Function calls through the REST API (targets: ≥ 1,000 calls/s; p99 ≤ 50 ms at 500 calls/s)"
 
@@ -212,14 +240,17 @@ def _handshake_run(
     duration: float,
     pin: bool,
     floor: tuple[ScriptProcess, int] | None = None,
+    behaviour: str = "bare",
 ) -> tuple[dict[str, Any], float, float]:
     """
     One generator run against the server (or, with ``floor`` = (process, port), against the protocol
     floor); returns its figures, the CPU seconds it cost the serving process and the generator's CPU seconds.
+    ``behaviour``: ``bare`` (handshake and Hello) or ``0.7.0`` (what the recorded firmware does on connect).
     """
     serving, port = floor if floor is not None else (server, server.device_port)
     spec = {"mode": "handshake", "port": port, "server_public_key": _server_public_pem(server),
-            "workers": workers, "duration": duration, "tag": 0xA000, "keys_file": str(keys)}  # fmt: skip
+            "workers": workers, "duration": duration, "tag": 0xA000, "keys_file": str(keys),
+            "behaviour": behaviour}  # fmt: skip
     with tempfile.TemporaryFile("w+") as out:
         before = serving.cpu_seconds()
         proc = subprocess.Popen(_generator_argv(spec, pin), stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -267,6 +298,11 @@ def bench_handshakes(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome
         run, server_cpu, generator_cpu = _handshake_run(
             server, keys, workers=args.handshake_workers, duration=duration, pin=pin
         )
+        _handshake_run(server, keys, workers=args.handshake_workers, duration=warmup, pin=pin,
+                       behaviour="0.7.0")  # fmt: skip
+        real_run, real_cpu, _ = _handshake_run(
+            server, keys, workers=args.handshake_workers, duration=duration, pin=pin, behaviour="0.7.0"
+        )
         floor_run, floor_cpu = _floor_run(server, keys, args, warmup=warmup, duration=duration, pin=pin)
     # The ceiling: the RSA work of the code the server runs; beside it, the same work in cryptography alone.
     ceiling_us = (
@@ -276,6 +312,7 @@ def bench_handshakes(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome
     )
     cg_ceiling_us = crypto["cg_decrypt_2048"] + crypto["cg_encrypt_1024"] + crypto["cg_private_op_2048"]
     rate = run["handshakes"] / run["duration_s"]
+    real_rate = real_run["handshakes"] / real_run["duration_s"]
     floor_rate = floor_run["handshakes"] / floor_run["duration_s"]
     per_handshake_us = server_cpu / run["handshakes"] * 1e6 if run["handshakes"] else float("nan")
     outcome.figures = {
@@ -290,13 +327,21 @@ def bench_handshakes(args: argparse.Namespace, keys: Path, pin: bool) -> Outcome
         "floor_cpu_us_per_handshake": floor_cpu / floor_run["handshakes"] * 1e6 if floor_run["handshakes"]
         else float("nan"), "floor_cpu_share": floor_cpu / floor_run["duration_s"],
         "rate_of_floor": rate / floor_rate if floor_rate else float("nan"),
+        "real_run": real_run, "real_rate": real_rate, "real_of_bare": real_rate / rate if rate else 0.0,
+        "real_cpu_us_per_connect": real_cpu / real_run["handshakes"] * 1e6 if real_run["handshakes"]
+        else float("nan"),
     }  # fmt: skip
-    for name, figures in (("handshake", run), ("handshake floor", floor_run)):
+    for name, figures in (("handshake", run), ("handshake floor", floor_run), ("0.7.0 connect", real_run)):
         if figures["handshakes"] == 0 or figures["failures"]:
             done, failed = figures["handshakes"], figures["failures"]
             outcome.failures.append(f"{name}: {done} done, {failed} failed: {figures['failure_reasons']}")
     if rate < HANDSHAKE_TARGET * 1e6 / ceiling_us:
         outcome.missed.append("handshakes/s below 0.8x the crypto ceiling")
+    if real_rate < REAL_OF_BARE_TARGET * rate:
+        outcome.missed.append(
+            f"handshakes/s with the 0.7.0 connect sequence {real_rate:,.1f} < {REAL_OF_BARE_TARGET}x bare"
+            f" ({rate:,.1f}/s)"
+        )
     return outcome
 
 
@@ -348,16 +393,28 @@ def print_handshakes(o: Outcome) -> None:
         f" the server reaches {f['rate_of_floor']:.3f}x the floor's rate (the idle server meanwhile:"
         f" {fr['idle_server_cpu_share'] * 100:.1f}% of the core)"
     )
+    rr = f["real_run"]
+    print(
+        f"with the 0.7.0 connect sequence (system events, Subscribe /e/spark, time, Describe):"
+        f" {rr['handshakes']} in {rr['duration_s']:.1f}s = {f['real_rate']:,.1f}/s,"
+        f" p50 {rr['p50_ms']:.1f} ms,"
+        f" p99 {rr['p99_ms']:.1f} ms, {rr['failures']} failed, {rr['events_received']:,} events to the"
+        f" devices; server CPU {f['real_cpu_us_per_connect']:,.0f} µs per connect\n"
+        f"  = {f['real_of_bare']:.3f}x the bare handshakes/s of the same run"
+        f" (target ≥ {REAL_OF_BARE_TARGET}x)"
+    )
     o.table = Table(
         HANDSHAKE_TITLE,
         ["run", "ceiling (RSA, tight loop)", "server", "server ÷ ceiling", "server CPU / handshake", "floor",
-         "floor ÷ ceiling", "floor CPU / handshake", "server ÷ floor"],
+         "floor ÷ ceiling", "floor CPU / handshake", "server ÷ floor", "0.7.0 connect", "0.7.0 ÷ bare"],
         [[f"{f['workers']} device loops, {run['duration_s']:.0f} s",
           f"{f['ceiling_us']:,.0f} µs = {f['ceiling_per_s']:,.0f}/s",
           f"{f['rate']:,.1f}/s (p99 {run['p99_ms']:.1f} ms)", f"{f['ratio']:.3f}×",
           f"{f['server_cpu_us_per_handshake']:,.0f} µs", f"{f['floor_rate']:,.1f}/s",
           f"{f['floor_ratio']:.3f}×",
-          f"{f['floor_cpu_us_per_handshake']:,.0f} µs", f"{f['rate_of_floor']:.3f}×"]],
+          f"{f['floor_cpu_us_per_handshake']:,.0f} µs", f"{f['rate_of_floor']:.3f}×",
+          f"{f['real_rate']:,.1f}/s (p99 {rr['p99_ms']:.1f} ms, {f['real_cpu_us_per_connect']:,.0f} µs)",
+          f"{f['real_of_bare']:.3f}×"]],
     )  # fmt: skip
 
 
@@ -519,6 +576,184 @@ def print_idle(o: Outcome) -> None:
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------- storm
+
+
+def claim_all(server: Server, token: str, ids: list[str]) -> None:
+    """
+    Claim every device for the benchmark's account, over one keep-alive connection.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    try:
+        for did in ids:
+            conn.request("POST", "/v1/devices", body=json.dumps({"id": did}), headers=headers)
+            reply = conn.getresponse()
+            body = reply.read()
+            if reply.status != 200:
+                raise BenchError(f"claiming {did} answered {reply.status}: {body[:200]!r}")
+    finally:
+        conn.close()
+
+
+def _wait_offline(fleet: Fleet, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = fleet.ask("report", "STATE")
+        if state["online"] == 0 or time.monotonic() > deadline:
+            return state
+        time.sleep(0.1)
+
+
+def _storm(server: Server, fleet: Fleet, count: int, timeout: float) -> dict[str, Any]:
+    """
+    Stop the server (every link drops), start it again, and time the fleet until all are online again.
+    """
+    server.halt()
+    _wait_offline(fleet, 30)
+    fleet.ask("mark", "STATE")
+    errors0, drops0 = server.log_count(*DB_ERRORS), server.log_count(*FEED_DROPS)
+    ready_s = server.restart()
+    state = fleet.ask(f"wait_online {timeout}", "STATE", timeout + 60)
+    state |= {
+        "server_ready_s": ready_s,
+        "server_cpu_s": server.cpu_seconds(),
+        "db_errors": server.log_count(*DB_ERRORS) - errors0,
+        "feed_drops": server.log_count(*FEED_DROPS) - drops0,
+        "devices": count,
+    }
+    if state["all_online_s"] is not None and state["first_connect_s"] is not None:
+        state["gateway_up_to_all_online_s"] = state["all_online_s"] - state["first_connect_s"]
+    return state
+
+
+def bench_storm(args: argparse.Namespace, keys: Path, pin: bool) -> tuple[Outcome, Outcome]:
+    """
+    The connect storm (bare, then 0.7.0, the same device ids of one owner) and then the keep-alive.
+    """
+    storm, keepalive = Outcome(), Outcome()
+    smoke: bool = args.smoke
+    count = args.storm_devices or (20 if smoke else 1000)
+    timeout = args.storm_timeout or (60.0 if smoke else 300.0)
+    settle = args.settle if args.settle is not None else (1.0 if smoke else 35.0)
+    hold = args.keepalive_hold or (3.0 if smoke else 60.0)
+    ping_after = 1.0 if smoke else 15.0
+    raise_open_files(2 * count + 1024)
+    env = {**DEVICE_ENV, "DEVICECLOUD_MAX_DEVICE_LINKS": str(2 * count + 1000)}
+    if args.handshake_slots:
+        env["DEVICECLOUD_DEVICE_HANDSHAKE_SLOTS"] = str(args.handshake_slots)
+    runs: dict[str, dict[str, Any]] = {}
+    with running_server(email=EMAIL, password=PASSWORD, pin=pin, extra_env=env,
+                        extra_args=NO_DEMO) as server:  # fmt: skip
+        pem = _server_public_pem(server)
+        token = get_token(server.port, EMAIL, PASSWORD)
+        for behaviour in ("bare", "0.7.0"):
+            spec = {"mode": "photons", "behaviour": behaviour, "port": server.device_port,
+                    "server_public_key": pem, "tag": 0xD000, "keys_file": str(keys),
+                    "ping_after": ping_after}  # fmt: skip
+            with fleets([spec], pin) as (fleet,):
+                started = time.monotonic()
+                first = fleet.ask(f"connect {count} 64 {timeout}", "STATE", timeout + 60)
+                if behaviour == "bare":  # the first fleet: its devices become the account's
+                    claim_all(server, token, [device_id(0xD000, i) for i in range(count)])
+                run = _storm(server, fleet, count, timeout)
+                run["first_connect"] = first | {"took_s": time.monotonic() - started}
+                runs[behaviour] = run
+                if behaviour == "0.7.0":
+                    time.sleep(settle)  # the Describe retries of 0.x devices come 3-30 s after connecting
+                    fleet.ask("mark", "STATE")
+                    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+                    time.sleep(hold)
+                    held = fleet.ask("report", "STATE")
+                    held |= {"server_cpu_share": (server.cpu_seconds() - cpu0) / (time.monotonic() - t0),
+                             "hold_s": time.monotonic() - t0, "settle_s": settle}  # fmt: skip
+                    keepalive.figures = held
+                fleet.quit()
+    storm.figures = {"runs": runs, "devices": count}
+    bare, real = runs["bare"], runs["0.7.0"]
+    for name, run in runs.items():
+        if run.get("gateway_up_to_all_online_s") is None:
+            storm.missed.append(f"storm ({name}): {run['online']}/{count} online after {timeout:.0f} s")
+        if run["devices_dropped"]:
+            storm.missed.append(
+                f"storm ({name}): {run['devices_dropped']} devices dropped"
+                f" ({run['failed_attempts']} failed attempts, {run['links_lost']} links lost)"
+            )
+    if bare.get("gateway_up_to_all_online_s") and real.get("gateway_up_to_all_online_s"):
+        ratio = real["gateway_up_to_all_online_s"] / bare["gateway_up_to_all_online_s"]
+        storm.figures["real_of_bare"] = ratio
+        if ratio > STORM_TARGET:
+            storm.missed.append(f"storm: 0.7.0 took {ratio:.2f}x the bare storm (target ≤ {STORM_TARGET}x)")
+    k = keepalive.figures
+    if k:
+        if k["server_cpu_share"] > KEEPALIVE_CPU_TARGET:
+            keepalive.missed.append(
+                f"keep-alive: server at {k['server_cpu_share'] * 100:.1f}% of a core (target ≤ 10 %)"
+            )
+        if k["ping_p99_ms"] > KEEPALIVE_P99_TARGET_MS:
+            keepalive.missed.append(f"keep-alive: ping p99 {k['ping_p99_ms']:.1f} ms (target ≤ 50 ms)")
+        if k["pings_answered"] == 0:
+            keepalive.failures.append("keep-alive: no ping was answered")
+    return storm, keepalive
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f} s"
+
+
+def print_storm(storm: Outcome, keepalive: Outcome) -> None:
+    runs, count = storm.figures["runs"], storm.figures["devices"]
+    rows = []
+    for name, r in runs.items():
+        first = r["first_connect"]
+        print(
+            f"\nconnect storm, {name} devices: {r['online']:,}/{count:,} online"
+            f" {_seconds(r.get('gateway_up_to_all_online_s'))} after the gateway took the first connection"
+            f" ({_seconds(r['all_online_s'])} after the restart began; the server answered /healthz after"
+            f" {r['server_ready_s']:.1f} s); {r['devices_dropped']} devices dropped"
+            f" ({r['failed_attempts']} failed attempts {r['failure_reasons']}, {r['links_lost']} links lost);"
+            f" {r['events_received']:,} events to devices; {r['db_errors']} database errors and"
+            f" {r['feed_drops']} lines about devices falling behind on events in the server's log;"
+            f" server CPU {r['server_cpu_s']:.1f} s\n  (before: {first['online']:,} connected in"
+            f" {first['took_s']:.0f} s, 64 at a time, {first['events_received']:,} events to devices)"
+        )
+        rows.append([
+            f"{count:,} × {name}", _seconds(r.get("gateway_up_to_all_online_s")),
+            _seconds(r["all_online_s"]), f"{r['online']:,}", str(r["devices_dropped"]),
+            str(r["failed_attempts"]), str(r["links_lost"]), f"{r['events_received']:,}",
+            str(r["db_errors"]), str(r["feed_drops"]), f"{r['server_cpu_s']:.1f} s",
+        ])  # fmt: skip
+    ratio = storm.figures.get("real_of_bare")
+    if ratio is not None:
+        print(f"  the 0.7.0 storm took {ratio:.2f}x the bare storm's time (target ≤ {STORM_TARGET}x)")
+    storm.table = Table(
+        STORM_TITLE,
+        ["devices × behaviour", "all online after the gateway's first connection", "after the restart began",
+         "online at the end", "devices dropped", "failed attempts", "links lost", "events to devices",
+         "database errors (log)", "fell behind on events (log)", "server CPU"],
+        rows,
+    )  # fmt: skip
+    k = keepalive.figures
+    if k:
+        print(
+            f"\nkeep-alive: {k['online']:,}/{k['started']:,} 0.7.0 devices online, held"
+            f" {k['hold_s']:.0f} s after {k['settle_s']:.0f} s to settle: server at"
+            f" {k['server_cpu_share'] * 100:.1f}% of its core; {k['pings_answered']:,}/{k['pings']:,} pings"
+            f" answered, round trip p50 {k['ping_p50_ms']:.2f} ms,"
+            f" p99 {k['ping_p99_ms']:.2f} ms, max {k['ping_max_ms']:.1f} ms; {k['links_lost']} links lost,"
+            f" {k['events_received']:,} events to devices"
+        )
+        keepalive.table = Table(
+            KEEPALIVE_TITLE,
+            ["devices online", "held", "server CPU (one core)", "pings answered", "ping p50", "ping p99",
+             "ping max", "links lost", "events to devices"],
+            [[f"{k['online']:,}", f"{k['hold_s']:.0f} s", f"{k['server_cpu_share'] * 100:.1f} %",
+              f"{k['pings_answered']:,}/{k['pings']:,}", f"{k['ping_p50_ms']:.2f} ms",
+              f"{k['ping_p99_ms']:.2f} ms", f"{k['ping_max_ms']:.1f} ms", str(k["links_lost"]),
+              f"{k['events_received']:,}"]],
+        )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------- calls
 
 
@@ -618,14 +853,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="every path tiny, for CI: no targets, < 30 s")
-    parser.add_argument("--only", action="append", choices=("handshake", "idle", "calls"),
-                        help="run only this measurement (repeatable; default all three)")  # fmt: skip
+    parser.add_argument("--only", action="append", choices=("handshake", "idle", "calls", "storm"),
+                        help="run only this measurement (repeatable; default all four)")  # fmt: skip
     parser.add_argument("--handshake-workers", type=int, default=16, help="concurrent device loops (16)")
     parser.add_argument("--handshake-duration", type=float, default=None, help="seconds measured (20)")
     parser.add_argument("--devices", type=int, default=None, help="idle devices to hold (10,000)")
     parser.add_argument("--idle-procs", type=int, default=2, help="generator processes for them (2)")
     parser.add_argument("--keepalive", type=float, default=None, help="server keep-alive, s (20)")
     parser.add_argument("--hold", type=float, default=None, help="seconds to hold them (60)")
+    parser.add_argument("--storm-devices", type=int, default=None, help="devices in the storm (1,000)")
+    parser.add_argument("--storm-timeout", type=float, default=None, help="most seconds for a storm (300)")
+    parser.add_argument("--handshake-slots", type=int, default=None,
+                        help="the server's handshake slots in the storm (its default, 512)")  # fmt: skip
+    parser.add_argument("--settle", type=float, default=None, help="seconds after the storm (35)")
+    parser.add_argument("--keepalive-hold", type=float, default=None, help="keep-alive seconds measured (60)")
     parser.add_argument("--call-devices", type=int, default=20, help="virtual devices for calls (20)")
     parser.add_argument("--call-connections", type=int, default=32, help="HTTP connections, closed loop (32)")
     parser.add_argument("--call-duration", type=float, default=None, help="seconds per call run (15)")
@@ -647,7 +888,7 @@ def main(argv: list[str] | None = None) -> int:
         args.call_devices = min(args.call_devices, 5)
         args.handshake_workers = min(args.handshake_workers, 4)
         args.rate = min(args.rate, 20.0)
-    sections = args.only or ["handshake", "idle", "calls"]
+    sections = args.only or ["handshake", "idle", "calls", "storm"]
     generator = args.generator
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") and not smoke else "python"
@@ -675,6 +916,10 @@ def main(argv: list[str] | None = None) -> int:
                 if section == "handshake":
                     outcomes[section] = o = bench_handshakes(args, keys, pin)
                     print_handshakes(o)
+                elif section == "storm":
+                    storm, keepalive = bench_storm(args, keys, pin)
+                    outcomes["storm"], outcomes["keepalive"] = storm, keepalive
+                    print_storm(storm, keepalive)
                 elif section == "idle":
                     outcomes[section] = o = bench_idle(args, keys, pin)
                     print_idle(o)

@@ -308,6 +308,8 @@ def build_runtime(
         host=settings.device_host,
         port=settings.device_port,
         max_links=settings.max_device_links,
+        handshake_slots=settings.device_handshake_slots,
+        listen_backlog=settings.device_listen_backlog,
         handshake_timeout=settings.device_handshake_timeout,
         ping_after=settings.device_keepalive,
         idle_timeout=settings.device_keepalive * 1.75,

@@ -68,8 +68,18 @@ class Settings(BaseSettings):
         description="Accept an unknown device's key on its first handshake (else it awaits approval).",
     )
     max_device_links: int = Field(default=20_000, ge=1, description="Most devices connected at once.")
+    device_handshake_slots: int = Field(
+        default=512,
+        ge=1,
+        description="Handshakes in progress at once; in a connect storm the rest wait in the listen backlog.",
+    )
+    device_listen_backlog: int = Field(
+        default=4096,
+        ge=1,
+        description="Connections the kernel holds for the gateway (capped by net.core.somaxconn).",
+    )
     device_handshake_timeout: float = Field(
-        default=30.0, gt=0, description="Seconds a device has to finish the handshake."
+        default=30.0, gt=0, description="Seconds a device has to finish the handshake, from its admission."
     )
     device_keepalive: float = Field(
         default=20.0,

@@ -47,7 +47,8 @@ Theory of operation:
     and up to three times while it lists no function and no variable at all.
 
     A link reports ``device_connected`` once, after the Hello, and then ``device_disconnected`` exactly
-    once when it ends, unless a newer link of the same device has taken its place (see `registry`).
+    once when it ends, unless a newer link of the same device has taken its place (see `registry`). Once
+    ``device_connected`` has returned it calls ``on_online`` (the server frees the handshake's slot).
 
     Any exception ends that link only: a `RemoteProtocolError` is the peer's fault (WARNING), anything
     else is ours (ERROR with the traceback). Each link logs one line when it ends.
@@ -58,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import structlog
@@ -163,8 +164,10 @@ class Link:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         ip_address: str | None,
+        on_online: Callable[[], None] | None = None,
     ) -> None:
         self.ip_address = ip_address
+        self._on_online = on_online
         #: What the device's last Describe said (``None`` until it says); parts are kept across partial ones.
         self.functions: tuple[str, ...] | None = None
         self.variables: Mapping[str, VariableType | int] | None = None
@@ -288,6 +291,8 @@ class Link:
             self._log.info("device reconnected; its older link is closed", device_id=device_id)
         async with self._ctx.registry.serial(device_id):
             await self._ctx.sessions.device_connected(device_id, self.ip_address, hello_to_domain(event))
+        if self._on_online is not None:
+            self._on_online()
         self._heard = False  # connected means heard now: the Hello's own bytes need no second report
         self._log = self._log.bind(device_id=device_id)
         self._log.debug("device link up", platform_id=event.platform_id, flags=event.flags)

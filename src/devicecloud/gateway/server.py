@@ -1,10 +1,18 @@
 """
-The device TCP server: listener, one task per socket, a cap on links, graceful shutdown.
+The device TCP server: listeners, admission of handshakes, one task per socket, a cap on links, shutdown.
 
 Theory of operation:
-    `DeviceGateway.start()` listens (``asyncio.start_server``); every accepted socket becomes a
-    `Link` served by the task asyncio starts for it. The gateway keeps those tasks in a set, so `stop()`
-    can cancel them and wait until each has closed its socket and reported its device offline.
+    `DeviceGateway.start()` opens its listening sockets itself (every address of ``host``, a listen backlog
+    of ``listen_backlog``) and runs one accept loop per socket. A loop accepts a socket only once it holds
+    one of the ``handshake_slots`` (`admission`): during a connect storm the sockets beyond that wait in
+    the kernel's backlog, unread, and the server spends nothing on them until a handshake ends and frees
+    a slot (decision 0014). A slot is held from accept until the device has been reported connected, or
+    until the link ends before that (bad bytes, unknown key, EOF, the handshake deadline); the link says
+    when through its ``on_online`` callback. The handshake deadline therefore counts from admission, when
+    the gateway sends the nonce: the wait in the backlog is the device's, bounded by its own timer.
+
+    Every accepted socket becomes a `Link` served by its own task; the gateway keeps those tasks in a set,
+    so `stop()` can cancel them and wait until each has closed its socket and reported its device offline.
 
     Beyond ``max_links`` sockets (handshaking or established), a new socket is closed at once, before any
     RSA work is spent on it. Each `protocol.Connection` gets the gateway's `Timing`: the handshake
@@ -22,12 +30,17 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
+import socket
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
+from devicecloud.gateway.admission import HandshakeAdmission, HandshakeSlot
 from devicecloud.gateway.context import EventHook, LinkContext, LinkCounters, SubscribeHook
 from devicecloud.gateway.control import GatewayControl
 from devicecloud.gateway.link import Link
@@ -43,6 +56,15 @@ if TYPE_CHECKING:
 __all__ = ["DeviceGateway", "GatewayStatistics"]
 
 logger = structlog.get_logger("devicecloud.gateway")
+
+# accept() failures that mean "out of descriptors or memory": asyncio's own server pauses a second on them.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY_DELAY = 1.0
+# Linux's struct tcp_info: for a listening socket ``tcpi_unacked`` (a u32 after 8 bytes and 4 u32s) is
+# the number of connections waiting in its accept queue.
+_TCP_INFO_SIZE = 104
+_TCP_INFO_QUEUED = struct.Struct("=I")
+_TCP_INFO_QUEUED_AT = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +89,11 @@ class GatewayStatistics:
         events_sent: events forwarded to devices for their subscriptions.
         events_undeliverable: events a subscribed device could not be sent (skipped, the link kept).
         events_dropped: events a subscribed device lost because its link fell behind (the link kept).
+        handshake_slots: the most handshakes in progress at once (``handshake_slots``).
+        handshakes_in_progress: sockets admitted whose device is not yet reported connected.
+        handshakes_in_progress_peak: the most handshakes ever in progress at once since start.
+        handshakes_queued: connections waiting in the listen backlog to be admitted (``None`` where the
+            operating system does not tell; Linux does).
     """
 
     links: int
@@ -85,6 +112,10 @@ class GatewayStatistics:
     events_sent: int
     events_undeliverable: int
     events_dropped: int
+    handshake_slots: int
+    handshakes_in_progress: int
+    handshakes_in_progress_peak: int
+    handshakes_queued: int | None
 
 
 class DeviceGateway:
@@ -98,7 +129,10 @@ class DeviceGateway:
         host: the address to listen on; ``None`` = every interface.
         port: the TCP port; 0 picks a free one (read it back from `port`).
         max_links: the most sockets open at once; more are closed on arrival.
-        handshake_timeout: seconds from accept until the device's Hello.
+        handshake_slots: the most handshakes in progress at once; more connections wait in the backlog.
+        listen_backlog: the listen backlog (connections the kernel holds for us; it caps it at
+            ``net.core.somaxconn``).
+        handshake_timeout: seconds from admission (the nonce) until the device's Hello.
         ping_after: seconds of silence after which the gateway pings the device (the keep-alive).
         idle_timeout: seconds of silence after which the link is dead and dropped.
         request_timeout: the longest any request may wait, whatever timeout a caller asks for.
@@ -120,6 +154,8 @@ class DeviceGateway:
         host: str | None = None,
         port: int = 5683,
         max_links: int = 10_000,
+        handshake_slots: int = 512,
+        listen_backlog: int = 4096,
         handshake_timeout: float = 30.0,
         ping_after: float = 20.0,
         idle_timeout: float = 35.0,
@@ -135,6 +171,8 @@ class DeviceGateway:
         self._host = host
         self._port = port
         self._max_links = max_links
+        self._admission = HandshakeAdmission(handshake_slots)
+        self._backlog = listen_backlog
         self._random_bytes = random_bytes
         self._timing = Timing(
             handshake_timeout=handshake_timeout,
@@ -154,7 +192,8 @@ class DeviceGateway:
             on_subscribe=on_subscribe,
         )
         self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
         self._stopping = False
         self._at_cap = False
         #: The `services.ports.DeviceControl` for the devices linked to this gateway.
@@ -165,15 +204,15 @@ class DeviceGateway:
         """
         The port actually listened on (useful with ``port=0``).
         """
-        if self._server is None or not self._server.sockets:
+        if not self._listeners:
             raise RuntimeError("the gateway is not listening")
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self._listeners[0].getsockname()[1])
 
     async def start(self) -> None:
         """
         Start listening. Raises `OSError` when the address is taken.
         """
-        if self._server is not None:
+        if self._listeners:
             raise RuntimeError("the gateway is already started")
         self._stopping = False
         if self._signer is None:
@@ -183,23 +222,37 @@ class DeviceGateway:
                     "no usable libcrypto: handshakes are signed in pure Python (~20x slower)",
                     reason=self._signer.reason,
                 )
-        self._server = await asyncio.start_server(self._accept, self._host, self._port, backlog=1024)
-        logger.info("device gateway listening", host=self._host or "*", port=self.port)
+        self._listeners = await _listen(self._host, self._port, self._backlog)
+        self._accepting = [
+            asyncio.create_task(self._accept_loop(listener), name=f"device-gateway-accept-{n}")
+            for n, listener in enumerate(self._listeners)
+        ]
+        logger.info(
+            "device gateway listening",
+            host=self._host or "*",
+            port=self.port,
+            handshake_slots=self._admission.slots,
+            listen_backlog=self._backlog,
+        )
 
     async def stop(self) -> None:
         """
         Stop listening, close every link (each reports its device offline) and wait for their tasks.
         """
-        server, self._server = self._server, None
-        if server is None:
+        listeners, self._listeners = self._listeners, []
+        if not listeners:
             return
         self._stopping = True
-        server.close()
+        accepting, self._accepting = self._accepting, []
+        for task in accepting:
+            task.cancel()
+        await asyncio.gather(*accepting, return_exceptions=True)
+        for listener in listeners:
+            listener.close()  # connections still in the backlog are reset
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
         logger.info("device gateway stopped", links_closed=len(tasks))
 
     def statistics(self) -> GatewayStatistics:
@@ -224,6 +277,10 @@ class DeviceGateway:
             events_sent=c.events_sent,
             events_undeliverable=c.events_undeliverable,
             events_dropped=c.events_dropped,
+            handshake_slots=self._admission.slots,
+            handshakes_in_progress=self._admission.in_progress,
+            handshakes_in_progress_peak=self._admission.peak,
+            handshakes_queued=_queued(self._listeners),
         )
 
     def link(self, device_id: str) -> Link | None:
@@ -238,26 +295,60 @@ class DeviceGateway:
         """
         await self._registry.wait_online(device_id)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
         """
-        The task asyncio starts for each socket.
+        Accept from one listening socket, one handshake slot per socket; without a slot, accept nothing.
         """
+        loop = asyncio.get_running_loop()
+        while True:
+            await _readable(loop, listener)
+            while True:  # take what the backlog holds while slots last
+                slot = await self._admission.acquire()
+                try:
+                    sock, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    slot.release()
+                    break
+                except OSError as exc:
+                    slot.release()
+                    if exc.errno not in _OUT_OF_RESOURCES:
+                        continue  # that connection was reset before we took it: the next one
+                    # Out of descriptors: the backlog keeps the rest; try again in a while, as asyncio does.
+                    logger.error("cannot accept device sockets; pausing", error=os.strerror(exc.errno or 0))
+                    await self._clock.sleep_until(self._clock.monotonic() + ACCEPT_RETRY_DELAY)
+                    break
+                self._admit(sock, slot)
+
+    def _admit(self, sock: socket.socket, slot: HandshakeSlot) -> None:
         if self._stopping or len(self._tasks) >= self._max_links:
-            self._refuse(writer)
+            slot.release()
+            self._refuse(sock)
             return
         self._at_cap = False
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - asyncio runs this callback in a task
-            return
-        self._tasks.add(task)
         self._counters.accepted += 1
+        task = asyncio.create_task(self._serve(sock, slot))
+        self._tasks.add(task)  # now, not when the task starts: the cap counts it at once
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sock: socket.socket, slot: HandshakeSlot) -> None:
+        """
+        One admitted socket's task: its link from the nonce to the end; the slot is freed by then at last.
+        """
+        ip_address: str | None = None
         try:
-            peer = writer.get_extra_info("peername")
-            ip_address = str(peer[0]) if isinstance(peer, tuple) else None
+            with contextlib.suppress(OSError):
+                peer = sock.getpeername()
+                ip_address = str(peer[0]) if isinstance(peer, tuple) else None
+            try:
+                sock.setblocking(False)
+                reader, writer = await _streams(sock)
+            except OSError:
+                sock.close()  # reset before we got to it
+                return
             try:
                 conn = Connection(
                     Role.CLOUD,
-                    now=self._clock.monotonic(),
+                    now=self._clock.monotonic(),  # the handshake deadline counts from admission
                     server_private_key=self._server_key,
                     raw_signer=self._signer,
                     timing=self._timing,
@@ -267,18 +358,91 @@ class DeviceGateway:
                 logger.exception("cannot start a device connection", ip=ip_address)
                 writer.transport.abort()
                 return
-            await Link(self._ctx, conn, reader, writer, ip_address).run()
+            await Link(self._ctx, conn, reader, writer, ip_address, on_online=slot.release).run()
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
-            # stop() cancelled us and the link has cleaned up. End normally: asyncio 3.11 logs a
-            # cancelled client_connected_cb task as an error.
+            # stop() cancelled us and the link has cleaned up: end normally.
         finally:
-            self._tasks.discard(task)
+            slot.release()
 
-    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+    def _refuse(self, sock: socket.socket) -> None:
         self._counters.refused += 1
         if not self._at_cap and not self._stopping:
             self._at_cap = True  # one line per episode, not one per refused socket
             logger.warning("device link cap reached; refusing new sockets", max_links=self._max_links)
-        writer.transport.abort()
+        sock.close()
+
+
+async def _listen(host: str | None, port: int, backlog: int) -> list[socket.socket]:
+    """
+    Listening sockets on every address of ``host`` (``None`` = all interfaces), as asyncio's server makes
+    them (SO_REUSEADDR, IPv6 sockets IPv6-only); raises `OSError` when an address is taken.
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {address!r}: {exc.strerror}") from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """
+    Return once ``sock`` has something to read (for a listener: a connection waits in its backlog).
+    """
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def _streams(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """
+    asyncio streams over an accepted socket, as ``asyncio.start_server`` would hand them over.
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def _queued(listeners: list[socket.socket]) -> int | None:
+    """
+    Connections waiting in the listeners' backlogs, from Linux's TCP_INFO; ``None`` where it is not known.
+    """
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    total = 0
+    for sock in listeners:
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+        except OSError:
+            return None
+        if len(info) < _TCP_INFO_QUEUED_AT + _TCP_INFO_QUEUED.size:
+            return None
+        total += _TCP_INFO_QUEUED.unpack_from(info, _TCP_INFO_QUEUED_AT)[0]
+    return total
