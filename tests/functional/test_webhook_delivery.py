@@ -37,6 +37,7 @@ from tests.support.webhooks import (
     outbox_empty,
     publish,
     requests_seen,
+    settled_after_poke,
 )
 from werkzeug import Request, Response
 
@@ -114,7 +115,9 @@ async def test_get_with_defaults_in_the_query(
     assert b"" == request.get_data()
 
 
-async def test_matching_rules(client: httpx.AsyncClient, ada: Account, httpserver: HTTPServer) -> None:
+async def test_matching_rules(
+    client: httpx.AsyncClient, runtime: Runtime, ada: Account, httpserver: HTTPServer
+) -> None:
     """
     Prefix match, the device filter, the owner's events only, disabled hooks and hook-* events never fire.
     """
@@ -127,14 +130,20 @@ async def test_matching_rules(client: httpx.AsyncClient, ada: Account, httpserve
     await create_hook(client, ada, event="m", url=url, deviceID="0123456789abcdef01234567")
     await create_hook(client, ada, event="m", url=url, disabled=True)
     await create_hook(client, ada, event="hook-", url=url)
+    httpserver.expect_request("/end").respond_with_data("ok")
+    await create_hook(client, ada, event="end", url=httpserver.url_for("/end"))
     await publish(client, bob, "m/bob")  # another user's event
     await publish(client, ada, "other")  # another prefix
     await publish(client, ada, "hook-sent/m")  # never triggers anything
     await publish(client, ada, "m/1")
-    (request,) = await requests_seen(httpserver, 1)
-    await asyncio.sleep(0.3)
-    assert 1 == len(httpserver.log)
-    assert {"n": "m/1"} == json.loads(request.get_data())
+    # A marker last: intake and writer keep order, so once it is delivered and the outbox is empty, every
+    # event before it was taken in, and whatever it triggered has been sent.
+    await publish(client, ada, "end")
+    await requests_seen(httpserver, 2)
+    await outbox_empty(runtime)
+    sent = {request.path: request for request, _response in httpserver.log}
+    assert (["/end", "/m"], 2) == (sorted(sent), len(httpserver.log))
+    assert {"n": "m/1"} == json.loads(sent["/m"].get_data())
 
 
 # ------------------------------------------------------------------------------------------------ responses
@@ -225,8 +234,7 @@ async def test_target_down_then_up_is_retried_after_30_s_and_1_min(
     await publish(client, ada, "r")
     assert ["hook-sent/r", "hook-error/r/0"] == [e.name for e in await next_events(seen, 2)]
     clock.advance(29)
-    runtime.dispatcher.poke()
-    await asyncio.sleep(0.3)
+    await settled_after_poke(runtime)
     assert 1 == len(httpserver.log)
     clock.advance(1)
     runtime.dispatcher.poke()
@@ -251,10 +259,10 @@ async def test_three_failures_give_up_and_4xx_is_not_retried(
     await publish(client, ada, "gone")
     await publish(client, ada, "down")
     await requests_seen(httpserver, 2)
+    await settled_after_poke(runtime)  # first attempts booked: each step below makes one retry due
     for _ in range(3):
         clock.advance(60)
-        runtime.dispatcher.poke()
-        await asyncio.sleep(0.3)
+        await settled_after_poke(runtime)  # the retry that came due is sent and booked before the next
     await outbox_empty(runtime)
     paths = [request.path for request, _response in httpserver.log]
     assert (3, 1) == (paths.count("/down"), paths.count("/gone"))

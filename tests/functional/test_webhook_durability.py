@@ -55,6 +55,7 @@ def wait_for(check: object, timeout: float = 20.0) -> None:
 def test_queued_deliveries_survive_sigkill(tmp_path: Path) -> None:
     sink_port = free_port()
     data_dir = tmp_path / "data"
+    database_url = f"sqlite+aiosqlite:///{(data_dir / 'devicecloud.db').resolve()}"  # the server's default
     with live_server(data_dir, **SETTINGS) as server:
         auth = token(server)
         created = httpx.post(
@@ -86,7 +87,9 @@ def test_queued_deliveries_survive_sigkill(tmp_path: Path) -> None:
     try:
         with live_server(data_dir, **SETTINGS):
             wait_for(lambda: len(sink.log) >= EVENTS)
-            time.sleep(1.5)  # a duplicate would have arrived by now
+            # A row leaves the outbox only once its request was answered (and logged by the sink): when none
+            # is left, no duplicate can still come.
+            wait_for(lambda: outbox_rows(database_url) == 0)
         bodies = sorted(int(dict(request.form)["data"]) for request, _response in sink.log)
     finally:
         sink.stop()

@@ -1,6 +1,6 @@
 """
 Webhook test helpers that go through the API's doors: create a hook, publish, wait for what a target saw,
-watch the owner's ``hook-*`` events and wait for the outbox to drain.
+watch the owner's ``hook-*`` events, wait for the outbox to drain, or for the dispatcher to have looked at it.
 """
 
 from __future__ import annotations
@@ -55,3 +55,16 @@ async def outbox_empty(runtime: Runtime) -> None:
         return await runtime.webhooks.pending() == 0 and await runtime.dispatcher.idle()
 
     await wait_until(empty, timeout=10)
+
+
+async def settled_after_poke(runtime: Runtime) -> None:
+    """
+    Poke the dispatcher, wait for a claim pass that began after the poke (so it saw the clock as it is now),
+    then until nothing is held in memory: whatever that pass found due has been sent and booked. A barrier
+    for "nothing (else) is sent", not a sleep.
+    """
+    dispatcher = runtime.dispatcher
+    started = dispatcher.statistics()["claim_passes_started"]  # no await since: no pass can begin meanwhile
+    dispatcher.poke()
+    await wait_until(flag(lambda: dispatcher.statistics()["claim_passes_done"] > started))
+    await wait_until(dispatcher.idle)

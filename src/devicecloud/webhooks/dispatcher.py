@@ -144,6 +144,8 @@ class WebhookDispatcher:
         self._sending: set[int] = set()  # ... of those, being sent
         self._booking: set[int] = set()  # ... being booked
         self._renewed_at = 0.0
+        self._claim_passes_started = 0
+        self._claim_passes_done = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._requests: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -213,6 +215,17 @@ class WebhookDispatcher:
         True when nothing is in memory: no event waiting to be written, nothing claimed.
         """
         return not self._incoming and not self._held and not self._outcomes
+
+    def statistics(self) -> dict[str, int]:
+        """
+        Running totals of the claimer's passes over the outbox: ``claim_passes_started`` and
+        ``claim_passes_done`` (one pass at a time, so a pass numbered above what had started when ``poke()``
+        was called began after it: once that many are done, the outbox was looked at since).
+        """
+        return {
+            "claim_passes_started": self._claim_passes_started,
+            "claim_passes_done": self._claim_passes_done,
+        }
 
     async def _guard(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         while True:
@@ -288,28 +301,33 @@ class WebhookDispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.policy.poll_interval)
             self._wake.clear()
-            self._throttle.forget_idle(self._clock.monotonic())
-            await self._renew_leases()
-            while (room := self.policy.max_in_flight - len(self._held)) > 0:
-                wanted = min(room, self.policy.claim_batch)
-                now = self._clock.monotonic()
-                deliveries = await self._service.claim(wanted, self._throttle.hosts_to_leave(now))
-                if not deliveries:
-                    break
-                # A lease that ran out while its row was still here (the clock jumped, or a request
-                # outlived it) must not make this process send the row twice.
-                fresh = [delivery for delivery in deliveries if delivery.id not in self._held]
-                self._held.update(delivery.id for delivery in fresh)
-                for index, delivery in enumerate(fresh):
-                    try:
-                        await self._dispatch(delivery)
-                    except Exception:
-                        # Its hook could not be looked up (the database?): what was not handed on is held no
-                        # more, and comes back when its lease runs out.
-                        self._held.difference_update(d.id for d in fresh[index:])
-                        raise
-                if not fresh or len(deliveries) < wanted:  # the outbox has nothing more that is due
-                    break
+            self._claim_passes_started += 1
+            await self._claim_pass()
+            self._claim_passes_done += 1
+
+    async def _claim_pass(self) -> None:
+        self._throttle.forget_idle(self._clock.monotonic())
+        await self._renew_leases()
+        while (room := self.policy.max_in_flight - len(self._held)) > 0:
+            wanted = min(room, self.policy.claim_batch)
+            now = self._clock.monotonic()
+            deliveries = await self._service.claim(wanted, self._throttle.hosts_to_leave(now))
+            if not deliveries:
+                break
+            # A lease that ran out while its row was still here (the clock jumped, or a request
+            # outlived it) must not make this process send the row twice.
+            fresh = [delivery for delivery in deliveries if delivery.id not in self._held]
+            self._held.update(delivery.id for delivery in fresh)
+            for index, delivery in enumerate(fresh):
+                try:
+                    await self._dispatch(delivery)
+                except Exception:
+                    # Its hook could not be looked up (the database?): what was not handed on is held no
+                    # more, and comes back when its lease runs out.
+                    self._held.difference_update(d.id for d in fresh[index:])
+                    raise
+            if not fresh or len(deliveries) < wanted:  # the outbox has nothing more that is due
+                break
 
     async def _renew_leases(self) -> None:
         # Rows wait in a host's queue for as long as that host is slow: keep the claim on them alive, but
