@@ -30,6 +30,7 @@ from devicecloud.protocol.variables import VariableData
 
 __all__ = [
     "NEED_DATA",
+    "ChunkArrived",
     "ChunkReceived",
     "ChunksMissed",
     "ConnectionClosed",
@@ -53,6 +54,8 @@ __all__ = [
     "SubscribeRequested",
     "TimeReceived",
     "TimeRequested",
+    "UpdateBeginRequested",
+    "UpdateDoneRequested",
     "UpdateFinished",
     "UpdateReady",
     "VariableRequested",
@@ -253,6 +256,45 @@ class SignalRequested(Event):
     """Device: start (``on``) or stop the rainbow LED signal (already ACKed)."""
 
     on: bool
+
+
+@dataclass(frozen=True)
+class UpdateBeginRequested(Event):
+    """
+    Device: the cloud starts an OTA update. Answer ``AcceptUpdate(request_id, fast)`` or refuse with
+    ``RejectRequest(request_id, 5.03)``. ``file_length``/``chunk_size`` are ``None`` when the message was
+    too short to carry them (the device then uses its own defaults).
+    """
+
+    request_id: int
+    fast: bool
+    chunk_size: int | None
+    file_length: int | None
+    store: int
+    address: int
+
+
+@dataclass(frozen=True)
+class ChunkArrived(Event):
+    """
+    Device: one OTA chunk. Fast OTA chunks carry their ``index`` and get no answer (``request_id`` None);
+    plain ones are answered with ``RespondChunk(request_id, ok)``.
+    """
+
+    request_id: int | None
+    index: int | None
+    crc32: int | None
+    data: bytes
+
+
+@dataclass(frozen=True)
+class UpdateDoneRequested(Event):
+    """
+    Device: the cloud has sent every chunk. Answer ``RespondUpdateDone(request_id, payload)`` or, when chunks
+    are missing, ``RejectRequest(request_id, 4.00)`` followed by ``ReportMissedChunks``.
+    """
+
+    request_id: int
 
 
 @dataclass(frozen=True)
