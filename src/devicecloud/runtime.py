@@ -33,6 +33,7 @@ from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
+from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
 from devicecloud.services.tokens import TokenPolicy, TokenService
@@ -107,6 +108,7 @@ class Runtime:
     events: EventService
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
+    firmware: FirmwareService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
@@ -122,6 +124,7 @@ class Runtime:
             device_keys=self.device_keys,
             events=self.events,
             webhooks=self.webhooks,
+            firmware=self.firmware,
         )
 
     @property
@@ -178,6 +181,7 @@ class Runtime:
             # Before the store closes: links report their devices offline while they stop.
             await self.gateway.stop()
             self.gateway_started = False
+        await self.firmware.aclose()
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
         await self.bus.close()
         await self.notifier.drain()
@@ -360,6 +364,7 @@ def build_runtime(
     )
     webhooks.runner = dispatcher
     sessions.on_status = events.publish_status
+    firmware = FirmwareService(devices=devices, updates=gateway.updates, events=events)
     return Runtime(
         settings=settings,
         clock=clock,
@@ -378,4 +383,5 @@ def build_runtime(
         events=events,
         webhooks=webhooks,
         dispatcher=dispatcher,
+        firmware=firmware,
     )

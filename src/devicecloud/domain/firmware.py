@@ -40,6 +40,7 @@ __all__ = [
     "ModuleFlags",
     "ModuleFunction",
     "ModuleInfo",
+    "UpdateOutcome",
     "UpdateTarget",
     "build_module",
     "check_fit",
@@ -192,6 +193,14 @@ class UpdateTarget:
     max_binary: int | None = None
     hello_flags: int = 0
     modules: tuple[Mapping[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOutcome:
+    """How an over-the-air update ended: ``ok``, and why in words."""
+
+    ok: bool
+    reason: str
 
 
 # ---------------------------------------------------------------------------------------------- parsing
