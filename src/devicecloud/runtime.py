@@ -21,6 +21,7 @@ from devicecloud.api.app import create_app
 from devicecloud.api.deps import ApiDeps
 from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
+from devicecloud.compiler import CommandCompiler
 from devicecloud.domain.accounts import User
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
@@ -40,6 +41,7 @@ from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
+from devicecloud.store.binaryfiles import BinaryFiles
 from devicecloud.store.keyfiles import load_or_create_server_key
 from devicecloud.store.sql import PoolLimits, SqlStore
 from devicecloud.webhooks.dispatcher import DispatchPolicy, WebhookDispatcher
@@ -364,7 +366,18 @@ def build_runtime(
     )
     webhooks.runner = dispatcher
     sessions.on_status = events.publish_status
-    firmware = FirmwareService(devices=devices, updates=gateway.updates, events=events)
+    firmware = FirmwareService(
+        devices=devices,
+        updates=gateway.updates,
+        events=events,
+        clock=clock,
+        binaries=BinaryFiles(settings.data_dir / "binaries", clock.now),
+        compiler=(
+            CommandCompiler(settings.compile_command, timeout=settings.compile_timeout)
+            if settings.compile_command
+            else None
+        ),
+    )
     return Runtime(
         settings=settings,
         clock=clock,

@@ -25,6 +25,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -34,12 +35,15 @@ __all__ = [
     "MAX_COMBINED_MODULES",
     "PREFIX_SIZE",
     "SUFFIX_SIZE",
+    "CompileResult",
     "Dependency",
     "FirmwareImage",
     "FirmwareRejected",
     "ModuleFlags",
     "ModuleFunction",
     "ModuleInfo",
+    "SourceFile",
+    "StoredBinary",
     "UpdateOutcome",
     "UpdateTarget",
     "build_module",
@@ -201,6 +205,36 @@ class UpdateOutcome:
 
     ok: bool
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One uploaded source file: its name as sent (a relative path) and its content."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CompileResult:
+    """What a compile gave: the binary on success, the compiler's output either way."""
+
+    binary: bytes | None
+    output: str
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBinary:
+    """A compiled binary kept for its owner to download until it expires."""
+
+    id: str
+    owner_id: int
+    platform_id: int
+    version: str
+    created_at: datetime
+    expires_at: datetime
+    data: bytes = field(repr=False)
 
 
 # ---------------------------------------------------------------------------------------------- parsing

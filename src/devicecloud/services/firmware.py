@@ -19,27 +19,50 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import secrets
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from devicecloud.domain.firmware import FirmwareRejected, check_fit, parse_firmware
-from devicecloud.errors import InvalidInput
+from devicecloud.domain.device_os_versions import known_releases
+from devicecloud.domain.firmware import (
+    FirmwareRejected,
+    SourceFile,
+    StoredBinary,
+    check_fit,
+    parse_firmware,
+)
+from devicecloud.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    from devicecloud.clock import Clock
     from devicecloud.domain.accounts import User
     from devicecloud.domain.devices import Device
     from devicecloud.services.devices import DeviceService
     from devicecloud.services.events import EventService
-    from devicecloud.services.ports import DeviceUpdates, UpdateHandle
+    from devicecloud.services.ports import BinaryStore, Compiler, DeviceUpdates, UpdateHandle
 
-__all__ = ["FLASH_STATUS_EVENT", "MAX_BINARY_SIZE", "FirmwareService"]
+__all__ = ["BINARY_LIFETIME", "BUILD_PLATFORMS", "FLASH_STATUS_EVENT", "MAX_BINARY_SIZE", "FirmwareService"]
 
 logger = structlog.get_logger("devicecloud.firmware")
 
 FLASH_STATUS_EVENT = "spark/flash/status"
 #: No Particle device takes a larger file over the air (Gen3 OTA regions are under 2 MB; gcc takes 10 MB).
 MAX_BINARY_SIZE = 4 * 1024 * 1024
+#: How long a compiled binary can be downloaded.
+BINARY_LIFETIME = timedelta(days=1)
+#: The platforms build targets are listed for: the ones this server's TCP gateway serves with Device OS
+#: releases before 4.0 (system module 4000); Gen3 devices need the UDP gateway.
+BUILD_PLATFORMS = {"Photon": 6, "P1": 8, "Electron": 10}
+_LAST_GEN2_MODULE = 4000
+COMPILE_FAILED = "Compiler timed out or encountered an error"
+NOT_CONFIGURED = "Cloud compile is not configured on this server; compile locally and flash the .bin file"
+
+
+def compile_error(*errors: str) -> InvalidInput:
+    """The compile error body of the catalogue (§11): ``output`` and ``errors`` besides ours."""
+    return InvalidInput(errors[0], code="Compile failed", output=COMPILE_FAILED, errors=list(errors))
 
 
 class FirmwareService:
@@ -47,11 +70,104 @@ class FirmwareService:
     Over-the-air updates of a user's devices.
     """
 
-    def __init__(self, *, devices: DeviceService, updates: DeviceUpdates, events: EventService) -> None:
+    def __init__(
+        self,
+        *,
+        devices: DeviceService,
+        updates: DeviceUpdates,
+        events: EventService,
+        clock: Clock,
+        binaries: BinaryStore,
+        compiler: Compiler | None = None,
+    ) -> None:
         self._devices = devices
         self._updates = updates
         self._events = events
+        self._clock = clock
+        self._binaries = binaries
+        self._compiler = compiler
         self._watchers: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ compiling
+
+    async def compile(
+        self, user: User, sources: list[SourceFile], platform_id: Any, version: str | None
+    ) -> StoredBinary:
+        """
+        Compile ``sources`` for a platform and keep the binary for its owner (``POST /v1/binaries``).
+
+        Raises:
+            InvalidInput: no compile backend, no sources, no valid platform, or the compile failed (the
+                catalogue's compile error body).
+        """
+        if self._compiler is None:
+            raise compile_error(
+                "Cloud compile is not configured on this server; compile locally and flash the .bin"
+            )
+        if not sources:
+            raise InvalidInput("No source files were sent", code="invalid_request")
+        platform = _platform(platform_id)
+        result = await self._compiler.compile(sources, platform, version)
+        if result.binary is None:
+            raise compile_error(*(result.errors or ("the compiler gave no binary",)))
+        now = self._clock.now()
+        binary = StoredBinary(
+            id=secrets.token_hex(12),
+            owner_id=user.id,
+            platform_id=platform,
+            version=version or "latest",
+            created_at=now,
+            expires_at=now + BINARY_LIFETIME,
+            data=result.binary,
+        )
+        await self._binaries.save(binary)
+        logger.info("compiled", binary_id=binary.id, platform_id=platform, size=len(result.binary))
+        return binary
+
+    async def binary(self, user: User, binary_id: str) -> StoredBinary:
+        """A compiled binary of the caller's; `NotFound` for unknown, expired and other users' alike."""
+        found = await self._binaries.load(binary_id)
+        if found is None or found.owner_id != user.id:
+            raise NotFound("Binary not found", code="not_found")
+        return found
+
+    async def flash_sources(
+        self, user: User, ref: str, sources: list[SourceFile], version: str | None
+    ) -> Device:
+        """Compile sources for the device's platform, then flash the result like any binary."""
+        device = await self._devices.access_device(user, ref)
+        if device.platform_id is None:
+            raise InvalidInput("The device's platform is not known yet; it has never connected")
+        binary = await self.compile(user, sources, device.platform_id, version)
+        return await self.flash_binary(user, device.id, binary.data)
+
+    @staticmethod
+    def build_targets() -> dict[str, Any]:
+        """
+        ``GET /v1/build_targets``: every Device OS release the server can name, newest first, for the
+        platforms it serves (`BUILD_PLATFORMS`); prereleases list their platforms under ``prereleases``.
+        """
+        platforms = sorted(BUILD_PLATFORMS.values())
+        targets: list[dict[str, Any]] = []
+        defaults: dict[str, str] = {}
+        for module_version, name in reversed(known_releases()):
+            if module_version >= _LAST_GEN2_MODULE:
+                continue
+            pre = "-" in name
+            targets.append(
+                {
+                    "platforms": [] if pre else platforms,
+                    "prereleases": platforms if pre else [],
+                    "firmware_vendor": "Particle",
+                    "version": name,
+                }
+            )
+            if not pre:
+                for platform in platforms:
+                    defaults.setdefault(str(platform), name)
+        return {"targets": targets, "platforms": dict(BUILD_PLATFORMS), "default_versions": defaults}
+
+    # ------------------------------------------------------------------ flashing
 
     async def flash_binary(self, user: User, ref: str, data: bytes) -> Device:
         """
@@ -96,3 +212,15 @@ class FirmwareService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _platform(value: Any) -> int:
+    try:
+        platform = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            "platform_id is required: the platform to compile for", code="invalid_request"
+        ) from None
+    if not 0 <= platform <= 0xFFFF:
+        raise InvalidInput("platform_id is out of range", code="invalid_request")
+    return platform

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
-from devicecloud.domain.firmware import UpdateOutcome, UpdateTarget
+from devicecloud.domain.firmware import CompileResult, SourceFile, StoredBinary, UpdateOutcome, UpdateTarget
 from devicecloud.domain.webhooks import HookEvent, Webhook, WebhookConfig
 
 
@@ -110,6 +110,34 @@ class DeviceUpdates(Protocol):
     def start_update(self, device_id: str, image: bytes) -> UpdateHandle:
         """
         Start sending ``image``; returns at once. Raises `errors.Busy` while the device is being updated.
+        """
+        ...
+
+
+class Compiler(Protocol):
+    """
+    Cloud compile: turns uploaded sources into a binary (implemented by `compiler.CommandCompiler`).
+    """
+
+    async def compile(
+        self, sources: list[SourceFile], platform_id: int, version: str | None
+    ) -> CompileResult:
+        """
+        Compile; a failed compile is a result without a binary (never an exception).
+        """
+        ...
+
+
+class BinaryStore(Protocol):
+    """
+    Compiled binaries kept for download (implemented by `store.binaryfiles.BinaryFiles`).
+    """
+
+    async def save(self, binary: StoredBinary) -> None: ...
+
+    async def load(self, binary_id: str) -> StoredBinary | None:
+        """
+        The binary, or None when unknown (expired ones may be gone).
         """
         ...
 

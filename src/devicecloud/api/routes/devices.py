@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from devicecloud.api.auth import require
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.params import MULTIPART, Params, Upload, body_doc, content_type, query_doc, uploads
+from devicecloud.api.routes.firmware import sources
 from devicecloud.domain.accounts import Principal
 from devicecloud.domain.devices import Device, VariableReading
 from devicecloud.domain.timestamps import iso
@@ -168,19 +169,14 @@ async def _flash(
     ``PUT /v1/devices/:id`` with files: a binary (``file_type=binary``, or one ``.bin`` file as the
     official clients send it) is flashed; sources would need a compile backend.
     """
+    firmware = _deps(request).firmware
     binary = params.file_type == "binary" or (len(files) == 1 and files[0].filename.lower().endswith(".bin"))
-    if not binary:
-        raise compile_not_configured()
-    flashed = await _deps(request).firmware.flash_binary(principal.user, device, files[0].data)
+    if not binary:  # sources: compiled by the compile backend first (catalogue §11 row 1)
+        version = params.build_target_version
+        await firmware.flash_sources(principal.user, device, sources(files), version)
+        return {"ok": True, "message": "Update started"}
+    flashed = await firmware.flash_binary(principal.user, device, files[0].data)
     return {"id": flashed.id, "status": "Update started"}
-
-
-def compile_not_configured() -> InvalidInput:
-    """The compile error body (catalogue §11) for a server without a compile backend."""
-    reason = "Cloud compile is not configured on this server; flash a compiled binary (.bin) instead"
-    return InvalidInput(
-        reason, code="Compile failed", output="Compiler timed out or encountered an error", errors=[reason]
-    )
 
 
 @router.delete("/v1/devices/{device}", summary="Unclaim a device")
