@@ -121,6 +121,9 @@ async def test_a_100kb_binary_with_5_percent_of_chunks_dropped_arrives_byte_iden
 
         await wait_until(describes_new_app)
         assert device.updater.applied == 1
+        # The reconnect's Hello said the update succeeded (Device OS clears the flag on the server Hello).
+        assert runtime.gateway.updates.update_target(device.device_id).hello_flags & 0x01
+        assert not device.hello.flags & 0x01
     finally:
         await device.stop()
 

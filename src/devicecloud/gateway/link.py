@@ -311,6 +311,8 @@ class Link:
         self._heard = False  # connected means heard now: the Hello's own bytes need no second report
         self._log = self._log.bind(device_id=device_id)
         self._log.debug("device link up", platform_id=event.platform_id, flags=event.flags)
+        if event.flags & HelloFlags.OTA_UPGRADE_SUCCESSFUL:
+            self._log.info("device back after an over-the-air update")
         # A 2.x device that announces device-initiated Describe sends it by itself.
         wants_request = not event.flags & HelloFlags.DEVICE_INITIATED_DESCRIBE
         if self._ctx.describe_on_connect and wants_request and self.online:
