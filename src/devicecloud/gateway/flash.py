@@ -117,6 +117,7 @@ class FlashJob:
         self._timer: TimerHandle | None = None
         self._timer_at: float | None = None
         self._outcome: asyncio.Future[UpdateOutcome] = asyncio.get_running_loop().create_future()
+        self._next_mark = 0.25  # progress is logged at each quarter of the image written
 
     async def finished(self) -> UpdateOutcome:
         return await asyncio.shield(self._outcome)
@@ -153,6 +154,7 @@ class FlashJob:
                 else:
                     transfer.send(conn, self._clock.monotonic(), BATCH)
                     link.transmit()
+                    self._log_progress()
                     await asyncio.sleep(0)  # the device's other traffic goes between two batches
         except LocalProtocolError:  # the connection closed between two checks
             self.offer(ConnectionClosed("connection closed"))
@@ -165,6 +167,19 @@ class FlashJob:
             outcome = UpdateOutcome(result.ok, result.reason) if result else UpdateOutcome(False, "cancelled")
             if not self._outcome.done():
                 self._outcome.set_result(outcome)
+
+    def _log_progress(self) -> None:
+        t = self.transfer
+        done = min(t.bytes_sent, t.file_length) / t.file_length
+        if done >= self._next_mark:
+            logger.info(
+                "update progress",
+                device_id=self.link.device_id,
+                percent=int(done * 100),
+                resent=t.chunks_resent,
+            )
+            while self._next_mark <= done:
+                self._next_mark += 0.25
 
     def _rearm(self) -> None:
         deadline = self.transfer.get_timer()
