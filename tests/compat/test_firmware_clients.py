@@ -67,19 +67,35 @@ def particle(node_dir: Path, env: dict[str, str], *args: str) -> subprocess.Comp
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
+def online(device: VirtualDevice, api: httpx.Client) -> None:
+    """Wait until the device is connected and the server shows it online with its Describe."""
+    wait_for(lambda: device.connected, timeout=20)
+    wait_for(described_online(api, device.device_id), timeout=20)
+
+
+def updated_and_back(device: VirtualDevice, api: httpx.Client, image: bytes, connects: int) -> None:
+    """The device took ``image``, reset, and is online again on a new session."""
+    wait_for(lambda: device.firmware == image, timeout=20)
+    wait_for(lambda: device.statistics().connects > connects, timeout=20)
+    online(device, api)
+
+
 def test_cli_flash_updates_the_device(
-    node_dir: Path, cli_home: dict[str, str], device: VirtualDevice, tmp_path: Path
+    node_dir: Path, cli_home: dict[str, str], device: VirtualDevice, owner_api: httpx.Client, tmp_path: Path
 ) -> None:
+    online(device, owner_api)
     image = binary(tmp_path / "app.bin", seed=11)
+    connects = device.statistics().connects
     result = particle(node_dir, cli_home, "flash", device.device_id, str(image))
     assert 0 == result.returncode, result.stdout + result.stderr
     assert "Flash success!" in result.stdout
-    wait_for(lambda: device.firmware == image.read_bytes(), timeout=20)
+    updated_and_back(device, owner_api, image.read_bytes(), connects)
 
 
 def test_cli_flash_of_a_binary_for_another_platform_fails_with_the_reason(
-    node_dir: Path, cli_home: dict[str, str], device: VirtualDevice, tmp_path: Path
+    node_dir: Path, cli_home: dict[str, str], device: VirtualDevice, owner_api: httpx.Client, tmp_path: Path
 ) -> None:
+    online(device, owner_api)
     image = binary(tmp_path / "argon.bin", platform=12)
     result = particle(node_dir, cli_home, "flash", device.device_id, str(image))
     assert 0 != result.returncode
@@ -87,10 +103,10 @@ def test_cli_flash_of_a_binary_for_another_platform_fails_with_the_reason(
 
 
 def test_api_js_flash_device(
-    node_dir: Path, server: LiveServer, device: VirtualDevice, tmp_path: Path
+    node_dir: Path, server: LiveServer, device: VirtualDevice, owner_api: httpx.Client, tmp_path: Path
 ) -> None:
+    online(device, owner_api)
     image = binary(tmp_path / "app.bin", seed=12)
-    wait_for(lambda: device.connected, timeout=20)  # back from the previous test's reset
     flashed = NodeFlow(node_dir, server, "firmware_flow.js")("flash", device.device_id, str(image))[
         "flashDevice"
     ]
