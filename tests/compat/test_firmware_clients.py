@@ -86,7 +86,8 @@ def test_cli_flash_updates_the_device(
     online(device, owner_api)
     image = binary(tmp_path / "app.bin", seed=11)
     connects = device.statistics().connects
-    result = particle(node_dir, cli_home, "flash", device.device_id, str(image))
+    name = owner_api.get(f"/v1/devices/{device.device_id}").json()["name"]
+    result = particle(node_dir, cli_home, "flash", name, str(image))  # by name, as users do
     assert 0 == result.returncode, result.stdout + result.stderr
     assert "Flash success!" in result.stdout
     updated_and_back(device, owner_api, image.read_bytes(), connects)
