@@ -128,6 +128,27 @@ async def test_a_100kb_binary_with_5_percent_of_chunks_dropped_arrives_byte_iden
         await device.stop()
 
 
+async def test_the_limits_a_device_announces_bound_the_update(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, statuses: Subscription
+) -> None:
+    """spark/hardware/max_binary refuses a larger binary; spark/hardware/ota_chunk_size sets the chunks."""
+    device = await updatable(client, ada, runtime, hardware_limits=(60_000, 256))
+    try:
+        too_big = await flash(client, ada, device.device_id, app_binary(100 * 1024))
+        assert 400 == too_big.status_code
+        assert (
+            "The binary is 102400 bytes; the device takes at most 60000"
+            == too_big.json()["error_description"]
+        )
+        image = app_binary(50_000)
+        assert 200 == (await flash(client, ada, device.device_id, image)).status_code
+        assert "started " == (await next_status(statuses, device.device_id)).data
+        assert "success " == (await next_status(statuses, device.device_id)).data
+        assert (device.firmware, device.updater.chunk_size) == (image, 256)
+    finally:
+        await device.stop()
+
+
 async def test_a_device_that_drops_mid_update_fails_it_and_comes_back_clean(
     client: httpx.AsyncClient, ada: Account, runtime: Runtime, statuses: Subscription
 ) -> None:

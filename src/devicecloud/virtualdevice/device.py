@@ -149,6 +149,8 @@ class VirtualDevice:
             ``None`` = registered from the start.
         updates: how over-the-air updates are taken (faults for tests; see :mod:`~.updates`).
         firmware_path: where an applied update's image is written (None = memory only).
+        hardware_limits: (max binary size, OTA chunk size) to announce after each Hello as Device OS ≤ 2.x
+            does (``spark/hardware/max_binary`` and ``…/ota_chunk_size`` events); None = not announced.
         now: the clock for protocol deadlines (monotonic seconds).
         random_bytes: the protocol's randomness source.
     """
@@ -175,6 +177,7 @@ class VirtualDevice:
         late_setup: float | None = None,
         updates: UpdateBehaviour | None = None,
         firmware_path: Path | None = None,
+        hardware_limits: tuple[int, int] | None = None,
         now: Callable[[], float] = time.monotonic,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
@@ -232,6 +235,7 @@ class VirtualDevice:
             max_argument_length=max_argument_length,
             log=self.log,
         )
+        self.hardware_limits = hardware_limits
         #: The SHA-256 of the application the device runs (set by an applied update).
         self.app_hash: str | None = None
         self.firmware: bytes | None = None
@@ -355,6 +359,10 @@ class VirtualDevice:
             self._setup_timer = asyncio.get_running_loop().call_later(
                 self.late_setup, self._start_application
             )
+        if self.hardware_limits is not None:  # what Device OS ≤ 2.x says first: the OTA limits
+            max_binary, chunk_size = self.hardware_limits
+            link.send(PublishEvent("spark/hardware/max_binary", str(max_binary)))
+            link.send(PublishEvent("spark/hardware/ota_chunk_size", str(chunk_size)))
         # As Device OS does after every Hello: 2.x volunteers its Describe, then the subscriptions go again.
         if self.response_style is ResponseStyle.SEPARATE:
             link.send(SendDescribe(self.describe_payload()))

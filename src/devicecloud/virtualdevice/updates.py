@@ -147,9 +147,10 @@ class Updater:
         self._log = log
         self._random = random.Random(behaviour.drop_seed)  # noqa: S311 - a repeatable loss pattern
         self._transfer: _Transfer | None = None
-        #: Updates applied and refused (by the device's own checks), for tests.
+        #: Updates applied and refused (by the device's own checks), and the last chunk size used, for tests.
         self.applied = 0
         self.rejected = 0
+        self.chunk_size: int | None = None
 
     def handle(self, link: DeviceLink, event: Event) -> bool:
         """Take an OTA event; False when ``event`` is not one."""
@@ -173,6 +174,7 @@ class Updater:
             )
             return
         fast = event.fast and self.behaviour.fast
+        self.chunk_size = event.chunk_size
         self._transfer = _Transfer(event.file_length, event.chunk_size, fast)
         link.send(AcceptUpdate(event.request_id, fast))
         self._log.info("update started", size=event.file_length, chunk_size=event.chunk_size, fast=fast)
