@@ -620,12 +620,7 @@ class Connection:
             self._events.append(events.EventReceived(name, msg.payload or None, path[0] == "E", ttl))
         elif kind is MessageKind.HELLO:
             pass
-        elif kind in (
-            MessageKind.UPDATE_BEGIN,
-            MessageKind.SAVE_BEGIN,
-            MessageKind.CHUNK,
-            MessageKind.UPDATE_DONE,
-        ):
+        elif kind in _OTA_REQUESTS:
             self._events.append(ota_requests.device_event(kind, msg, self._inbound_request))
         elif kind is MessageKind.KEY_CHANGE:
             self._ack_if_con(msg)
