@@ -201,6 +201,32 @@ async def test_write_presence_updates_many_devices_in_one_call(runtime: Runtime)
     assert c is None
 
 
+async def test_write_heard_sets_last_heard_alone_as_write_presence_stores_it(runtime: Runtime) -> None:
+    """write_heard changes only last_heard, stored exactly as write_presence stores it; unknowns skipped."""
+    heard = NOW + timedelta(minutes=5, microseconds=123456)
+    async with runtime.store.transaction() as tx:
+        await tx.devices.add("a" * 24, now=NOW, platform_id=6)
+        await tx.devices.add("b" * 24, now=NOW, platform_id=6)
+        b_presence = DevicePresence("b" * 24, True, "10.0.0.2", NOW, heard, None, None, NOW)
+        await tx.devices.write_presence([b_presence])
+        await tx.devices.write_heard([("a" * 24, heard), ("c" * 24, heard)])
+    async with runtime.store.transaction(readonly=True) as tx:
+        a, b, c = [await tx.devices.get(x * 24) for x in "abc"]
+    assert a is not None
+    assert b is not None
+    assert (heard, False, None, NOW, 6) == (
+        a.last_heard,
+        a.online,
+        a.last_ip_address,
+        a.updated_at,
+        a.platform_id,
+    )
+    assert c is None
+    async with runtime.store.engine.connect() as conn:  # the same stored form: SQL comparisons agree
+        raw = (await conn.exec_driver_sql("SELECT id, last_heard FROM devices ORDER BY id")).all()
+    assert raw[0][1] == raw[1][1]
+
+
 async def test_describes_are_read_and_written_many_at_a_time(runtime: Runtime) -> None:
     """describes() reads stored ones; write_describes() writes many, keeps firmware on None, skips unknown."""
     later = NOW + timedelta(minutes=5)

@@ -155,6 +155,13 @@ class DeviceRepository(Protocol):
         """
         ...
 
+    async def write_heard(self, heard: Sequence[tuple[str, datetime]]) -> None:
+        """
+        Write each device's ``last_heard`` alone (the keep-alives since the last flush), in one statement;
+        unknown device ids are skipped.
+        """
+        ...
+
     async def describes(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """
         The stored Describe of each of these devices that exists (any number of ids).
