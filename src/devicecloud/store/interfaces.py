@@ -49,16 +49,18 @@ class TokenRepository(Protocol):
         *,
         token_hash: str,
         hint: str,
-        user_id: int,
+        user_id: int | None,
         client_id: str,
         scopes: Sequence[str],
         now: datetime,
         expires_at: datetime | None,
         refresh_token_hash: str | None,
         refresh_expires_at: datetime | None,
+        product_id: int | None = None,
+        api_user_id: int | None = None,
     ) -> AccessToken: ...
 
-    async def find_with_user(self, token_hash: str) -> tuple[AccessToken, User] | None:
+    async def find_with_user(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         """
         The hot path of every request: one indexed lookup by hash, joined to its user.
         """
@@ -77,6 +79,8 @@ class TokenRepository(Protocol):
     async def delete(self, token_id: int) -> None: ...
 
     async def delete_for_user(self, user_id: int, *, except_token_id: int | None = None) -> int: ...
+
+    async def delete_for_api_user(self, api_user_id: int) -> int: ...
 
     async def delete_for_client(self, client_id: str) -> int: ...
 
@@ -307,9 +311,10 @@ class Store(Protocol):
         """
         ...
 
-    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User] | None:
+    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         """
-        The request hot path: a token by hash with its user, as one indexed read outside any unit of work.
+        The request hot path: a token by hash with its user (None for a product's token), as one indexed
+        read outside any unit of work.
         """
         ...
 

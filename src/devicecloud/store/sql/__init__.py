@@ -103,7 +103,7 @@ class SqlStore:
         self.engine = engine
         self._token_lookup = TokenLookup(engine)
 
-    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User] | None:
+    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         return await self._token_lookup.lookup(token_hash)
 
     async def lookup_device(self, device_id: str) -> Device | None:
