@@ -291,10 +291,9 @@ class ProductService:
             product = (await access_product(tx, principal, ref, "teams.users:remove", "team")).product
             bot = await tx.products.api_user_by_username(product.id, normalise_username(username))
             if bot is not None:
+                # Revoked explicitly first; the foreign key's cascade would do it too.
+                await tx.tokens.delete_for_api_user(bot.id)
                 await tx.products.delete_api_user(bot.id)
-                await tx.tokens.delete_for_api_user(
-                    bot.id
-                )  # the cascade does it too; not every SQLite has FKs
                 return
             user, current = await _member_of(tx, product, username)
             if current is Role.OWNER:
