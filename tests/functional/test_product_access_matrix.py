@@ -4,7 +4,8 @@ by every kind of principal, answers the expected status. A product route without
 suite, so a new route cannot ship without saying who may use it.
 
 Columns: the product's Owner; a member in each role; an API user holding the route's scope and one holding
-another scope; an Administrator of another product; a plain user; a client of another product. (Customers
+another scope; an Administrator of another product; a plain user; a client of another product and one of
+this product (``*:*``). (Customers
 of this and of another product join when customers exist, issue 11 section 6.)
 
 The roles that may use a route are written out here by hand, not derived from `ROLE_ACTIONS`, so the test
@@ -158,6 +159,7 @@ COLUMNS = (
     "member_of_another_product",
     "plain_user",
     "client_of_another_product",
+    "client_of_this_product",
 )
 
 
@@ -183,8 +185,8 @@ def expected(row: Row, column: str) -> int:
         return row.ok
     if column in ROLE_LETTERS:
         return row.ok if ROLE_LETTERS[column] in row.roles else 403
-    if column == "api_user_with_scope":
-        return row.ok if row.scope in SCOPES else 403  # devicecloud actions have no scope to give
+    if column in ("api_user_with_scope", "client_of_this_product"):  # the client has *:*
+        return row.ok if row.scope in SCOPES else 403  # no scope, not even *:*, grants devicecloud actions
     if column == "api_user_without_scope":
         return 403
     if row.listing:  # everyone lists their own products; a product client has *:*
@@ -227,6 +229,14 @@ async def build_world(client: httpx.AsyncClient, runtime: Runtime) -> World:
     )
     assert granted.status_code == 200, granted.text
     world.tokens["client_of_another_product"] = granted.json()["access_token"]
+    alpha = (await world.as_owner("GET", "/v1/products/alpha")).json()["product"]["id"]
+    owner_user = await runtime.accounts.get_by_username(owner.email)
+    ours = await runtime.clients.create(owner_user, name="Alpha server", type="installed", product_id=alpha)
+    assert ours.secret is not None
+    granted = await client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(ours.client.id, ours.secret)
+    )
+    world.tokens["client_of_this_product"] = granted.json()["access_token"]
     return world
 
 

@@ -110,6 +110,13 @@ def test_an_api_user_has_its_scopes_in_its_own_product_only() -> None:
     assert not can(_api_user(7), "groups:list", PRODUCT)  # no scopes: nothing
 
 
+def test_wildcards_never_reach_the_devicecloud_actions() -> None:
+    client = ProductPrincipal("product_client", _token(product_id=7), 7, frozenset({"*:*"}))
+    assert can(client, "teams.users:invite", PRODUCT)
+    assert not can(client, "products:update", PRODUCT)
+    assert can(_person(1, frozenset({"*:*"})), "products:update", PRODUCT, Role.ADMINISTRATOR)
+
+
 def test_unknown_actions_are_refused_to_everyone() -> None:
     assert not can(_person(1), "products:delete-everything", PRODUCT, Role.OWNER)
     assert not can(_api_user(7, "*:*"), "nope:nope", PRODUCT)

@@ -176,6 +176,8 @@ def can(principal: AnyPrincipal | User, action: str, resource: Resource, role: R
         return role is not None and action in ROLE_ACTIONS[role]
     if resource.product_id is None or resource.product_id != principal.product_id:
         return False
+    if action in EXTENSION_ACTIONS:  # no scope grants them, not even a wildcard: people (roles) only
+        return False
     if not principal.allows(action):
         return False
     if principal.kind == "customer":
