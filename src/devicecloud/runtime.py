@@ -33,8 +33,10 @@ from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
+from devicecloud.services.groups import GroupService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
+from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
@@ -107,6 +109,8 @@ class Runtime:
     events: EventService
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
+    products: ProductService
+    groups: GroupService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
@@ -122,6 +126,8 @@ class Runtime:
             device_keys=self.device_keys,
             events=self.events,
             webhooks=self.webhooks,
+            products=self.products,
+            groups=self.groups,
         )
 
     @property
@@ -271,6 +277,8 @@ def build_runtime(
         ),
     )
     clients = ClientService(store=store, clock=clock)
+    products = ProductService(store=store, clock=clock, tokens=tokens)
+    groups = GroupService(store=store, clock=clock)
     sessions = DeviceSessionService(
         store=store,
         clock=clock,
@@ -378,4 +386,6 @@ def build_runtime(
         events=events,
         webhooks=webhooks,
         dispatcher=dispatcher,
+        products=products,
+        groups=groups,
     )

@@ -12,6 +12,8 @@ from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
+from devicecloud.services.groups import GroupService
+from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
@@ -28,3 +30,5 @@ class ApiDeps:
     device_keys: DeviceKeyService
     events: EventService
     webhooks: WebhookService
+    products: ProductService
+    groups: GroupService
