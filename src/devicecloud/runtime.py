@@ -35,8 +35,10 @@ from devicecloud.services.device_sessions import DeviceSessionService, SessionPo
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.firmware import FirmwareService
+from devicecloud.services.groups import GroupService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
+from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
@@ -111,6 +113,8 @@ class Runtime:
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
     firmware: FirmwareService
+    products: ProductService
+    groups: GroupService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
@@ -127,6 +131,8 @@ class Runtime:
             events=self.events,
             webhooks=self.webhooks,
             firmware=self.firmware,
+            products=self.products,
+            groups=self.groups,
         )
 
     @property
@@ -277,6 +283,8 @@ def build_runtime(
         ),
     )
     clients = ClientService(store=store, clock=clock)
+    products = ProductService(store=store, clock=clock, tokens=tokens)
+    groups = GroupService(store=store, clock=clock)
     sessions = DeviceSessionService(
         store=store,
         clock=clock,
@@ -397,4 +405,6 @@ def build_runtime(
         webhooks=webhooks,
         dispatcher=dispatcher,
         firmware=firmware,
+        products=products,
+        groups=groups,
     )

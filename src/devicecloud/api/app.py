@@ -27,7 +27,9 @@ from devicecloud.api.routes import (
     devices,
     events,
     firmware,
+    groups,
     oauth,
+    products,
     provisioning,
     users,
     webhooks,
@@ -73,7 +75,19 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
     # oauth first: its pyparticleio alias POST /v1/devices/oauth/token must win over POST /v1/devices/:id/:fn;
     # events before devices: /v1/devices/events[/…] and /v1/devices/:id/events[/…] must win over
     # /v1/devices/:id and /v1/devices/:id/:variable.
-    for module in (oauth, access_tokens, users, clients, provisioning, events, devices, webhooks, firmware):
+    for module in (
+        oauth,
+        access_tokens,
+        users,
+        clients,
+        provisioning,
+        events,
+        devices,
+        webhooks,
+        products,
+        groups,
+        firmware,
+    ):
         app.include_router(module.router)
 
     @app.get("/docs", include_in_schema=False)

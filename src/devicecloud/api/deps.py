@@ -13,6 +13,8 @@ from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
 from devicecloud.services.firmware import FirmwareService
+from devicecloud.services.groups import GroupService
+from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
@@ -30,3 +32,5 @@ class ApiDeps:
     events: EventService
     webhooks: WebhookService
     firmware: FirmwareService
+    products: ProductService
+    groups: GroupService

@@ -135,7 +135,7 @@ class FirmwareService:
         self, user: User, ref: str, sources: list[SourceFile], version: str | None
     ) -> Device:
         """Compile sources for the device's platform, then flash the result like any binary."""
-        device = await self._devices.access_device(user, ref)
+        device = await self._devices.access_device(user, ref, "devices:update")
         if device.platform_id is None:
             raise InvalidInput("The device's platform is not known yet; it has never connected")
         binary = await self.compile(user, sources, device.platform_id, version)
@@ -179,7 +179,7 @@ class FirmwareService:
             DeviceOffline: the device is not connected.
             Busy: the device is being updated already.
         """
-        device = await self._devices.access_device(user, ref)
+        device = await self._devices.access_device(user, ref, "devices:update")
         if not data:
             raise InvalidInput("The binary is empty", code="invalid_binary")
         if len(data) > MAX_BINARY_SIZE:

@@ -23,6 +23,7 @@ from devicecloud.domain.accounts import AccessToken, User
 from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
+from devicecloud.store.sql.products import SqlGroups, SqlProducts
 from devicecloud.store.sql.token_lookup import TokenLookup
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 
@@ -92,6 +93,8 @@ class SqlUnitOfWork:
         self.claim_codes = SqlClaimCodes(conn)
         self.webhooks = SqlWebhooks(conn)
         self.deliveries = SqlDeliveries(conn)
+        self.products = SqlProducts(conn)
+        self.groups = SqlGroups(conn)
 
 
 class SqlStore:
@@ -103,7 +106,7 @@ class SqlStore:
         self.engine = engine
         self._token_lookup = TokenLookup(engine)
 
-    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User] | None:
+    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         return await self._token_lookup.lookup(token_hash)
 
     async def lookup_device(self, device_id: str) -> Device | None:
