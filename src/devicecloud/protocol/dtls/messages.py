@@ -1,0 +1,343 @@
+"""
+DTLS 1.2 handshake messages of the one profile (RFC 5246 §7.4, RFC 6347 §4.2, RFC 4492/8422, RFC 7250,
+draft-ietf-tls-dtls-connection-id-05): builders for what either role sends, strict parsers for what arrives.
+Parsers raise only ``RemoteProtocolError``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from devicecloud.protocol.errors import RemoteProtocolError
+
+__all__ = [
+    "CIPHER_SUITE",
+    "ECDSA_SHA256",
+    "EMPTY_RENEGOTIATION_SCSV",
+    "RAW_PUBLIC_KEY",
+    "SECP256R1",
+    "X509",
+    "ClientHello",
+    "Extension",
+    "HandshakeType",
+    "Reader",
+    "ServerHello",
+    "build_certificate_request",
+    "build_client_hello",
+    "build_hello_verify_request",
+    "build_server_hello",
+    "build_server_key_exchange",
+    "encode_extensions",
+    "handshake_header",
+    "parse_certificate",
+    "parse_certificate_request",
+    "parse_client_hello",
+    "parse_hello_verify_request",
+    "parse_server_hello",
+    "parse_server_key_exchange",
+    "parse_signature",
+    "server_ecdh_params",
+]
+
+CIPHER_SUITE = 0xC0AE  # TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8
+EMPTY_RENEGOTIATION_SCSV = 0x00FF
+ECDSA_SHA256 = 0x0403
+SECP256R1 = 23
+X509 = 0
+RAW_PUBLIC_KEY = 2
+_ECDSA_SIGN = 64  # CertificateRequest certificate type
+_NAMED_CURVE = 3
+
+
+class HandshakeType(IntEnum):
+    """Handshake message types used here."""
+
+    CLIENT_HELLO = 1
+    SERVER_HELLO = 2
+    HELLO_VERIFY_REQUEST = 3
+    CERTIFICATE = 11
+    SERVER_KEY_EXCHANGE = 12
+    CERTIFICATE_REQUEST = 13
+    SERVER_HELLO_DONE = 14
+    CERTIFICATE_VERIFY = 15
+    CLIENT_KEY_EXCHANGE = 16
+    FINISHED = 20
+
+
+class Extension(IntEnum):
+    """Extension numbers used here."""
+
+    SUPPORTED_GROUPS = 10
+    EC_POINT_FORMATS = 11
+    SIGNATURE_ALGORITHMS = 13
+    CLIENT_CERTIFICATE_TYPE = 19
+    SERVER_CERTIFICATE_TYPE = 20
+    CONNECTION_ID = 254  # draft-05's provisional number, as Mbed TLS 2.22 (Particle's fork) uses it
+    RENEGOTIATION_INFO = 0xFF01
+
+
+class Reader:
+    """Reads big-endian fields from peer bytes; running out raises ``RemoteProtocolError``."""
+
+    __slots__ = ("_data", "_pos", "_what")
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self._data = data
+        self._pos = 0
+        self._what = what
+
+    def take(self, n: int) -> bytes:
+        """The next ``n`` bytes."""
+        if n > len(self._data) - self._pos:
+            raise RemoteProtocolError(f"truncated {self._what}")
+        out = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def uint(self, size: int) -> int:
+        """An unsigned integer of ``size`` bytes."""
+        return int.from_bytes(self.take(size), "big")
+
+    def vector(self, length_size: int, *, minimum: int = 0, maximum: int | None = None) -> bytes:
+        """A vector with a ``length_size``-byte length."""
+        data = self.take(self.uint(length_size))
+        if len(data) < minimum or (maximum is not None and len(data) > maximum):
+            raise RemoteProtocolError(f"bad vector length in {self._what}")
+        return data
+
+    @property
+    def remaining(self) -> int:
+        """Bytes not read yet."""
+        return len(self._data) - self._pos
+
+    def end(self) -> None:
+        """Require that everything was read."""
+        if self.remaining:
+            raise RemoteProtocolError(f"trailing bytes in {self._what}")
+
+
+def _vec(data: bytes, length_size: int) -> bytes:
+    return len(data).to_bytes(length_size, "big") + data
+
+
+def handshake_header(
+    msg_type: int, message_seq: int, body_length: int, offset: int, fragment_length: int
+) -> bytes:
+    """The 12-byte DTLS handshake header."""
+    return (
+        bytes([msg_type])
+        + body_length.to_bytes(3, "big")
+        + struct.pack("!H", message_seq)
+        + offset.to_bytes(3, "big")
+        + fragment_length.to_bytes(3, "big")
+    )
+
+
+def _parse_extensions(reader: Reader) -> dict[int, bytes]:
+    extensions: dict[int, bytes] = {}
+    if not reader.remaining:
+        return extensions
+    inner = Reader(reader.vector(2), "extensions")
+    while inner.remaining:
+        number = inner.uint(2)
+        data = inner.vector(2)
+        if number in extensions:
+            raise RemoteProtocolError(f"extension {number} twice")
+        extensions[number] = data
+    return extensions
+
+
+def encode_extensions(extensions: list[tuple[int, bytes]]) -> bytes:
+    """The extensions block (empty bytes when there are none)."""
+    if not extensions:
+        return b""
+    return _vec(b"".join(struct.pack("!H", n) + _vec(data, 2) for n, data in extensions), 2)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """A parsed ClientHello; ``cookie_input`` is its body without the cookie (what the cookie covers)."""
+
+    version: bytes
+    random: bytes
+    session_id: bytes
+    cookie: bytes
+    cipher_suites: tuple[int, ...]
+    compression_methods: bytes
+    extensions: dict[int, bytes] = field(hash=False)
+    cookie_input: bytes
+
+    def certificate_types(self, number: int) -> tuple[int, ...]:
+        """The certificate types offered in client/server_certificate_type (empty: not offered)."""
+        data = self.extensions.get(number)
+        if data is None:
+            return ()
+        reader = Reader(data, "certificate type extension")
+        types = reader.vector(1, minimum=1)
+        reader.end()
+        return tuple(types)
+
+    @property
+    def offers_cid(self) -> bool:
+        """Whether the client offered a Connection ID (draft-05, extension 254)."""
+        return Extension.CONNECTION_ID in self.extensions
+
+    def groups(self) -> tuple[int, ...]:
+        """supported_groups (absent = P-256 assumed, RFC 8422 §4)."""
+        data = self.extensions.get(Extension.SUPPORTED_GROUPS)
+        if data is None:
+            return (SECP256R1,)
+        reader = Reader(data, "supported_groups")
+        raw = reader.vector(2, minimum=2)
+        reader.end()
+        if len(raw) % 2:
+            raise RemoteProtocolError("odd supported_groups")
+        return tuple(struct.unpack(f"!{len(raw) // 2}H", raw))
+
+
+def parse_client_hello(body: bytes) -> ClientHello:
+    """Parse a ClientHello body."""
+    reader = Reader(body, "ClientHello")
+    version = reader.take(2)
+    random = reader.take(32)
+    session_id = reader.vector(1, maximum=32)
+    cookie_at = 34 + 1 + len(session_id)
+    cookie = reader.vector(1, maximum=255)
+    after_cookie = cookie_at + 1 + len(cookie)
+    suites_raw = reader.vector(2, minimum=2)
+    if len(suites_raw) % 2:
+        raise RemoteProtocolError("odd cipher suite list")
+    compression = reader.vector(1, minimum=1)
+    extensions = _parse_extensions(reader)
+    reader.end()
+    if version[0] != 0xFE:
+        raise RemoteProtocolError("not a DTLS ClientHello")
+    suites = struct.unpack(f"!{len(suites_raw) // 2}H", suites_raw)
+    return ClientHello(
+        version, random, session_id, cookie, suites, compression, extensions,
+        body[:cookie_at] + body[after_cookie:],
+    )  # fmt: skip
+
+
+def build_client_hello(
+    random: bytes, cookie: bytes, extensions: list[tuple[int, bytes]], *, session_id: bytes = b""
+) -> bytes:
+    """A ClientHello body offering the one suite (and the renegotiation SCSV, as Mbed TLS does)."""
+    suites = struct.pack("!HH", CIPHER_SUITE, EMPTY_RENEGOTIATION_SCSV)
+    return (
+        b"\xfe\xfd" + random + _vec(session_id, 1) + _vec(cookie, 1) + _vec(suites, 2) + b"\x01\x00"
+        + encode_extensions(extensions)
+    )  # fmt: skip
+
+
+def build_hello_verify_request(cookie: bytes) -> bytes:
+    """HelloVerifyRequest body; its version is DTLS 1.0 whatever is negotiated (RFC 6347 §4.2.1)."""
+    return b"\xfe\xff" + _vec(cookie, 1)
+
+
+def parse_hello_verify_request(body: bytes) -> bytes:
+    """The cookie of a HelloVerifyRequest body."""
+    reader = Reader(body, "HelloVerifyRequest")
+    if reader.take(2)[0] != 0xFE:
+        raise RemoteProtocolError("not a DTLS HelloVerifyRequest")
+    cookie = reader.vector(1, minimum=1)
+    reader.end()
+    return cookie
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    """A parsed ServerHello."""
+
+    version: bytes
+    random: bytes
+    session_id: bytes
+    cipher_suite: int
+    extensions: dict[int, bytes]
+
+
+def build_server_hello(random: bytes, session_id: bytes, extensions: list[tuple[int, bytes]]) -> bytes:
+    """A ServerHello body choosing the one suite and no compression."""
+    return (
+        b"\xfe\xfd" + random + _vec(session_id, 1) + struct.pack("!HB", CIPHER_SUITE, 0)
+        + encode_extensions(extensions)
+    )  # fmt: skip
+
+
+def parse_server_hello(body: bytes) -> ServerHello:
+    """Parse a ServerHello body (the client side)."""
+    reader = Reader(body, "ServerHello")
+    version = reader.take(2)
+    random = reader.take(32)
+    session_id = reader.vector(1, maximum=32)
+    suite = reader.uint(2)
+    compression = reader.uint(1)
+    extensions = _parse_extensions(reader)
+    reader.end()
+    if version != b"\xfe\xfd" or suite != CIPHER_SUITE or compression != 0:
+        raise RemoteProtocolError("ServerHello chose something not offered")
+    return ServerHello(version, random, session_id, suite, extensions)
+
+
+def server_ecdh_params(point: bytes) -> bytes:
+    """ServerECDHParams: named_curve ‖ secp256r1 ‖ point."""
+    return struct.pack("!BH", _NAMED_CURVE, SECP256R1) + _vec(point, 1)
+
+
+def build_server_key_exchange(point: bytes, signature: bytes) -> bytes:
+    """ServerKeyExchange: the params, ECDSA-SHA256, the DER signature."""
+    return server_ecdh_params(point) + struct.pack("!H", ECDSA_SHA256) + _vec(signature, 2)
+
+
+def parse_server_key_exchange(body: bytes) -> tuple[bytes, bytes, bytes]:
+    """(params bytes, point, signature) of a ServerKeyExchange."""
+    reader = Reader(body, "ServerKeyExchange")
+    if reader.uint(1) != _NAMED_CURVE or reader.uint(2) != SECP256R1:
+        raise RemoteProtocolError("ServerKeyExchange is not on P-256")
+    point = reader.vector(1, minimum=1)
+    params = body[: 4 + len(point)]
+    signature = parse_signature(Reader(body[len(params) :], "ServerKeyExchange signature"))
+    return params, point, signature
+
+
+def parse_signature(reader: Reader) -> bytes:
+    """A DigitallySigned: ECDSA-SHA256 only; the DER signature."""
+    if reader.uint(2) != ECDSA_SHA256:
+        raise RemoteProtocolError("signature is not ECDSA-SHA256")
+    signature = reader.vector(2, minimum=1)
+    reader.end()
+    return signature
+
+
+def build_certificate_request() -> bytes:
+    """CertificateRequest: ecdsa_sign, ECDSA-SHA256, no CA names."""
+    return bytes([1, _ECDSA_SIGN]) + _vec(struct.pack("!H", ECDSA_SHA256), 2) + b"\x00\x00"
+
+
+def parse_certificate_request(body: bytes) -> None:
+    """Sanity-parse a CertificateRequest (the client ignores its contents, as Mbed TLS does)."""
+    reader = Reader(body, "CertificateRequest")
+    reader.vector(1, minimum=1)
+    reader.vector(2, minimum=2)
+    reader.vector(2)
+    reader.end()
+
+
+def parse_certificate(body: bytes, *, raw_public_key: bool) -> list[bytes]:
+    """
+    The entries of a Certificate message: ``[SubjectPublicKeyInfo]`` for a raw public key (RFC 7250),
+    else the X.509 chain's DER certificates (possibly empty).
+    """
+    reader = Reader(body, "Certificate")
+    if raw_public_key:
+        spki = reader.vector(3, minimum=1)
+        reader.end()
+        return [spki]
+    chain = Reader(reader.vector(3), "certificate list")
+    reader.end()
+    out = []
+    while chain.remaining:
+        out.append(chain.vector(3, minimum=1))
+    return out

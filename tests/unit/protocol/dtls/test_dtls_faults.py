@@ -1,0 +1,214 @@
+"""Faults at the DTLS layer: spoofed ClientHellos, replays, wrong CIDs, bad datagrams, unregistered keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from devicecloud.protocol.dtls import (
+    AlertDescription,
+    AlertReceived,
+    ApplicationData,
+    ConnectionClosed,
+    DtlsClient,
+    DtlsServer,
+    DtlsState,
+    RecordDropped,
+    check_client_hello,
+)
+from devicecloud.protocol.dtls.cookies import make_cookie
+from devicecloud.protocol.dtls.primitives import ecdsa_signer
+from devicecloud.protocol.errors import RemoteProtocolError
+
+from .helpers import (
+    ADDRESS,
+    COOKIE_SECRET,
+    OTHER_KEY,
+    Link,
+    Registry,
+    client_config,
+    counter_random,
+    drain,
+    handshake,
+    server_config,
+)
+
+
+def _first_hello() -> bytes:
+    client = DtlsClient(client_config(), now=0.0, random_bytes=counter_random(b"c"))
+    client.start(0.0)
+    (hello,) = client.datagrams_to_send()
+    return hello
+
+
+def test_a_clienthello_without_a_cookie_gets_a_cookie_and_no_state() -> None:
+    hello = _first_hello()
+    check = check_client_hello(hello, ADDRESS, (COOKIE_SECRET,))
+    assert not check.accept
+    assert check.reply is not None
+    assert 22 == check.reply[0]
+    assert hello[3:11] == check.reply[3:11]  # the HelloVerifyRequest reuses the ClientHello's record number
+    # The function keeps nothing: the same datagram gets the same answer, whatever came between.
+    for _ in range(1000):
+        check_client_hello(hello, b"10.0.0.%d:1" % (_ % 250), (COOKIE_SECRET,))
+    assert check == check_client_hello(hello, ADDRESS, (COOKIE_SECRET,))
+
+
+def test_a_cookie_is_bound_to_the_address_and_the_secret() -> None:
+    client = DtlsClient(client_config(), now=0.0, random_bytes=counter_random(b"c"))
+    client.start(0.0)
+    check = check_client_hello(client.datagrams_to_send()[0], ADDRESS, (COOKIE_SECRET,))
+    assert check.reply is not None
+    client.receive_datagram(check.reply, 0.0)
+    (with_cookie,) = client.datagrams_to_send()
+    assert check_client_hello(with_cookie, ADDRESS, (COOKIE_SECRET,)).accept
+    elsewhere = check_client_hello(with_cookie, b"127.0.0.1:40001", (COOKIE_SECRET,))
+    assert not elsewhere.accept
+    assert elsewhere.reply is not None  # a fresh cookie for the new address
+    assert not check_client_hello(with_cookie, ADDRESS, (b"new secret",)).accept
+    assert check_client_hello(with_cookie, ADDRESS, (b"new secret", COOKIE_SECRET)).accept  # rotation
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        b"",
+        b"\x16",
+        b"\x17\xfe\xfd" + bytes(10) + b"\x00\x01x",
+        b"\x16\xfe\xfd" + bytes(8) + b"\x00\x0c" + bytes(12),
+    ],
+    ids=["empty", "one byte", "application data", "empty handshake"],
+)
+def test_the_cookie_gate_drops_what_is_not_a_clienthello(datagram: bytes) -> None:
+    check = check_client_hello(datagram, ADDRESS, (COOKIE_SECRET,))
+    assert (False, None) == (check.accept, check.reply)
+
+
+def test_a_server_endpoint_refuses_a_clienthello_whose_cookie_it_did_not_make() -> None:
+    server = DtlsServer(server_config(), ADDRESS, now=0.0)
+    with pytest.raises(RemoteProtocolError, match="cookie"):
+        server.receive_datagram(_first_hello(), 0.0)
+    assert DtlsState.CLOSED == server.state
+    assert make_cookie(COOKIE_SECRET, ADDRESS, b"x") != make_cookie(COOKIE_SECRET, b"elsewhere", b"x")
+
+
+def test_an_unregistered_device_key_is_refused_and_only_that_peer() -> None:
+    registry = Registry()
+    config = server_config(registry)
+    stranger = DtlsClient(client_config(OTHER_KEY), now=0.0, random_bytes=counter_random(b"x"))
+    link = Link(stranger, config)
+    stranger.start(0.0)
+    with pytest.raises(RemoteProtocolError, match="not registered"):
+        link.pump()
+    assert link.server is not None
+    assert DtlsState.CLOSED == link.server.state
+    # The bad_certificate alert reaches the device, which gives up.
+    for datagram in link.server.datagrams_to_send():
+        stranger.receive_datagram(datagram, 0.0)
+    events = drain(stranger)
+    assert AlertReceived(2, AlertDescription.BAD_CERTIFICATE) in events
+    assert DtlsState.CLOSED == stranger.state
+    # The same server config goes on serving registered devices.
+    from .helpers import DEVICE_ID, DEVICE_KEY, spki_der
+
+    registry.keys[spki_der(DEVICE_KEY.public_key())] = DEVICE_ID.hex()
+    good = handshake(registry=registry)
+    assert good.server is not None
+    assert DtlsState.ESTABLISHED == good.server.state
+
+
+def test_a_device_whose_signature_does_not_match_its_key_is_refused() -> None:
+    """The device presents the registered key but signs CertificateVerify with another one."""
+    config = client_config()
+    impostor = DtlsClient(
+        type(config)(
+            signer=ecdsa_signer(OTHER_KEY),
+            device_public_key=config.device_public_key,
+            server_public_key=config.server_public_key,
+        ),
+        now=0.0,
+    )
+    link = Link(impostor, server_config())
+    impostor.start(0.0)
+    with pytest.raises(RemoteProtocolError, match="CertificateVerify"):
+        link.pump()
+    assert link.server is not None
+    assert link.server.identity == "0123456789abcdef01234567"  # the key was known; possession was not shown
+    assert DtlsState.CLOSED == link.server.state
+
+
+def _established() -> tuple[Link, DtlsServer]:
+    link = handshake()
+    assert link.server is not None
+    drain(link.client), drain(link.server)
+    return link, link.server
+
+
+def test_a_replayed_record_is_dropped() -> None:
+    link, server = _established()
+    link.client.send_application_data(b"once")
+    (datagram,) = link.client.datagrams_to_send()
+    server.receive_datagram(datagram, 0.0)
+    server.receive_datagram(datagram, 0.0)
+    assert [ApplicationData(b"once"), RecordDropped("replayed record")] == drain(server)
+    assert DtlsState.ESTABLISHED == server.state
+
+
+def test_a_record_with_a_wrong_cid_is_dropped() -> None:
+    link, server = _established()
+    link.client.send_application_data(b"data")
+    (datagram,) = link.client.datagrams_to_send()
+    wrong = datagram[:11] + bytes(8) + datagram[19:]
+    server.receive_datagram(wrong, 0.0)
+    assert [RecordDropped("record without this session's CID")] == drain(server)
+    server.receive_datagram(datagram, 0.0)  # the real one still goes through
+    assert [ApplicationData(b"data")] == drain(server)
+
+
+def test_a_tampered_record_is_dropped_and_does_not_move_the_replay_window() -> None:
+    link, server = _established()
+    link.client.send_application_data(b"data")
+    (datagram,) = link.client.datagrams_to_send()
+    server.receive_datagram(datagram[:-1] + bytes([datagram[-1] ^ 0x80]), 0.0)
+    assert [RecordDropped("record authentication failed")] == drain(server)
+    server.receive_datagram(datagram, 0.0)
+    assert [ApplicationData(b"data")] == drain(server)
+
+
+@pytest.mark.parametrize(
+    ("cut", "reason"),
+    [(lambda d: d[:12], "truncated record header"), (lambda d: d[:-1], "truncated record"),
+     (lambda d: d + bytes(70000), "datagram too large")],
+    ids=["header", "body", "oversized"],
+)  # fmt: skip
+def test_truncated_and_oversized_datagrams_are_dropped(cut: object, reason: str) -> None:
+    link, server = _established()
+    link.client.send_application_data(b"data")
+    (datagram,) = link.client.datagrams_to_send()
+    server.receive_datagram(cut(datagram), 0.0)  # type: ignore[operator]
+    assert [RecordDropped(reason)] == drain(server)
+    assert DtlsState.ESTABLISHED == server.state
+
+
+def test_unprotected_records_after_the_handshake_are_dropped() -> None:
+    _, server = _established()
+    from devicecloud.protocol.dtls.records import encode_record
+
+    for content_type, payload in ((23, b"plain"), (21, b"\x02\x28"), (22, b"\x01" + bytes(11))):
+        server.receive_datagram(encode_record(content_type, 0, 99 + content_type, payload), 0.0)
+    assert [
+        RecordDropped("unprotected application data"),
+        RecordDropped("unprotected alert after the handshake"),
+        RecordDropped("ClientHello on an established session"),
+    ] == drain(server)
+    assert DtlsState.ESTABLISHED == server.state
+
+
+def test_close_notify_closes_both_ends() -> None:
+    link, server = _established()
+    link.client.close()
+    for datagram in link.client.datagrams_to_send():
+        server.receive_datagram(datagram, 0.0)
+    events = drain(server)
+    assert AlertReceived(1, 0) in events
+    assert ConnectionClosed("the peer closed the session") in events
+    assert DtlsState.CLOSED == server.state
