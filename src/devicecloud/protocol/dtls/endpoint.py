@@ -372,6 +372,9 @@ class Endpoint:
             return
         if message_seq >= self._recv_msg_seq + _REASSEMBLY_AHEAD:
             raise RemoteProtocolError("handshake message too far ahead")
+        if message_seq == self._recv_msg_seq and len(fragment) == length and not self._partials:
+            self._deliver(msg_type, fragment, now)  # the usual case: a whole message, in order
+            return
         partial = self._partials.get(message_seq)
         if partial is None:
             partial = _Partial(msg_type, bytearray(length), bytearray(length))
@@ -383,18 +386,21 @@ class Endpoint:
         partial.have[frag_offset:end] = b"\x01" * len(fragment)
         while (ready := self._partials.get(self._recv_msg_seq)) is not None and ready.complete:
             del self._partials[self._recv_msg_seq]
-            seq = self._recv_msg_seq
-            self._recv_msg_seq += 1
-            body = bytes(ready.body)
-            raw = handshake_header(ready.msg_type, seq, len(body), 0, len(body)) + body
-            try:
-                self._on_handshake_message(ready.msg_type, body, raw, now)
-            except HandshakeFailure:
-                raise
-            except RemoteProtocolError as exc:  # a malformed message in sequence: the handshake is over
-                raise HandshakeFailure(str(exc), AlertDescription.DECODE_ERROR) from exc
+            self._deliver(ready.msg_type, bytes(ready.body), now)
             if self.state is DtlsState.CLOSED:
                 return
+
+    def _deliver(self, msg_type: int, body: bytes, now: float) -> None:
+        """Hand the next whole message to the role's state machine (raw = as the transcript hashes it)."""
+        seq = self._recv_msg_seq
+        self._recv_msg_seq += 1
+        raw = handshake_header(msg_type, seq, len(body), 0, len(body)) + body
+        try:
+            self._on_handshake_message(msg_type, body, raw, now)
+        except HandshakeFailure:
+            raise
+        except RemoteProtocolError as exc:  # a malformed message in sequence: the handshake is over
+            raise HandshakeFailure(str(exc), AlertDescription.DECODE_ERROR) from exc
 
     def _peer_retransmitted(self, now: float) -> None:
         """The peer sent its previous flight again: ours was lost, send it again (RFC 6347 §4.2.4)."""

@@ -49,6 +49,7 @@ X509 = 0
 RAW_PUBLIC_KEY = 2
 _ECDSA_SIGN = 64  # CertificateRequest certificate type
 _NAMED_CURVE = 3
+_TWO_U16 = struct.Struct("!HH")
 
 
 class HandshakeType(IntEnum):
@@ -136,16 +137,26 @@ def handshake_header(
 
 
 def _parse_extensions(reader: Reader) -> dict[int, bytes]:
-    extensions: dict[int, bytes] = {}
     if not reader.remaining:
-        return extensions
-    inner = Reader(reader.vector(2), "extensions")
-    while inner.remaining:
-        number = inner.uint(2)
-        data = inner.vector(2)
+        return {}
+    return _extensions(reader.vector(2))
+
+
+def _extensions(block: bytes) -> dict[int, bytes]:
+    """The extensions of a block (indexing by hand: ClientHellos are parsed on the gateway's hot path)."""
+    extensions: dict[int, bytes] = {}
+    at, end = 0, len(block)
+    while at < end:
+        if end - at < 4:
+            raise RemoteProtocolError("truncated extension")
+        number, size = _TWO_U16.unpack_from(block, at)
+        at += 4
+        if size > end - at:
+            raise RemoteProtocolError("truncated extension")
         if number in extensions:
             raise RemoteProtocolError(f"extension {number} twice")
-        extensions[number] = data
+        extensions[number] = block[at : at + size]
+        at += size
     return extensions
 
 
@@ -198,25 +209,33 @@ class ClientHello:
 
 
 def parse_client_hello(body: bytes) -> ClientHello:
-    """Parse a ClientHello body."""
-    reader = Reader(body, "ClientHello")
-    version = reader.take(2)
-    random = reader.take(32)
-    session_id = reader.vector(1, maximum=32)
-    cookie_at = 34 + 1 + len(session_id)
-    cookie = reader.vector(1, maximum=255)
-    after_cookie = cookie_at + 1 + len(cookie)
-    suites_raw = reader.vector(2, minimum=2)
-    if len(suites_raw) % 2:
-        raise RemoteProtocolError("odd cipher suite list")
-    compression = reader.vector(1, minimum=1)
-    extensions = _parse_extensions(reader)
-    reader.end()
-    if version[0] != 0xFE:
-        raise RemoteProtocolError("not a DTLS ClientHello")
-    suites = struct.unpack(f"!{len(suites_raw) // 2}H", suites_raw)
+    """Parse a ClientHello body (by hand, not with a Reader: the cookie gate parses every one)."""
+    end = len(body)
+    if end < 35 or body[0] != 0xFE:
+        raise RemoteProtocolError("truncated or not a DTLS ClientHello")
+    at = 35 + body[34]
+    if body[34] > 32 or at + 1 > end:
+        raise RemoteProtocolError("bad session id in ClientHello")
+    cookie_at = at
+    after_cookie = at + 1 + body[at]
+    if after_cookie + 2 > end:
+        raise RemoteProtocolError("truncated ClientHello")
+    suites_size = int.from_bytes(body[after_cookie : after_cookie + 2], "big")
+    at = after_cookie + 2 + suites_size
+    if suites_size < 2 or suites_size % 2 or at + 1 > end:
+        raise RemoteProtocolError("bad cipher suite list in ClientHello")
+    compression = body[at + 1 : at + 1 + body[at]]
+    at += 1 + body[at]
+    if not compression or at > end:
+        raise RemoteProtocolError("bad compression methods in ClientHello")
+    extensions: dict[int, bytes] = {}
+    if at < end:
+        if end - at < 2 or int.from_bytes(body[at : at + 2], "big") != end - at - 2:
+            raise RemoteProtocolError("bad extensions block in ClientHello")
+        extensions = _extensions(body[at + 2 :])
     return ClientHello(
-        version, random, session_id, cookie, suites, compression, extensions,
+        body[:2], body[2:34], body[35:cookie_at], body[cookie_at + 1 : after_cookie],
+        struct.unpack_from(f"!{suites_size // 2}H", body, after_cookie + 2), compression, extensions,
         body[:cookie_at] + body[after_cookie:],
     )  # fmt: skip
 
