@@ -42,6 +42,7 @@ __all__ = ["AlertDescription", "DtlsState", "Endpoint", "HandshakeFailure", "Tim
 
 _MAX_HANDSHAKE_MESSAGE = 1 << 14
 _REASSEMBLY_AHEAD = 8  # messages buffered past the next expected one
+_MAX_PEER_TRIGGERED = 8  # flights re-sent because the peer repeated its own (its timers allow ~6 a minute)
 
 
 class DtlsState(Enum):
@@ -145,6 +146,7 @@ class Endpoint:
         self._retransmit_at: float | None = None
         self._retransmit_interval = timers.initial
         self.retransmissions = 0
+        self._peer_triggered = 0
         self.session: SessionState | None = None
 
     # ------------------------------------------------------------------------------------------ public API
@@ -312,10 +314,7 @@ class Endpoint:
         window = self._replay[1]
         if not window.check(record.sequence):
             raise RemoteProtocolError("replayed record")
-        nonce = record.explicit_nonce
-        if record.fragment[:8] != nonce:
-            # Mbed TLS and OpenSSL send epoch ‖ sequence as the explicit nonce; anything else is forged.
-            raise RemoteProtocolError("explicit nonce differs from the record's sequence")
+        nonce = record.explicit_nonce  # for the AAD; the explicit nonce is the fragment's (RFC 6655 §3)
         if record.cid is not None:
             cid = record.cid
             inner = cipher.open(record.fragment, lambda n: cid_aad(nonce, cid, n))
@@ -404,7 +403,9 @@ class Endpoint:
 
     def _peer_retransmitted(self, now: float) -> None:
         """The peer sent its previous flight again: ours was lost, send it again (RFC 6347 §4.2.4)."""
-        if self._flight:
+        if self._flight and self._peer_triggered < _MAX_PEER_TRIGGERED:
+            # Capped: epoch-0 copies are unauthenticated, so a spoofer could otherwise make us repeat forever.
+            self._peer_triggered += 1
             self.retransmissions += 1
             self._transmit_flight()
 

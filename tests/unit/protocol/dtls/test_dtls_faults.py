@@ -212,3 +212,53 @@ def test_close_notify_closes_both_ends() -> None:
     assert AlertReceived(1, 0) in events
     assert ConnectionClosed("the peer closed the session") in events
     assert DtlsState.CLOSED == server.state
+
+
+def test_a_clienthello_without_the_particle_suite_is_refused() -> None:
+    """A ClientHello offering only AES-GCM (0xC02B) gets handshake_failure, after the cookie as always."""
+    from devicecloud.protocol.dtls.messages import HandshakeType, handshake_header, parse_client_hello
+    from devicecloud.protocol.dtls.records import encode_record
+
+    def hello_record(cookie: bytes) -> bytes:
+        body = (
+            b"\xfe\xfd"
+            + bytes(32)
+            + b"\x00"
+            + bytes([len(cookie)])
+            + cookie
+            + b"\x00\x02\xc0\x2b"
+            + b"\x01\x00"
+        )
+        return encode_record(
+            22, 0, 0, handshake_header(HandshakeType.CLIENT_HELLO, 0, len(body), 0, len(body)) + body
+        )
+
+    first = hello_record(b"")
+    check = check_client_hello(first, ADDRESS, (COOKIE_SECRET,))
+    assert check.reply is not None
+    cookie = make_cookie(COOKIE_SECRET, ADDRESS, parse_client_hello(first[25:]).cookie_input)
+    second = hello_record(cookie)
+    assert check_client_hello(second, ADDRESS, (COOKIE_SECRET,)).accept
+    server = DtlsServer(server_config(), ADDRESS, now=0.0)
+    with pytest.raises(RemoteProtocolError, match="does not offer TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8"):
+        server.receive_datagram(second, 0.0)
+    (alert,) = server.datagrams_to_send()
+    assert bytes.fromhex("15fefd") == alert[:3]
+    assert bytes([2, AlertDescription.HANDSHAKE_FAILURE]) == alert[-2:]
+
+
+def test_a_spoofer_repeating_the_clienthello_gets_the_flight_a_bounded_number_of_times() -> None:
+    client = DtlsClient(client_config(), now=0.0, random_bytes=counter_random(b"c"))
+    link = Link(client, server_config())
+    client.start(0.0)
+    link.to_server(client.datagrams_to_send()[0])
+    (hello,) = client.datagrams_to_send()
+    link.to_server(hello)
+    assert link.server is not None
+    link.server.datagrams_to_send()
+    sent = 0
+    for n in range(50):  # the same ClientHello with ever new record numbers (epoch 0 is unauthenticated)
+        copy = hello[:5] + (1000 + n).to_bytes(6, "big") + hello[11:]
+        link.server.receive_datagram(copy, 0.0)
+        sent += len(link.server.datagrams_to_send())
+    assert 8 == sent
