@@ -236,7 +236,7 @@ class DtlsClient(Endpoint):
             peer_key=spki_der(self._config.server_public_key),
         )
         self._established()
-        self._events.append(events.HandshakeComplete(self.export_session()))
+        self._events.append(events.HandshakeComplete(self.session))
 
     def _on_application_data(self, data: bytes, moved: bool) -> None:
         self._send_marker = None  # the server answered: move-session mode ends, as on Device OS

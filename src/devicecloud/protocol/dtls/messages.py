@@ -50,6 +50,7 @@ RAW_PUBLIC_KEY = 2
 _ECDSA_SIGN = 64  # CertificateRequest certificate type
 _NAMED_CURVE = 3
 _TWO_U16 = struct.Struct("!HH")
+_HEADER = struct.Struct("!IHIH")
 
 
 class HandshakeType(IntEnum):
@@ -126,13 +127,12 @@ def _vec(data: bytes, length_size: int) -> bytes:
 def handshake_header(
     msg_type: int, message_seq: int, body_length: int, offset: int, fragment_length: int
 ) -> bytes:
-    """The 12-byte DTLS handshake header."""
-    return (
-        bytes([msg_type])
-        + body_length.to_bytes(3, "big")
-        + struct.pack("!H", message_seq)
-        + offset.to_bytes(3, "big")
-        + fragment_length.to_bytes(3, "big")
+    """The 12-byte DTLS handshake header: type(1) length(3) message_seq(2) offset(3) fragment length(3)."""
+    return _HEADER.pack(
+        (msg_type << 24) | body_length,
+        message_seq,
+        (offset << 8) | (fragment_length >> 16),
+        fragment_length & 0xFFFF,
     )
 
 

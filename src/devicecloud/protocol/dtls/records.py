@@ -48,7 +48,7 @@ MAX_SEQUENCE = (1 << 48) - 1
 # A UDP payload can hold 65507 bytes; a record is at most 2^14 plaintext + 2048 (RFC 6347 §4.1).
 MAX_DATAGRAM = 65507
 _MAX_FRAGMENT = (1 << 14) + 2048
-_HEADER = struct.Struct("!B2sH6sH")  # type, version, epoch, sequence(48), length
+_PREFIX = struct.Struct("!B2sHHI")  # type, version, epoch, sequence (48 bits: 16 + 32)
 _HEADER_SIZE = 13
 _CID_PADDING = 16  # Mbed TLS's MBEDTLS_SSL_CID_PADDING_GRANULARITY
 
@@ -136,10 +136,8 @@ def parse_datagram(datagram: bytes, cid_size: int = CID_SIZE) -> list[Record]:
     while offset < len(datagram):
         if len(datagram) - offset < _HEADER_SIZE:
             raise RemoteProtocolError("truncated record header")
-        content_type = datagram[offset]
-        version = datagram[offset + 1 : offset + 3]
-        epoch = int.from_bytes(datagram[offset + 3 : offset + 5], "big")
-        sequence = int.from_bytes(datagram[offset + 5 : offset + 11], "big")
+        content_type, version, epoch, sequence_high, sequence_low = _PREFIX.unpack_from(datagram, offset)
+        sequence = (sequence_high << 32) | sequence_low
         offset += 11
         cid: bytes | None = None
         if content_type == ContentType.CID:
@@ -151,7 +149,7 @@ def parse_datagram(datagram: bytes, cid_size: int = CID_SIZE) -> list[Record]:
             raise RemoteProtocolError(f"unknown record type {content_type}")
         if version not in (DTLS_1_2, DTLS_1_0):
             raise RemoteProtocolError("not a DTLS 1.2 record")
-        length = int.from_bytes(datagram[offset : offset + 2], "big")
+        length = (datagram[offset] << 8) | datagram[offset + 1]
         offset += 2
         if length > _MAX_FRAGMENT:
             raise RemoteProtocolError("record too long")

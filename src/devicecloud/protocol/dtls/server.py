@@ -323,4 +323,4 @@ class DtlsServer(Endpoint):
             identity=self._identity,
         )
         self._established()
-        self._events.append(events.HandshakeComplete(self.export_session()))
+        self._events.append(events.HandshakeComplete(self.session))
