@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.support import unavailable
-from tests.unit.protocol.dtls.helpers import DEVICE_ID, DEVICE_KEY, OTHER_KEY, SERVER_KEY, Registry
+from tests.support.dtls import DEVICE_ID, DEVICE_KEY, OTHER_KEY, SERVER_KEY, Registry
 
 from devicecloud.protocol.dtls import (
     AlertDescription,

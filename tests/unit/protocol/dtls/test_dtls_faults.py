@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from tests.support.dtls import (
+    ADDRESS,
+    COOKIE_SECRET,
+    OTHER_KEY,
+    Link,
+    Registry,
+    client_config,
+    counter_random,
+    drain,
+    handshake,
+    server_config,
+)
 
 from devicecloud.protocol.dtls import (
     AlertDescription,
@@ -18,19 +30,6 @@ from devicecloud.protocol.dtls import (
 from devicecloud.protocol.dtls.cookies import make_cookie
 from devicecloud.protocol.dtls.primitives import ecdsa_signer
 from devicecloud.protocol.errors import RemoteProtocolError
-
-from .helpers import (
-    ADDRESS,
-    COOKIE_SECRET,
-    OTHER_KEY,
-    Link,
-    Registry,
-    client_config,
-    counter_random,
-    drain,
-    handshake,
-    server_config,
-)
 
 
 def _first_hello() -> bytes:
@@ -108,7 +107,7 @@ def test_an_unregistered_device_key_is_refused_and_only_that_peer() -> None:
     assert AlertReceived(2, AlertDescription.BAD_CERTIFICATE) in events
     assert DtlsState.CLOSED == stranger.state
     # The same server config goes on serving registered devices.
-    from .helpers import DEVICE_ID, DEVICE_KEY, spki_der
+    from tests.support.dtls import DEVICE_ID, DEVICE_KEY, spki_der
 
     registry.keys[spki_der(DEVICE_KEY.public_key())] = DEVICE_ID.hex()
     good = handshake(registry=registry)

@@ -6,13 +6,7 @@ import contextlib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from devicecloud.protocol.dtls import DtlsClient, DtlsServer, DtlsState, check_client_hello
-from devicecloud.protocol.dtls.messages import handshake_header
-from devicecloud.protocol.dtls.records import encode_record
-from devicecloud.protocol.errors import RemoteProtocolError
-
-from .helpers import (
+from tests.support.dtls import (
     ADDRESS,
     COOKIE_SECRET,
     Link,
@@ -22,6 +16,11 @@ from .helpers import (
     handshake,
     server_config,
 )
+
+from devicecloud.protocol.dtls import DtlsClient, DtlsServer, DtlsState, check_client_hello
+from devicecloud.protocol.dtls.messages import handshake_header
+from devicecloud.protocol.dtls.records import encode_record
+from devicecloud.protocol.errors import RemoteProtocolError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from tests.support.dtls import (
+    DEVICE_ID,
+    DEVICE_KEY,
+    Link,
+    client_config,
+    counter_random,
+    drain,
+    handshake,
+    server_config,
+)
+
 from devicecloud.protocol.dtls import (
     ApplicationData,
     ConnectionClosed,
@@ -13,17 +24,6 @@ from devicecloud.protocol.dtls import (
 )
 from devicecloud.protocol.dtls.messages import Extension, HandshakeType, Reader, parse_server_hello
 from devicecloud.protocol.dtls.records import parse_datagram
-
-from .helpers import (
-    DEVICE_ID,
-    DEVICE_KEY,
-    Link,
-    client_config,
-    counter_random,
-    drain,
-    handshake,
-    server_config,
-)
 
 
 def _handshake_messages(datagram: bytes) -> list[tuple[int, bytes]]:

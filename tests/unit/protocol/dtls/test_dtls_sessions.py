@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.support.dtls import ADDRESS, DEVICE_ID, client_config, drain, handshake, server_config
 
 from devicecloud.protocol.dtls import (
     ApplicationData,
@@ -18,8 +19,6 @@ from devicecloud.protocol.dtls import (
     peek_device_id,
 )
 from devicecloud.protocol.errors import LocalProtocolError
-
-from .helpers import ADDRESS, DEVICE_ID, client_config, drain, handshake, server_config
 
 NEW_ADDRESS = b"192.0.2.7:61000"
 

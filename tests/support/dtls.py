@@ -1,4 +1,4 @@
-"""Shared pieces of the DTLS tests: keys, configs and an in-memory link between a client and a server."""
+"""Shared pieces of the DTLS tests: fixed keys and randomness, configs, an in-memory client ↔ server link."""
 
 from __future__ import annotations
 
