@@ -261,3 +261,24 @@ def test_a_spoofer_repeating_the_clienthello_gets_the_flight_a_bounded_number_of
         link.server.receive_datagram(copy, 0.0)
         sent += len(link.server.datagrams_to_send())
     assert 8 == sent
+
+
+def test_a_device_pinned_to_another_server_key_refuses_the_server() -> None:
+    """The device checks ServerKeyExchange with the key it has pinned: a different server key fails."""
+    config = client_config()
+    pinned_elsewhere = type(config)(
+        signer=config.signer,
+        device_public_key=config.device_public_key,
+        server_public_key=OTHER_KEY.public_key(),
+    )
+    device = DtlsClient(pinned_elsewhere, now=0.0)
+    link = Link(device, server_config())
+    device.start(0.0)
+    with pytest.raises(RemoteProtocolError, match="ServerKeyExchange not signed"):
+        link.pump()
+    assert DtlsState.CLOSED == device.state
+    assert link.server is not None
+    for datagram in device.datagrams_to_send():
+        link.server.receive_datagram(datagram, 0.0)
+    assert AlertReceived(2, AlertDescription.DECRYPT_ERROR) in drain(link.server)
+    assert DtlsState.CLOSED == link.server.state
