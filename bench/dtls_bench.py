@@ -52,8 +52,8 @@ from devicecloud.protocol.dtls.primitives import (
     ecdsa_verify,
     encode_point,
     load_spki,
+    private_key_from_bytes,
 )
-from devicecloud.protocol.dtls.server import private_key_from_bytes
 
 HANDSHAKE_TARGET = 0.6
 RESUMPTION_TARGET = 10.0

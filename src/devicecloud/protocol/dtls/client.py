@@ -40,11 +40,11 @@ from devicecloud.protocol.dtls.primitives import (
     encode_point,
     key_block,
     master_secret,
+    private_key_from_bytes,
     spki_der,
     verify_data,
 )
 from devicecloud.protocol.dtls.records import CID_SIZE
-from devicecloud.protocol.dtls.server import private_key_from_bytes
 from devicecloud.protocol.dtls.session import SessionState
 from devicecloud.protocol.errors import LocalProtocolError
 

@@ -41,6 +41,7 @@ from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
 __all__ = ["AlertDescription", "DtlsState", "Endpoint", "HandshakeFailure", "Timers"]
 
 _MAX_HANDSHAKE_MESSAGE = 1 << 14
+_HANDSHAKE_HEADER = struct.Struct("!IHIH")  # type‖length, message_seq, offset‖fragment length (high), (low)
 _REASSEMBLY_AHEAD = 8  # messages buffered past the next expected one
 _MAX_PEER_TRIGGERED = 8  # flights re-sent because the peer repeated its own (its timers allow ~6 a minute)
 
@@ -342,13 +343,12 @@ class Endpoint:
     def _receive_handshake(self, payload: bytes, epoch: int, now: float) -> None:
         offset = 0
         while offset < len(payload):
+            start = offset
             if len(payload) - offset < 12:
                 raise RemoteProtocolError("truncated handshake header")
-            msg_type = payload[offset]
-            length = int.from_bytes(payload[offset + 1 : offset + 4], "big")
-            (message_seq,) = struct.unpack("!H", payload[offset + 4 : offset + 6])
-            frag_offset = int.from_bytes(payload[offset + 6 : offset + 9], "big")
-            frag_length = int.from_bytes(payload[offset + 9 : offset + 12], "big")
+            type_length, message_seq, offset_high, length_low = _HANDSHAKE_HEADER.unpack_from(payload, offset)
+            msg_type, length = type_length >> 24, type_length & 0xFFFFFF
+            frag_offset, frag_length = offset_high >> 8, ((offset_high & 0xFF) << 16) | length_low
             offset += 12
             fragment = payload[offset : offset + frag_length]
             offset += frag_length
@@ -356,10 +356,18 @@ class Endpoint:
                 raise RemoteProtocolError("handshake fragment out of bounds")
             if length > _MAX_HANDSHAKE_MESSAGE:
                 raise RemoteProtocolError("handshake message too long")
-            self._receive_fragment(msg_type, length, message_seq, frag_offset, fragment, now)
+            whole = payload[start:offset] if frag_length == length else None  # its header is canonical
+            self._receive_fragment(msg_type, length, message_seq, frag_offset, fragment, now, whole)
 
     def _receive_fragment(
-        self, msg_type: int, length: int, message_seq: int, frag_offset: int, fragment: bytes, now: float
+        self,
+        msg_type: int,
+        length: int,
+        message_seq: int,
+        frag_offset: int,
+        fragment: bytes,
+        now: float,
+        whole: bytes | None = None,
     ) -> None:
         if self._first_hello and msg_type == HandshakeType.CLIENT_HELLO and not self._partials:
             # A server starts at whatever message_seq the (cookie-bearing) ClientHello has.
@@ -371,8 +379,8 @@ class Endpoint:
             return
         if message_seq >= self._recv_msg_seq + _REASSEMBLY_AHEAD:
             raise RemoteProtocolError("handshake message too far ahead")
-        if message_seq == self._recv_msg_seq and len(fragment) == length and not self._partials:
-            self._deliver(msg_type, fragment, now)  # the usual case: a whole message, in order
+        if whole is not None and message_seq == self._recv_msg_seq and not self._partials:
+            self._deliver(msg_type, fragment, now, whole)  # the usual case: a whole message, in order
             return
         partial = self._partials.get(message_seq)
         if partial is None:
@@ -389,11 +397,12 @@ class Endpoint:
             if self.state is DtlsState.CLOSED:
                 return
 
-    def _deliver(self, msg_type: int, body: bytes, now: float) -> None:
+    def _deliver(self, msg_type: int, body: bytes, now: float, raw: bytes | None = None) -> None:
         """Hand the next whole message to the role's state machine (raw = as the transcript hashes it)."""
         seq = self._recv_msg_seq
         self._recv_msg_seq += 1
-        raw = handshake_header(msg_type, seq, len(body), 0, len(body)) + body
+        if raw is None:
+            raw = handshake_header(msg_type, seq, len(body), 0, len(body)) + body
         try:
             self._on_handshake_message(msg_type, body, raw, now)
         except HandshakeFailure:

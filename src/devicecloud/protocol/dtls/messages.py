@@ -185,10 +185,9 @@ class ClientHello:
         data = self.extensions.get(number)
         if data is None:
             return ()
-        reader = Reader(data, "certificate type extension")
-        types = reader.vector(1, minimum=1)
-        reader.end()
-        return tuple(types)
+        if not 2 <= len(data) == 1 + data[0]:
+            raise RemoteProtocolError("bad certificate type extension")
+        return tuple(data[1:])
 
     @property
     def offers_cid(self) -> bool:
@@ -200,12 +199,10 @@ class ClientHello:
         data = self.extensions.get(Extension.SUPPORTED_GROUPS)
         if data is None:
             return (SECP256R1,)
-        reader = Reader(data, "supported_groups")
-        raw = reader.vector(2, minimum=2)
-        reader.end()
-        if len(raw) % 2:
-            raise RemoteProtocolError("odd supported_groups")
-        return tuple(struct.unpack(f"!{len(raw) // 2}H", raw))
+        size = len(data) - 2
+        if size < 2 or size % 2 or int.from_bytes(data[:2], "big") != size:
+            raise RemoteProtocolError("bad supported_groups")
+        return struct.unpack_from(f"!{size // 2}H", data, 2)
 
 
 def parse_client_hello(body: bytes) -> ClientHello:

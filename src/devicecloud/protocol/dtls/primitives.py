@@ -35,6 +35,7 @@ __all__ = [
     "load_spki",
     "master_secret",
     "prf",
+    "private_key_from_bytes",
     "spki_der",
     "verify_data",
 ]
@@ -45,6 +46,15 @@ _KEY_SIZE = 16
 _IMPLICIT_IV_SIZE = 4
 _MASTER_SECRET_SIZE = 48
 _VERIFY_DATA_SIZE = 12
+
+# Bound once: ``ec`` is a module wrapper whose every attribute access runs Python (~1.5 µs each).
+_PublicKey = ec.EllipticCurvePublicKey
+_Curve = ec.SECP256R1
+_P256 = ec.SECP256R1()
+_ECDH = ec.ECDH()
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_DERIVE = ec.derive_private_key
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 # Signs data with the server's (or the device's) long-term P-256 key: data → DER ECDSA-SHA256 signature.
 Signer = Callable[[bytes], bytes]
@@ -158,16 +168,21 @@ def load_peer_point(point: bytes) -> ec.EllipticCurvePublicKey:
     if len(point) != 65 or point[0] != 4:
         raise RemoteProtocolError("ECDHE point is not an uncompressed P-256 point")
     try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        return _PublicKey.from_encoded_point(_P256, point)
     except ValueError as exc:
         raise RemoteProtocolError("ECDHE point is not on P-256") from exc
+
+
+def private_key_from_bytes(raw: bytes) -> ec.EllipticCurvePrivateKey:
+    """A P-256 private key from 32+ random bytes (so injected randomness fixes the ephemeral key too)."""
+    return _DERIVE(int.from_bytes(raw, "big") % (_P256_ORDER - 1) + 1, _P256)
 
 
 def ecdh_shared_secret(private_key: ec.EllipticCurvePrivateKey, peer_point: bytes) -> bytes:
     """The pre-master secret: the x-coordinate of the shared point (32 bytes)."""
     peer = load_peer_point(peer_point)
     try:
-        return private_key.exchange(ec.ECDH(), peer)
+        return private_key.exchange(_ECDH, peer)
     except ValueError as exc:  # pragma: no cover - from_encoded_point already rejects bad points
         raise RemoteProtocolError("ECDH failed") from exc
 
@@ -185,7 +200,7 @@ def ecdsa_signer(private_key: ec.EllipticCurvePrivateKey) -> Signer:
 def ecdsa_verify(public_key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
     """Whether ``signature`` (DER) is ``public_key``'s ECDSA-SHA256 signature of ``data``; never raises."""
     try:
-        public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        public_key.verify(signature, data, _ECDSA_SHA256)
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -202,7 +217,7 @@ def load_spki(der: bytes) -> ec.EllipticCurvePublicKey:
         key = serialization.load_der_public_key(der)
     except (ValueError, TypeError) as exc:
         raise RemoteProtocolError("the peer's key is not SubjectPublicKeyInfo DER") from exc
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+    if not isinstance(key, _PublicKey) or not isinstance(key.curve, _Curve):
         raise RemoteProtocolError("the peer's key is not a P-256 key")
     return key
 

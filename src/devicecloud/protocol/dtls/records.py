@@ -65,7 +65,7 @@ class ContentType(IntEnum):
     LEGACY_MOVED = 254  # Device OS ≤ 3.0: application data + device id trailer while resuming
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class Record:
     """
     One parsed record. ``content_type`` is the header's (25 for 253, 23 for 254); ``moved`` says the

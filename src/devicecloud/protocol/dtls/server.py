@@ -55,6 +55,7 @@ from devicecloud.protocol.dtls.primitives import (
     key_block,
     load_spki,
     master_secret,
+    private_key_from_bytes,
     spki_der,
     verify_data,
 )
@@ -62,19 +63,11 @@ from devicecloud.protocol.dtls.records import CID_SIZE
 from devicecloud.protocol.dtls.session import SessionState
 from devicecloud.protocol.errors import RemoteProtocolError
 
-__all__ = ["DtlsServer", "KeyCheck", "ServerConfig", "private_key_from_bytes"]
+__all__ = ["DtlsServer", "KeyCheck", "ServerConfig"]
 
 RandomBytes = Callable[[int], bytes]
 # The device's SubjectPublicKeyInfo DER → its identity (the device id), or None to refuse the key.
 KeyCheck = Callable[[bytes], "str | None"]
-
-_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-
-
-def private_key_from_bytes(raw: bytes) -> ec.EllipticCurvePrivateKey:
-    """A P-256 private key from 32+ random bytes (so injected randomness fixes the ephemeral key too)."""
-    scalar = int.from_bytes(raw, "big") % (_P256_ORDER - 1) + 1
-    return ec.derive_private_key(scalar, ec.SECP256R1())
 
 
 @dataclass(frozen=True, slots=True)
