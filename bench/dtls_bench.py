@@ -147,8 +147,13 @@ def record_handshakes(server_config, client_config, count: int):
                     if check.reply is not None:
                         client.receive_datagram(check.reply, 0.0)
                         continue
-                    server = DtlsServer(server_config, ADDRESS, now=0.0, random_bytes=_random(b"s%d" % i))
-                server.receive_datagram(datagram, 0.0)
+                    if not check.accept:
+                        raise RuntimeError("the cookie gate refused the ClientHello with its cookie")
+                    server = DtlsServer.accept(
+                        server_config, check, ADDRESS, now=0.0, random_bytes=_random(b"s%d" % i)
+                    )
+                else:
+                    server.receive_datagram(datagram, 0.0)
             for datagram in server.datagrams_to_send() if server is not None else []:
                 downs.append(datagram)
                 client.receive_datagram(datagram, 0.0)
@@ -172,10 +177,14 @@ def replay_handshakes(server_config, recorded) -> float:
         sent = []
         for datagram in ups[1:]:
             if server is None:
-                if not check_client_hello(datagram, ADDRESS, SECRETS).accept:
+                check = check_client_hello(datagram, ADDRESS, SECRETS)
+                if not check.accept:
                     raise RuntimeError("the recorded ClientHello was refused")
-                server = DtlsServer(server_config, ADDRESS, now=0.0, random_bytes=_random(b"s%d" % i))
-            server.receive_datagram(datagram, 0.0)
+                server = DtlsServer.accept(
+                    server_config, check, ADDRESS, now=0.0, random_bytes=_random(b"s%d" % i)
+                )
+            else:
+                server.receive_datagram(datagram, 0.0)
             sent += server.datagrams_to_send()
         while (event := server.next_event()) is not None:
             if isinstance(event, HandshakeComplete):

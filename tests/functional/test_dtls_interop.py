@@ -31,6 +31,7 @@ from tests.support.dtls import DEVICE_ID, DEVICE_KEY, OTHER_KEY, SERVER_KEY, Reg
 from devicecloud.protocol.dtls import (
     AlertDescription,
     ApplicationData,
+    ConnectionClosed,
     DtlsServer,
     DtlsState,
     HandshakeComplete,
@@ -109,12 +110,15 @@ class UdpDtlsServer:
                 self.sock.sendto(check.reply, address)
             if not check.accept:
                 return
-            server = self.sessions[address] = DtlsServer(self.config, label, now=now)
-        try:
-            server.receive_datagram(datagram, now)
-        except RemoteProtocolError as exc:
-            self.refused.append(str(exc))
+            server = self.sessions[address] = DtlsServer.accept(self.config, check, label, now=now)
+        else:
+            try:
+                server.receive_datagram(datagram, now)
+            except RemoteProtocolError as exc:
+                self.refused.append(str(exc))
         while (event := server.next_event()) is not None:
+            if isinstance(event, ConnectionClosed) and event.error and event.reason not in self.refused:
+                self.refused.append(event.reason)
             if isinstance(event, HandshakeComplete):
                 self.completed.append(event)
             elif isinstance(event, ApplicationData):

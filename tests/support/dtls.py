@@ -94,6 +94,7 @@ class Link:
     server: DtlsServer | None = None
     wire: list[tuple[str, bytes]] = field(default_factory=list)
     now: float = 0.0
+    feed_accepted: bool = False  # start the server by feeding it the accepted datagram, not with accept()
 
     def to_server(self, datagram: bytes) -> None:
         self.wire.append(("c", datagram))
@@ -105,9 +106,15 @@ class Link:
                 return
             if not check.accept:
                 return
-            self.server = DtlsServer(
-                self.server_config, ADDRESS, now=self.now, random_bytes=counter_random(b"s")
-            )
+            if self.feed_accepted:
+                self.server = DtlsServer(
+                    self.server_config, ADDRESS, now=self.now, random_bytes=counter_random(b"s")
+                )
+            else:
+                self.server = DtlsServer.accept(
+                    self.server_config, check, ADDRESS, now=self.now, random_bytes=counter_random(b"s")
+                )
+                return
         self.server.receive_datagram(datagram, self.now)
 
     def pump(self) -> None:

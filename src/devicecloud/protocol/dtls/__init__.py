@@ -9,7 +9,8 @@ fragment reassembly. Typical server loop::
 
     check = check_client_hello(datagram, address, config.cookie_secrets)   # no session for this address
     if check.reply: sendto(check.reply, address)                           # HelloVerifyRequest, no state
-    elif check.accept: server = DtlsServer(config, address, now=clock())
+    elif check.accept: server = DtlsServer.accept(config, check, address, now=clock())
+    ...                                                                    # later datagrams:
     server.receive_datagram(datagram, clock())                             # RemoteProtocolError → drop it
     while (event := server.next_event()) is not None: ...                  # HandshakeComplete, data…
     for out in server.datagrams_to_send(): sendto(out, address)

@@ -11,6 +11,7 @@ import hmac
 from dataclasses import dataclass
 
 from devicecloud.protocol.dtls.messages import (
+    ClientHello,
     HandshakeType,
     build_hello_verify_request,
     handshake_header,
@@ -34,7 +35,9 @@ class HelloCheck:
     """
     What to do with a datagram from an address that has no session:
 
-    - ``accept``: a ClientHello with a valid cookie: start a server endpoint and feed it the datagram;
+    - ``accept``: a ClientHello with a valid cookie: ``DtlsServer.accept(config, check, …)`` starts the
+      server endpoint from it (``hello``, ``record_sequence`` and ``message`` carry what it needs, so the
+      datagram is not parsed twice);
     - ``reply``: a HelloVerifyRequest datagram to send back (and keep nothing);
     - neither: drop it (``reason`` says why).
     """
@@ -42,6 +45,9 @@ class HelloCheck:
     accept: bool
     reply: bytes | None
     reason: str
+    hello: ClientHello | None = None
+    record_sequence: int = 0
+    message: bytes = b""  # the ClientHello handshake message, header included (as the transcript hashes it)
 
 
 def check_client_hello(datagram: bytes, address: bytes, secrets: tuple[bytes, ...]) -> HelloCheck:
@@ -70,7 +76,7 @@ def check_client_hello(datagram: bytes, address: bytes, secrets: tuple[bytes, ..
     if hello.cookie:
         for secret in secrets:
             if hmac.compare_digest(hello.cookie, make_cookie(secret, address, hello.cookie_input)):
-                return HelloCheck(True, None, "valid cookie")
+                return HelloCheck(True, None, "valid cookie", hello, record.sequence, fragment)
     cookie = make_cookie(secrets[0], address, hello.cookie_input)
     message_seq = int.from_bytes(fragment[4:6], "big")
     body = build_hello_verify_request(cookie)

@@ -19,6 +19,7 @@ for byte.
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicecloud.protocol.dtls import events
-from devicecloud.protocol.dtls.cookies import make_cookie
+from devicecloud.protocol.dtls.cookies import HelloCheck, make_cookie
 from devicecloud.protocol.dtls.endpoint import AlertDescription, Endpoint, HandshakeFailure, Timers
 from devicecloud.protocol.dtls.messages import (
     CIPHER_SUITE,
@@ -35,6 +36,7 @@ from devicecloud.protocol.dtls.messages import (
     RAW_PUBLIC_KEY,
     SECP256R1,
     X509,
+    ClientHello,
     Extension,
     HandshakeType,
     Reader,
@@ -61,7 +63,7 @@ from devicecloud.protocol.dtls.primitives import (
 )
 from devicecloud.protocol.dtls.records import CID_SIZE
 from devicecloud.protocol.dtls.session import SessionState
-from devicecloud.protocol.errors import RemoteProtocolError
+from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["DtlsServer", "KeyCheck", "ServerConfig"]
 
@@ -98,8 +100,9 @@ class ServerConfig:
 
 class DtlsServer(Endpoint):
     """
-    One device's DTLS association on the server. Create it when ``check_client_hello`` accepted a
-    datagram, feed it that datagram; or resume a stored session with :meth:`resume`.
+    One device's DTLS association on the server: :meth:`accept` starts one from the ClientHello that
+    ``check_client_hello`` accepted; :meth:`resume` continues a stored session. (Constructing one and
+    feeding it the accepted datagram also works: it then checks the cookie again itself.)
     """
 
     is_server = True
@@ -122,6 +125,39 @@ class DtlsServer(Endpoint):
         self._master = b""
         self._cid: bytes | None = None
         self._saw_ccs = False
+
+    @classmethod
+    def accept(
+        cls,
+        config: ServerConfig,
+        check: HelloCheck,
+        address: bytes,
+        *,
+        now: float,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> DtlsServer:
+        """
+        A server endpoint that has answered the ClientHello ``check`` accepted: its flight is waiting in
+        ``datagrams_to_send()``; or, when the ClientHello cannot be served (no common suite, no raw public
+        key…), it is already closed with the fatal alert waiting there and ``ConnectionClosed`` queued.
+
+        Raises:
+            LocalProtocolError: ``check`` did not accept a ClientHello.
+        """
+        if not check.accept or check.hello is None:
+            raise LocalProtocolError("the cookie gate did not accept this datagram")
+        server = cls(config, address, now=now, random_bytes=random_bytes)
+        seq = int.from_bytes(check.message[4:6], "big")
+        server._first_hello = False
+        server._recv_msg_seq, server._send_msg_seq, server._peer_flight_end = seq + 1, seq, seq
+        server._replay[0].accept(check.record_sequence)
+        server._write_seq[0] = check.record_sequence
+        server._transcript += check.message
+        try:
+            server._answer_hello(check.hello, now)
+        except HandshakeFailure as exc:
+            server._fail(str(exc), exc.alert)
+        return server
 
     @classmethod
     def resume(cls, config: ServerConfig, session: SessionState, address: bytes, *, now: float) -> DtlsServer:
@@ -189,11 +225,14 @@ class DtlsServer(Endpoint):
     def _client_hello(self, body: bytes, now: float) -> None:
         hello = parse_client_hello(body)
         valid = any(
-            make_cookie(secret, self._address, hello.cookie_input) == hello.cookie
+            hmac.compare_digest(make_cookie(secret, self._address, hello.cookie_input), hello.cookie)
             for secret in self._config.cookie_secrets
         )
         if not hello.cookie or not valid:
             raise HandshakeFailure("ClientHello without a valid cookie")
+        self._answer_hello(hello, now)
+
+    def _answer_hello(self, hello: ClientHello, now: float) -> None:
         if hello.version[1] > 0xFD:  # DTLS versions count down: FE FF is 1.0, FE FD 1.2
             raise HandshakeFailure("client does not offer DTLS 1.2", 70)  # protocol_version
         if CIPHER_SUITE not in hello.cipher_suites or 0 not in hello.compression_methods:

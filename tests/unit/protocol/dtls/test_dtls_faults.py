@@ -29,7 +29,7 @@ from devicecloud.protocol.dtls import (
 )
 from devicecloud.protocol.dtls.cookies import make_cookie
 from devicecloud.protocol.dtls.primitives import ecdsa_signer
-from devicecloud.protocol.errors import RemoteProtocolError
+from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
 
 
 def _first_hello() -> bytes:
@@ -244,6 +244,17 @@ def test_a_clienthello_without_the_particle_suite_is_refused() -> None:
     (alert,) = server.datagrams_to_send()
     assert bytes.fromhex("15fefd") == alert[:3]
     assert bytes([2, AlertDescription.HANDSHAKE_FAILURE]) == alert[-2:]
+    # The gateway's path: accept() returns the endpoint already closed, its alert waiting to be sent.
+    accepted = DtlsServer.accept(
+        server_config(), check_client_hello(second, ADDRESS, (COOKIE_SECRET,)), ADDRESS, now=0.0
+    )
+    assert DtlsState.CLOSED == accepted.state
+    assert [alert] == accepted.datagrams_to_send()
+    (closed,) = drain(accepted)
+    assert isinstance(closed, ConnectionClosed)
+    assert closed.error
+    with pytest.raises(LocalProtocolError):
+        DtlsServer.accept(server_config(), check, ADDRESS, now=0.0)  # a check that asked for a cookie
 
 
 def test_a_spoofer_repeating_the_clienthello_gets_the_flight_a_bounded_number_of_times() -> None:

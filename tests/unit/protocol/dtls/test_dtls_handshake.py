@@ -120,6 +120,17 @@ def test_a_transcript_replays_byte_for_byte() -> None:
     assert 6 == len(first.wire)
 
 
+def test_feeding_the_accepted_datagram_gives_the_same_wire_as_accept() -> None:
+    """The gateway's path (DtlsServer.accept from the gate's check) and the plain one agree byte for byte."""
+    client = DtlsClient(client_config(), now=0.0, random_bytes=counter_random(b"c"))
+    fed = Link(client, server_config(), feed_accepted=True)
+    client.start(0.0)
+    fed.pump()
+    assert fed.server is not None
+    assert DtlsState.ESTABLISHED == fed.server.state
+    assert handshake().wire == fed.wire
+
+
 def test_a_lost_server_flight_is_sent_again_on_the_clients_timer() -> None:
     client = DtlsClient(client_config(), now=0.0, random_bytes=counter_random(b"c"))
     link = Link(client, server_config())
