@@ -456,11 +456,14 @@ class Endpoint:
             self._out.append(self._finish_datagram(bytes(datagram)))
 
     def _records_for(self, item: _Outgoing) -> list[bytes]:
+        body = item.payload
         if item.content_type != ContentType.HANDSHAKE:
-            return [self._protect(item.content_type, item.epoch, item.payload)]
+            return [self._protect(item.content_type, item.epoch, body)]
         overhead = 13 + 12 + (8 + 8 + 16 + CID_SIZE if item.epoch else 0)
         room = max(self._max_datagram - overhead, 64)
-        body = item.payload
+        if len(body) <= room:  # the usual case: one record, the message whole
+            header = handshake_header(item.msg_type, item.message_seq, len(body), 0, len(body))
+            return [self._protect(ContentType.HANDSHAKE, item.epoch, header + body)]
         records = []
         offset = 0
         while True:
@@ -471,15 +474,11 @@ class Endpoint:
             if offset >= len(body):
                 return records
 
-    def _next_sequence(self, epoch: int) -> int:
+    def _protect(self, content_type: int, epoch: int, payload: bytes) -> bytes:
         seq = self._write_seq[epoch]
         if seq > MAX_SEQUENCE:
             raise LocalProtocolError("sequence numbers exhausted")
         self._write_seq[epoch] = seq + 1
-        return seq
-
-    def _protect(self, content_type: int, epoch: int, payload: bytes) -> bytes:
-        seq = self._next_sequence(epoch)
         if epoch == 0:
             return encode_record(content_type, 0, seq, payload)
         cipher = self._write_cipher

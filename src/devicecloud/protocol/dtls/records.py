@@ -49,6 +49,7 @@ MAX_SEQUENCE = (1 << 48) - 1
 MAX_DATAGRAM = 65507
 _MAX_FRAGMENT = (1 << 14) + 2048
 _PREFIX = struct.Struct("!B2sHHI")  # type, version, epoch, sequence (48 bits: 16 + 32)
+_HEAD = struct.Struct("!B2sHHIH")  # the same and the fragment's length: a whole header without CID
 _HEADER_SIZE = 13
 _CID_PADDING = 16  # Mbed TLS's MBEDTLS_SSL_CID_PADDING_GRANULARITY
 
@@ -91,8 +92,13 @@ def encode_record(
     content_type: int, epoch: int, sequence: int, fragment: bytes, *, cid: bytes | None = None
 ) -> bytes:
     """A record's bytes (``cid`` only for type 25)."""
-    head = struct.pack("!B2sH", content_type, DTLS_1_2, epoch) + sequence.to_bytes(6, "big")
-    return head + (cid or b"") + struct.pack("!H", len(fragment)) + fragment
+    if cid is None:
+        return (
+            _HEAD.pack(content_type, DTLS_1_2, epoch, sequence >> 32, sequence & 0xFFFFFFFF, len(fragment))
+            + fragment
+        )
+    head = _PREFIX.pack(content_type, DTLS_1_2, epoch, sequence >> 32, sequence & 0xFFFFFFFF)
+    return head + cid + len(fragment).to_bytes(2, "big") + fragment
 
 
 def peek_cid(datagram: bytes, cid_size: int = CID_SIZE) -> bytes | None:
