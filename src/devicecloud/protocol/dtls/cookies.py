@@ -27,7 +27,17 @@ COOKIE_SIZE = 32
 
 def make_cookie(secret: bytes, address: bytes, cookie_input: bytes) -> bytes:
     """HMAC-SHA256 over the peer's address and every ClientHello field but the cookie."""
-    return hmac.digest(secret, len(address).to_bytes(2, "big") + address + cookie_input, hashlib.sha256)
+    keyed = _KEYED.get(secret)
+    if keyed is None:  # a process has one or two secrets (rotation): key each once
+        if len(_KEYED) >= 8:
+            _KEYED.clear()
+        keyed = _KEYED[secret] = hmac.new(secret, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(len(address).to_bytes(2, "big") + address + cookie_input)
+    return mac.digest()
+
+
+_KEYED: dict[bytes, hmac.HMAC] = {}
 
 
 @dataclass(frozen=True, slots=True)

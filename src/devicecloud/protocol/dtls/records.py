@@ -192,15 +192,13 @@ def parse_cid_inner_plaintext(inner: bytes) -> tuple[int, bytes]:
     Raises:
         RemoteProtocolError: all zeros, or a real type that cannot be inside a CID record.
     """
-    end = len(inner)
-    while end and inner[end - 1] == 0:
-        end -= 1
-    if not end:
+    content = inner.rstrip(b"\x00")
+    if not content:
         raise RemoteProtocolError("CID record without a content type")
-    real_type = inner[end - 1]
+    real_type = content[-1]
     if real_type not in (20, 21, 22, 23):
         raise RemoteProtocolError(f"CID record holds unknown type {real_type}")
-    return real_type, inner[: end - 1]
+    return real_type, content[:-1]
 
 
 class ReplayWindow:
