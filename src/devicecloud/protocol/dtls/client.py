@@ -94,7 +94,7 @@ class DtlsClient(Endpoint):
         self._random = random_bytes
         self._client_random = b""
         self._server_random = b""
-        self._expect: set[HandshakeType] = set()
+        self._expect: set[int] = set()
         self._cid: bytes | None = None
         self._master = b""
         self._saw_ccs = False

@@ -423,7 +423,7 @@ class Endpoint:
     def _new_flight(self) -> None:
         self._flight = []
 
-    def _queue_message(self, msg_type: HandshakeType, body: bytes, *, epoch: int = 0) -> bytes:
+    def _queue_message(self, msg_type: int, body: bytes, *, epoch: int = 0) -> bytes:
         """Add a handshake message to the flight being built; returns it as the transcript hashes it."""
         seq = self._send_msg_seq
         self._send_msg_seq += 1

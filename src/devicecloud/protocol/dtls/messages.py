@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from enum import IntEnum
+from typing import Final
 
 from devicecloud.protocol.errors import RemoteProtocolError
 
@@ -53,31 +53,31 @@ _TWO_U16 = struct.Struct("!HH")
 _HEADER = struct.Struct("!IHIH")
 
 
-class HandshakeType(IntEnum):
-    """Handshake message types used here."""
+class HandshakeType:
+    """Handshake message types used here (plain ``int`` constants, as ``records.ContentType``)."""
 
-    CLIENT_HELLO = 1
-    SERVER_HELLO = 2
-    HELLO_VERIFY_REQUEST = 3
-    CERTIFICATE = 11
-    SERVER_KEY_EXCHANGE = 12
-    CERTIFICATE_REQUEST = 13
-    SERVER_HELLO_DONE = 14
-    CERTIFICATE_VERIFY = 15
-    CLIENT_KEY_EXCHANGE = 16
-    FINISHED = 20
+    CLIENT_HELLO: Final = 1
+    SERVER_HELLO: Final = 2
+    HELLO_VERIFY_REQUEST: Final = 3
+    CERTIFICATE: Final = 11
+    SERVER_KEY_EXCHANGE: Final = 12
+    CERTIFICATE_REQUEST: Final = 13
+    SERVER_HELLO_DONE: Final = 14
+    CERTIFICATE_VERIFY: Final = 15
+    CLIENT_KEY_EXCHANGE: Final = 16
+    FINISHED: Final = 20
 
 
-class Extension(IntEnum):
-    """Extension numbers used here."""
+class Extension:
+    """Extension numbers used here (plain ``int`` constants)."""
 
-    SUPPORTED_GROUPS = 10
-    EC_POINT_FORMATS = 11
-    SIGNATURE_ALGORITHMS = 13
-    CLIENT_CERTIFICATE_TYPE = 19
-    SERVER_CERTIFICATE_TYPE = 20
-    CONNECTION_ID = 254  # draft-05's provisional number, as Mbed TLS 2.22 (Particle's fork) uses it
-    RENEGOTIATION_INFO = 0xFF01
+    SUPPORTED_GROUPS: Final = 10
+    EC_POINT_FORMATS: Final = 11
+    SIGNATURE_ALGORITHMS: Final = 13
+    CLIENT_CERTIFICATE_TYPE: Final = 19
+    SERVER_CERTIFICATE_TYPE: Final = 20
+    CONNECTION_ID: Final = 254  # draft-05's provisional number, as Mbed TLS 2.22 (Particle's fork) uses it
+    RENEGOTIATION_INFO: Final = 0xFF01
 
 
 class Reader:

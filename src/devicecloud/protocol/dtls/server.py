@@ -114,7 +114,7 @@ class DtlsServer(Endpoint):
         self._config = config
         self._address = address
         self._random = random_bytes
-        self._expect: HandshakeType | None = HandshakeType.CLIENT_HELLO
+        self._expect: int | None = HandshakeType.CLIENT_HELLO
         self._client_random = b""
         self._server_random = b""
         self._ephemeral: ec.EllipticCurvePrivateKey | None = None
@@ -212,7 +212,7 @@ class DtlsServer(Endpoint):
             self._finish(now)
 
     def _on_change_cipher_spec(self) -> None:
-        if self._expect is not HandshakeType.FINISHED:
+        if self._expect != HandshakeType.FINISHED:
             raise HandshakeFailure("ChangeCipherSpec too early", AlertDescription.UNEXPECTED_MESSAGE)
         self._saw_ccs = True
 
