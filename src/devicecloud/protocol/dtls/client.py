@@ -86,6 +86,18 @@ class ClientConfig:
 class DtlsClient(Endpoint):
     """One device-side DTLS association. Call :meth:`start` to send the first ClientHello."""
 
+    __slots__ = (
+        "_cid",
+        "_client_random",
+        "_config",
+        "_expect",
+        "_master",
+        "_random",
+        "_saw_ccs",
+        "_server_point",
+        "_server_random",
+    )
+
     is_server = False
 
     def __init__(self, config: ClientConfig, *, now: float, random_bytes: RandomBytes = os.urandom) -> None:
@@ -98,6 +110,7 @@ class DtlsClient(Endpoint):
         self._cid: bytes | None = None
         self._master = b""
         self._saw_ccs = False
+        self._server_point = b""
         self._device_id = config.device_id
 
     @classmethod
@@ -138,7 +151,7 @@ class DtlsClient(Endpoint):
             (Extension.SERVER_CERTIFICATE_TYPE, bytes([1, RAW_PUBLIC_KEY])),
         ]
         self._new_flight()
-        self._transcript = bytearray()  # the cookie exchange is not part of the handshake hash
+        self._reset_transcript()  # the cookie exchange is not part of the handshake hash
         self._queue_message(
             HandshakeType.CLIENT_HELLO, build_client_hello(self._client_random, cookie, extensions)
         )
@@ -158,7 +171,7 @@ class DtlsClient(Endpoint):
         if msg_type == HandshakeType.FINISHED:
             self._finished(body)
             return
-        self._transcript += raw
+        self._add_transcript(raw)
         if msg_type == HandshakeType.SERVER_HELLO:
             self._server_hello(body)
             self._expect = {HandshakeType.SERVER_KEY_EXCHANGE}

@@ -329,7 +329,10 @@ def parse_signature(reader: Reader) -> bytes:
 
 def build_certificate_request() -> bytes:
     """CertificateRequest: ecdsa_sign, ECDSA-SHA256, no CA names."""
-    return bytes([1, _ECDSA_SIGN]) + _vec(struct.pack("!H", ECDSA_SHA256), 2) + b"\x00\x00"
+    return _CERTIFICATE_REQUEST
+
+
+_CERTIFICATE_REQUEST = bytes([1, _ECDSA_SIGN]) + _vec(struct.pack("!H", ECDSA_SHA256), 2) + b"\x00\x00"
 
 
 def parse_certificate_request(body: bytes) -> None:

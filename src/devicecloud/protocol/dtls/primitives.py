@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from devicecloud.protocol.errors import RemoteProtocolError
@@ -29,6 +30,7 @@ __all__ = [
     "ecdh_shared_secret",
     "ecdsa_signer",
     "ecdsa_verify",
+    "ecdsa_verify_digest",
     "encode_point",
     "key_block",
     "load_peer_point",
@@ -53,6 +55,7 @@ _Curve = ec.SECP256R1
 _P256 = ec.SECP256R1()
 _ECDH = ec.ECDH()
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_ECDSA_PREHASHED = ec.ECDSA(Prehashed(hashes.SHA256()))
 _DERIVE = ec.derive_private_key
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -201,6 +204,15 @@ def ecdsa_verify(public_key: ec.EllipticCurvePublicKey, signature: bytes, data: 
     """Whether ``signature`` (DER) is ``public_key``'s ECDSA-SHA256 signature of ``data``; never raises."""
     try:
         public_key.verify(signature, data, _ECDSA_SHA256)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def ecdsa_verify_digest(public_key: ec.EllipticCurvePublicKey, signature: bytes, digest: bytes) -> bool:
+    """:func:`ecdsa_verify` of data whose SHA-256 is ``digest`` (a running transcript hash); never raises."""
+    try:
+        public_key.verify(signature, digest, _ECDSA_PREHASHED)
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -52,7 +52,7 @@ from devicecloud.protocol.dtls.primitives import (
     RecordCipher,
     Signer,
     ecdh_shared_secret,
-    ecdsa_verify,
+    ecdsa_verify_digest,
     encode_point,
     key_block,
     load_spki,
@@ -105,6 +105,23 @@ class DtlsServer(Endpoint):
     feeding it the accepted datagram also works: it then checks the cookie again itself.)
     """
 
+    __slots__ = (
+        "_address",
+        "_cid",
+        "_client_key",
+        "_client_random",
+        "_client_spki",
+        "_config",
+        "_ephemeral",
+        "_expect",
+        "_identity",
+        "_master",
+        "_random",
+        "_raw_client_key",
+        "_saw_ccs",
+        "_server_random",
+    )
+
     is_server = True
 
     def __init__(
@@ -152,7 +169,7 @@ class DtlsServer(Endpoint):
         server._recv_msg_seq, server._send_msg_seq, server._peer_flight_end = seq + 1, seq, seq
         server._replay[0].accept(check.record_sequence)
         server._write_seq[0] = check.record_sequence
-        server._transcript += check.message
+        server._add_transcript(check.message)
         try:
             server._answer_hello(check.hello, now)
         except HandshakeFailure as exc:
@@ -180,24 +197,24 @@ class DtlsServer(Endpoint):
                 f"unexpected handshake message {msg_type}", AlertDescription.UNEXPECTED_MESSAGE
             )
         if msg_type == HandshakeType.CLIENT_HELLO:
-            self._transcript += raw
+            self._add_transcript(raw)
             self._client_hello(body, now)
             self._peer_flight_end = self._recv_msg_seq - 1
         elif msg_type == HandshakeType.CERTIFICATE:
-            self._transcript += raw
+            self._add_transcript(raw)
             self._certificate(body)
             self._expect = HandshakeType.CLIENT_KEY_EXCHANGE
         elif msg_type == HandshakeType.CLIENT_KEY_EXCHANGE:
-            self._transcript += raw
+            self._add_transcript(raw)
             self._client_key_exchange(body)
             self._expect = HandshakeType.CERTIFICATE_VERIFY
         elif msg_type == HandshakeType.CERTIFICATE_VERIFY:
             signature = parse_signature(Reader(body, "CertificateVerify"))
-            if self._client_key is None or not ecdsa_verify(
-                self._client_key, signature, bytes(self._transcript)
+            if self._client_key is None or not ecdsa_verify_digest(
+                self._client_key, signature, self._transcript_hash()
             ):
                 raise HandshakeFailure("CertificateVerify does not verify", AlertDescription.DECRYPT_ERROR)
-            self._transcript += raw
+            self._add_transcript(raw)
             self._expect = HandshakeType.FINISHED
         elif msg_type == HandshakeType.FINISHED:
             if not self._saw_ccs:
@@ -207,7 +224,7 @@ class DtlsServer(Endpoint):
             expected = verify_data(self._master, b"client finished", self._transcript_hash())
             if body != expected:
                 raise HandshakeFailure("client Finished does not verify", AlertDescription.DECRYPT_ERROR)
-            self._transcript += raw
+            self._add_transcript(raw)
             self._peer_flight_end = self._recv_msg_seq - 1
             self._finish(now)
 

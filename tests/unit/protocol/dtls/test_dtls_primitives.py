@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from devicecloud.protocol.dtls.primitives import (
     ecdh_shared_secret,
     ecdsa_signer,
     ecdsa_verify,
+    ecdsa_verify_digest,
     key_block,
     load_peer_point,
     load_spki,
@@ -122,6 +124,10 @@ def test_the_signer_is_rfc_6979_deterministic(vector: dict[str, Any]) -> None:
     assert not ecdsa_verify(private.public_key(), b"\x30\x00", vector["message"].encode())
     r, s = decode_dss_signature(signature)
     assert not ecdsa_verify(private.public_key(), encode_dss_signature(r, s ^ 1), vector["message"].encode())
+    digest = hashlib.sha256(vector["message"].encode()).digest()  # the server verifies a running hash
+    assert ecdsa_verify_digest(private.public_key(), signature, digest)
+    assert not ecdsa_verify_digest(private.public_key(), signature, hashlib.sha256(b"other").digest())
+    assert not ecdsa_verify_digest(private.public_key(), signature, b"short")
 
 
 def test_key_schedule_follows_rfc_5246() -> None:
