@@ -40,7 +40,7 @@ def make_cookie(secret: bytes, address: bytes, cookie_input: bytes) -> bytes:
 _KEYED: dict[bytes, hmac.HMAC] = {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every datagram from an unknown address
 class HelloCheck:
     """
     What to do with a datagram from an address that has no session:
