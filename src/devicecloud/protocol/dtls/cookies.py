@@ -80,19 +80,28 @@ def check_client_hello(datagram: bytes, address: bytes, secrets: tuple[bytes, ..
         frag_length = int.from_bytes(fragment[9:12], "big")
         if frag_offset != 0 or frag_length != length or len(fragment) != 12 + length:
             return HelloCheck(False, None, "fragmented or malformed ClientHello")
-        hello = parse_client_hello(fragment[12:])
+        body = fragment[12:]
+        # Only a ClientHello with a cookie is parsed whole: for one without, finding the cookie's place is
+        # enough to answer (a malformed one is refused when it comes back with its cookie).
+        cookie_at = 35 + body[34] if len(body) > 35 and body[0] == 0xFE and body[34] <= 32 else -1
+        if cookie_at < 0 or cookie_at >= len(body):
+            return HelloCheck(False, None, "truncated or not a DTLS ClientHello")
+        if body[cookie_at]:
+            hello = parse_client_hello(body)
+            for secret in secrets:
+                if hmac.compare_digest(hello.cookie, make_cookie(secret, address, hello.cookie_input)):
+                    return HelloCheck(True, None, "valid cookie", hello, record.sequence, fragment)
+            cookie_input = hello.cookie_input
+        else:
+            cookie_input = body[:cookie_at] + body[cookie_at + 1 :]
     except RemoteProtocolError as exc:
         return HelloCheck(False, None, str(exc))
-    if hello.cookie:
-        for secret in secrets:
-            if hmac.compare_digest(hello.cookie, make_cookie(secret, address, hello.cookie_input)):
-                return HelloCheck(True, None, "valid cookie", hello, record.sequence, fragment)
-    cookie = make_cookie(secrets[0], address, hello.cookie_input)
+    cookie = make_cookie(secrets[0], address, cookie_input)
     message_seq = int.from_bytes(fragment[4:6], "big")
-    body = build_hello_verify_request(cookie)
-
+    verify = build_hello_verify_request(cookie)
     message = (
-        handshake_header(HandshakeType.HELLO_VERIFY_REQUEST, message_seq, len(body), 0, len(body)) + body
+        handshake_header(HandshakeType.HELLO_VERIFY_REQUEST, message_seq, len(verify), 0, len(verify))
+        + verify
     )
     reply = encode_record(ContentType.HANDSHAKE, 0, record.sequence, message)
     return HelloCheck(False, reply, "cookie requested")
