@@ -130,7 +130,6 @@ class Endpoint:
         "_pending_read",
         "_pending_write",
         "_read_cipher",
-        "_read_epoch",
         "_recv_msg_seq",
         "_replay",
         "_retransmit_at",
@@ -142,7 +141,6 @@ class Endpoint:
         "_transcript",
         "_transcript_sha",
         "_write_cipher",
-        "_write_epoch",
         "_write_seq",
         "retransmissions",
         "session",
@@ -160,9 +158,7 @@ class Endpoint:
         self._failure: str | None = None
         self._started = now
         # record layer
-        self._write_epoch = 0
         self._write_seq = {0: 0, 1: 0}
-        self._read_epoch = 0
         self._replay = {0: ReplayWindow(), 1: ReplayWindow()}
         self._write_cipher: RecordCipher | None = None
         self._read_cipher: RecordCipher | None = None
@@ -179,8 +175,8 @@ class Endpoint:
         self._recv_msg_seq = 0
         self._partials: dict[int, _Partial] = {}
         self._flight: list[_Outgoing] = []
-        self._peer_flight_end = -1
-        self._first_hello = self.is_server  # message_seq of the last message of the peer's previous flight
+        self._peer_flight_end = -1  # message_seq of the last message of the peer's previous flight
+        self._first_hello = self.is_server  # a server takes the cookie-bearing ClientHello's message_seq
         self._retransmit_at: float | None = None
         self._retransmit_interval = timers.initial
         self.retransmissions = 0
@@ -331,7 +327,6 @@ class Endpoint:
             if self._pending_read is None:
                 raise RemoteProtocolError("unexpected ChangeCipherSpec")
             self._read_cipher, self._pending_read = self._pending_read, None
-            self._read_epoch = 1
             self._on_change_cipher_spec()
         elif content_type == ContentType.ALERT:
             self._receive_alert(payload)
@@ -541,7 +536,6 @@ class Endpoint:
 
     def _switch_write_epoch(self) -> None:
         self._write_cipher, self._pending_write = self._pending_write, None
-        self._write_epoch = 1
 
     def _add_transcript(self, raw: bytes) -> None:
         self._transcript += raw
@@ -595,7 +589,6 @@ class Endpoint:
         self._cid_out = None if self.is_server else session.cid
         write, read = session.ciphers(is_server=self.is_server)
         self._write_cipher, self._read_cipher = write, read
-        self._write_epoch = self._read_epoch = session.epoch
         self._write_seq[1] = session.write_sequence
         self._replay[1] = ReplayWindow(session.replay_top, session.replay_bitmap)
         self.session = session
