@@ -288,3 +288,42 @@ def test_mbedtls_completes_a_handshake_and_exchanges_data(make_server: ServerFac
     assert [b"hello from mbedtls"] == server.received
     (complete,) = server.completed
     assert DEVICE_ID.hex() == complete.session.identity
+
+
+def test_a_flood_of_spoofed_clienthellos_over_udp_keeps_no_state(make_server: ServerFactory) -> None:
+    """200 cookie-less ClientHellos from 20 sockets: each gets a HelloVerifyRequest, no endpoint is made."""
+    from tests.support.dtls import client_config
+
+    from devicecloud.protocol.dtls import DtlsClient
+
+    server = make_server()
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(20)]
+    try:
+        for sender in senders:
+            sender.settimeout(_DEADLINE)
+            for _ in range(10):
+                client = DtlsClient(client_config(), now=0.0)
+                client.start(0.0)
+                (hello,) = client.datagrams_to_send()
+                sender.sendto(hello, ("127.0.0.1", server.port))
+        answered = 0
+
+        def all_answered() -> bool:
+            nonlocal answered
+            for sender in senders:
+                sender.setblocking(False)
+                try:
+                    while True:
+                        reply = sender.recv(2048)
+                        assert 22 == reply[0]  # a handshake record: the HelloVerifyRequest
+                        answered += 1
+                except BlockingIOError:
+                    pass
+            return answered == 200
+
+        server.serve(all_answered)
+    finally:
+        for sender in senders:
+            sender.close()
+    assert {} == server.sessions
+    assert not server.completed
