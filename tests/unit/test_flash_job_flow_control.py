@@ -1,7 +1,7 @@
 """
 `gateway.flash.FlashJob`'s flow control, with the socket's write buffer under the test's control: an update
 never queues much more than `QUEUE_BYTES`, stops writing while the device reads nothing, and carries on
-when it reads again.
+when it reads again. And `DeviceFacts`, what a link learns for an update.
 """
 
 from __future__ import annotations
@@ -15,8 +15,17 @@ from tests.unit.protocol.conftest import keys  # noqa: F401 - the session's RSA 
 from tests.unit.protocol.test_ota_transfer import Device
 from tests.unit.protocol.test_protocol_connection import ConnectionPair
 
-from devicecloud.gateway.flash import BATCH, QUEUE_BYTES, FlashJob
-from devicecloud.protocol import NEED_DATA, Connection, Event, ResponseStyle, Timing
+from devicecloud.gateway.flash import BATCH, QUEUE_BYTES, DeviceFacts, FlashJob
+from devicecloud.protocol import (
+    NEED_DATA,
+    Connection,
+    Description,
+    Event,
+    EventPublished,
+    HelloReceived,
+    ResponseStyle,
+    Timing,
+)
 from devicecloud.protocol.ota import OtaOptions, OtaTransfer
 
 IMAGE = random.Random(9).randbytes(300 * 1024)
@@ -115,3 +124,19 @@ async def test_an_update_never_queues_more_than_its_share_and_waits_for_a_silent
     assert silent_checked
     assert link.writer.transport.most <= bound, link.writer.transport.most
     assert job.transfer.chunks_resent == 2
+
+
+def test_device_facts_take_the_limits_from_events_or_the_hello_and_bound_the_chunk_size() -> None:
+    facts = DeviceFacts()
+    facts.on_hello(HelloReceived(6, 6, 0x40, 6))
+    assert (facts.target().max_binary, facts.chunk_size, facts.finishes_alone()) == (None, None, None)
+    facts.on_event(EventPublished("spark/hardware/max_binary", b"102400", True, 60, False))
+    facts.on_event(EventPublished("spark/hardware/ota_chunk_size", b"4096", True, 60, False))
+    facts.on_event(EventPublished("spark/hardware/max_binary", b"lots", True, 60, False))  # ignored
+    assert (facts.target().max_binary, facts.chunk_size, facts.target().hello_flags) == (102400, 594, 0x40)
+    facts.on_describe(Description(modules=({"f": "s", "n": "1", "v": 207},)))
+    assert facts.finishes_alone() is True  # Device OS 0.7 finishes a fast update by itself
+    newer = DeviceFacts()
+    limits = {"system_version": 3005, "max_binary": 1_572_864, "ota_chunk_size": 512}
+    newer.on_hello(HelloReceived(6, 6, 0, 6, **limits))
+    assert (newer.target().max_binary, newer.chunk_size, newer.finishes_alone()) == (1_572_864, 512, False)

@@ -17,8 +17,9 @@ Theory of operation:
 
     `DeviceFacts` is what a link learns that an update needs: the Hello's platform and flags, the Describe's
     module list, and the limits Device OS ≤2.x announces in its ``spark/hardware/max_binary`` and
-    ``spark/hardware/ota_chunk_size`` events. The Device OS version decides how a fast update ends: 0.7
-    finishes by itself, 0.8.0-rc.25 and later want UpdateDone again (see `protocol.ota`).
+    ``spark/hardware/ota_chunk_size`` events (≥3.0 puts them, and its system version, in the Hello). The
+    Device OS version decides how a fast update ends: 0.7 finishes by itself, 0.8.0-rc.25 and later want
+    UpdateDone again (see `protocol.ota`).
 """
 
 from __future__ import annotations
@@ -76,9 +77,15 @@ class DeviceFacts:
         self.max_binary: int | None = None
         self.chunk_size: int | None = None
         self.modules: tuple[Mapping[str, Any], ...] | None = None
+        self.system_version: int | None = None
 
     def on_hello(self, event: HelloReceived) -> None:
         self.platform_id, self.hello_flags = event.platform_id, event.flags
+        self.system_version = event.system_version
+        if event.max_binary:  # Device OS ≥ 3.0 says its limits in the Hello instead of events
+            self.max_binary = event.max_binary
+        if event.ota_chunk_size:
+            self.chunk_size = min(event.ota_chunk_size, MAX_CHUNK_SIZE)
 
     def on_describe(self, description: Description) -> None:
         if description.modules is not None:
@@ -102,7 +109,7 @@ class DeviceFacts:
         return UpdateTarget(self.platform_id, self.max_binary, self.hello_flags, self.modules)
 
     def finishes_alone(self) -> bool | None:
-        version = system_module_version(self.modules)
+        version = system_module_version(self.modules) or self.system_version
         return None if version is None else version < RESEND_DONE_SINCE
 
 

@@ -132,6 +132,20 @@ def _utf8(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8", "replace"), False
 
 
+def _hello_limits(p: bytes) -> dict[str, int]:
+    """
+    Device OS ≥ 3.0 Hello over TCP (20 bytes, no device id): after the platform, reserved u8, id length u8
+    (0), system version u16, max message size u16, max binary size u32, OTA chunk size u16 (all BE).
+    """
+    if len(p) < 20 or p[9] != 0:
+        return {}
+    return {
+        "system_version": int.from_bytes(p[10:12], "big"),
+        "max_binary": int.from_bytes(p[14:18], "big"),
+        "ota_chunk_size": int.from_bytes(p[18:20], "big"),
+    }
+
+
 def _device_id_bytes(device_id: bytes | str) -> bytes:
     if isinstance(device_id, str):
         try:
@@ -451,6 +465,7 @@ class Connection:
                 product_firmware_version=int.from_bytes(p[2:4], "big") if len(p) >= 4 else None,
                 flags=p[5] if len(p) >= 6 else 0,
                 platform_id=int.from_bytes(p[6:8], "big") if len(p) >= 8 else None,
+                **_hello_limits(p),
             )
         )
 

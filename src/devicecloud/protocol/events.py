@@ -98,12 +98,19 @@ class HandshakeCompleted(Event):
 
 @dataclass(frozen=True)
 class HelloReceived(Event):
-    """Cloud: the device's Hello arrived (the server Hello has been queued). Missing fields are ``None``."""
+    """
+    Cloud: the device's Hello arrived (the server Hello has been queued). Missing fields are ``None``; the
+    last three come only in the longer Hello of Device OS ≥ 3.0 (system module version, the largest binary
+    and the OTA chunk size it takes).
+    """
 
     product_id: int | None
     product_firmware_version: int | None
     flags: int
     platform_id: int | None
+    system_version: int | None = None
+    max_binary: int | None = None
+    ota_chunk_size: int | None = None
 
 
 @dataclass(frozen=True)
