@@ -23,6 +23,7 @@ from devicecloud.domain.accounts import AccessToken, User
 from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
+from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.token_lookup import TokenLookup
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 
@@ -92,6 +93,7 @@ class SqlUnitOfWork:
         self.claim_codes = SqlClaimCodes(conn)
         self.webhooks = SqlWebhooks(conn)
         self.deliveries = SqlDeliveries(conn)
+        self.libraries = SqlLibraries(conn)
 
 
 class SqlStore:
