@@ -12,6 +12,7 @@ from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
+from devicecloud.services.libraries import LibraryService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
@@ -28,3 +29,4 @@ class ApiDeps:
     device_keys: DeviceKeyService
     events: EventService
     webhooks: WebhookService
+    libraries: LibraryService

@@ -9,6 +9,7 @@ blocking file work runs in a worker thread. An object store would implement the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import tempfile
@@ -32,8 +33,14 @@ class FileArchiveStorage:
 
     @staticmethod
     def _put(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        for attempt in range(3):  # a delete may remove the empty folder between mkdir and mkstemp
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -52,7 +59,13 @@ class FileArchiveStorage:
             return None
 
     async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
+        await asyncio.to_thread(self._delete, self._path(key))
+
+    @staticmethod
+    def _delete(path: Path) -> None:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # only when empty: no trace of a refused or deleted archive
+            path.parent.rmdir()
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._path(key).is_file)
