@@ -3,7 +3,7 @@ Library archives as files under the data directory (decision 0019): ``<root>/<ke
 
 Keys are random hex chosen by the service, never user input, so no path is built from what a client sent.
 Writes go to a temporary file first and are renamed into place, so a reader never sees half an archive. The
-blocking file work runs in a worker thread. An object store would implement the same four methods.
+blocking file work runs in a worker thread. An object store would implement the same three methods.
 """
 
 from __future__ import annotations
@@ -66,6 +66,3 @@ class FileArchiveStorage:
         path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # only when empty: no trace of a refused or deleted archive
             path.parent.rmdir()
-
-    async def exists(self, key: str) -> bool:
-        return await asyncio.to_thread(self._path(key).is_file)
