@@ -59,6 +59,8 @@ class ArchiveStorage(Protocol):
 @dataclass(frozen=True, slots=True)
 class LibraryPolicy:
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    # Archives read at once: each may hold up to max_unpacked bytes in memory while it is checked.
+    concurrent_reads: int = 2
 
 
 def not_found(name: str) -> NotFound:
@@ -160,6 +162,7 @@ class LibraryService:
         self.clock = clock
         self.storage = storage
         self.policy = policy or LibraryPolicy()
+        self._reading = asyncio.Semaphore(self.policy.concurrent_reads)
 
     @property
     def max_upload(self) -> int:
@@ -233,7 +236,8 @@ class LibraryService:
         """
         Add a private version from a tar.gz upload. Nothing is stored unless every check passes.
         """
-        archive: LibraryArchive = await asyncio.to_thread(read_archive, data, self.policy.limits)
+        async with self._reading:
+            archive: LibraryArchive = await asyncio.to_thread(read_archive, data, self.policy.limits)
         metadata = archive.metadata
         if path_name is not None and name_key(path_name) != name_key(metadata.name):
             raise library_error(f"The archive is library {metadata.name}, not {path_name[:64]}")
