@@ -258,3 +258,27 @@ async def test_a_deleted_owner_leaves_public_libraries(client: httpx.AsyncClient
     assert 200 == deleted.status_code, deleted.text
     assert ["Lasting"] == await names(client, bob)
     assert 403 == (await upload(client, bob, library_archive("Lasting", "2.0.0"))).status_code
+
+
+async def test_the_catalogues_curl_forms(client: httpx.AsyncClient) -> None:
+    """``curl -F archive=@… '/v1/libraries?access_token=…'`` and ``curl -X PATCH -d visibility=public …``."""
+    ada = await make_account(client, "ada@example.com")
+    created = await client.post(
+        "/v1/libraries",
+        params={"access_token": ada.token},
+        files={"archive": ("library.tar.gz", library_archive("testlib43", "1.0.2"))},
+    )
+    assert ("testlib43", "private") == (created.json()["data"]["id"], attributes(created)["visibility"])
+    published = await client.patch(
+        "/v1/libraries/testlib43", params={"access_token": ada.token}, data={"visibility": "public"}
+    )
+    assert "public" == attributes(published)["visibility"]
+    # A token in a multipart body is refused with the catalogue's words, before anything is stored.
+    in_body = await client.post(
+        "/v1/libraries",
+        data={"access_token": ada.token},
+        files={"archive": ("library.tar.gz", library_archive("testlib43", "1.0.3"))},
+    )
+    assert 400 == in_body.status_code
+    assert "content type must be application/x-www-form-urlencoded" in in_body.json()["error_description"]
+    assert "1.0.2" == attributes(await client.get("/v1/libraries/testlib43", headers=ada.auth))["version"]

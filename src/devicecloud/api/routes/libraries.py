@@ -15,12 +15,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from devicecloud.api.auth import require
 from devicecloud.api.deps import ApiDeps
-from devicecloud.api.params import MULTIPART, content_type, read_params, unflatten
+from devicecloud.api.params import MULTIPART, body_doc, content_type, query_doc, read_params, unflatten
 from devicecloud.api.text_guard import StrictMultiPartParser, check_tree
 from devicecloud.domain.accounts import Principal
 from devicecloud.domain.libraries import LibraryView, library_error
@@ -28,6 +29,63 @@ from devicecloud.errors import InvalidInput
 
 router = APIRouter(tags=["Libraries"])
 MULTIPART_OVERHEAD = 65_536  # boundaries and part headers around the archive
+
+
+class ListParams(BaseModel):
+    """
+    ``GET /v1/libraries`` (documentation only: the service reads and checks them).
+    """
+
+    filter: str | None = Field(default=None, description="Part of the name, any case")
+    page: int | None = Field(default=None, description="Page number, from 1")
+    limit: int | None = Field(default=None, description="Libraries per page, 1–100 (10)")
+    sort: str | None = Field(
+        default=None,
+        description="name, installs, popularity, published, updated, created, official or verified; "
+        "- first for descending (default -popularity)",
+    )
+    scope: str | None = Field(
+        default=None, description="all (default), official, verified, public, mine, private"
+    )
+    excludeScopes: str | None = Field(default=None, description="Comma-separated scopes to leave out")
+    architectures: str | None = Field(default=None, description="Comma-separated architectures")
+
+
+class VersionParams(BaseModel):
+    version: str | None = Field(default=None, description="MAJOR.MINOR.PATCH or latest (default)")
+    scope: str | None = Field(default=None, description="all (default), public or private")
+
+
+class PublishParams(BaseModel):
+    visibility: str = Field(description="public (the only change a version can make)")
+
+
+class VersionListParams(BaseModel):
+    scope: str | None = Field(default=None, description="all (default), public or private")
+    page: int | None = Field(default=None, description="Page number, from 1")
+    limit: int | None = Field(default=None, description="Versions per page, 1–100 (100)")
+
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            MULTIPART: {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "archive": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "tar.gz of the library, library.properties at its top",
+                        }
+                    },
+                    "required": ["archive"],
+                }
+            }
+        },
+    }
+}
 
 
 def _deps(request: Request) -> ApiDeps:
@@ -76,7 +134,9 @@ async def _params(request: Request) -> dict[str, Any]:
     return params
 
 
-@router.get("/v1/libraries", summary="List libraries (public ones and your own)")
+@router.get(
+    "/v1/libraries", summary="List libraries (public ones and your own)", openapi_extra=query_doc(ListParams)
+)
 async def list_libraries(
     request: Request, principal: Annotated[Principal, Depends(require(None))]
 ) -> dict[str, Any]:
@@ -84,7 +144,11 @@ async def list_libraries(
     return {"data": [render(request, view, principal.user.id) for view in views]}
 
 
-@router.get("/v1/libraries/{name}/versions", summary="A library's versions, oldest first")
+@router.get(
+    "/v1/libraries/{name}/versions",
+    summary="A library's versions, oldest first",
+    openapi_extra=query_doc(VersionListParams),
+)
 async def library_versions(
     request: Request, name: str, principal: Annotated[Principal, Depends(require(None))]
 ) -> dict[str, Any]:
@@ -92,7 +156,11 @@ async def library_versions(
     return {"data": [render(request, view, principal.user.id) for view in views]}
 
 
-@router.get("/v1/libraries/{name}", summary="A library version (default: the latest you may see)")
+@router.get(
+    "/v1/libraries/{name}",
+    summary="A library version (default: the latest you may see)",
+    openapi_extra=query_doc(VersionParams),
+)
 async def get_library(
     request: Request, name: str, principal: Annotated[Principal, Depends(require(None))]
 ) -> dict[str, Any]:
@@ -160,17 +228,31 @@ async def _upload(request: Request, name: str | None) -> JSONResponse:
     return JSONResponse({"data": render(request, view, principal.user.id)}, status_code=201)
 
 
-@router.post("/v1/libraries", status_code=201, summary="Upload a private library version (tar.gz)")
+@router.post(
+    "/v1/libraries",
+    status_code=201,
+    summary="Upload a private library version (tar.gz)",
+    openapi_extra=UPLOAD_BODY,
+)
 async def upload_library(request: Request) -> JSONResponse:
     return await _upload(request, None)
 
 
-@router.post("/v1/libraries/{name}", status_code=201, summary="Upload a private version of this library")
+@router.post(
+    "/v1/libraries/{name}",
+    status_code=201,
+    summary="Upload a private version of this library",
+    openapi_extra=UPLOAD_BODY,
+)
 async def upload_library_version(request: Request, name: str) -> JSONResponse:
     return await _upload(request, name)
 
 
-@router.patch("/v1/libraries/{name}", summary="Publish the latest private version (visibility=public)")
+@router.patch(
+    "/v1/libraries/{name}",
+    summary="Publish the latest private version (visibility=public)",
+    openapi_extra=body_doc(PublishParams),
+)
 async def publish_library(
     request: Request, name: str, principal: Annotated[Principal, Depends(require(None))]
 ) -> dict[str, Any]:
