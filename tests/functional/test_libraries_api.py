@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.api import Account, make_account
+from tests.support.clock import FakeClock
 from tests.support.libraries import library_archive, library_files, unpack, upload
 
 from devicecloud.runtime import Runtime
@@ -282,3 +283,20 @@ async def test_the_catalogues_curl_forms(client: httpx.AsyncClient) -> None:
     assert 400 == in_body.status_code
     assert "content type must be application/x-www-form-urlencoded" in in_body.json()["error_description"]
     assert "1.0.2" == attributes(await client.get("/v1/libraries/testlib43", headers=ada.auth))["version"]
+
+
+async def test_sorts_by_time(client: httpx.AsyncClient, clock: FakeClock) -> None:
+    ada = await make_account(client, "ada@example.com")
+    for name in ("aa", "bb", "cc"):
+        await upload(client, ada, library_archive(name, "1.0.0"))
+        clock.advance(60)
+    for name in ("cc", "aa"):
+        await client.patch(f"/v1/libraries/{name}", json={"visibility": "public"}, headers=ada.auth)
+        clock.advance(60)
+    await upload(client, ada, library_archive("bb", "1.1.0"))
+    assert ["aa", "bb", "cc"] == await names(client, ada, sort="created")
+    assert ["cc", "bb", "aa"] == await names(client, ada, sort="-created")
+    assert ["cc", "aa", "bb"] == await names(client, ada, sort="published")  # never published: last
+    assert ["aa", "cc", "bb"] == await names(client, ada, sort="-published")
+    assert ["aa", "cc", "bb"] == await names(client, ada, sort="updated")
+    assert ["bb", "cc", "aa"] == await names(client, ada, sort="-updated")
