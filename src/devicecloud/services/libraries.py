@@ -326,6 +326,22 @@ class LibraryService:
         for key in archive_keys:
             await self.storage.delete(key)
 
+    async def mark(self, name: str, *, official: bool | None = None, verified: bool | None = None) -> Library:
+        """
+        An operator's call (no owner check): mark a library official and/or verified, or not.
+        """
+        flags = {k: v for k, v in (("official", official), ("verified", verified)) if v is not None}
+        async with self.store.transaction() as tx:
+            library = await tx.libraries.get_by_name(name_key(_name_from_path(name)))
+            if library is None:
+                raise not_found(name)
+            if flags:
+                await tx.libraries.set_flags(library.id, **flags)
+            marked = await tx.libraries.get_by_name(name_key(library.name))
+        if marked is None:
+            raise not_found(name)
+        return marked
+
     async def _owned(self, tx: UnitOfWork, owner: User, name: str) -> Library:
         library = await tx.libraries.get_by_name(name_key(_name_from_path(name)))
         if library is None:

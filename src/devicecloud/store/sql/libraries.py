@@ -278,6 +278,12 @@ class SqlLibraries:
         row = (await self._conn.execute(query)).first()
         return _version(row) if row else None
 
+    async def set_flags(self, library_id: int, **flags: bool) -> None:
+        """
+        Set ``official`` and/or ``verified``.
+        """
+        await self._conn.execute(update(libraries).where(libraries.c.id == library_id).values(**flags))
+
     async def count_install(self, library_id: int) -> None:
         await self._conn.execute(
             update(libraries).where(libraries.c.id == library_id).values(installs=libraries.c.installs + 1)
