@@ -148,6 +148,8 @@ async def test_download_link_serves_the_checked_files_without_a_token(client: ht
     key = path.split("/")[3]
     assert 404 == (await client.get(path.replace(key, "0" * 32))).status_code
     assert 404 == (await client.get(path.replace("Fetch-0.1.0", "Fetch-0.2.0"))).status_code
+    assert 404 == (await client.get(path.replace("Fetch-0.1.0", "Fétch-0.1.0"))).status_code
+    assert 404 == (await client.get(f"/v1/library-archives/{'é' * 40}/x.tar.gz")).status_code
     deleted = await client.delete("/v1/libraries/Fetch", headers=ada.auth)
     assert {"ok": True} == deleted.json()
     assert 404 == (await client.get(path)).status_code
