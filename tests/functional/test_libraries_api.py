@@ -302,3 +302,44 @@ async def test_sorts_by_time(client: httpx.AsyncClient, clock: FakeClock) -> Non
     assert ["aa", "cc", "bb"] == await names(client, ada, sort="-published")
     assert ["aa", "cc", "bb"] == await names(client, ada, sort="updated")
     assert ["bb", "cc", "aa"] == await names(client, ada, sort="-updated")
+
+
+async def test_version_scopes(client: httpx.AsyncClient) -> None:
+    """Publishing makes only the latest version public: an older private one stays the owner's."""
+    ada = await make_account(client, "ada@example.com")
+    bob = await make_account(client, "bob@example.com")
+    await upload(client, ada, library_archive("Scoped", "1.0.0"))
+    await upload(client, ada, library_archive("Scoped", "1.1.0"))
+    await client.patch("/v1/libraries/Scoped", json={"visibility": "public"}, headers=ada.auth)
+
+    async def version(account: Account, **params: str) -> str | int:
+        reply = await client.get("/v1/libraries/Scoped", params=params, headers=account.auth)
+        return str(attributes(reply)["version"]) if reply.status_code == 200 else reply.status_code
+
+    async def listed(account: Account, **params: str) -> list[str] | int:
+        reply = await client.get("/v1/libraries/Scoped/versions", params=params, headers=account.auth)
+        if reply.status_code != 200:
+            return reply.status_code
+        return [item["attributes"]["version"] for item in reply.json()["data"]]
+
+    assert ("1.1.0", "1.1.0", "1.0.0") == (
+        await version(ada),
+        await version(ada, scope="public"),
+        await version(ada, scope="private"),
+    )
+    assert ("1.1.0", 404, 404) == (
+        await version(bob),
+        await version(bob, scope="private"),
+        await version(bob, version="1.0.0"),
+    )
+    assert (["1.0.0", "1.1.0"], ["1.1.0"], ["1.0.0"]) == (
+        await listed(ada),
+        await listed(ada, scope="public"),
+        await listed(ada, scope="private"),
+    )
+    assert (["1.1.0"], 404) == (await listed(bob), await listed(bob, scope="private"))
+    assert ([], 400, 400) == (
+        await listed(ada, page="2"),
+        await listed(ada, scope="mine"),
+        await version(ada, version="1.0"),
+    )

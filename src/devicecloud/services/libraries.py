@@ -189,9 +189,7 @@ class LibraryService:
                 raise not_found(name)
             owner = library.owner_id == viewer.id
             if wanted == "latest":
-                version = await tx.libraries.latest_version(
-                    library.id, public_only=not owner or scope == "public"
-                )
+                version = await tx.libraries.latest_version(library.id, visibility=_shown(owner, scope))
             else:
                 version = await tx.libraries.get_version(library.id, wanted)
         if version is None or not _visible(version, owner=owner, scope=scope):
@@ -207,7 +205,7 @@ class LibraryService:
                 raise not_found(name)
             owner = library.owner_id == viewer.id
             found = await tx.libraries.list_versions(
-                library.id, public_only=not owner or scope == "public", offset=offset, limit=limit
+                library.id, visibility=_shown(owner, scope), offset=offset, limit=limit
             )
         shown = [LibraryView(library, v) for v in found if _visible(v, owner=owner, scope=scope)]
         if not shown and offset == 0:
@@ -318,7 +316,7 @@ class LibraryService:
             raise library_error("force is not supported by this server: public libraries cannot be deleted")
         async with self.store.transaction() as tx:
             library = await self._owned(tx, owner, name)
-            if await tx.libraries.latest_version(library.id, public_only=True) is not None:
+            if await tx.libraries.latest_version(library.id, visibility=Visibility.PUBLIC) is not None:
                 raise library_error(
                     f"Library {library.name} is public and cannot be deleted: others may depend on it"
                 )
@@ -347,11 +345,20 @@ class LibraryService:
         if library is None:
             raise not_found(name)
         if library.owner_id != owner.id:
-            if await tx.libraries.latest_version(library.id, public_only=True) is None:
+            if await tx.libraries.latest_version(library.id, visibility=Visibility.PUBLIC) is None:
                 raise not_found(name)  # someone else's private library is as absent as a missing one
             description = f"You are not an owner of library {library.name}"
             raise PermissionDenied(description, code="forbidden", errors=[{"message": description}])
         return library
+
+
+def _shown(owner: bool, scope: str) -> Visibility | None:
+    """
+    Which versions a caller may pick from: others only public ones; the owner what the scope asks.
+    """
+    if not owner or scope == "public":
+        return Visibility.PUBLIC
+    return Visibility.PRIVATE if scope == "private" else None
 
 
 def _visible(version: LibraryVersion, *, owner: bool, scope: str) -> bool:

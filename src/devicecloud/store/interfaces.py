@@ -14,7 +14,14 @@ from typing import Any, Protocol
 
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
-from devicecloud.domain.libraries import Library, LibraryMetadata, LibraryQuery, LibraryVersion, LibraryView
+from devicecloud.domain.libraries import (
+    Library,
+    LibraryMetadata,
+    LibraryQuery,
+    LibraryVersion,
+    LibraryView,
+    Visibility,
+)
 from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
 
@@ -292,13 +299,13 @@ class LibraryRepository(Protocol):
         ...
 
     async def latest_version(
-        self, library_id: int, *, public_only: bool = False
+        self, library_id: int, *, visibility: Visibility | None = None
     ) -> LibraryVersion | None: ...
 
     async def get_version(self, library_id: int, version: str) -> LibraryVersion | None: ...
 
     async def list_versions(
-        self, library_id: int, *, public_only: bool, offset: int, limit: int
+        self, library_id: int, *, visibility: Visibility | None, offset: int, limit: int
     ) -> Sequence[LibraryVersion]:
         """
         Oldest version first.

@@ -181,10 +181,12 @@ class SqlLibraries:
             library_versions, libraries, libraries.c.id == library_versions.c.library_id
         )
 
-    async def latest_version(self, library_id: int, *, public_only: bool = False) -> LibraryVersion | None:
+    async def latest_version(
+        self, library_id: int, *, visibility: Visibility | None = None
+    ) -> LibraryVersion | None:
         query = self._versions().where(library_versions.c.library_id == library_id)
-        if public_only:
-            query = query.where(library_versions.c.visibility == Visibility.PUBLIC.value)
+        if visibility is not None:
+            query = query.where(library_versions.c.visibility == visibility.value)
         row = (await self._conn.execute(query.order_by(*NEWEST_FIRST).limit(1))).first()
         return _version(row) if row else None
 
@@ -196,11 +198,11 @@ class SqlLibraries:
         return _version(row) if row else None
 
     async def list_versions(
-        self, library_id: int, *, public_only: bool, offset: int, limit: int
+        self, library_id: int, *, visibility: Visibility | None, offset: int, limit: int
     ) -> Sequence[LibraryVersion]:
         query = self._versions().where(library_versions.c.library_id == library_id)
-        if public_only:
-            query = query.where(library_versions.c.visibility == Visibility.PUBLIC.value)
+        if visibility is not None:
+            query = query.where(library_versions.c.visibility == visibility.value)
         order = (library_versions.c.major, library_versions.c.minor, library_versions.c.patch)
         rows = (await self._conn.execute(query.order_by(*order).offset(offset).limit(limit))).all()
         return [_version(row) for row in rows]
