@@ -22,6 +22,7 @@ from devicecloud.api.deps import ApiDeps
 from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.domain.accounts import User
+from devicecloud.domain.library_archives import ArchiveLimits
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
 from devicecloud.notify import LogNotifier, SmtpNotifier
@@ -34,6 +35,7 @@ from devicecloud.services.device_sessions import DeviceSessionService, SessionPo
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.groups import GroupService
+from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
 from devicecloud.services.products import ProductService
@@ -41,6 +43,7 @@ from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
+from devicecloud.store.archives import FileArchiveStorage
 from devicecloud.store.keyfiles import load_or_create_server_key
 from devicecloud.store.sql import PoolLimits, SqlStore
 from devicecloud.webhooks.dispatcher import DispatchPolicy, WebhookDispatcher
@@ -111,6 +114,7 @@ class Runtime:
     dispatcher: WebhookDispatcher
     products: ProductService
     groups: GroupService
+    libraries: LibraryService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
@@ -128,6 +132,7 @@ class Runtime:
             webhooks=self.webhooks,
             products=self.products,
             groups=self.groups,
+            libraries=self.libraries,
         )
 
     @property
@@ -225,6 +230,17 @@ def server_key_slot_image(key: rsa.RSAPrivateKey, host: str, port: int) -> bytes
         return server_key_slot(der, host, port)
     except LocalProtocolError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def build_libraries(settings: Settings, store: SqlStore, clock: Clock) -> LibraryService:
+    """
+    The library registry, its archives as files under ``<data dir>/libraries`` (decision 0019).
+    """
+    limits = ArchiveLimits(
+        max_archive=settings.library_max_archive_bytes, max_unpacked=settings.library_max_unpacked_bytes
+    )
+    storage = FileArchiveStorage(settings.data_dir / "libraries")
+    return LibraryService(store=store, clock=clock, storage=storage, policy=LibraryPolicy(limits=limits))
 
 
 def build_runtime(
@@ -388,4 +404,5 @@ def build_runtime(
         dispatcher=dispatcher,
         products=products,
         groups=groups,
+        libraries=build_libraries(settings, store, clock),
     )

@@ -27,6 +27,7 @@ from devicecloud.api.routes import (
     devices,
     events,
     groups,
+    libraries,
     oauth,
     products,
     provisioning,
@@ -85,6 +86,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         webhooks,
         products,
         groups,
+        libraries,
     ):
         app.include_router(module.router)
 

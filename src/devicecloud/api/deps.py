@@ -13,6 +13,7 @@ from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
 from devicecloud.services.groups import GroupService
+from devicecloud.services.libraries import LibraryService
 from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
@@ -32,3 +33,4 @@ class ApiDeps:
     webhooks: WebhookService
     products: ProductService
     groups: GroupService
+    libraries: LibraryService
