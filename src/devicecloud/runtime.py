@@ -23,6 +23,7 @@ from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.compiler import CommandCompiler
 from devicecloud.domain.accounts import User
+from devicecloud.domain.library_archives import ArchiveLimits
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
 from devicecloud.notify import LogNotifier, SmtpNotifier
@@ -36,6 +37,7 @@ from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
+from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
 from devicecloud.services.products import ProductService
@@ -43,6 +45,7 @@ from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
+from devicecloud.store.archives import FileArchiveStorage
 from devicecloud.store.binaryfiles import BinaryFiles
 from devicecloud.store.keyfiles import load_or_create_server_key
 from devicecloud.store.sql import PoolLimits, SqlStore
@@ -115,6 +118,7 @@ class Runtime:
     firmware: FirmwareService
     products: ProductService
     groups: GroupService
+    libraries: LibraryService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
@@ -133,6 +137,7 @@ class Runtime:
             firmware=self.firmware,
             products=self.products,
             groups=self.groups,
+            libraries=self.libraries,
         )
 
     @property
@@ -231,6 +236,17 @@ def server_key_slot_image(key: rsa.RSAPrivateKey, host: str, port: int) -> bytes
         return server_key_slot(der, host, port)
     except LocalProtocolError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def build_libraries(settings: Settings, store: SqlStore, clock: Clock) -> LibraryService:
+    """
+    The library registry, its archives as files under ``<data dir>/libraries`` (decision 0019).
+    """
+    limits = ArchiveLimits(
+        max_archive=settings.library_max_archive_bytes, max_unpacked=settings.library_max_unpacked_bytes
+    )
+    storage = FileArchiveStorage(settings.data_dir / "libraries")
+    return LibraryService(store=store, clock=clock, storage=storage, policy=LibraryPolicy(limits=limits))
 
 
 def build_runtime(
@@ -407,4 +423,5 @@ def build_runtime(
         firmware=firmware,
         products=products,
         groups=groups,
+        libraries=build_libraries(settings, store, clock),
     )

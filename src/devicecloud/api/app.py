@@ -28,6 +28,7 @@ from devicecloud.api.routes import (
     events,
     firmware,
     groups,
+    libraries,
     oauth,
     products,
     provisioning,
@@ -86,6 +87,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         webhooks,
         products,
         groups,
+        libraries,
         firmware,
     ):
         app.include_router(module.router)

@@ -14,6 +14,7 @@ from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
 from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
+from devicecloud.services.libraries import LibraryService
 from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
@@ -34,3 +35,4 @@ class ApiDeps:
     firmware: FirmwareService
     products: ProductService
     groups: GroupService
+    libraries: LibraryService

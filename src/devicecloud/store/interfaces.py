@@ -15,6 +15,14 @@ from typing import Any, Protocol
 from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
+from devicecloud.domain.libraries import (
+    Library,
+    LibraryMetadata,
+    LibraryQuery,
+    LibraryVersion,
+    LibraryView,
+    Visibility,
+)
 from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
 from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
@@ -393,6 +401,70 @@ class GroupRepository(Protocol):
     ) -> FirmwareImpact: ...
 
 
+class LibraryRepository(Protocol):
+    """
+    Firmware libraries and their versions (decision 0019). Names are looked up by their lower-cased key.
+    """
+
+    async def get_by_name(self, key: str) -> Library | None: ...
+
+    async def add(self, name: str, key: str, *, owner_id: int, now: datetime) -> Library:
+        """
+        Insert a library. Raises `errors.Conflict` when the name is taken (in any case).
+        """
+        ...
+
+    async def latest_version(
+        self, library_id: int, *, visibility: Visibility | None = None
+    ) -> LibraryVersion | None: ...
+
+    async def get_version(self, library_id: int, version: str) -> LibraryVersion | None: ...
+
+    async def list_versions(
+        self, library_id: int, *, visibility: Visibility | None, offset: int, limit: int
+    ) -> Sequence[LibraryVersion]:
+        """
+        Oldest version first.
+        """
+        ...
+
+    async def add_version(
+        self,
+        library_id: int,
+        metadata: LibraryMetadata,
+        *,
+        archive_key: str,
+        download_key: str,
+        size: int,
+        sha256: str,
+        now: datetime,
+    ) -> LibraryVersion:
+        """
+        Insert a private version. Raises `errors.Conflict` when that version exists.
+        """
+        ...
+
+    async def publish(self, version_id: int, library_id: int, *, now: datetime) -> None: ...
+
+    async def delete(self, library_id: int) -> list[str]:
+        """
+        Remove a library with its versions; returns their archive keys.
+        """
+        ...
+
+    async def by_download_key(self, download_key: str) -> LibraryVersion | None: ...
+
+    async def set_flags(self, library_id: int, **flags: bool) -> None:
+        """
+        Set ``official`` and/or ``verified``.
+        """
+        ...
+
+    async def count_install(self, library_id: int) -> None: ...
+
+    async def search(self, query: LibraryQuery) -> Sequence[LibraryView]: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def users(self) -> UserRepository: ...
@@ -417,6 +489,9 @@ class UnitOfWork(Protocol):
 
     @property
     def webhooks(self) -> WebhookRepository: ...
+
+    @property
+    def libraries(self) -> LibraryRepository: ...
 
     @property
     def deliveries(self) -> DeliveryRepository: ...

@@ -280,3 +280,48 @@ device_group_members = Table(
         index=True,
     ),
 )
+
+# Firmware libraries (decision 0019). A name is owned by its first uploader; owner_id becomes NULL when that
+# account is deleted, so public libraries others depend on survive it. The two version pointers say which
+# version the owner sees (the latest) and which everyone else sees (the latest public one); they are kept by
+# the repository in the transaction that adds, publishes or deletes versions.
+libraries = Table(
+    "libraries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("name_key", String(64), nullable=False, unique=True),  # lower-cased: names are case-insensitive
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("official", Boolean, nullable=False, default=False),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("installs", Integer, nullable=False, default=0),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("published_at", UtcDateTime, nullable=True),
+    Column("latest_version_id", Integer, nullable=True),
+    Column("latest_public_version_id", Integer, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+library_versions = Table(
+    "library_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("library_id", Integer, ForeignKey("libraries.id", ondelete="CASCADE"), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("major", BigInteger, nullable=False),
+    Column("minor", BigInteger, nullable=False),
+    Column("patch", BigInteger, nullable=False),
+    Column("visibility", String(8), nullable=False),
+    Column("details", JSON, nullable=False),
+    # ",photon,electron," (empty: every architecture), for the list's architectures filter
+    Column("architectures", Text, nullable=False, default=""),
+    Column("archive_key", String(64), nullable=False),
+    Column("download_key", String(32), nullable=False, unique=True),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("uploaded_at", UtcDateTime, nullable=False),
+    Column("published_at", UtcDateTime, nullable=True),
+    UniqueConstraint("library_id", "version", name="uq_library_versions_library_id_version"),
+    Index("ix_library_versions_library_id_order", "library_id", "major", "minor", "patch"),
+    sqlite_autoincrement=True,
+)
