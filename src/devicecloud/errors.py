@@ -143,3 +143,11 @@ class DeviceOffline(NotFound):
     """
 
     default_code = "Device is offline"
+
+
+class Busy(DomainError):
+    """
+    The object is in the middle of something that excludes this request (a device already being updated).
+    """
+
+    default_code = "conflict"

@@ -21,6 +21,7 @@ from devicecloud.api.app import create_app
 from devicecloud.api.deps import ApiDeps
 from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
+from devicecloud.compiler import CommandCompiler
 from devicecloud.domain.accounts import User
 from devicecloud.domain.library_archives import ArchiveLimits
 from devicecloud.errors import Conflict
@@ -34,6 +35,7 @@ from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
+from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.passwords import Passwords
@@ -44,6 +46,7 @@ from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
 from devicecloud.store.archives import FileArchiveStorage
+from devicecloud.store.binaryfiles import BinaryFiles
 from devicecloud.store.keyfiles import load_or_create_server_key
 from devicecloud.store.sql import PoolLimits, SqlStore
 from devicecloud.webhooks.dispatcher import DispatchPolicy, WebhookDispatcher
@@ -112,6 +115,7 @@ class Runtime:
     events: EventService
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
+    firmware: FirmwareService
     products: ProductService
     groups: GroupService
     libraries: LibraryService
@@ -130,6 +134,7 @@ class Runtime:
             device_keys=self.device_keys,
             events=self.events,
             webhooks=self.webhooks,
+            firmware=self.firmware,
             products=self.products,
             groups=self.groups,
             libraries=self.libraries,
@@ -189,6 +194,7 @@ class Runtime:
             # Before the store closes: links report their devices offline while they stop.
             await self.gateway.stop()
             self.gateway_started = False
+        await self.firmware.aclose()
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
         await self.bus.close()
         await self.notifier.drain()
@@ -384,6 +390,18 @@ def build_runtime(
     )
     webhooks.runner = dispatcher
     sessions.on_status = events.publish_status
+    firmware = FirmwareService(
+        devices=devices,
+        updates=gateway.updates,
+        events=events,
+        clock=clock,
+        binaries=BinaryFiles(settings.data_dir / "binaries", clock.now),
+        compiler=(
+            CommandCompiler(settings.compile_command, timeout=settings.compile_timeout)
+            if settings.compile_command
+            else None
+        ),
+    )
     return Runtime(
         settings=settings,
         clock=clock,
@@ -402,6 +420,7 @@ def build_runtime(
         events=events,
         webhooks=webhooks,
         dispatcher=dispatcher,
+        firmware=firmware,
         products=products,
         groups=groups,
         libraries=build_libraries(settings, store, clock),

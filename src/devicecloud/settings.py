@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds to wait for a device to answer a function call or variable read.",
     )
+    compile_command: str | None = Field(
+        default=None,
+        description="Cloud compile: a command run for each compile, with {sources} {output} {platform} "
+        "{version} filled in; unset = cloud compile is not configured.",
+    )
+    compile_timeout: float = Field(default=300.0, gt=0, description="Seconds one compile may take.")
     event_queue_bound: int = Field(
         default=1000,
         ge=1,

@@ -104,8 +104,7 @@ class DeviceRunner:
             device_id=identity.device_id,
             device_key=identity.private_key,
             server_public_key=self.server_public_key,
-            reconnect=False,
-            **{"demo": True, **options},
+            **{"demo": True, "reconnect": False, **options},
         )
         self.devices.append(device)
 

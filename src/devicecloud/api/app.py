@@ -26,6 +26,7 @@ from devicecloud.api.routes import (
     clients,
     devices,
     events,
+    firmware,
     groups,
     libraries,
     oauth,
@@ -87,6 +88,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         products,
         groups,
         libraries,
+        firmware,
     ):
         app.include_router(module.router)
 

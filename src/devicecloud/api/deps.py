@@ -12,6 +12,7 @@ from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
+from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryService
 from devicecloud.services.products import ProductService
@@ -31,6 +32,7 @@ class ApiDeps:
     device_keys: DeviceKeyService
     events: EventService
     webhooks: WebhookService
+    firmware: FirmwareService
     products: ProductService
     groups: GroupService
     libraries: LibraryService

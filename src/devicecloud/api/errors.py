@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from devicecloud.errors import (
     AuthenticationFailed,
+    Busy,
     Conflict,
     DeviceTimedOut,
     DomainError,
@@ -44,6 +45,7 @@ STATUS_BY_CLASS: tuple[tuple[type[DomainError], int], ...] = (
     (PermissionDenied, 403),
     (NotFound, 404),
     (Conflict, 400),
+    (Busy, 409),
     (RateLimited, 429),
     (Unavailable, 403),
     (DeviceTimedOut, 408),

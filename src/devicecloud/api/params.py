@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from devicecloud.api.text_guard import StrictMultiPartParser, check_tree, decode_urlencoded
@@ -29,6 +31,17 @@ FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 MAX_BODY = 1_000_000
+#: The most bytes of uploaded files one multipart request may carry (firmware binaries, sources).
+MAX_UPLOAD = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file from a multipart body: its field name (``file``, ``file1``…), its filename and content."""
+
+    field: str
+    filename: str
+    data: bytes
 
 
 def content_type(request: Request) -> str:
@@ -80,8 +93,8 @@ def unflatten(items: list[tuple[str, Any]]) -> dict[str, Any]:
 async def read_body_params(request: Request) -> dict[str, Any]:
     """
     The body's parameters (empty for GET/HEAD), checked by `text_guard.check_tree`. Uploaded files are
-    not kept: no endpoint takes one yet, and an unclosed upload leaks a temporary file, so the form is
-    closed here.
+    read into memory (at most `MAX_UPLOAD` bytes in all) and kept apart (`uploads`); the form is closed
+    here, since an unclosed upload leaks a temporary file.
     """
     if request.method in ("GET", "HEAD"):
         return {}
@@ -92,6 +105,7 @@ async def read_body_params(request: Request) -> dict[str, Any]:
 
 async def _parse_body(request: Request) -> dict[str, Any]:
     kind = content_type(request)
+    request.state.uploads = []
     if kind == MULTIPART:
         return unflatten(await _multipart_fields(request))
     raw = await request.body()
@@ -120,9 +134,29 @@ async def _multipart_fields(request: Request) -> list[tuple[str, Any]]:
         raise InvalidInput(f"The request body could not be parsed: {exc.message}") from exc
     except Exception as exc:  # python-multipart raises several types for broken bodies
         raise InvalidInput("The request body could not be parsed") from exc
-    fields = [(key, value) for key, value in form.multi_items() if isinstance(value, str)]
-    await form.close()
+    try:
+        fields = [(key, value) for key, value in form.multi_items() if isinstance(value, str)]
+        uploads: list[Upload] = []
+        total = 0
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                total += value.size or 0
+                if total > MAX_UPLOAD:
+                    raise InvalidInput(f"The uploaded files are larger than {MAX_UPLOAD} bytes")
+                uploads.append(Upload(key, value.filename or "", await value.read()))
+        request.state.uploads = uploads
+    finally:
+        await form.close()
     return fields
+
+
+async def uploads(request: Request) -> list[Upload]:
+    """
+    The files of a multipart body, in the order sent (empty for other bodies).
+    """
+    await read_params(request)
+    found: list[Upload] = getattr(request.state, "uploads", [])
+    return list(found)
 
 
 async def read_params(request: Request) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from devicecloud.virtualdevice import (
     VirtualDevice,
     load_or_create_identity,
 )
+from devicecloud.virtualdevice.updates import UpdateBehaviour
 
 __all__ = ["virtual_device"]
 
@@ -108,6 +109,7 @@ def try_lines(target: str) -> str:
             f"  particle get {target} led",
             f"  particle call {target} analogread A0",
             f"  particle nyan {target}",
+            f"  particle flash {target} firmware.bin",
             "Stop with Ctrl-C.",
         ]
     )
@@ -187,6 +189,21 @@ async def _run(
         "at most SECONDS later), as Device OS 0.x does."
     ),
 )
+@click.option("--refuse-updates", is_flag=True, help="Refuse over-the-air updates (updates disabled).")
+@click.option(
+    "--drop-chunks",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    metavar="SHARE",
+    help="Lose this share of fast-OTA chunks on their first arrival (tests of the resend path).",
+)
+@click.option(
+    "--disconnect-after-chunks",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Drop the connection once N chunks of an update have arrived.",
+)
 @click.option("--no-register", is_flag=True, help="Skip key registration, claim and rename.")
 @click.option(
     "--log-level",
@@ -208,11 +225,16 @@ def virtual_device(
     platform_id: int,
     style: str,
     late_setup: float | None,
+    refuse_updates: bool,
+    drop_chunks: float,
+    disconnect_after_chunks: int | None,
     no_register: bool,
     log_level: str,
 ) -> None:
     """
     Run a virtual device (Tinker functions, demo variables) against a devicecloud server until Ctrl-C.
+
+    It takes over-the-air updates (particle flash) and keeps the last image in <state-dir>/firmware.bin.
     """
     if password is not None and username is None:
         raise click.UsageError("--password needs --username")
@@ -244,6 +266,12 @@ def virtual_device(
             response_style=STYLES[style],
             demo=True,
             late_setup=late_setup,
+            updates=UpdateBehaviour(
+                enabled=not refuse_updates,
+                drop_chunks=drop_chunks,
+                disconnect_after_chunks=disconnect_after_chunks,
+            ),
+            firmware_path=state / "firmware.bin",
         )
         try:
             runner.run(_run(device, identity, name or identity.device_id, registration))

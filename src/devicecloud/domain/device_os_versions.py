@@ -17,7 +17,7 @@ A few numbers were reused by several builds. The table keeps the final release w
 
 from __future__ import annotations
 
-__all__ = ["system_version_name"]
+__all__ = ["known_releases", "system_version_name"]
 
 # System module version → Device OS release, sorted; one line per minor release. Shared numbers: the final
 # release, else the last prerelease listed (see above).
@@ -84,3 +84,10 @@ def system_version_name(module_version: int) -> str | None:
     number is not in the table (never a guess from neighbouring numbers).
     """
     return _RELEASES.get(module_version)
+
+
+def known_releases() -> list[tuple[int, str]]:
+    """
+    Every (system module version, release name) in the table, oldest first.
+    """
+    return sorted(_RELEASES.items())

@@ -67,6 +67,7 @@ import structlog
 from devicecloud.domain.events import loggable
 from devicecloud.errors import DeviceOffline, DeviceTimedOut, InvalidInput
 from devicecloud.gateway.context import DeviceSubscription
+from devicecloud.gateway.flash import DeviceFacts
 from devicecloud.gateway.translate import describe_to_domain, hello_to_domain, system_module_version
 from devicecloud.protocol import (
     NEED_DATA,
@@ -110,6 +111,7 @@ if TYPE_CHECKING:
     from devicecloud.clock import TimerHandle
     from devicecloud.domain.events import CloudEvent
     from devicecloud.gateway.context import EventFeed, LinkContext, SubscriptionScopeName
+    from devicecloud.gateway.flash import FlashJob
 
 __all__ = ["Link"]
 
@@ -197,6 +199,18 @@ class Link:
         self._describe_retries = 0
         self._describe_timer: TimerHandle | None = None
         self._log = logger.bind(ip=ip_address)
+        #: What an update needs to know about the device, and the update under way (see `flash`).
+        self.facts = DeviceFacts()
+        self.update: FlashJob | None = None
+
+    @property
+    def connection(self) -> Connection:
+        """The protocol connection (an update job drives it beside the link)."""
+        return self._conn
+
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        return self._writer
 
     @property
     def device_id(self) -> str | None:
@@ -284,6 +298,7 @@ class Link:
         if device_id is None or self._conn.state is ConnectionState.CLOSED:
             return  # the link died in the same breath as its Hello: it never was online
         self._connected = True
+        self.facts.on_hello(event)
         self._ctx.counters.handshakes_ok += 1
         if self._ctx.registry.claim(device_id, self) is not None:
             self._ctx.counters.replaced += 1
@@ -295,6 +310,8 @@ class Link:
         self._heard = False  # connected means heard now: the Hello's own bytes need no second report
         self._log = self._log.bind(device_id=device_id)
         self._log.debug("device link up", platform_id=event.platform_id, flags=event.flags)
+        if event.flags & HelloFlags.OTA_UPGRADE_SUCCESSFUL:
+            self._log.info("device back after an over-the-air update")
         # A 2.x device that announces device-initiated Describe sends it by itself.
         wants_request = not event.flags & HelloFlags.DEVICE_INITIATED_DESCRIBE
         if self._ctx.describe_on_connect and wants_request and self.online:
@@ -509,10 +526,13 @@ class Link:
 
     # ------------------------------------------------------------------------------------------ sync core
 
-    def _transmit(self) -> None:
+    def transmit(self) -> None:
         """
         After anything that may have changed the connection: drain, write, re-arm (aioquic's transmit).
         """
+        self._transmit()
+
+    def _transmit(self) -> None:
         self._pump()
         self._flush()
         self._rearm()
@@ -522,6 +542,8 @@ class Link:
         Drain the connection's events; handle what needs no await, queue the rest for the task.
         """
         while (event := self._conn.next_event()) is not NEED_DATA:
+            if self.update is not None and isinstance(event, Event) and self.update.offer(event):
+                continue  # an answer to the update's own requests
             if isinstance(event, _RESULTS) and event.request_id is not None:
                 waiter = self._waiters.pop(event.request_id, None)
                 if waiter is not None and not waiter.done():
@@ -531,6 +553,7 @@ class Link:
             if isinstance(event, _AWAITED):
                 self._work.append(event)
             if isinstance(event, DescribeReceived):
+                self.facts.on_describe(event.description)
                 described = event.description
                 self.functions = described.functions if described.functions is not None else self.functions
                 self.variables = described.variables if described.variables is not None else self.variables
@@ -539,6 +562,7 @@ class Link:
                     unix_time = int(self._ctx.clock.now().timestamp())
                     self._conn.send(SendTime(event.request_id, unix_time), self._ctx.clock.monotonic())
             elif isinstance(event, EventPublished):
+                self.facts.on_event(event)
                 self._log.debug("device published", event_name=loggable(event.name), private=event.private)
                 self._work.append(event)  # the hook decides; a CON event is ACKed after it
             elif isinstance(event, SubscribeRequested):

@@ -43,6 +43,7 @@ import structlog
 from devicecloud.gateway.admission import HandshakeAdmission, HandshakeSlot
 from devicecloud.gateway.context import EventHook, LinkContext, LinkCounters, SubscribeHook
 from devicecloud.gateway.control import GatewayControl
+from devicecloud.gateway.flash import GatewayUpdates
 from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
 from devicecloud.protocol import Connection, RandomBytes, RawSigner, Role, Timing, raw_signer
@@ -198,6 +199,8 @@ class DeviceGateway:
         self._at_cap = False
         #: The `services.ports.DeviceControl` for the devices linked to this gateway.
         self.control = GatewayControl(self._registry)
+        #: The `services.ports.DeviceUpdates` for the devices linked to this gateway.
+        self.updates = GatewayUpdates(self._registry, clock)
 
     @property
     def port(self) -> int:
@@ -253,6 +256,7 @@ class DeviceGateway:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.updates.stop()
         logger.info("device gateway stopped", links_closed=len(tasks))
 
     def statistics(self) -> GatewayStatistics:

@@ -20,6 +20,7 @@ from devicecloud.protocol.variables import VariableData
 
 __all__ = [
     "AcceptDevice",
+    "AcceptUpdate",
     "AcknowledgeEvent",
     "BeginUpdate",
     "CallFunction",
@@ -31,10 +32,14 @@ __all__ = [
     "ReadVariable",
     "RejectDevice",
     "RejectRequest",
+    "ReportMissedChunks",
+    "ReportUpdateDone",
     "RequestDescribe",
     "RequestTime",
+    "RespondChunk",
     "RespondDescribe",
     "RespondFunction",
+    "RespondUpdateDone",
     "RespondVariable",
     "SendChunk",
     "SendDescribe",
@@ -242,6 +247,45 @@ class RespondDescribe(Command):
     """Answer ``DescribeRequested`` with a Describe JSON payload (see ``build_describe``)."""
 
     request_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class AcceptUpdate(Command):
+    """Answer ``UpdateBeginRequested``: empty ACK, then UpdateReady (2.04, 1 byte: fast OTA agreed)."""
+
+    request_id: int
+    fast: bool
+
+
+@dataclass(frozen=True)
+class RespondChunk(Command):
+    """Answer a plain-OTA ``ChunkArrived``: ChunkReceived 2.04, or 4.00 when its CRC is wrong."""
+
+    request_id: int
+    ok: bool
+
+
+@dataclass(frozen=True)
+class RespondUpdateDone(Command):
+    """Answer ``UpdateDoneRequested`` when the image is complete: ACK 2.04 with the result JSON."""
+
+    request_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ReportMissedChunks(Command):
+    """ChunkMissed: GET /c listing chunk indices (CON, or NON as Device OS 2.x sends it over TCP)."""
+
+    indices: tuple[int, ...]
+    confirmable: bool = True
+
+
+@dataclass(frozen=True)
+class ReportUpdateDone(Command):
+    """Device OS 0.7 finishing a fast update by itself: NON PUT /u with the result JSON."""
+
     payload: bytes
 
 

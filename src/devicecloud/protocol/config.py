@@ -81,12 +81,25 @@ class DeviceHello:
     product_firmware_version: int = 0xFFFF
     flags: int = 0
     platform_id: int = 6
+    #: Device OS ≥ 3.0 also says these (a 20-byte Hello): (system version, max binary, OTA chunk size).
+    limits: tuple[int, int, int] | None = None
 
     def payload(self) -> bytes:
-        """The 8-byte Hello payload."""
-        return (
+        """The 8-byte Hello payload, or the 20-byte one of Device OS ≥ 3.0 when ``limits`` are given."""
+        head = (
             self.product_id.to_bytes(2, "big")
             + self.product_firmware_version.to_bytes(2, "big")
             + bytes([0, self.flags])
             + self.platform_id.to_bytes(2, "big")
+        )
+        if self.limits is None:
+            return head
+        system_version, max_binary, chunk_size = self.limits
+        return (
+            head
+            + bytes([0, 0])  # reserved, device id length (none over TCP)
+            + system_version.to_bytes(2, "big")
+            + (1024).to_bytes(2, "big")  # max message size
+            + max_binary.to_bytes(4, "big")
+            + chunk_size.to_bytes(2, "big")
         )

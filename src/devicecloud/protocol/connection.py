@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devicecloud.protocol import coap, commands, events, messages
+from devicecloud.protocol import coap, commands, events, messages, ota_requests
 from devicecloud.protocol.codes import (
     Code,
     DescribeFlags,
@@ -103,10 +103,21 @@ class _Inbound:
 _DONE_ON_EMPTY_ACK = {
     Role.CLOUD: frozenset({MessageKind.PING, MessageKind.SIGNAL, MessageKind.EVENT, MessageKind.KEY_CHANGE}),
     Role.DEVICE: frozenset(
-        {MessageKind.PING, MessageKind.EVENT, MessageKind.SUBSCRIBE, MessageKind.DESCRIBE}
+        {
+            MessageKind.PING,
+            MessageKind.EVENT,
+            MessageKind.SUBSCRIBE,
+            MessageKind.DESCRIBE,
+            MessageKind.CHUNK_MISSED,
+        }
     ),
 }
 
+
+# What the cloud sends a device during an update; `ota_requests` reads them.
+_OTA_REQUESTS = frozenset(
+    {MessageKind.UPDATE_BEGIN, MessageKind.SAVE_BEGIN, MessageKind.CHUNK, MessageKind.UPDATE_DONE}
+)
 
 _DEFAULT_DESCRIBE_FLAGS = DescribeFlags.SYSTEM | DescribeFlags.APPLICATION
 
@@ -119,6 +130,20 @@ def _utf8(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8"), True
     except UnicodeDecodeError:
         return raw.decode("utf-8", "replace"), False
+
+
+def _hello_limits(p: bytes) -> dict[str, int]:
+    """
+    Device OS ≥ 3.0 Hello over TCP (20 bytes, no device id): after the platform, reserved u8, id length u8
+    (0), system version u16, max message size u16, max binary size u32, OTA chunk size u16 (all BE).
+    """
+    if len(p) < 20 or p[9] != 0:
+        return {}
+    return {
+        "system_version": int.from_bytes(p[10:12], "big"),
+        "max_binary": int.from_bytes(p[14:18], "big"),
+        "ota_chunk_size": int.from_bytes(p[18:20], "big"),
+    }
 
 
 def _device_id_bytes(device_id: bytes | str) -> bytes:
@@ -440,6 +465,7 @@ class Connection:
                 product_firmware_version=int.from_bytes(p[2:4], "big") if len(p) >= 4 else None,
                 flags=p[5] if len(p) >= 6 else 0,
                 platform_id=int.from_bytes(p[6:8], "big") if len(p) >= 8 else None,
+                **_hello_limits(p),
             )
         )
 
@@ -609,8 +635,8 @@ class Connection:
             self._events.append(events.EventReceived(name, msg.payload or None, path[0] == "E", ttl))
         elif kind is MessageKind.HELLO:
             pass
-        elif kind in (MessageKind.UPDATE_BEGIN, MessageKind.SAVE_BEGIN):
-            self._refuse(msg, Code.SERVICE_UNAVAILABLE)  # OTA is not implemented by the device role
+        elif kind in _OTA_REQUESTS:
+            self._events.append(ota_requests.device_event(kind, msg, self._inbound_request))
         elif kind is MessageKind.KEY_CHANGE:
             self._ack_if_con(msg)
         else:
@@ -777,6 +803,30 @@ class Connection:
         elif isinstance(c, commands.RejectRequest):
             inbound = self._take_inbound(c.request_id, None)
             self._answer(inbound, int(c.code), b"", now)
+            return None
+        elif isinstance(c, commands.AcceptUpdate):
+            inbound = self._take_inbound(c.request_id, MessageKind.UPDATE_BEGIN)
+            self._send_message(messages.ack(inbound.message_id))
+            flags = bytes([1 if c.fast else 0])
+            self._send_message(messages.response(self._ids.next(), Code.CHANGED, inbound.token, flags))
+            return None
+        elif isinstance(c, commands.RespondChunk):
+            inbound = self._take_inbound(c.request_id, MessageKind.CHUNK)
+            self._answer(inbound, Code.CHANGED if c.ok else Code.BAD_REQUEST, b"", now)
+            return None
+        elif isinstance(c, commands.RespondUpdateDone):
+            inbound = self._take_inbound(c.request_id, MessageKind.UPDATE_DONE)
+            self._answer(inbound, Code.CHANGED, c.payload, now)
+            return None
+        elif isinstance(c, commands.ReportMissedChunks):
+            if c.confirmable:
+                r = self._new_request(MessageKind.CHUNK_MISSED, now, token=False, internal=True)
+                self._send_message(messages.chunk_missed(r.message_id, c.indices, confirmable=True))
+            else:
+                self._send_message(messages.chunk_missed(self._ids.next(), c.indices, confirmable=False))
+            return None
+        elif isinstance(c, commands.ReportUpdateDone):
+            self._send_message(messages.update_result(self._ids.next(), c.payload))
             return None
         else:
             raise LocalProtocolError(f"{type(c).__name__} is not a device-role command")

@@ -30,6 +30,7 @@ from devicecloud.protocol.variables import VariableData
 
 __all__ = [
     "NEED_DATA",
+    "ChunkArrived",
     "ChunkReceived",
     "ChunksMissed",
     "ConnectionClosed",
@@ -53,6 +54,8 @@ __all__ = [
     "SubscribeRequested",
     "TimeReceived",
     "TimeRequested",
+    "UpdateBeginRequested",
+    "UpdateDoneRequested",
     "UpdateFinished",
     "UpdateReady",
     "VariableRequested",
@@ -95,12 +98,19 @@ class HandshakeCompleted(Event):
 
 @dataclass(frozen=True)
 class HelloReceived(Event):
-    """Cloud: the device's Hello arrived (the server Hello has been queued). Missing fields are ``None``."""
+    """
+    Cloud: the device's Hello arrived (the server Hello has been queued). Missing fields are ``None``; the
+    last three come only in the longer Hello of Device OS ≥ 3.0 (system module version, the largest binary
+    and the OTA chunk size it takes).
+    """
 
     product_id: int | None
     product_firmware_version: int | None
     flags: int
     platform_id: int | None
+    system_version: int | None = None
+    max_binary: int | None = None
+    ota_chunk_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +263,45 @@ class SignalRequested(Event):
     """Device: start (``on``) or stop the rainbow LED signal (already ACKed)."""
 
     on: bool
+
+
+@dataclass(frozen=True)
+class UpdateBeginRequested(Event):
+    """
+    Device: the cloud starts an OTA update. Answer ``AcceptUpdate(request_id, fast)`` or refuse with
+    ``RejectRequest(request_id, 5.03)``. ``file_length``/``chunk_size`` are ``None`` when the message was
+    too short to carry them (the device then uses its own defaults).
+    """
+
+    request_id: int
+    fast: bool
+    chunk_size: int | None
+    file_length: int | None
+    store: int
+    address: int
+
+
+@dataclass(frozen=True)
+class ChunkArrived(Event):
+    """
+    Device: one OTA chunk. Fast OTA chunks carry their ``index`` and get no answer (``request_id`` None);
+    plain ones are answered with ``RespondChunk(request_id, ok)``.
+    """
+
+    request_id: int | None
+    index: int | None
+    crc32: int | None
+    data: bytes
+
+
+@dataclass(frozen=True)
+class UpdateDoneRequested(Event):
+    """
+    Device: the cloud has sent every chunk. Answer ``RespondUpdateDone(request_id, payload)`` or, when chunks
+    are missing, ``RejectRequest(request_id, 4.00)`` followed by ``ReportMissedChunks``.
+    """
+
+    request_id: int
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ __all__ = [
     "EVENT_SLOWDOWN",
     "ack",
     "chunk",
+    "chunk_missed",
     "classify",
     "describe_request",
     "device_describe",
@@ -38,6 +39,7 @@ __all__ = [
     "time_request",
     "update_begin",
     "update_done",
+    "update_result",
     "variable_request",
 ]
 
@@ -203,3 +205,18 @@ def chunk(message_id: int, token: bytes, data: bytes, *, index: int | None, crc3
 def update_done(message_id: int, token: bytes) -> Message:
     """CON PUT /u."""
     return Message(MessageType.CON, Code.PUT, message_id, token, path_options("u"))
+
+
+def chunk_missed(message_id: int, indices: tuple[int, ...], *, confirmable: bool) -> Message:
+    """Device: GET /c listing missed chunk indices (uint16 BE each)."""
+    try:
+        payload = b"".join(i.to_bytes(2, "big") for i in indices)
+    except OverflowError as exc:
+        raise LocalProtocolError("chunk indices are 16-bit") from exc
+    mtype = MessageType.CON if confirmable else MessageType.NON
+    return Message(mtype, Code.GET, message_id, b"", path_options("c"), payload)
+
+
+def update_result(message_id: int, payload: bytes) -> Message:
+    """Device OS 0.7 after a fast update: NON PUT /u with the result JSON, no token."""
+    return Message(MessageType.NON, Code.PUT, message_id, b"", path_options("u"), payload)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
+from devicecloud.domain.firmware import CompileResult, SourceFile, StoredBinary, UpdateOutcome, UpdateTarget
 from devicecloud.domain.webhooks import HookEvent, Webhook, WebhookConfig
 
 
@@ -78,6 +79,65 @@ class DeviceControl(Protocol):
     async def disconnect(self, device_id: str) -> None:
         """
         Close the device's link, if any (used when a device is removed or its key replaced).
+        """
+        ...
+
+
+class UpdateHandle(Protocol):
+    """
+    One over-the-air update under way.
+    """
+
+    async def finished(self) -> UpdateOutcome:
+        """
+        Wait for the update to end (never raises for a failed update: the outcome says so).
+        """
+        ...
+
+
+class DeviceUpdates(Protocol):
+    """
+    Over-the-air updates of connected devices (implemented by the gateway). Both methods raise
+    `errors.DeviceOffline` when the device has no live link here.
+    """
+
+    def update_target(self, device_id: str) -> UpdateTarget:
+        """
+        What the live link knows about the device for deciding whether a binary fits it.
+        """
+        ...
+
+    def start_update(self, device_id: str, image: bytes) -> UpdateHandle:
+        """
+        Start sending ``image``; returns at once. Raises `errors.Busy` while the device is being updated.
+        """
+        ...
+
+
+class Compiler(Protocol):
+    """
+    Cloud compile: turns uploaded sources into a binary (implemented by `compiler.CommandCompiler`).
+    """
+
+    async def compile(
+        self, sources: list[SourceFile], platform_id: int, version: str | None
+    ) -> CompileResult:
+        """
+        Compile; a failed compile is a result without a binary (never an exception).
+        """
+        ...
+
+
+class BinaryStore(Protocol):
+    """
+    Compiled binaries kept for download (implemented by `store.binaryfiles.BinaryFiles`).
+    """
+
+    async def save(self, binary: StoredBinary) -> None: ...
+
+    async def load(self, binary_id: str) -> StoredBinary | None:
+        """
+        The binary, or None when unknown (expired ones may be gone).
         """
         ...
 

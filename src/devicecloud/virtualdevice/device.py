@@ -28,6 +28,8 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -83,6 +85,7 @@ from devicecloud.virtualdevice.support import (
     RequestError,
     Subscription,
 )
+from devicecloud.virtualdevice.updates import AppliedUpdate, UpdateBehaviour, Updater
 
 __all__ = [
     "MAX_EVENT_DATA",
@@ -144,6 +147,10 @@ class VirtualDevice:
             :data:`SYSTEM_MODULE_VERSIONS`; ``()`` for none).
         late_setup: register the application only after connecting, as Device OS 0.x does (see above);
             ``None`` = registered from the start.
+        updates: how over-the-air updates are taken (faults for tests; see :mod:`~.updates`).
+        firmware_path: where an applied update's image is written (None = memory only).
+        hardware_limits: (max binary size, OTA chunk size) to announce after each Hello as Device OS ≤ 2.x
+            does (``spark/hardware/max_binary`` and ``…/ota_chunk_size`` events); None = not announced.
         now: the clock for protocol deadlines (monotonic seconds).
         random_bytes: the protocol's randomness source.
     """
@@ -168,6 +175,9 @@ class VirtualDevice:
         max_argument_length: int = MAX_FUNCTION_ARGUMENT,
         modules: tuple[object, ...] | None = None,
         late_setup: float | None = None,
+        updates: UpdateBehaviour | None = None,
+        firmware_path: Path | None = None,
+        hardware_limits: tuple[int, int] | None = None,
         now: Callable[[], float] = time.monotonic,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
@@ -225,6 +235,29 @@ class VirtualDevice:
             max_argument_length=max_argument_length,
             log=self.log,
         )
+        self.hardware_limits = hardware_limits
+        #: The SHA-256 of the application the device runs (set by an applied update).
+        self.app_hash: str | None = None
+        self.firmware: bytes | None = None
+        self.updater = Updater(
+            platform_id=platform_id,
+            legacy=response_style is ResponseStyle.PIGGYBACK,
+            behaviour=updates or UpdateBehaviour(),
+            firmware_path=firmware_path,
+            on_applied=self._update_applied,
+            reset=lambda link, reason: link.close(reason),
+            log=self.log,
+        )
+
+    def _update_applied(self, update: AppliedUpdate) -> None:
+        """The new application runs after the reset: Describe lists it, the next Hello says it worked."""
+        self.app_hash, self.firmware = update.app_hash, update.image
+        user_part = {"f": "u", "n": "1", "v": 6, "u": update.app_hash, "d": []}
+        self.modules = (
+            *[m for m in self.modules if not (isinstance(m, dict) and m.get("f") == "u")],
+            user_part,
+        )
+        self.hello = replace(self.hello, flags=self.hello.flags | HelloFlags.OTA_UPGRADE_SUCCESSFUL)
 
     def _new_connection(self) -> Connection:
         return Connection(
@@ -290,7 +323,11 @@ class VirtualDevice:
     def link_event(self, link: DeviceLink, event: Event) -> None:
         """Session events are handled here, the cloud's requests by the responder."""
         if isinstance(event, ServerHelloReceived):
+            # The cloud heard the "OTA succeeded" flag; Device OS clears it on the server Hello.
+            self.hello = replace(self.hello, flags=self.hello.flags & ~HelloFlags.OTA_UPGRADE_SUCCESSFUL)
             self._on_established(link)
+        elif self.updater.handle(link, event):
+            return
         else:
             self._responder.handle(link, event)
             if isinstance(event, DescribeRequested) and not self.application_started:
@@ -322,6 +359,10 @@ class VirtualDevice:
             self._setup_timer = asyncio.get_running_loop().call_later(
                 self.late_setup, self._start_application
             )
+        if self.hardware_limits is not None:  # what Device OS ≤ 2.x says first: the OTA limits
+            max_binary, chunk_size = self.hardware_limits
+            link.send(PublishEvent("spark/hardware/max_binary", str(max_binary)))
+            link.send(PublishEvent("spark/hardware/ota_chunk_size", str(chunk_size)))
         # As Device OS does after every Hello: 2.x volunteers its Describe, then the subscriptions go again.
         if self.response_style is ResponseStyle.SEPARATE:
             link.send(SendDescribe(self.describe_payload()))

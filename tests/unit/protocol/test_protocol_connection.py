@@ -549,3 +549,22 @@ def test_commands_in_the_wrong_state_or_role(keys: Any, pair: ConnectionPair) ->
         pair.device.send(RespondFunction(999, 1), pair.now)
     with pytest.raises(LocalProtocolError):
         Connection(Role.DEVICE, now=0.0)
+
+
+def test_a_device_os_3_hello_carries_its_system_version_and_ota_limits(keys: Any) -> None:
+    """The 20-byte Hello of Device OS ≥ 3.0 over TCP: system version, max binary size, OTA chunk size."""
+    p = ConnectionPair(keys)
+    p.device = Connection(
+        Role.DEVICE,
+        now=0.0,
+        server_public_key=keys.server.public_key(),
+        device_private_key=keys.device,
+        device_id=keys.device_id,
+        hello=DeviceHello(product_id=6, flags=0x20, platform_id=6, limits=(3005, 1_572_864, 512)),
+    )
+    assert 20 == len(DeviceHello(limits=(3005, 1_572_864, 512)).payload())
+    cloud_events, _ = p.pump()
+    (hello,) = [e for e in cloud_events if isinstance(e, HelloReceived)]
+    assert hello == HelloReceived(
+        6, 0xFFFF, 0x20, 6, system_version=3005, max_binary=1_572_864, ota_chunk_size=512
+    )

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devicecloud.cli.virtual_device import try_lines, virtual_device
+from devicecloud.virtualdevice.updates import UpdateBehaviour
 
 
 @pytest.fixture
@@ -97,3 +98,23 @@ def test_late_setup_reaches_the_device(
     args = ["--no-register", "--data-dir", str(tmp_path), "--style", "0x", "--late-setup", "2.5"]
     runner.invoke(virtual_device, args)
     assert 2.5 == made["late_setup"]
+
+
+def test_update_faults_reach_the_device(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--refuse-updates, --drop-chunks and --disconnect-after-chunks; images go to the state dir."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "server_key.pub.pem").write_bytes(pem)
+    made: dict[str, object] = {}
+
+    def capture(*args: object, **options: object) -> None:
+        made.update(options)
+        raise KeyboardInterrupt  # stop before connecting
+
+    monkeypatch.setattr(importlib.import_module(virtual_device.callback.__module__), "VirtualDevice", capture)
+    args = ["--no-register", "--data-dir", str(tmp_path), "--name", "bob", "--refuse-updates"]
+    runner.invoke(virtual_device, [*args, "--drop-chunks", "0.25", "--disconnect-after-chunks", "9"])
+    assert UpdateBehaviour(enabled=False, drop_chunks=0.25, disconnect_after_chunks=9) == made["updates"]
+    assert tmp_path / "virtual-devices" / "bob" / "firmware.bin" == made["firmware_path"]

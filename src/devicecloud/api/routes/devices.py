@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 from devicecloud.api.auth import require
 from devicecloud.api.deps import ApiDeps
-from devicecloud.api.params import Params, body_doc, content_type, query_doc, read_params
+from devicecloud.api.params import MULTIPART, Params, Upload, body_doc, content_type, query_doc, uploads
+from devicecloud.api.routes.firmware import sources
 from devicecloud.domain.accounts import Principal
 from devicecloud.domain.devices import Device, VariableReading
 from devicecloud.domain.timestamps import iso
@@ -32,6 +33,11 @@ class DeviceUpdate(BaseModel):
     notes: str | None = None
     signal: bool | None = Field(default=None, description="1 starts the rainbow LED, 0 stops it")
     firmware_updates_forced: bool | None = None
+    file_type: str | None = Field(
+        default=None, description="binary: the multipart `file` is a firmware binary"
+    )
+    build_target_version: str | None = None
+    latest: str | None = None
 
 
 class FunctionCall(BaseModel):
@@ -136,13 +142,11 @@ async def update_device(
 ) -> dict[str, Any]:
     service = _deps(request).devices
     await service.access_device(principal.user, device)  # ownership first, whatever the request asks
-    if params.firmware_updates_forced is not None or (
-        content_type(request) == "multipart/form-data"
-        and {"name", "notes", "signal"}.isdisjoint(await read_params(request))
-    ):
-        raise InvalidInput(
-            "Over-the-air firmware updates are not supported by this server yet", code="unsupported"
-        )
+    if params.firmware_updates_forced is not None:
+        raise InvalidInput("Forcing firmware updates is not supported by this server yet", code="unsupported")
+    files = await uploads(request) if content_type(request) == MULTIPART else []
+    if files:
+        return await _flash(request, principal, device, files, params)
     reply: dict[str, Any] = {}
     if params.name is not None:
         renamed = await service.rename(principal.user, device, params.name)
@@ -156,6 +160,23 @@ async def update_device(
     if not reply:
         raise InvalidInput("Nothing to do? Give name, notes or signal", code="Nothing to do?")
     return reply
+
+
+async def _flash(
+    request: Request, principal: Principal, device: str, files: list[Upload], params: DeviceUpdate
+) -> dict[str, Any]:
+    """
+    ``PUT /v1/devices/:id`` with files: a binary (``file_type=binary``, or one ``.bin`` file as the
+    official clients send it) is flashed; sources would need a compile backend.
+    """
+    firmware = _deps(request).firmware
+    binary = params.file_type == "binary" or (len(files) == 1 and files[0].filename.lower().endswith(".bin"))
+    if not binary:  # sources: compiled by the compile backend first (catalogue §11 row 1)
+        version = params.build_target_version
+        await firmware.flash_sources(principal.user, device, sources(files), version)
+        return {"ok": True, "message": "Update started"}
+    flashed = await firmware.flash_binary(principal.user, device, files[0].data)
+    return {"id": flashed.id, "status": "Update started"}
 
 
 @router.delete("/v1/devices/{device}", summary="Unclaim a device")

@@ -1,0 +1,226 @@
+"""
+Flashing a device over the air: the checks before a byte is sent, the update, and the events that tell.
+
+Theory of operation:
+    `flash_binary` checks, in this order, and changes nothing when any check fails: the device is the
+    caller's (`DeviceService.access_device`: `PermissionDenied` for missing and foreign alike); the file is a
+    Particle module and intact (prefix, CRC-32, SHA-256); the device is connected here (`DeviceOffline`);
+    the binary fits the device as its live link knows it (platform, size, module function, compressed or
+    combined, dependencies on its Device OS modules — `domain.firmware.check_fit`); no update is under way
+    (`Busy`). Every refusal of the binary is `InvalidInput` naming the reason.
+
+    Then the gateway starts the update (`ports.DeviceUpdates`) and this returns; ``spark/flash/status``
+    ``"started "`` is published at once and ``"success "`` or ``"failed "`` when the update ends (with the
+    trailing space the hosted cloud sends), private to the device's owner, ``coreid`` "particle-internal".
+    "success" means the device took the image (its UpdateDone answer), as on the hosted cloud; it then
+    resets and comes back online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from devicecloud.domain.device_os_versions import known_releases
+from devicecloud.domain.firmware import (
+    FirmwareRejected,
+    SourceFile,
+    StoredBinary,
+    check_fit,
+    parse_firmware,
+)
+from devicecloud.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from devicecloud.clock import Clock
+    from devicecloud.domain.accounts import User
+    from devicecloud.domain.devices import Device
+    from devicecloud.services.devices import DeviceService
+    from devicecloud.services.events import EventService
+    from devicecloud.services.ports import BinaryStore, Compiler, DeviceUpdates, UpdateHandle
+
+__all__ = ["BINARY_LIFETIME", "BUILD_PLATFORMS", "FLASH_STATUS_EVENT", "MAX_BINARY_SIZE", "FirmwareService"]
+
+logger = structlog.get_logger("devicecloud.firmware")
+
+FLASH_STATUS_EVENT = "spark/flash/status"
+#: No Particle device takes a larger file over the air (Gen3 OTA regions are under 2 MB; gcc takes 10 MB).
+MAX_BINARY_SIZE = 4 * 1024 * 1024
+#: How long a compiled binary can be downloaded.
+BINARY_LIFETIME = timedelta(days=1)
+#: The platforms build targets are listed for: the ones this server's TCP gateway serves with Device OS
+#: releases before 4.0 (system module 4000); Gen3 devices need the UDP gateway.
+BUILD_PLATFORMS = {"Photon": 6, "P1": 8, "Electron": 10}
+_LAST_GEN2_MODULE = 4000
+COMPILE_FAILED = "Compiler timed out or encountered an error"
+NOT_CONFIGURED = "Cloud compile is not configured on this server; compile locally and flash the .bin file"
+
+
+def compile_error(*errors: str) -> InvalidInput:
+    """The compile error body of the catalogue (§11): ``output`` and ``errors`` besides ours."""
+    return InvalidInput(errors[0], code="Compile failed", output=COMPILE_FAILED, errors=list(errors))
+
+
+class FirmwareService:
+    """
+    Over-the-air updates of a user's devices.
+    """
+
+    def __init__(
+        self,
+        *,
+        devices: DeviceService,
+        updates: DeviceUpdates,
+        events: EventService,
+        clock: Clock,
+        binaries: BinaryStore,
+        compiler: Compiler | None = None,
+    ) -> None:
+        self._devices = devices
+        self._updates = updates
+        self._events = events
+        self._clock = clock
+        self._binaries = binaries
+        self._compiler = compiler
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ compiling
+
+    async def compile(
+        self, user: User, sources: list[SourceFile], platform_id: Any, version: str | None
+    ) -> StoredBinary:
+        """
+        Compile ``sources`` for a platform and keep the binary for its owner (``POST /v1/binaries``).
+
+        Raises:
+            InvalidInput: no compile backend, no sources, no valid platform, or the compile failed (the
+                catalogue's compile error body).
+        """
+        if self._compiler is None:
+            raise compile_error(
+                "Cloud compile is not configured on this server; compile locally and flash the .bin"
+            )
+        if not sources:
+            raise InvalidInput("No source files were sent", code="invalid_request")
+        platform = _platform(platform_id)
+        result = await self._compiler.compile(sources, platform, version)
+        if result.binary is None:
+            raise compile_error(*(result.errors or ("the compiler gave no binary",)))
+        now = self._clock.now()
+        binary = StoredBinary(
+            id=secrets.token_hex(12),
+            owner_id=user.id,
+            platform_id=platform,
+            version=version or "latest",
+            created_at=now,
+            expires_at=now + BINARY_LIFETIME,
+            data=result.binary,
+        )
+        await self._binaries.save(binary)
+        logger.info("compiled", binary_id=binary.id, platform_id=platform, size=len(result.binary))
+        return binary
+
+    async def binary(self, user: User, binary_id: str) -> StoredBinary:
+        """A compiled binary of the caller's; `NotFound` for unknown, expired and other users' alike."""
+        found = await self._binaries.load(binary_id)
+        if found is None or found.owner_id != user.id:
+            raise NotFound("Binary not found", code="not_found")
+        return found
+
+    async def flash_sources(
+        self, user: User, ref: str, sources: list[SourceFile], version: str | None
+    ) -> Device:
+        """Compile sources for the device's platform, then flash the result like any binary."""
+        device = await self._devices.access_device(user, ref, "devices:update")
+        if device.platform_id is None:
+            raise InvalidInput("The device's platform is not known yet; it has never connected")
+        binary = await self.compile(user, sources, device.platform_id, version)
+        return await self.flash_binary(user, device.id, binary.data)
+
+    @staticmethod
+    def build_targets() -> dict[str, Any]:
+        """
+        ``GET /v1/build_targets``: every Device OS release the server can name, newest first, for the
+        platforms it serves (`BUILD_PLATFORMS`); prereleases list their platforms under ``prereleases``.
+        """
+        platforms = sorted(BUILD_PLATFORMS.values())
+        targets: list[dict[str, Any]] = []
+        defaults: dict[str, str] = {}
+        for module_version, name in reversed(known_releases()):
+            if module_version >= _LAST_GEN2_MODULE:
+                continue
+            pre = "-" in name
+            targets.append(
+                {
+                    "platforms": [] if pre else platforms,
+                    "prereleases": platforms if pre else [],
+                    "firmware_vendor": "Particle",
+                    "version": name,
+                }
+            )
+            if not pre:
+                for platform in platforms:
+                    defaults.setdefault(str(platform), name)
+        return {"targets": targets, "platforms": dict(BUILD_PLATFORMS), "default_versions": defaults}
+
+    # ------------------------------------------------------------------ flashing
+
+    async def flash_binary(self, user: User, ref: str, data: bytes) -> Device:
+        """
+        Check ``data`` against the device and start updating it.
+
+        Raises:
+            PermissionDenied: not the caller's device.
+            InvalidInput: the binary is broken or does not fit the device (the description says why).
+            DeviceOffline: the device is not connected.
+            Busy: the device is being updated already.
+        """
+        device = await self._devices.access_device(user, ref, "devices:update")
+        if not data:
+            raise InvalidInput("The binary is empty", code="invalid_binary")
+        if len(data) > MAX_BINARY_SIZE:
+            raise InvalidInput(f"The binary is larger than {MAX_BINARY_SIZE} bytes", code="invalid_binary")
+        try:
+            image = parse_firmware(data)
+            check_fit(image, self._updates.update_target(device.id))
+        except FirmwareRejected as exc:
+            raise InvalidInput(str(exc), code="invalid_binary") from exc
+        handle = self._updates.start_update(device.id, data)
+        logger.info("flashing", device_id=device.id, size=len(data), app_hash=image.main.sha256.hex())
+        await self._status(device, "started ")
+        task = asyncio.create_task(self._watch(device, handle), name=f"flash-status-{device.id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        return device
+
+    async def _watch(self, device: Device, handle: UpdateHandle) -> None:
+        outcome = await handle.finished()
+        await self._status(device, "success " if outcome.ok else "failed ")
+
+    async def _status(self, device: Device, data: str) -> None:
+        await self._events.publish_internal(
+            FLASH_STATUS_EVENT, data, owner_id=device.owner_id, device_id=device.id
+        )
+
+    async def aclose(self) -> None:
+        """Stop watching updates (shutdown); their outcome events are not published any more."""
+        tasks = list(self._watchers)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _platform(value: Any) -> int:
+    try:
+        platform = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(
+            "platform_id is required: the platform to compile for", code="invalid_request"
+        ) from None
+    if not 0 <= platform <= 0xFFFF:
+        raise InvalidInput("platform_id is out of range", code="invalid_request")
+    return platform
