@@ -33,6 +33,7 @@ from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
+from devicecloud.services.nodes import NodeService, generate_node_id
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
 from devicecloud.services.tokens import TokenPolicy, TokenService
@@ -99,6 +100,7 @@ class Runtime:
     clients: ClientService
     notifier: Notifier
     server_key: rsa.RSAPrivateKey
+    node: NodeService
     sessions: DeviceSessionService
     gateway: DeviceGateway
     devices: DeviceService
@@ -109,6 +111,7 @@ class Runtime:
     dispatcher: WebhookDispatcher
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
+    node_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
 
     def api_deps(self) -> ApiDeps:
@@ -161,12 +164,14 @@ class Runtime:
 
     async def start_gateway(self) -> None:
         """
-        Listen for devices. No link exists before this, so devices left online by a previous run are offline.
+        Listen for devices. First this node joins the cluster: no link exists before this, so devices it
+        held in a previous run (and those of nodes whose lease ran out) are offline; other nodes' stay.
         """
         await self.start()
         if self.gateway_started:
             return
-        await self.sessions.reset_online_state()
+        await self.node.start()
+        self.node_started = True
         await self.gateway.start()
         self.gateway_started = True
 
@@ -179,6 +184,9 @@ class Runtime:
             await self.gateway.stop()
             self.gateway_started = False
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
+        if self.node_started:
+            await self.node.stop()
+            self.node_started = False
         await self.bus.close()
         await self.notifier.drain()
         await self.store.close()
@@ -271,14 +279,23 @@ def build_runtime(
         ),
     )
     clients = ClientService(store=store, clock=clock)
+    node_id = settings.node_id or generate_node_id()
     sessions = DeviceSessionService(
         store=store,
         clock=clock,
+        node_id=node_id,
         policy=SessionPolicy(
             accept_unknown_devices=settings.accept_unknown_devices,
             # Waiting longer than the device has for its handshake serves nobody.
             key_check_timeout=settings.device_handshake_timeout,
         ),
+    )
+    node = NodeService(
+        store=store,
+        clock=clock,
+        node_id=node_id,
+        lease=settings.node_lease,
+        on_lost=sessions.presence.rewrite,
     )
     devices: DeviceService | None = None
     events: EventService | None = None
@@ -370,6 +387,7 @@ def build_runtime(
         clients=clients,
         notifier=notifier,
         server_key=server_key,
+        node=node,
         sessions=sessions,
         gateway=gateway,
         devices=devices,

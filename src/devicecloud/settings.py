@@ -91,6 +91,16 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds to wait for a device to answer a function call or variable read.",
     )
+    node_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="This process's name in the cluster and its logs; default: generated at each start.",
+    )
+    node_lease: float = Field(
+        default=35.0,
+        gt=0,
+        description="Seconds without renewing its lease after which a node's devices are marked offline.",
+    )
     event_queue_bound: int = Field(
         default=1000,
         ge=1,
