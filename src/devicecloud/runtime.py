@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from devicecloud.api.app import create_app
 from devicecloud.api.deps import ApiDeps
+from devicecloud.bus.interfaces import EventBus
 from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.domain.accounts import User
@@ -105,7 +106,7 @@ class Runtime:
     gateway: DeviceGateway
     devices: DeviceService
     device_keys: DeviceKeyService
-    bus: MemoryBus
+    bus: EventBus
     events: EventService
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
@@ -150,6 +151,7 @@ class Runtime:
             return
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate.upgrade(self.store.engine)
+        await self.bus.start()
         self.started = True
 
     async def start_webhooks(self) -> None:
@@ -227,6 +229,17 @@ def server_key_slot_image(key: rsa.RSAPrivateKey, host: str, port: int) -> bytes
         return server_key_slot(der, host, port)
     except LocalProtocolError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def build_bus(settings: Settings, node_id: str) -> EventBus:
+    """
+    The event bus the settings name: in-process by default, NATS (imported only then: an extra) for a cluster.
+    """
+    if settings.bus_url.startswith("memory://"):
+        return MemoryBus()
+    from devicecloud.bus.nats import NatsBus
+
+    return NatsBus(settings.bus_url, name=f"devicecloud-{node_id}")
 
 
 def build_runtime(
@@ -342,7 +355,7 @@ def build_runtime(
         presence=sessions.presence,
     )
     device_keys = DeviceKeyService(store=store, clock=clock, control=gateway.control)
-    bus = MemoryBus()
+    bus = build_bus(settings, node_id)
     events = EventService(
         store=store,
         clock=clock,

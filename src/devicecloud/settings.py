@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds without renewing its lease after which a node's devices are marked offline.",
     )
+    bus_url: str = Field(
+        default="memory://",
+        pattern=r"^(memory://|nats://.+|tls://.+)$",
+        description="Event bus: memory:// (in-process) or nats://host:4222 (NATS with JetStream).",
+    )
     event_queue_bound: int = Field(
         default=1000,
         ge=1,

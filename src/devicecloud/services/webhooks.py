@@ -43,7 +43,7 @@ from devicecloud.errors import InvalidInput, NotFound
 logger = structlog.get_logger("devicecloud.webhooks")
 
 if TYPE_CHECKING:
-    from devicecloud.bus.interfaces import Subscription
+    from devicecloud.bus.interfaces import IntakeSubscription
     from devicecloud.clock import Clock
     from devicecloud.domain.accounts import User
     from devicecloud.services.events import EventService
@@ -325,7 +325,7 @@ class WebhookService:
         await self._hooks()
         return self._by_id.get(hook_id)
 
-    def subscribe_all(self, max_pending: int) -> Subscription:
+    def subscribe_all(self, max_pending: int) -> IntakeSubscription:
         """
         Every event on the bus except ``hook-*`` ones (the dispatcher's intake).
         """

@@ -58,6 +58,7 @@ from devicecloud.webhooks.templating import (
 from devicecloud.webhooks.throttle import SLEEPING_MESSAGE, HostThrottle, ThrottlePolicy
 
 if TYPE_CHECKING:
+    from devicecloud.bus.interfaces import IntakeSubscription
     from devicecloud.clock import Clock
     from devicecloud.services.webhooks import WebhookService
 
@@ -136,6 +137,7 @@ class WebhookDispatcher:
         self.policy = policy or DispatchPolicy()
         self._throttle = HostThrottle(self.policy.throttle)
         self._incoming: list[CloudEvent] = []
+        self._intake_subscription: IntakeSubscription | None = None  # acknowledged once written
         self._incoming_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._outcomes: list[DeliveryOutcome] = []
@@ -187,6 +189,8 @@ class WebhookDispatcher:
         lease runs out) and book what finished.
         """
         self._stopping = True
+        if self._intake_subscription is not None:
+            self._intake_subscription.close("stopping")  # what it has not handed over goes to another node
         try:
             await self._flush_incoming()
         except Exception:  # shutting down anyway: what is not written is logged, not raised
@@ -246,6 +250,7 @@ class WebhookDispatcher:
     async def _intake(self) -> None:
         while not self._is_stopping():
             subscription = self._service.subscribe_all(self.policy.intake_bound)
+            self._intake_subscription = subscription
             async for event in subscription:
                 self._incoming.append(event)
                 self._incoming_ready.set()
@@ -271,6 +276,8 @@ class WebhookDispatcher:
                 for rows in await each_alone(per_event, self._enqueue):
                     logger.error("webhook event dropped", owner=rows[0][0].owner_id, problem="not written")
                 self._wake.set()
+            if self._intake_subscription is not None:
+                await self._intake_subscription.acknowledge(batch)  # in the outbox now (or never will be)
 
     async def _enqueue(self, per_event: Sequence[Rows]) -> None:
         await self._service.enqueue([row for rows in per_event for row in rows])

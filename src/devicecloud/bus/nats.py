@@ -1,0 +1,445 @@
+"""
+The NATS event bus: the same `EventBus` contract as the in-process bus, across the nodes of a cluster.
+
+Theory of operation:
+    - publishing encodes the event once (`wire.encode`) and sends that payload to one subject per audience
+      of the event (a few, `domain.events.audiences`); subjects spell the name one token per character, so
+      the NATS server does the owner and prefix filtering (`wire`);
+    - this node subscribes each route (audience, prefix) that its subscriptions use ONCE, counted, and hands
+      what arrives to the in-process bus it extends (`MemoryBus`): its index picks the local subscriptions,
+      with the same bounded queues as in one process (lossy where that is lossy, counted). An event arrives
+      once per matching route of this node; its id (publisher's random prefix and a counter) drops the
+      copies after the first;
+    - messages are handled as the connection reads them, in its order, on the reading task: nats-py's
+      per-subscription queue is replaced by a hand-off (`_HandOff`), so events of one publisher reach a local
+      subscription in publish order whichever routes brought them, and a node costs no task per route;
+    - the webhook intake is a JetStream work queue instead (`intake`): the stream keeps the ``all`` copy of
+      every event until one node's intake has written it to the outbox and acknowledged it; a node that
+      dies leaves its unacknowledged events to the others once ``INTAKE_ACK_WAIT`` runs out;
+    - `settle()` sends a marker through the server to this node and returns once it came back: everything
+      this node published before has been handed to its subscriptions by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+import structlog
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError
+
+from devicecloud.bus import wire
+from devicecloud.bus.memory import MemoryBus, MemorySubscription
+from devicecloud.domain.events import EVERYONE, AllEvents, CloudEvent, Filter, Route, audiences, loggable
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsSubscription
+    from nats.js import JetStreamContext
+
+logger = structlog.get_logger("devicecloud.bus")
+
+DEFAULT_ROOT = "devicecloud"
+INTAKE_ACK_WAIT = 60.0  # seconds an intake has to write and acknowledge an event before another node gets it
+INTAKE_MAX_AGE = 24 * 3600.0  # events no intake took (webhooks off everywhere) are dropped after this
+_SEEN = 8192  # event ids remembered to drop later copies (copies of one publish arrive together)
+
+
+@dataclass(frozen=True, slots=True)
+class NatsTarget:
+    """
+    What a ``nats://`` bus URL names: the servers, and the subject root (its path; ``devicecloud`` without).
+    """
+
+    servers: tuple[str, ...]
+    root: str
+
+    @classmethod
+    def parse(cls, url: str) -> NatsTarget:
+        servers, root = [], DEFAULT_ROOT
+        for part in url.split(","):
+            split = urlsplit(part.strip())
+            if split.scheme not in ("nats", "tls") or not split.netloc:
+                raise ValueError(f"not a NATS server URL: {part!r}")
+            if split.path.strip("/"):
+                root = split.path.strip("/")
+            servers.append(urlunsplit((split.scheme, split.netloc, "", "", "")))
+        if not root.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"the subject root must be letters, digits, - and _: {root!r}")
+        return cls(tuple(servers), root)
+
+
+class _HandOff:
+    """
+    Stands in for a nats-py subscription's pending queue (the client puts each message it reads there):
+    the message is handled at once, in the connection's order, instead of by a task per subscription.
+    """
+
+    def __init__(self, bus: NatsBus, route: Route) -> None:
+        self._bus = bus
+        self._route = route
+        self.subscription: NatsSubscription | None = None
+
+    def put_nowait(self, msg: Msg) -> None:
+        if self.subscription is not None:
+            self.subscription._pending_size -= len(msg.data)
+        self._bus.received(msg.data)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+
+class NatsBus(MemoryBus):
+    """
+    `bus.interfaces.EventBus` over NATS (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_pending: int = 1000,
+        name: str = "devicecloud",
+        intake_ack_wait: float = INTAKE_ACK_WAIT,
+    ) -> None:
+        super().__init__(max_pending=max_pending)
+        self.intake_ack_wait = intake_ack_wait
+        self.target = NatsTarget.parse(url)
+        self._name = name
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._routes: dict[Route, int] = {}
+        self._nats_subs: dict[Route, _HandOff] = {}
+        self._subscribing: set[asyncio.Task[None]] = set()
+        self._prefix = secrets.token_hex(4) + ":"
+        self._ids = itertools.count()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._markers: dict[str, asyncio.Future[None]] = {}
+        self._sent = 0
+        self._received = 0
+        self._duplicates = 0
+        self._undecodable = 0
+        self._unstored = 0
+        self._intakes: list[JetStreamIntake] = []
+
+    @property
+    def stream_name(self) -> str:
+        return f"{self.target.root}_events".upper().replace("-", "_")
+
+    async def start(self) -> None:
+        if self._nc is not None:
+            return
+        self._nc = await nats.connect(
+            servers=list(self.target.servers),
+            name=self._name,
+            max_reconnect_attempts=-1,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._js = self._nc.jetstream()
+        config = js_api.StreamConfig(
+            name=self.stream_name,
+            subjects=[f"{self.target.root}.ev.all.>"],
+            retention=js_api.RetentionPolicy.WORK_QUEUE,
+            storage=js_api.StorageType.FILE,
+            max_age=INTAKE_MAX_AGE,
+            discard=js_api.DiscardPolicy.OLD,
+        )
+        try:
+            await self._js.add_stream(config)
+        except BadRequestError:  # made by another node with other limits: take it as it is
+            await self._js.update_stream(config)
+        await self._nc.subscribe(f"{self.target.root}.sync.{self._prefix[:-1]}", cb=self._on_marker)
+        for route in list(self._routes):
+            self._open(route)
+
+    async def ping(self) -> None:
+        """
+        A round trip to the server (readiness); raises when it is not reachable.
+        """
+        if self._nc is None or not self._nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+        await self._nc.flush(timeout=2)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, event: CloudEvent) -> None:
+        nc = self._connection()
+        if self._subscribing:
+            await asyncio.gather(*self._subscribing)  # our SUBs before our PUBs, on the one connection
+        payload = wire.encode(event, f"{self._prefix}{next(self._ids)}")
+        root, name = self.target.root, event.name
+        self._sent += 1
+        for audience in audiences(event)[1:]:
+            await nc.publish(wire.event_subject(root, audience, name), payload)
+        # The "all" copy last, through JetStream: the server has it stored once this returns.
+        try:
+            await self._jetstream().publish(wire.event_subject(root, EVERYONE, name), payload, timeout=5)
+        except Exception:
+            self._unstored += 1
+            logger.exception("event not stored in JetStream: webhooks miss it", event_name=loggable(name))
+
+    async def settle(self) -> None:
+        nc = self._connection()
+        if self._subscribing:
+            await asyncio.gather(*self._subscribing)
+        marker = f"{next(self._ids)}"
+        arrived = asyncio.get_running_loop().create_future()
+        self._markers[marker] = arrived
+        try:
+            await nc.publish(f"{self.target.root}.sync.{self._prefix[:-1]}", marker.encode())
+            await asyncio.wait_for(arrived, 10)
+        finally:
+            self._markers.pop(marker, None)
+
+    async def _on_marker(self, msg: Msg) -> None:
+        arrived = self._markers.get(msg.data.decode())
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
+    # ------------------------------------------------------------------ receiving
+
+    def received(self, payload: bytes) -> None:
+        """
+        An event from the server: to the local subscriptions, unless a copy of it came first.
+        """
+        self._received += 1
+        try:
+            event_id, event = wire.decode(payload)
+        except (ValueError, TypeError, KeyError):
+            self._undecodable += 1
+            logger.warning("undecodable message on the event bus dropped", size=len(payload))
+            return
+        if event_id in self._seen:
+            self._duplicates += 1
+            return
+        self._seen[event_id] = None
+        if len(self._seen) > _SEEN:
+            self._seen.popitem(last=False)
+        self.publish_nowait(event)
+
+    # ------------------------------------------------------------------ subscribing
+
+    def subscribe(
+        self, event_filter: Filter, *, max_pending: int | None = None, lossy: bool = False
+    ) -> MemorySubscription:
+        subscription = super().subscribe(event_filter, max_pending=max_pending, lossy=lossy)
+        for route in subscription.routes:
+            self._routes[route] = self._routes.get(route, 0) + 1
+            if self._routes[route] == 1 and self._nc is not None:
+                self._open(route)
+        return subscription
+
+    def forget(self, subscription: MemorySubscription) -> None:
+        known = subscription in self._subscriptions
+        super().forget(subscription)
+        if not known:
+            return
+        for route in subscription.routes:
+            self._routes[route] -= 1
+            if not self._routes[route]:
+                del self._routes[route]
+                self._close(route)
+
+    def _open(self, route: Route) -> None:
+        handoff = _HandOff(self, route)
+        self._nats_subs[route] = handoff
+        task = asyncio.get_running_loop().create_task(self._subscribe_route(route, handoff))
+        self._subscribing.add(task)
+        task.add_done_callback(self._subscribing.discard)
+
+    async def _subscribe_route(self, route: Route, handoff: _HandOff) -> None:
+        subject = wire.route_subject(self.target.root, route[0], route[1])
+        sub = await self._connection().subscribe(subject)
+        sub._pending_queue = handoff  # type: ignore[assignment]
+        handoff.subscription = sub
+        if self._nats_subs.get(route) is not handoff:  # closed while subscribing
+            await sub.unsubscribe()
+
+    def _close(self, route: Route) -> None:
+        handoff = self._nats_subs.pop(route, None)
+        if handoff is not None and handoff.subscription is not None and self._nc is not None:
+            task = asyncio.get_running_loop().create_task(handoff.subscription.unsubscribe())
+            self._subscribing.add(task)
+            task.add_done_callback(self._subscribing.discard)
+
+    # ------------------------------------------------------------------ the webhook intake
+
+    def intake(self, event_filter: AllEvents, *, max_pending: int) -> JetStreamIntake:
+        intake = JetStreamIntake(self, event_filter, max_pending)
+        self._intakes.append(intake)
+        return intake
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise ConnectionError("the NATS bus is not started")
+        return self._js
+
+    # ------------------------------------------------------------------ the rest
+
+    def statistics(self) -> dict[str, int]:
+        counts = super().statistics()
+        counts["published"] = self._sent
+        counts["received"] = self._received
+        counts["duplicates"] = self._duplicates
+        counts["undecodable"] = self._undecodable
+        counts["unstored"] = self._unstored
+        counts["routes"] = len(self._routes)
+        counts["intake_pending"] = sum(intake.pending() for intake in self._intakes)
+        return counts
+
+    async def close(self) -> None:
+        for intake in list(self._intakes):
+            intake.close("bus closed")
+            await intake.stopped()
+        await super().close()
+        if self._subscribing:
+            await asyncio.gather(*self._subscribing, return_exceptions=True)
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=2)  # what this node published reaches the server first
+            await nc.close()
+
+    def _connection(self) -> Client:
+        if self._nc is None:
+            raise ConnectionError("the NATS bus is not started")
+        return self._nc
+
+    async def _on_error(self, exc: Exception) -> None:
+        logger.warning("NATS error", error=str(exc))
+
+    async def _on_disconnected(self) -> None:
+        logger.warning("disconnected from NATS; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        logger.warning("reconnected to NATS")
+
+
+class JetStreamIntake:
+    """
+    A share of the cluster's webhook intake: events from the JetStream work queue, each to one node only,
+    acknowledged once written (`acknowledge`). It never falls behind: it fetches only what fits.
+    """
+
+    def __init__(self, bus: NatsBus, event_filter: AllEvents, max_pending: int) -> None:
+        self._bus = bus
+        self._filter = event_filter
+        self._max_pending = max_pending
+        self._queue: asyncio.Queue[CloudEvent | None] = asyncio.Queue()
+        self._unacked: dict[int, Msg] = {}
+        self._closed_reason: str | None = None
+        self._acks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task = asyncio.get_running_loop().create_task(self._fetch(), name="webhook-intake-fetch")
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self._closed_reason
+
+    @property
+    def dropped(self) -> int:
+        return 0
+
+    def pending(self) -> int:
+        return len(self._unacked)
+
+    def close(self, reason: str = "closed") -> None:
+        if self._closed_reason is not None:
+            return
+        self._closed_reason = reason
+        self._task.cancel()
+        self._queue.put_nowait(None)
+
+    async def stopped(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def __aiter__(self) -> AsyncIterator[CloudEvent]:
+        return self
+
+    async def __anext__(self) -> CloudEvent:
+        item = await self._queue.get()
+        if item is None:
+            self._queue.put_nowait(None)
+            raise StopAsyncIteration
+        return item
+
+    async def acknowledge(self, events: Sequence[CloudEvent]) -> None:
+        for event in events:
+            msg = self._unacked.pop(id(event), None)
+            if msg is not None:
+                await msg.ack()
+        if len(self._unacked) < self._max_pending:
+            self._room.set()
+
+    async def _fetch(self) -> None:
+        durable = "webhook-intake"
+        psub: Any = None
+        while psub is None:
+            try:
+                psub = await self._bus._jetstream().pull_subscribe(
+                    f"{self._bus.target.root}.ev.all.>",
+                    durable=durable,
+                    stream=self._bus.stream_name,
+                    config=js_api.ConsumerConfig(ack_wait=self._bus.intake_ack_wait, max_ack_pending=-1),
+                )
+            except Exception:
+                logger.warning("webhook intake cannot reach JetStream; retrying", exc_info=True)
+                await asyncio.sleep(1)
+        try:
+            await self._take_while_open(psub)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def _take_while_open(self, psub: Any) -> None:
+        while True:
+            await self._room.wait()
+            room = self._max_pending - len(self._unacked)
+            if room <= 0:
+                self._room.clear()
+                continue
+            try:
+                messages = await psub.fetch(min(room, 256), timeout=1)
+            except TimeoutError:
+                continue
+            except Exception:
+                logger.warning("webhook intake fetch failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            for msg in messages:
+                self._take(msg)
+
+    def _take(self, msg: Msg) -> None:
+        try:
+            _, event = wire.decode(msg.data)
+        except (ValueError, TypeError, KeyError):
+            logger.warning("undecodable event in the webhook intake dropped", size=len(msg.data))
+            self._ack_soon(msg)
+            return
+        if not self._filter.matches(event):
+            self._ack_soon(msg)
+            return
+        self._unacked[id(event)] = msg
+        self._queue.put_nowait(event)
+
+    def _ack_soon(self, msg: Msg) -> None:
+        task = asyncio.get_running_loop().create_task(msg.ack())
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
