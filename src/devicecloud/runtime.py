@@ -16,6 +16,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from devicecloud.api.app import create_app
 from devicecloud.api.deps import ApiDeps
@@ -25,6 +26,7 @@ from devicecloud.clock import Clock, SystemClock
 from devicecloud.domain.accounts import User
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
+from devicecloud.metrics import Metrics, Sources
 from devicecloud.notify import LogNotifier, SmtpNotifier
 from devicecloud.protocol import EventPublished, LocalProtocolError
 from devicecloud.protocol.keyslot import server_key_slot
@@ -110,6 +112,7 @@ class Runtime:
     events: EventService
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
+    metrics: Metrics
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     node_started: bool = field(default=False)
@@ -126,6 +129,7 @@ class Runtime:
             device_keys=self.device_keys,
             events=self.events,
             webhooks=self.webhooks,
+            probes=self.metrics,
         )
 
     @property
@@ -347,10 +351,11 @@ def build_runtime(
         on_event=on_device_event,
         on_subscribe=open_device_feed,
     )
+    metrics = Metrics()
     devices = DeviceService(
         store=store,
         clock=clock,
-        control=gateway.control,
+        control=metrics.metered(gateway.control),
         policy=DevicePolicy(request_timeout=settings.device_request_timeout),
         presence=sessions.presence,
     )
@@ -390,6 +395,23 @@ def build_runtime(
     )
     webhooks.runner = dispatcher
     sessions.on_status = events.publish_status
+
+    async def database_answers() -> None:
+        async with store.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    metrics.attach(
+        Sources(
+            node_id=node_id,
+            gateway=gateway,
+            bus=bus,
+            dispatcher=dispatcher,
+            presence=sessions.presence,
+            outbox=webhooks.pending,
+            database=database_answers,
+            bus_ping=bus.ping,
+        )
+    )
     return Runtime(
         settings=settings,
         clock=clock,
@@ -409,4 +431,5 @@ def build_runtime(
         events=events,
         webhooks=webhooks,
         dispatcher=dispatcher,
+        metrics=metrics,
     )

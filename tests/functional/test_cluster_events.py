@@ -127,3 +127,19 @@ async def test_each_webhook_is_sent_once_whichever_node_publishes(
     await runtime.bus.settle()
     assert sorted(str(n) for n in range(20)) == sorted(request.form["data"] for request in seen)
     assert 20 == len(httpserver.log)
+
+
+async def test_readyz_and_metrics_follow_the_nats_connection(
+    client: httpx.AsyncClient, runtime: Runtime, node_b: Callable[[], Awaitable[Runtime]]
+) -> None:
+    """Node B is ready while NATS answers it and reports its bus lag; without its connection: 503, "bus"."""
+    b = await node_b()
+    await publish(client, await make_account(client, "ada@example.com"), "lagging")
+    async with await api_of(b) as via_b:
+        assert 200 == (await via_b.get("/readyz")).status_code
+        await b.bus.settle()
+        assert "devicecloud_bus_lag_seconds_count" in (await via_b.get("/metrics")).text
+        await b.bus.close()
+        down = await via_b.get("/readyz")
+    assert (503, "not_ready") == (down.status_code, down.json()["error"])
+    assert down.json()["error_description"].startswith("bus: ")

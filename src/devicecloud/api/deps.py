@@ -5,6 +5,7 @@ What the HTTP layer is handed by the composition root: services, settings and th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from devicecloud.clock import Clock
 from devicecloud.services.accounts import AccountService
@@ -15,6 +16,24 @@ from devicecloud.services.events import EventService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
+
+
+class Probes(Protocol):
+    """
+    What `/metrics` and `/readyz` show (`devicecloud.metrics.Metrics`).
+    """
+
+    async def render(self) -> tuple[bytes, str]:
+        """
+        The Prometheus exposition text and its content type.
+        """
+        ...
+
+    async def readiness(self) -> dict[str, str]:
+        """
+        Each dependency (database, bus) and "ok", or what is wrong with it.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +47,4 @@ class ApiDeps:
     device_keys: DeviceKeyService
     events: EventService
     webhooks: WebhookService
+    probes: Probes | None = None

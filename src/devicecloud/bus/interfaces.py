@@ -67,6 +67,12 @@ class EventBus(Protocol):
 
     async def settle(self) -> None: ...
 
+    async def ping(self) -> None:
+        """
+        Raise when the bus cannot carry events now (readiness).
+        """
+        ...
+
     def intake(self, event_filter: AllEvents, *, max_pending: int) -> IntakeSubscription: ...
 
     def subscribe(

@@ -121,6 +121,11 @@ class MemoryBus:
         Publishing has delivered already.
         """
 
+    async def ping(self) -> None:
+        """
+        Always reachable.
+        """
+
     def intake(self, event_filter: AllEvents, *, max_pending: int) -> IntakeSubscription:
         """
         In one process the intake is a plain subscription.

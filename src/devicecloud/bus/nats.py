@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -133,6 +134,7 @@ class NatsBus(MemoryBus):
         self._duplicates = 0
         self._undecodable = 0
         self._unstored = 0
+        self._lag_us = 0
         self._intakes: list[JetStreamIntake] = []
 
     @property
@@ -227,6 +229,8 @@ class NatsBus(MemoryBus):
         if event_id in self._seen:
             self._duplicates += 1
             return
+        # Publication to arrival, by the two nodes' clocks (a skew shows here, never below zero).
+        self._lag_us += max(0, int((time.time() - event.published_at.timestamp()) * 1_000_000))
         self._seen[event_id] = None
         if len(self._seen) > _SEEN:
             self._seen.popitem(last=False)
@@ -298,6 +302,7 @@ class NatsBus(MemoryBus):
         counts["duplicates"] = self._duplicates
         counts["undecodable"] = self._undecodable
         counts["unstored"] = self._unstored
+        counts["lag_microseconds"] = self._lag_us
         counts["routes"] = len(self._routes)
         counts["intake_pending"] = sum(intake.pending() for intake in self._intakes)
         return counts

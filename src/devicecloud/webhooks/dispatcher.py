@@ -148,6 +148,7 @@ class WebhookDispatcher:
         self._renewed_at = 0.0
         self._claim_passes_started = 0
         self._claim_passes_done = 0
+        self._outcomes_counted = {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
         self._tasks: list[asyncio.Task[None]] = []
         self._requests: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -224,11 +225,16 @@ class WebhookDispatcher:
         """
         Running totals of the claimer's passes over the outbox: ``claim_passes_started`` and
         ``claim_passes_done`` (one pass at a time, so a pass numbered above what had started when ``poke()``
-        was called began after it: once that many are done, the outbox was looked at since).
+        was called began after it: once that many are done, the outbox was looked at since); deliveries
+        ``held`` and events ``incoming`` now; attempts by how they ended (``outcomes_<sent|retry|failed|
+        skipped>``).
         """
         return {
             "claim_passes_started": self._claim_passes_started,
             "claim_passes_done": self._claim_passes_done,
+            "held": len(self._held),
+            "incoming": len(self._incoming),
+            **{f"outcomes_{kind}": count for kind, count in self._outcomes_counted.items()},
         }
 
     async def _guard(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -489,6 +495,7 @@ class WebhookDispatcher:
         )
 
     def _finish(self, outcome: DeliveryOutcome) -> None:
+        self._outcomes_counted[_kind(outcome)] += 1
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
 
@@ -533,3 +540,14 @@ def _bare(outcome: DeliveryOutcome) -> DeliveryOutcome:
     return replace(
         outcome, request={}, body=b"", error="the attempt's details could not be stored", response_events=()
     )
+
+
+def _kind(outcome: DeliveryOutcome) -> str:
+    """
+    How an attempt ended, for the counts: sent (a 2xx), retry (tried again later), failed, skipped.
+    """
+    if outcome.skipped:
+        return "skipped"
+    if outcome.error is None and outcome.status is not None and outcome.status < 300:
+        return "sent"
+    return "retry" if outcome.retry else "failed"
