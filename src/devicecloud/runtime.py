@@ -11,6 +11,7 @@ import logging
 import secrets
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -20,12 +21,13 @@ from sqlalchemy import text
 
 from devicecloud.api.app import create_app
 from devicecloud.api.deps import ApiDeps
-from devicecloud.bus.interfaces import EventBus
+from devicecloud.bus.interfaces import DeviceCommands, EventBus
 from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.domain.accounts import User
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
+from devicecloud.gateway.cluster import RoutedControl
 from devicecloud.metrics import Metrics, Sources
 from devicecloud.notify import LogNotifier, SmtpNotifier
 from devicecloud.protocol import EventPublished, LocalProtocolError
@@ -33,12 +35,12 @@ from devicecloud.protocol.keyslot import server_key_slot
 from devicecloud.services.accounts import AccountPolicy, AccountService
 from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
-from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
+from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy, StatusHook
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.nodes import NodeService, generate_node_id
 from devicecloud.services.passwords import Passwords
-from devicecloud.services.ports import Notifier
+from devicecloud.services.ports import DeviceControl, Notifier
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
@@ -235,15 +237,31 @@ def server_key_slot_image(key: rsa.RSAPrivateKey, host: str, port: int) -> bytes
         raise ValueError(str(exc)) from exc
 
 
-def build_bus(settings: Settings, node_id: str) -> EventBus:
+def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommands | None]:
     """
-    The event bus the settings name: in-process by default, NATS (imported only then: an extra) for a cluster.
+    The event bus the settings name, and its device request/reply when it has one: in-process by default,
+    NATS (imported only then: nats-py is the extra "nats") for a cluster.
     """
     if settings.bus_url.startswith("memory://"):
-        return MemoryBus()
+        return MemoryBus(), None
     from devicecloud.bus.nats import NatsBus
 
-    return NatsBus(settings.bus_url, name=f"devicecloud-{node_id}")
+    bus = NatsBus(settings.bus_url, name=f"devicecloud-{node_id}")
+    return bus, bus
+
+
+def _serving(routed: RoutedControl, publish_status: StatusHook) -> StatusHook:
+    """
+    A cluster node's status hook: it answers for a device over the bus while the device is linked here.
+    """
+
+    async def on_status(
+        device_id: str, online: bool, *, owner_id: int | Literal["unread"] | None = "unread"
+    ) -> None:
+        (routed.held if online else routed.released)(device_id)
+        await publish_status(device_id, online, owner_id=owner_id)
+
+    return on_status
 
 
 def build_runtime(
@@ -352,15 +370,18 @@ def build_runtime(
         on_subscribe=open_device_feed,
     )
     metrics = Metrics()
+    bus, commands = build_bus(settings, node_id)
+    # Over NATS a device linked to another node is reached through it (request/reply); in one process, here.
+    routed = RoutedControl(gateway.control, commands) if commands is not None else None
+    control: DeviceControl = routed if routed is not None else gateway.control
     devices = DeviceService(
         store=store,
         clock=clock,
-        control=metrics.metered(gateway.control),
+        control=metrics.metered(control),
         policy=DevicePolicy(request_timeout=settings.device_request_timeout),
         presence=sessions.presence,
     )
-    device_keys = DeviceKeyService(store=store, clock=clock, control=gateway.control)
-    bus = build_bus(settings, node_id)
+    device_keys = DeviceKeyService(store=store, clock=clock, control=control)
     events = EventService(
         store=store,
         clock=clock,
@@ -394,7 +415,7 @@ def build_runtime(
         ),
     )
     webhooks.runner = dispatcher
-    sessions.on_status = events.publish_status
+    sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
 
     async def database_answers() -> None:
         async with store.engine.connect() as conn:

@@ -5,71 +5,23 @@ reaches streams and subscribed devices on the other, and each webhook is sent on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_httpserver import HTTPServer
 from tests.support.api import Account, make_account
-from tests.support.clock import FakeClock
+from tests.support.cluster import api_of, bus_url, node_b, settings_overrides
 from tests.support.devices import register_and_claim, virtual_device, wait_until
-from tests.support.nats import drop_stream, fresh_bus_url, nats_bus
-from tests.support.notifier import RecordingNotifier
 from tests.support.sse import flag, serve_app, stream
 from tests.support.webhooks import create_hook, outbox_empty, publish, requests_seen
 
-from devicecloud.bus.nats import NatsBus
 from devicecloud.protocol import SubscriptionScope
-from devicecloud.runtime import Runtime, build_runtime
-from devicecloud.settings import Settings
+from devicecloud.runtime import Runtime
 from devicecloud.virtualdevice.identity import generate_identity
 
 pytestmark = pytest.mark.nats
-
-
-@pytest.fixture
-async def bus_url() -> str:
-    url = fresh_bus_url()
-    async with nats_bus(url):  # skipped (failed in CI) without a usable NATS server
-        pass
-    return url
-
-
-@pytest.fixture
-def settings_overrides(bus_url: str) -> dict[str, Any]:
-    return {"bus_url": bus_url}
-
-
-@pytest.fixture
-async def node_b(
-    runtime: Runtime,
-    settings: Settings,
-    clock: FakeClock,
-    notifier: RecordingNotifier,
-    server_key: rsa.RSAPrivateKey,
-) -> AsyncIterator[Callable[[], Awaitable[Runtime]]]:
-    """Node B on node A's database and bus, started on demand; the JetStream stream dropped at the end."""
-    started: list[Runtime] = []
-
-    async def start() -> Runtime:
-        node = build_runtime(settings, clock=clock, notifier=notifier, server_key=server_key)
-        await node.start_gateway()
-        await node.start_webhooks()
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        await node.stop()
-    assert isinstance(runtime.bus, NatsBus)
-    await drop_stream(runtime.bus)
-
-
-async def api_of(node: Runtime) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=node.asgi_app(manage_lifecycle=False), client=("203.0.113.9", 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+__all__ = ["bus_url", "node_b", "settings_overrides"]  # fixtures
 
 
 async def test_an_event_published_on_one_node_reaches_streams_and_devices_on_the_other(
@@ -94,7 +46,7 @@ async def test_an_event_published_on_one_node_reaches_streams_and_devices_on_the
         await b.bus.settle()  # the device's feed is subscribed at the server
         async with serve_app(runtime) as served, stream(served, "/v1/devices/events/cluster", ada) as on_a:
             await runtime.bus.settle()
-            async with await api_of(b) as via_b:
+            async with api_of(b) as via_b:
                 await publish(via_b, ada, "cluster/from-b", "1")
             await publish(client, ada, "cluster/from-a", "2")
             assert ["cluster/from-b", "cluster/from-a"] == await on_a.names(2)
@@ -118,7 +70,7 @@ async def test_each_webhook_is_sent_once_whichever_node_publishes(
     ada: Account = await make_account(client, "ada@example.com")
     await create_hook(client, ada, event="sale", url=httpserver.url_for("/hook"))
     b = await node_b()
-    async with await api_of(b) as via_b:
+    async with api_of(b) as via_b:
         for n in range(20):
             await publish(via_b if n % 2 else client, ada, "sale", str(n))
     seen = await requests_seen(httpserver, 20)
@@ -135,7 +87,7 @@ async def test_readyz_and_metrics_follow_the_nats_connection(
     """Node B is ready while NATS answers it and reports its bus lag; without its connection: 503, "bus"."""
     b = await node_b()
     await publish(client, await make_account(client, "ada@example.com"), "lagging")
-    async with await api_of(b) as via_b:
+    async with api_of(b) as via_b:
         assert 200 == (await via_b.get("/readyz")).status_code
         await b.bus.settle()
         assert "devicecloud_bus_lag_seconds_count" in (await via_b.get("/metrics")).text

@@ -22,7 +22,7 @@ Backends: `memory.MemoryBus` (the default, one process), `nats.NatsBus` (``bus_u
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 from devicecloud.domain.events import AllEvents, CloudEvent, Filter
@@ -87,3 +87,24 @@ class EventBus(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class DeviceCommands(Protocol):
+    """
+    Request/reply between nodes for device commands (`nats.NatsBus`; one process needs none): a node serves
+    the devices whose link it holds, any node may ask.
+    """
+
+    #: Answers a request payload for a device held here; None to stay silent (not held here after all).
+    command_handler: Callable[[bytes], Awaitable[bytes | None]] | None
+
+    def serve_device(self, device_id: str) -> None: ...
+
+    def stop_serving_device(self, device_id: str) -> None: ...
+
+    async def request_device(self, device_id: str, payload: bytes, *, timeout: float) -> bytes:
+        """
+        The holder's answer. Raises LookupError when no node holds the device (at once), TimeoutError when
+        no answer comes within ``timeout`` seconds.
+        """
+        ...

@@ -28,13 +28,15 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import structlog
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError
 
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
 logger = structlog.get_logger("devicecloud.bus")
+CommandHandler = Callable[[bytes], Awaitable[bytes | None]]
 
 DEFAULT_ROOT = "devicecloud"
 INTAKE_ACK_WAIT = 60.0  # seconds an intake has to write and acknowledge an event before another node gets it
@@ -103,6 +106,27 @@ class _HandOff:
         return True
 
 
+class _CommandHandOff:
+    """
+    `_HandOff` for a device's command subject: each request is answered by a task of its own.
+    """
+
+    def __init__(self, bus: NatsBus) -> None:
+        self._bus = bus
+        self.subscription: NatsSubscription | None = None
+
+    def put_nowait(self, msg: Msg) -> None:
+        if self.subscription is not None:
+            self.subscription._pending_size -= len(msg.data)
+        self._bus.command(msg)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+
 class NatsBus(MemoryBus):
     """
     `bus.interfaces.EventBus` over NATS (see the module docstring).
@@ -136,6 +160,10 @@ class NatsBus(MemoryBus):
         self._unstored = 0
         self._lag_us = 0
         self._intakes: list[JetStreamIntake] = []
+        self._served: dict[str, _CommandHandOff] = {}
+        self._answering: set[asyncio.Task[None]] = set()
+        #: Answers a command payload for a device held here (None: stay silent). Set by the runtime.
+        self.command_handler: CommandHandler | None = None
 
     @property
     def stream_name(self) -> str:
@@ -281,6 +309,69 @@ class NatsBus(MemoryBus):
             self._subscribing.add(task)
             task.add_done_callback(self._subscribing.discard)
 
+    # ------------------------------------------------------------------ device commands (request/reply)
+
+    def serve_device(self, device_id: str) -> None:
+        """
+        This node holds ``device_id``'s link: answer requests for it (``command_handler``). Idempotent.
+        """
+        if device_id in self._served or self._nc is None:
+            return
+        handoff = _CommandHandOff(self)
+        self._served[device_id] = handoff
+        task = asyncio.get_running_loop().create_task(self._subscribe_commands(device_id, handoff))
+        self._subscribing.add(task)
+        task.add_done_callback(self._subscribing.discard)
+
+    def stop_serving_device(self, device_id: str) -> None:
+        handoff = self._served.pop(device_id, None)
+        if handoff is not None and handoff.subscription is not None and self._nc is not None:
+            task = asyncio.get_running_loop().create_task(handoff.subscription.unsubscribe())
+            self._subscribing.add(task)
+            task.add_done_callback(self._subscribing.discard)
+
+    async def request_device(self, device_id: str, payload: bytes, *, timeout: float) -> bytes:
+        """
+        Ask the node holding ``device_id`` and return its answer.
+
+        Raises:
+            LookupError: no node holds it (the server says so at once: no responders).
+            TimeoutError: no answer within ``timeout`` seconds.
+        """
+        nc = self._connection()
+        try:
+            reply = await nc.request(self._command_subject(device_id), payload, timeout=timeout)
+        except NoRespondersError as exc:
+            raise LookupError(device_id) from exc
+        except NatsTimeoutError as exc:
+            raise TimeoutError(device_id) from exc
+        return reply.data
+
+    def _command_subject(self, device_id: str) -> str:
+        return f"{self.target.root}.cmd.{wire.id_token(device_id)}"
+
+    async def _subscribe_commands(self, device_id: str, handoff: _CommandHandOff) -> None:
+        sub = await self._connection().subscribe(self._command_subject(device_id))
+        sub._pending_queue = handoff  # type: ignore[assignment]
+        handoff.subscription = sub
+        if self._served.get(device_id) is not handoff:  # released while subscribing
+            await sub.unsubscribe()
+
+    def command(self, msg: Msg) -> None:
+        if self.command_handler is None or not msg.reply:
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(msg, self.command_handler))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _answer(self, msg: Msg, handler: CommandHandler) -> None:
+        try:
+            reply = await handler(msg.data)
+            if reply is not None:  # None: not held here after all, another node may answer
+                await msg.respond(reply)
+        except Exception:
+            logger.exception("answering a device command failed")
+
     # ------------------------------------------------------------------ the webhook intake
 
     def intake(self, event_filter: AllEvents, *, max_pending: int) -> JetStreamIntake:
@@ -311,6 +402,9 @@ class NatsBus(MemoryBus):
         for intake in list(self._intakes):
             intake.close("bus closed")
             await intake.stopped()
+        for task in list(self._answering):
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
         await super().close()
         if self._subscribing:
             await asyncio.gather(*self._subscribing, return_exceptions=True)
@@ -371,9 +465,11 @@ class JetStreamIntake:
         self._task.cancel()
         self._queue.put_nowait(None)
 
+    def _closing(self) -> bool:
+        return self._closed_reason is not None
+
     async def stopped(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait({self._task}, timeout=5)  # a fetch ends within its own 1 s timeout
 
     def __aiter__(self) -> AsyncIterator[CloudEvent]:
         return self
@@ -414,7 +510,8 @@ class JetStreamIntake:
                 await psub.unsubscribe()
 
     async def _take_while_open(self, psub: Any) -> None:
-        while True:
+        # nats-py's fetch can swallow a cancellation (it treats it as a timeout): the loop checks for close.
+        while not self._closing():
             await self._room.wait()
             room = self._max_pending - len(self._unacked)
             if room <= 0:
@@ -428,6 +525,8 @@ class JetStreamIntake:
                 logger.warning("webhook intake fetch failed; retrying", exc_info=True)
                 await asyncio.sleep(1)
                 continue
+            if self._closing():
+                return  # fetched while closing: never acknowledged, so another node gets them
             for msg in messages:
                 self._take(msg)
 
