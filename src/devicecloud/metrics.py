@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 # Device requests take from a few ms (a LAN device) to the request timeout (20 s).
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
-PROBE_TIMEOUT = 2.0  # seconds a readiness check waits for the database or the bus
+PROBE_TIMEOUT = 5.0  # seconds a readiness check waits for the database or the bus
 
 
 @dataclass(frozen=True, slots=True)

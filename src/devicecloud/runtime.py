@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -250,6 +251,16 @@ def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommand
     return bus, bus
 
 
+def _forgetting(webhooks: WebhookService, events: EventService) -> Callable[[str, str], None]:
+    def forget(topic: str, key: str) -> None:
+        if topic == "hooks":
+            webhooks.forget_cache()
+        elif topic == "owner":
+            events.forget_owner(key)
+
+    return forget
+
+
 def _serving(routed: RoutedControl, publish_status: StatusHook) -> StatusHook:
     """
     A cluster node's status hook: it answers for a device over the bus while the device is linked here.
@@ -415,6 +426,10 @@ def build_runtime(
         ),
     )
     webhooks.runner = dispatcher
+    # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
+    webhooks.on_change(lambda: bus.broadcast("hooks", ""))
+    devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
+    bus.on_broadcast(_forgetting(webhooks, events))
     sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
 
     async def database_answers() -> None:

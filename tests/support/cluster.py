@@ -13,20 +13,22 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devicecloud.bus.nats import NatsBus
 from devicecloud.runtime import Runtime, build_runtime
 from devicecloud.settings import Settings
 from tests.support.clock import FakeClock
-from tests.support.nats import drop_stream, fresh_bus_url, nats_bus
+from tests.support.nats import fresh_bus_url, nats_bus
 from tests.support.notifier import RecordingNotifier
 
 
 @pytest.fixture
-async def bus_url() -> str:
+async def bus_url() -> AsyncIterator[str]:
+    """A subject root of the test's own; its JetStream stream is deleted once every node has stopped."""
     url = fresh_bus_url()
     async with nats_bus(url):  # skipped (failed in CI) without a usable NATS server
         pass
-    return url
+    yield url
+    async with nats_bus(url):  # deletes the stream on the way out
+        pass
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ async def node_b(
     notifier: RecordingNotifier,
     server_key: rsa.RSAPrivateKey,
 ) -> AsyncIterator[Callable[[], Awaitable[Runtime]]]:
-    """Node B on node A's database and bus, started on demand; the JetStream stream dropped at the end."""
+    """Node B on node A's database and bus, started on demand, stopped before node A."""
     started: list[Runtime] = []
 
     async def start() -> Runtime:
@@ -55,8 +57,6 @@ async def node_b(
     yield start
     for node in started:
         await node.stop()
-    assert isinstance(runtime.bus, NatsBus)
-    await drop_stream(runtime.bus)
 
 
 def api_of(node: Runtime) -> httpx.AsyncClient:

@@ -75,6 +75,19 @@ class EventBus(Protocol):
 
     def intake(self, event_filter: AllEvents, *, max_pending: int) -> IntakeSubscription: ...
 
+    def broadcast(self, topic: str, key: str) -> None:
+        """
+        Tell every process on the bus, this one included, that ``topic``/``key`` changed (caches forget it);
+        returns at once, never fails (a lost note costs a stale cache, as before buses).
+        """
+        ...
+
+    def on_broadcast(self, listener: Callable[[str, str], None]) -> None:
+        """
+        Call ``listener(topic, key)`` for each broadcast (from any process).
+        """
+        ...
+
     def subscribe(
         self, event_filter: Filter, *, max_pending: int | None = None, lossy: bool = False
     ) -> Subscription: ...

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
 
@@ -107,6 +107,7 @@ class MemoryBus:
         self._dropped_subscribers = 0
         self._dropped_events = 0
         self._evaluated = 0
+        self._listeners: list[Callable[[str, str], None]] = []
 
     async def start(self) -> None:
         """
@@ -125,6 +126,13 @@ class MemoryBus:
         """
         Always reachable.
         """
+
+    def broadcast(self, topic: str, key: str) -> None:
+        for listener in self._listeners:
+            listener(topic, key)
+
+    def on_broadcast(self, listener: Callable[[str, str], None]) -> None:
+        self._listeners.append(listener)
 
     def intake(self, event_filter: AllEvents, *, max_pending: int) -> IntakeSubscription:
         """

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import secrets
 import time
 from collections import OrderedDict
@@ -55,7 +56,8 @@ CommandHandler = Callable[[bytes], Awaitable[bytes | None]]
 
 DEFAULT_ROOT = "devicecloud"
 INTAKE_ACK_WAIT = 60.0  # seconds an intake has to write and acknowledge an event before another node gets it
-INTAKE_MAX_AGE = 24 * 3600.0  # events no intake took (webhooks off everywhere) are dropped after this
+INTAKE_MAX_AGE = 24 * 3600.0  # events no intake took (webhooks off everywhere) are dropped after this,
+INTAKE_MAX_BYTES = 1 << 30  # or once they fill this much, oldest first
 _SEEN = 8192  # event ids remembered to drop later copies (copies of one publish arrive together)
 
 
@@ -81,6 +83,16 @@ class NatsTarget:
         if not root.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"the subject root must be letters, digits, - and _: {root!r}")
         return cls(tuple(servers), root)
+
+
+def _reraise_cancellation() -> None:
+    """
+    Raise CancelledError when the current task is being cancelled (nats-py sometimes answers a cancellation
+    with another exception, which would otherwise be taken for a failure and the cancellation lost).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class _HandOff:
@@ -159,6 +171,7 @@ class NatsBus(MemoryBus):
         self._undecodable = 0
         self._unstored = 0
         self._lag_us = 0
+        self._notes = 0
         self._intakes: list[JetStreamIntake] = []
         self._served: dict[str, _CommandHandOff] = {}
         self._answering: set[asyncio.Task[None]] = set()
@@ -187,6 +200,7 @@ class NatsBus(MemoryBus):
             retention=js_api.RetentionPolicy.WORK_QUEUE,
             storage=js_api.StorageType.FILE,
             max_age=INTAKE_MAX_AGE,
+            max_bytes=INTAKE_MAX_BYTES,
             discard=js_api.DiscardPolicy.OLD,
         )
         try:
@@ -194,6 +208,7 @@ class NatsBus(MemoryBus):
         except BadRequestError:  # made by another node with other limits: take it as it is
             await self._js.update_stream(config)
         await self._nc.subscribe(f"{self.target.root}.sync.{self._prefix[:-1]}", cb=self._on_marker)
+        await self._nc.subscribe(f"{self.target.root}.ctl", cb=self._on_note)
         for route in list(self._routes):
             self._open(route)
 
@@ -210,7 +225,7 @@ class NatsBus(MemoryBus):
     async def publish(self, event: CloudEvent) -> None:
         nc = self._connection()
         if self._subscribing:
-            await asyncio.gather(*self._subscribing)  # our SUBs before our PUBs, on the one connection
+            await asyncio.wait(set(self._subscribing))  # our SUBs before our PUBs (cancelling us: not them)
         payload = wire.encode(event, f"{self._prefix}{next(self._ids)}")
         root, name = self.target.root, event.name
         self._sent += 1
@@ -220,13 +235,15 @@ class NatsBus(MemoryBus):
         try:
             await self._jetstream().publish(wire.event_subject(root, EVERYONE, name), payload, timeout=5)
         except Exception:
+            _reraise_cancellation()  # nats-py may turn a cancellation into a timeout: keep it one
             self._unstored += 1
             logger.exception("event not stored in JetStream: webhooks miss it", event_name=loggable(name))
+        _reraise_cancellation()  # ... or swallow it whole
 
     async def settle(self) -> None:
         nc = self._connection()
         if self._subscribing:
-            await asyncio.gather(*self._subscribing)
+            await asyncio.wait(set(self._subscribing))
         marker = f"{next(self._ids)}"
         arrived = asyncio.get_running_loop().create_future()
         self._markers[marker] = arrived
@@ -308,6 +325,28 @@ class NatsBus(MemoryBus):
             task = asyncio.get_running_loop().create_task(handoff.subscription.unsubscribe())
             self._subscribing.add(task)
             task.add_done_callback(self._subscribing.discard)
+
+    # ------------------------------------------------------------------ cache notes
+
+    def broadcast(self, topic: str, key: str) -> None:
+        if self._nc is None:
+            return
+        note = json.dumps([topic, key]).encode()
+        task = asyncio.get_running_loop().create_task(self._nc.publish(f"{self.target.root}.ctl", note))
+        self._subscribing.add(task)
+        task.add_done_callback(self._subscribing.discard)
+
+    async def _on_note(self, msg: Msg) -> None:
+        try:
+            topic, key = json.loads(msg.data)
+        except (ValueError, TypeError):
+            return
+        self._notes += 1
+        for listener in self._listeners:
+            try:
+                listener(str(topic), str(key))
+            except Exception:
+                logger.exception("a cache note listener failed", topic=topic)
 
     # ------------------------------------------------------------------ device commands (request/reply)
 
@@ -394,6 +433,7 @@ class NatsBus(MemoryBus):
         counts["undecodable"] = self._undecodable
         counts["unstored"] = self._unstored
         counts["lag_microseconds"] = self._lag_us
+        counts["notes"] = self._notes
         counts["routes"] = len(self._routes)
         counts["intake_pending"] = sum(intake.pending() for intake in self._intakes)
         return counts
@@ -423,7 +463,8 @@ class NatsBus(MemoryBus):
         logger.warning("NATS error", error=str(exc))
 
     async def _on_disconnected(self) -> None:
-        logger.warning("disconnected from NATS; reconnecting")
+        if self._nc is not None:  # not while closing
+            logger.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         logger.warning("reconnected to NATS")
@@ -486,6 +527,7 @@ class JetStreamIntake:
             msg = self._unacked.pop(id(event), None)
             if msg is not None:
                 await msg.ack()
+                _reraise_cancellation()
         if len(self._unacked) < self._max_pending:
             self._room.set()
 
@@ -520,8 +562,10 @@ class JetStreamIntake:
             try:
                 messages = await psub.fetch(min(room, 256), timeout=1)
             except TimeoutError:
+                _reraise_cancellation()
                 continue
             except Exception:
+                _reraise_cancellation()
                 logger.warning("webhook intake fetch failed; retrying", exc_info=True)
                 await asyncio.sleep(1)
                 continue

@@ -311,8 +311,11 @@ class WebhookDispatcher:
 
     async def _claimer(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that comes as the event
+            # is set, and stop() then waits for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.policy.poll_interval)
+                async with asyncio.timeout(self.policy.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             self._claim_passes_started += 1
             await self._claim_pass()
