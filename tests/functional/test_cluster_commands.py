@@ -148,3 +148,20 @@ async def test_unclaiming_through_one_node_drops_the_link_on_the_other(
         await wait_until(flag(lambda: not b.gateway.control.is_online(device.device_id)))
     finally:
         await device.stop()
+
+
+async def test_a_key_replaced_through_one_node_ends_the_old_session_on_the_other(
+    client: httpx.AsyncClient, runtime: Runtime, node_b: Callable[[], Awaitable[Runtime]]
+) -> None:
+    """
+    ``devicecloud keys add`` (the operator's registration, run against node A) gives a device linked to
+    node B a new key: B closes the link made with the old one.
+    """
+    ada = await make_account(client, "ada@example.com")
+    b = await node_b()
+    device = await device_on(b, client, ada)
+    try:
+        await runtime.device_keys.add(device.device_id, generate_identity().public_key_pem())
+        await wait_until(flag(lambda: not b.gateway.control.is_online(device.device_id)))
+    finally:
+        await device.stop()
