@@ -26,6 +26,7 @@ from devicecloud.bus.interfaces import DeviceCommands, EventBus
 from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.domain.accounts import User
+from devicecloud.domain.library_archives import ArchiveLimits
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
 from devicecloud.gateway.cluster import RoutedControl
@@ -39,13 +40,17 @@ from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy, StatusHook
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
+from devicecloud.services.groups import GroupService
+from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.nodes import NodeService, generate_node_id
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import DeviceControl, Notifier
+from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
+from devicecloud.store.archives import FileArchiveStorage
 from devicecloud.store.keyfiles import load_or_create_server_key
 from devicecloud.store.sql import PoolLimits, SqlStore
 from devicecloud.webhooks.dispatcher import DispatchPolicy, WebhookDispatcher
@@ -115,6 +120,9 @@ class Runtime:
     events: EventService
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
+    products: ProductService
+    groups: GroupService
+    libraries: LibraryService
     metrics: Metrics
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
@@ -132,6 +140,9 @@ class Runtime:
             device_keys=self.device_keys,
             events=self.events,
             webhooks=self.webhooks,
+            products=self.products,
+            groups=self.groups,
+            libraries=self.libraries,
             probes=self.metrics,
         )
 
@@ -275,6 +286,17 @@ def _serving(routed: RoutedControl, publish_status: StatusHook) -> StatusHook:
     return on_status
 
 
+def build_libraries(settings: Settings, store: SqlStore, clock: Clock) -> LibraryService:
+    """
+    The library registry, its archives as files under ``<data dir>/libraries`` (decision 0019).
+    """
+    limits = ArchiveLimits(
+        max_archive=settings.library_max_archive_bytes, max_unpacked=settings.library_max_unpacked_bytes
+    )
+    storage = FileArchiveStorage(settings.data_dir / "libraries")
+    return LibraryService(store=store, clock=clock, storage=storage, policy=LibraryPolicy(limits=limits))
+
+
 def build_runtime(
     settings: Settings,
     *,
@@ -325,6 +347,8 @@ def build_runtime(
         ),
     )
     clients = ClientService(store=store, clock=clock)
+    products = ProductService(store=store, clock=clock, tokens=tokens)
+    groups = GroupService(store=store, clock=clock)
     node_id = settings.node_id or generate_node_id()
     sessions = DeviceSessionService(
         store=store,
@@ -467,5 +491,8 @@ def build_runtime(
         events=events,
         webhooks=webhooks,
         dispatcher=dispatcher,
+        products=products,
+        groups=groups,
+        libraries=build_libraries(settings, store, clock),
         metrics=metrics,
     )

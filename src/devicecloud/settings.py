@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
         default=[30.0, 60.0], description="Seconds before each retry of a failed webhook (comma-separated)."
     )
+    library_max_archive_bytes: int = Field(
+        default=10_000_000, ge=1024, description="Largest library archive (tar.gz) an upload may send."
+    )
+    library_max_unpacked_bytes: int = Field(
+        default=50_000_000,
+        ge=1024,
+        description="Most bytes a library archive may unpack to (read in memory).",
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",

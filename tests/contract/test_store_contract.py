@@ -201,6 +201,32 @@ async def test_write_presence_updates_many_devices_in_one_call(runtime: Runtime)
     assert c is None
 
 
+async def test_write_heard_sets_last_heard_alone_as_write_presence_stores_it(runtime: Runtime) -> None:
+    """write_heard changes only last_heard, stored exactly as write_presence stores it; unknowns skipped."""
+    heard = NOW + timedelta(minutes=5, microseconds=123456)
+    async with runtime.store.transaction() as tx:
+        await tx.devices.add("a" * 24, now=NOW, platform_id=6)
+        await tx.devices.add("b" * 24, now=NOW, platform_id=6)
+        b_presence = DevicePresence("b" * 24, True, "10.0.0.2", NOW, heard, None, None, NOW)
+        await tx.devices.write_presence([b_presence])
+        await tx.devices.write_heard([("a" * 24, heard), ("c" * 24, heard)])
+    async with runtime.store.transaction(readonly=True) as tx:
+        a, b, c = [await tx.devices.get(x * 24) for x in "abc"]
+    assert a is not None
+    assert b is not None
+    assert (heard, False, None, NOW, 6) == (
+        a.last_heard,
+        a.online,
+        a.last_ip_address,
+        a.updated_at,
+        a.platform_id,
+    )
+    assert c is None
+    async with runtime.store.engine.connect() as conn:  # the same stored form: SQL comparisons agree
+        raw = (await conn.exec_driver_sql("SELECT id, last_heard FROM devices ORDER BY id")).all()
+    assert raw[0][1] == raw[1][1]
+
+
 async def test_describes_are_read_and_written_many_at_a_time(runtime: Runtime) -> None:
     """describes() reads stored ones; write_describes() writes many, keeps firmware on None, skips unknown."""
     later = NOW + timedelta(minutes=5)
@@ -248,3 +274,58 @@ async def test_name_if_unnamed_never_replaces_a_name_and_clashes_are_conflicts(r
     assert a is not None
     assert b is not None
     assert ("brave_yak", "calm_ibis") == (a.name, b.name)
+
+
+async def test_lookup_token_reads_a_persons_and_a_products_token(runtime: Runtime) -> None:
+    """The hot-path read (decision 0016): a person's token comes with its user, a product's with none."""
+    user_id = await add_user(runtime)
+    async with runtime.store.transaction() as tx:
+        await tx.tokens.add(
+            token_hash="p" * 64,
+            hint="pppppppp",
+            user_id=user_id,
+            client_id="particle",
+            scopes=(),
+            now=NOW,
+            expires_at=None,
+            refresh_token_hash=None,
+            refresh_expires_at=None,
+        )
+        product = await tx.products.add(
+            slug="brew", name="Brew", description=None, platform_id=6, owner_id=user_id, settings={}, now=NOW
+        )
+        bot = await tx.products.add_api_user(
+            product_id=product.id,
+            username="brew+x@api.particle.io",
+            friendly_name="b",
+            scopes=["groups:list"],
+            now=NOW,
+        )
+        await tx.tokens.add(
+            token_hash="a" * 64,
+            hint="aaaaaaaa",
+            user_id=None,
+            client_id="particle-api-user",
+            scopes=("groups:list",),
+            now=NOW,
+            expires_at=None,
+            refresh_token_hash=None,
+            refresh_expires_at=None,
+            product_id=product.id,
+            api_user_id=bot.id,
+        )
+    person = await runtime.store.lookup_token("p" * 64)
+    assert person is not None
+    assert person[1] is not None
+    assert (person[0].user_id, person[0].product_id, person[1].username) == (user_id, None, "ada@example.com")
+    machine = await runtime.store.lookup_token("a" * 64)
+    assert machine is not None
+    assert (machine[1], machine[0].product_id, machine[0].api_user_id, machine[0].scopes) == (
+        None,
+        product.id,
+        bot.id,
+        ("groups:list",),
+    )
+    async with runtime.store.transaction() as tx:
+        await tx.products.delete_api_user(bot.id)
+    assert await runtime.store.lookup_token("a" * 64) is None  # its tokens go with it

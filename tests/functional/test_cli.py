@@ -96,3 +96,36 @@ def test_bad_setting_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner(env={"DEVICECLOUD_HTTP_PORT": "not-a-port"}).invoke(main, ["db", "upgrade"])
     assert 2 == result.exit_code
     assert "invalid setting" in result.output
+
+
+def test_products_commands(runner: CliRunner) -> None:
+    """products create makes an account's product (Owner, slug); products list shows every product."""
+    runner.invoke(main, ["users", "create", "ops@example.com", "--password", "ops password"])
+    created = runner.invoke(
+        main,
+        [
+            "products",
+            "create",
+            "Brew Bot",
+            "--owner",
+            "OPS@example.com",
+            "--platform-id",
+            "6",
+            "--quarantine",
+        ],
+    )
+    assert (0, "created product 1 (brew-bot) owned by OPS@example.com\n") == (
+        created.exit_code,
+        created.output,
+    )
+    listed = runner.invoke(main, ["products", "list"])
+    assert "1\tbrew-bot\tplatform=6\tquarantine=on\towner=ops@example.com\tBrew Bot\n" == listed.output
+    unknown = runner.invoke(
+        main, ["products", "create", "X", "--owner", "nobody@example.com", "--platform-id", "6"]
+    )
+    assert unknown.exit_code != 0
+    bad = runner.invoke(
+        main, ["products", "create", "X", "--owner", "ops@example.com", "--platform-id", "6", "--slug", "12"]
+    )
+    assert bad.exit_code != 0
+    assert "slug" in bad.output

@@ -123,9 +123,9 @@ async def test_heard_is_kept_on_every_message_and_written_by_the_next_flush(
     clock.advance(INTERVAL)
     await flushed(runtime, 1)
     clock.advance(60)
-    await runtime.sessions.device_heard(DEVICE)
+    runtime.sessions.device_heard(DEVICE)
     clock.advance(0.4)
-    await runtime.sessions.device_heard(DEVICE)
+    runtime.sessions.device_heard(DEVICE)
     heard_at = clock.now()
     assert heard_at == runtime.sessions.presence.overlay(await stored(runtime)).last_heard
     assert (1, 1) == (

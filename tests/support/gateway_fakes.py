@@ -78,15 +78,15 @@ class FakeSessions:
         self.hellos: dict[str, DeviceHelloInfo] = {}
         self.descriptions: dict[str, list[DeviceDescription]] = {}
         self.fail_on: tuple[str, str] | None = None  # (method, device id) that raises: a broken service
-        self._changed = asyncio.Condition()
+        # What wait_for() waits on: each predicate is checked after every call (no task, no lock).
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     def register(self, device: str, key: rsa.RSAPrivateKey) -> None:
         self.keys[device] = public_key_der(key.public_key())
 
     async def _record(self, *call: Any) -> None:
         self.calls.append(call)
-        async with self._changed:
-            self._changed.notify_all()
+        self._wake()
         if call[:2] == self.fail_on:
             raise RuntimeError(f"{call[0]} is broken")
 
@@ -103,8 +103,14 @@ class FakeSessions:
         self.descriptions.setdefault(device_id, []).append(description)
         await self._record("device_described", device_id)
 
-    async def device_heard(self, device_id: str) -> None:
-        await self._record("device_heard", device_id)
+    def device_heard(self, device_id: str) -> None:
+        self.calls.append(("device_heard", device_id))  # the port's one synchronous call
+        self._wake()
+
+    def _wake(self) -> None:
+        for predicate, waiter in self._waiters:
+            if not waiter.done() and predicate():
+                waiter.set_result(None)
 
     async def device_disconnected(self, device_id: str) -> None:
         self.online.discard(device_id)
@@ -120,8 +126,15 @@ class FakeSessions:
         """
         Wait until ``predicate()`` holds after some call (or already holds).
         """
-        async with asyncio.timeout(GUARD), self._changed:
-            await self._changed.wait_for(predicate)
+        if predicate():
+            return
+        entry = (predicate, asyncio.get_running_loop().create_future())
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(GUARD):
+                await entry[1]
+        finally:
+            self._waiters.remove(entry)
 
 
 @dataclass

@@ -26,8 +26,11 @@ from devicecloud.api.routes import (
     clients,
     devices,
     events,
+    groups,
+    libraries,
     oauth,
     operations,
+    products,
     provisioning,
     users,
     webhooks,
@@ -73,7 +76,20 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
     # oauth first: its pyparticleio alias POST /v1/devices/oauth/token must win over POST /v1/devices/:id/:fn;
     # events before devices: /v1/devices/events[/…] and /v1/devices/:id/events[/…] must win over
     # /v1/devices/:id and /v1/devices/:id/:variable.
-    for module in (operations, oauth, access_tokens, users, clients, provisioning, events, devices, webhooks):
+    for module in (
+        operations,
+        oauth,
+        access_tokens,
+        users,
+        clients,
+        provisioning,
+        events,
+        devices,
+        webhooks,
+        products,
+        groups,
+        libraries,
+    ):
         app.include_router(module.router)
 
     @app.get("/docs", include_in_schema=False)

@@ -25,6 +25,7 @@ from fastapi import Request
 
 from devicecloud.api.middleware import RateLimits
 from devicecloud.api.params import FORM, content_type, read_params
+from devicecloud.domain.access import AnyPrincipal
 from devicecloud.domain.accounts import Principal
 from devicecloud.errors import (
     InsufficientScope,
@@ -144,11 +145,9 @@ def require(scope: str | None = None) -> Callable[[Request], Awaitable[Principal
     """
 
     async def dependency(request: Request) -> Principal:
-        principal: Principal | None = getattr(request.state, "principal", None)
-        if principal is None:
-            tokens: TokenService = request.app.state.deps.tokens
-            principal = await tokens.verify(await extract_bearer(request))
-            request.state.principal = principal
+        principal = await _verified(request)
+        if not isinstance(principal, Principal):  # an API user or a product client owns nothing of its own
+            raise PermissionDenied("API users are not allowed to call this endpoint", code="unauthorized")
         if scope is None:
             if principal.scopes:
                 raise PermissionDenied("API users are not allowed to call this endpoint", code="unauthorized")
@@ -157,3 +156,20 @@ def require(scope: str | None = None) -> Callable[[Request], Awaitable[Principal
         return principal
 
     return dependency
+
+
+async def _verified(request: Request) -> AnyPrincipal:
+    principal: AnyPrincipal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        tokens: TokenService = request.app.state.deps.tokens
+        principal = await tokens.verify(await extract_bearer(request))
+        request.state.principal = principal
+    return principal
+
+
+async def require_any(request: Request) -> AnyPrincipal:
+    """
+    Dependency for product routes: any verified principal (person, API user, product client). The route's
+    service decides through `ProductAccess` what it may do (decision 0016).
+    """
+    return await _verified(request)

@@ -13,6 +13,9 @@ from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
+from devicecloud.services.groups import GroupService
+from devicecloud.services.libraries import LibraryService
+from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
@@ -47,4 +50,7 @@ class ApiDeps:
     device_keys: DeviceKeyService
     events: EventService
     webhooks: WebhookService
+    products: ProductService
+    groups: GroupService
+    libraries: LibraryService
     probes: Probes | None = None

@@ -9,6 +9,8 @@ import click
 from devicecloud import __version__
 from devicecloud.cli.db import db
 from devicecloud.cli.keys import keys
+from devicecloud.cli.libraries import libraries
+from devicecloud.cli.products import products
 from devicecloud.cli.serve import serve
 from devicecloud.cli.users import users
 from devicecloud.cli.virtual_device import virtual_device
@@ -29,4 +31,6 @@ main.add_command(serve)
 main.add_command(users)
 main.add_command(db)
 main.add_command(keys)
+main.add_command(libraries)
 main.add_command(virtual_device)
+main.add_command(products)

@@ -47,18 +47,23 @@ class OAuthClient:
 class AccessToken:
     """
     A stored bearer token. Only its hash is kept; ``hint`` is the first characters, for listing.
+
+    A person's token has ``user_id``; a product's (API user, product client) has ``product_id`` instead,
+    and an API user's also ``api_user_id`` (decision 0016).
     """
 
     id: int
     token_hash: str
     hint: str
-    user_id: int
+    user_id: int | None
     client_id: str
     scopes: tuple[str, ...]
     created_at: datetime
     expires_at: datetime | None
     refresh_token_hash: str | None = None
     refresh_expires_at: datetime | None = None
+    product_id: int | None = None
+    api_user_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,8 +258,7 @@ class Link:
                 await self._subscribe(event)
         if self._heard and self._connected and self.device_id:
             self._heard = False
-            async with self._ctx.registry.serial(self.device_id):
-                await self._ctx.sessions.device_heard(self.device_id)
+            self._ctx.sessions.device_heard(self.device_id)  # in memory, never waits: no lock needed
 
     async def _check_key(self, event: DeviceIdentified) -> None:
         async with self._ctx.registry.serial(event.device_id):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from devicecloud.protocol.codes import MessageType, OptionNumber, code_str
 from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -42,9 +43,9 @@ class Message:
     options: tuple[tuple[int, bytes], ...] = ()
     payload: bytes = b""
 
-    @property
+    @cached_property
     def uri_path(self) -> tuple[str, ...]:
-        """The Uri-Path segments, decoded as UTF-8 (undecodable bytes replaced)."""
+        """The Uri-Path segments, decoded as UTF-8 (undecodable bytes replaced); read several times."""
         return tuple(v.decode("utf-8", "replace") for v in self.option_values(OptionNumber.URI_PATH))
 
     @property

@@ -385,16 +385,33 @@ class SessionKeys:
 
 
 class SessionCipher:
-    """AES-128-CBC with one IV chain per direction."""
+    """
+    AES-128-CBC with one IV chain per direction.
+
+    The chaining is done here over one AES-ECB context per direction, made once per session: building a
+    CBC context per message cost more than the AES itself for the small messages devices exchange
+    (keep-alives are one block). Decryption is one ECB call and one XOR with the shifted ciphertext.
+    """
 
     def __init__(self, keys: SessionKeys) -> None:
-        self._key = keys.aes_key
+        aes = Cipher(algorithms.AES(keys.aes_key), modes.ECB())  # noqa: S305 -- block by block CBC, below
+        self._encrypt_block = aes.encryptor().update
+        self._decrypt_blocks = aes.decryptor().update
         self._send_iv = keys.iv
         self._receive_iv = keys.iv
 
     def encrypt(self, plaintext: bytes) -> bytes:
-        """Encrypt an outgoing message and advance the send chain."""
-        ciphertext = aes_cbc_encrypt(self._key, self._send_iv, plaintext)
+        """Encrypt an outgoing message (PKCS#7 padded) and advance the send chain."""
+        pad = _AES_BLOCK - len(plaintext) % _AES_BLOCK
+        padded = plaintext + bytes((pad,)) * pad
+        previous = int.from_bytes(self._send_iv, "big")
+        blocks = []
+        for start in range(0, len(padded), _AES_BLOCK):
+            mixed = int.from_bytes(padded[start : start + _AES_BLOCK], "big") ^ previous
+            block = self._encrypt_block(mixed.to_bytes(_AES_BLOCK, "big"))
+            blocks.append(block)
+            previous = int.from_bytes(block, "big")
+        ciphertext = b"".join(blocks)
         self._send_iv = ciphertext[:_AES_BLOCK]
         return ciphertext
 
@@ -405,6 +422,14 @@ class SessionCipher:
         Raises:
             RemoteProtocolError: bad length or padding (e.g. a wrong key or a broken IV chain).
         """
-        plaintext = aes_cbc_decrypt(self._key, self._receive_iv, ciphertext)
+        size = len(ciphertext)
+        if not size or size % _AES_BLOCK:
+            raise RemoteProtocolError(f"ciphertext of {size} bytes is not whole AES blocks")
+        chain = self._receive_iv + ciphertext[:-_AES_BLOCK]
+        decrypted = int.from_bytes(self._decrypt_blocks(ciphertext), "big")
+        padded = (decrypted ^ int.from_bytes(chain, "big")).to_bytes(size, "big")
+        pad = padded[-1]
+        if not 1 <= pad <= _AES_BLOCK or padded[-pad:] != bytes((pad,)) * pad:
+            raise RemoteProtocolError("bad PKCS#7 padding")
         self._receive_iv = ciphertext[:_AES_BLOCK]
-        return plaintext
+        return padded[:-pad]

@@ -11,6 +11,7 @@ import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from devicecloud.domain.access import Resource, can
 from devicecloud.domain.accounts import ClientType, NewClient, OAuthClient, User
 from devicecloud.errors import Conflict, InvalidInput, NotFound
 from devicecloud.services.secrets import hash_secret, new_token
@@ -140,7 +141,13 @@ class ClientService:
         """
         async with self._store.transaction(readonly=True) as tx:
             client = await tx.clients.get(client_id)
-        if client is None or client.owner_id != owner.id or client.product_id != product_id:
+        if (
+            client is None
+            or client.product_id != product_id
+            or not can(
+                owner, "clients:list", Resource("client", user_id=client.owner_id, product_id=product_id)
+            )
+        ):
             raise NotFound("Client not found")
         return client
 

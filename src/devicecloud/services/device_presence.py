@@ -69,6 +69,7 @@ class _Entry:
     epoch: int = 0  # this link's session epoch (see `session_epoch`): presence writes are fenced on it
     version: int = 0  # bumped on every change: a flush drops an offline entry only if nothing changed since
     presence_dirty: bool = True
+    heard_dirty: bool = False  # only last_heard changed since the last flush (a keep-alive): a narrow row
     # The parts of the device's Describes seen here (functions, variables, modules) and its system firmware.
     describe: dict[str, Any] = field(default_factory=dict)
     firmware: str | None = None
@@ -124,6 +125,7 @@ class _Batch:
 
     versions: dict[str, int] = field(default_factory=dict)
     presence: list[DevicePresence] = field(default_factory=list)
+    heard: list[tuple[str, datetime]] = field(default_factory=list)  # devices whose last_heard alone changed
     describes: dict[str, tuple[dict[str, Any], str | None, datetime]] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     records: dict[str, _FirstConnect] = field(default_factory=dict)
@@ -230,7 +232,7 @@ class DevicePresenceBook:
             return  # only a connected device is heard from; its entry exists from connected()
         entry.last_heard = self._clock.now()
         entry.version += 1
-        entry.presence_dirty = True
+        entry.heard_dirty = True
         self._mark(device_id)
 
     def described(self, device_id: str, description: DeviceDescription) -> None:
@@ -399,12 +401,14 @@ class DevicePresenceBook:
             entry = self._entries[device_id]
             batch.versions[device_id] = entry.version
             if entry.presence_dirty:
-                batch.presence.append(_snapshot(device_id, entry, self._node_id))
+                batch.presence.append(_snapshot(device_id, entry, self._node_id))  # carries last_heard too
+            elif entry.heard_dirty and entry.last_heard is not None:
+                batch.heard.append((device_id, entry.last_heard))
             if entry.describe_dirty:
                 batch.describes[device_id] = (dict(entry.describe), entry.firmware, entry.updated_at)
             if entry.name_dirty and entry.name is not None:
                 batch.names[device_id] = entry.name
-            entry.presence_dirty = entry.describe_dirty = entry.name_dirty = False
+            entry.presence_dirty = entry.heard_dirty = entry.describe_dirty = entry.name_dirty = False
         self._dirty.clear()
         for device_id, record in self._records.items():
             if record.dirty:
@@ -419,6 +423,8 @@ class DevicePresenceBook:
         """
         for row in batch.presence:
             self._entries[row.device_id].presence_dirty = True
+        for device_id, _ in batch.heard:
+            self._entries[device_id].heard_dirty = True
         for device_id in batch.describes:
             self._entries[device_id].describe_dirty = True
         for device_id in batch.names:
@@ -454,6 +460,7 @@ class DevicePresenceBook:
             if given != name:
                 batch.renamed[device_id] = given
         await tx.devices.write_presence(batch.presence)
+        await tx.devices.write_heard(batch.heard)
         if batch.describes:
             partial = [i for i, (parts, _, _) in batch.describes.items() if set(_DESCRIBE_PARTS) - set(parts)]
             stored = await tx.devices.describes(partial) if partial else {}

@@ -150,7 +150,7 @@ class DeviceSessionService:
     async def device_described(self, device_id: str, description: DeviceDescription) -> None:
         self.presence.described(device_id, description)
 
-    async def device_heard(self, device_id: str) -> None:
+    def device_heard(self, device_id: str) -> None:
         # In memory on every message, written by the next flush: a keep-alive sends no statement.
         self.presence.heard(device_id)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from devicecloud.domain.access import Resource, can
 from devicecloud.domain.devices import (
     WIFI_PLATFORMS,
     Device,
@@ -52,6 +53,11 @@ def _most_recently_connected_first(device: Device) -> tuple[bool, float, str]:
 
 def denied() -> PermissionDenied:
     return PermissionDenied("Permission Denied: not a device of yours", code="Permission Denied")
+
+
+def _resource(device: Device) -> Resource:
+    # Product devices (issue 11 section 3) will name their product here; the user path is unchanged.
+    return Resource("device", user_id=device.owner_id)
 
 
 COUNTS_TTL = 10.0  # seconds the Wi-Fi/cellular device counts of `GET /v1/user` may be stale
@@ -131,16 +137,17 @@ class DeviceService:
             listed.sort(key=_most_recently_connected_first)
         return listed
 
-    async def access_device(self, user: User, ref: str) -> Device:
+    async def access_device(self, user: User, ref: str, action: str = "devices:get") -> Device:
         """
-        The caller's device named by id or by name. Raises `PermissionDenied` for missing and foreign alike.
+        The caller's device named by id or by name, if ``can`` lets it do ``action`` (decision 0016: the one
+        access check of devices). Raises `PermissionDenied` for missing and foreign alike.
         """
         device_id = normalise_device_id(ref)
         device = await self._store.lookup_device(device_id) if device_id else None
-        if device is None or device.owner_id != user.id:
+        if device is None or not can(user, action, _resource(device)):
             async with self._store.transaction(readonly=True) as tx:
                 device = await tx.devices.get_by_name(user.id, ref)
-        if device is None or device.owner_id != user.id:
+        if device is None or not can(user, action, _resource(device)):
             raise denied()
         return self._present(device)
 
@@ -150,7 +157,7 @@ class DeviceService:
     # ------------------------------------------------------------------ talking to the device
 
     async def call_function(self, user: User, ref: str, name: str, argument: str) -> tuple[Device, int]:
-        device = await self.access_device(user, ref)
+        device = await self.access_device(user, ref, "devices.function:call")
         if len(argument.encode("utf-8")) > MAX_FUNCTION_ARGUMENT:
             raise InvalidInput(
                 f"The argument is longer than {MAX_FUNCTION_ARGUMENT} bytes", code="Argument too long"
@@ -165,7 +172,7 @@ class DeviceService:
         return device, result
 
     async def read_variable(self, user: User, ref: str, name: str) -> tuple[Device, VariableReading]:
-        device = await self.access_device(user, ref)
+        device = await self.access_device(user, ref, "devices.variable:get")
         var_type = device.variables.get(name)
         if "variables" in device.describe and var_type is None:
             described = await self._describe_again(device)
@@ -201,18 +208,18 @@ class DeviceService:
         return True
 
     async def ping(self, user: User, ref: str) -> bool:
-        device = await self.access_device(user, ref)
+        device = await self.access_device(user, ref, "devices:ping")
         return await self._control.ping(device.id, timeout=self._policy.request_timeout)
 
     async def signal(self, user: User, ref: str, on: bool) -> Device:
-        device = await self.access_device(user, ref)
+        device = await self.access_device(user, ref, "devices:update")
         await self._control.signal(device.id, on, timeout=self._policy.request_timeout)
         return device
 
     # ------------------------------------------------------------------ changing the record
 
     async def rename(self, user: User, ref: str, name: Any) -> Device:
-        device = await self.access_device(user, ref)
+        device = await self.access_device(user, ref, "devices:update")
         if not isinstance(name, str) or not is_valid_name(name):
             raise InvalidInput(
                 "name must be 1-63 letters, digits, underscores or dashes", code="invalid_name"
@@ -222,7 +229,7 @@ class DeviceService:
         return self._present(renamed)
 
     async def set_notes(self, user: User, ref: str, notes: Any) -> Device:
-        device = await self.access_device(user, ref)
+        device = await self.access_device(user, ref, "devices:update")
         if notes is not None and (not isinstance(notes, str) or len(notes) > MAX_NOTES):
             raise InvalidInput(f"notes must be a string of at most {MAX_NOTES} characters")
         async with self._store.transaction() as tx:
@@ -259,7 +266,7 @@ class DeviceService:
         return self._present(claimed)
 
     async def unclaim(self, user: User, ref: str) -> None:
-        device = await self.access_device(user, ref)
+        device = await self.access_device(user, ref, "devices:release")
         async with self._store.transaction() as tx:
             await tx.devices.update(device.id, owner_id=None, notes=None, updated_at=self._clock.now())
         self._owner_changed(device.id)

@@ -21,6 +21,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,6 +66,9 @@ class EventPolicy:
     max_pending: int = 1000
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+
 def check_event(name: Any, data: Any, ttl: Any) -> tuple[str, str | None, int]:
     """
     A valid (name, data, ttl) triple, or `InvalidInput` in the API's words.
@@ -75,16 +79,20 @@ def check_event(name: Any, data: Any, ttl: Any) -> tuple[str, str | None, int]:
         raise InvalidInput(
             f"Event names are at most {MAX_NAME_LENGTH} characters", code="Event name too long"
         )
-    if any(ord(char) < 0x20 or char == "\x7f" for char in name):
+    if _CONTROL_CHARACTER.search(name):
         raise InvalidInput("Event names may not contain control characters", code="Invalid event name")
     if not is_valid_text(name):
         raise InvalidInput("The event name is not valid Unicode text", code="Invalid event name")
     if data is not None and not isinstance(data, str):
         data = str(data)
-    if data is not None and not is_valid_text(data):
-        raise InvalidInput("The event data is not valid Unicode text", code="Invalid event data")
-    if data is not None and len(data.encode("utf-8")) > MAX_DATA_LENGTH:
-        raise InvalidInput(f"Event data is at most {MAX_DATA_LENGTH} bytes", code="Event data too long")
+    if data is not None:
+        try:
+            size = len(data.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate
+            message = "The event data is not valid Unicode text"
+            raise InvalidInput(message, code="Invalid event data") from None
+        if size > MAX_DATA_LENGTH:
+            raise InvalidInput(f"Event data is at most {MAX_DATA_LENGTH} bytes", code="Event data too long")
     if ttl in (None, ""):
         ttl = DEFAULT_TTL
     try:

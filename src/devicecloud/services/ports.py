@@ -111,9 +111,11 @@ class DeviceSessions(Protocol):
         """
         ...
 
-    async def device_heard(self, device_id: str) -> None:
+    def device_heard(self, device_id: str) -> None:
         """
         Any message arrived from the device (the service may throttle how often it writes this down).
+        Synchronous and must not block: it runs for every keep-alive of every device, so the gateway calls
+        it without the device's lock (a call that cannot wait cannot overlap another).
         """
         ...
 

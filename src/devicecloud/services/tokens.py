@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import pyotp
 
+from devicecloud.domain.access import AnyPrincipal, ProductPrincipal
 from devicecloud.domain.accounts import AccessToken, IssuedToken, OAuthClient, Principal, User
 from devicecloud.errors import (
     AuthenticationFailed,
@@ -48,6 +49,7 @@ GRANT_TYPES = frozenset(
 MFA_LOGIN = "mfa_login"
 MFA_RECOVERY = "mfa_recovery"
 FULL_SCOPE = "*:*"
+API_USER_CLIENT = "particle-api-user"  # the client id recorded on API users' tokens (no such client logs in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +95,10 @@ class TokenService:
 
     # ------------------------------------------------------------------ verification (the hot path)
 
-    async def verify(self, token: str) -> Principal:
+    async def verify(self, token: str) -> AnyPrincipal:
         """
-        The principal a bearer token stands for. Raises `AuthenticationFailed` (invalid or expired).
+        The principal a bearer token stands for: a person, or a product's API user or client (decision
+        0016). Raises `AuthenticationFailed` (invalid or expired).
         """
         found = await self._store.lookup_token(hash_secret(token))
         if found is None:
@@ -103,7 +106,16 @@ class TokenService:
         access, user = found
         if access.expires_at is not None and access.expires_at <= self._clock.now():
             raise AuthenticationFailed("The access token provided has expired.")
-        return Principal(user=user, token=access, scopes=frozenset(access.scopes))
+        if user is not None:
+            return Principal(user=user, token=access, scopes=frozenset(access.scopes))
+        if access.product_id is None:  # neither a person's nor a product's: nothing may use it
+            raise AuthenticationFailed("The access token provided is invalid.")
+        return ProductPrincipal(
+            kind="api_user" if access.api_user_id is not None else "product_client",
+            token=access,
+            product_id=access.product_id,
+            scopes=frozenset(access.scopes),
+        )
 
     async def revoked_or_expired(self, tokens: Collection[AccessToken]) -> set[str]:
         """
@@ -220,7 +232,7 @@ class TokenService:
     async def _client_credentials_grant(
         self, client: OAuthClient, request: GrantRequest, lifetime: int | None
     ) -> IssuedToken:
-        if client.builtin or client.owner_id is None:
+        if client.builtin or (client.owner_id is None and client.product_id is None):
             raise InvalidGrant("Client credentials are invalid")
         granted = tuple(client.scopes) or (FULL_SCOPE,)
         if request.scope:
@@ -230,6 +242,11 @@ class TokenService:
             if FULL_SCOPE not in granted and not set(wanted) <= set(granted):
                 raise InsufficientScope("The requested scope is not allowed for this client")
             granted = wanted
+        if client.product_id is not None:  # a product client's token acts for its product, not a person
+            async with self._store.transaction() as tx:
+                return await self._issue_in(
+                    tx, None, client.id, granted, lifetime, product_id=client.product_id
+                )
         return await self._issue(client.owner_id, client.id, granted, lifetime)
 
     async def _refresh_grant(self, client: OAuthClient, request: GrantRequest) -> IssuedToken:
@@ -244,7 +261,15 @@ class TokenService:
             # Using a refresh token revokes it together with the access token it came with.
             await tx.tokens.delete(old.id)
             lifetime = self._policy.access_lifetime or None
-            return await self._issue_in(tx, old.user_id, old.client_id, old.scopes, lifetime)
+            return await self._issue_in(
+                tx,
+                old.user_id,
+                old.client_id,
+                old.scopes,
+                lifetime,
+                product_id=old.product_id,
+                api_user_id=old.api_user_id,
+            )
 
     async def _mfa_grant(self, client: OAuthClient, request: GrantRequest) -> IssuedToken:
         code = request.otp if request.grant_type == GRANT_MFA_OTP else request.recovery_code
@@ -274,13 +299,21 @@ class TokenService:
             return await self._issue_in(tx, user.id, client.id, (), int(lifetime) if lifetime else None)
 
     async def _issue(
-        self, user_id: int, client_id: str, scopes: tuple[str, ...], lifetime: int | None
+        self, user_id: int | None, client_id: str, scopes: tuple[str, ...], lifetime: int | None
     ) -> IssuedToken:
         async with self._store.transaction() as tx:
             return await self._issue_in(tx, user_id, client_id, scopes, lifetime)
 
     async def _issue_in(
-        self, tx: UnitOfWork, user_id: int, client_id: str, scopes: tuple[str, ...], lifetime: int | None
+        self,
+        tx: UnitOfWork,
+        user_id: int | None,
+        client_id: str,
+        scopes: tuple[str, ...],
+        lifetime: int | None,
+        *,
+        product_id: int | None = None,
+        api_user_id: int | None = None,
     ) -> IssuedToken:
         now = self._clock.now()
         access = new_token()
@@ -301,6 +334,8 @@ class TokenService:
             expires_at=expires_at,
             refresh_token_hash=hash_secret(refresh) if refresh else None,
             refresh_expires_at=refresh_expires_at,
+            product_id=product_id,
+            api_user_id=api_user_id,
         )
         return IssuedToken(access_token=access, expires_in=lifetime, refresh_token=refresh, scopes=scopes)
 
@@ -340,12 +375,25 @@ class TokenService:
         async with self._store.transaction() as tx:
             return await tx.tokens.delete_for_user(user.id)
 
-    async def revoke_current(self, principal: Principal) -> None:
+    async def revoke_current(self, principal: AnyPrincipal) -> None:
         """
         Revoke the token this request was made with.
         """
         async with self._store.transaction() as tx:
             await tx.tokens.delete(principal.token.id)
+
+    async def issue_for_api_user(
+        self, tx: UnitOfWork, product_id: int, api_user_id: int, scopes: tuple[str, ...]
+    ) -> str:
+        """
+        An API user's one token (it never expires, catalogue §2.7), inside the caller's transaction. Its
+        older tokens are revoked first: an API user has one valid token at a time.
+        """
+        await tx.tokens.delete_for_api_user(api_user_id)
+        issued = await self._issue_in(
+            tx, None, API_USER_CLIENT, scopes, None, product_id=product_id, api_user_id=api_user_id
+        )
+        return issued.access_token
 
 
 def verify_otp(user: User, code: str, now: datetime) -> bool:

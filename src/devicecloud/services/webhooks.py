@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from devicecloud.domain.access import Resource, can
 from devicecloud.domain.events import MAX_NAME_LENGTH, CloudEvent
 from devicecloud.domain.webhooks import (
     LOGS_KEPT,
@@ -244,7 +245,7 @@ class WebhookService:
     async def _own(self, user: User, hook_id: str) -> Webhook:
         async with self._store.transaction(readonly=True) as tx:
             hook = await tx.webhooks.get(hook_id)
-        if hook is None or hook.owner_id != user.id:
+        if hook is None or not can(user, "integrations:get", Resource("webhook", user_id=hook.owner_id)):
             raise NotFound("Integration not found", code="Not Found")
         return hook
 

@@ -12,8 +12,18 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
+from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
+from devicecloud.domain.libraries import (
+    Library,
+    LibraryMetadata,
+    LibraryQuery,
+    LibraryVersion,
+    LibraryView,
+    Visibility,
+)
+from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
 from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
 
@@ -49,16 +59,18 @@ class TokenRepository(Protocol):
         *,
         token_hash: str,
         hint: str,
-        user_id: int,
+        user_id: int | None,
         client_id: str,
         scopes: Sequence[str],
         now: datetime,
         expires_at: datetime | None,
         refresh_token_hash: str | None,
         refresh_expires_at: datetime | None,
+        product_id: int | None = None,
+        api_user_id: int | None = None,
     ) -> AccessToken: ...
 
-    async def find_with_user(self, token_hash: str) -> tuple[AccessToken, User] | None:
+    async def find_with_user(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         """
         The hot path of every request: one indexed lookup by hash, joined to its user.
         """
@@ -77,6 +89,8 @@ class TokenRepository(Protocol):
     async def delete(self, token_id: int) -> None: ...
 
     async def delete_for_user(self, user_id: int, *, except_token_id: int | None = None) -> int: ...
+
+    async def delete_for_api_user(self, api_user_id: int) -> int: ...
 
     async def delete_for_client(self, client_id: str) -> int: ...
 
@@ -157,6 +171,13 @@ class DeviceRepository(Protocol):
         """
         Write each device's presence columns (online, last IP, last handshake, last heard, updated_at, and
         platform/product ids when not ``None``) in one statement; unknown device ids are skipped.
+        """
+        ...
+
+    async def write_heard(self, heard: Sequence[tuple[str, datetime]]) -> None:
+        """
+        Write each device's ``last_heard`` alone (the keep-alives since the last flush), in one statement;
+        unknown device ids are skipped.
         """
         ...
 
@@ -305,6 +326,180 @@ class DeliveryRepository(Protocol):
     async def count(self) -> int: ...
 
 
+class ProductRepository(Protocol):
+    async def add(
+        self,
+        *,
+        slug: str,
+        name: str,
+        description: str | None,
+        platform_id: int,
+        owner_id: int,
+        settings: dict[str, Any],
+        now: datetime,
+    ) -> Product:
+        """
+        Insert a product. Raises `errors.Conflict` when the slug is taken.
+        """
+        ...
+
+    async def get(self, product_id: int) -> Product | None: ...
+
+    async def get_by_slug(self, slug: str) -> Product | None: ...
+
+    async def slug_taken(self, slug: str) -> bool: ...
+
+    async def list_for_member(self, user_id: int) -> Sequence[Product]:
+        """
+        The products whose team has this user, oldest first.
+        """
+        ...
+
+    async def list_all(self) -> Sequence[Product]: ...
+
+    async def update(self, product_id: int, **changes: Any) -> Product: ...
+
+    async def role_of(self, product_id: int, user_id: int) -> Role | None:
+        """
+        The user's role in the product's team, or None: one read by primary key.
+        """
+        ...
+
+    async def members(self, product_id: int) -> Sequence[TeamMember]: ...
+
+    async def add_member(self, product_id: int, user_id: int, role: Role, now: datetime) -> None:
+        """
+        Raises `errors.Conflict` when the user is already in the team.
+        """
+        ...
+
+    async def set_role(self, product_id: int, user_id: int, role: Role) -> None: ...
+
+    async def remove_member(self, product_id: int, user_id: int) -> None: ...
+
+    async def add_api_user(
+        self, *, product_id: int, username: str, friendly_name: str, scopes: Sequence[str], now: datetime
+    ) -> ApiUser: ...
+
+    async def api_users(self, product_id: int) -> Sequence[ApiUser]: ...
+
+    async def api_user_by_username(self, product_id: int, username: str) -> ApiUser | None: ...
+
+    async def update_api_user(self, api_user_id: int, **changes: Any) -> ApiUser: ...
+
+    async def delete_api_user(self, api_user_id: int) -> None:
+        """
+        Delete an API user; its tokens go with it (cascade).
+        """
+        ...
+
+    async def add_device(
+        self, product_id: int, device_id: str, *, firmware_version: int | None, now: datetime
+    ) -> None: ...
+
+    async def set_device_groups(self, device_id: str, group_ids: Sequence[int]) -> None:
+        """
+        The device's groups become exactly ``group_ids``.
+        """
+        ...
+
+
+class GroupRepository(Protocol):
+    async def list_for_product(
+        self, product_id: int, name_contains: str | None = None
+    ) -> Sequence[DeviceGroup]:
+        """
+        The product's groups by name, with their device counts; ``name_contains`` filters literally.
+        """
+        ...
+
+    async def names_by_product(self, product_ids: Sequence[int]) -> dict[int, list[str]]: ...
+
+    async def get(self, product_id: int, name: str) -> DeviceGroup | None: ...
+
+    async def add(
+        self, product_id: int, *, name: str, description: str | None, color: str, now: datetime
+    ) -> DeviceGroup:
+        """
+        Raises `errors.Conflict` when the product has a group of that name.
+        """
+        ...
+
+    async def update(self, group: DeviceGroup, **changes: Any) -> DeviceGroup: ...
+
+    async def delete(self, group: DeviceGroup) -> None: ...
+
+    async def count(self, product_id: int) -> int: ...
+
+    async def firmware_impact(
+        self, product_id: int, group_ids: Sequence[int] | None, firmware_version: int
+    ) -> FirmwareImpact: ...
+
+
+class LibraryRepository(Protocol):
+    """
+    Firmware libraries and their versions (decision 0019). Names are looked up by their lower-cased key.
+    """
+
+    async def get_by_name(self, key: str) -> Library | None: ...
+
+    async def add(self, name: str, key: str, *, owner_id: int, now: datetime) -> Library:
+        """
+        Insert a library. Raises `errors.Conflict` when the name is taken (in any case).
+        """
+        ...
+
+    async def latest_version(
+        self, library_id: int, *, visibility: Visibility | None = None
+    ) -> LibraryVersion | None: ...
+
+    async def get_version(self, library_id: int, version: str) -> LibraryVersion | None: ...
+
+    async def list_versions(
+        self, library_id: int, *, visibility: Visibility | None, offset: int, limit: int
+    ) -> Sequence[LibraryVersion]:
+        """
+        Oldest version first.
+        """
+        ...
+
+    async def add_version(
+        self,
+        library_id: int,
+        metadata: LibraryMetadata,
+        *,
+        archive_key: str,
+        download_key: str,
+        size: int,
+        sha256: str,
+        now: datetime,
+    ) -> LibraryVersion:
+        """
+        Insert a private version. Raises `errors.Conflict` when that version exists.
+        """
+        ...
+
+    async def publish(self, version_id: int, library_id: int, *, now: datetime) -> None: ...
+
+    async def delete(self, library_id: int) -> list[str]:
+        """
+        Remove a library with its versions; returns their archive keys.
+        """
+        ...
+
+    async def by_download_key(self, download_key: str) -> LibraryVersion | None: ...
+
+    async def set_flags(self, library_id: int, **flags: bool) -> None:
+        """
+        Set ``official`` and/or ``verified``.
+        """
+        ...
+
+    async def count_install(self, library_id: int) -> None: ...
+
+    async def search(self, query: LibraryQuery) -> Sequence[LibraryView]: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def users(self) -> UserRepository: ...
@@ -334,7 +529,16 @@ class UnitOfWork(Protocol):
     def webhooks(self) -> WebhookRepository: ...
 
     @property
+    def libraries(self) -> LibraryRepository: ...
+
+    @property
     def deliveries(self) -> DeliveryRepository: ...
+
+    @property
+    def products(self) -> ProductRepository: ...
+
+    @property
+    def groups(self) -> GroupRepository: ...
 
 
 class Store(Protocol):
@@ -345,9 +549,10 @@ class Store(Protocol):
         """
         ...
 
-    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User] | None:
+    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         """
-        The request hot path: a token by hash with its user, as one indexed read outside any unit of work.
+        The request hot path: a token by hash with its user (None for a product's token), as one indexed
+        read outside any unit of work.
         """
         ...
 

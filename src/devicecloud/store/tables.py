@@ -99,13 +99,22 @@ access_tokens = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("hint", String(16), nullable=False),
-    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    # A person's token has user_id; a product's (API user, product client) has product_id (decision 0016).
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True),
     Column("client_id", String(64), nullable=False, index=True),
     Column("scopes", JSON, nullable=False, default=list),
     Column("created_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=True),
     Column("refresh_token_hash", String(64), nullable=True, unique=True),
     Column("refresh_expires_at", UtcDateTime, nullable=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column(
+        "api_user_id",
+        Integer,
+        ForeignKey("product_api_users.id", ondelete="CASCADE"),
+        nullable=True,
+        index=True,
+    ),
 )
 
 one_time_secrets = Table(
@@ -213,4 +222,120 @@ webhook_logs = Table(
     Column("at", UtcDateTime, nullable=False),
     Column("entry", JSON, nullable=False),
     Index("ix_webhook_logs_hook_id_id", "hook_id", "id"),
+)
+
+# Products (decision 0016): everything a product owns references products.id, never a user.
+products = Table(
+    "products",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("slug", String(64), nullable=False, unique=True),
+    Column("name", String(255), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("platform_id", Integer, nullable=False),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    Column("settings", JSON, nullable=False, default=dict),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+product_members = Table(
+    "product_members",
+    metadata,
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
+    Column("role", String(32), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+product_api_users = Table(
+    "product_api_users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("username", String(254), nullable=False, unique=True),
+    Column("friendly_name", String(255), nullable=False),
+    Column("scopes", JSON, nullable=False, default=list),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+device_groups = Table(
+    "device_groups",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("color", String(7), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("product_id", "name", name="uq_device_groups_product_id_name"),
+)
+
+# A product's devices: membership and the product-only fields (issue 11 section 3 writes them). Kept apart
+# from devices.product_id, which is what the device's Hello declares.
+product_devices = Table(
+    "product_devices",
+    metadata,
+    Column("device_id", String(24), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("firmware_version", Integer, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+device_group_members = Table(
+    "device_group_members",
+    metadata,
+    Column("group_id", Integer, ForeignKey("device_groups.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "device_id",
+        String(24),
+        ForeignKey("product_devices.device_id", ondelete="CASCADE"),
+        primary_key=True,
+        index=True,
+    ),
+)
+
+# Firmware libraries (decision 0019). A name is owned by its first uploader; owner_id becomes NULL when that
+# account is deleted, so public libraries others depend on survive it. The two version pointers say which
+# version the owner sees (the latest) and which everyone else sees (the latest public one); they are kept by
+# the repository in the transaction that adds, publishes or deletes versions.
+libraries = Table(
+    "libraries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("name_key", String(64), nullable=False, unique=True),  # lower-cased: names are case-insensitive
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("official", Boolean, nullable=False, default=False),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("installs", Integer, nullable=False, default=0),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("published_at", UtcDateTime, nullable=True),
+    Column("latest_version_id", Integer, nullable=True),
+    Column("latest_public_version_id", Integer, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+library_versions = Table(
+    "library_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("library_id", Integer, ForeignKey("libraries.id", ondelete="CASCADE"), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("major", BigInteger, nullable=False),
+    Column("minor", BigInteger, nullable=False),
+    Column("patch", BigInteger, nullable=False),
+    Column("visibility", String(8), nullable=False),
+    Column("details", JSON, nullable=False),
+    # ",photon,electron," (empty: every architecture), for the list's architectures filter
+    Column("architectures", Text, nullable=False, default=""),
+    Column("archive_key", String(64), nullable=False),
+    Column("download_key", String(32), nullable=False, unique=True),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("uploaded_at", UtcDateTime, nullable=False),
+    Column("published_at", UtcDateTime, nullable=True),
+    UniqueConstraint("library_id", "version", name="uq_library_versions_library_id_version"),
+    Index("ix_library_versions_library_id_order", "library_id", "major", "minor", "patch"),
+    sqlite_autoincrement=True,
 )

@@ -196,6 +196,33 @@ def test_session_cipher_chains_the_first_ciphertext_block_per_direction() -> Non
     assert 0x2120 == keys.device_message_id_seed
 
 
+@given(st.binary(min_size=40, max_size=40), st.lists(st.binary(max_size=100), min_size=1, max_size=6))
+def test_session_cipher_matches_the_library_cbc_message_after_message(
+    material: bytes, messages: list[bytes]
+) -> None:
+    """The session's hand-chained ECB equals cryptography's AES-CBC for every size, and decrypts back."""
+    keys = crypto.SessionKeys.from_material(material)
+    sender, receiver = crypto.SessionCipher(keys), crypto.SessionCipher(keys)
+    iv = keys.iv
+    for message in messages:
+        sent = sender.encrypt(message)
+        assert crypto.aes_cbc_encrypt(keys.aes_key, iv, message) == sent
+        assert message == receiver.decrypt(sent)
+        iv = sent[:16]
+
+
+def test_session_cipher_refuses_bad_padding_and_partial_blocks_without_advancing() -> None:
+    """A bad message is a remote error and leaves the receive chain where it was."""
+    keys = crypto.SessionKeys.from_material(bytes(range(40)))
+    sender, receiver = crypto.SessionCipher(keys), crypto.SessionCipher(keys)
+    good = sender.encrypt(b"ping")
+    with pytest.raises(RemoteProtocolError, match="padding"):
+        receiver.decrypt(bytes(16))
+    with pytest.raises(RemoteProtocolError, match="whole AES blocks"):
+        receiver.decrypt(good[:-1])
+    assert b"ping" == receiver.decrypt(good)
+
+
 def test_pkcs7_always_pads() -> None:
     """A 16-byte message gets a whole extra block of padding; bad padding is a remote error."""
     assert 32 == len(crypto.aes_cbc_encrypt(bytes(16), bytes(16), bytes(16)))

@@ -23,7 +23,9 @@ from devicecloud.domain.accounts import AccessToken, User
 from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
+from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.nodes import SqlNodes
+from devicecloud.store.sql.products import SqlGroups, SqlProducts
 from devicecloud.store.sql.token_lookup import TokenLookup
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 
@@ -94,6 +96,9 @@ class SqlUnitOfWork:
         self.claim_codes = SqlClaimCodes(conn)
         self.webhooks = SqlWebhooks(conn)
         self.deliveries = SqlDeliveries(conn)
+        self.products = SqlProducts(conn)
+        self.groups = SqlGroups(conn)
+        self.libraries = SqlLibraries(conn)
 
 
 class SqlStore:
@@ -105,7 +110,7 @@ class SqlStore:
         self.engine = engine
         self._token_lookup = TokenLookup(engine)
 
-    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User] | None:
+    async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         return await self._token_lookup.lookup(token_hash)
 
     async def lookup_device(self, device_id: str) -> Device | None:

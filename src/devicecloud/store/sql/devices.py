@@ -4,12 +4,12 @@ SQL repositories of devices: device records, keys waiting for approval, and clai
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, String, and_, bindparam, delete, func, insert, or_, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -93,6 +93,32 @@ WRITE_PRESENCE = (
         ),
     )
 )
+
+
+# The write-behind of keep-alives: last_heard alone, compiled once per dialect for the driver.
+WRITE_HEARD = (
+    update(devices)
+    .where(devices.c.id == bindparam("h_id"))
+    .values(last_heard=bindparam("h_heard", type_=devices.c.last_heard.type))
+)
+_heard_statements: dict[str, tuple[str, Callable[[datetime], Any]]] = {}
+
+
+def _heard_statement(dialect: Dialect) -> tuple[str, Callable[[datetime], Any]]:
+    """
+    WRITE_HEARD for ``dialect``: the SQL text (positional: last_heard, then the id) and the last_heard
+    parameter's bind processor (UTC check, then the dialect's own conversion).
+    """
+    found = _heard_statements.get(dialect.name)
+    if found is None:
+        compiled = WRITE_HEARD.compile(dialect=dialect)
+        if compiled.positiontup != ["h_heard", "h_id"]:
+            msg = f"unexpected parameter order for {dialect.name}: {compiled.positiontup}"
+            raise RuntimeError(msg)
+        convert = devices.c.last_heard.type.dialect_impl(dialect).bind_processor(dialect)
+        found = (compiled.string, convert if convert is not None else (lambda at: at))
+        _heard_statements[dialect.name] = found
+    return found
 
 
 # Built once: the write-behind of Describes (executemany); no system firmware version keeps the stored one.
@@ -199,6 +225,14 @@ class SqlDevices:
                 for p in presence
             ],
         )
+
+    async def write_heard(self, heard: Sequence[tuple[str, datetime]]) -> None:
+        if not heard:
+            return
+        sql, process = _heard_statement(self._conn.dialect)
+        # At the driver: SQLAlchemy builds a parameter dict per row through every bind processor, which
+        # cost more than the database's work for thousands of keep-alives a second (bench/, issue 16).
+        await self._conn.exec_driver_sql(sql, [(process(at), device_id) for device_id, at in heard])
 
     async def describes(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}

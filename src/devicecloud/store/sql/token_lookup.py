@@ -1,5 +1,6 @@
 """
-The reads every request makes: a token (by hash) joined to its user, and for device requests the device.
+The reads every request makes: a token (by hash) joined to its user (if it has one), and for device
+requests the device.
 
 Through a SQLAlchemy unit of work that read costs about 0.5 ms on SQLite (pool checkout, an explicit BEGIN,
 nine hops to aiosqlite's thread, COMMIT), which alone would cap the API at under 2,000 requests/s. Here it is
@@ -53,7 +54,7 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _from_sqlite_row(row: Any) -> tuple[AccessToken, User]:
+def _from_sqlite_row(row: Any) -> tuple[AccessToken, User | None]:
     t = dict(zip((c.name for c in access_tokens.c), row[:_TOKEN_COLUMNS], strict=True))
     u = dict(zip((c.name for c in users.c), row[_TOKEN_COLUMNS:], strict=True))
     token = AccessToken(
@@ -67,7 +68,11 @@ def _from_sqlite_row(row: Any) -> tuple[AccessToken, User]:
         expires_at=_when(t["expires_at"]),
         refresh_token_hash=t["refresh_token_hash"],
         refresh_expires_at=_when(t["refresh_expires_at"]),
+        product_id=t["product_id"],
+        api_user_id=t["api_user_id"],
     )
+    if t["user_id"] is None:  # a product's token (decision 0016): the outer join found no user
+        return token, None
     user = User(
         id=u["id"],
         username=u["username"],
@@ -96,7 +101,7 @@ class TokenLookup:
         #: Reads that met a busy database inline and took the hop instead (for tests and metrics).
         self.busy_fallbacks = 0
 
-    async def lookup(self, token_hash: str) -> tuple[AccessToken, User] | None:
+    async def lookup(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         if self._sqlite_path is None:
             async with self._engine.connect() as conn:
                 found = (await conn.execute(FIND_TOKEN_WITH_USER, {"token_hash": token_hash})).first()

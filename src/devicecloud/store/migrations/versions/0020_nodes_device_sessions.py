@@ -1,7 +1,7 @@
 """nodes and their leases; devices remember the node and epoch of their latest link
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0020
+Revises: 0019
 Create Date: 2026-12-04 09:40:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0020"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 

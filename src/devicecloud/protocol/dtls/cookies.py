@@ -1,0 +1,107 @@
+"""
+Stateless HelloVerifyRequest cookies (RFC 6347 §4.2.1): a server keeps nothing for a ClientHello until it
+comes back with a cookie that proves the sender receives at its address. A spoofed flood costs one HMAC
+and one small datagram each, no state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from devicecloud.protocol.dtls.messages import (
+    ClientHello,
+    HandshakeType,
+    build_hello_verify_request,
+    handshake_header,
+    parse_client_hello,
+)
+from devicecloud.protocol.dtls.records import ContentType, encode_record, parse_datagram
+from devicecloud.protocol.errors import RemoteProtocolError
+
+__all__ = ["COOKIE_SIZE", "HelloCheck", "check_client_hello", "make_cookie"]
+
+COOKIE_SIZE = 32
+
+
+def make_cookie(secret: bytes, address: bytes, cookie_input: bytes) -> bytes:
+    """HMAC-SHA256 over the peer's address and every ClientHello field but the cookie."""
+    keyed = _KEYED.get(secret)
+    if keyed is None:  # a process has one or two secrets (rotation): key each once
+        if len(_KEYED) >= 8:
+            _KEYED.clear()
+        keyed = _KEYED[secret] = hmac.new(secret, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(len(address).to_bytes(2, "big") + address + cookie_input)
+    return mac.digest()
+
+
+_KEYED: dict[bytes, hmac.HMAC] = {}
+
+
+@dataclass(slots=True)  # not frozen: made for every datagram from an unknown address
+class HelloCheck:
+    """
+    What to do with a datagram from an address that has no session:
+
+    - ``accept``: a ClientHello with a valid cookie: ``DtlsServer.accept(config, check, …)`` starts the
+      server endpoint from it (``hello``, ``record_sequence`` and ``message`` carry what it needs, so the
+      datagram is not parsed twice);
+    - ``reply``: a HelloVerifyRequest datagram to send back (and keep nothing);
+    - neither: drop it (``reason`` says why).
+    """
+
+    accept: bool
+    reply: bytes | None
+    reason: str
+    hello: ClientHello | None = None
+    record_sequence: int = 0
+    message: bytes = b""  # the ClientHello handshake message, header included (as the transcript hashes it)
+
+
+def check_client_hello(datagram: bytes, address: bytes, secrets: tuple[bytes, ...]) -> HelloCheck:
+    """
+    Judge a datagram from an unknown address without keeping state. ``secrets[0]`` makes cookies; every
+    secret in ``secrets`` verifies them (so a rotated secret still accepts a ClientHello in flight).
+    """
+    try:
+        records = parse_datagram(datagram)
+        if len(records) != 1:
+            return HelloCheck(False, None, "not a single ClientHello record")
+        record = records[0]
+        fragment = record.fragment
+        if record.content_type != ContentType.HANDSHAKE or record.epoch != 0 or len(fragment) < 12:
+            return HelloCheck(False, None, "not a ClientHello")
+        if fragment[0] != HandshakeType.CLIENT_HELLO:
+            return HelloCheck(False, None, "not a ClientHello")
+        length = int.from_bytes(fragment[1:4], "big")
+        frag_offset = int.from_bytes(fragment[6:9], "big")
+        frag_length = int.from_bytes(fragment[9:12], "big")
+        if frag_offset != 0 or frag_length != length or len(fragment) != 12 + length:
+            return HelloCheck(False, None, "fragmented or malformed ClientHello")
+        body = fragment[12:]
+        # Only a ClientHello with a cookie is parsed whole: for one without, finding the cookie's place is
+        # enough to answer (a malformed one is refused when it comes back with its cookie).
+        cookie_at = 35 + body[34] if len(body) > 35 and body[0] == 0xFE and body[34] <= 32 else -1
+        if cookie_at < 0 or cookie_at >= len(body):
+            return HelloCheck(False, None, "truncated or not a DTLS ClientHello")
+        if body[cookie_at]:
+            hello = parse_client_hello(body)
+            for secret in secrets:
+                if hmac.compare_digest(hello.cookie, make_cookie(secret, address, hello.cookie_input)):
+                    return HelloCheck(True, None, "valid cookie", hello, record.sequence, fragment)
+            cookie_input = hello.cookie_input
+        else:
+            cookie_input = body[:cookie_at] + body[cookie_at + 1 :]
+    except RemoteProtocolError as exc:
+        return HelloCheck(False, None, str(exc))
+    cookie = make_cookie(secrets[0], address, cookie_input)
+    message_seq = int.from_bytes(fragment[4:6], "big")
+    verify = build_hello_verify_request(cookie)
+    message = (
+        handshake_header(HandshakeType.HELLO_VERIFY_REQUEST, message_seq, len(verify), 0, len(verify))
+        + verify
+    )
+    reply = encode_record(ContentType.HANDSHAKE, 0, record.sequence, message)
+    return HelloCheck(False, reply, "cookie requested")

@@ -1,0 +1,81 @@
+"""
+The one access function of everything a product owns (decision 0016): find the product by id or slug, read
+the caller's standing in it, and let `domain.access.can` decide.
+
+Rules kept here:
+- a caller with no standing at all in the product (not in its team, not its API user or client) gets the
+  same `NotFound` as for a product that does not exist: products cannot be probed;
+- a caller with standing but without the right gets `PermissionDenied` (403).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from devicecloud.domain.access import AnyPrincipal, Resource, ResourceKind, Role, can
+from devicecloud.domain.accounts import Principal
+from devicecloud.errors import NotFound, PermissionDenied
+
+if TYPE_CHECKING:
+    from devicecloud.domain.products import Product
+    from devicecloud.store.interfaces import UnitOfWork
+
+PRODUCT_ID = re.compile(r"^[0-9]{1,9}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ProductStanding:
+    """
+    A product and what the caller is to it (its role when a person).
+    """
+
+    product: Product
+    role: Role | None
+
+
+def product_not_found() -> NotFound:
+    return NotFound("Product not found", code="Not Found")
+
+
+def refused(action: str) -> PermissionDenied:
+    return PermissionDenied(f"Permission Denied: this token may not use {action}", code="Permission Denied")
+
+
+async def find_product(tx: UnitOfWork, ref: str) -> Product | None:
+    """
+    A product by numeric id or by slug (``:productIdOrSlug``).
+    """
+    if PRODUCT_ID.match(ref):
+        return await tx.products.get(int(ref))
+    return await tx.products.get_by_slug(ref.lower()) if len(ref) <= 64 else None
+
+
+async def standing(tx: UnitOfWork, principal: AnyPrincipal, ref: str) -> ProductStanding:
+    """
+    The product and the caller's role in it; `NotFound` when the caller has no standing there.
+    """
+    product = await find_product(tx, ref)
+    if product is None:
+        raise product_not_found()
+    if isinstance(principal, Principal):
+        role = await tx.products.role_of(product.id, principal.user.id)
+        if role is None:
+            raise product_not_found()
+        return ProductStanding(product, role)
+    if principal.product_id != product.id:
+        raise product_not_found()
+    return ProductStanding(product, None)
+
+
+async def access_product(
+    tx: UnitOfWork, principal: AnyPrincipal, ref: str, action: str, kind: ResourceKind = "product"
+) -> ProductStanding:
+    """
+    The product named by ``ref`` if ``principal`` may do ``action`` to its ``kind`` of resource.
+    """
+    found = await standing(tx, principal, ref)
+    if not can(principal, action, Resource(kind, product_id=found.product.id), found.role):
+        raise refused(action)
+    return found

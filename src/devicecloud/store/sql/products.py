@@ -1,0 +1,366 @@
+"""
+SQL repositories of products: the product rows, the team (members with roles, API users) and device groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, literal, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from devicecloud.domain.access import Role
+from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
+from devicecloud.errors import Conflict, NotFound
+from devicecloud.store.tables import (
+    device_group_members,
+    device_groups,
+    product_api_users,
+    product_devices,
+    product_members,
+    products,
+    users,
+)
+
+_PRODUCT_COLUMNS = (*products.c, users.c.username.label("owner_username"))
+
+
+def _product(row: Row[Any]) -> Product:
+    return Product(
+        id=row.id,
+        slug=row.slug,
+        name=row.name,
+        description=row.description,
+        platform_id=row.platform_id,
+        owner_id=row.owner_id,
+        owner_username=row.owner_username,
+        settings=dict(row.settings or {}),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _api_user(row: Row[Any]) -> ApiUser:
+    return ApiUser(
+        id=row.id,
+        product_id=row.product_id,
+        username=row.username,
+        friendly_name=row.friendly_name,
+        scopes=tuple(row.scopes or ()),
+        created_at=row.created_at,
+    )
+
+
+def _select_products() -> Any:
+    return select(*_PRODUCT_COLUMNS).join_from(
+        products, users, products.c.owner_id == users.c.id, isouter=True
+    )
+
+
+class SqlProducts:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    # ------------------------------------------------------------------ products
+
+    async def add(
+        self,
+        *,
+        slug: str,
+        name: str,
+        description: str | None,
+        platform_id: int,
+        owner_id: int,
+        settings: dict[str, Any],
+        now: datetime,
+    ) -> Product:
+        try:
+            async with self._conn.begin_nested():
+                result = await self._conn.execute(
+                    insert(products)
+                    .values(
+                        slug=slug,
+                        name=name,
+                        description=description,
+                        platform_id=platform_id,
+                        owner_id=owner_id,
+                        settings=settings,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(products.c.id)
+                )
+        except IntegrityError as exc:
+            raise Conflict("That product slug is already taken") from exc
+        found = await self.get(int(result.scalar_one()))
+        assert found is not None
+        return found
+
+    async def get(self, product_id: int) -> Product | None:
+        row = (await self._conn.execute(_select_products().where(products.c.id == product_id))).first()
+        return _product(row) if row else None
+
+    async def get_by_slug(self, slug: str) -> Product | None:
+        row = (await self._conn.execute(_select_products().where(products.c.slug == slug))).first()
+        return _product(row) if row else None
+
+    async def slug_taken(self, slug: str) -> bool:
+        stmt = select(func.count()).select_from(products).where(products.c.slug == slug)
+        return bool((await self._conn.execute(stmt)).scalar_one())
+
+    async def list_for_member(self, user_id: int) -> Sequence[Product]:
+        stmt = (
+            _select_products()
+            .join(product_members, product_members.c.product_id == products.c.id)
+            .where(product_members.c.user_id == user_id)
+            .order_by(products.c.id)
+        )
+        return [_product(row) for row in await self._conn.execute(stmt)]
+
+    async def list_all(self) -> Sequence[Product]:
+        return [_product(row) for row in await self._conn.execute(_select_products().order_by(products.c.id))]
+
+    async def update(self, product_id: int, **changes: Any) -> Product:
+        await self._conn.execute(update(products).where(products.c.id == product_id).values(**changes))
+        found = await self.get(product_id)
+        if found is None:
+            raise NotFound("Product not found")
+        return found
+
+    # ------------------------------------------------------------------ team
+
+    async def role_of(self, product_id: int, user_id: int) -> Role | None:
+        stmt = select(product_members.c.role).where(
+            and_(product_members.c.product_id == product_id, product_members.c.user_id == user_id)
+        )
+        value = (await self._conn.execute(stmt)).scalar_one_or_none()
+        return Role(value) if value is not None else None
+
+    async def members(self, product_id: int) -> Sequence[TeamMember]:
+        stmt = (
+            select(product_members.c.user_id, product_members.c.role, users.c.username)
+            .join_from(product_members, users, product_members.c.user_id == users.c.id)
+            .where(product_members.c.product_id == product_id)
+            .order_by(product_members.c.created_at, users.c.username)
+        )
+        return [
+            TeamMember(row.user_id, row.username, Role(row.role)) for row in await self._conn.execute(stmt)
+        ]
+
+    async def add_member(self, product_id: int, user_id: int, role: Role, now: datetime) -> None:
+        try:
+            async with self._conn.begin_nested():
+                await self._conn.execute(
+                    insert(product_members).values(
+                        product_id=product_id, user_id=user_id, role=role.value, created_at=now
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict("That user is already a member of this product's team") from exc
+
+    async def set_role(self, product_id: int, user_id: int, role: Role) -> None:
+        await self._conn.execute(
+            update(product_members)
+            .where(and_(product_members.c.product_id == product_id, product_members.c.user_id == user_id))
+            .values(role=role.value)
+        )
+
+    async def remove_member(self, product_id: int, user_id: int) -> None:
+        await self._conn.execute(
+            delete(product_members).where(
+                and_(product_members.c.product_id == product_id, product_members.c.user_id == user_id)
+            )
+        )
+
+    # ------------------------------------------------------------------ API users
+
+    async def add_api_user(
+        self, *, product_id: int, username: str, friendly_name: str, scopes: Sequence[str], now: datetime
+    ) -> ApiUser:
+        try:
+            async with self._conn.begin_nested():
+                result = await self._conn.execute(
+                    insert(product_api_users)
+                    .values(
+                        product_id=product_id,
+                        username=username,
+                        friendly_name=friendly_name,
+                        scopes=list(scopes),
+                        created_at=now,
+                    )
+                    .returning(*product_api_users.c)
+                )
+        except IntegrityError as exc:
+            raise Conflict("That API user name is already taken") from exc
+        return _api_user(result.one())
+
+    async def api_users(self, product_id: int) -> Sequence[ApiUser]:
+        stmt = (
+            select(product_api_users)
+            .where(product_api_users.c.product_id == product_id)
+            .order_by(product_api_users.c.id)
+        )
+        return [_api_user(row) for row in await self._conn.execute(stmt)]
+
+    async def api_user_by_username(self, product_id: int, username: str) -> ApiUser | None:
+        stmt = select(product_api_users).where(
+            and_(product_api_users.c.product_id == product_id, product_api_users.c.username == username)
+        )
+        row = (await self._conn.execute(stmt)).first()
+        return _api_user(row) if row else None
+
+    async def update_api_user(self, api_user_id: int, **changes: Any) -> ApiUser:
+        result = await self._conn.execute(
+            update(product_api_users)
+            .where(product_api_users.c.id == api_user_id)
+            .values(**changes)
+            .returning(*product_api_users.c)
+        )
+        return _api_user(result.one())
+
+    async def delete_api_user(self, api_user_id: int) -> None:
+        await self._conn.execute(delete(product_api_users).where(product_api_users.c.id == api_user_id))
+
+    # ------------------------------------------------------------------ product devices (membership only)
+
+    async def add_device(
+        self, product_id: int, device_id: str, *, firmware_version: int | None, now: datetime
+    ) -> None:
+        """
+        Make a known device a member of the product (issue 11 section 3 brings the HTTP doors).
+        """
+        await self._conn.execute(
+            insert(product_devices).values(
+                product_id=product_id, device_id=device_id, firmware_version=firmware_version, created_at=now
+            )
+        )
+
+    async def set_device_groups(self, device_id: str, group_ids: Sequence[int]) -> None:
+        await self._conn.execute(
+            delete(device_group_members).where(device_group_members.c.device_id == device_id)
+        )
+        if group_ids:
+            await self._conn.execute(
+                insert(device_group_members), [{"group_id": g, "device_id": device_id} for g in group_ids]
+            )
+
+
+def _group(row: Row[Any]) -> DeviceGroup:
+    return DeviceGroup(
+        id=row.id,
+        product_id=row.product_id,
+        name=row.name,
+        description=row.description,
+        color=row.color,
+        device_count=int(row.device_count),
+    )
+
+
+def _select_groups() -> Any:
+    count = (
+        select(func.count())
+        .select_from(device_group_members)
+        .where(device_group_members.c.group_id == device_groups.c.id)
+        .scalar_subquery()
+    )
+    return select(*device_groups.c, count.label("device_count"))
+
+
+class SqlGroups:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def list_for_product(
+        self, product_id: int, name_contains: str | None = None
+    ) -> Sequence[DeviceGroup]:
+        stmt = _select_groups().where(device_groups.c.product_id == product_id)
+        if name_contains:
+            escaped = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            stmt = stmt.where(device_groups.c.name.like(f"%{escaped}%", escape="\\"))
+        return [_group(row) for row in await self._conn.execute(stmt.order_by(device_groups.c.name))]
+
+    async def names_by_product(self, product_ids: Sequence[int]) -> dict[int, list[str]]:
+        found: dict[int, list[str]] = {p: [] for p in product_ids}
+        if not product_ids:
+            return found
+        stmt = (
+            select(device_groups.c.product_id, device_groups.c.name)
+            .where(device_groups.c.product_id.in_(list(product_ids)))
+            .order_by(device_groups.c.name)
+        )
+        for row in await self._conn.execute(stmt):
+            found[row.product_id].append(row.name)
+        return found
+
+    async def get(self, product_id: int, name: str) -> DeviceGroup | None:
+        stmt = _select_groups().where(
+            and_(device_groups.c.product_id == product_id, device_groups.c.name == name)
+        )
+        row = (await self._conn.execute(stmt)).first()
+        return _group(row) if row else None
+
+    async def add(
+        self, product_id: int, *, name: str, description: str | None, color: str, now: datetime
+    ) -> DeviceGroup:
+        try:
+            async with self._conn.begin_nested():
+                await self._conn.execute(
+                    insert(device_groups).values(
+                        product_id=product_id, name=name, description=description, color=color, created_at=now
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"A group named {name} already exists") from exc
+        found = await self.get(product_id, name)
+        assert found is not None
+        return found
+
+    async def update(self, group: DeviceGroup, **changes: Any) -> DeviceGroup:
+        try:
+            async with self._conn.begin_nested():
+                await self._conn.execute(
+                    update(device_groups).where(device_groups.c.id == group.id).values(**changes)
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"A group named {changes.get('name')} already exists") from exc
+        found = await self.get(group.product_id, changes.get("name", group.name))
+        assert found is not None
+        return found
+
+    async def delete(self, group: DeviceGroup) -> None:
+        await self._conn.execute(delete(device_groups).where(device_groups.c.id == group.id))
+
+    async def count(self, product_id: int) -> int:
+        stmt = select(func.count()).select_from(device_groups).where(device_groups.c.product_id == product_id)
+        return int((await self._conn.execute(stmt)).scalar_one())
+
+    async def firmware_impact(
+        self, product_id: int, group_ids: Sequence[int] | None, firmware_version: int
+    ) -> FirmwareImpact:
+        """
+        The product's devices (in any of ``group_ids``; all of them when None) that do not run
+        ``firmware_version``, counted by the version they run.
+        """
+        in_scope = product_devices.c.product_id == product_id
+        if group_ids is not None:
+            members = select(device_group_members.c.device_id).where(
+                device_group_members.c.group_id.in_(list(group_ids))
+            )
+            in_scope = and_(
+                in_scope, product_devices.c.device_id.in_(members) if group_ids else literal(False)
+            )
+        differs = (product_devices.c.firmware_version.is_(None)) | (
+            product_devices.c.firmware_version != firmware_version
+        )
+        stmt = (
+            select(product_devices.c.firmware_version, func.count().label("n"))
+            .where(and_(in_scope, differs))
+            .group_by(product_devices.c.firmware_version)
+            .order_by(product_devices.c.firmware_version)
+        )
+        rows = [(row.firmware_version, int(row.n)) for row in await self._conn.execute(stmt)]
+        return FirmwareImpact(total=sum(n for _, n in rows), by_version=rows)

@@ -1,0 +1,283 @@
+"""
+The access matrix (issue 11, decision 0016): every product route of the application's route table, called
+by every kind of principal, answers the expected status. A product route without a row here fails the
+suite, so a new route cannot ship without saying who may use it.
+
+Columns: the product's Owner; a member in each role; an API user holding the route's scope and one holding
+another scope; an Administrator of another product; a plain user; a client of another product and one of
+this product (``*:*``). (Customers
+of this and of another product join when customers exist, issue 11 section 6.)
+
+The roles that may use a route are written out here by hand, not derived from `ROLE_ACTIONS`, so the test
+checks the table rather than repeating it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from tests.support.api import Account, make_account
+
+from devicecloud.domain.access import SCOPES
+from devicecloud.runtime import Runtime
+
+ALL_ROLES = "ADSV"  # Administrator, Developer, Support, View-only (the Owner may use every route)
+ROLE_LETTERS = {"administrator": "A", "developer": "D", "support": "S", "view_only": "V"}
+_counter = itertools.count()
+
+
+@dataclass
+class World:
+    client: httpx.AsyncClient
+    runtime: Runtime
+    owner: Account
+    tokens: dict[str, str] = field(default_factory=dict)  # column → bearer token
+    api_users: dict[str, str] = field(default_factory=dict)  # scope → token of an API user holding only it
+
+    async def as_owner(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = await self.client.request(method, url, headers=self.owner.auth, **kwargs)
+        assert response.status_code < 300, (url, response.text)
+        return response
+
+    async def fresh_account(self) -> str:
+        email = f"someone{next(_counter)}@example.com"
+        created = await self.client.post(
+            "/v1/users", json={"username": email, "password": "correct horse battery"}
+        )
+        assert created.status_code == 200, created.text
+        return email
+
+    async def fresh_member(self) -> str:
+        email = await self.fresh_account()
+        await self.as_owner("POST", "/v1/products/alpha/team", json={"username": email, "role": "Support"})
+        return email
+
+    async def fresh_group(self) -> str:
+        name = f"g{next(_counter)}"
+        await self.as_owner("POST", "/v1/products/alpha/groups", json={"name": name})
+        return name
+
+
+Request = tuple[str, dict[str, Any]]  # concrete URL, keyword arguments for httpx
+
+
+@dataclass(frozen=True)
+class Row:
+    scope: str | None  # the catalogue scope (or devicecloud action); None: people only, no product yet
+    ok: int
+    roles: str  # which roles may use it besides the Owner
+    prepare: Callable[[World], Awaitable[Request]]
+    listing: bool = False  # answers every person (their own products), not 404
+
+
+async def _plain(url: str, **kwargs: Any) -> Request:
+    return url, kwargs
+
+
+def fixed(url: str, **kwargs: Any) -> Callable[[World], Awaitable[Request]]:
+    return lambda _world: _plain(url, **kwargs)
+
+
+async def _invite(world: World) -> Request:
+    return "/v1/products/alpha/team", {"json": {"username": await world.fresh_account(), "role": "View-only"}}
+
+
+async def _change_role(world: World) -> Request:
+    return f"/v1/products/alpha/team/{await world.fresh_member()}", {"json": {"role": "View-only"}}
+
+
+async def _remove_member(world: World) -> Request:
+    return f"/v1/products/alpha/team/{await world.fresh_member()}", {}
+
+
+async def _get_group(world: World) -> Request:
+    return "/v1/products/alpha/groups/shared", {}
+
+
+async def _edit_group(world: World) -> Request:
+    return f"/v1/products/alpha/groups/{await world.fresh_group()}", {"json": {"color": "#123456"}}
+
+
+async def _delete_group(world: World) -> Request:
+    return f"/v1/products/alpha/groups/{await world.fresh_group()}", {}
+
+
+async def _new_group(world: World) -> Request:
+    return "/v1/products/alpha/groups", {"json": {"name": f"n{next(_counter)}"}}
+
+
+MATRIX: dict[tuple[str, str], Row] = {
+    ("GET", "/v1/user/products"): Row(
+        "products:list", 200, ALL_ROLES, fixed("/v1/user/products"), listing=True
+    ),
+    ("GET", "/v1/products"): Row("products:list", 200, ALL_ROLES, fixed("/v1/products"), listing=True),
+    ("POST", "/v1/products"): Row(
+        None, 201, ALL_ROLES, lambda _w: _plain("/v1/products", json={"name": "P", "platform_id": 6})
+    ),
+    ("GET", "/v1/products/{product}"): Row("products:get", 200, ALL_ROLES, fixed("/v1/products/alpha")),
+    ("PUT", "/v1/products/{product}"): Row(
+        "products:update", 200, "A", fixed("/v1/products/alpha", json={"description": "edited"})
+    ),
+    ("GET", "/v1/products/{product}/team"): Row(
+        "teams.users:list", 200, ALL_ROLES, fixed("/v1/products/alpha/team")
+    ),
+    ("POST", "/v1/products/{product}/team"): Row("teams.users:invite", 200, "A", _invite),
+    ("PUT", "/v1/products/{product}/team/{username}"): Row("teams.users:update", 200, "A", _change_role),
+    ("POST", "/v1/products/{product}/team/{username}"): Row("teams.users:update", 200, "A", _change_role),
+    ("DELETE", "/v1/products/{product}/team/{username}"): Row("teams.users:remove", 200, "A", _remove_member),
+    ("GET", "/v1/products/{product}/groups"): Row(
+        "groups:list", 200, ALL_ROLES, fixed("/v1/products/alpha/groups")
+    ),
+    ("POST", "/v1/products/{product}/groups"): Row("groups:create", 201, "AD", _new_group),
+    ("GET", "/v1/products/{product}/groups/{group}"): Row("groups:get", 200, ALL_ROLES, _get_group),
+    ("PUT", "/v1/products/{product}/groups/{group}"): Row("groups:update", 200, "AD", _edit_group),
+    ("DELETE", "/v1/products/{product}/groups/{group}"): Row("groups:remove", 204, "AD", _delete_group),
+    ("GET", "/v1/products/{product}/impact"): Row(
+        "groups.impact:get",
+        200,
+        ALL_ROLES,
+        fixed(
+            "/v1/products/alpha/impact",
+            params={"action": "edit_groups_for_firmware", "firmware_version": "2", "groups": "shared"},
+        ),
+    ),
+}
+
+COLUMNS = (
+    "owner",
+    "administrator",
+    "developer",
+    "support",
+    "view_only",
+    "api_user_with_scope",
+    "api_user_without_scope",
+    "member_of_another_product",
+    "plain_user",
+    "client_of_another_product",
+    "client_of_this_product",
+)
+
+
+def product_routes(runtime: Runtime) -> set[tuple[str, str]]:
+    """
+    (method, path) of every product route, from the application's route table as its OpenAPI document
+    lists it (every API route is in the document; FastAPI nests included routers out of ``app.routes``).
+    """
+    paths = runtime.asgi_app(manage_lifecycle=False).openapi()["paths"]
+    return {
+        (method.upper(), path)
+        for path, operations in paths.items()
+        if path.startswith(("/v1/products", "/v1/user/products"))
+        for method in operations
+    }
+
+
+def expected(row: Row, column: str) -> int:
+    people = ("owner", *ROLE_LETTERS, "member_of_another_product", "plain_user")
+    if row.scope is None:  # creating a product: any person, no product principal
+        return row.ok if column in people else 403
+    if column == "owner":
+        return row.ok
+    if column in ROLE_LETTERS:
+        return row.ok if ROLE_LETTERS[column] in row.roles else 403
+    if column in ("api_user_with_scope", "client_of_this_product"):  # the client has *:*
+        return row.ok if row.scope in SCOPES else 403  # no scope, not even *:*, grants devicecloud actions
+    if column == "api_user_without_scope":
+        return 403
+    if row.listing:  # everyone lists their own products; a product client has *:*
+        return row.ok
+    return 404  # no standing in this product: it cannot even be seen
+
+
+async def _token(client: httpx.AsyncClient, account: Account) -> str:
+    return account.token
+
+
+async def build_world(client: httpx.AsyncClient, runtime: Runtime) -> World:
+    owner = await make_account(client, "owner@example.com")
+    world = World(client, runtime, owner)
+    world.tokens["owner"] = owner.token
+    await world.as_owner("POST", "/v1/products", json={"name": "Alpha", "platform_id": 6})
+    for role in ROLE_LETTERS:
+        member = await make_account(client, f"{role}@example.com")
+        await world.as_owner("POST", "/v1/products/alpha/team", json={"username": member.email, "role": role})
+        world.tokens[role] = member.token
+    await world.as_owner("POST", "/v1/products/alpha/groups", json={"name": "shared"})
+    scopes = {row.scope for row in MATRIX.values() if row.scope in SCOPES} | {"sims:list"}
+    for scope in sorted(s for s in scopes if s is not None):
+        created = await world.as_owner(
+            "POST", "/v1/products/alpha/team", json={"friendly_name": scope, "scopes": [scope]}
+        )
+        world.api_users[scope] = created.json()["created"]["tokens"][0]["token"]
+    world.tokens["api_user_without_scope"] = world.api_users["sims:list"]
+    other = await make_account(client, "other@example.com")
+    created = await client.post("/v1/products", json={"name": "Beta", "platform_id": 6}, headers=other.auth)
+    assert created.status_code == 201
+    world.tokens["member_of_another_product"] = other.token
+    world.tokens["plain_user"] = (await make_account(client, "plain@example.com")).token
+    user = await runtime.accounts.get_by_username(other.email)
+    beta = created.json()["product"]["id"]
+    made = await runtime.clients.create(user, name="Beta server", type="installed", product_id=beta)
+    assert made.secret is not None
+    granted = await client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(made.client.id, made.secret)
+    )
+    assert granted.status_code == 200, granted.text
+    world.tokens["client_of_another_product"] = granted.json()["access_token"]
+    alpha = (await world.as_owner("GET", "/v1/products/alpha")).json()["product"]["id"]
+    owner_user = await runtime.accounts.get_by_username(owner.email)
+    ours = await runtime.clients.create(owner_user, name="Alpha server", type="installed", product_id=alpha)
+    assert ours.secret is not None
+    granted = await client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(ours.client.id, ours.secret)
+    )
+    world.tokens["client_of_this_product"] = granted.json()["access_token"]
+    return world
+
+
+async def test_every_product_route_has_a_row(runtime: Runtime) -> None:
+    routes = product_routes(runtime)
+    missing = sorted(routes - set(MATRIX))
+    stale = sorted(set(MATRIX) - routes)
+    assert not missing, f"product routes without a row in the access matrix: {missing}"
+    assert not stale, f"rows for routes that no longer exist: {stale}"
+
+
+async def test_every_principal_gets_the_expected_status(client: httpx.AsyncClient, runtime: Runtime) -> None:
+    world = await build_world(client, runtime)
+    wrong: list[str] = []
+    for (method, path), row in sorted(MATRIX.items()):
+        for column in COLUMNS:
+            if column == "api_user_with_scope":
+                token = world.api_users.get(row.scope or "", world.api_users["sims:list"])
+            else:
+                token = world.tokens[column]
+            url, kwargs = await row.prepare(world)
+            response = await client.request(
+                method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
+            )
+            want = expected(row, column)
+            if response.status_code != want:
+                wrong.append(
+                    f"{method} {path} as {column}: {response.status_code} (expected {want}) {response.text}"
+                )
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("column", ["api_user_without_scope", "plain_user"])
+async def test_refused_calls_change_nothing(client: httpx.AsyncClient, runtime: Runtime, column: str) -> None:
+    world = await build_world(client, runtime)
+    before = (await world.as_owner("GET", "/v1/products/alpha/team")).json()
+    groups = (await world.as_owner("GET", "/v1/products/alpha/groups")).json()
+    auth = {"Authorization": f"Bearer {world.tokens[column]}"}
+    await client.post("/v1/products/alpha/team", json={"username": "plain@example.com"}, headers=auth)
+    await client.delete("/v1/products/alpha/groups/shared", headers=auth)
+    await client.put("/v1/products/alpha", json={"name": "mine"}, headers=auth)
+    assert (await world.as_owner("GET", "/v1/products/alpha/team")).json() == before
+    assert (await world.as_owner("GET", "/v1/products/alpha/groups")).json() == groups
+    assert (await world.as_owner("GET", "/v1/products/alpha")).json()["product"]["name"] == "Alpha"
