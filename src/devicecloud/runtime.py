@@ -256,7 +256,11 @@ def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommand
     """
     if settings.bus_url.startswith("memory://"):
         return MemoryBus(), None
-    from devicecloud.bus.nats import NatsBus
+    try:
+        from devicecloud.bus.nats import NatsBus
+    except ImportError as exc:
+        msg = "DEVICECLOUD_BUS_URL=nats://… needs nats-py: pip install 'devicecloud[nats]'"
+        raise RuntimeError(msg) from exc
 
     bus = NatsBus(settings.bus_url, name=f"devicecloud-{node_id}")
     return bus, bus
