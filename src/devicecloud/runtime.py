@@ -10,15 +10,19 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from devicecloud.api.app import create_app
 from devicecloud.api.deps import ApiDeps
+from devicecloud.bus.interfaces import DeviceCommands, EventBus
 from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.compiler import CommandCompiler
@@ -26,20 +30,23 @@ from devicecloud.domain.accounts import User
 from devicecloud.domain.library_archives import ArchiveLimits
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
+from devicecloud.gateway.cluster import RoutedControl
+from devicecloud.metrics import Metrics, Sources
 from devicecloud.notify import LogNotifier, SmtpNotifier
 from devicecloud.protocol import EventPublished, LocalProtocolError
 from devicecloud.protocol.keyslot import server_key_slot
 from devicecloud.services.accounts import AccountPolicy, AccountService
 from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
-from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
+from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy, StatusHook
 from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryPolicy, LibraryService
+from devicecloud.services.nodes import NodeService, generate_node_id
 from devicecloud.services.passwords import Passwords
-from devicecloud.services.ports import Notifier
+from devicecloud.services.ports import DeviceControl, Notifier
 from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
@@ -107,11 +114,12 @@ class Runtime:
     clients: ClientService
     notifier: Notifier
     server_key: rsa.RSAPrivateKey
+    node: NodeService
     sessions: DeviceSessionService
     gateway: DeviceGateway
     devices: DeviceService
     device_keys: DeviceKeyService
-    bus: MemoryBus
+    bus: EventBus
     events: EventService
     webhooks: WebhookService
     dispatcher: WebhookDispatcher
@@ -119,8 +127,10 @@ class Runtime:
     products: ProductService
     groups: GroupService
     libraries: LibraryService
+    metrics: Metrics
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
+    node_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
 
     def api_deps(self) -> ApiDeps:
@@ -138,6 +148,7 @@ class Runtime:
             products=self.products,
             groups=self.groups,
             libraries=self.libraries,
+            probes=self.metrics,
         )
 
     @property
@@ -163,6 +174,7 @@ class Runtime:
             return
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate.upgrade(self.store.engine)
+        await self.bus.start()
         self.started = True
 
     async def start_webhooks(self) -> None:
@@ -177,12 +189,14 @@ class Runtime:
 
     async def start_gateway(self) -> None:
         """
-        Listen for devices. No link exists before this, so devices left online by a previous run are offline.
+        Listen for devices. First this node joins the cluster: no link exists before this, so devices it
+        held in a previous run (and those of nodes whose lease ran out) are offline; other nodes' stay.
         """
         await self.start()
         if self.gateway_started:
             return
-        await self.sessions.reset_online_state()
+        await self.node.start()
+        self.node_started = True
         await self.gateway.start()
         self.gateway_started = True
 
@@ -196,6 +210,9 @@ class Runtime:
             self.gateway_started = False
         await self.firmware.aclose()
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
+        if self.node_started:
+            await self.node.stop()
+            self.node_started = False
         await self.bus.close()
         await self.notifier.drain()
         await self.store.close()
@@ -236,6 +253,47 @@ def server_key_slot_image(key: rsa.RSAPrivateKey, host: str, port: int) -> bytes
         return server_key_slot(der, host, port)
     except LocalProtocolError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommands | None]:
+    """
+    The event bus the settings name, and its device request/reply when it has one: in-process by default,
+    NATS (imported only then: nats-py is the extra "nats") for a cluster.
+    """
+    if settings.bus_url.startswith("memory://"):
+        return MemoryBus(), None
+    try:
+        from devicecloud.bus.nats import NatsBus
+    except ImportError as exc:
+        msg = "DEVICECLOUD_BUS_URL=nats://… needs nats-py: pip install 'devicecloud[nats]'"
+        raise RuntimeError(msg) from exc
+
+    bus = NatsBus(settings.bus_url, name=f"devicecloud-{node_id}")
+    return bus, bus
+
+
+def _forgetting(webhooks: WebhookService, events: EventService) -> Callable[[str, str], None]:
+    def forget(topic: str, key: str) -> None:
+        if topic == "hooks":
+            webhooks.forget_cache()
+        elif topic == "owner":
+            events.forget_owner(key)
+
+    return forget
+
+
+def _serving(routed: RoutedControl, publish_status: StatusHook) -> StatusHook:
+    """
+    A cluster node's status hook: it answers for a device over the bus while the device is linked here.
+    """
+
+    async def on_status(
+        device_id: str, online: bool, *, owner_id: int | Literal["unread"] | None = "unread"
+    ) -> None:
+        (routed.held if online else routed.released)(device_id)
+        await publish_status(device_id, online, owner_id=owner_id)
+
+    return on_status
 
 
 def build_libraries(settings: Settings, store: SqlStore, clock: Clock) -> LibraryService:
@@ -301,14 +359,23 @@ def build_runtime(
     clients = ClientService(store=store, clock=clock)
     products = ProductService(store=store, clock=clock, tokens=tokens)
     groups = GroupService(store=store, clock=clock)
+    node_id = settings.node_id or generate_node_id()
     sessions = DeviceSessionService(
         store=store,
         clock=clock,
+        node_id=node_id,
         policy=SessionPolicy(
             accept_unknown_devices=settings.accept_unknown_devices,
             # Waiting longer than the device has for its handshake serves nobody.
             key_check_timeout=settings.device_handshake_timeout,
         ),
+    )
+    node = NodeService(
+        store=store,
+        clock=clock,
+        node_id=node_id,
+        lease=settings.node_lease,
+        on_lost=sessions.presence.rewrite,
     )
     devices: DeviceService | None = None
     events: EventService | None = None
@@ -347,15 +414,19 @@ def build_runtime(
         on_event=on_device_event,
         on_subscribe=open_device_feed,
     )
+    metrics = Metrics()
+    bus, commands = build_bus(settings, node_id)
+    # Over NATS a device linked to another node is reached through it (request/reply); in one process, here.
+    routed = RoutedControl(gateway.control, commands) if commands is not None else None
+    control: DeviceControl = routed if routed is not None else gateway.control
     devices = DeviceService(
         store=store,
         clock=clock,
-        control=gateway.control,
+        control=metrics.metered(control),
         policy=DevicePolicy(request_timeout=settings.device_request_timeout),
         presence=sessions.presence,
     )
-    device_keys = DeviceKeyService(store=store, clock=clock, control=gateway.control)
-    bus = MemoryBus()
+    device_keys = DeviceKeyService(store=store, clock=clock, control=control)
     events = EventService(
         store=store,
         clock=clock,
@@ -389,7 +460,6 @@ def build_runtime(
         ),
     )
     webhooks.runner = dispatcher
-    sessions.on_status = events.publish_status
     firmware = FirmwareService(
         devices=devices,
         updates=gateway.updates,
@@ -402,6 +472,28 @@ def build_runtime(
             else None
         ),
     )
+    # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
+    webhooks.on_change(lambda: bus.broadcast("hooks", ""))
+    devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
+    bus.on_broadcast(_forgetting(webhooks, events))
+    sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
+
+    async def database_answers() -> None:
+        async with store.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    metrics.attach(
+        Sources(
+            node_id=node_id,
+            gateway=gateway,
+            bus=bus,
+            dispatcher=dispatcher,
+            presence=sessions.presence,
+            outbox=webhooks.pending,
+            database=database_answers,
+            bus_ping=bus.ping,
+        )
+    )
     return Runtime(
         settings=settings,
         clock=clock,
@@ -412,6 +504,7 @@ def build_runtime(
         clients=clients,
         notifier=notifier,
         server_key=server_key,
+        node=node,
         sessions=sessions,
         gateway=gateway,
         devices=devices,
@@ -424,4 +517,5 @@ def build_runtime(
         products=products,
         groups=groups,
         libraries=build_libraries(settings, store, clock),
+        metrics=metrics,
     )

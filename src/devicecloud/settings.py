@@ -97,6 +97,21 @@ class Settings(BaseSettings):
         "{version} filled in; unset = cloud compile is not configured.",
     )
     compile_timeout: float = Field(default=300.0, gt=0, description="Seconds one compile may take.")
+    node_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="This process's name in the cluster and its logs; default: generated at each start.",
+    )
+    node_lease: float = Field(
+        default=35.0,
+        gt=0,
+        description="Seconds without renewing its lease after which a node's devices are marked offline.",
+    )
+    bus_url: str = Field(
+        default="memory://",
+        pattern=r"^(memory://|nats://.+|tls://.+)$",
+        description="Event bus: memory:// (in-process) or nats://host:4222 (NATS with JetStream).",
+    )
     event_queue_bound: int = Field(
         default=1000,
         ge=1,

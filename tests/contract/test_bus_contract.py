@@ -1,5 +1,7 @@
 """
-The event bus contract (bus/interfaces.py), run against every backend (today: the in-process bus).
+The event bus contract (bus/interfaces.py), run against every backend: the in-process bus, and NATS (the
+server at DEVICECLOUD_TEST_NATS_URL, default nats://127.0.0.1:4222; skipped, with the reason, when it does
+not answer), each test on a subject root and JetStream stream of its own.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from tests.support.nats import nats_bus
 
 from devicecloud.bus.interfaces import EventBus
 from devicecloud.bus.memory import MemoryBus
@@ -38,11 +41,15 @@ def event(
     )
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.nats)])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
-    backend = MemoryBus(max_pending=10)
-    yield backend
-    await backend.close()
+    if request.param == "memory":
+        backend: EventBus = MemoryBus(max_pending=10)
+        yield backend
+        await backend.close()
+        return
+    async with nats_bus(max_pending=10) as started:
+        yield started
 
 
 async def drain(subscription: object, count: int) -> list[str]:
@@ -59,6 +66,7 @@ async def test_order_is_kept(bus: EventBus) -> None:
     subscription = bus.subscribe(EventFilter(owner_id=1))
     for n in range(8):
         await bus.publish(event(f"e{n}"))
+    await bus.settle()
     assert [f"e{n}" for n in range(8)] == await drain(subscription, 8)
 
 
@@ -71,6 +79,7 @@ async def test_filters(bus: EventBus) -> None:
     await bus.publish(event("temperature", owner=1, public=True, device="d2"))
     await bus.publish(event("humidity", owner=1, device="d1"))
     await bus.publish(event("temperature", owner=3))
+    await bus.settle()
     assert ["temperature", "temperature"] == await drain(mine, 2)
     assert ["temperature"] == await drain(public, 1)
     assert ["temperature", "humidity"] == await drain(one_device, 2)
@@ -92,6 +101,7 @@ async def test_slow_subscriber_is_closed_and_others_get_everything(bus: EventBus
     for n in range(50):
         await bus.publish(event(f"e{n}"))
         await asyncio.sleep(0)
+    await bus.settle()
     await asyncio.wait_for(reader, 5)
     assert [f"e{n}" for n in range(50)] == received
     assert slow.closed_reason is not None
@@ -131,6 +141,7 @@ async def test_publishing_costs_the_matching_subscribers_not_all(bus: EventBus) 
     async def evaluated_by(published: CloudEvent) -> int:
         before = bus.statistics()["evaluated"]
         await bus.publish(published)
+        await bus.settle()
         return bus.statistics()["evaluated"] - before
 
     assert 1 == await evaluated_by(event("spark/status", device="d1"))  # the stream; never a device feed
@@ -165,6 +176,7 @@ async def test_devices_receive_system_events_only_when_addressed_to_them(bus: Ev
         event("hello", device="d2"),
     ):
         await bus.publish(published)
+    await bus.settle()
     assert ["particle/device/updates/pending", "sports", "hello"] == await drain(listener, 3)
     assert 8 == len(await drain(everything, 8))
     listener.close()
@@ -176,10 +188,42 @@ async def test_a_lossy_subscriber_loses_events_and_stays_open(bus: EventBus) -> 
     lossy = bus.subscribe(EventFilter(owner_id=1), lossy=True)
     for n in range(15):
         await bus.publish(event(f"e{n}"))
+    await bus.settle()
     assert (None, 5) == (lossy.closed_reason, lossy.dropped)
     assert 5 == bus.statistics()["dropped_events"]
     assert [f"e{n}" for n in range(10)] == await drain(lossy, 10)
     await bus.publish(event("after"))
+    await bus.settle()
     assert ["after"] == await drain(lossy, 1)
     assert 1 == bus.statistics()["subscriptions"]
     lossy.close()
+
+
+async def test_any_name_routes_by_its_exact_prefix(bus: EventBus) -> None:
+    """
+    Names are any text up to 64 characters (``.``, ``*``, ``>``, ``_``, spaces, any script): a prefix
+    matches exactly the names that start with it, never by wildcard or token boundary.
+    """
+    names = ["a.b", "a_b", "a*", "a*x", "ab", "a>", "a b", "a", "été/°C", "x" * 64, "_", "_2e", "."]
+    prefixes = ["a.", "a_", "a*", "a>", "a ", "a", "été", "x" * 63, "_", "_2", ".", "*", ">"]
+    subscriptions = {prefix: bus.subscribe(EventFilter(prefix=prefix, owner_id=1)) for prefix in prefixes}
+    for name in names:
+        await bus.publish(event(name))
+    await bus.publish(event("end"))
+    await bus.settle()
+    for prefix, subscription in subscriptions.items():
+        expected = [name for name in names if name.startswith(prefix)]
+        assert expected == await drain(subscription, len(expected)) if expected else True, prefix
+        subscription.close()
+        assert [] == [item.name async for item in subscription], prefix  # nothing else arrived
+
+
+async def test_the_intake_takes_every_event_but_the_excluded(bus: EventBus) -> None:
+    """The intake (webhooks) receives every owner's events, ``hook-…`` excluded, and acknowledges them."""
+    intake = bus.intake(AllEvents(exclude="hook-"), max_pending=100)
+    for published in (event("a", owner=1), event("hook-sent/a", owner=1), event("b", owner=2, public=True)):
+        await bus.publish(published)
+    taken = [await anext(intake), await anext(intake)]
+    assert ["a", "b"] == [item.name for item in taken]
+    await intake.acknowledge(taken)
+    intake.close()

@@ -32,8 +32,9 @@ INTERVAL = 1.0  # SessionPolicy.presence_flush_interval
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     # Unknown devices are accepted on their first handshake (their record is a first-connect write); no
-    # webhook dispatcher polls the database in the background of the statement counts.
-    return {"accept_unknown_devices": True, "webhooks_enabled": False}
+    # webhook dispatcher polls the database, nor does the node renew its lease, in the background of the
+    # statement counts.
+    return {"accept_unknown_devices": True, "webhooks_enabled": False, "node_lease": 3600}
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ from devicecloud.api.routes import (
     groups,
     libraries,
     oauth,
+    operations,
     products,
     provisioning,
     users,
@@ -77,6 +78,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
     # events before devices: /v1/devices/events[/…] and /v1/devices/:id/events[/…] must win over
     # /v1/devices/:id and /v1/devices/:id/:variable.
     for module in (
+        operations,
         oauth,
         access_tokens,
         users,

@@ -5,6 +5,7 @@ What the HTTP layer is handed by the composition root: services, settings and th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from devicecloud.clock import Clock
 from devicecloud.services.accounts import AccountService
@@ -19,6 +20,24 @@ from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
+
+
+class Probes(Protocol):
+    """
+    What `/metrics` and `/readyz` show (`devicecloud.metrics.Metrics`).
+    """
+
+    async def render(self) -> tuple[bytes, str]:
+        """
+        The Prometheus exposition text and its content type.
+        """
+        ...
+
+    async def readiness(self) -> dict[str, str]:
+        """
+        Each dependency (database, bus) and "ok", or what is wrong with it.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +55,4 @@ class ApiDeps:
     products: ProductService
     groups: GroupService
     libraries: LibraryService
+    probes: Probes | None = None

@@ -10,15 +10,22 @@ Rules every backend keeps:
   ends and ``closed_reason`` says why) and the drop is logged; nobody else notices. A ``lossy``
   subscription (events to devices: NON by protocol) instead loses the events that do not fit, counts them
   (``dropped``, ``statistics()["dropped_events"]``) and stays open;
-- a healthy subscriber receives every matching event, in publish order per publisher.
+- a healthy subscriber receives every matching event, in publish order per publisher;
+- ``intake`` is the cloud's own consumer of every event (webhooks): with several nodes each event reaches
+  ONE node's intake, which ``acknowledge``s it once it has made it durable (the outbox); a backend that
+  keeps events (JetStream) hands an unacknowledged event to another node when this one dies;
+- ``settle()`` returns once every event this process published before the call has reached this
+  process's subscriptions (immediate in one process; a round trip through NATS).
+
+Backends: `memory.MemoryBus` (the default, one process), `nats.NatsBus` (``bus_url = nats://…``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
-from devicecloud.domain.events import CloudEvent, Filter
+from devicecloud.domain.events import AllEvents, CloudEvent, Filter
 
 
 class Subscription(Protocol):
@@ -41,8 +48,45 @@ class Subscription(Protocol):
     def close(self, reason: str = "closed") -> None: ...
 
 
+class IntakeSubscription(Subscription, Protocol):
+    """
+    A share of the cluster's intake: ``acknowledge`` events once they are durable elsewhere.
+    """
+
+    async def acknowledge(self, events: Sequence[CloudEvent]) -> None: ...
+
+
 class EventBus(Protocol):
+    async def start(self) -> None:
+        """
+        Connect (a no-op in one process). Subscribing before is allowed; publishing is not.
+        """
+        ...
+
     async def publish(self, event: CloudEvent) -> None: ...
+
+    async def settle(self) -> None: ...
+
+    async def ping(self) -> None:
+        """
+        Raise when the bus cannot carry events now (readiness).
+        """
+        ...
+
+    def intake(self, event_filter: AllEvents, *, max_pending: int) -> IntakeSubscription: ...
+
+    def broadcast(self, topic: str, key: str) -> None:
+        """
+        Tell every process on the bus, this one included, that ``topic``/``key`` changed (caches forget it);
+        returns at once, never fails (a lost note costs a stale cache, as before buses).
+        """
+        ...
+
+    def on_broadcast(self, listener: Callable[[str, str], None]) -> None:
+        """
+        Call ``listener(topic, key)`` for each broadcast (from any process).
+        """
+        ...
 
     def subscribe(
         self, event_filter: Filter, *, max_pending: int | None = None, lossy: bool = False
@@ -56,3 +100,24 @@ class EventBus(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class DeviceCommands(Protocol):
+    """
+    Request/reply between nodes for device commands (`nats.NatsBus`; one process needs none): a node serves
+    the devices whose link it holds, any node may ask.
+    """
+
+    #: Answers a request payload for a device held here; None to stay silent (not held here after all).
+    command_handler: Callable[[bytes], Awaitable[bytes | None]] | None
+
+    def serve_device(self, device_id: str) -> None: ...
+
+    def stop_serving_device(self, device_id: str) -> None: ...
+
+    async def request_device(self, device_id: str, payload: bytes, *, timeout: float) -> bytes:
+        """
+        The holder's answer. Raises LookupError when no node holds the device (at once), TimeoutError when
+        no answer comes within ``timeout`` seconds.
+        """
+        ...

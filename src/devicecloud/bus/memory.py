@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import structlog
 
-from devicecloud.domain.events import CloudEvent, Filter, Route, audiences
+from devicecloud.bus.interfaces import IntakeSubscription
+from devicecloud.domain.events import AllEvents, CloudEvent, Filter, Route, audiences
 
 logger = structlog.get_logger("devicecloud.bus")
 DEFAULT_MAX_PENDING = 1000
@@ -85,6 +86,11 @@ class MemorySubscription:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    async def acknowledge(self, events: Sequence[CloudEvent]) -> None:
+        """
+        Nothing to do: in one process nobody else would take an event over.
+        """
+
 
 class MemoryBus:
     """
@@ -101,9 +107,38 @@ class MemoryBus:
         self._dropped_subscribers = 0
         self._dropped_events = 0
         self._evaluated = 0
+        self._listeners: list[Callable[[str, str], None]] = []
+
+    async def start(self) -> None:
+        """
+        Nothing to connect to.
+        """
 
     async def publish(self, event: CloudEvent) -> None:
         self.publish_nowait(event)
+
+    async def settle(self) -> None:
+        """
+        Publishing has delivered already.
+        """
+
+    async def ping(self) -> None:
+        """
+        Always reachable.
+        """
+
+    def broadcast(self, topic: str, key: str) -> None:
+        for listener in self._listeners:
+            listener(topic, key)
+
+    def on_broadcast(self, listener: Callable[[str, str], None]) -> None:
+        self._listeners.append(listener)
+
+    def intake(self, event_filter: AllEvents, *, max_pending: int) -> IntakeSubscription:
+        """
+        In one process the intake is a plain subscription.
+        """
+        return self.subscribe(event_filter, max_pending=max_pending)
 
     def publish_nowait(self, event: CloudEvent) -> None:
         self._published += 1

@@ -176,6 +176,7 @@ def serve(
 
     async def main() -> None:
         runtime: Runtime = build_runtime(settings)
+        structlog.contextvars.bind_contextvars(node=runtime.node.node_id)  # every log line names the node
         await runtime.start()
         first = await runtime.ensure_first_account()
         created = (first[0].username, first[1]) if first else None

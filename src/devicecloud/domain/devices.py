@@ -94,6 +94,9 @@ class Device:
     created_at: datetime
     updated_at: datetime
     describe: dict[str, Any] = field(default_factory=dict)
+    # The node holding its latest link and that link's epoch (see DevicePresence).
+    node_id: str | None = None
+    session_epoch: int | None = None
 
     @property
     def cellular(self) -> bool:
@@ -106,6 +109,8 @@ class DevicePresence:
     What a live link says about a device's presence, as written behind to its record.
 
     ``platform_id`` and ``product_id`` are ``None`` when the device did not say (the record keeps its value).
+    ``node_id`` and ``session_epoch`` name the link: the write is fenced on them, so a link older than the
+    record's latest (the device moved to another node meanwhile) writes nothing.
     """
 
     device_id: str
@@ -116,6 +121,8 @@ class DevicePresence:
     platform_id: int | None
     product_id: int | None
     updated_at: datetime
+    node_id: str | None = None
+    session_epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,11 @@ Theory of operation:
       pending record and name now, for a claim that must see them.
 
     Other processes (``serve --only api``, the CLI) read the store, at most ``flush_interval`` behind. A crash
-    loses at most the last interval of presence, last heard and Describes (the next start marks every device
-    offline, and devices describe themselves on every connection); a first-connect record or generated name
-    lost that way is made again on the device's next connection.
+    loses at most the last interval of presence, last heard and Describes (the node's devices are marked
+    offline when it starts again with the same id or its lease runs out, see `nodes`, and devices describe
+    themselves on every connection); a first-connect record or generated name lost that way is made again
+    on the device's next connection. Presence is written with this node's id and the link's session epoch,
+    and fenced on them: a link older than the record's latest (the device moved on) writes nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class _Entry:
     platform_id: int | None
     product_id: int | None
     updated_at: datetime
+    epoch: int = 0  # this link's session epoch (see `session_epoch`): presence writes are fenced on it
     version: int = 0  # bumped on every change: a flush drops an offline entry only if nothing changed since
     presence_dirty: bool = True
     heard_dirty: bool = False  # only last_heard changed since the last flush (a keep-alive): a narrow row
@@ -141,10 +144,14 @@ class DevicePresenceBook:
         store: where it is written behind.
         clock: schedules the flushes.
         flush_interval: seconds from a device's first unwritten change to the flush that writes it.
+        node_id: this process's node: presence is written with it, fenced on (node, epoch).
     """
 
-    def __init__(self, *, store: Store, clock: Clock, flush_interval: float = 1.0) -> None:
+    def __init__(
+        self, *, store: Store, clock: Clock, flush_interval: float = 1.0, node_id: str | None = None
+    ) -> None:
         self._store = store
+        self._node_id = node_id
         self._clock = clock
         self._interval = flush_interval
         self._entries: dict[str, _Entry] = {}
@@ -184,16 +191,25 @@ class DevicePresenceBook:
         self._schedule()
 
     def connected(
-        self, device_id: str, ip_address: str | None, *, platform_id: int | None, product_id: int | None
+        self,
+        device_id: str,
+        ip_address: str | None,
+        *,
+        platform_id: int | None,
+        product_id: int | None,
+        after_epoch: int | None = None,
     ) -> None:
         """
         The device completed a handshake and said Hello: online, this address, handshake and heard now.
+        ``after_epoch`` is the session epoch its record had at the key check: this link's is later.
         """
         now = self._clock.now()
+        epoch = session_epoch(now, after_epoch)
         entry = self._entries.get(device_id)
         if entry is None:
-            self._entries[device_id] = _Entry(True, ip_address, now, now, platform_id, product_id, now)
+            self._entries[device_id] = _Entry(True, ip_address, now, now, platform_id, product_id, now, epoch)
         else:
+            entry.epoch = epoch
             entry.online, entry.last_ip_address, entry.last_handshake_at, entry.last_heard = (
                 True,
                 ip_address,
@@ -277,6 +293,18 @@ class DevicePresenceBook:
         entry.presence_dirty = True
         self._mark(device_id)
         return True
+
+    def rewrite(self) -> None:
+        """
+        Write every device's presence again at the next flush (another node took this one for dead and
+        marked its devices offline; the fence lets these writes through, as their links are the latest).
+        """
+        for device_id, entry in self._entries.items():
+            entry.version += 1
+            entry.presence_dirty = True
+            self._dirty.add(device_id)
+        if self._dirty:
+            self._schedule()
 
     # ------------------------------------------------------------------ reading
 
@@ -373,7 +401,7 @@ class DevicePresenceBook:
             entry = self._entries[device_id]
             batch.versions[device_id] = entry.version
             if entry.presence_dirty:
-                batch.presence.append(_snapshot(device_id, entry))  # carries last_heard too
+                batch.presence.append(_snapshot(device_id, entry, self._node_id))  # carries last_heard too
             elif entry.heard_dirty and entry.last_heard is not None:
                 batch.heard.append((device_id, entry.last_heard))
             if entry.describe_dirty:
@@ -508,7 +536,18 @@ async def _write_name(tx: UnitOfWork, device_id: str, name: str, now: datetime) 
         return fresh if await tx.devices.name_if_unnamed(device_id, fresh, now=now) else None
 
 
-def _snapshot(device_id: str, entry: _Entry) -> DevicePresence:
+def session_epoch(now: datetime, after: int | None) -> int:
+    """
+    A link's session epoch: its handshake time in microseconds, made later than ``after`` (the epoch the
+    record had when the link's key check read it), so a newer link of a device orders after every older
+    one it could know of, whichever node holds it. Clocks between nodes only matter for two handshakes
+    within one flush interval, before the first is written.
+    """
+    epoch = int(now.timestamp() * 1_000_000)
+    return epoch if after is None or epoch > after else after + 1
+
+
+def _snapshot(device_id: str, entry: _Entry, self_node: str | None) -> DevicePresence:
     return DevicePresence(
         device_id=device_id,
         online=entry.online,
@@ -518,4 +557,6 @@ def _snapshot(device_id: str, entry: _Entry) -> DevicePresence:
         platform_id=entry.platform_id,
         product_id=entry.product_id,
         updated_at=entry.updated_at,
+        node_id=self_node,
+        session_epoch=entry.epoch,
     )

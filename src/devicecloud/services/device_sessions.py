@@ -56,7 +56,9 @@ class DeviceSessionService:
     The store side of device links (see `services.ports.DeviceSessions`).
     """
 
-    def __init__(self, *, store: Store, clock: Clock, policy: SessionPolicy) -> None:
+    def __init__(
+        self, *, store: Store, clock: Clock, policy: SessionPolicy, node_id: str | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
@@ -66,9 +68,11 @@ class DeviceSessionService:
         # The owner each device had at its latest key check: its online status goes to that owner without
         # reading the record again (one entry per device id, like _named).
         self._owners: dict[str, int | None] = {}
+        # The session epoch each device's record had at its key check, until its Hello: its link's is later.
+        self._epochs: dict[str, int] = {}
         #: What this process's links learned; `DeviceService` reads through it, the store gets it behind.
         self.presence = DevicePresenceBook(
-            store=store, clock=clock, flush_interval=policy.presence_flush_interval
+            store=store, clock=clock, flush_interval=policy.presence_flush_interval, node_id=node_id
         )
         # Set by the runtime to the events service: spark/status once the record says online/offline.
         self.on_status: StatusHook | None = None
@@ -92,6 +96,8 @@ class DeviceSessionService:
             return None
         if known is not None:
             self._owners[device_id] = known.owner_id
+            if known.session_epoch is not None:
+                self._epochs[device_id] = known.session_epoch
             if known.name is not None:
                 self._named.add(device_id)
             if known.public_key_der:
@@ -121,11 +127,20 @@ class DeviceSessionService:
             known = await self._store.lookup_device(device_id)
             if known is None:
                 self.presence.first_connect(device_id, None)
-            elif known.name is not None:
-                self._named.add(device_id)
+            else:
+                if known.name is not None:
+                    self._named.add(device_id)
+                if known.session_epoch is not None:
+                    self._epochs[device_id] = known.session_epoch
             self._owners[device_id] = known.owner_id if known is not None else None
         product_id = hello.product_id if hello.product_id not in (None, 0, 0xFFFF) else None
-        self.presence.connected(device_id, ip_address, platform_id=hello.platform_id, product_id=product_id)
+        self.presence.connected(
+            device_id,
+            ip_address,
+            platform_id=hello.platform_id,
+            product_id=product_id,
+            after_epoch=self._epochs.pop(device_id, None),
+        )
         if device_id not in self._named and self.presence.name(device_id) is None:
             self.presence.give_name(device_id, self._owners[device_id])  # written behind, checked there
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
@@ -150,10 +165,3 @@ class DeviceSessionService:
         Write the presence still in memory (call after the gateway stopped, before the store closes).
         """
         await self.presence.close()
-
-    async def reset_online_state(self) -> int:
-        """
-        At start-up no link exists yet: devices left online by a stopped process are offline.
-        """
-        async with self._store.transaction() as tx:
-            return await tx.devices.set_all_offline(self._clock.now())

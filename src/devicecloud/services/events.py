@@ -46,7 +46,7 @@ from devicecloud.domain.text import is_valid_text
 from devicecloud.errors import InvalidInput, PermissionDenied
 
 if TYPE_CHECKING:
-    from devicecloud.bus.interfaces import EventBus, Subscription
+    from devicecloud.bus.interfaces import EventBus, IntakeSubscription, Subscription
     from devicecloud.clock import Clock
     from devicecloud.domain.accounts import User
     from devicecloud.services.devices import DeviceService
@@ -351,12 +351,12 @@ class EventService:
             event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
         return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
 
-    def everything(self, *, max_pending: int, exclude: str = "hook-") -> Subscription:
+    def everything(self, *, max_pending: int, exclude: str = "hook-") -> IntakeSubscription:
         """
         All events of every owner but those named ``exclude…``: for the cloud's own consumers (webhooks),
-        never for a user's stream.
+        never for a user's stream. Across nodes each event reaches one node's intake (`EventBus.intake`).
         """
-        return self._bus.subscribe(AllEvents(exclude=exclude), max_pending=max_pending)
+        return self._bus.intake(AllEvents(exclude=exclude), max_pending=max_pending)
 
     async def device_feed(
         self, device_id: str, wanted: Sequence[tuple[str, StreamScope, str | None]]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,7 @@ from devicecloud.errors import InvalidInput, NotFound
 logger = structlog.get_logger("devicecloud.webhooks")
 
 if TYPE_CHECKING:
-    from devicecloud.bus.interfaces import Subscription
+    from devicecloud.bus.interfaces import IntakeSubscription
     from devicecloud.clock import Clock
     from devicecloud.domain.accounts import User
     from devicecloud.services.events import EventService
@@ -209,6 +209,8 @@ class WebhookService:
         self._policy = policy or WebhookPolicy()
         self._by_owner: dict[int, list[Webhook]] | None = None
         self._by_id: dict[str, Webhook] = {}
+        self._change_listeners: list[Callable[[], None]] = []
+        self._generation = 0  # bumped whenever the cache is forgotten
         self._unpruned: set[str] = set()  # hooks with logs added since the last prune
         self._pruned_at = float("-inf")
 
@@ -299,13 +301,31 @@ class WebhookService:
 
     # ------------------------------------------------------------------ matching
 
-    def _forget(self) -> None:
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """
+        Call ``listener()`` after a hook is created, changed or deleted here (other nodes' caches listen).
+        """
+        self._change_listeners.append(listener)
+
+    def forget_cache(self) -> None:
+        """
+        Read the hooks again at the next match (another node changed one).
+        """
         self._by_owner = None
+        self._generation += 1
+
+    def _forget(self) -> None:
+        self.forget_cache()
+        for listener in self._change_listeners:
+            listener()
 
     async def _hooks(self) -> dict[int, list[Webhook]]:
-        if self._by_owner is None:
+        while self._by_owner is None:
+            generation = self._generation
             async with self._store.transaction(readonly=True) as tx:
                 hooks = await tx.webhooks.list_all()
+            if generation != self._generation:
+                continue  # forgotten while reading: what was read may miss that change
             by_owner: dict[int, list[Webhook]] = {}
             for hook in hooks:
                 by_owner.setdefault(hook.owner_id, []).append(hook)
@@ -326,7 +346,7 @@ class WebhookService:
         await self._hooks()
         return self._by_id.get(hook_id)
 
-    def subscribe_all(self, max_pending: int) -> Subscription:
+    def subscribe_all(self, max_pending: int) -> IntakeSubscription:
         """
         Every event on the bus except ``hook-*`` ones (the dispatcher's intake).
         """

@@ -160,7 +160,12 @@ class DeviceRepository(Protocol):
         """
         ...
 
-    async def set_all_offline(self, now: datetime) -> int: ...
+    async def set_offline_unless_held(self, now: datetime, *, live_since: datetime, stale: str | None) -> int:
+        """
+        Mark offline every online device whose latest link is not on a live node (one that renewed its lease
+        at ``live_since`` or later, other than ``stale``), or whose record names no node; the number changed.
+        """
+        ...
 
     async def write_presence(self, presence: Sequence[DevicePresence]) -> None:
         """
@@ -209,6 +214,36 @@ class PendingKeyRepository(Protocol):
     async def list(self) -> Sequence[PendingKey]: ...
 
     async def delete(self, device_id: str) -> None: ...
+
+
+class NodeRepository(Protocol):
+    """
+    The processes holding device links, each with a lease (``seen_at``) it renews.
+    """
+
+    async def register(self, node_id: str, now: datetime) -> None:
+        """
+        Add the node (or renew it, when a process with that id registered before).
+        """
+        ...
+
+    async def renew(self, node_id: str, now: datetime) -> bool:
+        """
+        Renew the node's lease; False when it is not registered (another node found it expired).
+        """
+        ...
+
+    async def expired(self, seen_before: datetime) -> Sequence[str]:
+        """
+        Nodes that last renewed before ``seen_before``.
+        """
+        ...
+
+    async def remove(self, node_ids: Sequence[str]) -> None: ...
+
+    async def remove_expired(self, seen_before: datetime) -> None: ...
+
+    async def live(self) -> Sequence[str]: ...
 
 
 class ClaimCodeRepository(Protocol):
@@ -483,6 +518,9 @@ class UnitOfWork(Protocol):
 
     @property
     def pending_keys(self) -> PendingKeyRepository: ...
+
+    @property
+    def nodes(self) -> NodeRepository: ...
 
     @property
     def claim_codes(self) -> ClaimCodeRepository: ...

@@ -148,8 +148,22 @@ devices = Table(
     Column("serial_number", String(64), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # The node holding the device's latest link and that link's epoch: presence writes are fenced on them
+    # (a link that ended after its device moved to another node writes nothing).
+    Column("node_id", String(64), nullable=True, index=True),
+    Column("session_epoch", BigInteger, nullable=True),
     # Names are unique per owner (NULLs never clash, so unowned devices may share a generated name).
     UniqueConstraint("owner_id", "name", name="uq_devices_owner_id_name"),
+)
+
+# The processes holding device links, each with a lease it renews: the devices of a node whose lease ran
+# out (it died) are marked offline by whichever node notices first.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("seen_at", UtcDateTime, nullable=False),
 )
 
 pending_device_keys = Table(

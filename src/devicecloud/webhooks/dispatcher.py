@@ -58,6 +58,7 @@ from devicecloud.webhooks.templating import (
 from devicecloud.webhooks.throttle import SLEEPING_MESSAGE, HostThrottle, ThrottlePolicy
 
 if TYPE_CHECKING:
+    from devicecloud.bus.interfaces import IntakeSubscription
     from devicecloud.clock import Clock
     from devicecloud.services.webhooks import WebhookService
 
@@ -136,6 +137,7 @@ class WebhookDispatcher:
         self.policy = policy or DispatchPolicy()
         self._throttle = HostThrottle(self.policy.throttle)
         self._incoming: list[CloudEvent] = []
+        self._intake_subscription: IntakeSubscription | None = None  # acknowledged once written
         self._incoming_ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._outcomes: list[DeliveryOutcome] = []
@@ -146,6 +148,7 @@ class WebhookDispatcher:
         self._renewed_at = 0.0
         self._claim_passes_started = 0
         self._claim_passes_done = 0
+        self._outcomes_counted = {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
         self._tasks: list[asyncio.Task[None]] = []
         self._requests: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -187,6 +190,8 @@ class WebhookDispatcher:
         lease runs out) and book what finished.
         """
         self._stopping = True
+        if self._intake_subscription is not None:
+            self._intake_subscription.close("stopping")  # what it has not handed over goes to another node
         try:
             await self._flush_incoming()
         except Exception:  # shutting down anyway: what is not written is logged, not raised
@@ -220,11 +225,16 @@ class WebhookDispatcher:
         """
         Running totals of the claimer's passes over the outbox: ``claim_passes_started`` and
         ``claim_passes_done`` (one pass at a time, so a pass numbered above what had started when ``poke()``
-        was called began after it: once that many are done, the outbox was looked at since).
+        was called began after it: once that many are done, the outbox was looked at since); deliveries
+        ``held`` and events ``incoming`` now; attempts by how they ended (``outcomes_<sent|retry|failed|
+        skipped>``).
         """
         return {
             "claim_passes_started": self._claim_passes_started,
             "claim_passes_done": self._claim_passes_done,
+            "held": len(self._held),
+            "incoming": len(self._incoming),
+            **{f"outcomes_{kind}": count for kind, count in self._outcomes_counted.items()},
         }
 
     async def _guard(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -246,6 +256,7 @@ class WebhookDispatcher:
     async def _intake(self) -> None:
         while not self._is_stopping():
             subscription = self._service.subscribe_all(self.policy.intake_bound)
+            self._intake_subscription = subscription
             async for event in subscription:
                 self._incoming.append(event)
                 self._incoming_ready.set()
@@ -271,6 +282,8 @@ class WebhookDispatcher:
                 for rows in await each_alone(per_event, self._enqueue):
                     logger.error("webhook event dropped", owner=rows[0][0].owner_id, problem="not written")
                 self._wake.set()
+            if self._intake_subscription is not None:
+                await self._intake_subscription.acknowledge(batch)  # in the outbox now (or never will be)
 
     async def _enqueue(self, per_event: Sequence[Rows]) -> None:
         await self._service.enqueue([row for rows in per_event for row in rows])
@@ -298,8 +311,11 @@ class WebhookDispatcher:
 
     async def _claimer(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that comes as the event
+            # is set, and stop() then waits for this task forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.policy.poll_interval)
+                async with asyncio.timeout(self.policy.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
             self._claim_passes_started += 1
             await self._claim_pass()
@@ -482,6 +498,7 @@ class WebhookDispatcher:
         )
 
     def _finish(self, outcome: DeliveryOutcome) -> None:
+        self._outcomes_counted[_kind(outcome)] += 1
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
 
@@ -526,3 +543,14 @@ def _bare(outcome: DeliveryOutcome) -> DeliveryOutcome:
     return replace(
         outcome, request={}, body=b"", error="the attempt's details could not be stored", response_events=()
     )
+
+
+def _kind(outcome: DeliveryOutcome) -> str:
+    """
+    How an attempt ended, for the counts: sent (a 2xx), retry (tried again later), failed, skipped.
+    """
+    if outcome.skipped:
+        return "skipped"
+    if outcome.error is None and outcome.status is not None and outcome.status < 300:
+        return "sent"
+    return "retry" if outcome.retry else "failed"

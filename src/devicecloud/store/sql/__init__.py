@@ -24,6 +24,7 @@ from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
 from devicecloud.store.sql.libraries import SqlLibraries
+from devicecloud.store.sql.nodes import SqlNodes
 from devicecloud.store.sql.products import SqlGroups, SqlProducts
 from devicecloud.store.sql.token_lookup import TokenLookup
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
@@ -91,6 +92,7 @@ class SqlUnitOfWork:
         self.secrets = SqlSecrets(conn)
         self.devices = SqlDevices(conn)
         self.pending_keys = SqlPendingKeys(conn)
+        self.nodes = SqlNodes(conn)
         self.claim_codes = SqlClaimCodes(conn)
         self.webhooks = SqlWebhooks(conn)
         self.deliveries = SqlDeliveries(conn)

@@ -8,14 +8,14 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import BigInteger, String, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
 from devicecloud.errors import Conflict, NotFound
-from devicecloud.store.tables import claim_codes, devices, pending_device_keys, users
+from devicecloud.store.tables import claim_codes, devices, nodes, pending_device_keys, users
 
 _DEVICE_COLUMNS = (*devices.c, users.c.username.label("owner_username"))
 
@@ -49,6 +49,8 @@ def device_from_values(row: Mapping[str, Any]) -> Device:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         describe=describe,
+        node_id=row["node_id"],
+        session_epoch=row["session_epoch"],
     )
 
 
@@ -61,10 +63,23 @@ FIND_DEVICE = _select_devices().where(devices.c.id == bindparam("device_id"))
 DEVICE_COLUMN_NAMES = tuple(column.name for column in _DEVICE_COLUMNS)
 
 # Built once: the write-behind of device presence, run with one parameter set per device (executemany).
+# Fenced: it writes only when its link, (epoch, node), is not older than the record's latest, so a link that
+# ended after its device moved to another node never marks it offline there (ties: the node ids decide).
+_EPOCH = bindparam("p_epoch", type_=BigInteger())
+_NODE = bindparam("p_node", type_=String())
 WRITE_PRESENCE = (
     update(devices)
-    .where(devices.c.id == bindparam("p_id"))
+    .where(
+        devices.c.id == bindparam("p_id"),
+        or_(
+            devices.c.session_epoch.is_(None),
+            devices.c.session_epoch < _EPOCH,
+            and_(devices.c.session_epoch == _EPOCH, func.coalesce(devices.c.node_id, "") <= _NODE),
+        ),
+    )
     .values(
+        node_id=func.nullif(_NODE, ""),
+        session_epoch=_EPOCH,
         online=bindparam("p_online"),
         last_ip_address=bindparam("p_ip"),
         last_handshake_at=bindparam("p_handshake"),
@@ -176,9 +191,16 @@ class SqlDevices:
             raise NotFound("Device not found")
         return updated
 
-    async def set_all_offline(self, now: datetime) -> int:
+    async def set_offline_unless_held(self, now: datetime, *, live_since: datetime, stale: str | None) -> int:
+        live = select(nodes.c.id).where(nodes.c.seen_at >= live_since)
+        if stale is not None:
+            live = live.where(nodes.c.id != stale)
         result = await self._conn.execute(
-            update(devices).where(devices.c.online.is_(True)).values(online=False, updated_at=now)
+            update(devices)
+            .where(
+                devices.c.online.is_(True), or_(devices.c.node_id.is_(None), devices.c.node_id.not_in(live))
+            )
+            .values(online=False, updated_at=now)
         )
         return int(result.rowcount)
 
@@ -197,6 +219,8 @@ class SqlDevices:
                     "p_updated": p.updated_at,
                     "p_platform": p.platform_id,
                     "p_product": p.product_id,
+                    "p_node": p.node_id or "",
+                    "p_epoch": p.session_epoch,
                 }
                 for p in presence
             ],

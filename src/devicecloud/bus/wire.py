@@ -1,0 +1,119 @@
+"""
+Events and routes as NATS carries them: subjects that let the server do the owner and prefix filtering, and
+one encoding of an event, made once per publish.
+
+Subjects (``<root>`` from the bus URL, ``devicecloud`` by default):
+    ``<root>.ev.<audience>.<name>``, where ``<audience>`` is one or two tokens (``all``, ``pub``, ``pdev``;
+    ``own.<owner>``, ``odev.<owner>``, ``to.<device>``; see `domain.events.audiences`) and ``<name>`` is the
+    event name with ONE TOKEN PER CHARACTER, ended by the token ``_``. An event is published once per
+    audience (a few). A route (audience, prefix) subscribes ``<root>.ev.<audience>.<prefix tokens>.>``:
+    ``>`` needs at least one more token, the end token at least, so the prefix matches the whole name too.
+
+Tokens: a letter, digit or ``-`` stands for itself; any other character (``.``, ``*``, ``>``, space, ``_``,
+``/``, non-ASCII...) is ``_`` followed by its code point in hex, so no name can make a wildcard, an empty
+token or a token boundary. Ids inside one token escape the same way, with a closing ``_``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from datetime import datetime
+from functools import lru_cache
+
+from devicecloud.domain.events import Audience, CloudEvent
+
+END = "_"
+_AUDIENCE_KINDS = {
+    "all": "all",
+    "public": "pub",
+    "public-devices": "pdev",
+    "owner": "own",
+    "owner-devices": "odev",
+    "to": "to",
+}
+
+
+@lru_cache(maxsize=4096)
+def _char_token(char: str) -> str:
+    if char.isascii() and (char.isalnum() or char == "-"):
+        return char
+    return f"_{ord(char):x}"
+
+
+def name_tokens(text: str) -> str:
+    """
+    ``text`` as dot-separated tokens, one per character (empty text: no token at all).
+    """
+    return ".".join(_char_token(char) for char in text)
+
+
+def id_token(value: Hashable) -> str:
+    """
+    One token for an id (an owner number, a device id): unsafe characters escaped as ``_<hex>_``.
+    """
+    return (
+        "".join(c if c.isascii() and (c.isalnum() or c == "-") else f"_{ord(c):x}_" for c in str(value))
+        or "_"
+    )
+
+
+def audience_subject(audience: Audience) -> str:
+    kind, key = audience
+    token = _AUDIENCE_KINDS[kind]
+    return token if key == "" else f"{token}.{id_token(key)}"
+
+
+def event_subject(root: str, audience: Audience, name: str) -> str:
+    tokens = name_tokens(name)
+    middle = f"{tokens}.{END}" if tokens else END
+    return f"{root}.ev.{audience_subject(audience)}.{middle}"
+
+
+def route_subject(root: str, audience: Audience, prefix: str) -> str:
+    tokens = name_tokens(prefix)
+    middle = f"{tokens}.>" if tokens else ">"
+    return f"{root}.ev.{audience_subject(audience)}.{middle}"
+
+
+def encode(event: CloudEvent, event_id: str) -> bytes:
+    """
+    The event as one compact JSON array, its id first (a receiver drops copies it already took).
+    """
+    return json.dumps(
+        [
+            event_id,
+            event.name,
+            event.data,
+            event.ttl,
+            event.published_at.isoformat(),
+            event.coreid,
+            event.public,
+            event.owner_id,
+            event.device_id,
+            event.product_id,
+            event.to_device,
+        ],
+        separators=(",", ":"),  # ASCII: a lone surrogate the in-process bus would carry survives too
+    ).encode("ascii")
+
+
+def decode(payload: bytes) -> tuple[str, CloudEvent]:
+    """
+    The id and event ``encode`` made. Raises ValueError (or a JSON error, one of its kind) on anything else.
+    """
+    (event_id, name, data, ttl, published_at, coreid, public, owner_id, device_id, product_id, to_device) = (
+        json.loads(payload)
+    )
+    return str(event_id), CloudEvent(
+        name=name,
+        data=data,
+        ttl=ttl,
+        published_at=datetime.fromisoformat(published_at),
+        coreid=coreid,
+        public=public,
+        owner_id=owner_id,
+        device_id=device_id,
+        product_id=product_id,
+        to_device=to_device,
+    )
