@@ -38,6 +38,7 @@ from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
+from devicecloud.services.product_devices import ProductDeviceService
 from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
@@ -114,6 +115,7 @@ class Runtime:
     dispatcher: WebhookDispatcher
     products: ProductService
     groups: GroupService
+    product_devices: ProductDeviceService
     libraries: LibraryService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
@@ -132,6 +134,7 @@ class Runtime:
             webhooks=self.webhooks,
             products=self.products,
             groups=self.groups,
+            product_devices=self.product_devices,
             libraries=self.libraries,
         )
 
@@ -349,6 +352,7 @@ def build_runtime(
         presence=sessions.presence,
     )
     device_keys = DeviceKeyService(store=store, clock=clock, control=gateway.control)
+    product_devices = ProductDeviceService(store=store, clock=clock, devices=devices, control=gateway.control)
     bus = MemoryBus()
     events = EventService(
         store=store,
@@ -404,5 +408,6 @@ def build_runtime(
         dispatcher=dispatcher,
         products=products,
         groups=groups,
+        product_devices=product_devices,
         libraries=build_libraries(settings, store, clock),
     )

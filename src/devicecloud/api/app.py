@@ -29,6 +29,7 @@ from devicecloud.api.routes import (
     groups,
     libraries,
     oauth,
+    product_devices,
     products,
     provisioning,
     users,
@@ -86,6 +87,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         webhooks,
         products,
         groups,
+        product_devices,
         libraries,
     ):
         app.include_router(module.router)

@@ -14,6 +14,7 @@ from devicecloud.services.devices import DeviceService
 from devicecloud.services.events import EventService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryService
+from devicecloud.services.product_devices import ProductDeviceService
 from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
@@ -33,4 +34,5 @@ class ApiDeps:
     webhooks: WebhookService
     products: ProductService
     groups: GroupService
+    product_devices: ProductDeviceService
     libraries: LibraryService

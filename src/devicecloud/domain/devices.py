@@ -70,6 +70,23 @@ class DeviceDescription:
 
 
 @dataclass(frozen=True, slots=True)
+class ProductMembership:
+    """
+    A device's row in a product (issue 11 section 3): the product-only fields.
+
+    ``quarantined``: it joined by naming the product in its Hello and waits for approval (visible, not
+    controllable); ``denied``: refused at connect until removed from the product or approved.
+    """
+
+    product_id: int
+    firmware_version: int | None = None
+    development: bool = False
+    desired_firmware_version: int | None = None
+    quarantined: bool = False
+    denied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """
     A device record: identity, ownership, what it last reported and when it was last seen.
@@ -94,6 +111,7 @@ class Device:
     created_at: datetime
     updated_at: datetime
     describe: dict[str, Any] = field(default_factory=dict)
+    membership: ProductMembership | None = None  # its product, when it is a product device
 
     @property
     def cellular(self) -> bool:

@@ -56,7 +56,8 @@ def denied() -> PermissionDenied:
 
 
 def _resource(device: Device) -> Resource:
-    # Product devices (issue 11 section 3) will name their product here; the user path is unchanged.
+    # The user path: a device is its owner's. Product devices are decided by their product's standing
+    # (`product_devices.ProductDeviceService`), which calls the `*_on`/`*_device` methods below.
     return Resource("device", user_id=device.owner_id)
 
 
@@ -95,6 +96,18 @@ class DeviceService:
 
     def _present(self, device: Device) -> Device:
         return self._presence.overlay(device) if self._presence is not None else device
+
+    def present(self, device: Device) -> Device:
+        """
+        ``device`` with the presence this process knows (for product device reads).
+        """
+        return self._present(device)
+
+    async def settle(self, device_id: str) -> None:
+        """
+        Write what the presence book still holds of the device (a join, a record) before reading it.
+        """
+        await self._settle(device_id)
 
     def on_owner_change(self, listener: Callable[[str], None]) -> None:
         """
@@ -158,6 +171,13 @@ class DeviceService:
 
     async def call_function(self, user: User, ref: str, name: str, argument: str) -> tuple[Device, int]:
         device = await self.access_device(user, ref, "devices.function:call")
+        return await self.call_function_on(device, name, argument)
+
+    async def call_function_on(self, device: Device, name: str, argument: str) -> tuple[Device, int]:
+        """
+        Call a function of a device whose access the caller has decided (user path above, product path in
+        `product_devices`).
+        """
         if len(argument.encode("utf-8")) > MAX_FUNCTION_ARGUMENT:
             raise InvalidInput(
                 f"The argument is longer than {MAX_FUNCTION_ARGUMENT} bytes", code="Argument too long"
@@ -173,6 +193,9 @@ class DeviceService:
 
     async def read_variable(self, user: User, ref: str, name: str) -> tuple[Device, VariableReading]:
         device = await self.access_device(user, ref, "devices.variable:get")
+        return await self.read_variable_on(device, name)
+
+    async def read_variable_on(self, device: Device, name: str) -> tuple[Device, VariableReading]:
         var_type = device.variables.get(name)
         if "variables" in device.describe and var_type is None:
             described = await self._describe_again(device)
@@ -209,10 +232,16 @@ class DeviceService:
 
     async def ping(self, user: User, ref: str) -> bool:
         device = await self.access_device(user, ref, "devices:ping")
+        return await self.ping_device(device)
+
+    async def ping_device(self, device: Device) -> bool:
         return await self._control.ping(device.id, timeout=self._policy.request_timeout)
 
     async def signal(self, user: User, ref: str, on: bool) -> Device:
         device = await self.access_device(user, ref, "devices:update")
+        return await self.signal_device(device, on)
+
+    async def signal_device(self, device: Device, on: bool) -> Device:
         await self._control.signal(device.id, on, timeout=self._policy.request_timeout)
         return device
 
@@ -220,6 +249,9 @@ class DeviceService:
 
     async def rename(self, user: User, ref: str, name: Any) -> Device:
         device = await self.access_device(user, ref, "devices:update")
+        return await self.rename_device(device, name)
+
+    async def rename_device(self, device: Device, name: Any) -> Device:
         if not isinstance(name, str) or not is_valid_name(name):
             raise InvalidInput(
                 "name must be 1-63 letters, digits, underscores or dashes", code="invalid_name"
@@ -230,6 +262,9 @@ class DeviceService:
 
     async def set_notes(self, user: User, ref: str, notes: Any) -> Device:
         device = await self.access_device(user, ref, "devices:update")
+        return await self.set_device_notes(device, notes)
+
+    async def set_device_notes(self, device: Device, notes: Any) -> Device:
         if notes is not None and (not isinstance(notes, str) or len(notes) > MAX_NOTES):
             raise InvalidInput(f"notes must be a string of at most {MAX_NOTES} characters")
         async with self._store.transaction() as tx:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -266,6 +267,12 @@ product_devices = Table(
     Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("firmware_version", Integer, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
+    # Issue 11 section 3: the lock fields (the flashing comes with product firmware) and quarantine. A
+    # quarantined device joined by its Hello and waits for approval; a denied one is refused at connect.
+    Column("development", Boolean, nullable=False, default=False, server_default=false()),
+    Column("desired_firmware_version", Integer, nullable=True),
+    Column("quarantined", Boolean, nullable=False, default=False, server_default=false()),
+    Column("denied", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 device_group_members = Table(

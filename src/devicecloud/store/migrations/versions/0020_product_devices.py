@@ -1,0 +1,34 @@
+"""product devices: lock fields and quarantine (issue 11 section 3)
+
+Revision ID: 0020_product_devices
+Revises: 0019
+Create Date: 2026-12-04 10:30:00.000000
+
+Written beside other branches' migrations: the revision that precedes it is set when branches are merged.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0020_product_devices"
+down_revision = "0019"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("product_devices", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("development", sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch_op.add_column(sa.Column("desired_firmware_version", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("quarantined", sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch_op.add_column(sa.Column("denied", sa.Boolean(), server_default=sa.false(), nullable=False))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("product_devices", schema=None) as batch_op:
+        batch_op.drop_column("denied")
+        batch_op.drop_column("quarantined")
+        batch_op.drop_column("desired_firmware_version")
+        batch_op.drop_column("development")
