@@ -5,11 +5,27 @@ filtered and paginated list, group assignment, and the joins a device's Hello ma
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,24 +74,26 @@ class SqlProductDevices:
         The ids among ``ids`` that have a device record, with their owner and membership.
         """
         found: dict[str, KnownDevice] = {}
-        for chunk in _chunks(ids):
-            stmt = (
-                select(devices.c.id, devices.c.owner_id, product_devices)
-                .select_from(devices.outerjoin(product_devices, product_devices.c.device_id == devices.c.id))
-                .where(devices.c.id.in_(list(chunk)))
+        if not ids:
+            return found
+        wanted = self._id_rows(ids)
+        stmt = select(devices.c.id, devices.c.owner_id, product_devices).select_from(
+            wanted.join(devices, devices.c.id == wanted.c.id).outerjoin(
+                product_devices, product_devices.c.device_id == devices.c.id
             )
-            for row in await self._conn.execute(stmt):
-                membership = None
-                if row.product_id is not None:
-                    membership = ProductMembership(
-                        product_id=row.product_id,
-                        firmware_version=row.firmware_version,
-                        development=bool(row.development),
-                        desired_firmware_version=row.desired_firmware_version,
-                        quarantined=bool(row.quarantined),
-                        denied=bool(row.denied),
-                    )
-                found[row.id] = KnownDevice(row.owner_id, membership)
+        )
+        for row in await self._conn.execute(stmt):
+            membership = None
+            if row.product_id is not None:
+                membership = ProductMembership(
+                    product_id=row.product_id,
+                    firmware_version=row.firmware_version,
+                    development=bool(row.development),
+                    desired_firmware_version=row.desired_firmware_version,
+                    quarantined=bool(row.quarantined),
+                    denied=bool(row.denied),
+                )
+            found[row.id] = KnownDevice(row.owner_id, membership)
         return found
 
     async def team_members_among(self, product_id: int, user_ids: Sequence[int]) -> set[int]:
@@ -98,32 +116,44 @@ class SqlProductDevices:
     ) -> None:
         """
         Import: a bare device record for each of ``new_records`` (ids that never connected nor had a key),
-        then a membership row for each of ``members``. Two set-based inserts (executemany), duplicates made
-        meanwhile by another writer ignored.
+        then a membership row for each of ``members``. Two set-based statements (``INSERT … SELECT`` over the
+        ids passed as one array), duplicates made meanwhile by another writer ignored.
         """
+        at = bindparam("now", value=now, type_=devices.c.created_at.type)
         if new_records:
+            source = self._id_rows(new_records)
+            rows = select(source.c.id, false(), literal_column("'{}'"), at, at).where(true())
             await self._conn.execute(
-                _insert_ignoring_duplicates(self._conn, devices),
-                [
-                    {"id": i, "online": False, "describe": {}, "created_at": now, "updated_at": now}
-                    for i in new_records
-                ],
+                self._ignoring_duplicates(devices).from_select(
+                    ["id", "online", "describe", "created_at", "updated_at"], rows
+                )
             )
         if members:
-            await self._conn.execute(
-                _insert_ignoring_duplicates(self._conn, product_devices),
-                [
-                    {
-                        "device_id": i,
-                        "product_id": product_id,
-                        "created_at": now,
-                        "development": False,
-                        "quarantined": False,
-                        "denied": False,
-                    }
-                    for i in members
-                ],
+            source = self._id_rows(members)
+            rows = select(source.c.id, literal(product_id, Integer), at, false(), false(), false()).where(
+                true()
             )
+            await self._conn.execute(
+                self._ignoring_duplicates(product_devices).from_select(
+                    ["device_id", "product_id", "created_at", "development", "quarantined", "denied"], rows
+                )
+            )
+
+    def _id_rows(self, ids: Sequence[str]) -> Any:
+        """
+        ``ids`` as rows of one column ``id``, from a single bound parameter (an array on PostgreSQL, a JSON
+        array through ``json_each`` on SQLite): no statement or parameter per id.
+        """
+        if self._conn.dialect.name == "postgresql":
+            values = bindparam("ids", value=list(ids), type_=postgresql.ARRAY(String))
+            return select(func.unnest(values).label("id")).subquery()
+        each = func.json_each(bindparam("ids", value=json.dumps(list(ids)), type_=String)).table_valued(
+            "value"
+        )
+        return select(each.c.value.label("id")).subquery()
+
+    def _ignoring_duplicates(self, table: Table) -> Any:
+        return _insert_ignoring_duplicates(self._conn, table)
 
     async def approve(self, product_id: int, ids: Sequence[str]) -> None:
         for chunk in _chunks(ids):
