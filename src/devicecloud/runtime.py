@@ -388,6 +388,7 @@ def build_runtime(
     )
     webhooks.runner = dispatcher
     sessions.on_status = events.publish_status
+    products.on_settings_change = sessions.forget_product  # quarantine on/off applies to the next Hello
     return Runtime(
         settings=settings,
         clock=clock,

@@ -182,3 +182,19 @@ async def test_imported_device_is_the_products_and_others_join_nothing(
             device = await tx.devices.get(identity.device_id)
             assert device is not None
             assert device.membership is None
+
+
+async def test_turning_quarantine_on_applies_to_the_next_device(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime, fleet: Callable[..., Any]
+) -> None:
+    product_id = await make_product(client, owner, quarantine=False)
+    first = await registered(runtime)
+    await fleet(runtime, first, product_id)  # the gateway has read the product's setting now
+    edited = await client.put(
+        "/v1/products/fleet", json={"settings": {"quarantine": True}}, headers=owner.auth
+    )
+    assert edited.status_code == 200, edited.text
+    second = await registered(runtime)
+    await fleet(runtime, second, product_id)
+    waiting = (await client.get(DEVICES, params={"quarantined": "true"}, headers=owner.auth)).json()
+    assert [d["id"] for d in waiting["devices"]] == [second.device_id]
