@@ -247,3 +247,30 @@ async def test_remove_and_devices_of_other_products(client: httpx.AsyncClient, o
     assert await ids(client, owner) == []
     again = await client.post(DEVICES, json={"id": did(13)}, headers=owner.auth)
     assert again.json()["updatedDeviceIds"] == [did(13)]
+
+
+async def test_team_reaches_product_devices_through_the_device_routes(
+    client: httpx.AsyncClient, owner: Account
+) -> None:
+    """A product device answers to its product's team on /v1/devices/:id too, by role; others get 403."""
+    await client.post(DEVICES, json={"id": did(15)}, headers=owner.auth)
+    team: dict[str, Account] = {}
+    for role in ("Support", "View-only"):
+        team[role] = await make_account(client, f"{role.lower()}@example.com")
+        invited = await client.post(
+            "/v1/products/brew-bot/team",
+            json={"username": team[role].email, "role": role},
+            headers=owner.auth,
+        )
+        assert invited.status_code == 200, invited.text
+    stranger = await make_account(client, "stranger@example.com")
+    url = f"/v1/devices/{did(15)}"
+    for account, status in ((owner, 200), (team["View-only"], 200), (stranger, 403)):
+        assert (await client.get(url, headers=account.auth)).status_code == status
+    noted = await client.put(url, json={"notes": "by support"}, headers=team["Support"].auth)
+    assert noted.status_code == 200, noted.text
+    refused = await client.put(url, json={"notes": "by view-only"}, headers=team["View-only"].auth)
+    assert refused.status_code == 403
+    assert (await client.put(url, json={"notes": "mine"}, headers=stranger.auth)).status_code == 403
+    assert (await client.get(f"{DEVICES}/{did(15)}", headers=owner.auth)).json()["notes"] == "by support"
+    assert (await client.get("/v1/devices", headers=team["Support"].auth)).json() == []  # not theirs to list

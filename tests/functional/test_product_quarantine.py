@@ -85,6 +85,7 @@ async def test_unknown_quarantined_then_approved_then_controllable(
         ("GET", f"{url}/temperature", None),
         ("PUT", f"{url}/ping", None),
         ("PUT", url, {"signal": "1"}),
+        ("POST", f"/v1/devices/{device_id}/digitalread", {"arg": "D7"}),  # the team's device route too
     ):
         refused = await client.request(method, path, json=body, headers=owner.auth)
         assert refused.status_code == 403, (path, refused.text)
@@ -109,6 +110,8 @@ async def test_unknown_quarantined_then_approved_then_controllable(
     assert read.json()["result"] is True
     pinged = await client.put(f"{url}/ping", headers=owner.auth)
     assert pinged.json() == {"online": True, "ok": True}
+    through_devices = await client.get(f"/v1/devices/{device_id}/led", headers=owner.auth)
+    assert through_devices.json()["result"] is True
 
 
 async def test_denied_device_is_refused_at_connect(

@@ -3,7 +3,8 @@ Devices as their owners use them: list, look up, call, read, ping, signal, renam
 
 Rules kept here:
 - `access_device` is the one ownership check. A device that does not exist and a device of someone else
-  give the same `PermissionDenied`, so ids cannot be probed.
+  give the same `PermissionDenied`, so ids cannot be probed. A product device also answers to its
+  product's team, by role (issue 11 section 3; only then is a role read); a quarantined one only to reads.
 - A function or variable the device's stored Describe lacks is asked for again once (Device OS 0.x may
   have answered before its application registered anything) and refused only if it is still missing; an
   offline device is not asked, and a device is asked at most once per `REDESCRIBE_INTERVAL` (calls naming
@@ -56,9 +57,23 @@ def denied() -> PermissionDenied:
 
 
 def _resource(device: Device) -> Resource:
-    # The user path: a device is its owner's. Product devices are decided by their product's standing
-    # (`product_devices.ProductDeviceService`), which calls the `*_on`/`*_device` methods below.
+    # The user path: a device is its owner's. A product device also answers to its product's team
+    # (`_product_allows`); the product routes decide in `product_devices.ProductDeviceService`.
     return Resource("device", user_id=device.owner_id)
+
+
+async def _product_allows(tx: UnitOfWork, user: User, action: str, device: Device) -> bool:
+    """
+    Whether the device's product lets ``user`` (a team member) do ``action`` to it: a product device answers
+    to its product's roles as well as to its owner. Quarantined and denied devices can only be read.
+    """
+    membership = device.membership
+    if membership is None:
+        return False
+    if (membership.quarantined or membership.denied) and action != "devices:get":
+        return False
+    role = await tx.products.role_of(membership.product_id, user.id)
+    return can(user, action, Resource("device", product_id=membership.product_id), role)
 
 
 COUNTS_TTL = 10.0  # seconds the Wi-Fi/cellular device counts of `GET /v1/user` may be stale
@@ -156,13 +171,16 @@ class DeviceService:
         access check of devices). Raises `PermissionDenied` for missing and foreign alike.
         """
         device_id = normalise_device_id(ref)
-        device = await self._store.lookup_device(device_id) if device_id else None
-        if device is None or not can(user, action, _resource(device)):
-            async with self._store.transaction(readonly=True) as tx:
-                device = await tx.devices.get_by_name(user.id, ref)
-        if device is None or not can(user, action, _resource(device)):
-            raise denied()
-        return self._present(device)
+        by_id = await self._store.lookup_device(device_id) if device_id else None
+        if by_id is not None and can(user, action, _resource(by_id)):
+            return self._present(by_id)
+        async with self._store.transaction(readonly=True) as tx:
+            device = await tx.devices.get_by_name(user.id, ref)
+            if device is not None and can(user, action, _resource(device)):
+                return self._present(device)
+            if by_id is not None and await _product_allows(tx, user, action, by_id):
+                return self._present(by_id)
+        raise denied()
 
     def is_online(self, device: Device) -> bool:
         return self._control.is_online(device.id)
