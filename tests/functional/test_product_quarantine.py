@@ -201,3 +201,21 @@ async def test_turning_quarantine_on_applies_to_the_next_device(
     await fleet(runtime, second, product_id)
     waiting = (await client.get(DEVICES, params={"quarantined": "true"}, headers=owner.auth)).json()
     assert [d["id"] for d in waiting["devices"]] == [second.device_id]
+
+
+async def test_a_hello_without_a_firmware_version_records_none(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime
+) -> None:
+    """0xFFFF is the Hello's "no product firmware version"; it is not a version."""
+    product_id = await make_product(client, owner, quarantine=False)
+    identity = await registered(runtime)
+    device = virtual_device(runtime, identity, product_id=product_id)
+    await device.start()
+    try:
+        await device.wait_connected(10)
+        await handled(runtime, identity.device_id)
+        await runtime.sessions.presence.flush()
+        record = (await client.get(f"{DEVICES}/{identity.device_id}", headers=owner.auth)).json()
+        assert (record["product_id"], record["firmware_version"]) == (product_id, None)
+    finally:
+        await device.stop()

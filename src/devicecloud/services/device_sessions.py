@@ -144,7 +144,8 @@ class DeviceSessionService:
         product_id = hello.product_id if hello.product_id not in (None, 0, 0xFFFF) else None
         self.presence.connected(device_id, ip_address, platform_id=hello.platform_id, product_id=product_id)
         if product_id is not None and product_id != hello.platform_id:  # product firmware names its product
-            await self._report_product(device_id, product_id, hello.product_firmware_version)
+            version = hello.product_firmware_version
+            await self._report_product(device_id, product_id, None if version in (None, 0xFFFF) else version)
         if device_id not in self._named and self.presence.name(device_id) is None:
             self.presence.give_name(device_id, self._owners[device_id])  # written behind, checked there
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
