@@ -274,3 +274,19 @@ async def test_team_reaches_product_devices_through_the_device_routes(
     assert (await client.put(url, json={"notes": "mine"}, headers=stranger.auth)).status_code == 403
     assert (await client.get(f"{DEVICES}/{did(15)}", headers=owner.auth)).json()["notes"] == "by support"
     assert (await client.get("/v1/devices", headers=team["Support"].auth)).json() == []  # not theirs to list
+
+
+async def test_only_the_team_claims_a_product_device_by_id(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime
+) -> None:
+    """An imported id has a record nobody owns; a stranger cannot take it with POST /v1/devices."""
+    await client.post(DEVICES, json={"ids": [did(16), did(17)]}, headers=owner.auth)
+    await runtime.device_keys.add(did(17), _pem())
+    stranger = await make_account(client, "stranger@example.com")
+    for device_id in (did(16), did(17)):
+        taken = await client.post("/v1/devices", json={"id": device_id}, headers=stranger.auth)
+        assert taken.status_code == 403, taken.text
+        assert (await client.get(f"{DEVICES}/{device_id}", headers=owner.auth)).json()["owner"] is None
+    mine = await client.post("/v1/devices", json={"id": did(17)}, headers=owner.auth)
+    assert mine.status_code == 200, mine.text
+    assert (await client.get(f"{DEVICES}/{did(17)}", headers=owner.auth)).json()["owner"] == owner.email

@@ -314,6 +314,12 @@ class DeviceService:
                 raise PermissionDenied(
                     "You cannot claim a device owned by someone else", code="Permission Denied"
                 )
+            membership = device.membership
+            if membership is not None and await tx.products.role_of(membership.product_id, user.id) is None:
+                # An imported id is a record nobody owns: only the product's team may claim it by id.
+                raise PermissionDenied(
+                    "This device belongs to a product: only its team can claim it", code="Permission Denied"
+                )
             claimed = await self._take_ownership(tx, device, user.id)
         self._owner_changed(device_id)
         return self._present(claimed)
