@@ -74,7 +74,7 @@ async def test_unknown_quarantined_then_approved_then_controllable(
     product_id = await make_product(client, owner, quarantine=True)
     identity = await registered(runtime)
     device_id = identity.device_id
-    await fleet(runtime, identity, product_id)
+    device = await fleet(runtime, identity, product_id)
 
     waiting = (await client.get(DEVICES, params={"quarantined": "true"}, headers=owner.auth)).json()
     assert [d["id"] for d in waiting["devices"]] == [device_id]
@@ -112,6 +112,13 @@ async def test_unknown_quarantined_then_approved_then_controllable(
     assert pinged.json() == {"online": True, "ok": True}
     through_devices = await client.get(f"/v1/devices/{device_id}/led", headers=owner.auth)
     assert through_devices.json()["result"] is True
+    signalled = await client.put(url, data={"signal": "1"}, headers=owner.auth)
+    assert signalled.json()["signaling"] is True
+    assert device.signaling
+    renamed = await client.put(url, json={"name": "brewer_7"}, headers=owner.auth)
+    assert renamed.json()["name"] == "brewer_7"
+    by_name = await client.get(f"{DEVICES}/brewer_7/temperature", headers=owner.auth)
+    assert by_name.json()["result"] == 21.5
 
 
 async def test_denied_device_is_refused_at_connect(
