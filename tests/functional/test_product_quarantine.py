@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
 from tests.support.api import Account, make_account
 from tests.support.devices import handled, virtual_device, wait_until
 
 from devicecloud.runtime import Runtime
+from devicecloud.store.tables import products
 from devicecloud.virtualdevice.device import VirtualDevice
 from devicecloud.virtualdevice.identity import DeviceIdentity, generate_identity
 from devicecloud.virtualdevice.support import NotConnectedError
@@ -224,5 +226,28 @@ async def test_a_hello_without_a_firmware_version_records_none(
         await runtime.sessions.presence.flush()
         record = (await client.get(f"{DEVICES}/{identity.device_id}", headers=owner.auth)).json()
         assert (record["product_id"], record["firmware_version"]) == (product_id, None)
+    finally:
+        await device.stop()
+
+
+async def test_a_join_that_cannot_be_written_does_not_hold_up_presence(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime
+) -> None:
+    """A product gone before the flush: its join is dropped, the device's presence is written."""
+    product_id = await make_product(client, owner, quarantine=False)
+    identity = await registered(runtime)
+    device = virtual_device(runtime, identity, product_id=product_id)
+    await device.start()
+    try:
+        await device.wait_connected(10)
+        await handled(runtime, identity.device_id)
+        async with runtime.store.engine.begin() as conn:
+            await conn.execute(delete(products).where(products.c.id == product_id))
+        assert await runtime.sessions.presence.flush() > 0
+        assert runtime.sessions.presence.statistics().flush_failures == 0
+        async with runtime.store.transaction(readonly=True) as tx:
+            record = await tx.devices.get(identity.device_id)
+        assert record is not None
+        assert (record.online, record.membership) == (True, None)
     finally:
         await device.stop()

@@ -38,6 +38,7 @@ from devicecloud.store.tables import (
     devices,
     product_devices,
     product_members,
+    products,
 )
 
 _IN_CHUNK = 5000  # ids per IN (...) list: below every dialect's limit on bound parameters (32,766)
@@ -170,6 +171,11 @@ class SqlProductDevices:
         What Hellos said (written behind): join the devices that are members of no product, then record
         the product firmware version of those that are members of the product they named.
         """
+        # Only rows whose device and product exist: one report that cannot be written must not fail the
+        # flush that carries every device's presence (it would be retried, and fail, forever).
+        products_found = await self._existing(products.c.id, sorted({r.product_id for r in reports}))
+        devices_found = await self._existing(devices.c.id, sorted({r.device_id for r in reports}))
+        reports = [r for r in reports if r.product_id in products_found and r.device_id in devices_found]
         if not reports:
             return
         await self._conn.execute(
@@ -203,6 +209,13 @@ class SqlProductDevices:
                     for r in versions
                 ],
             )
+
+    async def _existing(self, column: Any, values: Sequence[Any]) -> set[Any]:
+        found: set[Any] = set()
+        for start in range(0, len(values), _IN_CHUNK):
+            stmt = select(column).where(column.in_(list(values[start : start + _IN_CHUNK])))
+            found.update(row[0] for row in await self._conn.execute(stmt))
+        return found
 
     async def update(self, device_id: str, **changes: Any) -> None:
         await self._conn.execute(
