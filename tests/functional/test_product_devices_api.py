@@ -81,6 +81,8 @@ async def test_import_refusals_change_nothing(client: httpx.AsyncClient, owner: 
         DEVICES, files={"file": ("d.txt", b"\xff\xfe\x00garbage", "text/plain")}, headers=owner.auth
     )
     assert binary.status_code == 400, binary.text
+    sims = await client.post(DEVICES, json={"id": did(1), "import_sims": True}, headers=owner.auth)
+    assert (sims.status_code, sims.json()["error"]) == (400, "unsupported")
     assert await ids(client, owner) == []
 
 

@@ -202,7 +202,11 @@ class ProductDeviceService:
 
     # ------------------------------------------------------------------ import and approve
 
-    async def import_devices(self, principal: AnyPrincipal, ref: str, values: Sequence[Any]) -> ImportResult:
+    async def import_devices(
+        self, principal: AnyPrincipal, ref: str, values: Sequence[Any], *, import_sims: Any = None
+    ) -> ImportResult:
+        if import_sims not in (None, "") and parse_flag(import_sims, "import_sims"):
+            raise InvalidInput("Importing SIM cards with devices is not supported yet", code="unsupported")
         valid, invalid = import_ids(values)
         if not valid and not invalid:
             raise InvalidInput("Give a device id (id), a list (ids) or a .txt file with one id per line")

@@ -48,6 +48,7 @@ class DeviceImport(BaseModel):
     id: str | None = Field(default=None, description="One device id (also approves a quarantined device)")
     ids: list[str] | str | None = Field(default=None, description="Device ids (form: ids[]=…)")
     file: bytes | None = Field(default=None, description="multipart: a .txt file, one device id per line")
+    import_sims: bool | None = Field(default=None, description="Not supported yet: true is refused")
 
 
 class DeviceListParams(BaseModel):
@@ -177,7 +178,8 @@ async def import_devices(request: Request, product: str) -> dict[str, Any]:
     else:
         values = _listed(await read_params(request))
     principal = await require_any(request)
-    result = await _deps(request).product_devices.import_devices(principal, product, values)
+    sims = (await read_params(request)).get("import_sims")
+    result = await _deps(request).product_devices.import_devices(principal, product, values, import_sims=sims)
     return {
         "updated": len(result.updated),
         "updatedDeviceIds": result.updated,
