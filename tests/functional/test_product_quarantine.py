@@ -6,6 +6,7 @@ at connect; a product without quarantine takes its devices at once; an imported 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from tests.support.api import Account, make_account
 from tests.support.devices import handled, virtual_device, wait_until
 
 from devicecloud.runtime import Runtime
+from devicecloud.store.sql.products import SqlProducts
 from devicecloud.store.tables import products
 from devicecloud.virtualdevice.device import VirtualDevice
 from devicecloud.virtualdevice.identity import DeviceIdentity, generate_identity
@@ -251,3 +253,30 @@ async def test_a_join_that_cannot_be_written_does_not_hold_up_presence(
         assert (record.online, record.membership) == (True, None)
     finally:
         await device.stop()
+
+
+async def test_devices_of_a_product_connecting_together_share_one_read_of_it(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    product_id = await make_product(client, owner, quarantine=True)
+    reads: list[int] = []
+    original = SqlProducts.get
+
+    async def counted(self: SqlProducts, wanted: int) -> Any:
+        reads.append(wanted)
+        return await original(self, wanted)
+
+    monkeypatch.setattr(SqlProducts, "get", counted)
+    identities = [await registered(runtime) for _ in range(8)]
+    devices = [virtual_device(runtime, i, product_id=product_id) for i in identities]
+    try:
+        await asyncio.gather(*(d.start() for d in devices))
+        await asyncio.gather(*(d.wait_connected(10) for d in devices))
+        for identity in identities:
+            await handled(runtime, identity.device_id)
+        await runtime.sessions.presence.flush()
+        assert reads == [product_id]
+    finally:
+        await asyncio.gather(*(d.stop() for d in devices))
+    waiting = (await client.get(DEVICES, params={"quarantined": "true"}, headers=owner.auth)).json()
+    assert sorted(d["id"] for d in waiting["devices"]) == sorted(i.device_id for i in identities)

@@ -78,6 +78,7 @@ class DeviceSessionService:
         self._members: dict[str, ProductMembership | None] = {}
         # product id → (valid until, its quarantine setting; None: no such product)
         self._products: dict[int, tuple[float, bool | None]] = {}
+        self._reading: dict[int, asyncio.Future[bool | None]] = {}  # product reads in flight
         #: What this process's links learned; `DeviceService` reads through it, the store gets it behind.
         self.presence = DevicePresenceBook(
             store=store, clock=clock, flush_interval=policy.presence_flush_interval
@@ -177,12 +178,20 @@ class DeviceSessionService:
 
     async def _quarantine_setting(self, product_id: int) -> bool | None:
         """
-        The product's ``settings.quarantine`` (None: no such product), cached for `PRODUCT_CACHE_TTL`.
+        The product's ``settings.quarantine`` (None: no such product), cached for `PRODUCT_CACHE_TTL`; the
+        devices of a product that connect together share one read.
         """
-        now = self._clock.monotonic()
         cached = self._products.get(product_id)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > self._clock.monotonic():
             return cached[1]
+        reading = self._reading.get(product_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_quarantine(product_id))
+            self._reading[product_id] = reading
+            reading.add_done_callback(lambda _done: self._reading.pop(product_id, None))
+        return await asyncio.shield(reading)
+
+    async def _read_quarantine(self, product_id: int) -> bool | None:
         try:
             async with asyncio.timeout(self._policy.key_check_timeout):
                 async with self._store.transaction(readonly=True) as tx:
@@ -193,7 +202,7 @@ class DeviceSessionService:
         quarantine = product.quarantine if product is not None else None
         if len(self._products) >= 10_000:
             self._products.clear()
-        self._products[product_id] = (now + PRODUCT_CACHE_TTL, quarantine)
+        self._products[product_id] = (self._clock.monotonic() + PRODUCT_CACHE_TTL, quarantine)
         return quarantine
 
     def forget_product(self, product_id: int) -> None:
