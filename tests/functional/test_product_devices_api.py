@@ -129,7 +129,7 @@ async def test_list_filters_order_and_pages(client: httpx.AsyncClient, owner: Ac
     )
     await client.put(f"{DEVICES}/{did(0xA1)}", json={"groups": ["europe"]}, headers=owner.auth)
     await client.put(f"{DEVICES}/{did(0xB3)}", json={"groups": ["europe", "asia"]}, headers=owner.auth)
-    assert await ids(client, owner, sortAttr="deviceId", sortDir="asc", deviceId="a") == [
+    assert await ids(client, owner, sortAttr="deviceId", sortDir="asc", deviceId="A") == [
         did(0xA1),
         did(0xA2),
     ]

@@ -273,6 +273,9 @@ product_devices = Table(
     Column("desired_firmware_version", Integer, nullable=True),
     Column("quarantined", Boolean, nullable=False, default=False, server_default=false()),
     Column("denied", Boolean, nullable=False, default=False, server_default=false()),
+    # The list's orders within a product (decision 0020): by id, and by product firmware version.
+    Index("ix_product_devices_product_id_device_id", "product_id", "device_id"),
+    Index("ix_product_devices_product_id_firmware_version", "product_id", "firmware_version", "device_id"),
 )
 
 device_group_members = Table(

@@ -49,8 +49,10 @@ def _insert_ignoring_duplicates(conn: AsyncConnection, table: Table) -> Any:
     return dialect.insert(table).on_conflict_do_nothing()
 
 
-def _contains(column: Any, text: str) -> Any:
+def _contains(column: Any, text: str, *, fold: bool = True) -> Any:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    if not fold:
+        return column.like(f"%{escaped}%", escape="\\")
     return func.lower(column).like(f"%{escaped.lower()}%", escape="\\")
 
 
@@ -60,7 +62,7 @@ def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 _SORT_COLUMNS = {
-    "deviceId": devices.c.id,
+    "deviceId": product_devices.c.device_id,
     "firmwareVersion": product_devices.c.firmware_version,
     "lastConnection": devices.c.last_handshake_at,
 }
@@ -237,14 +239,18 @@ class SqlProductDevices:
     async def search(self, product_id: int, query: DeviceListQuery) -> tuple[list[Device], int]:
         """
         One page of the product's devices and the number of devices that match the filters.
+
+        Only the name and serial number filters and the last-connection order need the device records; the
+        rest is answered from ``product_devices`` alone (its indexes), and only the page's records are read.
         """
         where: list[Any] = [product_devices.c.product_id == product_id]
-        if query.device_id:
-            where.append(_contains(devices.c.id, query.device_id))
+        on_records: list[Any] = []
+        if query.device_id:  # ids are stored lower-case: no function on the column
+            where.append(_contains(product_devices.c.device_id, query.device_id.lower(), fold=False))
         if query.device_name:
-            where.append(_contains(devices.c.name, query.device_name))
+            on_records.append(_contains(devices.c.name, query.device_name))
         if query.serial_number:
-            where.append(_contains(devices.c.serial_number, query.serial_number))
+            on_records.append(_contains(devices.c.serial_number, query.serial_number))
         if query.quarantined is not None:
             where.append(product_devices.c.quarantined == query.quarantined)
         if query.groups is not None:
@@ -254,23 +260,29 @@ class SqlProductDevices:
                 .where(and_(device_groups.c.product_id == product_id, device_groups.c.name.in_(query.groups)))
             )
             where.append(product_devices.c.device_id.in_(in_groups))
-        condition = and_(*where)
-        counted = (
-            select(func.count())
-            .select_from(product_devices.join(devices, devices.c.id == product_devices.c.device_id))
-            .where(condition)
-        )
-        total = int((await self._conn.execute(counted)).scalar_one())
         column = _SORT_COLUMNS[query.sort_attr]
+        joined = bool(on_records) or column is devices.c.last_handshake_at
+        source: Any = product_devices
+        if joined:
+            source = product_devices.join(devices, devices.c.id == product_devices.c.device_id)
+        condition = and_(*where, *on_records)
+        counted = select(func.count()).select_from(source).where(condition)
+        total = int((await self._conn.execute(counted)).scalar_one())
         order = column.desc() if query.sort_dir == "desc" else column.asc()
-        stmt = (
-            select_devices()
+        page = (
+            select(product_devices.c.device_id)
+            .select_from(source)
             .where(condition)
-            .order_by(order.nulls_last(), devices.c.id)
+            .order_by(order.nulls_last(), product_devices.c.device_id)
             .offset((query.page - 1) * query.per_page)
             .limit(query.per_page)
         )
-        return [device_from_row(row) for row in await self._conn.execute(stmt)], total
+        ids = [row.device_id for row in await self._conn.execute(page)]
+        if not ids:
+            return [], total
+        rows = await self._conn.execute(select_devices().where(devices.c.id.in_(ids)))
+        found = {row.id: device_from_row(row) for row in rows}
+        return [found[i] for i in ids if i in found], total
 
     async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {i: [] for i in device_ids}

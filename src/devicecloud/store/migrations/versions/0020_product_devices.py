@@ -24,10 +24,16 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("desired_firmware_version", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("quarantined", sa.Boolean(), server_default=sa.false(), nullable=False))
         batch_op.add_column(sa.Column("denied", sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch_op.create_index("ix_product_devices_product_id_device_id", ["product_id", "device_id"])
+        batch_op.create_index(
+            "ix_product_devices_product_id_firmware_version", ["product_id", "firmware_version", "device_id"]
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("product_devices", schema=None) as batch_op:
+        batch_op.drop_index("ix_product_devices_product_id_firmware_version")
+        batch_op.drop_index("ix_product_devices_product_id_device_id")
         batch_op.drop_column("denied")
         batch_op.drop_column("quarantined")
         batch_op.drop_column("desired_firmware_version")
