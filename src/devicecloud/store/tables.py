@@ -153,6 +153,12 @@ devices = Table(
     UniqueConstraint("owner_id", "name", name="uq_devices_owner_id_name"),
 )
 
+# The product device list's default order, most recently connected first (decision 0020). PostgreSQL only:
+# SQLite has no NULLS LAST in an index (its lists are small).
+Index("ix_devices_last_connection", devices.c.last_handshake_at.desc().nulls_last(), devices.c.id).ddl_if(
+    dialect="postgresql"
+)
+
 pending_device_keys = Table(
     "pending_device_keys",
     metadata,

@@ -269,11 +269,12 @@ class SqlProductDevices:
         counted = select(func.count()).select_from(source).where(condition)
         total = int((await self._conn.execute(counted)).scalar_one())
         order = column.desc() if query.sort_dir == "desc" else column.asc()
+        tie = devices.c.id if joined else product_devices.c.device_id  # the same value: the one an index has
         page = (
             select(product_devices.c.device_id)
             .select_from(source)
             .where(condition)
-            .order_by(order.nulls_last(), product_devices.c.device_id)
+            .order_by(order.nulls_last(), tie)
             .offset((query.page - 1) * query.per_page)
             .limit(query.per_page)
         )

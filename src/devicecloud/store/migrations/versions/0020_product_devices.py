@@ -30,7 +30,15 @@ def upgrade() -> None:
         )
 
 
+    if op.get_context().dialect.name == "postgresql":  # SQLite has no NULLS LAST in an index
+        op.create_index(
+            "ix_devices_last_connection", "devices", [sa.text("last_handshake_at DESC NULLS LAST"), "id"]
+        )
+
+
 def downgrade() -> None:
+    if op.get_context().dialect.name == "postgresql":
+        op.drop_index("ix_devices_last_connection", table_name="devices")
     with op.batch_alter_table("product_devices", schema=None) as batch_op:
         batch_op.drop_index("ix_product_devices_product_id_firmware_version")
         batch_op.drop_index("ix_product_devices_product_id_device_id")
