@@ -47,8 +47,12 @@ MAX_DEVICE_GROUPS = 100  # groups one device may be in
 MAX_FIRMWARE_VERSION = 2**31 - 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ImportResult:
+    """
+    The ids of one import, sorted into the catalogue's lists (filled in as they are classified).
+    """
+
     updated: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     nonmember: list[str] = field(default_factory=list)
