@@ -1,7 +1,8 @@
 """
 Product devices with the official clients, unchanged, against a running devicecloud (issue 11 sections 3
 and 7): particle-api-js's addDeviceToProduct (an id, a file), listDevices with a product and filters,
-getDevice and removeDevice with a product (and deny); particle-cli's ``product device add|list|remove``.
+getDevice, removeDevice (and deny) and removeDeviceOwner with a product; particle-cli's ``product device
+add|list|remove``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def test_particle_api_js_product_device_calls(
     assert (out["deny"]["ok"], out["deny"]["statusCode"]) == (True, 204)
     assert (out["getRemoved"]["ok"], out["getRemoved"]["statusCode"]) == (False, 404)
     assert out["getDenied"]["body"]["denied"] is True
+    assert out["claim"]["ok"] is True
+    assert out["removeOwner"]["body"] == {"ok": True}
+    assert out["getReleased"]["body"]["owner"] is None
 
 
 def test_particle_cli_product_device_add_list_remove(

@@ -151,6 +151,12 @@ async def _batch_groups(world: World) -> Request:
     return "/v1/products/alpha/devices", {"json": body}
 
 
+async def _release(world: World) -> Request:
+    device_id = await world.fresh_device()
+    await world.as_owner("POST", "/v1/devices", json={"id": device_id})  # the owner is in the team
+    return f"/v1/products/alpha/devices/{device_id}/owner", {}
+
+
 async def _ping(world: World) -> Request:
     return f"/v1/products/alpha/devices/{await world.online_device()}/ping", {}
 
@@ -198,6 +204,7 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("PUT", "/v1/products/{product}/devices/{device}"): Row("devices:update", 200, "ADS", _edit_device),
     ("DELETE", "/v1/products/{product}/devices/{device}"): Row("devices:remove", 204, "AD", _remove_device),
     ("PUT", "/v1/products/{product}/devices/{device}/ping"): Row("devices:ping", 200, "ADS", _ping),
+    ("DELETE", "/v1/products/{product}/devices/{device}/owner"): Row("devices:release", 200, "AD", _release),
     ("GET", "/v1/products/{product}/devices/{device}/{variable}"): Row(
         "devices.variable:get", 200, "ADS", _variable
     ),

@@ -292,3 +292,8 @@ async def test_only_the_team_claims_a_product_device_by_id(
     mine = await client.post("/v1/devices", json={"id": did(17)}, headers=owner.auth)
     assert mine.status_code == 200, mine.text
     assert (await client.get(f"{DEVICES}/{did(17)}", headers=owner.auth)).json()["owner"] == owner.email
+    assert (await client.get("/v1/devices", headers=owner.auth)).json()[0]["id"] == did(17)
+    released = await client.delete(f"{DEVICES}/{did(17)}/owner", headers=owner.auth)
+    assert released.json() == {"ok": True}
+    assert (await client.get(f"{DEVICES}/{did(17)}", headers=owner.auth)).json()["owner"] is None
+    assert (await client.get("/v1/devices", headers=owner.auth)).json() == []

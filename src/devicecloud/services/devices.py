@@ -326,6 +326,12 @@ class DeviceService:
 
     async def unclaim(self, user: User, ref: str) -> None:
         device = await self.access_device(user, ref, "devices:release")
+        await self.release_device(device)
+
+    async def release_device(self, device: Device) -> None:
+        """
+        Make a device whose access the caller has decided unowned again.
+        """
         async with self._store.transaction() as tx:
             await tx.devices.update(device.id, owner_id=None, notes=None, updated_at=self._clock.now())
         self._owner_changed(device.id)

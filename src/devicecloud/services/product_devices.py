@@ -426,6 +426,13 @@ class ProductDeviceService:
                 existing = [g.id for g in found if g is not None]
                 await tx.product_devices.remove_from_groups(valid, existing)
 
+    async def release(self, principal: AnyPrincipal, ref: str, device_ref: str) -> None:
+        """
+        ``DELETE /v1/products/:p/devices/:id/owner``: the device stays the product's, nobody owns it.
+        """
+        _, device = await self._access(principal, ref, device_ref, "devices:release")
+        await self._devices.release_device(device)
+
     async def remove(self, principal: AnyPrincipal, ref: str, device_ref: str, *, deny: bool) -> None:
         """
         Take a device out of the product, or (``deny``) keep it refused at the gateway.

@@ -1,6 +1,6 @@
 // Drives particle-api-js's product device calls (addDeviceToProduct by id and with a file, listDevices with
-// a product and filters, getDevice with a product, removeDevice with a product, with and without deny) and
-// prints what each returned:
+// a product and filters, getDevice with a product, removeDevice with a product, with and without deny,
+// removeDeviceOwner) and prints what each returned:
 //   node product_devices_flow.js URL USER PASSWORD owner PRODUCT ID1 ID2 ID3
 'use strict';
 const { runPhases, settle } = require('./flow');
@@ -20,6 +20,9 @@ runPhases({
 		out.deny = await settle(particle.removeDevice({ deviceId: second, product, deny: true, auth }));
 		out.getRemoved = await settle(particle.getDevice({ deviceId: first, product, auth }));
 		out.getDenied = await settle(particle.getDevice({ deviceId: second, product, auth }));
+		out.claim = await settle(particle.claimDevice({ deviceId: third, auth }));
+		out.removeOwner = await settle(particle.removeDeviceOwner({ deviceId: third, product, auth }));
+		out.getReleased = await settle(particle.getDevice({ deviceId: third, product, auth }));
 		return out;
 	},
 });

@@ -260,6 +260,14 @@ async def remove_device(
     return Response(status_code=204)
 
 
+@router.delete("/v1/products/{product}/devices/{device}/owner", summary="Unclaim a product device")
+async def release_device(
+    request: Request, product: str, device: str, principal: Annotated[AnyPrincipal, Depends(require_any)]
+) -> dict[str, Any]:
+    await _deps(request).product_devices.release(principal, product, device)
+    return {"ok": True}
+
+
 @router.put("/v1/products/{product}/devices/{device}/ping", summary="Ping a product device")
 async def ping_device(
     request: Request, product: str, device: str, principal: Annotated[AnyPrincipal, Depends(require_any)]
