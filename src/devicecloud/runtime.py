@@ -47,6 +47,7 @@ from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.nodes import NodeService, generate_node_id
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import DeviceControl, Notifier
+from devicecloud.services.product_devices import ProductDeviceService
 from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
@@ -126,6 +127,7 @@ class Runtime:
     firmware: FirmwareService
     products: ProductService
     groups: GroupService
+    product_devices: ProductDeviceService
     libraries: LibraryService
     metrics: Metrics
     started: bool = field(default=False)
@@ -147,6 +149,7 @@ class Runtime:
             firmware=self.firmware,
             products=self.products,
             groups=self.groups,
+            product_devices=self.product_devices,
             libraries=self.libraries,
             probes=self.metrics,
         )
@@ -427,6 +430,7 @@ def build_runtime(
         presence=sessions.presence,
     )
     device_keys = DeviceKeyService(store=store, clock=clock, control=control)
+    product_devices = ProductDeviceService(store=store, clock=clock, devices=devices, control=control)
     events = EventService(
         store=store,
         clock=clock,
@@ -494,6 +498,7 @@ def build_runtime(
             bus_ping=bus.ping,
         )
     )
+    products.on_settings_change = sessions.forget_product  # quarantine on/off applies to the next Hello
     return Runtime(
         settings=settings,
         clock=clock,
@@ -516,6 +521,7 @@ def build_runtime(
         firmware=firmware,
         products=products,
         groups=groups,
+        product_devices=product_devices,
         libraries=build_libraries(settings, store, clock),
         metrics=metrics,
     )

@@ -22,9 +22,11 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.api import Account, make_account
+from tests.support.devices import connect_device
 
 from devicecloud.domain.access import SCOPES
 from devicecloud.runtime import Runtime
+from devicecloud.virtualdevice.device import VirtualDevice
 
 ALL_ROLES = "ADSV"  # Administrator, Developer, Support, View-only (the Owner may use every route)
 ROLE_LETTERS = {"administrator": "A", "developer": "D", "support": "S", "view_only": "V"}
@@ -38,6 +40,7 @@ class World:
     owner: Account
     tokens: dict[str, str] = field(default_factory=dict)  # column → bearer token
     api_users: dict[str, str] = field(default_factory=dict)  # scope → token of an API user holding only it
+    online: VirtualDevice | None = None  # a device of alpha, connected (for the device twins)
 
     async def as_owner(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         response = await self.client.request(method, url, headers=self.owner.auth, **kwargs)
@@ -56,6 +59,20 @@ class World:
         email = await self.fresh_account()
         await self.as_owner("POST", "/v1/products/alpha/team", json={"username": email, "role": "Support"})
         return email
+
+    async def fresh_device(self) -> str:
+        """
+        A device id imported into alpha (never connected: a bare record).
+        """
+        device_id = f"{next(_counter):024x}"
+        await self.as_owner("POST", "/v1/products/alpha/devices", json={"id": device_id})
+        return device_id
+
+    async def online_device(self) -> str:
+        if self.online is None:
+            self.online = await connect_device(self.client, None, self.runtime, demo=True)
+            await self.as_owner("POST", "/v1/products/alpha/devices", json={"id": self.online.device_id})
+        return self.online.device_id
 
     async def fresh_group(self) -> str:
         name = f"g{next(_counter)}"
@@ -111,6 +128,47 @@ async def _new_group(world: World) -> Request:
     return "/v1/products/alpha/groups", {"json": {"name": f"n{next(_counter)}"}}
 
 
+async def _import(world: World) -> Request:
+    return "/v1/products/alpha/devices", {"json": {"id": f"{next(_counter) + 10**6:024x}"}}
+
+
+async def _device(world: World) -> Request:
+    return f"/v1/products/alpha/devices/{await world.online_device()}", {}
+
+
+async def _edit_device(world: World) -> Request:
+    return f"/v1/products/alpha/devices/{await world.fresh_device()}", {
+        "json": {"notes": "n", "groups": ["shared"]}
+    }
+
+
+async def _remove_device(world: World) -> Request:
+    return f"/v1/products/alpha/devices/{await world.fresh_device()}", {}
+
+
+async def _batch_groups(world: World) -> Request:
+    body = {"action": "groups", "devices": [await world.fresh_device()], "metadata": {"add": ["shared"]}}
+    return "/v1/products/alpha/devices", {"json": body}
+
+
+async def _release(world: World) -> Request:
+    device_id = await world.fresh_device()
+    await world.as_owner("POST", "/v1/devices", json={"id": device_id})  # the owner is in the team
+    return f"/v1/products/alpha/devices/{device_id}/owner", {}
+
+
+async def _ping(world: World) -> Request:
+    return f"/v1/products/alpha/devices/{await world.online_device()}/ping", {}
+
+
+async def _variable(world: World) -> Request:
+    return f"/v1/products/alpha/devices/{await world.online_device()}/temperature", {}
+
+
+async def _function(world: World) -> Request:
+    return f"/v1/products/alpha/devices/{await world.online_device()}/digitalread", {"json": {"arg": "D7"}}
+
+
 MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/user/products"): Row(
         "products:list", 200, ALL_ROLES, fixed("/v1/user/products"), listing=True
@@ -137,6 +195,22 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/products/{product}/groups/{group}"): Row("groups:get", 200, ALL_ROLES, _get_group),
     ("PUT", "/v1/products/{product}/groups/{group}"): Row("groups:update", 200, "AD", _edit_group),
     ("DELETE", "/v1/products/{product}/groups/{group}"): Row("groups:remove", 204, "AD", _delete_group),
+    ("GET", "/v1/products/{product}/devices"): Row(
+        "devices:list", 200, ALL_ROLES, fixed("/v1/products/alpha/devices", params={"perPage": "5"})
+    ),
+    ("POST", "/v1/products/{product}/devices"): Row("devices:import", 200, "AD", _import),
+    ("PUT", "/v1/products/{product}/devices"): Row("devices:update", 200, "ADS", _batch_groups),
+    ("GET", "/v1/products/{product}/devices/{device}"): Row("devices:get", 200, ALL_ROLES, _device),
+    ("PUT", "/v1/products/{product}/devices/{device}"): Row("devices:update", 200, "ADS", _edit_device),
+    ("DELETE", "/v1/products/{product}/devices/{device}"): Row("devices:remove", 204, "AD", _remove_device),
+    ("PUT", "/v1/products/{product}/devices/{device}/ping"): Row("devices:ping", 200, "ADS", _ping),
+    ("DELETE", "/v1/products/{product}/devices/{device}/owner"): Row("devices:release", 200, "AD", _release),
+    ("GET", "/v1/products/{product}/devices/{device}/{variable}"): Row(
+        "devices.variable:get", 200, "ADS", _variable
+    ),
+    ("POST", "/v1/products/{product}/devices/{device}/{function}"): Row(
+        "devices.function:call", 200, "ADS", _function
+    ),
     ("GET", "/v1/products/{product}/impact"): Row(
         "groups.impact:get",
         200,
@@ -250,6 +324,15 @@ async def test_every_product_route_has_a_row(runtime: Runtime) -> None:
 
 async def test_every_principal_gets_the_expected_status(client: httpx.AsyncClient, runtime: Runtime) -> None:
     world = await build_world(client, runtime)
+    try:
+        wrong = await _walk(client, world)
+    finally:
+        if world.online is not None:
+            await world.online.stop()
+    assert not wrong, "\n".join(wrong)
+
+
+async def _walk(client: httpx.AsyncClient, world: World) -> list[str]:
     wrong: list[str] = []
     for (method, path), row in sorted(MATRIX.items()):
         for column in COLUMNS:
@@ -266,7 +349,7 @@ async def test_every_principal_gets_the_expected_status(client: httpx.AsyncClien
                 wrong.append(
                     f"{method} {path} as {column}: {response.status_code} (expected {want}) {response.text}"
                 )
-    assert not wrong, "\n".join(wrong)
+    return wrong
 
 
 @pytest.mark.parametrize("column", ["api_user_without_scope", "plain_user"])

@@ -31,6 +31,7 @@ from devicecloud.api.routes import (
     libraries,
     oauth,
     operations,
+    product_devices,
     products,
     provisioning,
     users,
@@ -89,6 +90,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         webhooks,
         products,
         groups,
+        product_devices,
         libraries,
         firmware,
     ):

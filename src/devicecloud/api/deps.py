@@ -16,6 +16,7 @@ from devicecloud.services.events import EventService
 from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryService
+from devicecloud.services.product_devices import ProductDeviceService
 from devicecloud.services.products import ProductService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
@@ -54,5 +55,6 @@ class ApiDeps:
     firmware: FirmwareService
     products: ProductService
     groups: GroupService
+    product_devices: ProductDeviceService
     libraries: LibraryService
     probes: Probes | None = None

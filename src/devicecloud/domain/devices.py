@@ -70,6 +70,23 @@ class DeviceDescription:
 
 
 @dataclass(frozen=True, slots=True)
+class ProductMembership:
+    """
+    A device's row in a product (issue 11 section 3): the product-only fields.
+
+    ``quarantined``: it joined by naming the product in its Hello and waits for approval (visible, not
+    controllable); ``denied``: refused at connect until removed from the product or approved.
+    """
+
+    product_id: int
+    firmware_version: int | None = None
+    development: bool = False
+    desired_firmware_version: int | None = None
+    quarantined: bool = False
+    denied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """
     A device record: identity, ownership, what it last reported and when it was last seen.
@@ -97,6 +114,7 @@ class Device:
     # The node holding its latest link and that link's epoch (see DevicePresence).
     node_id: str | None = None
     session_epoch: int | None = None
+    membership: ProductMembership | None = None  # its product, when it is a product device
 
     @property
     def cellular(self) -> bool:

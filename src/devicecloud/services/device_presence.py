@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from devicecloud.domain.devices import Device, DeviceDescription, DevicePresence
+from devicecloud.domain.product_devices import ProductReport
 from devicecloud.errors import Conflict
 from devicecloud.services.device_names import free_name, generate_name
 
@@ -130,10 +131,11 @@ class _Batch:
     names: dict[str, str] = field(default_factory=dict)
     records: dict[str, _FirstConnect] = field(default_factory=dict)
     offers: list[_Offer] = field(default_factory=list)
+    reports: list[ProductReport] = field(default_factory=list)  # Hellos naming a product
     renamed: dict[str, str | None] = field(default_factory=dict)  # the flush's verdict on generated names
 
     def __len__(self) -> int:
-        return len(self.versions) + len(self.records) + len(self.offers)
+        return len(self.versions) + len(self.records) + len(self.offers) + len(self.reports)
 
 
 class DevicePresenceBook:
@@ -157,6 +159,7 @@ class DevicePresenceBook:
         self._entries: dict[str, _Entry] = {}
         self._records: dict[str, _FirstConnect] = {}
         self._offers: list[_Offer] = []
+        self._reports: dict[str, ProductReport] = {}  # device id → what its latest Hello said of its product
         self._dirty: set[str] = set()
         self._timer: TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -188,6 +191,13 @@ class DevicePresenceBook:
         An unknown device offered a key that waits for an operator (``devicecloud keys pending``).
         """
         self._offers.append(_Offer(device_id, public_key_der, ip_address, self._clock.now()))
+        self._schedule()
+
+    def product_reported(self, report: ProductReport) -> None:
+        """
+        A Hello named a product: the device joins it if it is in none, its product firmware is recorded.
+        """
+        self._reports[report.device_id] = report
         self._schedule()
 
     def connected(
@@ -342,7 +352,10 @@ class DevicePresenceBook:
         """
         return PresenceStatistics(
             tracked=len(self._entries),
-            dirty=len(self._dirty) + sum(1 for r in self._records.values() if r.dirty) + len(self._offers),
+            dirty=len(self._dirty)
+            + sum(1 for r in self._records.values() if r.dirty)
+            + len(self._offers)
+            + len(self._reports),
             flushes=self._flushes,
             rows_written=self._rows,
             flush_failures=self._failures,
@@ -355,7 +368,8 @@ class DevicePresenceBook:
         Write now if the device's record or generated name is still only here (a claim must see them).
         """
         entry = self._entries.get(device_id)
-        if device_id in self._records or (entry is not None and entry.name_dirty):
+        pending = device_id in self._records or device_id in self._reports
+        if pending or (entry is not None and entry.name_dirty):
             await self.flush()
 
     async def flush(self) -> int:
@@ -415,6 +429,7 @@ class DevicePresenceBook:
                 batch.records[device_id] = record
                 record.dirty = False
         batch.offers, self._offers = self._offers, []
+        batch.reports, self._reports = list(self._reports.values()), {}
         return batch
 
     def _give_back(self, batch: _Batch) -> None:
@@ -433,6 +448,8 @@ class DevicePresenceBook:
         for record in batch.records.values():
             record.dirty = True
         self._offers[:0] = batch.offers
+        for report in batch.reports:
+            self._reports.setdefault(report.device_id, report)  # a newer Hello's report wins
 
     def _written(self, batch: _Batch) -> None:
         self._flushes += 1
@@ -455,6 +472,7 @@ class DevicePresenceBook:
             await _write_first_connect(tx, device_id, record)
         for offer in batch.offers:
             await _write_offer(tx, offer)
+        await tx.product_devices.report(batch.reports, self._clock.now())  # after the records it refers to
         for device_id, name in batch.names.items():
             given = await _write_name(tx, device_id, name, self._clock.now())
             if given != name:
@@ -490,7 +508,7 @@ class DevicePresenceBook:
             await self.flush()
         finally:
             self._task = None
-            if self._dirty or self._offers or any(r.dirty for r in self._records.values()):
+            if self._dirty or self._offers or self._reports or any(r.dirty for r in self._records.values()):
                 self._schedule()
 
 

@@ -11,7 +11,12 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
   first and the store gets written behind in batches (see `device_presence`). The one database access of a
   connection is the key check's read (ADR 0010), bounded by ``key_check_timeout``: a database that does
   not answer in time refuses that handshake (the device retries) rather than failing the link;
-- ``spark/status`` is published after the presence changed there, so whoever hears it reads the new state.
+- ``spark/status`` is published after the presence changed there, so whoever hears it reads the new state;
+- products (issue 11 section 3): a device denied by its product is refused at the key check (its membership
+  comes with that same read); a Hello naming a product (not its platform) makes a device that is in no
+  product join it — quarantined when the product's ``settings.quarantine`` is on — and records its product
+  firmware version, written behind like the rest. The product's setting comes from a small cache
+  (`PRODUCT_CACHE_TTL`), so a connection reads a product at most once per interval.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 
-from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo
+from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, ProductMembership
+from devicecloud.domain.product_devices import ProductReport
 from devicecloud.services.device_presence import DevicePresenceBook
 
 if TYPE_CHECKING:
@@ -30,6 +36,8 @@ if TYPE_CHECKING:
     from devicecloud.store.interfaces import Store
 
 logger = structlog.get_logger("devicecloud.devices")
+
+PRODUCT_CACHE_TTL = 5.0  # seconds a product's quarantine setting is reused by connecting devices
 
 
 class StatusHook(Protocol):
@@ -70,6 +78,11 @@ class DeviceSessionService:
         self._owners: dict[str, int | None] = {}
         # The session epoch each device's record had at its key check, until its Hello: its link's is later.
         self._epochs: dict[str, int] = {}
+        # The product membership each device had at its latest key check (None: in no product).
+        self._members: dict[str, ProductMembership | None] = {}
+        # product id → (valid until, its quarantine setting; None: no such product)
+        self._products: dict[int, tuple[float, bool | None]] = {}
+        self._reading: dict[int, asyncio.Future[bool | None]] = {}  # product reads in flight
         #: What this process's links learned; `DeviceService` reads through it, the store gets it behind.
         self.presence = DevicePresenceBook(
             store=store, clock=clock, flush_interval=policy.presence_flush_interval, node_id=node_id
@@ -98,6 +111,10 @@ class DeviceSessionService:
             self._owners[device_id] = known.owner_id
             if known.session_epoch is not None:
                 self._epochs[device_id] = known.session_epoch
+            self._members[device_id] = known.membership
+            if known.membership is not None and known.membership.denied:
+                logger.warning("device refused: its product denied it", device_id=device_id, ip=ip_address)
+                return None
             if known.name is not None:
                 self._named.add(device_id)
             if known.public_key_der:
@@ -133,6 +150,7 @@ class DeviceSessionService:
                 if known.session_epoch is not None:
                     self._epochs[device_id] = known.session_epoch
             self._owners[device_id] = known.owner_id if known is not None else None
+            self._members[device_id] = known.membership if known is not None else None
         product_id = hello.product_id if hello.product_id not in (None, 0, 0xFFFF) else None
         self.presence.connected(
             device_id,
@@ -141,11 +159,72 @@ class DeviceSessionService:
             product_id=product_id,
             after_epoch=self._epochs.pop(device_id, None),
         )
+        if product_id is not None and product_id != hello.platform_id:  # product firmware names its product
+            version = hello.product_firmware_version
+            await self._report_product(device_id, product_id, None if version in (None, 0xFFFF) else version)
         if device_id not in self._named and self.presence.name(device_id) is None:
             self.presence.give_name(device_id, self._owners[device_id])  # written behind, checked there
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
         if self.on_status is not None:
             await self.on_status(device_id, True, owner_id=self._owners.get(device_id))
+
+    async def _report_product(self, device_id: str, product_id: int, firmware_version: int | None) -> None:
+        membership = self._members.get(device_id)
+        if membership is not None and membership.product_id != product_id:
+            return  # a device of another product: its product decides, not its firmware
+        quarantined = False
+        if membership is None:
+            quarantine = await self._quarantine_setting(product_id)
+            if quarantine is None:
+                return  # no such product here
+            quarantined = quarantine
+            self._members[device_id] = ProductMembership(
+                product_id, firmware_version, quarantined=quarantined
+            )
+            logger.info(
+                "device joins its product",
+                device_id=device_id,
+                product_id=product_id,
+                quarantined=quarantined,
+            )
+        elif membership.firmware_version == firmware_version:
+            return
+        self.presence.product_reported(ProductReport(device_id, product_id, firmware_version, quarantined))
+
+    async def _quarantine_setting(self, product_id: int) -> bool | None:
+        """
+        The product's ``settings.quarantine`` (None: no such product), cached for `PRODUCT_CACHE_TTL`; the
+        devices of a product that connect together share one read.
+        """
+        cached = self._products.get(product_id)
+        if cached is not None and cached[0] > self._clock.monotonic():
+            return cached[1]
+        reading = self._reading.get(product_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_quarantine(product_id))
+            self._reading[product_id] = reading
+            reading.add_done_callback(lambda _done: self._reading.pop(product_id, None))
+        return await asyncio.shield(reading)
+
+    async def _read_quarantine(self, product_id: int) -> bool | None:
+        try:
+            async with asyncio.timeout(self._policy.key_check_timeout):
+                async with self._store.transaction(readonly=True) as tx:
+                    product = await tx.products.get(product_id)
+        except Exception:
+            logger.warning("product lookup failed; the device joins it on a later connection", exc_info=True)
+            return None
+        quarantine = product.quarantine if product is not None else None
+        if len(self._products) >= 10_000:
+            self._products.clear()
+        self._products[product_id] = (self._clock.monotonic() + PRODUCT_CACHE_TTL, quarantine)
+        return quarantine
+
+    def forget_product(self, product_id: int) -> None:
+        """
+        A product's settings changed (or it was made): the next connection reads them again.
+        """
+        self._products.pop(product_id, None)
 
     async def device_described(self, device_id: str, description: DeviceDescription) -> None:
         self.presence.described(device_id, description)

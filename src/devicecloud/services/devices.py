@@ -3,7 +3,8 @@ Devices as their owners use them: list, look up, call, read, ping, signal, renam
 
 Rules kept here:
 - `access_device` is the one ownership check. A device that does not exist and a device of someone else
-  give the same `PermissionDenied`, so ids cannot be probed.
+  give the same `PermissionDenied`, so ids cannot be probed. A product device also answers to its
+  product's team, by role (issue 11 section 3; only then is a role read); a quarantined one only to reads.
 - A function or variable the device's stored Describe lacks is asked for again once (Device OS 0.x may
   have answered before its application registered anything) and refused only if it is still missing; an
   offline device is not asked, and a device is asked at most once per `REDESCRIBE_INTERVAL` (calls naming
@@ -56,8 +57,23 @@ def denied() -> PermissionDenied:
 
 
 def _resource(device: Device) -> Resource:
-    # Product devices (issue 11 section 3) will name their product here; the user path is unchanged.
+    # The user path: a device is its owner's. A product device also answers to its product's team
+    # (`_product_allows`); the product routes decide in `product_devices.ProductDeviceService`.
     return Resource("device", user_id=device.owner_id)
+
+
+async def _product_allows(tx: UnitOfWork, user: User, action: str, device: Device) -> bool:
+    """
+    Whether the device's product lets ``user`` (a team member) do ``action`` to it: a product device answers
+    to its product's roles as well as to its owner. Quarantined and denied devices can only be read.
+    """
+    membership = device.membership
+    if membership is None:
+        return False
+    if (membership.quarantined or membership.denied) and action != "devices:get":
+        return False
+    role = await tx.products.role_of(membership.product_id, user.id)
+    return can(user, action, Resource("device", product_id=membership.product_id), role)
 
 
 COUNTS_TTL = 10.0  # seconds the Wi-Fi/cellular device counts of `GET /v1/user` may be stale
@@ -95,6 +111,18 @@ class DeviceService:
 
     def _present(self, device: Device) -> Device:
         return self._presence.overlay(device) if self._presence is not None else device
+
+    def present(self, device: Device) -> Device:
+        """
+        ``device`` with the presence this process knows (for product device reads).
+        """
+        return self._present(device)
+
+    async def settle(self, device_id: str) -> None:
+        """
+        Write what the presence book still holds of the device (a join, a record) before reading it.
+        """
+        await self._settle(device_id)
 
     def on_owner_change(self, listener: Callable[[str], None]) -> None:
         """
@@ -143,13 +171,16 @@ class DeviceService:
         access check of devices). Raises `PermissionDenied` for missing and foreign alike.
         """
         device_id = normalise_device_id(ref)
-        device = await self._store.lookup_device(device_id) if device_id else None
-        if device is None or not can(user, action, _resource(device)):
-            async with self._store.transaction(readonly=True) as tx:
-                device = await tx.devices.get_by_name(user.id, ref)
-        if device is None or not can(user, action, _resource(device)):
-            raise denied()
-        return self._present(device)
+        by_id = await self._store.lookup_device(device_id) if device_id else None
+        if by_id is not None and can(user, action, _resource(by_id)):
+            return self._present(by_id)
+        async with self._store.transaction(readonly=True) as tx:
+            device = await tx.devices.get_by_name(user.id, ref)
+            if device is not None and can(user, action, _resource(device)):
+                return self._present(device)
+            if by_id is not None and await _product_allows(tx, user, action, by_id):
+                return self._present(by_id)
+        raise denied()
 
     def is_online(self, device: Device) -> bool:
         return self._control.is_online(device.id)
@@ -158,6 +189,13 @@ class DeviceService:
 
     async def call_function(self, user: User, ref: str, name: str, argument: str) -> tuple[Device, int]:
         device = await self.access_device(user, ref, "devices.function:call")
+        return await self.call_function_on(device, name, argument)
+
+    async def call_function_on(self, device: Device, name: str, argument: str) -> tuple[Device, int]:
+        """
+        Call a function of a device whose access the caller has decided (user path above, product path in
+        `product_devices`).
+        """
         if len(argument.encode("utf-8")) > MAX_FUNCTION_ARGUMENT:
             raise InvalidInput(
                 f"The argument is longer than {MAX_FUNCTION_ARGUMENT} bytes", code="Argument too long"
@@ -173,6 +211,9 @@ class DeviceService:
 
     async def read_variable(self, user: User, ref: str, name: str) -> tuple[Device, VariableReading]:
         device = await self.access_device(user, ref, "devices.variable:get")
+        return await self.read_variable_on(device, name)
+
+    async def read_variable_on(self, device: Device, name: str) -> tuple[Device, VariableReading]:
         var_type = device.variables.get(name)
         if "variables" in device.describe and var_type is None:
             described = await self._describe_again(device)
@@ -209,10 +250,16 @@ class DeviceService:
 
     async def ping(self, user: User, ref: str) -> bool:
         device = await self.access_device(user, ref, "devices:ping")
+        return await self.ping_device(device)
+
+    async def ping_device(self, device: Device) -> bool:
         return await self._control.ping(device.id, timeout=self._policy.request_timeout)
 
     async def signal(self, user: User, ref: str, on: bool) -> Device:
         device = await self.access_device(user, ref, "devices:update")
+        return await self.signal_device(device, on)
+
+    async def signal_device(self, device: Device, on: bool) -> Device:
         await self._control.signal(device.id, on, timeout=self._policy.request_timeout)
         return device
 
@@ -220,6 +267,9 @@ class DeviceService:
 
     async def rename(self, user: User, ref: str, name: Any) -> Device:
         device = await self.access_device(user, ref, "devices:update")
+        return await self.rename_device(device, name)
+
+    async def rename_device(self, device: Device, name: Any) -> Device:
         if not isinstance(name, str) or not is_valid_name(name):
             raise InvalidInput(
                 "name must be 1-63 letters, digits, underscores or dashes", code="invalid_name"
@@ -230,6 +280,9 @@ class DeviceService:
 
     async def set_notes(self, user: User, ref: str, notes: Any) -> Device:
         device = await self.access_device(user, ref, "devices:update")
+        return await self.set_device_notes(device, notes)
+
+    async def set_device_notes(self, device: Device, notes: Any) -> Device:
         if notes is not None and (not isinstance(notes, str) or len(notes) > MAX_NOTES):
             raise InvalidInput(f"notes must be a string of at most {MAX_NOTES} characters")
         async with self._store.transaction() as tx:
@@ -261,12 +314,24 @@ class DeviceService:
                 raise PermissionDenied(
                     "You cannot claim a device owned by someone else", code="Permission Denied"
                 )
+            membership = device.membership
+            if membership is not None and await tx.products.role_of(membership.product_id, user.id) is None:
+                # An imported id is a record nobody owns: only the product's team may claim it by id.
+                raise PermissionDenied(
+                    "This device belongs to a product: only its team can claim it", code="Permission Denied"
+                )
             claimed = await self._take_ownership(tx, device, user.id)
         self._owner_changed(device_id)
         return self._present(claimed)
 
     async def unclaim(self, user: User, ref: str) -> None:
         device = await self.access_device(user, ref, "devices:release")
+        await self.release_device(device)
+
+    async def release_device(self, device: Device) -> None:
+        """
+        Make a device whose access the caller has decided unowned again.
+        """
         async with self._store.transaction() as tx:
             await tx.devices.update(device.id, owner_id=None, notes=None, updated_at=self._clock.now())
         self._owner_changed(device.id)

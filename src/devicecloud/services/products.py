@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +150,8 @@ class ProductService:
         self._store = store
         self._clock = clock
         self._tokens = tokens
+        # Called with a product's id after its settings changed (the gateway's cache of them listens).
+        self.on_settings_change: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ products
 
@@ -238,6 +240,8 @@ class ProductService:
                 raise InvalidInput("Nothing to update: give name, description or settings.quarantine")
             updated = await tx.products.update(product.id, updated_at=self._clock.now(), **changes)
             groups = await tx.groups.names_by_product([product.id])
+        if "settings" in changes and self.on_settings_change is not None:
+            self.on_settings_change(product.id)
         return ProductView(updated, tuple(groups[product.id]))
 
     async def list_all(self) -> list[Product]:

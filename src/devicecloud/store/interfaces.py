@@ -23,6 +23,7 @@ from devicecloud.domain.libraries import (
     LibraryView,
     Visibility,
 )
+from devicecloud.domain.product_devices import DeviceListQuery, KnownDevice, ProductReport
 from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
 from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
@@ -404,6 +405,52 @@ class ProductRepository(Protocol):
         ...
 
 
+class ProductDeviceRepository(Protocol):
+    """
+    A product's devices (issue 11 section 3). Ids are canonical (24 lower-case hex).
+    """
+
+    async def known(self, ids: Sequence[str]) -> dict[str, KnownDevice]:
+        """
+        The ids that have a device record, with owner and product membership.
+        """
+        ...
+
+    async def team_members_among(self, product_id: int, user_ids: Sequence[int]) -> set[int]: ...
+
+    async def add(
+        self, product_id: int, new_records: Sequence[str], members: Sequence[str], now: datetime
+    ) -> None:
+        """
+        Bare records for ids never seen, then memberships: set-based, duplicates ignored.
+        """
+        ...
+
+    async def approve(self, product_id: int, ids: Sequence[str]) -> None: ...
+
+    async def report(self, reports: Sequence[ProductReport], now: datetime) -> None:
+        """
+        Hellos naming a product, written behind: joins of non-members, product firmware versions.
+        """
+        ...
+
+    async def update(self, device_id: str, **changes: Any) -> None: ...
+
+    async def remove(self, device_id: str) -> None: ...
+
+    async def by_name(self, product_id: int, name: str) -> list[str]: ...
+
+    async def search(self, product_id: int, query: DeviceListQuery) -> tuple[list[Device], int]: ...
+
+    async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]: ...
+
+    async def members_among(self, product_id: int, ids: Sequence[str]) -> list[str]: ...
+
+    async def add_to_groups(self, device_ids: Sequence[str], group_ids: Sequence[int]) -> None: ...
+
+    async def remove_from_groups(self, device_ids: Sequence[str], group_ids: Sequence[int]) -> None: ...
+
+
 class GroupRepository(Protocol):
     async def list_for_product(
         self, product_id: int, name_contains: str | None = None
@@ -539,6 +586,9 @@ class UnitOfWork(Protocol):
 
     @property
     def groups(self) -> GroupRepository: ...
+
+    @property
+    def product_devices(self) -> ProductDeviceRepository: ...
 
 
 class Store(Protocol):

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -166,6 +167,12 @@ nodes = Table(
     Column("seen_at", UtcDateTime, nullable=False),
 )
 
+# The product device list's default order, most recently connected first (decision 0020). PostgreSQL only:
+# SQLite has no NULLS LAST in an index (its lists are small).
+Index("ix_devices_last_connection", devices.c.last_handshake_at.desc().nulls_last(), devices.c.id).ddl_if(
+    dialect="postgresql"
+)
+
 pending_device_keys = Table(
     "pending_device_keys",
     metadata,
@@ -280,6 +287,15 @@ product_devices = Table(
     Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("firmware_version", Integer, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
+    # Issue 11 section 3: the lock fields (the flashing comes with product firmware) and quarantine. A
+    # quarantined device joined by its Hello and waits for approval; a denied one is refused at connect.
+    Column("development", Boolean, nullable=False, default=False, server_default=false()),
+    Column("desired_firmware_version", Integer, nullable=True),
+    Column("quarantined", Boolean, nullable=False, default=False, server_default=false()),
+    Column("denied", Boolean, nullable=False, default=False, server_default=false()),
+    # The list's orders within a product (decision 0020): by id, and by product firmware version.
+    Index("ix_product_devices_product_id_device_id", "product_id", "device_id"),
+    Index("ix_product_devices_product_id_firmware_version", "product_id", "firmware_version", "device_id"),
 )
 
 device_group_members = Table(

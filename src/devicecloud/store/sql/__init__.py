@@ -25,6 +25,7 @@ from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, Sq
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
 from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.nodes import SqlNodes
+from devicecloud.store.sql.product_devices import SqlProductDevices
 from devicecloud.store.sql.products import SqlGroups, SqlProducts
 from devicecloud.store.sql.token_lookup import TokenLookup
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
@@ -98,6 +99,7 @@ class SqlUnitOfWork:
         self.deliveries = SqlDeliveries(conn)
         self.products = SqlProducts(conn)
         self.groups = SqlGroups(conn)
+        self.product_devices = SqlProductDevices(conn)
         self.libraries = SqlLibraries(conn)
 
 

@@ -13,11 +13,34 @@ from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from devicecloud.domain.devices import Device, DevicePresence, PendingKey
+from devicecloud.domain.devices import Device, DevicePresence, PendingKey, ProductMembership
 from devicecloud.errors import Conflict, NotFound
-from devicecloud.store.tables import claim_codes, devices, nodes, pending_device_keys, users
+from devicecloud.store.tables import claim_codes, devices, nodes, pending_device_keys, product_devices, users
 
-_DEVICE_COLUMNS = (*devices.c, users.c.username.label("owner_username"))
+_DEVICE_COLUMNS = (
+    *devices.c,
+    users.c.username.label("owner_username"),
+    # Its product membership (one primary-key probe): access to a product device is the product's.
+    product_devices.c.product_id.label("pd_product_id"),
+    product_devices.c.firmware_version.label("pd_firmware_version"),
+    product_devices.c.development.label("pd_development"),
+    product_devices.c.desired_firmware_version.label("pd_desired_firmware_version"),
+    product_devices.c.quarantined.label("pd_quarantined"),
+    product_devices.c.denied.label("pd_denied"),
+)
+
+
+def _membership(row: Mapping[str, Any]) -> ProductMembership | None:
+    if row.get("pd_product_id") is None:
+        return None
+    return ProductMembership(
+        product_id=row["pd_product_id"],
+        firmware_version=row["pd_firmware_version"],
+        development=bool(row["pd_development"]),
+        desired_firmware_version=row["pd_desired_firmware_version"],
+        quarantined=bool(row["pd_quarantined"]),
+        denied=bool(row["pd_denied"]),
+    )
 
 
 def device_from_row(row: Row[Any]) -> Device:
@@ -51,11 +74,22 @@ def device_from_values(row: Mapping[str, Any]) -> Device:
         describe=describe,
         node_id=row["node_id"],
         session_epoch=row["session_epoch"],
+        membership=_membership(row),
     )
 
 
 def _select_devices() -> Any:
-    return select(*_DEVICE_COLUMNS).select_from(devices.outerjoin(users, devices.c.owner_id == users.c.id))
+    joined = devices.outerjoin(users, devices.c.owner_id == users.c.id).outerjoin(
+        product_devices, product_devices.c.device_id == devices.c.id
+    )
+    return select(*_DEVICE_COLUMNS).select_from(joined)
+
+
+def select_devices() -> Any:
+    """
+    Device records with their owner's username and their product membership (add a where clause).
+    """
+    return _select_devices()
 
 
 # Built once, for the hot path of every device request (store/sql/token_lookup.py).

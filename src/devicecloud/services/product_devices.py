@@ -1,0 +1,447 @@
+"""
+A product's devices (issue 11 section 3, catalogue §4 product rows, §7, §11 5-8, §15 6-7): import, list,
+get, update, batch group edits, remove or deny, and the device twins (functions, variables, ping, signal,
+rename) under ``/v1/products/:p/devices/:id``.
+
+Rules kept here:
+- every operation first goes through `product_access.access_product` with its catalogue scope and the
+  resource kind ``device`` (decision 0016: the product's roles and the token's scopes decide); a device that
+  is not the product's is 404 "Device not found in this product" to a caller with standing there;
+- an import takes at most `MAX_IMPORT` ids and is set-based (one read of what is known of them, two
+  inserts); an id that is not 24 hex digits, or a device of another product, is invalid; a device owned by
+  someone outside the team is not imported (``nonmemberDeviceIds``); a device this product quarantined or
+  denied is approved; ids never seen get a bare record, so the device is the product's when it connects;
+- a quarantined or denied device is listed and can be edited, but not called, read, pinged or signalled;
+  denying disconnects it, and the gateway refuses it at its next key check (`device_sessions`);
+- ``groups`` is an absolute set; unknown names are created (palette colour); batch edits add and remove;
+- the lock fields (``desired_firmware_version``, ``development``) are stored: flashing comes with product
+  firmware, so ``flash=true`` is refused rather than ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from devicecloud.domain.devices import Device, VariableReading, normalise_device_id
+from devicecloud.domain.product_devices import SORT_ATTRIBUTES, DeviceListQuery
+from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
+from devicecloud.services.device_names import is_valid_name
+from devicecloud.services.groups import MAX_GROUPS_PER_PRODUCT, PALETTE, check_group_name
+from devicecloud.services.product_access import access_product
+
+if TYPE_CHECKING:
+    from devicecloud.clock import Clock
+    from devicecloud.domain.access import AnyPrincipal
+    from devicecloud.domain.products import Product
+    from devicecloud.services.devices import DeviceService
+    from devicecloud.services.ports import DeviceControl
+    from devicecloud.store.interfaces import Store, UnitOfWork
+
+MAX_IMPORT = 10_000  # ids in one import request
+MAX_PER_PAGE = 1000
+MAX_FILTER = 64  # characters of a text filter
+MAX_DEVICE_GROUPS = 100  # groups one device may be in
+MAX_FIRMWARE_VERSION = 2**31 - 1
+
+
+@dataclass(slots=True)
+class ImportResult:
+    """
+    The ids of one import, sorted into the catalogue's lists (filled in as they are classified).
+    """
+
+    updated: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    nonmember: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ProductDevice:
+    """
+    A device as a product sees it: the record (with its membership) and its groups.
+    """
+
+    device: Device
+    groups: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePage:
+    devices: list[ProductDevice]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def total_pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChanges:
+    """
+    What ``PUT /v1/products/:p/devices/:id`` asks; ``...`` (Ellipsis) means "not given".
+    """
+
+    name: Any = ...
+    notes: Any = ...
+    signal: Any = ...
+    development: Any = ...
+    desired_firmware_version: Any = ...
+    flash: Any = ...
+    groups: Any = ...
+
+
+def not_in_product() -> NotFound:
+    return NotFound("Device not found in this product", code="Not Found")
+
+
+def quarantined_device() -> PermissionDenied:
+    return PermissionDenied(
+        "This device is quarantined or denied: approve it in its product first", code="Permission Denied"
+    )
+
+
+def parse_flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise InvalidInput(f"{name} must be true or false")
+
+
+def _whole(value: Any, name: str, *, low: int, high: int) -> int:
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{name} must be a whole number from {low} to {high}")
+    return int(value)
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_FILTER:
+        raise InvalidInput(f"{name} must be text of at most {MAX_FILTER} characters")
+    return value.strip() or None
+
+
+def _group_names(value: Any, name: str = "groups") -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise InvalidInput(f"{name} must be a list of group names")
+    names = list(dict.fromkeys(n.strip() for n in value if n.strip()))
+    if len(names) > MAX_DEVICE_GROUPS:
+        raise InvalidInput(f"{name} may name at most {MAX_DEVICE_GROUPS} groups")
+    return [check_group_name(n) for n in names]
+
+
+def parse_list_query(params: Mapping[str, Any]) -> DeviceListQuery:
+    """
+    The catalogue's list parameters (§4.2 row 2; ``perPage`` and ``per_page`` alike), checked.
+    """
+    sort_attr = params.get("sortAttr") or "lastConnection"
+    if sort_attr not in SORT_ATTRIBUTES:
+        raise InvalidInput(f"sortAttr must be one of {', '.join(SORT_ATTRIBUTES)}")
+    sort_dir = params.get("sortDir") or ("desc" if sort_attr == "lastConnection" else "asc")
+    if sort_dir not in ("asc", "desc"):
+        raise InvalidInput("sortDir must be asc or desc")
+    quarantined = params.get("quarantined")
+    groups = params.get("groups")
+    per_page = params.get("perPage", params.get("per_page"))
+    return DeviceListQuery(
+        device_id=_text(params.get("deviceId"), "deviceId"),
+        device_name=_text(params.get("deviceName"), "deviceName"),
+        serial_number=_text(params.get("serialNumber"), "serialNumber"),
+        groups=tuple(_group_names(groups)) if groups not in (None, "") else None,
+        quarantined=parse_flag(quarantined, "quarantined") if quarantined not in (None, "") else None,
+        sort_attr=sort_attr,
+        sort_dir=sort_dir,
+        page=_whole(params.get("page") or 1, "page", low=1, high=1_000_000),
+        per_page=_whole(per_page or 25, "perPage", low=1, high=MAX_PER_PAGE),
+    )
+
+
+def import_ids(values: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """
+    (canonical valid ids, invalid entries) from what an import names, in order, without repeats.
+    """
+    valid: dict[str, None] = {}
+    invalid: dict[str, None] = {}
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidInput("Device ids must be text")
+        text = value.strip()
+        if not text:
+            continue
+        device_id = normalise_device_id(text)
+        if device_id is None:
+            invalid[text[:64]] = None
+        else:
+            valid[device_id] = None
+    if len(valid) + len(invalid) > MAX_IMPORT:
+        raise InvalidInput(f"Import at most {MAX_IMPORT} device ids at once")
+    return list(valid), list(invalid)
+
+
+class ProductDeviceService:
+    """
+    The product devices API's rules (see the module docstring).
+    """
+
+    def __init__(self, *, store: Store, clock: Clock, devices: DeviceService, control: DeviceControl) -> None:
+        self._store = store
+        self._clock = clock
+        self._devices = devices
+        self._control = control
+
+    # ------------------------------------------------------------------ import and approve
+
+    async def import_devices(
+        self, principal: AnyPrincipal, ref: str, values: Sequence[Any], *, import_sims: Any = None
+    ) -> ImportResult:
+        if import_sims not in (None, "") and parse_flag(import_sims, "import_sims"):
+            raise InvalidInput("Importing SIM cards with devices is not supported yet", code="unsupported")
+        valid, invalid = import_ids(values)
+        if not valid and not invalid:
+            raise InvalidInput("Give a device id (id), a list (ids) or a .txt file with one id per line")
+        if len(valid) <= 100:  # a Hello's join may still be in the presence book (approving one device)
+            for device_id in valid:
+                await self._devices.settle(device_id)
+        result = ImportResult(invalid=invalid)
+        async with self._store.transaction() as tx:
+            product = (await access_product(tx, principal, ref, "devices:import", "device")).product
+            known = await tx.product_devices.known(valid)
+            owners = {k.owner_id for k in known.values() if k.owner_id is not None}
+            team = await tx.product_devices.team_members_among(product.id, sorted(owners))
+            new_records: list[str] = []
+            members: list[str] = []
+            approved: list[str] = []
+            for device_id in valid:
+                found = known.get(device_id)
+                membership = found.membership if found is not None else None
+                if membership is not None and membership.product_id != product.id:
+                    result.invalid.append(device_id)  # another product's device
+                elif membership is not None and (membership.quarantined or membership.denied):
+                    approved.append(device_id)
+                elif membership is not None:
+                    result.existing.append(device_id)
+                elif found is not None and found.owner_id is not None and found.owner_id not in team:
+                    result.nonmember.append(device_id)
+                else:
+                    if found is None:
+                        new_records.append(device_id)
+                    members.append(device_id)
+            now = self._clock.now()
+            await tx.product_devices.add(product.id, new_records, members, now)
+            await tx.product_devices.approve(product.id, approved)
+            result.updated.extend(members)
+            result.updated.extend(approved)
+        return result
+
+    # ------------------------------------------------------------------ reading
+
+    async def list_devices(self, principal: AnyPrincipal, ref: str, params: Mapping[str, Any]) -> DevicePage:
+        query = parse_list_query(params)
+        async with self._store.transaction(readonly=True) as tx:
+            product = (await access_product(tx, principal, ref, "devices:list", "device")).product
+            found, total = await tx.product_devices.search(product.id, query)
+            groups = await tx.product_devices.groups_of([d.id for d in found])
+        listed = [ProductDevice(self._devices.present(d), groups[d.id]) for d in found]
+        return DevicePage(listed, total, query.page, query.per_page)
+
+    async def get(self, principal: AnyPrincipal, ref: str, device_ref: str) -> ProductDevice:
+        _, device = await self._access(principal, ref, device_ref, "devices:get")
+        return await self._with_groups(device)
+
+    async def _with_groups(self, device: Device) -> ProductDevice:
+        async with self._store.transaction(readonly=True) as tx:
+            groups = await tx.product_devices.groups_of([device.id])
+        return ProductDevice(device, groups[device.id])
+
+    async def _access(
+        self, principal: AnyPrincipal, ref: str, device_ref: str, action: str
+    ) -> tuple[Product, Device]:
+        """
+        The product (if the caller may do ``action`` to its devices) and its device named by id or name.
+        """
+        device_id = normalise_device_id(device_ref)
+        if device_id is not None:
+            await self._devices.settle(device_id)
+        async with self._store.transaction(readonly=True) as tx:
+            product = (await access_product(tx, principal, ref, action, "device")).product
+            if device_id is None and len(device_ref) <= 64:
+                named = await tx.product_devices.by_name(product.id, device_ref)
+                device_id = named[0] if len(named) == 1 else None
+            device = await tx.devices.get(device_id) if device_id is not None else None
+        if device is None or device.membership is None or device.membership.product_id != product.id:
+            raise not_in_product()
+        return product, self._devices.present(device)
+
+    async def _controllable(self, principal: AnyPrincipal, ref: str, device_ref: str, action: str) -> Device:
+        _, device = await self._access(principal, ref, device_ref, action)
+        membership = device.membership
+        if membership is not None and (membership.quarantined or membership.denied):
+            raise quarantined_device()
+        return device
+
+    # ------------------------------------------------------------------ the device twins
+
+    async def call_function(
+        self, principal: AnyPrincipal, ref: str, device_ref: str, name: str, argument: str
+    ) -> tuple[Device, int]:
+        device = await self._controllable(principal, ref, device_ref, "devices.function:call")
+        return await self._devices.call_function_on(device, name, argument)
+
+    async def read_variable(
+        self, principal: AnyPrincipal, ref: str, device_ref: str, name: str
+    ) -> tuple[Device, VariableReading]:
+        device = await self._controllable(principal, ref, device_ref, "devices.variable:get")
+        return await self._devices.read_variable_on(device, name)
+
+    async def ping(self, principal: AnyPrincipal, ref: str, device_ref: str) -> bool:
+        device = await self._controllable(principal, ref, device_ref, "devices:ping")
+        return await self._devices.ping_device(device)
+
+    # ------------------------------------------------------------------ changing
+
+    async def update(
+        self, principal: AnyPrincipal, ref: str, device_ref: str, changes: DeviceChanges
+    ) -> dict[str, Any]:
+        """
+        Apply ``changes`` (all checked before any is made); the fields of the reply that changed.
+        """
+        product, device = await self._access(principal, ref, device_ref, "devices:update")
+        if changes.name is not ... and (not isinstance(changes.name, str) or not is_valid_name(changes.name)):
+            raise InvalidInput(
+                "name must be 1-63 letters, digits, underscores or dashes", code="invalid_name"
+            )
+        record: dict[str, Any] = {}
+        if changes.development is not ...:
+            record["development"] = parse_flag(changes.development, "development")
+        if changes.desired_firmware_version is not ...:
+            wanted = changes.desired_firmware_version
+            record["desired_firmware_version"] = (
+                None
+                if wanted is None or wanted in ("", "null")
+                else _whole(wanted, "desired_firmware_version", low=1, high=MAX_FIRMWARE_VERSION)
+            )
+        if changes.flash is not ... and changes.flash is not None and parse_flag(changes.flash, "flash"):
+            raise InvalidInput(
+                "Flashing product firmware is not supported by this server yet", code="unsupported"
+            )
+        groups = _group_names(changes.groups) if changes.groups is not ... else None
+        signal = parse_flag(changes.signal, "signal") if changes.signal is not ... else None
+        held = device.membership is not None and (device.membership.quarantined or device.membership.denied)
+        if signal is not None and held:
+            raise quarantined_device()
+        if not record and groups is None and signal is None and changes.name is ... and changes.notes is ...:
+            raise InvalidInput(
+                "Nothing to do? Give name, notes, signal, groups, development or desired_firmware_version",
+                code="Nothing to do?",
+            )
+        reply: dict[str, Any] = {"id": device.id}
+        if changes.notes is not ...:
+            device = await self._devices.set_device_notes(device, changes.notes)
+            reply["notes"] = device.notes
+        if record or groups is not None:
+            async with self._store.transaction() as tx:
+                if record:
+                    await tx.product_devices.update(device.id, **record)
+                if groups is not None:
+                    ids = await self._group_ids(tx, product.id, groups)
+                    await tx.products.set_device_groups(device.id, ids)
+            reply.update(record)
+            if groups is not None:
+                reply["groups"] = groups
+        if changes.name is not ...:
+            device = await self._devices.rename_device(device, changes.name)
+            reply["name"] = device.name
+        if signal is not None:
+            await self._devices.signal_device(device, signal)
+            reply.update(connected=True, signaling=signal)
+        reply["updated_at"] = self._clock.now()
+        return reply
+
+    async def _group_ids(self, tx: UnitOfWork, product_id: int, names: Sequence[str]) -> list[int]:
+        """
+        The ids of the product's groups named ``names``, creating the missing ones.
+        """
+        ids: list[int] = []
+        count: int | None = None
+        for name in names:
+            group = await tx.groups.get(product_id, name)
+            if group is None:
+                count = await tx.groups.count(product_id) if count is None else count
+                if count >= MAX_GROUPS_PER_PRODUCT:
+                    raise InvalidInput(f"A product has at most {MAX_GROUPS_PER_PRODUCT} groups")
+                color = PALETTE[count % len(PALETTE)]
+                group = await tx.groups.add(
+                    product_id, name=name, description=None, color=color, now=self._clock.now()
+                )
+                count += 1
+            ids.append(group.id)
+        return ids
+
+    async def batch(self, principal: AnyPrincipal, ref: str, body: Mapping[str, Any]) -> None:
+        """
+        ``PUT /v1/products/:p/devices`` with ``action=groups``: add and remove groups on many devices.
+        """
+        if body.get("action") != "groups":
+            raise InvalidInput("action must be groups")
+        listed = body.get("devices")
+        if not isinstance(listed, list) or not listed:
+            raise InvalidInput("devices must be a list of device ids")
+        valid, invalid = import_ids(listed)
+        if invalid:
+            raise InvalidInput(f"Not device ids: {', '.join(invalid[:5])}")
+        metadata = body.get("metadata")
+        if not isinstance(metadata, dict):
+            raise InvalidInput("metadata must be an object with add and remove lists of group names")
+        add = _group_names(metadata.get("add"), "metadata.add")
+        remove = [n for n in _group_names(metadata.get("remove"), "metadata.remove") if n not in add]
+        if not add and not remove:
+            raise InvalidInput("Nothing to do? Give metadata.add or metadata.remove")
+        async with self._store.transaction() as tx:
+            product = (await access_product(tx, principal, ref, "devices:update", "device")).product
+            members = set(await tx.product_devices.members_among(product.id, valid))
+            strangers = [d for d in valid if d not in members]
+            if strangers:
+                raise NotFound(
+                    f"Devices not found in this product: {', '.join(strangers[:5])}", code="Not Found"
+                )
+            if add:
+                await tx.product_devices.add_to_groups(valid, await self._group_ids(tx, product.id, add))
+            if remove:
+                found = [await tx.groups.get(product.id, n) for n in remove]
+                existing = [g.id for g in found if g is not None]
+                await tx.product_devices.remove_from_groups(valid, existing)
+
+    async def release(self, principal: AnyPrincipal, ref: str, device_ref: str) -> None:
+        """
+        ``DELETE /v1/products/:p/devices/:id/owner``: the device stays the product's, nobody owns it.
+        """
+        _, device = await self._access(principal, ref, device_ref, "devices:release")
+        await self._devices.release_device(device)
+
+    async def remove(self, principal: AnyPrincipal, ref: str, device_ref: str, *, deny: bool) -> None:
+        """
+        Take a device out of the product, or (``deny``) keep it refused at the gateway.
+        """
+        _, device = await self._access(principal, ref, device_ref, "devices:remove")
+        async with self._store.transaction() as tx:
+            if deny:
+                await tx.product_devices.update(device.id, quarantined=False, denied=True)
+            else:
+                await tx.product_devices.remove(device.id)
+        if deny:
+            await self._control.disconnect(device.id)
