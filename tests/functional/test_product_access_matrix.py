@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.api import Account, make_account
+from tests.support.sse import Served, serve_app
 
 from devicecloud.domain.access import SCOPES
 from devicecloud.runtime import Runtime
@@ -73,6 +74,7 @@ class Row:
     roles: str  # which roles may use it besides the Owner
     prepare: Callable[[World], Awaitable[Request]]
     listing: bool = False  # answers every person (their own products), not 404
+    stream: bool = False  # an event stream: called over a real server, only its status read
 
 
 async def _plain(url: str, **kwargs: Any) -> Request:
@@ -147,6 +149,20 @@ MATRIX: dict[tuple[str, str], Row] = {
         ),
     ),
 }
+
+MATRIX.update(
+    {
+        ("GET", "/v1/products/{product}/events"): Row(
+            "events:get", 200, ALL_ROLES, fixed("/v1/products/alpha/events"), stream=True
+        ),
+        ("GET", "/v1/products/{product}/events/{prefix}"): Row(
+            "events:get", 200, ALL_ROLES, fixed("/v1/products/alpha/events/temp/x"), stream=True
+        ),
+        ("POST", "/v1/products/{product}/events"): Row(
+            "events:send", 200, "AD", fixed("/v1/products/alpha/events", json={"name": "matrix"})
+        ),
+    }
+)
 
 COLUMNS = (
     "owner",
@@ -248,8 +264,24 @@ async def test_every_product_route_has_a_row(runtime: Runtime) -> None:
     assert not stale, f"rows for routes that no longer exist: {stale}"
 
 
+async def _call(
+    client: httpx.AsyncClient, served: Served, row: Row, method: str, url: str, token: str, **kwargs: Any
+) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if not row.stream:
+        response = await client.request(method, url, headers=headers, **kwargs)
+        return response.status_code, response.text
+    async with served.http.stream(method, url, headers=headers, **kwargs) as streamed:
+        return streamed.status_code, "" if streamed.status_code == 200 else (await streamed.aread()).decode()
+
+
 async def test_every_principal_gets_the_expected_status(client: httpx.AsyncClient, runtime: Runtime) -> None:
     world = await build_world(client, runtime)
+    async with serve_app(runtime) as served:
+        await _every_principal(world, client, served)
+
+
+async def _every_principal(world: World, client: httpx.AsyncClient, served: Served) -> None:
     wrong: list[str] = []
     for (method, path), row in sorted(MATRIX.items()):
         for column in COLUMNS:
@@ -258,14 +290,10 @@ async def test_every_principal_gets_the_expected_status(client: httpx.AsyncClien
             else:
                 token = world.tokens[column]
             url, kwargs = await row.prepare(world)
-            response = await client.request(
-                method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
-            )
+            status, text = await _call(client, served, row, method, url, token, **kwargs)
             want = expected(row, column)
-            if response.status_code != want:
-                wrong.append(
-                    f"{method} {path} as {column}: {response.status_code} (expected {want}) {response.text}"
-                )
+            if status != want:
+                wrong.append(f"{method} {path} as {column}: {status} (expected {want}) {text}")
     assert not wrong, "\n".join(wrong)
 
 

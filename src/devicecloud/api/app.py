@@ -29,6 +29,7 @@ from devicecloud.api.routes import (
     groups,
     libraries,
     oauth,
+    product_events,
     products,
     provisioning,
     users,
@@ -85,6 +86,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         devices,
         webhooks,
         products,
+        product_events,
         groups,
         libraries,
     ):

@@ -362,6 +362,12 @@ class ProductRepository(Protocol):
         self, product_id: int, device_id: str, *, firmware_version: int | None, now: datetime
     ) -> None: ...
 
+    async def membership_of(self, device_id: str) -> tuple[int, int | None] | None:
+        """
+        (product id, product firmware version) of the device's product, or None when it is in none.
+        """
+        ...
+
     async def set_device_groups(self, device_id: str, group_ids: Sequence[int]) -> None:
         """
         The device's groups become exactly ``group_ids``.

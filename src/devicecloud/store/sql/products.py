@@ -239,6 +239,16 @@ class SqlProducts:
             )
         )
 
+    async def membership_of(self, device_id: str) -> tuple[int, int | None] | None:
+        found = (
+            await self._conn.execute(
+                select(product_devices.c.product_id, product_devices.c.firmware_version).where(
+                    product_devices.c.device_id == device_id
+                )
+            )
+        ).first()
+        return (found.product_id, found.firmware_version) if found is not None else None
+
     async def set_device_groups(self, device_id: str, group_ids: Sequence[int]) -> None:
         await self._conn.execute(
             delete(device_group_members).where(device_group_members.c.device_id == device_id)
