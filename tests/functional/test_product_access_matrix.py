@@ -58,6 +58,14 @@ class World:
         await self.as_owner("POST", "/v1/products/alpha/team", json={"username": email, "role": "Support"})
         return email
 
+    async def fresh_hook(self) -> str:
+        # Port 9 (discard) refuses at once: a test request through it fails fast and offline.
+        made = await self.as_owner(
+            "POST", "/v1/products/alpha/integrations", json={"event": "m", "url": "http://127.0.0.1:9/"}
+        )
+        hook_id: str = made.json()["id"]
+        return hook_id
+
     async def fresh_group(self) -> str:
         name = f"g{next(_counter)}"
         await self.as_owner("POST", "/v1/products/alpha/groups", json={"name": name})
@@ -150,8 +158,51 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
 }
 
+HOOK = {"event": "matrix", "url": "http://127.0.0.1:9/"}
+
+
+def hook_route(
+    suffix: str = "", legacy: bool = False, **kwargs: Any
+) -> Callable[[World], Awaitable[Request]]:
+    async def prepare(world: World) -> Request:
+        base = "webhooks" if legacy else "integrations"
+        return f"/v1/products/alpha/{base}/{await world.fresh_hook()}{suffix}", kwargs
+
+    return prepare
+
+
 MATRIX.update(
     {
+        ("POST", "/v1/products/{product}/integrations"): Row(
+            "integrations:create", 201, "AD", fixed("/v1/products/alpha/integrations", json=HOOK)
+        ),
+        ("GET", "/v1/products/{product}/integrations"): Row(
+            "integrations:list", 200, ALL_ROLES, fixed("/v1/products/alpha/integrations")
+        ),
+        ("GET", "/v1/products/{product}/integrations/{integration_id}"): Row(
+            "integrations:get", 200, ALL_ROLES, hook_route()
+        ),
+        ("PUT", "/v1/products/{product}/integrations/{integration_id}"): Row(
+            "integrations:update", 200, "AD", hook_route(json=HOOK)
+        ),
+        ("POST", "/v1/products/{product}/integrations/{integration_id}/test"): Row(
+            "integrations:test", 200, "AD", hook_route("/test")
+        ),
+        ("DELETE", "/v1/products/{product}/integrations/{integration_id}"): Row(
+            "integrations:remove", 204, "AD", hook_route()
+        ),
+        ("POST", "/v1/products/{product}/webhooks"): Row(
+            "integrations:create", 201, "AD", fixed("/v1/products/alpha/webhooks", json=HOOK)
+        ),
+        ("GET", "/v1/products/{product}/webhooks"): Row(
+            "integrations:list", 200, ALL_ROLES, fixed("/v1/products/alpha/webhooks")
+        ),
+        ("GET", "/v1/products/{product}/webhooks/{hook_id}"): Row(
+            "integrations:get", 200, ALL_ROLES, hook_route(legacy=True)
+        ),
+        ("DELETE", "/v1/products/{product}/webhooks/{hook_id}"): Row(
+            "integrations:remove", 200, "AD", hook_route(legacy=True)
+        ),
         ("GET", "/v1/products/{product}/events"): Row(
             "events:get", 200, ALL_ROLES, fixed("/v1/products/alpha/events"), stream=True
         ),

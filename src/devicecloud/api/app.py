@@ -30,6 +30,7 @@ from devicecloud.api.routes import (
     libraries,
     oauth,
     product_events,
+    product_webhooks,
     products,
     provisioning,
     users,
@@ -87,6 +88,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         webhooks,
         products,
         product_events,
+        product_webhooks,
         groups,
         libraries,
     ):

@@ -269,6 +269,7 @@ class EventService:
         device_id: str | None = None,
         public: bool = False,
         product_id: int | None = None,
+        to_device: str | None = None,
     ) -> CloudEvent | None:
         """
         An event the cloud itself makes (``spark/flash/status``, ``hook-sent/…``, ``hook-response/…``):
@@ -288,6 +289,7 @@ class EventService:
             owner_id=owner_id,
             device_id=device_id,
             product_id=product_id,
+            to_device=to_device,
         )
         return event if await self._emit(event) else None
 
