@@ -66,6 +66,13 @@ class World:
         hook_id: str = made.json()["id"]
         return hook_id
 
+    async def fresh_client(self) -> str:
+        made = await self.as_owner(
+            "POST", "/v1/products/alpha/clients", json={"name": "matrix", "type": "installed"}
+        )
+        client_id: str = made.json()["client"]["id"]
+        return client_id
+
     async def fresh_group(self) -> str:
         name = f"g{next(_counter)}"
         await self.as_owner("POST", "/v1/products/alpha/groups", json={"name": name})
@@ -171,8 +178,27 @@ def hook_route(
     return prepare
 
 
+async def _client_route(world: World) -> Request:
+    return f"/v1/products/alpha/clients/{await world.fresh_client()}", {"json": {"name": "renamed"}}
+
+
 MATRIX.update(
     {
+        ("GET", "/v1/products/{product}/clients"): Row(
+            "clients:list", 200, ALL_ROLES, fixed("/v1/products/alpha/clients")
+        ),
+        ("POST", "/v1/products/{product}/clients"): Row(
+            "clients:create",
+            200,
+            "AD",
+            fixed("/v1/products/alpha/clients", json={"name": "made", "type": "installed"}),
+        ),
+        ("PUT", "/v1/products/{product}/clients/{client_id}"): Row(
+            "clients:update", 200, "AD", _client_route
+        ),
+        ("DELETE", "/v1/products/{product}/clients/{client_id}"): Row(
+            "clients:remove", 204, "AD", _client_route
+        ),
         ("POST", "/v1/products/{product}/integrations"): Row(
             "integrations:create", 201, "AD", fixed("/v1/products/alpha/integrations", json=HOOK)
         ),
