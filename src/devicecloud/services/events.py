@@ -378,8 +378,7 @@ class EventService:
         if device_id in self._products:
             found = self._products[device_id]
         else:
-            async with self._store.transaction(readonly=True) as tx:
-                found = await tx.products.membership_of(device_id)
+            found = await self._store.lookup_membership(device_id)  # one point read, as for the owner
             self._products[device_id] = found
         return found if found is not None else (None, None)
 

@@ -370,12 +370,6 @@ class ProductRepository(Protocol):
         self, product_id: int, device_id: str, *, firmware_version: int | None, now: datetime
     ) -> None: ...
 
-    async def membership_of(self, device_id: str) -> tuple[int, int | None] | None:
-        """
-        (product id, product firmware version) of the device's product, or None when it is in none.
-        """
-        ...
-
     async def set_device_groups(self, device_id: str, group_ids: Sequence[int]) -> None:
         """
         The device's groups become exactly ``group_ids``.
@@ -535,6 +529,13 @@ class Store(Protocol):
     async def lookup_device(self, device_id: str) -> Device | None:
         """
         A device by id, outside any unit of work: the first read of every device request.
+        """
+        ...
+
+    async def lookup_membership(self, device_id: str) -> tuple[int, int | None] | None:
+        """
+        (product id, product firmware version) of the device's product, or None when it is in none: one
+        indexed read outside any unit of work (the events service caches it per connection).
         """
         ...
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,6 +27,12 @@ from devicecloud.store.tables import (
 )
 
 _PRODUCT_COLUMNS = (*products.c, users.c.username.label("owner_username"))
+
+
+# Built once: a device's product membership, read outside any unit of work (store/sql/token_lookup.py).
+FIND_MEMBERSHIP = select(product_devices.c.product_id, product_devices.c.firmware_version).where(
+    product_devices.c.device_id == bindparam("device_id")
+)
 
 
 def _product(row: Row[Any]) -> Product:
@@ -238,16 +244,6 @@ class SqlProducts:
                 product_id=product_id, device_id=device_id, firmware_version=firmware_version, created_at=now
             )
         )
-
-    async def membership_of(self, device_id: str) -> tuple[int, int | None] | None:
-        found = (
-            await self._conn.execute(
-                select(product_devices.c.product_id, product_devices.c.firmware_version).where(
-                    product_devices.c.device_id == device_id
-                )
-            )
-        ).first()
-        return (found.product_id, found.firmware_version) if found is not None else None
 
     async def set_device_groups(self, device_id: str, group_ids: Sequence[int]) -> None:
         await self._conn.execute(
