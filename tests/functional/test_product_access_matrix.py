@@ -182,6 +182,13 @@ async def _client_route(world: World) -> Request:
     return f"/v1/products/alpha/clients/{await world.fresh_client()}", {"json": {"name": "renamed"}}
 
 
+DEVICE = "0123456789abcdef01234567"  # a device of the product (world building puts it there)
+
+
+def _product_device_stream(suffix: str) -> Callable[[World], Awaitable[Request]]:
+    return fixed(f"/v1/products/alpha/devices/{DEVICE}/events{suffix}")
+
+
 MATRIX.update(
     {
         ("GET", "/v1/products/{product}/clients"): Row(
@@ -234,6 +241,12 @@ MATRIX.update(
         ),
         ("GET", "/v1/products/{product}/events/{prefix}"): Row(
             "events:get", 200, ALL_ROLES, fixed("/v1/products/alpha/events/temp/x"), stream=True
+        ),
+        ("GET", "/v1/products/{product}/devices/{device}/events"): Row(
+            "events:get", 200, ALL_ROLES, _product_device_stream(""), stream=True
+        ),
+        ("GET", "/v1/products/{product}/devices/{device}/events/{prefix}"): Row(
+            "events:get", 200, ALL_ROLES, _product_device_stream("/temp"), stream=True
         ),
         ("POST", "/v1/products/{product}/events"): Row(
             "events:send", 200, "AD", fixed("/v1/products/alpha/events", json={"name": "matrix"})
@@ -301,6 +314,10 @@ async def build_world(client: httpx.AsyncClient, runtime: Runtime) -> World:
         await world.as_owner("POST", "/v1/products/alpha/team", json={"username": member.email, "role": role})
         world.tokens[role] = member.token
     await world.as_owner("POST", "/v1/products/alpha/groups", json={"name": "shared"})
+    alpha_id = (await world.as_owner("GET", "/v1/products/alpha")).json()["product"]["id"]
+    async with runtime.store.transaction() as tx:  # the product-device import door comes with section 3
+        await tx.devices.add(DEVICE, now=runtime.clock.now())
+        await tx.products.add_device(alpha_id, DEVICE, firmware_version=None, now=runtime.clock.now())
     scopes = {row.scope for row in MATRIX.values() if row.scope in SCOPES} | {"sims:list"}
     for scope in sorted(s for s in scopes if s is not None):
         created = await world.as_owner(

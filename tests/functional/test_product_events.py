@@ -177,3 +177,29 @@ async def test_api_user_with_events_scopes_streams_and_publishes(
     stranger = await make_account(client, "stranger@example.com")
     refused = await served.http.get(EVENTS, headers=stranger.auth)
     assert (refused.status_code, refused.json()["error"]) == (404, "Not Found")
+
+
+async def test_one_product_devices_stream(
+    client: httpx.AsyncClient, runtime: Runtime, served: Served, owner: Account
+) -> None:
+    ada = await make_account(client, "ada@example.com")
+    first = await product_device(client, runtime, ada)
+    second = await product_device(client, runtime, ada)
+    outside = await connect_device(client, ada, runtime)
+    path = f"/v1/products/brew-bot/devices/{first.device_id.upper()}/events"
+    async with stream(served, path, owner) as one, stream(served, f"{path}/t%2Fb", owner) as prefixed:
+        await second.publish("t/a", "2", with_ack=True)
+        await client.post(EVENTS, json={"name": "t/product"}, headers=owner.auth)
+        await first.publish("t/a", "1", with_ack=True)
+        await first.publish("t/b", "1", with_ack=True)
+        assert [(name, data["coreid"]) for name, data in [await one.event(), await one.event()]] == [
+            ("t/a", first.device_id),
+            ("t/b", first.device_id),
+        ]
+        assert await prefixed.names(1) == ["t/b"]
+    # A device that is not the product's is not found, like one that does not exist or a name.
+    for device in (outside.device_id, "0" * 24, "not-an-id"):
+        refused = await served.http.get(f"/v1/products/brew-bot/devices/{device}/events", headers=owner.auth)
+        assert (refused.status_code, refused.json()["error"]) == (404, "Not Found"), device
+    for device in (first, second, outside):
+        await device.stop()

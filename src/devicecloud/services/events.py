@@ -47,7 +47,7 @@ from devicecloud.domain.events import (
     loggable,
 )
 from devicecloud.domain.text import is_valid_text
-from devicecloud.errors import InvalidInput, PermissionDenied
+from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
 from devicecloud.services.product_access import access_product
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class EventPolicy:
 
 
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+_DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")
 
 
 def check_event(name: Any, data: Any, ttl: Any) -> tuple[str, str | None, int]:
@@ -411,13 +412,25 @@ class EventService:
             event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
         return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
 
-    async def product_stream(self, principal: AnyPrincipal, product_ref: str, prefix: str) -> Subscription:
+    async def product_stream(
+        self, principal: AnyPrincipal, product_ref: str, prefix: str, device_ref: str | None = None
+    ) -> Subscription:
         """
-        ``GET /v1/products/:p/events[/:prefix]``: every event of the product's devices and of the product.
+        ``GET /v1/products/:p/events[/:prefix]``: every event of the product's devices and of the product;
+        ``/v1/products/:p/devices/:id/events[/:prefix]``: one product device's (by id; `NotFound` for a device
+        that is not the product's, as for one that does not exist).
         """
         async with self._store.transaction(readonly=True) as tx:
             found = await access_product(tx, principal, product_ref, "events:get", "event")
-        event_filter = EventFilter(prefix=prefix, product_id=found.product.id)
+        device_id = None
+        if device_ref is not None:
+            device_id = device_ref.lower()
+            membership = (
+                await self._store.lookup_membership(device_id) if _DEVICE_ID.match(device_id) else None
+            )
+            if membership is None or membership[0] != found.product.id:
+                raise NotFound("Device not found", code="Not Found")
+        event_filter = EventFilter(prefix=prefix, product_id=found.product.id, device_id=device_id)
         return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
 
     def everything(self, *, max_pending: int, exclude: str = "hook-") -> Subscription:

@@ -103,7 +103,7 @@ async def open_stream(
 
 
 async def open_product_stream(
-    request: Request, principal: AnyPrincipal, product: str, prefix: str
+    request: Request, principal: AnyPrincipal, product: str, prefix: str, device: str | None = None
 ) -> EventStreamResponse:
     """
     `open_stream` for ``/v1/products/:p/events[/…]``: the service checks the caller's access to the product.
@@ -114,7 +114,7 @@ async def open_product_stream(
     if not streams.acquire(ip):
         raise RateLimited(f"At most {streams.per_ip} event streams may be open from one address")
     try:
-        subscription = await deps.events.product_stream(principal, product, prefix)
+        subscription = await deps.events.product_stream(principal, product, prefix, device)
     except BaseException:
         streams.release(ip)
         raise

@@ -1,6 +1,9 @@
 """
-Product event streams and publishing (catalogue §9.1–9.2 product twins): ``GET /v1/products/:p/events[/…]``
-and ``POST /v1/products/:p/events``. The service checks access (`access_product`, events:get / events:send).
+Product event streams and publishing (catalogue §9.1–9.2 product twins): ``GET /v1/products/:p/events[/…]``,
+``GET /v1/products/:p/devices/:id/events[/…]`` (what particle-api-js and particle-cli build for a product and
+a device) and ``POST /v1/products/:p/events``. Included before any product-device router: these must win
+over ``/v1/products/:p/devices/:id/:variable``. The service checks access (`access_product`, events:get and
+events:send).
 """
 
 from __future__ import annotations
@@ -43,6 +46,32 @@ async def product_events_with_prefix(
     request: Request, product: str, prefix: str, principal: Caller
 ) -> EventStreamResponse:
     return await open_product_stream(request, principal, product, prefix)
+
+
+@router.get(
+    "/v1/products/{product}/devices/{device}/events",
+    summary="Stream the events of one of a product's devices",
+    response_class=EventStreamResponse,
+    status_code=200,
+    responses=STREAM_DOC,
+)
+async def product_device_events(
+    request: Request, product: str, device: str, principal: Caller
+) -> EventStreamResponse:
+    return await open_product_stream(request, principal, product, "", device)
+
+
+@router.get(
+    "/v1/products/{product}/devices/{device}/events/{prefix:path}",
+    summary="Stream one product device's events whose name starts with a prefix",
+    response_class=EventStreamResponse,
+    status_code=200,
+    responses=STREAM_DOC,
+)
+async def product_device_events_with_prefix(
+    request: Request, product: str, device: str, prefix: str, principal: Caller
+) -> EventStreamResponse:
+    return await open_product_stream(request, principal, product, prefix, device)
 
 
 @router.post(
