@@ -19,7 +19,9 @@ from tests.support.api import Account, make_account
 from tests.support.devices import connect_device
 from tests.support.sse import Served, serve_app, stream
 
+from devicecloud.api.middleware import RateLimits
 from devicecloud.runtime import Runtime
+from devicecloud.settings import Settings
 from devicecloud.virtualdevice import VirtualDevice
 
 EVENTS = "/v1/products/brew-bot/events"
@@ -203,3 +205,19 @@ async def test_one_product_devices_stream(
         assert (refused.status_code, refused.json()["error"]) == (404, "Not Found"), device
     for device in (first, second, outside):
         await device.stop()
+
+
+def test_product_stream_opens_are_rate_limited() -> None:
+    """Opening a product stream counts against rate_limit_events, like the others (catalogue §1.5)."""
+    limits = RateLimits(Settings(rate_limit_events="7/minute"))
+    events = [rule for rule in limits.rules if rule.name == "events"]
+    paths = (
+        "/v1/products/brew-bot/events",
+        "/v1/products/42/events/temp/x",
+        "/v1/products/42/devices/0123456789abcdef01234567/events",
+        "/v1/products/42/devices/0123456789abcdef01234567/events/spark/status",
+        "/v1/devices/events",
+    )
+    assert all(any(r.method == "GET" and r.path.match(p) for r in events) for p in paths)
+    others = ("/v1/products/42", "/v1/products/42/devices/d/temperature", "/v1/products/42/integrations")
+    assert not any(r.path.match(p) for r in events for p in others)
