@@ -498,6 +498,7 @@ def build_runtime(
             bus_ping=bus.ping,
         )
     )
+    product_devices.on_membership_change = events.forget_product  # events carry the product they belong to
     products.on_settings_change = sessions.forget_product  # quarantine on/off applies to the next Hello
     return Runtime(
         settings=settings,

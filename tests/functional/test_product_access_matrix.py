@@ -23,6 +23,7 @@ import httpx
 import pytest
 from tests.support.api import Account, make_account
 from tests.support.devices import connect_device
+from tests.support.sse import Served, serve_app
 
 from devicecloud.domain.access import SCOPES
 from devicecloud.runtime import Runtime
@@ -74,6 +75,21 @@ class World:
             await self.as_owner("POST", "/v1/products/alpha/devices", json={"id": self.online.device_id})
         return self.online.device_id
 
+    async def fresh_hook(self) -> str:
+        # Port 9 (discard) refuses at once: a test request through it fails fast and offline.
+        made = await self.as_owner(
+            "POST", "/v1/products/alpha/integrations", json={"event": "m", "url": "http://127.0.0.1:9/"}
+        )
+        hook_id: str = made.json()["id"]
+        return hook_id
+
+    async def fresh_client(self) -> str:
+        made = await self.as_owner(
+            "POST", "/v1/products/alpha/clients", json={"name": "matrix", "type": "installed"}
+        )
+        client_id: str = made.json()["client"]["id"]
+        return client_id
+
     async def fresh_group(self) -> str:
         name = f"g{next(_counter)}"
         await self.as_owner("POST", "/v1/products/alpha/groups", json={"name": name})
@@ -90,6 +106,7 @@ class Row:
     roles: str  # which roles may use it besides the Owner
     prepare: Callable[[World], Awaitable[Request]]
     listing: bool = False  # answers every person (their own products), not 404
+    stream: bool = False  # an event stream: called over a real server, only its status read
 
 
 async def _plain(url: str, **kwargs: Any) -> Request:
@@ -222,6 +239,95 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
 }
 
+HOOK = {"event": "matrix", "url": "http://127.0.0.1:9/"}
+
+
+def hook_route(
+    suffix: str = "", legacy: bool = False, **kwargs: Any
+) -> Callable[[World], Awaitable[Request]]:
+    async def prepare(world: World) -> Request:
+        base = "webhooks" if legacy else "integrations"
+        return f"/v1/products/alpha/{base}/{await world.fresh_hook()}{suffix}", kwargs
+
+    return prepare
+
+
+async def _client_route(world: World) -> Request:
+    return f"/v1/products/alpha/clients/{await world.fresh_client()}", {"json": {"name": "renamed"}}
+
+
+DEVICE = "0123456789abcdef01234567"  # a device of the product (world building puts it there)
+
+
+def _product_device_stream(suffix: str) -> Callable[[World], Awaitable[Request]]:
+    return fixed(f"/v1/products/alpha/devices/{DEVICE}/events{suffix}")
+
+
+MATRIX.update(
+    {
+        ("GET", "/v1/products/{product}/clients"): Row(
+            "clients:list", 200, ALL_ROLES, fixed("/v1/products/alpha/clients")
+        ),
+        ("POST", "/v1/products/{product}/clients"): Row(
+            "clients:create",
+            200,
+            "AD",
+            fixed("/v1/products/alpha/clients", json={"name": "made", "type": "installed"}),
+        ),
+        ("PUT", "/v1/products/{product}/clients/{client_id}"): Row(
+            "clients:update", 200, "AD", _client_route
+        ),
+        ("DELETE", "/v1/products/{product}/clients/{client_id}"): Row(
+            "clients:remove", 204, "AD", _client_route
+        ),
+        ("POST", "/v1/products/{product}/integrations"): Row(
+            "integrations:create", 201, "AD", fixed("/v1/products/alpha/integrations", json=HOOK)
+        ),
+        ("GET", "/v1/products/{product}/integrations"): Row(
+            "integrations:list", 200, ALL_ROLES, fixed("/v1/products/alpha/integrations")
+        ),
+        ("GET", "/v1/products/{product}/integrations/{integration_id}"): Row(
+            "integrations:get", 200, ALL_ROLES, hook_route()
+        ),
+        ("PUT", "/v1/products/{product}/integrations/{integration_id}"): Row(
+            "integrations:update", 200, "AD", hook_route(json=HOOK)
+        ),
+        ("POST", "/v1/products/{product}/integrations/{integration_id}/test"): Row(
+            "integrations:test", 200, "AD", hook_route("/test")
+        ),
+        ("DELETE", "/v1/products/{product}/integrations/{integration_id}"): Row(
+            "integrations:remove", 204, "AD", hook_route()
+        ),
+        ("POST", "/v1/products/{product}/webhooks"): Row(
+            "integrations:create", 201, "AD", fixed("/v1/products/alpha/webhooks", json=HOOK)
+        ),
+        ("GET", "/v1/products/{product}/webhooks"): Row(
+            "integrations:list", 200, ALL_ROLES, fixed("/v1/products/alpha/webhooks")
+        ),
+        ("GET", "/v1/products/{product}/webhooks/{hook_id}"): Row(
+            "integrations:get", 200, ALL_ROLES, hook_route(legacy=True)
+        ),
+        ("DELETE", "/v1/products/{product}/webhooks/{hook_id}"): Row(
+            "integrations:remove", 200, "AD", hook_route(legacy=True)
+        ),
+        ("GET", "/v1/products/{product}/events"): Row(
+            "events:get", 200, ALL_ROLES, fixed("/v1/products/alpha/events"), stream=True
+        ),
+        ("GET", "/v1/products/{product}/events/{prefix}"): Row(
+            "events:get", 200, ALL_ROLES, fixed("/v1/products/alpha/events/temp/x"), stream=True
+        ),
+        ("GET", "/v1/products/{product}/devices/{device}/events"): Row(
+            "events:get", 200, ALL_ROLES, _product_device_stream(""), stream=True
+        ),
+        ("GET", "/v1/products/{product}/devices/{device}/events/{prefix}"): Row(
+            "events:get", 200, ALL_ROLES, _product_device_stream("/temp"), stream=True
+        ),
+        ("POST", "/v1/products/{product}/events"): Row(
+            "events:send", 200, "AD", fixed("/v1/products/alpha/events", json={"name": "matrix"})
+        ),
+    }
+)
+
 COLUMNS = (
     "owner",
     "administrator",
@@ -282,6 +388,10 @@ async def build_world(client: httpx.AsyncClient, runtime: Runtime) -> World:
         await world.as_owner("POST", "/v1/products/alpha/team", json={"username": member.email, "role": role})
         world.tokens[role] = member.token
     await world.as_owner("POST", "/v1/products/alpha/groups", json={"name": "shared"})
+    alpha_id = (await world.as_owner("GET", "/v1/products/alpha")).json()["product"]["id"]
+    async with runtime.store.transaction() as tx:  # the product-device import door comes with section 3
+        await tx.devices.add(DEVICE, now=runtime.clock.now())
+        await tx.products.add_device(alpha_id, DEVICE, firmware_version=None, now=runtime.clock.now())
     scopes = {row.scope for row in MATRIX.values() if row.scope in SCOPES} | {"sims:list"}
     for scope in sorted(s for s in scopes if s is not None):
         created = await world.as_owner(
@@ -322,17 +432,29 @@ async def test_every_product_route_has_a_row(runtime: Runtime) -> None:
     assert not stale, f"rows for routes that no longer exist: {stale}"
 
 
+async def _call(
+    client: httpx.AsyncClient, served: Served, row: Row, method: str, url: str, token: str, **kwargs: Any
+) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if not row.stream:
+        response = await client.request(method, url, headers=headers, **kwargs)
+        return response.status_code, response.text
+    async with served.http.stream(method, url, headers=headers, **kwargs) as streamed:
+        return streamed.status_code, "" if streamed.status_code == 200 else (await streamed.aread()).decode()
+
+
 async def test_every_principal_gets_the_expected_status(client: httpx.AsyncClient, runtime: Runtime) -> None:
     world = await build_world(client, runtime)
     try:
-        wrong = await _walk(client, world)
+        async with serve_app(runtime) as served:
+            wrong = await _walk(client, world, served)
     finally:
         if world.online is not None:
             await world.online.stop()
     assert not wrong, "\n".join(wrong)
 
 
-async def _walk(client: httpx.AsyncClient, world: World) -> list[str]:
+async def _walk(client: httpx.AsyncClient, world: World, served: Served) -> list[str]:
     wrong: list[str] = []
     for (method, path), row in sorted(MATRIX.items()):
         for column in COLUMNS:
@@ -341,14 +463,10 @@ async def _walk(client: httpx.AsyncClient, world: World) -> list[str]:
             else:
                 token = world.tokens[column]
             url, kwargs = await row.prepare(world)
-            response = await client.request(
-                method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
-            )
+            status, text = await _call(client, served, row, method, url, token, **kwargs)
             want = expected(row, column)
-            if response.status_code != want:
-                wrong.append(
-                    f"{method} {path} as {column}: {response.status_code} (expected {want}) {response.text}"
-                )
+            if status != want:
+                wrong.append(f"{method} {path} as {column}: {status} (expected {want}) {text}")
     return wrong
 
 

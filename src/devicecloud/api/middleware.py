@@ -117,8 +117,14 @@ class RateLimits:
             _Rule("account", "DELETE", re.compile(r"^/v1/user/?$"), account),
             _Rule("account", "POST", re.compile(r"^/v1/user/password-reset/?$"), account),
             _Rule("account", "PUT", re.compile(r"^/v1/user/password-reset/?$"), account),
-            # Opening an event stream: /v1/events…, /v1/devices/events…, /v1/devices/:id/events…
-            _Rule("events", "GET", re.compile(r"^/v1/(?:devices/(?:[^/]+/)?)?events(?:/.*)?$"), events),
+            # Opening an event stream: /v1/events…, /v1/devices/events…, /v1/devices/:id/events…, and their
+            # product twins /v1/products/:p/events…, /v1/products/:p/devices/:id/events…
+            _Rule(
+                "events",
+                "GET",
+                re.compile(r"^/v1/(?:products/[^/]+/)?(?:devices/(?:[^/]+/)?)?events(?:/.*)?$"),
+                events,
+            ),
         )
 
     async def login_locked(self, ip: str) -> bool:

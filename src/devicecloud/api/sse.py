@@ -74,15 +74,15 @@ def encode_event(event: CloudEvent) -> bytes:
     encodes each event once.
     """
     name = event.name.replace("\r", " ").replace("\n", " ")
-    payload = json.dumps(
-        {
-            "data": event.data,
-            "ttl": event.ttl,
-            "published_at": iso(event.published_at),
-            "coreid": event.coreid,
-        },
-        separators=(",", ":"),
-    )
+    fields: dict[str, object] = {
+        "data": event.data,
+        "ttl": event.ttl,
+        "published_at": iso(event.published_at),
+        "coreid": event.coreid,
+    }
+    if event.product_id is not None:  # a product's event: the key particle-api-js reads on product streams
+        fields["productID"] = event.product_id
+    payload = json.dumps(fields, separators=(",", ":"))
     return f"event: {name}\ndata: {payload}\n\n".encode()
 
 

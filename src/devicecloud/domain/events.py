@@ -43,8 +43,10 @@ def loggable(text: str, limit: int = MAX_NAME_LENGTH) -> str:
 class CloudEvent:
     """
     One event. ``owner_id`` is the user it belongs to (the device's owner, or the API publisher); public
-    events are visible to everyone, private ones only to their owner. ``to_device`` addresses it to one
-    device: of all device subscriptions, only that device's receive it (streams see it as any other).
+    events are visible to everyone, private ones only to their owner. ``product_id`` is the product it
+    belongs to as well (a product device's, or published for the product), whose streams see it whatever
+    its owner; ``product_version`` is that device's product firmware version. ``to_device`` addresses it
+    to one device: of all device subscriptions, only that device's receive it (streams see it as any other).
     """
 
     name: str
@@ -57,10 +59,11 @@ class CloudEvent:
     device_id: str | None = None
     product_id: int | None = None
     to_device: str | None = None
+    product_version: int | None = None
 
 
-#: Who may receive an event, as a bus index key: ``("owner", id)``, ``("public", "")``, ``("all", "")`` for
-#: streams and the cloud's consumers; ``("to", device_id)``, ``("owner-devices", id)``,
+#: Who may receive an event, as a bus index key: ``("owner", id)``, ``("product", id)``, ``("public", "")``,
+#: ``("all", "")`` for streams and the cloud's consumers; ``("to", device_id)``, ``("owner-devices", id)``,
 #: ``("public-devices", "")`` for device subscriptions. A filter lists (audience, prefix) routes; an event
 #: can only match a filter that shares an audience with it and whose route prefix starts its name.
 Audience = tuple[str, Hashable]
@@ -78,6 +81,8 @@ def audiences(event: CloudEvent) -> tuple[Audience, ...]:
     found: list[Audience] = [EVERYONE]
     if event.owner_id is not None:
         found.append(("owner", event.owner_id))
+    if event.product_id is not None:
+        found.append(("product", event.product_id))
     if event.public:
         found.append(PUBLIC)
     if event.to_device is not None:
@@ -98,13 +103,15 @@ class EventFilter:
     - ``owner_id`` set and ``include_public`` off: only that user's events (``/v1/devices/events``);
     - ``owner_id`` set and ``include_public`` on: that user's events plus everyone's public ones
       (``/v1/events``; a device's subscription to all devices, inside its `DeviceFilter`);
-    - ``device_id`` set: only that device's events (still subject to the owner rule above).
+    - ``device_id`` set: only that device's events (still subject to the owner rule above);
+    - ``product_id`` set: that product's events too, whoever owns them (``/v1/products/:p/events``).
     """
 
     prefix: str = ""
     owner_id: int | None = None
     include_public: bool = False
     device_id: str | None = None
+    product_id: int | None = None
 
     def matches(self, event: CloudEvent) -> bool:
         """
@@ -116,12 +123,16 @@ class EventFilter:
             return False
         if self.owner_id is not None and event.owner_id == self.owner_id:
             return True
+        if self.product_id is not None and event.product_id == self.product_id:
+            return True
         return self.include_public and event.public
 
     def routes(self) -> tuple[Route, ...]:
         found: list[Route] = []
         if self.owner_id is not None:
             found.append((("owner", self.owner_id), self.prefix))
+        if self.product_id is not None:
+            found.append((("product", self.product_id), self.prefix))
         if self.include_public:
             found.append((PUBLIC, self.prefix))
         return tuple(found)

@@ -51,8 +51,12 @@ class WebhookConfig:
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
+    """
+    A user's hook (``owner_id``) or a product's (``product_id``, no user: it outlives its creator).
+    """
+
     id: str
-    owner_id: int
+    owner_id: int | None
     config: WebhookConfig
     created_at: datetime
     product_id: int | None = None
@@ -96,7 +100,7 @@ class Delivery:
 
     id: int
     hook_id: str
-    owner_id: int
+    owner_id: int | None
     host: str
     event: HookEvent
     attempt: int

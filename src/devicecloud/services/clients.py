@@ -1,5 +1,7 @@
 """
-OAuth clients a user creates for their own applications (``/v1/clients``), and later their product twins.
+OAuth clients a user creates for their own applications (``/v1/clients``), and a product's
+(``/v1/products/:p/clients``): those belong to the product, not to the member who made them (no owner), so
+they outlive that member's account; their client-credentials tokens act for the product (decision 0016).
 
 A client id is a slug of its name plus a number (``myapp-2146``); its secret is 40 hex characters, shown once
 and stored hashed. Scopes are recorded here and enforced on the tokens the client obtains (`tokens.py`).
@@ -14,10 +16,14 @@ from typing import TYPE_CHECKING, Any
 from devicecloud.domain.access import Resource, can
 from devicecloud.domain.accounts import ClientType, NewClient, OAuthClient, User
 from devicecloud.errors import Conflict, InvalidInput, NotFound
+from devicecloud.services.product_access import access_product
 from devicecloud.services.secrets import hash_secret, new_token
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from devicecloud.clock import Clock
+    from devicecloud.domain.access import AnyPrincipal
     from devicecloud.store.interfaces import Store
 
 KNOWN_SCOPES = frozenset(
@@ -100,6 +106,20 @@ class ClientService:
         """
         A new client and its secret. ``web`` clients need a ``redirect_uri``.
         """
+        return await self._create(
+            owner.id, name=name, type=type, redirect_uri=redirect_uri, scope=scope, product_id=product_id
+        )
+
+    async def _create(
+        self,
+        owner_id: int | None,
+        *,
+        name: Any,
+        type: Any,
+        redirect_uri: Any,
+        scope: Any,
+        product_id: int | None,
+    ) -> NewClient:
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
             raise InvalidInput("name is required (at most 255 characters)")
         if type not in ("installed", "web"):
@@ -119,7 +139,7 @@ class ClientService:
                     name=name.strip(),
                     type=client_type,
                     secret_hash=hash_secret(secret),
-                    owner_id=owner.id,
+                    owner_id=owner_id,
                     product_id=product_id,
                     redirect_uri=redirect_uri,
                     scopes=scopes,
@@ -164,6 +184,9 @@ class ClientService:
         Rename a client and/or replace its scopes (``none`` clears them).
         """
         await self.access(owner, client_id, product_id)
+        return await self._update(client_id, name, scope)
+
+    async def _update(self, client_id: str, name: Any, scope: Any) -> OAuthClient:
         changes: dict[str, Any] = {}
         if name is not None:
             if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
@@ -181,6 +204,59 @@ class ClientService:
         Delete a client and revoke every token it issued.
         """
         await self.access(owner, client_id, product_id)
+        await self._delete(client_id)
+
+    async def _delete(self, client_id: str) -> None:
         async with self._store.transaction() as tx:
             await tx.tokens.delete_for_client(client_id)
             await tx.clients.delete(client_id)
+
+    # ------------------------------------------------------------------ a product's clients
+
+    async def create_for_product(
+        self,
+        principal: AnyPrincipal,
+        product_ref: str,
+        *,
+        name: Any,
+        type: Any,
+        redirect_uri: Any,
+        scope: Any,
+    ) -> NewClient:
+        async with self._store.transaction(readonly=True) as tx:
+            product = (await access_product(tx, principal, product_ref, "clients:create", "client")).product
+        return await self._create(
+            None, name=name, type=type, redirect_uri=redirect_uri, scope=scope, product_id=product.id
+        )
+
+    async def list_for_product(self, principal: AnyPrincipal, product_ref: str) -> Sequence[OAuthClient]:
+        async with self._store.transaction(readonly=True) as tx:
+            product = (await access_product(tx, principal, product_ref, "clients:list", "client")).product
+            return await tx.clients.list_for_product(product.id)
+
+    async def product_client(
+        self, principal: AnyPrincipal, product_ref: str, client_id: str, action: str
+    ) -> OAuthClient:
+        """
+        The product's client ``client_id`` if the caller may do ``action`` to the product's clients; a client
+        of a user or of another product is reported as missing.
+        """
+        async with self._store.transaction(readonly=True) as tx:
+            product = (await access_product(tx, principal, product_ref, action, "client")).product
+            client = await tx.clients.get(client_id)
+        if client is None or client.product_id != product.id:
+            raise NotFound("Client not found")
+        return client
+
+    async def update_for_product(
+        self, principal: AnyPrincipal, product_ref: str, client_id: str, *, name: Any, scope: Any
+    ) -> OAuthClient:
+        await self.product_client(principal, product_ref, client_id, "clients:update")
+        return await self._update(client_id, name, scope)
+
+    async def delete_for_product(self, principal: AnyPrincipal, product_ref: str, client_id: str) -> None:
+        """
+        Delete the product's client and revoke every token it issued.
+        """
+        await self.product_client(principal, product_ref, client_id, "clients:remove")
+        await self._delete(client_id)

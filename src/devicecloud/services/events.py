@@ -8,7 +8,11 @@ Rules kept here:
 - nothing that cannot be encoded reaches the bus, whoever made it: such an event is dropped, logged and
   counted (``statistics()["dropped"]``), so no stream, device link or webhook ever has to choke on it;
 - who sees what is `EventFilter`'s business: an owner sees everything of theirs, others only public events;
-  ``/v1/devices/events`` shows only the caller's own;
+  ``/v1/devices/events`` shows only the caller's own; a product's streams see every event of its devices
+  (and those published for it), whoever owns them;
+- a product device's events carry its product (``productID``): the device → product membership is cached
+  like the owner, read once per device and connection, never per event; the product-device doors call
+  `forget_product` when membership changes;
 - devices are sent ordinary events under the same rules, but a system event (``spark…``, ``particle…``)
   only when the cloud addresses it to that device (`publish_to_device`; `DeviceFilter`, decision 0012):
   ``spark/status`` and a device's own system events go to streams and webhooks, never to its siblings. A
@@ -43,11 +47,13 @@ from devicecloud.domain.events import (
     loggable,
 )
 from devicecloud.domain.text import is_valid_text
-from devicecloud.errors import InvalidInput, PermissionDenied
+from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
+from devicecloud.services.product_access import access_product
 
 if TYPE_CHECKING:
     from devicecloud.bus.interfaces import EventBus, IntakeSubscription, Subscription
     from devicecloud.clock import Clock
+    from devicecloud.domain.access import AnyPrincipal
     from devicecloud.domain.accounts import User
     from devicecloud.services.devices import DeviceService
     from devicecloud.store.interfaces import Store
@@ -67,6 +73,7 @@ class EventPolicy:
 
 
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+_DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")
 
 
 def check_event(name: Any, data: Any, ttl: Any) -> tuple[str, str | None, int]:
@@ -136,6 +143,7 @@ class EventService:
         self._policy = policy
         self._buckets: dict[str, _Bucket] = {}
         self._owners: dict[str, int | None] = {}
+        self._products: dict[str, tuple[int, int | None] | None] = {}
         self._dropped = 0
 
     # ------------------------------------------------------------------ publishing
@@ -153,6 +161,28 @@ class EventService:
             coreid=API_COREID,
             public=not is_private(private),
             owner_id=user.id,
+        )
+        await self._emit(event)
+        return event
+
+    async def publish_for_product(
+        self, principal: AnyPrincipal, product_ref: str, name: Any, data: Any, private: Any, ttl: Any
+    ) -> CloudEvent:
+        """
+        ``POST /v1/products/:p/events``: an event of the product (no owner), seen by its streams.
+        """
+        async with self._store.transaction(readonly=True) as tx:
+            found = await access_product(tx, principal, product_ref, "events:send", "event")
+        name, data, ttl = check_event(name, data, ttl)
+        event = CloudEvent(
+            name=name,
+            data=data,
+            ttl=ttl,
+            published_at=self._clock.now(),
+            coreid=API_COREID,
+            public=not is_private(private),
+            owner_id=None,
+            product_id=found.product.id,
         )
         await self._emit(event)
         return event
@@ -178,6 +208,7 @@ class EventService:
         name, data, ttl = check_event(name, data, min(ttl, MAX_TTL))
         if not self._take_token(device_id):
             return None
+        product, version = await self.product_of(device_id)
         event = CloudEvent(
             name=name,
             data=data,
@@ -187,6 +218,8 @@ class EventService:
             public=not private,
             owner_id=await self.owner_of(device_id),
             device_id=device_id,
+            product_id=product,
+            product_version=version,
         )
         await self._emit(event)
         return event
@@ -209,7 +242,10 @@ class EventService:
             self._owners[device_id] = owner_id
         elif online:
             self.forget_owner(device_id)
+        if online:  # a connection reads membership afresh: another process may have changed it
+            self.forget_product(device_id)
         owner = await self.owner_of(device_id)
+        product, version = await self.product_of(device_id)
         await self._emit(
             CloudEvent(
                 name=STATUS_EVENT,
@@ -220,6 +256,8 @@ class EventService:
                 public=False,
                 owner_id=owner,
                 device_id=device_id,
+                product_id=product,
+                product_version=version,
             )
         )
 
@@ -231,10 +269,13 @@ class EventService:
         owner_id: int | None,
         device_id: str | None = None,
         public: bool = False,
+        product_id: int | None = None,
+        to_device: str | None = None,
     ) -> CloudEvent | None:
         """
         An event the cloud itself makes (``spark/flash/status``, ``hook-sent/…``, ``hook-response/…``):
-        ``coreid`` is "particle-internal", as the catalogue gives it; it belongs to ``owner_id``.
+        ``coreid`` is "particle-internal", as the catalogue gives it; it belongs to ``owner_id`` (and to
+        ``product_id``: a product hook's events reach the product's streams).
 
         Returns:
             The event, or ``None`` when its text cannot be encoded (dropped and logged, see `_emit`).
@@ -248,6 +289,8 @@ class EventService:
             public=public,
             owner_id=owner_id,
             device_id=device_id,
+            product_id=product_id,
+            to_device=to_device,
         )
         return event if await self._emit(event) else None
 
@@ -273,6 +316,7 @@ class EventService:
             owner_id=await self.owner_of(device_id),
             device_id=device_id,
             to_device=device_id,
+            product_id=(await self.product_of(device_id))[0],
         )
         return event if await self._emit(event) else None
 
@@ -328,6 +372,23 @@ class EventService:
         """
         self._owners.pop(device_id, None)  # rate-limit buckets survive reconnects on purpose
 
+    async def product_of(self, device_id: str) -> tuple[int | None, int | None]:
+        """
+        (product id, product firmware version) of a product device, (None, None) for others; cached.
+        """
+        if device_id in self._products:
+            found = self._products[device_id]
+        else:
+            found = await self._store.lookup_membership(device_id)  # one point read, as for the owner
+            self._products[device_id] = found
+        return found if found is not None else (None, None)
+
+    def forget_product(self, device_id: str) -> None:
+        """
+        Drop the cached product membership (product-device import, removal and connects call this).
+        """
+        self._products.pop(device_id, None)
+
     # ------------------------------------------------------------------ subscribing
 
     async def stream(
@@ -349,6 +410,27 @@ class EventService:
                 raise PermissionDenied("Permission Denied", code="Permission Denied")
             device = await self._devices.access_device(user, device_ref)
             event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
+        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+
+    async def product_stream(
+        self, principal: AnyPrincipal, product_ref: str, prefix: str, device_ref: str | None = None
+    ) -> Subscription:
+        """
+        ``GET /v1/products/:p/events[/:prefix]``: every event of the product's devices and of the product;
+        ``/v1/products/:p/devices/:id/events[/:prefix]``: one product device's (by id; `NotFound` for a device
+        that is not the product's, as for one that does not exist).
+        """
+        async with self._store.transaction(readonly=True) as tx:
+            found = await access_product(tx, principal, product_ref, "events:get", "event")
+        device_id = None
+        if device_ref is not None:
+            device_id = device_ref.lower()
+            membership = (
+                await self._store.lookup_membership(device_id) if _DEVICE_ID.match(device_id) else None
+            )
+            if membership is None or membership[0] != found.product.id:
+                raise NotFound("Device not found", code="Not Found")
+        event_filter = EventFilter(prefix=prefix, product_id=found.product.id, device_id=device_id)
         return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
 
     def everything(self, *, max_pending: int, exclude: str = "hook-") -> IntakeSubscription:

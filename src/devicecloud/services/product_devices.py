@@ -21,7 +21,7 @@ Rules kept here:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -203,6 +203,13 @@ class ProductDeviceService:
         self._clock = clock
         self._devices = devices
         self._control = control
+        #: Called with each device whose product membership changed (the events' product cache forgets it).
+        self.on_membership_change: Callable[[str], None] | None = None
+
+    def _membership_changed(self, device_ids: Iterable[str]) -> None:
+        if self.on_membership_change is not None:
+            for device_id in device_ids:
+                self.on_membership_change(device_id)
 
     # ------------------------------------------------------------------ import and approve
 
@@ -246,6 +253,7 @@ class ProductDeviceService:
             await tx.product_devices.approve(product.id, approved)
             result.updated.extend(members)
             result.updated.extend(approved)
+        self._membership_changed(result.updated)
         return result
 
     # ------------------------------------------------------------------ reading
@@ -443,5 +451,6 @@ class ProductDeviceService:
                 await tx.product_devices.update(device.id, quarantined=False, denied=True)
             else:
                 await tx.product_devices.remove(device.id)
+        self._membership_changed([device.id])
         if deny:
             await self._control.disconnect(device.id)

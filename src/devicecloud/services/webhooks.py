@@ -4,6 +4,9 @@ Webhooks: the integration CRUD, which hooks an event triggers, and the durable o
 Rules kept here:
 - a hook belongs to one user and fires only on that user's events whose name starts with its ``event``
   (and, with a device filter, only that device's); ``hook-*`` events never fire hooks;
+- a product's hook (``/v1/products/:p/integrations``, no user: it outlives whoever made it) fires on the
+  events of the product's devices and of the product, whoever owns them; its ``hook-*`` events go to the
+  product's streams and to the device whose event it was (decision 0016, issue 11 section 4);
 - every match is written to the outbox before anything is sent, so a crash loses nothing queued;
 - an attempt that timed out, could not connect, or got a 5xx or 429 is tried again after 30 s and after 1 min
   (the hosted cloud's schedule), then given up; other 4xx are final;
@@ -40,12 +43,14 @@ from devicecloud.domain.webhooks import (
     event_problem,
 )
 from devicecloud.errors import InvalidInput, NotFound
+from devicecloud.services.product_access import access_product
 
 logger = structlog.get_logger("devicecloud.webhooks")
 
 if TYPE_CHECKING:
     from devicecloud.bus.interfaces import IntakeSubscription
     from devicecloud.clock import Clock
+    from devicecloud.domain.access import AnyPrincipal
     from devicecloud.domain.accounts import User
     from devicecloud.services.events import EventService
     from devicecloud.services.ports import WebhookRunner
@@ -189,7 +194,12 @@ def hook_event(event: CloudEvent) -> HookEvent:
         published_at=event.published_at,
         device_id=event.device_id,
         product_id=event.product_id,
+        product_version=event.product_version,
     )
+
+
+def _not_found() -> NotFound:
+    return NotFound("Integration not found", code="Not Found")
 
 
 class WebhookService:
@@ -208,6 +218,7 @@ class WebhookService:
         self.runner = runner  # set by the composition root once the dispatcher exists
         self._policy = policy or WebhookPolicy()
         self._by_owner: dict[int, list[Webhook]] | None = None
+        self._by_product: dict[int, list[Webhook]] = {}
         self._by_id: dict[str, Webhook] = {}
         self._change_listeners: list[Callable[[], None]] = []
         self._generation = 0  # bumped whenever the cache is forgotten
@@ -246,8 +257,78 @@ class WebhookService:
         async with self._store.transaction(readonly=True) as tx:
             hook = await tx.webhooks.get(hook_id)
         if hook is None or not can(user, "integrations:get", Resource("webhook", user_id=hook.owner_id)):
-            raise NotFound("Integration not found", code="Not Found")
+            raise _not_found()
         return hook
+
+    # ------------------------------------------------------------------ a product's hooks
+
+    async def create_for_product(
+        self, principal: AnyPrincipal, product_ref: str, params: Mapping[str, Any]
+    ) -> Webhook:
+        async with self._store.transaction(readonly=True) as tx:
+            product = (
+                await access_product(tx, principal, product_ref, "integrations:create", "webhook")
+            ).product
+        check_integration_type(params)
+        config = parse_config(params)
+        self._check(config)
+        hook = Webhook(
+            id=secrets.token_hex(12),
+            owner_id=None,
+            config=config,
+            created_at=self._clock.now(),
+            product_id=product.id,
+        )
+        async with self._store.transaction() as tx:
+            if len(await tx.webhooks.list_for_product(product.id)) >= self._policy.max_hooks_per_user:
+                raise _bad(f"At most {self._policy.max_hooks_per_user} integrations per product")
+            await tx.webhooks.add(hook)
+        self._forget()
+        return hook
+
+    async def list_for_product(self, principal: AnyPrincipal, product_ref: str) -> Sequence[Webhook]:
+        async with self._store.transaction(readonly=True) as tx:
+            product = (
+                await access_product(tx, principal, product_ref, "integrations:list", "webhook")
+            ).product
+            return await tx.webhooks.list_for_product(product.id)
+
+    async def product_hook(
+        self, principal: AnyPrincipal, product_ref: str, hook_id: str, action: str
+    ) -> Webhook:
+        """
+        The product's hook ``hook_id`` if the caller may do ``action`` to the product's hooks; a hook of
+        another product or of a user is reported exactly like one that does not exist.
+        """
+        async with self._store.transaction(readonly=True) as tx:
+            product = (await access_product(tx, principal, product_ref, action, "webhook")).product
+            hook = await tx.webhooks.get(hook_id)
+        if hook is None or hook.product_id != product.id or hook.owner_id is not None:
+            raise _not_found()
+        return hook
+
+    async def product_get(
+        self, principal: AnyPrincipal, product_ref: str, hook_id: str
+    ) -> tuple[Webhook, Sequence[DeliveryLog]]:
+        hook = await self.product_hook(principal, product_ref, hook_id, "integrations:get")
+        async with self._store.transaction(readonly=True) as tx:
+            logs = await tx.webhooks.logs(hook.id, LOGS_KEPT)
+        return hook, logs
+
+    async def product_replace(
+        self, principal: AnyPrincipal, product_ref: str, hook_id: str, params: Mapping[str, Any]
+    ) -> Webhook:
+        hook = await self.product_hook(principal, product_ref, hook_id, "integrations:update")
+        return await self._replace(hook, params)
+
+    async def product_delete(self, principal: AnyPrincipal, product_ref: str, hook_id: str) -> None:
+        hook = await self.product_hook(principal, product_ref, hook_id, "integrations:remove")
+        async with self._store.transaction() as tx:
+            await tx.webhooks.delete(hook.id)
+        self._forget()
+
+    async def product_test(self, principal: AnyPrincipal, product_ref: str, hook_id: str) -> str | None:
+        return await self._test(await self.product_hook(principal, product_ref, hook_id, "integrations:test"))
 
     async def get(self, user: User, hook_id: str) -> tuple[Webhook, Sequence[DeliveryLog]]:
         hook = await self._own(user, hook_id)
@@ -259,7 +340,9 @@ class WebhookService:
         """
         ``PUT``: the given fields become the whole configuration (event and url default to the old ones).
         """
-        hook = await self._own(user, hook_id)
+        return await self._replace(await self._own(user, hook_id), params)
+
+    async def _replace(self, hook: Webhook, params: Mapping[str, Any]) -> Webhook:
         check_integration_type(params)
         merged = {"event": hook.config.event, "url": hook.config.url, **params}
         config = parse_config(merged)
@@ -286,7 +369,9 @@ class WebhookService:
         """
         ``POST /v1/integrations/:id/test``: one request with a test event, now. The error, or None.
         """
-        hook = await self._own(user, hook_id)
+        return await self._test(await self._own(user, hook_id))
+
+    async def _test(self, hook: Webhook) -> str | None:
         if self.runner is None:
             return "webhook delivery is not running in this process"
         event = HookEvent(
@@ -296,6 +381,7 @@ class WebhookService:
             coreid="api",
             published_at=self._clock.now(),
             device_id=hook.config.device_id,
+            product_id=hook.product_id,
         )
         return await self.runner.test(hook, event)
 
@@ -327,19 +413,24 @@ class WebhookService:
             if generation != self._generation:
                 continue  # forgotten while reading: what was read may miss that change
             by_owner: dict[int, list[Webhook]] = {}
+            by_product: dict[int, list[Webhook]] = {}
             for hook in hooks:
-                by_owner.setdefault(hook.owner_id, []).append(hook)
-            self._by_owner = by_owner
+                if hook.owner_id is not None:
+                    by_owner.setdefault(hook.owner_id, []).append(hook)
+                elif hook.product_id is not None:
+                    by_product.setdefault(hook.product_id, []).append(hook)
+            self._by_owner, self._by_product = by_owner, by_product
             self._by_id = {hook.id: hook for hook in hooks}
         return self._by_owner
 
     async def matching(self, event: CloudEvent) -> list[Webhook]:
         """
-        The hooks ``event`` triggers (from a cache refreshed on every change).
+        The hooks ``event`` triggers (from a cache refreshed on every change): its owner's, and its product's.
         """
-        if event.owner_id is None:
-            return []
-        hooks = (await self._hooks()).get(event.owner_id, ())
+        by_owner = await self._hooks()
+        hooks = [*by_owner.get(event.owner_id, ())] if event.owner_id is not None else []
+        if event.product_id is not None:
+            hooks.extend(self._by_product.get(event.product_id, ()))
         return [hook for hook in hooks if hook.wants(event.name, event.device_id)]
 
     async def hook(self, hook_id: str) -> Webhook | None:
@@ -483,9 +574,21 @@ class WebhookService:
     async def _publish(self, outcome: DeliveryOutcome) -> None:
         delivery = outcome.delivery
         owner, device = delivery.owner_id, delivery.event.device_id
+        hook = await self.hook(delivery.hook_id)
+        product = hook.product_id if hook is not None and hook.owner_id is None else None
+        to_device = None
+        if product is not None and device is not None:
+            # A product hook's answers are the device's: its owner and the device itself get them.
+            owner, to_device = await self._events.owner_of(device), device
         if not outcome.skipped:
             await self._events.publish_internal(
-                f"hook-sent/{delivery.event.name}", None, owner_id=owner, device_id=device
+                f"hook-sent/{delivery.event.name}",
+                None,
+                owner_id=owner,
+                device_id=device,
+                product_id=product,
             )
         for name, data in outcome.response_events:
-            await self._events.publish_internal(name, data, owner_id=owner, device_id=device)
+            await self._events.publish_internal(
+                name, data, owner_id=owner, device_id=device, product_id=product, to_device=to_device
+            )

@@ -107,6 +107,12 @@ class ClientRepository(Protocol):
 
     async def list_for_owner(self, owner_id: int, product_id: int | None = None) -> Sequence[OAuthClient]: ...
 
+    async def list_for_product(self, product_id: int) -> Sequence[OAuthClient]:
+        """
+        Every client of the product, whoever made it.
+        """
+        ...
+
     async def update(self, client_id: str, **changes: Any) -> OAuthClient: ...
 
     async def delete(self, client_id: str) -> None: ...
@@ -259,6 +265,8 @@ class WebhookRepository(Protocol):
     async def get(self, hook_id: str) -> Webhook | None: ...
 
     async def list_for_owner(self, owner_id: int) -> Sequence[Webhook]: ...
+
+    async def list_for_product(self, product_id: int) -> Sequence[Webhook]: ...
 
     async def list_all(self) -> Sequence[Webhook]: ...
 
@@ -609,6 +617,13 @@ class Store(Protocol):
     async def lookup_device(self, device_id: str) -> Device | None:
         """
         A device by id, outside any unit of work: the first read of every device request.
+        """
+        ...
+
+    async def lookup_membership(self, device_id: str) -> tuple[int, int | None] | None:
+        """
+        (product id, product firmware version) of the device's product, or None when it is in none: one
+        indexed read outside any unit of work (the events service caches it per connection).
         """
         ...
 

@@ -196,8 +196,9 @@ webhooks = Table(
     "webhooks",
     metadata,
     Column("id", String(24), primary_key=True),
-    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("product_id", Integer, nullable=True),
+    # A user's hook has owner_id; a product's has product_id and no user (decision 0016).
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=True, index=True),
     Column("event", String(64), nullable=False),
     Column("config", JSON, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
@@ -209,7 +210,7 @@ webhook_deliveries = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("hook_id", String(24), ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("owner_id", Integer, nullable=False),
+    Column("owner_id", Integer, nullable=True),  # NULL for a product's hook
     Column("host", String(255), nullable=False, default=""),  # the rendered URL's host: per-host throttling
     Column("event", JSON, nullable=False),
     Column("attempt", Integer, nullable=False, default=0),

@@ -437,7 +437,9 @@ class WebhookDispatcher:
         if 200 <= response.status < 300:
             self._throttle.succeeded(host)
             try:
-                events = response_events(hook.config, delivery.event, response.body)
+                events = response_events(
+                    hook.config, delivery.event, response.body, product=hook.product_id is not None
+                )
             except TemplateError as exc:
                 events = error_events(hook.config, delivery.event, str(exc))
             return DeliveryOutcome(

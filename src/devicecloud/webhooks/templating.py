@@ -287,12 +287,20 @@ def _topic_events(topic: str, text: str, unchunked: bool) -> tuple[tuple[str, st
     return tuple((f"{topic}/{index}", piece) for index, piece in enumerate(_chunks(limited, RESPONSE_CHUNK)))
 
 
-def response_events(config: WebhookConfig, event: HookEvent, body: bytes) -> tuple[tuple[str, str], ...]:
+SANDBOX_RESPONSE_TOPIC = "hook-response/{{{PARTICLE_EVENT_NAME}}}"
+PRODUCT_RESPONSE_TOPIC = "{{{PARTICLE_DEVICE_ID}}}/hook-response/{{{PARTICLE_EVENT_NAME}}}"
+
+
+def response_events(
+    config: WebhookConfig, event: HookEvent, body: bytes, *, product: bool = False
+) -> tuple[tuple[str, str], ...]:
     """
     The ``hook-response`` events (name, data) for a successful response, chunked as the hosted cloud does.
+    A product's hook answers on ``<device id>/hook-response/<event>`` unless it names its own topic.
     """
     context = event_context(event)
-    topic = render(config.response_topic or "hook-response/{{{PARTICLE_EVENT_NAME}}}", context)
+    default = PRODUCT_RESPONSE_TOPIC if product else SANDBOX_RESPONSE_TOPIC
+    topic = render(config.response_topic or default, context)
     text = body.decode("utf-8", errors="replace")
     if config.response_template is not None:
         try:

@@ -21,6 +21,7 @@ from devicecloud.api.auth import require
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.params import Params, body_doc
 from devicecloud.api.sse import MEDIA_TYPE, EventStreamResponse, StreamRegistry
+from devicecloud.domain.access import AnyPrincipal
 from devicecloud.domain.accounts import Principal
 from devicecloud.errors import RateLimited
 from devicecloud.services.events import StreamScope
@@ -89,6 +90,31 @@ async def open_stream(
         raise RateLimited(f"At most {streams.per_ip} event streams may be open from one address")
     try:
         subscription = await deps.events.stream(principal.user, scope, prefix, device)
+    except BaseException:
+        streams.release(ip)
+        raise
+    streams.track(subscription, principal.token)
+    return EventStreamResponse(
+        subscription,
+        clock=deps.clock,
+        keepalive=deps.settings.sse_keepalive,
+        on_close=lambda: streams.release(ip, subscription),
+    )
+
+
+async def open_product_stream(
+    request: Request, principal: AnyPrincipal, product: str, prefix: str, device: str | None = None
+) -> EventStreamResponse:
+    """
+    `open_stream` for ``/v1/products/:p/events[/…]``: the service checks the caller's access to the product.
+    """
+    deps = _deps(request)
+    streams = stream_registry(request)
+    ip = request.client.host if request.client else "unknown"
+    if not streams.acquire(ip):
+        raise RateLimited(f"At most {streams.per_ip} event streams may be open from one address")
+    try:
+        subscription = await deps.events.product_stream(principal, product, prefix, device)
     except BaseException:
         streams.release(ip)
         raise

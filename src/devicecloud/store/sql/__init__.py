@@ -118,6 +118,9 @@ class SqlStore:
     async def lookup_device(self, device_id: str) -> Device | None:
         return await self._token_lookup.device(device_id)
 
+    async def lookup_membership(self, device_id: str) -> tuple[int, int | None] | None:
+        return await self._token_lookup.membership(device_id)
+
     @classmethod
     def from_url(cls, url: str, pool: PoolLimits | None = None) -> SqlStore:
         return cls(create_engine(url, pool))

@@ -262,6 +262,10 @@ class SqlClients:
             stmt = stmt.where(oauth_clients.c.product_id == product_id)
         return [_client(row) for row in await self._conn.execute(stmt.order_by(oauth_clients.c.created_at))]
 
+    async def list_for_product(self, product_id: int) -> Sequence[OAuthClient]:
+        stmt = select(oauth_clients).where(oauth_clients.c.product_id == product_id)
+        return [_client(row) for row in await self._conn.execute(stmt.order_by(oauth_clients.c.created_at))]
+
     async def update(self, client_id: str, **changes: Any) -> OAuthClient:
         if "scopes" in changes:
             changes["scopes"] = list(changes["scopes"])

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,6 +27,12 @@ from devicecloud.store.tables import (
 )
 
 _PRODUCT_COLUMNS = (*products.c, users.c.username.label("owner_username"))
+
+
+# Built once: a device's product membership, read outside any unit of work (store/sql/token_lookup.py).
+FIND_MEMBERSHIP = select(product_devices.c.product_id, product_devices.c.firmware_version).where(
+    product_devices.c.device_id == bindparam("device_id")
+)
 
 
 def _product(row: Row[Any]) -> Product:

@@ -37,10 +37,12 @@ from devicecloud.store.sql.devices import (
     device_from_row,
     device_from_values,
 )
+from devicecloud.store.sql.products import FIND_MEMBERSHIP
 from devicecloud.store.tables import UtcDateTime, access_tokens, users
 
 _SQLITE_SQL = str(FIND_TOKEN_WITH_USER.compile(dialect=sqlite.dialect()))
 _SQLITE_DEVICE_SQL = str(FIND_DEVICE.compile(dialect=sqlite.dialect()))
+_SQLITE_MEMBERSHIP_SQL = str(FIND_MEMBERSHIP.compile(dialect=sqlite.dialect()))
 _TOKEN_COLUMNS = len(access_tokens.c)
 _UTC = UtcDateTime()
 _DIALECT = sqlite.dialect()
@@ -125,6 +127,17 @@ class TokenLookup:
         for column in ("last_heard", "last_handshake_at", "created_at", "updated_at"):
             values[column] = _when(values[column])
         return device_from_values(values)
+
+    async def membership(self, device_id: str) -> tuple[int, int | None] | None:
+        """
+        The device's (product id, product firmware version), or None.
+        """
+        if self._sqlite_path is None:
+            async with self._engine.connect() as conn:
+                found = (await conn.execute(FIND_MEMBERSHIP, {"device_id": device_id})).first()
+            return (found[0], found[1]) if found is not None else None
+        rows = await self._sqlite_rows(_SQLITE_MEMBERSHIP_SQL, (device_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
 
     async def _sqlite_rows(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
         rows = self._inline_rows(sql, parameters)

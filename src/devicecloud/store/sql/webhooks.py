@@ -108,6 +108,10 @@ class SqlWebhooks:
         stmt = select(webhooks).where(webhooks.c.owner_id == owner_id).order_by(webhooks.c.created_at)
         return [_hook(row) for row in await self._conn.execute(stmt)]
 
+    async def list_for_product(self, product_id: int) -> Sequence[Webhook]:
+        stmt = select(webhooks).where(webhooks.c.product_id == product_id).order_by(webhooks.c.created_at)
+        return [_hook(row) for row in await self._conn.execute(stmt)]
+
     async def list_all(self) -> Sequence[Webhook]:
         return [_hook(row) for row in await self._conn.execute(select(webhooks))]
 
