@@ -39,6 +39,7 @@ from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import Notifier
 from devicecloud.services.products import ProductService
+from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
@@ -115,6 +116,7 @@ class Runtime:
     products: ProductService
     groups: GroupService
     libraries: LibraryService
+    sims: SimService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
@@ -133,6 +135,7 @@ class Runtime:
             products=self.products,
             groups=self.groups,
             libraries=self.libraries,
+            sims=self.sims,
         )
 
     @property
@@ -405,4 +408,5 @@ def build_runtime(
         products=products,
         groups=groups,
         libraries=build_libraries(settings, store, clock),
+        sims=SimService(store=store, clock=clock),
     )

@@ -31,6 +31,7 @@ from devicecloud.api.routes import (
     oauth,
     products,
     provisioning,
+    sims,
     users,
     webhooks,
 )
@@ -87,6 +88,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         products,
         groups,
         libraries,
+        sims,
     ):
         app.include_router(module.router)
 

@@ -15,6 +15,7 @@ from devicecloud.services.events import EventService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryService
 from devicecloud.services.products import ProductService
+from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
@@ -34,3 +35,4 @@ class ApiDeps:
     products: ProductService
     groups: GroupService
     libraries: LibraryService
+    sims: SimService

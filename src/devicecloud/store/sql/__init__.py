@@ -25,6 +25,7 @@ from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, Sq
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
 from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.products import SqlGroups, SqlProducts
+from devicecloud.store.sql.sims import SqlSims
 from devicecloud.store.sql.token_lookup import TokenLookup
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 
@@ -97,6 +98,7 @@ class SqlUnitOfWork:
         self.products = SqlProducts(conn)
         self.groups = SqlGroups(conn)
         self.libraries = SqlLibraries(conn)
+        self.sims = SqlSims(conn)
 
 
 class SqlStore:
