@@ -49,7 +49,7 @@ async def test_a_user_activates_lists_deactivates_reactivates_and_releases(clien
 
     listed = await client.get("/v1/sims", headers=me.auth)
     assert [s["iccid"] for s in listed.json()["sims"]] == [ICCID]
-    assert (await client.head(f"/v1/sims/{ICCID}", headers=me.auth)).status_code == 200
+    assert (await client.head(f"/v1/sims/{ICCID}", headers=me.auth)).status_code == 204
 
     again = await client.put(f"/v1/sims/{ICCID}", json={"action": "activate"}, headers=me.auth)
     assert again.status_code == 400

@@ -202,7 +202,9 @@ class SimService:
 
     async def check(self, user: User, iccid: str) -> int:
         """
-        ``HEAD /v1/sims/:iccid``: 200 the caller's, 403 another owner's, 404 unregistered (or no ICCID).
+        ``HEAD /v1/sims/:iccid``: 204 the caller's, 403 another owner's, 404 unregistered (or no ICCID).
+        204, not 200: particle-api-js's checkSIM reads the body of any other success as JSON, and a HEAD
+        reply has none.
         """
         if not isinstance(iccid, str) or check_iccid_or_none(iccid) is None:
             return 404
@@ -210,7 +212,7 @@ class SimService:
             sim = await tx.sims.get(iccid.strip())
         if sim is None:
             return 404
-        return 200 if can(user, "sims:get", Resource("sim", user_id=sim.user_id)) else 403
+        return 204 if can(user, "sims:get", Resource("sim", user_id=sim.user_id)) else 403
 
     async def usage(self, owner: User | ProductRef, iccid: str) -> tuple[str, Sequence[UsageDay]]:
         """

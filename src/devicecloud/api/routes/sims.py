@@ -254,15 +254,14 @@ async def sim_status(
 
 
 @router.head(
-    "/v1/sims/{iccid}", summary="Check whether a SIM card is yours (200), another's (403) or free (404)"
+    "/v1/sims/{iccid}", summary="Check whether a SIM card is yours (204), another's (403) or free (404)"
 )
 async def check_sim(
     request: Request, iccid: str, principal: Annotated[Principal, Depends(require("sims:get"))]
 ) -> Response:
-    # no body, but the headers a GET would have
-    return Response(
-        status_code=await _deps(request).sims.check(principal.user, iccid), media_type="application/json"
-    )
+    status = await _deps(request).sims.check(principal.user, iccid)
+    # a refusal has no body either, but the type a GET's error would have
+    return Response(status_code=status, media_type=None if status == 204 else "application/json")
 
 
 @router.get("/v1/sims/{iccid}", summary="Get a SIM card")
