@@ -408,5 +408,5 @@ def build_runtime(
         products=products,
         groups=groups,
         libraries=build_libraries(settings, store, clock),
-        sims=SimService(store=store, clock=clock),
+        sims=SimService(store=store, clock=clock, presence=sessions.presence),
     )

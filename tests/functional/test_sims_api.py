@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
+from tests.support.devices import connect_device, wait_until
 
 from devicecloud.cli import main
 from devicecloud.runtime import Runtime
@@ -306,3 +307,29 @@ async def test_api_users_cannot_use_the_user_routes(client: httpx.AsyncClient) -
     refused = await client.delete(f"/v1/products/{slug}/sims/{ICCID}", headers=auth)
     assert refused.status_code == 403
     assert (await client.get(f"/v1/products/{slug}/sims/{ICCID}", headers=owner.auth)).status_code == 200
+
+
+async def test_status_follows_the_device_on_the_sim(
+    client: httpx.AsyncClient, runtime: Runtime, settings: Settings, tmp_path: Path
+) -> None:
+    me = await _owner(client)
+    device = await connect_device(client, me, runtime)
+    await client.put(f"/v1/sims/{ICCID}", json={"action": "activate"}, headers=me.auth)
+    csv = f"iccid,date,mbs_used,device_id\n{ICCID},2026-01-01,0.1,{device.device_id}\n"
+    code, output = await asyncio.to_thread(_import_usage, settings, tmp_path, csv)
+    assert code == 0, output
+    try:
+        status = (await client.get(f"/v1/sims/{ICCID}/status", headers=me.auth)).json()
+        assert status["sim_status"] == {"connected": True, "gsm_connection": None, "data_connection": True}
+        await runtime.sessions.presence.settle(device.device_id)
+        sim = (await client.get(f"/v1/sims/{ICCID}", headers=me.auth)).json()
+        device_name = (await client.get(f"/v1/devices/{device.device_id}", headers=me.auth)).json()["name"]
+        assert (sim["device_id"], sim["device_name"]) == (device.device_id, device_name)
+    finally:
+        await device.stop()
+
+    async def offline() -> bool:
+        body = (await client.get(f"/v1/sims/{ICCID}/status", headers=me.auth)).json()
+        return body["sim_status"]["connected"] is False
+
+    await wait_until(offline)

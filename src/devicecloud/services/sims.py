@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from devicecloud.clock import Clock
     from devicecloud.domain.access import AnyPrincipal
     from devicecloud.domain.accounts import User
+    from devicecloud.services.device_presence import DevicePresenceBook
     from devicecloud.store.interfaces import Store, UnitOfWork
 
 MAX_PER_PAGE = 100
@@ -158,10 +159,18 @@ class SimService:
     SIM cards of users and products.
     """
 
-    def __init__(self, *, store: Store, clock: Clock, carrier: Carrier | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        carrier: Carrier | None = None,
+        presence: DevicePresenceBook | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._carrier: Carrier = carrier or RecordingCarrier()
+        self._presence = presence  # the links this process knows: newer than the stored presence
 
     # -- access ------------------------------------------------------------------------------------------
 
@@ -234,6 +243,8 @@ class SimService:
         async with self._store.transaction(readonly=True) as tx:
             sim = await self._open(tx, owner, iccid, "sims.status:get")
             device = await tx.devices.get(sim.last_device_id) if sim.last_device_id else None
+        if device is not None and self._presence is not None:
+            device = self._presence.overlay(device)
         online = device.online if device is not None else None
         connected = online if sim.status is SimStatus.ACTIVE else False
         return sim, NetworkStatus(connected=connected, data_connection=connected, gsm_connection=None)
