@@ -173,6 +173,18 @@ async def test_product_import_by_list_and_by_file_lists_with_filters_and_pages(
     ).status_code == 200
 
 
+async def test_a_user_imports_by_form_as_particle_clients_send_arrays(client: httpx.AsyncClient) -> None:
+    me = await _owner(client)
+    form = await client.post("/v1/sims", data={"sims[]": [ICCID, OTHER]}, headers=me.auth)
+    assert form.status_code == 200, form.text
+    assert form.json()["imported"] == [ICCID, OTHER]
+    listed = (await client.get("/v1/sims", headers=me.auth)).json()["sims"]
+    assert [(s["iccid"], s["status"], s["product_id"]) for s in listed] == [
+        (ICCID, "active", None),
+        (OTHER, "active", None),
+    ]
+
+
 async def test_a_product_sim_is_not_found_through_another_product(client: httpx.AsyncClient) -> None:
     owner = await _owner(client)
     first = await _product(client, owner, "First")

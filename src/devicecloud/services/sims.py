@@ -328,8 +328,7 @@ class SimService:
                 claimed = await self._claim(tx, owner, checked)
                 if claimed is not None:
                     return claimed
-            scope = "sims:update"
-            sim = await self._open(tx, owner, checked, scope)
+            sim = await self._open(tx, owner, checked, "sims:update")
             return await self._apply(tx, sim, wanted)
 
     async def _claim(self, tx: UnitOfWork, user: User, iccid: str) -> Sim | None:
