@@ -345,3 +345,16 @@ async def test_status_follows_the_device_on_the_sim(
         return body["sim_status"]["connected"] is False
 
     await wait_until(offline)
+
+
+async def test_a_deleted_account_frees_its_sims(client: httpx.AsyncClient) -> None:
+    me = await _owner(client)
+    other = await make_account(client, "next-owner@example.com")
+    await client.put(f"/v1/sims/{ICCID}", json={"action": "activate"}, headers=me.auth)
+    assert (await client.head(f"/v1/sims/{ICCID}", headers=other.auth)).status_code == 403
+    deleted = await client.request("DELETE", "/v1/user", json={"password": me.password}, headers=me.auth)
+    assert deleted.status_code == 200, deleted.text
+    assert (await client.head(f"/v1/sims/{ICCID}", headers=other.auth)).status_code == 404
+    taken = await client.put(f"/v1/sims/{ICCID}", json={"action": "activate"}, headers=other.auth)
+    assert taken.status_code == 200
+    assert taken.json()["activations_count"] == 1  # a new registration: nothing of the previous owner's
