@@ -49,6 +49,7 @@ from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import DeviceControl, Notifier
 from devicecloud.services.product_devices import ProductDeviceService
 from devicecloud.services.products import ProductService
+from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenPolicy, TokenService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
@@ -130,6 +131,7 @@ class Runtime:
     product_devices: ProductDeviceService
     libraries: LibraryService
     metrics: Metrics
+    sims: SimService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     node_started: bool = field(default=False)
@@ -152,6 +154,7 @@ class Runtime:
             product_devices=self.product_devices,
             libraries=self.libraries,
             probes=self.metrics,
+            sims=self.sims,
         )
 
     @property
@@ -525,4 +528,5 @@ def build_runtime(
         product_devices=product_devices,
         libraries=build_libraries(settings, store, clock),
         metrics=metrics,
+        sims=SimService(store=store, clock=clock, presence=sessions.presence),
     )

@@ -90,6 +90,11 @@ class World:
         client_id: str = made.json()["client"]["id"]
         return client_id
 
+    async def fresh_sim(self) -> str:
+        iccid = f"8901{next(_counter):016d}"
+        await self.as_owner("POST", "/v1/products/alpha/sims", json={"sims": [iccid]})
+        return iccid
+
     async def fresh_group(self) -> str:
         name = f"g{next(_counter)}"
         await self.as_owner("POST", "/v1/products/alpha/groups", json={"name": name})
@@ -186,6 +191,20 @@ async def _function(world: World) -> Request:
     return f"/v1/products/alpha/devices/{await world.online_device()}/digitalread", {"json": {"arg": "D7"}}
 
 
+async def _new_sims(_world: World) -> Request:
+    return "/v1/products/alpha/sims", {"json": {"sims": [f"8902{next(_counter):016d}"]}}
+
+
+async def _deactivate_sim(world: World) -> Request:
+    return f"/v1/products/alpha/sims/{await world.fresh_sim()}", {"json": {"action": "deactivate"}}
+
+
+async def _release_sim(world: World) -> Request:
+    return f"/v1/products/alpha/sims/{await world.fresh_sim()}", {}
+
+
+SHARED_SIM = "/v1/products/alpha/sims/89030000000000000001"  # never a fresh one (8901…, 8902…)
+
 MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/user/products"): Row(
         "products:list", 200, ALL_ROLES, fixed("/v1/user/products"), listing=True
@@ -236,6 +255,22 @@ MATRIX: dict[tuple[str, str], Row] = {
             "/v1/products/alpha/impact",
             params={"action": "edit_groups_for_firmware", "firmware_version": "2", "groups": "shared"},
         ),
+    ),
+    ("GET", "/v1/products/{product}/sims"): Row(
+        "sims:list", 200, ALL_ROLES, fixed("/v1/products/alpha/sims")
+    ),
+    ("POST", "/v1/products/{product}/sims"): Row("sims:import", 200, "AD", _new_sims),
+    ("GET", "/v1/products/{product}/sims/data_usage"): Row(
+        "sims.usage:get", 200, ALL_ROLES, fixed("/v1/products/alpha/sims/data_usage")
+    ),
+    ("GET", "/v1/products/{product}/sims/{iccid}"): Row("sims:get", 200, ALL_ROLES, fixed(SHARED_SIM)),
+    ("PUT", "/v1/products/{product}/sims/{iccid}"): Row("sims:update", 200, "AD", _deactivate_sim),
+    ("DELETE", "/v1/products/{product}/sims/{iccid}"): Row("sims:remove", 204, "AD", _release_sim),
+    ("GET", "/v1/products/{product}/sims/{iccid}/data_usage"): Row(
+        "sims.usage:get", 200, ALL_ROLES, fixed(f"{SHARED_SIM}/data_usage")
+    ),
+    ("GET", "/v1/products/{product}/sims/{iccid}/status"): Row(
+        "sims.status:get", 202, ALL_ROLES, fixed(f"{SHARED_SIM}/status")
     ),
 }
 
@@ -392,13 +427,14 @@ async def build_world(client: httpx.AsyncClient, runtime: Runtime) -> World:
     async with runtime.store.transaction() as tx:  # the product-device import door comes with section 3
         await tx.devices.add(DEVICE, now=runtime.clock.now())
         await tx.products.add_device(alpha_id, DEVICE, firmware_version=None, now=runtime.clock.now())
-    scopes = {row.scope for row in MATRIX.values() if row.scope in SCOPES} | {"sims:list"}
+    await world.as_owner("POST", "/v1/products/alpha/sims", json={"sims": [SHARED_SIM.rsplit("/", 1)[1]]})
+    scopes = {row.scope for row in MATRIX.values() if row.scope in SCOPES} | {"locations:get"}
     for scope in sorted(s for s in scopes if s is not None):
         created = await world.as_owner(
             "POST", "/v1/products/alpha/team", json={"friendly_name": scope, "scopes": [scope]}
         )
         world.api_users[scope] = created.json()["created"]["tokens"][0]["token"]
-    world.tokens["api_user_without_scope"] = world.api_users["sims:list"]
+    world.tokens["api_user_without_scope"] = world.api_users["locations:get"]
     other = await make_account(client, "other@example.com")
     created = await client.post("/v1/products", json={"name": "Beta", "platform_id": 6}, headers=other.auth)
     assert created.status_code == 201
@@ -459,7 +495,7 @@ async def _walk(client: httpx.AsyncClient, world: World, served: Served) -> list
     for (method, path), row in sorted(MATRIX.items()):
         for column in COLUMNS:
             if column == "api_user_with_scope":
-                token = world.api_users.get(row.scope or "", world.api_users["sims:list"])
+                token = world.api_users.get(row.scope or "", world.api_users["locations:get"])
             else:
                 token = world.tokens[column]
             url, kwargs = await row.prepare(world)
@@ -479,6 +515,9 @@ async def test_refused_calls_change_nothing(client: httpx.AsyncClient, runtime: 
     await client.post("/v1/products/alpha/team", json={"username": "plain@example.com"}, headers=auth)
     await client.delete("/v1/products/alpha/groups/shared", headers=auth)
     await client.put("/v1/products/alpha", json={"name": "mine"}, headers=auth)
+    await client.delete(SHARED_SIM, headers=auth)
+    await client.put(SHARED_SIM, json={"action": "deactivate"}, headers=auth)
     assert (await world.as_owner("GET", "/v1/products/alpha/team")).json() == before
     assert (await world.as_owner("GET", "/v1/products/alpha/groups")).json() == groups
     assert (await world.as_owner("GET", "/v1/products/alpha")).json()["product"]["name"] == "Alpha"
+    assert (await world.as_owner("GET", SHARED_SIM)).json()["status"] == "active"

@@ -36,6 +36,7 @@ from devicecloud.api.routes import (
     product_webhooks,
     products,
     provisioning,
+    sims,
     users,
     webhooks,
 )
@@ -97,6 +98,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         product_devices,
         libraries,
         firmware,
+        sims,
     ):
         app.include_router(module.router)
 

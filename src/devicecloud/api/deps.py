@@ -18,6 +18,7 @@ from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryService
 from devicecloud.services.product_devices import ProductDeviceService
 from devicecloud.services.products import ProductService
+from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
@@ -57,4 +58,5 @@ class ApiDeps:
     groups: GroupService
     product_devices: ProductDeviceService
     libraries: LibraryService
+    sims: SimService
     probes: Probes | None = None

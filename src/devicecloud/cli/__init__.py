@@ -12,6 +12,7 @@ from devicecloud.cli.keys import keys
 from devicecloud.cli.libraries import libraries
 from devicecloud.cli.products import products
 from devicecloud.cli.serve import serve
+from devicecloud.cli.sims import sims
 from devicecloud.cli.users import users
 from devicecloud.cli.virtual_device import virtual_device
 
@@ -34,3 +35,4 @@ main.add_command(keys)
 main.add_command(libraries)
 main.add_command(virtual_device)
 main.add_command(products)
+main.add_command(sims)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from devicecloud.domain.access import Role
@@ -25,6 +25,7 @@ from devicecloud.domain.libraries import (
 )
 from devicecloud.domain.product_devices import DeviceListQuery, KnownDevice, ProductReport
 from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
+from devicecloud.domain.sims import Sim, SimQuery, UsageDay, UsageRow
 from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
 
@@ -459,6 +460,59 @@ class ProductDeviceRepository(Protocol):
     async def remove_from_groups(self, device_ids: Sequence[str], group_ids: Sequence[int]) -> None: ...
 
 
+class SimRepository(Protocol):
+    async def get(self, iccid: str) -> Sim | None:
+        """
+        A SIM by ICCID, with its owner's email and its last device's name.
+        """
+        ...
+
+    async def existing(self, iccids: Sequence[str]) -> Sequence[Sim]:
+        """
+        The SIMs of ``iccids`` that are already registered, whoever owns them.
+        """
+        ...
+
+    async def add(self, sims: Sequence[Sim]) -> None:
+        """
+        Register new SIMs (`errors.Conflict` if one is registered meanwhile).
+        """
+        ...
+
+    async def update(self, iccid: str, **changes: Any) -> None: ...
+
+    async def delete(self, iccid: str) -> None:
+        """
+        Forget a SIM and its usage (released: the next owner does not see the previous one's figures).
+        """
+        ...
+
+    async def list_for_user(self, user_id: int) -> Sequence[Sim]: ...
+
+    async def list_for_product(self, product_id: int, query: SimQuery) -> tuple[Sequence[Sim], int]:
+        """
+        One page of a product's SIMs (by ICCID) matching ``query``, and how many match in all.
+        """
+        ...
+
+    async def count_active(self, product_id: int) -> int: ...
+
+    async def usage(
+        self, since: date, until: date, *, iccid: str | None = None, product_id: int | None = None
+    ) -> Sequence[UsageDay]:
+        """
+        Bytes used per day from ``since`` to ``until`` (dates, inclusive), for one SIM or a product's SIMs.
+        """
+        ...
+
+    async def record_usage(self, rows: Sequence[UsageRow]) -> int:
+        """
+        Store each reading, replacing an earlier one of the same SIM and day; a row naming a device makes it
+        the SIM's last device. Rows of unregistered ICCIDs are skipped; returns how many were stored.
+        """
+        ...
+
+
 class GroupRepository(Protocol):
     async def list_for_product(
         self, product_id: int, name_contains: str | None = None
@@ -597,6 +651,9 @@ class UnitOfWork(Protocol):
 
     @property
     def product_devices(self) -> ProductDeviceRepository: ...
+
+    @property
+    def sims(self) -> SimRepository: ...
 
 
 class Store(Protocol):

@@ -14,7 +14,9 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -355,4 +357,35 @@ library_versions = Table(
     UniqueConstraint("library_id", "version", name="uq_library_versions_library_id_version"),
     Index("ix_library_versions_library_id_order", "library_id", "major", "minor", "patch"),
     sqlite_autoincrement=True,
+)
+
+# SIM cards (decision 0022): owned by a user or a product, never both; usage per SIM and day is what devices
+# reported or an operator imported, in bytes.
+sims = Table(
+    "sims",
+    metadata,
+    Column("iccid", String(22), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("status", String(16), nullable=False),
+    Column("activations_count", Integer, nullable=False, default=0),
+    Column("deactivations_count", Integer, nullable=False, default=0),
+    Column("first_activated_on", UtcDateTime, nullable=True),
+    Column("last_activated_on", UtcDateTime, nullable=True),
+    Column("last_activated_via", String(16), nullable=True),
+    Column("last_status_change_action", String(16), nullable=True),
+    Column("last_status_change_action_error", Boolean, nullable=False, default=False),
+    Column("carrier", String(32), nullable=False),
+    Column("last_device_id", String(24), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint("(user_id IS NULL) <> (product_id IS NULL)", name="ck_sims_one_owner"),
+)
+
+sim_usage = Table(
+    "sim_usage",
+    metadata,
+    Column("iccid", String(22), ForeignKey("sims.iccid", ondelete="CASCADE"), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("bytes_used", BigInteger, nullable=False),
 )

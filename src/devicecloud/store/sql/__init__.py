@@ -27,6 +27,7 @@ from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.nodes import SqlNodes
 from devicecloud.store.sql.product_devices import SqlProductDevices
 from devicecloud.store.sql.products import SqlGroups, SqlProducts
+from devicecloud.store.sql.sims import SqlSims
 from devicecloud.store.sql.token_lookup import TokenLookup
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 
@@ -101,6 +102,7 @@ class SqlUnitOfWork:
         self.groups = SqlGroups(conn)
         self.product_devices = SqlProductDevices(conn)
         self.libraries = SqlLibraries(conn)
+        self.sims = SqlSims(conn)
 
 
 class SqlStore:
