@@ -36,6 +36,7 @@ import structlog
 from devicecloud.protocol import (
     Command,
     Connection,
+    DescribeFlags,
     DescribeRequested,
     DeviceHello,
     Event,
@@ -83,6 +84,7 @@ from devicecloud.virtualdevice.support import (
     RequestError,
     Subscription,
 )
+from devicecloud.virtualdevice.vitals import Vitals
 
 __all__ = [
     "MAX_EVENT_DATA",
@@ -144,6 +146,8 @@ class VirtualDevice:
             :data:`SYSTEM_MODULE_VERSIONS`; ``()`` for none).
         late_setup: register the application only after connecting, as Device OS 0.x does (see above);
             ``None`` = registered from the start.
+        diagnostics: announce diagnostics in the Hello (0x02, Device OS 0.8+) and answer the metrics
+            Describe with :attr:`vitals`; off = a Device OS 0.7 device (its metrics Describe is ``{}``).
         now: the clock for protocol deadlines (monotonic seconds).
         random_bytes: the protocol's randomness source.
     """
@@ -168,6 +172,7 @@ class VirtualDevice:
         max_argument_length: int = MAX_FUNCTION_ARGUMENT,
         modules: tuple[object, ...] | None = None,
         late_setup: float | None = None,
+        diagnostics: bool = True,
         now: Callable[[], float] = time.monotonic,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
@@ -179,6 +184,11 @@ class VirtualDevice:
         self._server_key = as_public_key(server_public_key)
         self.platform_id = platform_id
         flags = HelloFlags.DEVICE_INITIATED_DESCRIBE if response_style is ResponseStyle.SEPARATE else 0
+        if diagnostics:
+            flags |= HelloFlags.DIAGNOSTICS_SUPPORT
+        self.diagnostics = diagnostics
+        #: What the device reports when the cloud asks for its vitals (tests may change any figure).
+        self.vitals = Vitals(platform_id=platform_id)
         self.hello = DeviceHello(
             product_id=platform_id if product_id is None else product_id,
             product_firmware_version=product_firmware_version,
@@ -191,6 +201,7 @@ class VirtualDevice:
             modules if modules is not None else system_modules(SYSTEM_MODULE_VERSIONS[response_style])
         )
         self._now = now
+        self._born = now()
         self._random_bytes = random_bytes
         self.log = logger.bind(device_id=self.device_id)
         self.counters = Counters()
@@ -351,7 +362,16 @@ class VirtualDevice:
         return register
 
     def describe_payload(self, flags: int | None = None) -> bytes:
-        """The Describe JSON this device sends now (all parts unless ``flags`` says otherwise)."""
+        """
+        The Describe this device sends now: JSON (all parts unless ``flags`` says otherwise), or its vitals in
+        binary for the metrics flag alone.
+        """
+        if flags == DescribeFlags.METRICS and self.diagnostics:
+            return self.vitals.payload(
+                uptime=self._now() - self._born,
+                connects=self.counters.connects,
+                disconnects=self.counters.disconnects,
+            )
         return build_describe(
             functions=list(self._responder.functions),
             variables=self._responder.variables.types(),
