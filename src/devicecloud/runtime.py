@@ -11,6 +11,7 @@ import logging
 import secrets
 import sys
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -33,6 +34,7 @@ from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy
 from devicecloud.services.devices import DevicePolicy, DeviceService
+from devicecloud.services.diagnostics import DiagnosticsPolicy, DiagnosticsService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryPolicy, LibraryService
@@ -115,6 +117,7 @@ class Runtime:
     products: ProductService
     groups: GroupService
     libraries: LibraryService
+    diagnostics: DiagnosticsService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     dispatcher_started: bool = field(default=False)
@@ -133,6 +136,7 @@ class Runtime:
             products=self.products,
             groups=self.groups,
             libraries=self.libraries,
+            diagnostics=self.diagnostics,
         )
 
     @property
@@ -166,6 +170,7 @@ class Runtime:
         one-off command such as ``users list`` must not send what waits in the outbox.
         """
         await self.start()
+        self.diagnostics.start()  # retention: old vitals are deleted by serving processes
         if self.settings.webhooks_enabled and not self.dispatcher_started:
             await self.dispatcher.start()
             self.dispatcher_started = True
@@ -182,6 +187,7 @@ class Runtime:
         self.gateway_started = True
 
     async def stop(self) -> None:
+        await self.diagnostics.stop()
         if self.dispatcher_started:
             await self.dispatcher.stop()
             self.dispatcher_started = False
@@ -383,6 +389,18 @@ def build_runtime(
         ),
     )
     webhooks.runner = dispatcher
+    diagnostics = DiagnosticsService(
+        store=store,
+        clock=clock,
+        devices=devices,
+        control=gateway.control,
+        events=events,
+        policy=DiagnosticsPolicy(
+            retention=timedelta(days=settings.diagnostics_retention_days),
+            prune_interval=settings.diagnostics_prune_interval,
+            request_timeout=settings.device_request_timeout,
+        ),
+    )
     sessions.on_status = events.publish_status
     return Runtime(
         settings=settings,
@@ -405,4 +423,5 @@ def build_runtime(
         products=products,
         groups=groups,
         libraries=build_libraries(settings, store, clock),
+        diagnostics=diagnostics,
     )

@@ -11,6 +11,7 @@ from devicecloud.services.accounts import AccountService
 from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
+from devicecloud.services.diagnostics import DiagnosticsService
 from devicecloud.services.events import EventService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryService
@@ -34,3 +35,4 @@ class ApiDeps:
     products: ProductService
     groups: GroupService
     libraries: LibraryService
+    diagnostics: DiagnosticsService

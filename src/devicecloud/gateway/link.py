@@ -81,6 +81,7 @@ from devicecloud.protocol import (
     DescribeReceived,
     Description,
     DeviceIdentified,
+    DiagnosticsReceived,
     Event,
     EventPublished,
     FunctionReturned,
@@ -107,7 +108,7 @@ from devicecloud.protocol import (
 )
 
 if TYPE_CHECKING:
-    from devicecloud.clock import TimerHandle
+    from devicecloud.clock import Clock, TimerHandle
     from devicecloud.domain.events import CloudEvent
     from devicecloud.gateway.context import EventFeed, LinkContext, SubscriptionScopeName
 
@@ -126,6 +127,7 @@ _RESULTS = (
     FunctionReturned,
     VariableValue,
     DescribeReceived,
+    DiagnosticsReceived,
     UpdateReady,
     ChunkReceived,
     UpdateFinished,
@@ -170,6 +172,9 @@ class Link:
         self._on_online = on_online
         #: What the device's last Describe said (``None`` until it says); parts are kept across partial ones.
         self.functions: tuple[str, ...] | None = None
+        #: The Hello's flags (0 before it) and when it came (the clock's monotonic time): what vitals need.
+        self.hello_flags = 0
+        self.online_since: float | None = None
         self.variables: Mapping[str, VariableType | int] | None = None
         self._ctx = ctx
         self._conn = conn
@@ -204,6 +209,13 @@ class Link:
         The id the device gave in the handshake (``None`` before).
         """
         return self._conn.device_id
+
+    @property
+    def clock(self) -> Clock:
+        """
+        The gateway's clock (requests' deadlines and round trips are measured on it).
+        """
+        return self._ctx.clock
 
     @property
     def online(self) -> bool:
@@ -284,6 +296,7 @@ class Link:
         if device_id is None or self._conn.state is ConnectionState.CLOSED:
             return  # the link died in the same breath as its Hello: it never was online
         self._connected = True
+        self.hello_flags, self.online_since = event.flags, self._ctx.clock.monotonic()
         self._ctx.counters.handshakes_ok += 1
         if self._ctx.registry.claim(device_id, self) is not None:
             self._ctx.counters.replaced += 1
@@ -545,6 +558,9 @@ class Link:
                 self._log.debug("device subscribes", prefix=event.prefix, scope=event.scope.name.lower())
                 if self._ctx.on_subscribe is not None:
                     self._work.append(event)
+            elif isinstance(event, DiagnosticsReceived) and event.request_id is None:
+                # Particle.publishVitals(): not stored yet (a device path may not write, decision 0013).
+                self._log.debug("device volunteered vitals; not kept")
             elif isinstance(event, GoodbyeReceived):
                 self._log.debug("device message", message=repr(event))
             elif isinstance(event, ConnectionClosed):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
+from devicecloud.domain.diagnostics import VitalsReading
 from devicecloud.domain.webhooks import HookEvent, Webhook, WebhookConfig
 
 
@@ -72,6 +73,12 @@ class DeviceControl(Protocol):
     async def refresh_describe(self, device_id: str, *, timeout: float) -> DeviceDescription:
         """
         Ask the device for its describe again and return it (also reported through `DeviceSessions`).
+        """
+        ...
+
+    async def read_vitals(self, device_id: str, *, timeout: float) -> VitalsReading:
+        """
+        The device's vitals (the metrics Describe); `errors.InvalidInput` when its firmware has none.
         """
         ...
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
+from devicecloud.domain.diagnostics import VitalsRecord
 from devicecloud.domain.libraries import (
     Library,
     LibraryMetadata,
@@ -401,6 +402,30 @@ class GroupRepository(Protocol):
     ) -> FirmwareImpact: ...
 
 
+class VitalsRepository(Protocol):
+    """
+    Device vitals reports, each kept under the owner the device had when it reported.
+    """
+
+    async def add(self, device_id: str, owner_id: int, at: datetime, payload: dict[str, Any]) -> None: ...
+
+    async def latest(self, device_id: str, owner_id: int) -> VitalsRecord | None: ...
+
+    async def between(
+        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
+    ) -> list[VitalsRecord]:
+        """
+        Reports made in ``[start, end)``, oldest first, at most ``limit``.
+        """
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """
+        Delete every report made before ``before``; returns how many.
+        """
+        ...
+
+
 class LibraryRepository(Protocol):
     """
     Firmware libraries and their versions (decision 0019). Names are looked up by their lower-cased key.
@@ -495,6 +520,9 @@ class UnitOfWork(Protocol):
 
     @property
     def deliveries(self) -> DeliveryRepository: ...
+
+    @property
+    def vitals(self) -> VitalsRepository: ...
 
     @property
     def products(self) -> ProductRepository: ...

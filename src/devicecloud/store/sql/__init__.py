@@ -23,6 +23,7 @@ from devicecloud.domain.accounts import AccessToken, User
 from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
+from devicecloud.store.sql.diagnostics import SqlVitals
 from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.products import SqlGroups, SqlProducts
 from devicecloud.store.sql.token_lookup import TokenLookup
@@ -97,6 +98,7 @@ class SqlUnitOfWork:
         self.products = SqlProducts(conn)
         self.groups = SqlGroups(conn)
         self.libraries = SqlLibraries(conn)
+        self.vitals = SqlVitals(conn)
 
 
 class SqlStore:

@@ -1,0 +1,209 @@
+"""
+Device vitals (catalogue §5): ask a device for them, keep each report, read them back over time.
+
+Rules kept here:
+- Every route goes through `DeviceService.access_device` with its catalogue scope; a report is stored under
+  the device's owner at that moment and read back only by that owner (a transferred device's history stays
+  with whoever owned it then).
+- ``refresh`` asks the device through `ports.DeviceControl` and, in the API request's own task, stores the
+  report and publishes ``spark/device/diagnostics/update`` (private, as the device's own event). Nothing is
+  written on a device's path (decision 0013): vitals a device volunteers are not kept yet.
+- History answers ``[start_date, end_date)``; a start older than the retention is refused with the
+  catalogue's text; reports older than the retention are deleted by `prune`, which `start` runs every
+  ``prune_interval`` on the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from devicecloud.domain.diagnostics import VITALS_METADATA, VitalsRecord, summarise, to_csv
+from devicecloud.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from devicecloud.clock import Clock, TimerHandle
+    from devicecloud.domain.accounts import User
+    from devicecloud.services.devices import DeviceService
+    from devicecloud.services.events import EventService
+    from devicecloud.services.ports import DeviceControl
+    from devicecloud.store.interfaces import Store
+
+logger = structlog.get_logger("devicecloud.diagnostics")
+
+UPDATE_EVENT = "spark/device/diagnostics/update"
+# One device reporting every minute for the longest retention fits; more is a caller asking for too much.
+MAX_HISTORY = 50_000
+MAX_SUMMARY_BUCKETS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticsPolicy:
+    retention: timedelta = timedelta(days=30)
+    prune_interval: float = 3600.0
+    request_timeout: float = 20.0
+
+
+def _bad_dates(description: str) -> InvalidInput:
+    error = InvalidInput(description, code="bad_request")
+    error.extra["description"] = description  # the catalogue's shape: {"error", "description"}
+    return error
+
+
+def parse_date(value: str | None) -> datetime | None:
+    """An ISO 8601 instant (``Z`` or an offset; none = UTC; a date alone = midnight); None when absent."""
+    if value is None or value == "":
+        return None
+    if len(value) > 64:
+        raise _bad_dates("start_date and end_date must be ISO8601 formatted")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise _bad_dates("start_date and end_date must be ISO8601 formatted") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class DiagnosticsService:
+    """
+    The diagnostics API's business rules.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        devices: DeviceService,
+        control: DeviceControl,
+        events: EventService,
+        policy: DiagnosticsPolicy,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._devices = devices
+        self._control = control
+        self._events = events
+        self._policy = policy
+        self._timer: TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._running = False
+
+    # ------------------------------------------------------------------ asking the device
+
+    async def refresh(self, user: User, ref: str) -> VitalsRecord:
+        """
+        Ask the device for its vitals now, store the report and publish it as the device's event.
+        """
+        device = await self._devices.access_device(user, ref, "devices.diagnostics:update")
+        reading = await self._control.read_vitals(device.id, timeout=self._policy.request_timeout)
+        payload: dict[str, Any] = {
+            "device": dict(reading.device),
+            "service": {
+                "device": {"status": "ok"},
+                "cloud": {"uptime": reading.session_seconds},
+                "coap": {"round_trip": reading.round_trip_ms},
+            },
+        }
+        now = self._clock.now()
+        async with self._store.transaction() as tx:
+            await tx.vitals.add(device.id, user.id, now, payload)
+        await self._events.publish_device_system(
+            device.id, UPDATE_EVENT, json.dumps(payload, separators=(",", ":")), owner_id=user.id
+        )
+        return VitalsRecord(device.id, now, payload)
+
+    # ------------------------------------------------------------------ reading back
+
+    async def last(self, user: User, ref: str) -> VitalsRecord:
+        device = await self._devices.access_device(user, ref, "devices.diagnostics:get")
+        async with self._store.transaction(readonly=True) as tx:
+            record = await tx.vitals.latest(device.id, user.id)
+        if record is None:
+            raise NotFound("No vitals have been reported for this device", code="not_found")
+        return record
+
+    def _range(
+        self, start: str | None, end: str | None, *, default_span: timedelta
+    ) -> tuple[datetime, datetime]:
+        now = self._clock.now()
+        end_at = parse_date(end) or now
+        start_at = parse_date(start) or max(end_at - default_span, now - self._policy.retention)
+        days = self._policy.retention.days
+        if start_at < now - self._policy.retention - timedelta(minutes=1):
+            raise _bad_dates(f"start_date must not be more than than {days} days ago")
+        if end_at <= start_at:
+            raise _bad_dates("end_date must be after start_date")
+        return start_at, end_at
+
+    async def history(self, user: User, ref: str, start: str | None, end: str | None) -> list[VitalsRecord]:
+        device = await self._devices.access_device(user, ref, "devices.diagnostics:get")
+        start_at, end_at = self._range(start, end, default_span=self._policy.retention)
+        async with self._store.transaction(readonly=True) as tx:
+            return await tx.vitals.between(device.id, user.id, start_at, end_at, limit=MAX_HISTORY)
+
+    async def history_csv(self, user: User, ref: str, start: str | None, end: str | None) -> str:
+        return to_csv(await self.history(user, ref, start, end))
+
+    async def summary(
+        self, user: User, ref: str, start: str | None, end: str | None, limit: str | None
+    ) -> dict[str, Any]:
+        device = await self._devices.access_device(user, ref, "devices.diagnostics.summary:get")
+        try:
+            buckets = int(limit) if limit else 30
+        except ValueError:
+            raise InvalidInput("limit must be a whole number", code="bad_request") from None
+        if not 1 <= buckets <= MAX_SUMMARY_BUCKETS:
+            raise InvalidInput(f"limit must be between 1 and {MAX_SUMMARY_BUCKETS}", code="bad_request")
+        start_at, end_at = self._range(start, end, default_span=self._policy.retention)
+        async with self._store.transaction(readonly=True) as tx:
+            records = await tx.vitals.between(device.id, user.id, start_at, end_at, limit=MAX_HISTORY)
+        return summarise(records, device_id=device.id, start=start_at, end=end_at, limit=buckets)
+
+    async def metadata(self, user: User, ref: str) -> dict[str, Any]:
+        await self._devices.access_device(user, ref, "devices.diagnostics.metadata:get")
+        return VITALS_METADATA
+
+    # ------------------------------------------------------------------ retention
+
+    async def prune(self) -> int:
+        """Delete reports older than the retention; returns how many."""
+        async with self._store.transaction() as tx:
+            removed = await tx.vitals.prune(self._clock.now() - self._policy.retention)
+        if removed:
+            logger.info("old vitals pruned", removed=removed)
+        return removed
+
+    def start(self) -> None:
+        """Prune now and then every ``prune_interval`` on the clock, until `stop`."""
+        if not self._running:
+            self._running = True
+            self._due()
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._running:
+            self._task = asyncio.get_running_loop().create_task(self._prune_then_wait(), name="vitals-prune")
+
+    async def _prune_then_wait(self) -> None:
+        try:
+            await self.prune()
+        except Exception:  # a database hiccup: the next interval tries again
+            logger.exception("pruning vitals failed")
+        if self._running:
+            self._timer = self._clock.call_at(
+                self._clock.monotonic() + self._policy.prune_interval, self._due
+            )
