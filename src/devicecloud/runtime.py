@@ -187,7 +187,6 @@ class Runtime:
         self.gateway_started = True
 
     async def stop(self) -> None:
-        await self.diagnostics.stop()
         if self.dispatcher_started:
             await self.dispatcher.stop()
             self.dispatcher_started = False
@@ -195,6 +194,7 @@ class Runtime:
             # Before the store closes: links report their devices offline while they stop.
             await self.gateway.stop()
             self.gateway_started = False
+        await self.diagnostics.stop()  # vitals devices sent are written behind: the rest of them
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
         await self.bus.close()
         await self.notifier.drain()
@@ -402,6 +402,7 @@ def build_runtime(
         ),
     )
     sessions.on_status = events.publish_status
+    sessions.on_vitals = diagnostics.volunteered
     return Runtime(
         settings=settings,
         clock=clock,

@@ -229,3 +229,33 @@ async def test_served_over_http(runtime: Runtime, ada: Account, device: VirtualD
         assert 202 == reply.status_code
         last = await served.http.get(f"/v1/diagnostics/{device.device_id}/last", headers=ada.auth)
         assert device.device_id == last.json()["diagnostics"]["deviceID"]
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_vitals_a_device_sends_unasked_are_written_behind(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, clock: FakeClock, style: ResponseStyle
+) -> None:
+    """Particle.publishVitals(): ACKed at once, nothing written until the flush; then stored and published."""
+    device = await connect_device(client, ada, runtime, style=style)
+    try:
+        url = f"/v1/diagnostics/{device.device_id}/last"
+        async with (
+            serve_app(runtime) as served,
+            stream(served, "/v1/devices/events/spark/device/diagnostics", ada) as events,
+        ):
+            device.vitals.round_trip = 321
+            await device.publish_vitals()
+            device.vitals.round_trip = 322
+            await device.publish_vitals()
+            assert 404 == (await client.get(url, headers=ada.auth)).status_code  # in memory only
+            clock.advance(1.0)  # the flush interval
+            first = (await events.event())[1]
+            second = (await events.event())[1]
+        assert [321, 322] == [
+            json.loads(e["data"])["device"]["cloud"]["coap"]["round_trip"] for e in (first, second)
+        ]
+        assert {device.device_id} == {first["coreid"], second["coreid"]}
+        last = (await client.get(url, headers=ada.auth)).json()["diagnostics"]
+        assert 322 == last["payload"]["device"]["cloud"]["coap"]["round_trip"]
+    finally:
+        await device.stop()

@@ -105,6 +105,7 @@ from devicecloud.protocol import (
     VariableType,
     VariableValue,
     load_public_key,
+    vitals_payload,
 )
 
 if TYPE_CHECKING:
@@ -559,8 +560,10 @@ class Link:
                 if self._ctx.on_subscribe is not None:
                     self._work.append(event)
             elif isinstance(event, DiagnosticsReceived) and event.request_id is None:
-                # Particle.publishVitals(): not stored yet (a device path may not write, decision 0013).
-                self._log.debug("device volunteered vitals; not kept")
+                # Particle.publishVitals(): in memory at once, written behind by the service (decision 0013).
+                if self._connected and self.device_id:
+                    vitals = vitals_payload(event.report).get("device", {})
+                    self._ctx.sessions.device_vitals(self.device_id, vitals)
             elif isinstance(event, GoodbyeReceived):
                 self._log.debug("device message", message=repr(event))
             elif isinstance(event, ConnectionClosed):

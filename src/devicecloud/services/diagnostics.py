@@ -7,7 +7,8 @@ Rules kept here:
   with whoever owned it then).
 - ``refresh`` asks the device through `ports.DeviceControl` and, in the API request's own task, stores the
   report and publishes ``spark/device/diagnostics/update`` (private, as the device's own event). Nothing is
-  written on a device's path (decision 0013): vitals a device volunteers are not kept yet.
+  written on a device's path (decision 0013): vitals a device volunteers (``volunteered``) wait in memory
+  for a flush, once per ``flush_interval``, that stores them all in one transaction and then publishes them.
 - History answers ``[start_date, end_date)``; a start older than the retention is refused with the
   catalogue's text; reports older than the retention are deleted by `prune`, which `start` runs every
   ``prune_interval`` on the clock.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,8 @@ UPDATE_EVENT = "spark/device/diagnostics/update"
 # One device reporting every minute for the longest retention fits; more is a caller asking for too much.
 MAX_HISTORY = 50_000
 MAX_SUMMARY_BUCKETS = 1000
+# Volunteered reports waiting for a flush, at most (a database that does not answer must not fill memory).
+MAX_PENDING = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,7 @@ class DiagnosticsPolicy:
     retention: timedelta = timedelta(days=30)
     prune_interval: float = 3600.0
     request_timeout: float = 20.0
+    flush_interval: float = 1.0
 
 
 def _bad_dates(description: str) -> InvalidInput:
@@ -92,6 +97,12 @@ class DiagnosticsService:
         self._timer: TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._running = False
+        self._closed = False
+        self._pending: list[tuple[str, datetime, dict[str, Any]]] = []
+        self._flush_timer: TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
+        #: Volunteered reports dropped because too many waited for a flush.
+        self.dropped = 0
 
     # ------------------------------------------------------------------ asking the device
 
@@ -168,6 +179,59 @@ class DiagnosticsService:
         await self._devices.access_device(user, ref, "devices.diagnostics.metadata:get")
         return VITALS_METADATA
 
+    # ------------------------------------------------------------------ vitals devices send unasked
+
+    def volunteered(self, device_id: str, device: Mapping[str, Any]) -> None:
+        """
+        Vitals a device sent on its own (``Particle.publishVitals()``): kept in memory now (this runs on the
+        device's path and never waits), stored and published by the next flush, `flush_interval` later.
+        """
+        if self._closed or len(self._pending) >= MAX_PENDING:
+            self.dropped += 1
+            return
+        payload = {"device": dict(device), "service": {"device": {"status": "ok"}}}
+        self._pending.append((device_id, self._clock.now(), payload))
+        busy = self._flush_task is not None and not self._flush_task.done()
+        if self._flush_timer is None and not busy:
+            deadline = self._clock.monotonic() + self._policy.flush_interval
+            self._flush_timer = self._clock.call_at(deadline, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
+        self._flush_task = asyncio.get_running_loop().create_task(self._flush_again(), name="vitals-flush")
+
+    async def _flush_again(self) -> None:
+        await self.flush()
+        if self._pending and not self._closed and self._flush_timer is None:
+            deadline = self._clock.monotonic() + self._policy.flush_interval
+            self._flush_timer = self._clock.call_at(deadline, self._flush_due)
+
+    async def flush(self) -> int:
+        """
+        Store what devices sent since the last flush in one transaction (reports of devices nobody owns are
+        dropped), then publish each as ``spark/device/diagnostics/update``. A failed write keeps the batch
+        for the next flush; never raises.
+        """
+        batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        try:
+            rows = []
+            for device_id, at, payload in batch:
+                owner = await self._events.owner_of(device_id)  # cached: read once per device
+                if owner is not None:
+                    rows.append((device_id, owner, at, payload))
+            async with self._store.transaction() as tx:
+                await tx.vitals.add_many(rows)
+        except Exception:
+            logger.exception("writing vitals failed; the next flush tries again", reports=len(batch))
+            self._pending[:0] = batch[: max(0, MAX_PENDING - len(self._pending))]
+            return 0
+        for device_id, owner, _at, payload in rows:
+            data = json.dumps(payload, separators=(",", ":"))
+            await self._events.publish_device_system(device_id, UPDATE_EVENT, data, owner_id=owner)
+        return len(rows)
+
     # ------------------------------------------------------------------ retention
 
     async def prune(self) -> int:
@@ -185,6 +249,14 @@ class DiagnosticsService:
             self._due()
 
     async def stop(self) -> None:
+        """Stop pruning; write what devices sent (after the gateway stopped: nothing comes after)."""
+        self._closed = True
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._flush_task is not None:
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+        await self.flush()
         self._running = False
         if self._timer is not None:
             self._timer.cancel()

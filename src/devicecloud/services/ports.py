@@ -12,7 +12,8 @@ All values crossing these ports are plain domain values; protocol types never do
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
 from devicecloud.domain.diagnostics import VitalsReading
@@ -123,6 +124,13 @@ class DeviceSessions(Protocol):
         Any message arrived from the device (the service may throttle how often it writes this down).
         Synchronous and must not block: it runs for every keep-alive of every device, so the gateway calls
         it without the device's lock (a call that cannot wait cannot overlap another).
+        """
+        ...
+
+    def device_vitals(self, device_id: str, vitals: Mapping[str, Any]) -> None:
+        """
+        The device sent its vitals unasked (the ``device`` part of the vitals JSON). Synchronous and must not
+        block: kept in memory and written behind (decision 0013).
         """
         ...
 

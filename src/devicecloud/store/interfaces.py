@@ -409,6 +409,12 @@ class VitalsRepository(Protocol):
 
     async def add(self, device_id: str, owner_id: int, at: datetime, payload: dict[str, Any]) -> None: ...
 
+    async def add_many(self, rows: Sequence[tuple[str, int, datetime, dict[str, Any]]]) -> None:
+        """
+        Insert (device id, owner id, at, payload) rows in one statement (executemany).
+        """
+        ...
+
     async def latest(self, device_id: str, owner_id: int) -> VitalsRecord | None: ...
 
     async def between(

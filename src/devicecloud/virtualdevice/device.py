@@ -451,6 +451,19 @@ class VirtualDevice:
         self.counters.events_published += 1
         self.log.info("published", event_name=shorten(name), data=shorten(raw), private=private)
 
+    async def publish_vitals(self) -> None:
+        """
+        Send the vitals unasked, as ``Particle.publishVitals()`` does: CON ``POST /d?\x04`` with the binary
+        payload; waits for the cloud's ACK.
+
+        Raises:
+            NotConnectedError: no session.
+            RequestError: the cloud refused it or did not answer.
+        """
+        payload = self.describe_payload(DescribeFlags.METRICS)
+        await self._request("vitals", SendDescribe(payload, DescribeFlags.METRICS))
+        self.counters.describes += 1
+
     async def subscribe(
         self,
         prefix: str,

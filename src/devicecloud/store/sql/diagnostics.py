@@ -4,6 +4,7 @@ SQL repository of device vitals: one row per report, read by device and owner ov
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +31,13 @@ class SqlVitals:
                 device_id=device_id, owner_id=owner_id, created_at=at, payload=payload
             )
         )
+
+    async def add_many(self, rows: Sequence[tuple[str, int, datetime, dict[str, Any]]]) -> None:
+        if rows:
+            await self._conn.execute(
+                insert(device_vitals),
+                [{"device_id": d, "owner_id": o, "created_at": at, "payload": p} for d, o, at, p in rows],
+            )
 
     def _of(self, device_id: str, owner_id: int) -> Any:
         return select(*_COLUMNS).where(
