@@ -259,3 +259,51 @@ async def test_vitals_a_device_sends_unasked_are_written_behind(
         assert 322 == last["payload"]["device"]["cloud"]["coap"]["round_trip"]
     finally:
         await device.stop()
+
+
+async def test_history_stays_with_the_owner_who_had_the_device(
+    client: httpx.AsyncClient, ada: Account, bob: Account, device: VirtualDevice
+) -> None:
+    """After a transfer the new owner starts with no vitals, and the old one can no longer read them."""
+    assert 202 == (await refresh(client, ada, device.device_id)).status_code
+    assert {"ok": True} == (await client.delete(f"/v1/devices/{device.device_id}", headers=ada.auth)).json()
+    claimed = await client.post("/v1/devices", json={"id": device.device_id}, headers=bob.auth)
+    assert 200 == claimed.status_code
+    url = f"/v1/diagnostics/{device.device_id}"
+    assert 404 == (await client.get(f"{url}/last", headers=bob.auth)).status_code
+    assert {"diagnostics": []} == (await client.get(url, headers=bob.auth)).json()
+    assert 403 == (await client.get(f"{url}/last", headers=ada.auth)).status_code
+
+
+async def test_a_failed_flush_keeps_its_reports_for_the_next(
+    client: httpx.AsyncClient,
+    ada: Account,
+    device: VirtualDevice,
+    clock: FakeClock,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database error on the write-behind loses nothing: the next interval writes the same reports."""
+    from devicecloud.store.sql.diagnostics import SqlVitals
+
+    real = SqlVitals.add_many
+    failures = [RuntimeError("database went away")]
+
+    async def flaky(self: SqlVitals, rows: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await real(self, rows)
+
+    monkeypatch.setattr(SqlVitals, "add_many", flaky)
+    await device.publish_vitals()
+    url = f"/v1/diagnostics/{device.device_id}"
+    clock.advance(1.0)
+    await wait_until(flag(lambda: not failures))  # the first flush ran and failed
+    assert {"diagnostics": []} == (await client.get(url, headers=ada.auth)).json()
+
+    async def stored() -> bool:
+        clock.advance(1.0)  # the retry is scheduled once the failed flush has finished: move on until it ran
+        return 1 == len((await client.get(url, headers=ada.auth)).json()["diagnostics"])
+
+    await wait_until(stored)
+    assert 0 == runtime.diagnostics.dropped
