@@ -245,11 +245,15 @@ async def test_vitals_a_device_sends_unasked_are_written_behind(
         ):
             device.vitals.round_trip = 321
             await device.publish_vitals()
-            device.vitals.round_trip = 322
-            await device.publish_vitals()
+            device.vitals.round_trip = 999
+            await device.publish_vitals()  # within 5 s of the first: dropped
             assert 404 == (await client.get(url, headers=ada.auth)).status_code  # in memory only
             clock.advance(1.0)  # the flush interval
             first = (await events.event())[1]
+            clock.advance(4.0)
+            device.vitals.round_trip = 322
+            await device.publish_vitals()
+            clock.advance(1.0)
             second = (await events.event())[1]
         assert [321, 322] == [
             json.loads(e["data"])["device"]["cloud"]["coap"]["round_trip"] for e in (first, second)
@@ -257,6 +261,9 @@ async def test_vitals_a_device_sends_unasked_are_written_behind(
         assert {device.device_id} == {first["coreid"], second["coreid"]}
         last = (await client.get(url, headers=ada.auth)).json()["diagnostics"]
         assert 322 == last["payload"]["device"]["cloud"]["coap"]["round_trip"]
+        history = (await client.get(f"/v1/diagnostics/{device.device_id}", headers=ada.auth)).json()
+        assert 2 == len(history["diagnostics"])
+        assert 1 == runtime.diagnostics.dropped
     finally:
         await device.stop()
 

@@ -52,6 +52,8 @@ class DiagnosticsPolicy:
     prune_interval: float = 3600.0
     request_timeout: float = 20.0
     flush_interval: float = 1.0
+    # Seconds between two reports a device sends unasked that are kept (the rest are dropped).
+    volunteer_interval: float = 5.0
 
 
 def _bad_dates(description: str) -> InvalidInput:
@@ -99,6 +101,7 @@ class DiagnosticsService:
         self._running = False
         self._closed = False
         self._pending: list[tuple[str, datetime, dict[str, Any]]] = []
+        self._volunteered_at: dict[str, float] = {}  # device id → monotonic time of its last kept report
         self._flush_timer: TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         #: Volunteered reports dropped because too many waited for a flush.
@@ -185,10 +188,19 @@ class DiagnosticsService:
         """
         Vitals a device sent on its own (``Particle.publishVitals()``): kept in memory now (this runs on the
         device's path and never waits), stored and published by the next flush, `flush_interval` later.
+        A device is heard at most once per `volunteer_interval`: firmware that reports in a loop must not
+        fill the table (the extra reports are counted in `dropped`).
         """
-        if self._closed or len(self._pending) >= MAX_PENDING:
+        now = self._clock.monotonic()
+        last = self._volunteered_at.get(device_id)
+        if (
+            self._closed
+            or len(self._pending) >= MAX_PENDING
+            or (last is not None and now - last < self._policy.volunteer_interval)
+        ):
             self.dropped += 1
             return
+        self._volunteered_at[device_id] = now
         payload = {"device": dict(device), "service": {"device": {"status": "ok"}}}
         self._pending.append((device_id, self._clock.now(), payload))
         busy = self._flush_task is not None and not self._flush_task.done()
@@ -213,6 +225,9 @@ class DiagnosticsService:
         for the next flush; never raises.
         """
         batch, self._pending = self._pending, []
+        horizon = self._clock.monotonic() - self._policy.volunteer_interval
+        for device_id in [d for d, at in self._volunteered_at.items() if at <= horizon]:
+            del self._volunteered_at[device_id]  # only devices heard within the interval are remembered
         if not batch:
             return 0
         try:
