@@ -188,12 +188,14 @@ async def test_retention_prunes_old_reports(
     client: httpx.AsyncClient, ada: Account, device: VirtualDevice, clock: FakeClock, runtime: Runtime
 ) -> None:
     """Reports past the retention are deleted by the periodic task (moved by the clock)."""
+    start = clock.now()
     assert 202 == (await refresh(client, ada, device.device_id)).status_code
     clock.advance(29 * DAY)
     assert 202 == (await refresh(client, ada, device.device_id)).status_code
     clock.advance(2 * DAY)  # the first report is 31 days old now, and the hourly prune is due
 
     async def pruned() -> bool:
+        clock.advance(HOUR)  # a prune still running from the last advance schedules the next one after it
         async with runtime.store.transaction(readonly=True) as tx:
             user = await tx.users.get_by_username(ada.email)
             assert user is not None
@@ -202,7 +204,7 @@ async def test_retention_prunes_old_reports(
 
     await wait_until(pruned)
     history = (await client.get(f"/v1/diagnostics/{device.device_id}", headers=ada.auth)).json()
-    assert [iso(clock.now() - timedelta(days=2))] == [r["updated_at"] for r in history["diagnostics"]]
+    assert [iso(start + timedelta(days=29))] == [r["updated_at"] for r in history["diagnostics"]]
 
 
 async def test_device_without_diagnostics_and_offline_device(
@@ -314,3 +316,27 @@ async def test_a_failed_flush_keeps_its_reports_for_the_next(
 
     await wait_until(stored)
     assert 0 == runtime.diagnostics.dropped
+
+
+async def test_a_range_with_too_many_reports_is_refused_not_cut(
+    client: httpx.AsyncClient,
+    ada: Account,
+    device: VirtualDevice,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("devicecloud.services.diagnostics.MAX_HISTORY", 2)
+    for _ in range(3):
+        assert 202 == (await refresh(client, ada, device.device_id)).status_code
+        clock.advance(60.0)
+    url = f"/v1/diagnostics/{device.device_id}"
+    refused = await client.get(url, headers=ada.auth)
+    assert (400, "More than 2 reports in this range: narrow start_date and end_date") == (
+        refused.status_code,
+        refused.json()["description"],
+    )
+    assert 400 == (await client.get(f"{url}/summary", headers=ada.auth)).status_code
+    narrowed = await client.get(
+        url, params={"start_date": iso(clock.now() - timedelta(seconds=90))}, headers=ada.auth
+    )
+    assert 1 == len(narrowed.json()["diagnostics"])

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 logger = structlog.get_logger("devicecloud.diagnostics")
 
 UPDATE_EVENT = "spark/device/diagnostics/update"
-# One device reporting every minute for the longest retention fits; more is a caller asking for too much.
+# Reports one answer may hold (30 days of a report a minute fit); a wider range is refused, not cut.
 MAX_HISTORY = 50_000
 MAX_SUMMARY_BUCKETS = 1000
 # Volunteered reports waiting for a flush, at most (a database that does not answer must not fill memory).
@@ -73,6 +73,13 @@ def parse_date(value: str | None) -> datetime | None:
     except ValueError:
         raise _bad_dates("start_date and end_date must be ISO8601 formatted") from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _at_most(records: list[VitalsRecord]) -> list[VitalsRecord]:
+    """The range's reports, or a 400 when it holds more than `MAX_HISTORY` (never a silent cut)."""
+    if len(records) > MAX_HISTORY:
+        raise _bad_dates(f"More than {MAX_HISTORY} reports in this range: narrow start_date and end_date")
+    return records
 
 
 class DiagnosticsService:
@@ -158,7 +165,9 @@ class DiagnosticsService:
         device = await self._devices.access_device(user, ref, "devices.diagnostics:get")
         start_at, end_at = self._range(start, end, default_span=self._policy.retention)
         async with self._store.transaction(readonly=True) as tx:
-            return await tx.vitals.between(device.id, user.id, start_at, end_at, limit=MAX_HISTORY)
+            return _at_most(
+                await tx.vitals.between(device.id, user.id, start_at, end_at, limit=MAX_HISTORY + 1)
+            )
 
     async def history_csv(self, user: User, ref: str, start: str | None, end: str | None) -> str:
         return to_csv(await self.history(user, ref, start, end))
@@ -175,7 +184,9 @@ class DiagnosticsService:
             raise InvalidInput(f"limit must be between 1 and {MAX_SUMMARY_BUCKETS}", code="bad_request")
         start_at, end_at = self._range(start, end, default_span=self._policy.retention)
         async with self._store.transaction(readonly=True) as tx:
-            records = await tx.vitals.between(device.id, user.id, start_at, end_at, limit=MAX_HISTORY)
+            records = _at_most(
+                await tx.vitals.between(device.id, user.id, start_at, end_at, limit=MAX_HISTORY + 1)
+            )
         return summarise(records, device_id=device.id, start=start_at, end=end_at, limit=buckets)
 
     async def metadata(self, user: User, ref: str) -> dict[str, Any]:
@@ -203,13 +214,15 @@ class DiagnosticsService:
         self._volunteered_at[device_id] = now
         payload = {"device": dict(device), "service": {"device": {"status": "ok"}}}
         self._pending.append((device_id, self._clock.now(), payload))
-        busy = self._flush_task is not None and not self._flush_task.done()
-        if self._flush_timer is None and not busy:
-            deadline = self._clock.monotonic() + self._policy.flush_interval
-            self._flush_timer = self._clock.call_at(deadline, self._flush_due)
+        if self._flush_timer is None:  # waiting reports always have a timer: none is ever left behind
+            self._flush_timer = self._clock.call_at(now + self._policy.flush_interval, self._flush_due)
 
     def _flush_due(self) -> None:
         self._flush_timer = None
+        if self._flush_task is not None and not self._flush_task.done():  # one flush at a time: come back
+            deadline = self._clock.monotonic() + self._policy.flush_interval
+            self._flush_timer = self._clock.call_at(deadline, self._flush_due)
+            return
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_again(), name="vitals-flush")
 
     async def _flush_again(self) -> None:
