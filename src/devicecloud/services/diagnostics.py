@@ -272,6 +272,7 @@ class DiagnosticsService:
 
     def start(self) -> None:
         """Prune now and then every ``prune_interval`` on the clock, until `stop`."""
+        self._closed = False
         if not self._running:
             self._running = True
             self._due()

@@ -93,7 +93,7 @@ class DeviceControl(Protocol):
 class DeviceSessions(Protocol):
     """
     What the gateway tells services about device links, in order: key check, connected, described*,
-    heard*, disconnected. Calls for one device never overlap.
+    vitals*, heard*, disconnected. Calls for one device never overlap.
     """
 
     async def check_device_key(
