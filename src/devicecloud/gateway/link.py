@@ -173,10 +173,10 @@ class Link:
         self._on_online = on_online
         #: What the device's last Describe said (``None`` until it says); parts are kept across partial ones.
         self.functions: tuple[str, ...] | None = None
+        self.variables: Mapping[str, VariableType | int] | None = None
         #: The Hello's flags (0 before it) and when it came (the clock's monotonic time): what vitals need.
         self.hello_flags = 0
         self.online_since: float | None = None
-        self.variables: Mapping[str, VariableType | int] | None = None
         self._ctx = ctx
         self._conn = conn
         self._reader = reader
