@@ -110,6 +110,8 @@ async def test_history_csv_and_summary_over_buckets(
 
     everything = (await client.get(url, headers=ada.auth)).json()["diagnostics"]
     assert [iso(t0 + timedelta(hours=h)) for h in range(3)] == [r["updated_at"] for r in everything]
+    # The history is made from the stored JSON text; it says exactly what the last report says.
+    assert (await client.get(f"{url}/last", headers=ada.auth)).json()["diagnostics"] == everything[-1]
 
     window = {"start_date": iso(t0 + timedelta(hours=1)), "end_date": iso(t0 + timedelta(hours=2))}
     middle = (await client.get(url, params=window, headers=ada.auth)).json()["diagnostics"]

@@ -425,6 +425,15 @@ class VitalsRepository(Protocol):
         """
         ...
 
+    async def between_json(
+        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
+    ) -> list[tuple[datetime, str]]:
+        """
+        As `between`, each report's payload as the JSON text stored (the history answer is made from it
+        without decoding and encoding every report again).
+        """
+        ...
+
     async def prune(self, before: datetime) -> int:
         """
         Delete every report made before ``before``; returns how many.

@@ -94,5 +94,5 @@ async def vitals_history(
     if "text/csv" in request.headers.get("accept", ""):
         text = await service.history_csv(principal.user, device, start, end)
         return Response(text, media_type="text/csv; charset=utf-8")
-    records = await service.history(principal.user, device, start, end)
-    return {"diagnostics": [record.render() for record in records]}
+    text = await service.history_json(principal.user, device, start, end)
+    return Response(text, media_type="application/json")

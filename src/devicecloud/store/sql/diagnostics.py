@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Text, cast, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devicecloud.domain.diagnostics import VitalsRecord
@@ -61,6 +61,22 @@ class SqlVitals:
             .limit(limit)
         )
         return [_record(row) for row in await self._conn.execute(query)]
+
+    async def between_json(
+        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
+    ) -> list[tuple[datetime, str]]:
+        query = (
+            select(device_vitals.c.created_at, cast(device_vitals.c.payload, Text))
+            .where(
+                device_vitals.c.device_id == device_id,
+                device_vitals.c.owner_id == owner_id,
+                device_vitals.c.created_at >= start,
+                device_vitals.c.created_at < end,
+            )
+            .order_by(device_vitals.c.created_at, device_vitals.c.id)
+            .limit(limit)
+        )
+        return [(row[0], row[1]) for row in await self._conn.execute(query)]
 
     async def prune(self, before: datetime) -> int:
         result = await self._conn.execute(delete(device_vitals).where(device_vitals.c.created_at < before))
