@@ -26,6 +26,7 @@ from devicecloud.errors import DeviceOffline, DeviceTimedOut
 if TYPE_CHECKING:
     from devicecloud.bus.interfaces import EventBus
     from devicecloud.domain.devices import DeviceDescription, VariableReading
+    from devicecloud.domain.diagnostics import VitalsReading
     from devicecloud.gateway import DeviceGateway
     from devicecloud.services.device_presence import DevicePresenceBook
     from devicecloud.services.ports import DeviceControl
@@ -258,6 +259,9 @@ class MeteredControl:
 
     async def refresh_describe(self, device_id: str, *, timeout: float) -> DeviceDescription:
         return await self._inner.refresh_describe(device_id, timeout=timeout)
+
+    async def read_vitals(self, device_id: str, *, timeout: float) -> VitalsReading:
+        return await self._inner.read_vitals(device_id, timeout=timeout)
 
     async def disconnect(self, device_id: str) -> None:
         await self._inner.disconnect(device_id)

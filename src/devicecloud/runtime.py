@@ -12,6 +12,7 @@ import secrets
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal
 
 import structlog
@@ -40,6 +41,7 @@ from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy, StatusHook
 from devicecloud.services.devices import DevicePolicy, DeviceService
+from devicecloud.services.diagnostics import DiagnosticsPolicy, DiagnosticsService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
@@ -132,6 +134,7 @@ class Runtime:
     libraries: LibraryService
     metrics: Metrics
     sims: SimService
+    diagnostics: DiagnosticsService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     node_started: bool = field(default=False)
@@ -155,6 +158,7 @@ class Runtime:
             libraries=self.libraries,
             probes=self.metrics,
             sims=self.sims,
+            diagnostics=self.diagnostics,
         )
 
     @property
@@ -189,6 +193,7 @@ class Runtime:
         one-off command such as ``users list`` must not send what waits in the outbox.
         """
         await self.start()
+        self.diagnostics.start()  # retention: old vitals are deleted by serving processes
         if self.settings.webhooks_enabled and not self.dispatcher_started:
             await self.dispatcher.start()
             self.dispatcher_started = True
@@ -215,6 +220,7 @@ class Runtime:
             await self.gateway.stop()
             self.gateway_started = False
         await self.firmware.aclose()
+        await self.diagnostics.stop()  # vitals devices sent are written behind: the rest of them
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
         if self.node_started:
             await self.node.stop()
@@ -503,6 +509,19 @@ def build_runtime(
     )
     product_devices.on_membership_change = events.forget_product  # events carry the product they belong to
     products.on_settings_change = sessions.forget_product  # quarantine on/off applies to the next Hello
+    diagnostics = DiagnosticsService(
+        store=store,
+        clock=clock,
+        devices=devices,
+        control=control,
+        events=events,
+        policy=DiagnosticsPolicy(
+            retention=timedelta(days=settings.diagnostics_retention_days),
+            prune_interval=settings.diagnostics_prune_interval,
+            request_timeout=settings.device_request_timeout,
+        ),
+    )
+    sessions.on_vitals = diagnostics.volunteered
     return Runtime(
         settings=settings,
         clock=clock,
@@ -529,4 +548,5 @@ def build_runtime(
         libraries=build_libraries(settings, store, clock),
         metrics=metrics,
         sims=SimService(store=store, clock=clock, presence=sessions.presence),
+        diagnostics=diagnostics,
     )

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="Most bytes a library archive may unpack to (read in memory).",
     )
+    diagnostics_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="Days device vitals are kept (and may be asked for)."
+    )
+    diagnostics_prune_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between two deletions of vitals past their retention."
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +77,7 @@ class FakeSessions:
         self.online: set[str] = set()
         self.hellos: dict[str, DeviceHelloInfo] = {}
         self.descriptions: dict[str, list[DeviceDescription]] = {}
+        self.vitals: list[tuple[str, dict[str, Any]]] = []  # what devices sent unasked, in order
         self.fail_on: tuple[str, str] | None = None  # (method, device id) that raises: a broken service
         # What wait_for() waits on: each predicate is checked after every call (no task, no lock).
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -102,6 +103,9 @@ class FakeSessions:
     async def device_described(self, device_id: str, description: DeviceDescription) -> None:
         self.descriptions.setdefault(device_id, []).append(description)
         await self._record("device_described", device_id)
+
+    def device_vitals(self, device_id: str, vitals: Mapping[str, Any]) -> None:
+        self.vitals.append((device_id, dict(vitals)))
 
     def device_heard(self, device_id: str) -> None:
         self.calls.append(("device_heard", device_id))  # the port's one synchronous call

@@ -12,6 +12,7 @@ from devicecloud.services.accounts import AccountService
 from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
+from devicecloud.services.diagnostics import DiagnosticsService
 from devicecloud.services.events import EventService
 from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
@@ -59,4 +60,5 @@ class ApiDeps:
     product_devices: ProductDeviceService
     libraries: LibraryService
     sims: SimService
+    diagnostics: DiagnosticsService
     probes: Probes | None = None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from devicecloud.domain.devices import DeviceDescription, VariableReading
+from devicecloud.domain.diagnostics import VitalsReading
 from devicecloud.errors import DeviceOffline, DeviceTimedOut, DomainError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -111,6 +112,16 @@ class RoutedControl:
             modules=result["modules"],
         )
 
+    async def read_vitals(self, device_id: str, *, timeout: float) -> VitalsReading:
+        if self._local.is_online(device_id):
+            return await self._local.read_vitals(device_id, timeout=timeout)
+        result = await self._remote(device_id, {"op": "vitals"}, timeout)
+        return VitalsReading(
+            device=result["device"],
+            round_trip_ms=result["round_trip_ms"],
+            session_seconds=result["session_seconds"],
+        )
+
     async def disconnect(self, device_id: str) -> None:
         if self._local.is_online(device_id):
             await self._local.disconnect(device_id)
@@ -163,6 +174,8 @@ class RoutedControl:
             return None
         if op == "describe":
             return dataclasses.asdict(await local.refresh_describe(device_id, timeout=timeout))
+        if op == "vitals":
+            return dataclasses.asdict(await local.read_vitals(device_id, timeout=timeout))
         if op == "disconnect":
             await local.disconnect(device_id)
             return None

@@ -23,14 +23,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from devicecloud.domain.devices import DeviceDescription, VariableReading
+from devicecloud.domain.diagnostics import VitalsReading
 from devicecloud.errors import DeviceOffline, DeviceTimedOut, DomainError, InvalidInput, NotFound
 from devicecloud.gateway.translate import describe_to_domain, reading_to_domain, variable_type_code
 from devicecloud.protocol import (
     CallFunction,
     Code,
+    DescribeFlags,
     DescribeReceived,
+    DiagnosticsReceived,
     Event,
     FunctionReturned,
+    HelloFlags,
     Ping,
     ReadVariable,
     RequestCompleted,
@@ -39,6 +43,7 @@ from devicecloud.protocol import (
     Signal,
     VariableType,
     VariableValue,
+    vitals_payload,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +61,7 @@ def _variable_not_found(name: str) -> NotFound:
     return NotFound(f"Variable {name} not found", code="Variable not found")
 
 
-def _refusal(link: Link, result: Event, not_found: NotFound) -> DomainError:
+def _refusal(link: Link, result: Event, not_found: DomainError) -> DomainError:
     """
     The domain error for an answer that is not the expected result.
     """
@@ -67,6 +72,13 @@ def _refusal(link: Link, result: Event, not_found: NotFound) -> DomainError:
             return DeviceOffline("Device is not connected")
         return InvalidInput(f"The device refused the request: {result.reason}")
     return InvalidInput(f"Unexpected answer from the device: {type(result).__name__}")
+
+
+def _no_vitals() -> InvalidInput:
+    return InvalidInput(
+        "This device does not report vitals (its Device OS predates diagnostics, added in 0.8.0)",
+        code="Vitals not supported",
+    )
 
 
 class GatewayControl:
@@ -135,6 +147,22 @@ class GatewayControl:
             # The link reports it to DeviceSessions as well, in order with everything else.
             return describe_to_domain(result.description)
         raise _refusal(link, result, NotFound("Describe not supported", code="not_found"))
+
+    async def read_vitals(self, device_id: str, *, timeout: float) -> VitalsReading:
+        link = self._link(device_id)
+        if not link.hello_flags & HelloFlags.DIAGNOSTICS_SUPPORT:
+            raise _no_vitals()
+        clock = link.clock
+        asked = clock.monotonic()
+        result = await link.request(RequestDescribe(DescribeFlags.METRICS), timeout=timeout)
+        if isinstance(result, DiagnosticsReceived):
+            answered = clock.monotonic()
+            return VitalsReading(
+                device=vitals_payload(result.report).get("device", {}),
+                round_trip_ms=round((answered - asked) * 1000),
+                session_seconds=int(answered - (link.online_since or answered)),
+            )
+        raise _refusal(link, result, _no_vitals())
 
     async def disconnect(self, device_id: str) -> None:
         link = self._registry.get(device_id)

@@ -82,6 +82,7 @@ from devicecloud.protocol import (
     DescribeReceived,
     Description,
     DeviceIdentified,
+    DiagnosticsReceived,
     Event,
     EventPublished,
     FunctionReturned,
@@ -105,10 +106,11 @@ from devicecloud.protocol import (
     VariableType,
     VariableValue,
     load_public_key,
+    vitals_payload,
 )
 
 if TYPE_CHECKING:
-    from devicecloud.clock import TimerHandle
+    from devicecloud.clock import Clock, TimerHandle
     from devicecloud.domain.events import CloudEvent
     from devicecloud.gateway.context import EventFeed, LinkContext, SubscriptionScopeName
     from devicecloud.gateway.flash import FlashJob
@@ -128,6 +130,7 @@ _RESULTS = (
     FunctionReturned,
     VariableValue,
     DescribeReceived,
+    DiagnosticsReceived,
     UpdateReady,
     ChunkReceived,
     UpdateFinished,
@@ -173,6 +176,9 @@ class Link:
         #: What the device's last Describe said (``None`` until it says); parts are kept across partial ones.
         self.functions: tuple[str, ...] | None = None
         self.variables: Mapping[str, VariableType | int] | None = None
+        #: The Hello's flags (0 before it) and when it came (the clock's monotonic time): what vitals need.
+        self.hello_flags = 0
+        self.online_since: float | None = None
         self._ctx = ctx
         self._conn = conn
         self._reader = reader
@@ -218,6 +224,13 @@ class Link:
         The id the device gave in the handshake (``None`` before).
         """
         return self._conn.device_id
+
+    @property
+    def clock(self) -> Clock:
+        """
+        The gateway's clock (requests' deadlines and round trips are measured on it).
+        """
+        return self._ctx.clock
 
     @property
     def online(self) -> bool:
@@ -299,6 +312,7 @@ class Link:
             return  # the link died in the same breath as its Hello: it never was online
         self._connected = True
         self.facts.on_hello(event)
+        self.hello_flags, self.online_since = event.flags, self._ctx.clock.monotonic()
         self._ctx.counters.handshakes_ok += 1
         if self._ctx.registry.claim(device_id, self) is not None:
             self._ctx.counters.replaced += 1
@@ -569,6 +583,11 @@ class Link:
                 self._log.debug("device subscribes", prefix=event.prefix, scope=event.scope.name.lower())
                 if self._ctx.on_subscribe is not None:
                     self._work.append(event)
+            elif isinstance(event, DiagnosticsReceived) and event.request_id is None:
+                # Particle.publishVitals(): in memory at once, written behind by the service (decision 0013).
+                if self._connected and self.device_id:
+                    vitals = vitals_payload(event.report).get("device", {})
+                    self._ctx.sessions.device_vitals(self.device_id, vitals)
             elif isinstance(event, GoodbyeReceived):
                 self._log.debug("device message", message=repr(event))
             elif isinstance(event, ConnectionClosed):

@@ -70,6 +70,13 @@ from devicecloud.protocol.config import (
 from devicecloud.protocol.connection import Connection
 from devicecloud.protocol.crypto import RandomBytes, load_private_key, load_public_key, public_key_der
 from devicecloud.protocol.describe import Description, build_describe, parse_describe
+from devicecloud.protocol.diagnostics import (
+    DiagnosticId,
+    DiagnosticsReport,
+    build_diagnostics,
+    parse_diagnostics,
+    vitals_payload,
+)
 from devicecloud.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from devicecloud.protocol.events import (
     NEED_DATA,
@@ -80,6 +87,7 @@ from devicecloud.protocol.events import (
     DescribeReceived,
     DescribeRequested,
     DeviceIdentified,
+    DiagnosticsReceived,
     Event,
     EventPublished,
     EventReceived,
@@ -131,6 +139,9 @@ __all__ = [
     "Description",
     "DeviceHello",
     "DeviceIdentified",
+    "DiagnosticId",
+    "DiagnosticsReceived",
+    "DiagnosticsReport",
     "Event",
     "EventPublished",
     "EventReceived",
@@ -191,11 +202,14 @@ __all__ = [
     "VariableType",
     "VariableValue",
     "build_describe",
+    "build_diagnostics",
     "decode_variable",
     "encode_variable",
     "load_private_key",
     "load_public_key",
     "parse_describe",
+    "parse_diagnostics",
     "public_key_der",
     "raw_signer",
+    "vitals_payload",
 ]

@@ -63,6 +63,7 @@ from devicecloud.protocol.config import (
 )
 from devicecloud.protocol.crypto import RandomBytes, SessionCipher, SessionKeys
 from devicecloud.protocol.describe import parse_describe
+from devicecloud.protocol.diagnostics import is_binary_describe, parse_diagnostics
 from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
 from devicecloud.protocol.events import NEED_DATA, Event
 from devicecloud.protocol.framing import ReceiveBuffer, frame
@@ -120,6 +121,7 @@ _OTA_REQUESTS = frozenset(
 )
 
 _DEFAULT_DESCRIBE_FLAGS = DescribeFlags.SYSTEM | DescribeFlags.APPLICATION
+METRICS = int(DescribeFlags.METRICS)
 
 
 def _utf8(raw: bytes) -> tuple[str, bool]:
@@ -519,6 +521,13 @@ class Connection:
                 self._fail(request, msg.code, str(exc))
                 return
             self._events.append(events.VariableValue(rid, request.name, request.var_type, data, msg.payload))
+        elif request.kind is MessageKind.DESCRIBE and self.role is Role.CLOUD and request.flags == METRICS:
+            try:
+                report = parse_diagnostics(msg.payload)
+            except RemoteProtocolError as exc:
+                self._fail(request, msg.code, str(exc))
+                return
+            self._events.append(events.DiagnosticsReceived(rid, report))
         elif request.kind is MessageKind.DESCRIBE and self.role is Role.CLOUD:
             try:
                 description = parse_describe(msg.payload)
@@ -585,7 +594,10 @@ class Connection:
             self._ack_if_con(msg)
             query = msg.uri_query
             flags = DescribeFlags(query[0][0]) if query and len(query[0]) == 1 else None
-            self._events.append(events.DescribeReceived(None, flags, parse_describe(msg.payload)))
+            if is_binary_describe(msg.payload):  # Particle.publishVitals(): POST /d?\x04, binary
+                self._events.append(events.DiagnosticsReceived(None, parse_diagnostics(msg.payload)))
+            else:
+                self._events.append(events.DescribeReceived(None, flags, parse_describe(msg.payload)))
         elif kind is MessageKind.CHUNK_MISSED:
             self._ack_if_con(msg)
             if len(msg.payload) % 2:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from devicecloud.protocol.codes import DescribeFlags, SubscriptionScope, VariableType
 from devicecloud.protocol.describe import Description
+from devicecloud.protocol.diagnostics import DiagnosticsReport
 from devicecloud.protocol.variables import VariableData
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "DescribeReceived",
     "DescribeRequested",
     "DeviceIdentified",
+    "DiagnosticsReceived",
     "Event",
     "EventPublished",
     "EventReceived",
@@ -170,6 +172,14 @@ class DescribeReceived(Event):
     request_id: int | None
     flags: DescribeFlags | None
     description: Description
+
+
+@dataclass(frozen=True)
+class DiagnosticsReceived(Event):
+    """Cloud: the device's vitals (a metrics Describe); ``request_id`` is ``None`` when volunteered."""
+
+    request_id: int | None
+    report: DiagnosticsReport
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
 
@@ -89,6 +90,8 @@ class DeviceSessionService:
         )
         # Set by the runtime to the events service: spark/status once the record says online/offline.
         self.on_status: StatusHook | None = None
+        # Set by the runtime to the diagnostics service: vitals a device sent unasked (kept, written behind).
+        self.on_vitals: Callable[[str, Mapping[str, Any]], None] | None = None
 
     async def check_device_key(
         self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
@@ -232,6 +235,10 @@ class DeviceSessionService:
     def device_heard(self, device_id: str) -> None:
         # In memory on every message, written by the next flush: a keep-alive sends no statement.
         self.presence.heard(device_id)
+
+    def device_vitals(self, device_id: str, vitals: Mapping[str, Any]) -> None:
+        if self.on_vitals is not None:
+            self.on_vitals(device_id, vitals)
 
     async def device_disconnected(self, device_id: str) -> None:
         known = self.presence.disconnected(device_id)

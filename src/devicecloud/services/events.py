@@ -261,6 +261,25 @@ class EventService:
             )
         )
 
+    async def publish_device_system(self, device_id: str, name: str, data: str, *, owner_id: int) -> None:
+        """
+        A system event in the device's name that the cloud produced for it (the vitals' update event after
+        the cloud asked for them): ``coreid`` is the device, private to ``owner_id``, outside the device's
+        publish limit (the device did not spend it).
+        """
+        await self._emit(
+            CloudEvent(
+                name=name,
+                data=data,
+                ttl=DEFAULT_TTL,
+                published_at=self._clock.now(),
+                coreid=device_id,
+                public=False,
+                owner_id=owner_id,
+                device_id=device_id,
+            )
+        )
+
     async def publish_internal(
         self,
         name: str,

@@ -12,9 +12,11 @@ All values crossing these ports are plain domain values; protocol types never do
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
+from devicecloud.domain.diagnostics import VitalsReading
 from devicecloud.domain.firmware import CompileResult, SourceFile, StoredBinary, UpdateOutcome, UpdateTarget
 from devicecloud.domain.webhooks import HookEvent, Webhook, WebhookConfig
 
@@ -73,6 +75,12 @@ class DeviceControl(Protocol):
     async def refresh_describe(self, device_id: str, *, timeout: float) -> DeviceDescription:
         """
         Ask the device for its describe again and return it (also reported through `DeviceSessions`).
+        """
+        ...
+
+    async def read_vitals(self, device_id: str, *, timeout: float) -> VitalsReading:
+        """
+        The device's vitals (the metrics Describe); `errors.InvalidInput` when its firmware has none.
         """
         ...
 
@@ -145,7 +153,7 @@ class BinaryStore(Protocol):
 class DeviceSessions(Protocol):
     """
     What the gateway tells services about device links, in order: key check, connected, described*,
-    heard*, disconnected. Calls for one device never overlap.
+    vitals*, heard*, disconnected. Calls for one device never overlap.
     """
 
     async def check_device_key(
@@ -176,6 +184,13 @@ class DeviceSessions(Protocol):
         Any message arrived from the device (the service may throttle how often it writes this down).
         Synchronous and must not block: it runs for every keep-alive of every device, so the gateway calls
         it without the device's lock (a call that cannot wait cannot overlap another).
+        """
+        ...
+
+    def device_vitals(self, device_id: str, vitals: Mapping[str, Any]) -> None:
+        """
+        The device sent its vitals unasked (the ``device`` part of the vitals JSON). Synchronous and must not
+        block: kept in memory and written behind (decision 0013).
         """
         ...
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
 from devicecloud.domain.devices import Device, DevicePresence, PendingKey
+from devicecloud.domain.diagnostics import VitalsRecord
 from devicecloud.domain.libraries import (
     Library,
     LibraryMetadata,
@@ -545,6 +546,45 @@ class GroupRepository(Protocol):
     ) -> FirmwareImpact: ...
 
 
+class VitalsRepository(Protocol):
+    """
+    Device vitals reports, each kept under the owner the device had when it reported.
+    """
+
+    async def add(self, device_id: str, owner_id: int, at: datetime, payload: dict[str, Any]) -> None: ...
+
+    async def add_many(self, rows: Sequence[tuple[str, int, datetime, dict[str, Any]]]) -> None:
+        """
+        Insert (device id, owner id, at, payload) rows in one statement (executemany).
+        """
+        ...
+
+    async def latest(self, device_id: str, owner_id: int) -> VitalsRecord | None: ...
+
+    async def between(
+        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
+    ) -> list[VitalsRecord]:
+        """
+        Reports made in ``[start, end)``, oldest first, at most ``limit``.
+        """
+        ...
+
+    async def between_json(
+        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
+    ) -> list[tuple[datetime, str]]:
+        """
+        As `between`, each report's payload as the JSON text stored (the history answer is made from it
+        without decoding and encoding every report again).
+        """
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """
+        Delete every report made before ``before``; returns how many.
+        """
+        ...
+
+
 class LibraryRepository(Protocol):
     """
     Firmware libraries and their versions (decision 0019). Names are looked up by their lower-cased key.
@@ -642,6 +682,9 @@ class UnitOfWork(Protocol):
 
     @property
     def deliveries(self) -> DeliveryRepository: ...
+
+    @property
+    def vitals(self) -> VitalsRepository: ...
 
     @property
     def products(self) -> ProductRepository: ...

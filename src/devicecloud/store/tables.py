@@ -389,3 +389,18 @@ sim_usage = Table(
     Column("day", Date, primary_key=True),
     Column("bytes_used", BigInteger, nullable=False),
 )
+
+# Device vitals (catalogue §5), one row per report. A report belongs to the device's owner at the time it was
+# made: after a transfer the new owner does not read the previous owner's history. Pruned past retention.
+device_vitals = Table(
+    "device_vitals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(24), ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Index("ix_device_vitals_device_id_created_at", "device_id", "created_at"),
+    Index("ix_device_vitals_created_at", "created_at"),
+    sqlite_autoincrement=True,
+)

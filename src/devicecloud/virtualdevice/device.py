@@ -38,6 +38,7 @@ import structlog
 from devicecloud.protocol import (
     Command,
     Connection,
+    DescribeFlags,
     DescribeRequested,
     DeviceHello,
     Event,
@@ -86,6 +87,7 @@ from devicecloud.virtualdevice.support import (
     Subscription,
 )
 from devicecloud.virtualdevice.updates import AppliedUpdate, UpdateBehaviour, Updater
+from devicecloud.virtualdevice.vitals import Vitals
 
 __all__ = [
     "MAX_EVENT_DATA",
@@ -151,6 +153,8 @@ class VirtualDevice:
         firmware_path: where an applied update's image is written (None = memory only).
         hardware_limits: (max binary size, OTA chunk size) to announce after each Hello as Device OS ≤ 2.x
             does (``spark/hardware/max_binary`` and ``…/ota_chunk_size`` events); None = not announced.
+        diagnostics: announce diagnostics in the Hello (0x02, Device OS 0.8+) and answer the metrics
+            Describe with :attr:`vitals`; off = a Device OS 0.7 device (its metrics Describe is ``{}``).
         now: the clock for protocol deadlines (monotonic seconds).
         random_bytes: the protocol's randomness source.
     """
@@ -178,6 +182,7 @@ class VirtualDevice:
         updates: UpdateBehaviour | None = None,
         firmware_path: Path | None = None,
         hardware_limits: tuple[int, int] | None = None,
+        diagnostics: bool = True,
         now: Callable[[], float] = time.monotonic,
         random_bytes: RandomBytes = os.urandom,
     ) -> None:
@@ -189,6 +194,11 @@ class VirtualDevice:
         self._server_key = as_public_key(server_public_key)
         self.platform_id = platform_id
         flags = HelloFlags.DEVICE_INITIATED_DESCRIBE if response_style is ResponseStyle.SEPARATE else 0
+        if diagnostics:
+            flags |= HelloFlags.DIAGNOSTICS_SUPPORT
+        self.diagnostics = diagnostics
+        #: What the device reports when the cloud asks for its vitals (tests may change any figure).
+        self.vitals = Vitals(platform_id=platform_id)
         self.hello = DeviceHello(
             product_id=platform_id if product_id is None else product_id,
             product_firmware_version=product_firmware_version,
@@ -201,6 +211,7 @@ class VirtualDevice:
             modules if modules is not None else system_modules(SYSTEM_MODULE_VERSIONS[response_style])
         )
         self._now = now
+        self._born = now()
         self._random_bytes = random_bytes
         self.log = logger.bind(device_id=self.device_id)
         self.counters = Counters()
@@ -392,7 +403,16 @@ class VirtualDevice:
         return register
 
     def describe_payload(self, flags: int | None = None) -> bytes:
-        """The Describe JSON this device sends now (all parts unless ``flags`` says otherwise)."""
+        """
+        The Describe this device sends now: JSON (all parts unless ``flags`` says otherwise), or its vitals in
+        binary for the metrics flag alone.
+        """
+        if flags == DescribeFlags.METRICS and self.diagnostics:
+            return self.vitals.payload(
+                uptime=self._now() - self._born,
+                connects=self.counters.connects,
+                disconnects=self.counters.disconnects,
+            )
         return build_describe(
             functions=list(self._responder.functions),
             variables=self._responder.variables.types(),
@@ -471,6 +491,19 @@ class VirtualDevice:
             self._require_link().send(command)
         self.counters.events_published += 1
         self.log.info("published", event_name=shorten(name), data=shorten(raw), private=private)
+
+    async def publish_vitals(self) -> None:
+        """
+        Send the vitals unasked, as ``Particle.publishVitals()`` does: CON ``POST /d?\x04`` with the binary
+        payload; waits for the cloud's ACK.
+
+        Raises:
+            NotConnectedError: no session.
+            RequestError: the cloud refused it or did not answer.
+        """
+        payload = self.describe_payload(DescribeFlags.METRICS)
+        await self._request("vitals", SendDescribe(payload, DescribeFlags.METRICS))
+        self.counters.describes += 1
 
     async def subscribe(
         self,

@@ -21,8 +21,10 @@ from devicecloud.protocol import (
     Code,
     Command,
     Connection,
+    DescribeFlags,
     DescribeReceived,
     DeviceIdentified,
+    DiagnosticsReceived,
     Event,
     EventPublished,
     FunctionReturned,
@@ -47,6 +49,7 @@ from devicecloud.protocol import (
     VariableType,
     VariableValue,
     load_public_key,
+    vitals_payload,
 )
 from devicecloud.virtualdevice import (
     Backoff,
@@ -230,7 +233,7 @@ async def test_handshake_and_hello(
     device, session = connected
     hello = await session.wait_for(HelloReceived)
     assert (6, 6) == (hello.platform_id, hello.product_id)
-    expected_flags = (
+    expected_flags = HelloFlags.DIAGNOSTICS_SUPPORT | (
         HelloFlags.DEVICE_INITIATED_DESCRIBE if device.response_style is ResponseStyle.SEPARATE else 0
     )
     assert expected_flags == hello.flags
@@ -256,6 +259,34 @@ async def test_describe_lists_functions_and_variable_types(
     }
     assert expected == answer.description.variables
     assert 6 == answer.description.platform_id
+
+
+async def test_metrics_describe_answers_vitals(connected: tuple[VirtualDevice, CloudSession]) -> None:
+    """The metrics Describe is answered in Device OS's binary format, with figures tests can set."""
+    device, session = connected
+    device.vitals.round_trip = 777
+    answer = await session.request(RequestDescribe(DescribeFlags.METRICS))
+    assert isinstance(answer, DiagnosticsReceived)
+    vitals = vitals_payload(answer.report)["device"]
+    assert 777 == vitals["cloud"]["coap"]["round_trip"]
+    assert "connected" == vitals["cloud"]["connection"]["status"]
+    assert 1 == vitals["cloud"]["connection"]["attempts"]
+    assert "Wi-Fi" == vitals["network"]["signal"]["at"]
+    assert -70 < vitals["network"]["signal"]["strengthv"] < -45
+    assert 0 < vitals["system"]["memory"]["used"] < vitals["system"]["memory"]["total"] == 82_944
+    assert {"err": -120} == vitals["power"]["battery"]["charge"]  # a Photon has no fuel gauge
+
+
+async def test_device_os_0_7_has_no_vitals(cloud: CloudPeer, identity: DeviceIdentity) -> None:
+    """Without diagnostics the Hello does not announce them and the metrics Describe is empty JSON."""
+    device = make_device(cloud, identity, diagnostics=False, response_style=ResponseStyle.PIGGYBACK)
+    async with device:
+        await device.wait_connected(5)
+        session = await cloud.session(0)
+        hello = await session.wait_for(HelloReceived)
+        assert 0 == hello.flags
+        answer = await session.request(RequestDescribe(DescribeFlags.METRICS))
+        assert isinstance(answer, RequestFailed)
 
 
 async def test_separate_style_volunteers_describe_after_hello(

@@ -23,6 +23,7 @@ from devicecloud.domain.accounts import AccessToken, User
 from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
+from devicecloud.store.sql.diagnostics import SqlVitals
 from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.nodes import SqlNodes
 from devicecloud.store.sql.product_devices import SqlProductDevices
@@ -103,6 +104,7 @@ class SqlUnitOfWork:
         self.product_devices = SqlProductDevices(conn)
         self.libraries = SqlLibraries(conn)
         self.sims = SqlSims(conn)
+        self.vitals = SqlVitals(conn)
 
 
 class SqlStore:
