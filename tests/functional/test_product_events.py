@@ -221,3 +221,24 @@ def test_product_stream_opens_are_rate_limited() -> None:
     assert all(any(r.method == "GET" and r.path.match(p) for r in events) for p in paths)
     others = ("/v1/products/42", "/v1/products/42/devices/d/temperature", "/v1/products/42/integrations")
     assert not any(r.path.match(p) for r in events for p in others)
+
+
+async def test_a_device_imported_while_connected_publishes_with_its_product_at_once(
+    client: httpx.AsyncClient, runtime: Runtime, served: Served, owner: Account
+) -> None:
+    """The import over HTTP makes the events' product cache forget the device: its next event carries it."""
+    device = await connect_device(client, owner, runtime)
+    pid = await product_id(runtime)
+    async with stream(served, "/v1/devices/events/t", owner) as mine:
+        await device.publish("t/before", "1", with_ack=True)
+        name, data = await mine.event()
+        assert (name, "productID" in data) == ("t/before", False)
+        imported = await client.post(
+            "/v1/products/brew-bot/devices", json={"id": device.device_id}, headers=owner.auth
+        )
+        assert imported.status_code == 200, imported.text
+        assert device.device_id in imported.json()["updatedDeviceIds"]
+        await device.publish("t/after", "2", with_ack=True)
+        name, data = await mine.event()
+        assert (name, data.get("productID")) == ("t/after", pid)
+    await device.stop()
