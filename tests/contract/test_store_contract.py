@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devicecloud.domain.accounts import OAuthClient
-from devicecloud.domain.devices import DevicePresence
+from devicecloud.domain.devices import DevicePresence, HeardRow
 from devicecloud.errors import Conflict
 from devicecloud.runtime import Runtime
 
@@ -209,7 +209,7 @@ async def test_write_heard_sets_last_heard_alone_as_write_presence_stores_it(run
         await tx.devices.add("b" * 24, now=NOW, platform_id=6)
         b_presence = DevicePresence("b" * 24, True, "10.0.0.2", NOW, heard, None, None, NOW)
         await tx.devices.write_presence([b_presence])
-        await tx.devices.write_heard([("a" * 24, heard), ("c" * 24, heard)])
+        await tx.devices.write_heard([HeardRow("a" * 24, heard, 0, None), HeardRow("c" * 24, heard, 0, None)])
     async with runtime.store.transaction(readonly=True) as tx:
         a, b, c = [await tx.devices.get(x * 24) for x in "abc"]
     assert a is not None
@@ -225,6 +225,27 @@ async def test_write_heard_sets_last_heard_alone_as_write_presence_stores_it(run
     async with runtime.store.engine.connect() as conn:  # the same stored form: SQL comparisons agree
         raw = (await conn.exec_driver_sql("SELECT id, last_heard FROM devices ORDER BY id")).all()
     assert raw[0][1] == raw[1][1]
+
+
+async def test_write_heard_is_fenced_on_the_link_like_write_presence(runtime: Runtime) -> None:
+    """A keep-alive of a link older than the record's latest (the device moved) writes nothing."""
+    later = NOW + timedelta(minutes=5)
+    async with runtime.store.transaction() as tx:
+        await tx.devices.add("a" * 24, now=NOW)
+        await tx.devices.write_presence(
+            [
+                DevicePresence(
+                    "a" * 24, True, "10.0.0.1", NOW, NOW, None, None, NOW, node_id="b", session_epoch=7
+                )
+            ]
+        )
+        await tx.devices.write_heard([HeardRow("a" * 24, later, 6, "a"), HeardRow("a" * 24, later, 7, "a")])
+    async with runtime.store.transaction(readonly=True) as tx:
+        assert NOW == (await tx.devices.get("a" * 24)).last_heard  # type: ignore[union-attr]
+    async with runtime.store.transaction() as tx:
+        await tx.devices.write_heard([HeardRow("a" * 24, later, 7, "b")])
+    async with runtime.store.transaction(readonly=True) as tx:
+        assert later == (await tx.devices.get("a" * 24)).last_heard  # type: ignore[union-attr]
 
 
 async def test_describes_are_read_and_written_many_at_a_time(runtime: Runtime) -> None:

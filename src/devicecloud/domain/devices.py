@@ -144,6 +144,18 @@ class DevicePresence:
 
 
 @dataclass(frozen=True, slots=True)
+class HeardRow:
+    """
+    A keep-alive written behind: ``last_heard`` alone, fenced on its link like `DevicePresence`.
+    """
+
+    device_id: str
+    last_heard: datetime
+    session_epoch: int
+    node_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PendingKey:
     """
     A key offered by an unknown device, waiting for an operator's approval.

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from devicecloud.domain.devices import Device, DeviceDescription, DevicePresence
+from devicecloud.domain.devices import Device, DeviceDescription, DevicePresence, HeardRow
 from devicecloud.domain.product_devices import ProductReport
 from devicecloud.errors import Conflict
 from devicecloud.services.device_names import free_name, generate_name
@@ -126,7 +126,7 @@ class _Batch:
 
     versions: dict[str, int] = field(default_factory=dict)
     presence: list[DevicePresence] = field(default_factory=list)
-    heard: list[tuple[str, datetime]] = field(default_factory=list)  # devices whose last_heard alone changed
+    heard: list[HeardRow] = field(default_factory=list)  # devices whose last_heard alone changed
     describes: dict[str, tuple[dict[str, Any], str | None, datetime]] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)
     records: dict[str, _FirstConnect] = field(default_factory=dict)
@@ -417,7 +417,7 @@ class DevicePresenceBook:
             if entry.presence_dirty:
                 batch.presence.append(_snapshot(device_id, entry, self._node_id))  # carries last_heard too
             elif entry.heard_dirty and entry.last_heard is not None:
-                batch.heard.append((device_id, entry.last_heard))
+                batch.heard.append(HeardRow(device_id, entry.last_heard, entry.epoch, self._node_id))
             if entry.describe_dirty:
                 batch.describes[device_id] = (dict(entry.describe), entry.firmware, entry.updated_at)
             if entry.name_dirty and entry.name is not None:
@@ -438,8 +438,8 @@ class DevicePresenceBook:
         """
         for row in batch.presence:
             self._entries[row.device_id].presence_dirty = True
-        for device_id, _ in batch.heard:
-            self._entries[device_id].heard_dirty = True
+        for heard_row in batch.heard:
+            self._entries[heard_row.device_id].heard_dirty = True
         for device_id in batch.describes:
             self._entries[device_id].describe_dirty = True
         for device_id in batch.names:

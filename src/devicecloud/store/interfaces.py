@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, OAuthClient, User
-from devicecloud.domain.devices import Device, DevicePresence, PendingKey
+from devicecloud.domain.devices import Device, DevicePresence, HeardRow, PendingKey
 from devicecloud.domain.diagnostics import VitalsRecord
 from devicecloud.domain.libraries import (
     Library,
@@ -183,10 +183,10 @@ class DeviceRepository(Protocol):
         """
         ...
 
-    async def write_heard(self, heard: Sequence[tuple[str, datetime]]) -> None:
+    async def write_heard(self, heard: Sequence[HeardRow]) -> None:
         """
-        Write each device's ``last_heard`` alone (the keep-alives since the last flush), in one statement;
-        unknown device ids are skipped.
+        Write each device's ``last_heard`` alone (the keep-alives since the last flush), in one statement,
+        fenced like `write_presence` (an older link writes nothing); unknown device ids are skipped.
         """
         ...
 

@@ -149,6 +149,7 @@ class WebhookDispatcher:
         self._claim_passes_started = 0
         self._claim_passes_done = 0
         self._outcomes_counted = {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
+        self._events_dropped = 0  # events that could not become outbox rows (each logged)
         self._tasks: list[asyncio.Task[None]] = []
         self._requests: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -227,7 +228,7 @@ class WebhookDispatcher:
         ``claim_passes_done`` (one pass at a time, so a pass numbered above what had started when ``poke()``
         was called began after it: once that many are done, the outbox was looked at since); deliveries
         ``held`` and events ``incoming`` now; attempts by how they ended (``outcomes_<sent|retry|failed|
-        skipped>``).
+        skipped>``); ``events_dropped``: events that could not be written to the outbox (each also logged).
         """
         return {
             "claim_passes_started": self._claim_passes_started,
@@ -235,6 +236,7 @@ class WebhookDispatcher:
             "held": len(self._held),
             "incoming": len(self._incoming),
             **{f"outcomes_{kind}": count for kind, count in self._outcomes_counted.items()},
+            "events_dropped": self._events_dropped,
         }
 
     async def _guard(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -280,6 +282,7 @@ class WebhookDispatcher:
             per_event = [rows for event in batch if (rows := await self._rows_for(event))]
             if per_event:
                 for rows in await each_alone(per_event, self._enqueue):
+                    self._events_dropped += 1
                     logger.error("webhook event dropped", owner=rows[0][0].owner_id, problem="not written")
                 self._wake.set()
             if self._intake_subscription is not None:
@@ -304,6 +307,7 @@ class WebhookDispatcher:
             problem = f"{type(exc).__name__}: {exc}"
         # ascii(): the name may be the very text that is not valid
         name = ascii(event.name[:64])
+        self._events_dropped += 1
         logger.error("webhook event dropped", owner=event.owner_id, name=name, problem=problem)
         return []
 

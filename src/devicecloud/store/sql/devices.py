@@ -8,12 +8,24 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, String, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from devicecloud.domain.devices import Device, DevicePresence, PendingKey, ProductMembership
+from devicecloud.domain.devices import Device, DevicePresence, HeardRow, PendingKey, ProductMembership
 from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import claim_codes, devices, nodes, pending_device_keys, product_devices, users
 
@@ -129,28 +141,45 @@ WRITE_PRESENCE = (
 )
 
 
-# The write-behind of keep-alives: last_heard alone, compiled once per dialect for the driver.
+# The write-behind of keep-alives: last_heard alone, fenced like WRITE_PRESENCE, compiled once per dialect for
+# the driver.
+_HEARD_EPOCH = bindparam("h_epoch", type_=BigInteger())
+_HEARD_NODE = bindparam("h_node", type_=String())
 WRITE_HEARD = (
     update(devices)
-    .where(devices.c.id == bindparam("h_id"))
+    .where(
+        devices.c.id == bindparam("h_id"),
+        or_(
+            devices.c.session_epoch.is_(None),
+            devices.c.session_epoch < _HEARD_EPOCH,
+            and_(
+                devices.c.session_epoch == _HEARD_EPOCH,
+                func.coalesce(devices.c.node_id, literal_column("''")) <= _HEARD_NODE,  # no bound literal
+            ),
+        ),
+    )
     .values(last_heard=bindparam("h_heard", type_=devices.c.last_heard.type))
 )
-_heard_statements: dict[str, tuple[str, Callable[[datetime], Any]]] = {}
+_HEARD_NAMES = ("h_heard", "h_id", "h_epoch", "h_node")  # the order write_heard builds each row in
+_heard_statements: dict[str, tuple[str, tuple[int, ...], Callable[[datetime], Any]]] = {}
 
 
-def _heard_statement(dialect: Dialect) -> tuple[str, Callable[[datetime], Any]]:
+def _heard_statement(dialect: Dialect) -> tuple[str, tuple[int, ...], Callable[[datetime], Any]]:
     """
-    WRITE_HEARD for ``dialect``: the SQL text (positional: last_heard, then the id) and the last_heard
-    parameter's bind processor (UTC check, then the dialect's own conversion).
+    WRITE_HEARD for ``dialect``: the SQL text, where each positional parameter comes from in a row built in
+    `_HEARD_NAMES` order (a parameter may appear twice), and last_heard's bind processor (UTC check, then the
+    dialect's own conversion).
     """
     found = _heard_statements.get(dialect.name)
     if found is None:
         compiled = WRITE_HEARD.compile(dialect=dialect)
-        if compiled.positiontup != ["h_heard", "h_id"]:
-            msg = f"unexpected parameter order for {dialect.name}: {compiled.positiontup}"
+        positions = compiled.positiontup
+        if not positions or set(positions) != set(_HEARD_NAMES):
+            msg = f"unexpected parameters for {dialect.name}: {positions}"
             raise RuntimeError(msg)
         convert = devices.c.last_heard.type.dialect_impl(dialect).bind_processor(dialect)
-        found = (compiled.string, convert if convert is not None else (lambda at: at))
+        order = tuple(_HEARD_NAMES.index(name) for name in positions)
+        found = (compiled.string, order, convert if convert is not None else (lambda at: at))
         _heard_statements[dialect.name] = found
     return found
 
@@ -260,13 +289,14 @@ class SqlDevices:
             ],
         )
 
-    async def write_heard(self, heard: Sequence[tuple[str, datetime]]) -> None:
+    async def write_heard(self, heard: Sequence[HeardRow]) -> None:
         if not heard:
             return
-        sql, process = _heard_statement(self._conn.dialect)
+        sql, order, process = _heard_statement(self._conn.dialect)
         # At the driver: SQLAlchemy builds a parameter dict per row through every bind processor, which
         # cost more than the database's work for thousands of keep-alives a second (bench/, issue 16).
-        await self._conn.exec_driver_sql(sql, [(process(at), device_id) for device_id, at in heard])
+        rows = [(process(r.last_heard), r.device_id, r.session_epoch, r.node_id or "") for r in heard]
+        await self._conn.exec_driver_sql(sql, [tuple(row[i] for i in order) for row in rows])
 
     async def describes(self, device_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
