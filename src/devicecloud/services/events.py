@@ -152,18 +152,32 @@ class EventService:
         """
         ``POST /v1/devices/events``.
         """
+        event = self._api_event(name, data, private, ttl, owner_id=user.id)
+        await self._emit(event)
+        return event
+
+    def _api_event(
+        self,
+        name: Any,
+        data: Any,
+        private: Any,
+        ttl: Any,
+        *,
+        owner_id: int | None,
+        product_id: int | None = None,
+    ) -> CloudEvent:
+        """A checked event published through the API (``coreid`` = the API's), for an owner or a product."""
         name, data, ttl = check_event(name, data, ttl)
-        event = CloudEvent(
+        return CloudEvent(
             name=name,
             data=data,
             ttl=ttl,
             published_at=self._clock.now(),
             coreid=API_COREID,
             public=not is_private(private),
-            owner_id=user.id,
+            owner_id=owner_id,
+            product_id=product_id,
         )
-        await self._emit(event)
-        return event
 
     async def publish_for_product(
         self, principal: AnyPrincipal, product_ref: str, name: Any, data: Any, private: Any, ttl: Any
@@ -173,17 +187,7 @@ class EventService:
         """
         async with self._store.transaction(readonly=True) as tx:
             found = await access_product(tx, principal, product_ref, "events:send", "event")
-        name, data, ttl = check_event(name, data, ttl)
-        event = CloudEvent(
-            name=name,
-            data=data,
-            ttl=ttl,
-            published_at=self._clock.now(),
-            coreid=API_COREID,
-            public=not is_private(private),
-            owner_id=None,
-            product_id=found.product.id,
-        )
+        event = self._api_event(name, data, private, ttl, owner_id=None, product_id=found.product.id)
         await self._emit(event)
         return event
 
