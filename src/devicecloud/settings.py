@@ -68,6 +68,16 @@ class Settings(BaseSettings):
         description="Accept an unknown device's key on its first handshake (else it awaits approval).",
     )
     max_device_links: int = Field(default=20_000, ge=1, description="Most devices connected at once.")
+    heap_freeze: bool = Field(
+        default=True,
+        description="Freeze what survives a full garbage collection, so later ones scan only new objects.",
+    )
+    heap_sweep_growth: float = Field(
+        default=2.0, gt=1.0, description="Scan the whole heap once when the frozen part grew this many times."
+    )
+    heap_sweep_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds after which the whole heap is scanned once anyway."
+    )
     device_handshake_slots: int = Field(
         default=512,
         ge=1,

@@ -20,6 +20,7 @@ import uvicorn
 from devicecloud.cli.common import data_dir_option, new_event_loop, settings_from
 from devicecloud.cli.demo_device import DemoDevice, start_demo_device
 from devicecloud.clock import SystemClock
+from devicecloud.heap import FrozenHeap
 from devicecloud.httpserver import HttpLimits, guarded_protocol, plan_descriptors, raise_descriptor_limit
 from devicecloud.runtime import Runtime, build_runtime, configure_logging
 from devicecloud.settings import Settings
@@ -192,8 +193,14 @@ def serve(
                 demo = await start_demo_device(runtime)
         # Both halves deliver webhooks: each subscribes to its own process's events and they share the outbox.
         await runtime.start_webhooks()
-        stop = asyncio.Event()
+        # A process-wide policy, so only the serving process installs it (decision 0028).
         loop = asyncio.get_running_loop()
+        heap = FrozenHeap(
+            settings.heap_sweep_growth, settings.heap_sweep_interval, schedule=loop.call_soon_threadsafe
+        )
+        if settings.heap_freeze:
+            heap.install()
+        stop = asyncio.Event()
         try:
             if run_api:
                 await serve_api(runtime, settings, http_connections, created, demo, loop)
@@ -206,6 +213,7 @@ def serve(
             if demo is not None:
                 await demo.device.stop()
             await runtime.stop()
+            heap.uninstall()
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(main())

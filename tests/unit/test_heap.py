@@ -1,0 +1,126 @@
+"""
+The serving process's garbage-collection policy (devicecloud.heap): full collections scan only what changed,
+and garbage cycles among frozen objects are still collected by a sweep.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from devicecloud.heap import FrozenHeap
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@contextmanager
+def installed(policy: FrozenHeap) -> Iterator[FrozenHeap]:
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the collections a test asks for: automatic ones would make counts depend on timing
+    policy.install()
+    try:
+        yield policy
+    finally:
+        policy.uninstall()
+        if was_enabled:
+            gc.enable()
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.fixture
+def heap(clock: Clock) -> Iterator[FrozenHeap]:
+    with installed(FrozenHeap(sweep_growth=2.0, sweep_interval=600.0, clock=clock)) as policy:
+        yield policy
+
+
+def cycle() -> tuple[Node, weakref.ref[Node]]:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return a, weakref.ref(a)
+
+
+def test_install_freezes_what_survived_and_uninstall_gives_it_back(heap: FrozenHeap) -> None:
+    assert heap.frozen > 0
+    assert heap.sweeps == 1
+    heap.uninstall()
+    assert gc.get_freeze_count() == 0
+    assert heap._after_collection not in gc.callbacks
+
+
+def test_survivors_of_a_full_collection_are_frozen(heap: FrozenHeap) -> None:
+    before = heap.frozen
+    kept = [Node() for _ in range(5000)]
+    gc.collect()
+    assert heap.frozen >= before + len(kept)
+    assert heap.sweeps == 1  # grew far less than twofold: no sweep
+
+
+def test_a_cycle_among_frozen_objects_waits_for_a_sweep_then_goes(heap: FrozenHeap, clock: Clock) -> None:
+    obj, alive = cycle()
+    gc.collect()  # the cycle survives (it is referenced) and is frozen
+    del obj
+    gc.collect()
+    assert alive() is not None, "frozen objects are not scanned by an ordinary full collection"
+    clock.now += 600  # the sweep interval has passed
+    gc.collect()  # this collection's end decides on a sweep: the next full one scans everything
+    gc.collect()
+    assert alive() is None
+    assert heap.sweeps == 2
+    assert heap.frozen > 0  # and the survivors of the sweep are frozen again
+
+
+def test_growth_brings_a_sweep(heap: FrozenHeap) -> None:
+    grow = [Node() for _ in range(heap.frozen * 2)]
+    gc.collect()
+    assert heap.frozen == 0, "grew twofold: everything unfrozen for the next full collection"
+    gc.collect()
+    assert heap.sweeps == 2
+    assert heap.frozen >= len(grow)
+
+
+def test_young_collections_change_nothing(heap: FrozenHeap) -> None:
+    frozen = heap.frozen
+    gc.collect(0)
+    gc.collect(1)
+    assert heap.frozen == frozen
+    assert heap.sweeps == 1
+
+
+@pytest.mark.parametrize(("growth", "interval"), [(1.0, 60.0), (2.0, 0.0)])
+def test_settings_out_of_range_are_refused(growth: float, interval: float) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        FrozenHeap(sweep_growth=growth, sweep_interval=interval)
+
+
+def test_a_decided_sweep_runs_when_scheduled_not_at_the_collectors_leisure(clock: Clock) -> None:
+    scheduled: list[object] = []
+    policy = FrozenHeap(sweep_growth=2.0, sweep_interval=600.0, clock=clock, schedule=scheduled.append)
+    with installed(policy):
+        gc.collect()
+        assert scheduled == []
+        clock.now += 600
+        gc.collect()
+        assert scheduled == [gc.collect]
+        gc.collect()  # what the owner's loop runs
+        assert policy.sweeps == 2
+        assert policy.frozen > 0
