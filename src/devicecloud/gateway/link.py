@@ -141,6 +141,8 @@ _AWAITED = (DeviceIdentified, HelloReceived, DescribeReceived)
 EVENT_WRITE_LIMIT = MAX_WRITE_BUFFER // 4
 # Seconds (on the clock) between two log lines of one link about the events it dropped.
 DROP_LOG_INTERVAL = 60.0
+#: A link's timer that fires this close before its deadline counts as on time (the loop may run it early).
+TIMER_SLACK = 0.001
 # Device OS keeps a handful of subscriptions; more distinct ones than this from one link are ignored.
 MAX_SUBSCRIPTIONS = 32
 # Events to devices carry Max-Age only when their ttl differs from this.
@@ -611,19 +613,30 @@ class Link:
 
     def _rearm(self) -> None:
         deadline = self._conn.get_timer()
-        if deadline == self._timer_at and (deadline is None or self._timer is not None):
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._timer_at = None
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            # Every message received moves the keep-alive deadline later: the armed timer stays, and when it
+            # fires it arms the later one. One timer per keep-alive period instead of one per message.
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer, self._timer_at = None, deadline
-        if deadline is not None:
-            self._timer = self._ctx.clock.call_at(deadline, self._on_timer)
+        self._timer, self._timer_at = self._ctx.clock.call_at(deadline, self._on_timer), deadline
 
     def _on_timer(self) -> None:
-        at, self._timer, self._timer_at = self._timer_at, None, None
+        self._timer = self._timer_at = None
         try:
-            # A timer may fire a hair early; the deadline it was set for has come by definition.
-            self._conn.handle_timer(max(at or 0.0, self._ctx.clock.monotonic()))
+            deadline = self._conn.get_timer()
+            if deadline is not None:
+                now = self._ctx.clock.monotonic()
+                if deadline - now > TIMER_SLACK:  # moved later since this timer was armed
+                    self._rearm()
+                    return
+                # A timer may fire a hair early; the deadline it was set for has come by definition.
+                self._conn.handle_timer(max(deadline, now))
             self._transmit()
         except Exception:
             self._log.exception("device link timer failed", device_id=self.device_id)
