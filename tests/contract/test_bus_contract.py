@@ -227,3 +227,74 @@ async def test_the_intake_takes_every_event_but_the_excluded(bus: EventBus) -> N
     assert ["a", "b"] == [item.name for item in taken]
     await intake.acknowledge(taken)
     intake.close()
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.ended: list[str] = []
+
+    def on_event(self, item: CloudEvent) -> None:
+        self.names.append(item.name)
+
+    def on_end(self, reason: str) -> None:
+        self.ended.append(reason)
+
+
+async def turn() -> None:
+    await asyncio.sleep(0)  # one turn of the loop: the listener's drain is scheduled with call_soon
+
+
+async def test_a_listener_gets_events_in_order_after_the_publish_never_inside_it(bus: EventBus) -> None:
+    listener = Listener()
+    subscription = bus.subscribe(EventFilter(owner_id=1), lossy=True)
+    assert subscription.listen(listener.on_event, listener.on_end)
+    assert not subscription.listen(listener.on_event, listener.on_end), "one listener per subscription"
+    for n in range(3):
+        await bus.publish(event(f"e{n}"))
+        if n == 0 and type(bus) is MemoryBus:  # NATS's publish awaits the server: the loop turns inside it
+            assert [] == listener.names, "handed over on the loop, not in the publisher's call"
+    await bus.settle()
+    await turn()
+    assert ["e0", "e1", "e2"] == listener.names
+    subscription.close()
+    await bus.publish(event("after close"))
+    await bus.settle()
+    await turn()
+    assert ["e0", "e1", "e2"] == listener.names
+    assert [] == listener.ended, "closing it ourselves is not an end to be told about"
+    assert 0 == bus.statistics()["subscriptions"]
+
+
+async def test_a_lossy_listener_keeps_the_bound_and_gets_what_came_before_close(bus: EventBus) -> None:
+    listener = Listener()
+    subscription = bus.subscribe(EventFilter(owner_id=1), lossy=True)
+    assert subscription.listen(listener.on_event, listener.on_end)
+    for n in range(15):  # no turn of the loop in between when the bus is in-process
+        await bus.publish(event(f"e{n}"))
+    await bus.settle()
+    subscription.close()  # what was handed over already still arrives
+    await turn()
+    assert len(listener.names) + subscription.dropped == 15
+    assert listener.names == [f"e{n}" for n in range(len(listener.names))]
+    if type(bus) is MemoryBus:  # NATS's publishes let the loop turn: the drain keeps up
+        assert (10, 5) == (len(listener.names), subscription.dropped)
+
+
+async def test_a_listener_hears_when_the_bus_ends_it(bus: EventBus) -> None:
+    listener = Listener()
+    subscription = bus.subscribe(EventFilter(owner_id=1), lossy=True)
+    assert subscription.listen(listener.on_event, listener.on_end)
+    await bus.close()
+    await turn()
+    assert ["bus closed"] == listener.ended
+    assert "bus closed" == subscription.closed_reason
+
+
+async def test_a_subscription_with_queued_events_cannot_be_listened_to(bus: EventBus) -> None:
+    subscription = bus.subscribe(EventFilter(owner_id=1), lossy=True)
+    await bus.publish(event("queued"))
+    await bus.settle()
+    assert not subscription.listen(Listener().on_event, Listener().on_end)
+    assert ["queued"] == await drain(subscription, 1)
+    subscription.close()

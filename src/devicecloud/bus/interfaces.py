@@ -47,6 +47,15 @@ class Subscription(Protocol):
 
     def close(self, reason: str = "closed") -> None: ...
 
+    def listen(self, on_event: Callable[[CloudEvent], None], on_end: Callable[[str], None]) -> bool:
+        """
+        Hand matching events to ``on_event`` on the event loop, in order, instead of through iteration, and
+        tell ``on_end`` the reason when the bus ends the subscription (not when ``close`` is called). No
+        queue and no task: the callback paces itself (a device link drops what its socket cannot take).
+        False when this subscription cannot, or already has events queued: the caller iterates instead.
+        """
+        ...
+
 
 class IntakeSubscription(Subscription, Protocol):
     """

@@ -40,6 +40,9 @@ class MemorySubscription:
         self._lossy = lossy
         self._closed_reason: str | None = None
         self._dropped = 0
+        self._listener: tuple[Callable[[CloudEvent], None], Callable[[str], None]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: list[CloudEvent] = []  # a listener's events until the drain (bounded as the queue)
 
     @property
     def closed_reason(self) -> str | None:
@@ -55,22 +58,56 @@ class MemorySubscription:
         """
         if self._closed_reason is not None:
             return False
-        if self._queue.qsize() >= self._max_pending:
+        loop = self._loop if self._listener is not None else None
+        if (len(self._waiting) if loop is not None else self._queue.qsize()) >= self._max_pending:
             if self._lossy:
                 self._dropped += 1
                 return False
             logger.warning("slow subscriber dropped", prefix=self.filter.prefix, pending=self._max_pending)
-            self.close("too slow: more than %d events pending" % self._max_pending)  # noqa: UP031
+            self.end("too slow: more than %d events pending" % self._max_pending)  # noqa: UP031
             return False
-        self._queue.put_nowait(event)
+        if loop is None:
+            self._queue.put_nowait(event)
+            return True
+        # A listener: never inside the publisher's call (a link that publishes may be one that receives);
+        # one drain per loop turn hands over what arrived.
+        self._waiting.append(event)
+        if len(self._waiting) == 1:
+            loop.call_soon(self._drain)
         return True
+
+    def _drain(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        listener = self._listener
+        if listener is not None:
+            for event in waiting:  # also after close(): what was handed before it still arrives, in order
+                listener[0](event)
+        if self._closed_reason is not None:
+            self._listener = None
 
     def close(self, reason: str = "closed") -> None:
         if self._closed_reason is not None:
             return
         self._closed_reason = reason
+        if not self._waiting:
+            self._listener = None
         self._bus.forget(self)
         self._queue.put_nowait(_CLOSED)
+
+    def end(self, reason: str) -> None:
+        """
+        The bus ends the subscription (it closes, or the subscriber fell too far behind): a listener hears it.
+        """
+        listener, loop = self._listener, self._loop
+        self.close(reason)
+        if listener is not None and loop is not None:
+            loop.call_soon(listener[1], reason)  # after the drain of what was handed before
+
+    def listen(self, on_event: Callable[[CloudEvent], None], on_end: Callable[[str], None]) -> bool:
+        if self._closed_reason is not None or self._listener is not None or not self._queue.empty():
+            return False
+        self._listener, self._loop = (on_event, on_end), asyncio.get_running_loop()
+        return True
 
     def __aiter__(self) -> AsyncIterator[CloudEvent]:
         return self
@@ -196,4 +233,4 @@ class MemoryBus:
 
     async def close(self) -> None:
         for subscription in list(self._subscriptions):
-            subscription.close("bus closed")
+            subscription.end("bus closed")

@@ -509,6 +509,9 @@ class JetStreamIntake:
     def _closing(self) -> bool:
         return self._closed_reason is not None
 
+    def listen(self, on_event: Callable[[CloudEvent], None], on_end: Callable[[str], None]) -> bool:
+        return False  # each event must be acknowledged after it is durable: iterate, and acknowledge
+
     async def stopped(self) -> None:
         await asyncio.wait({self._task}, timeout=5)  # a fetch ends within its own 1 s timeout
 

@@ -70,6 +70,10 @@ class EventFeed(Protocol):
 
     def close(self, reason: str = "closed") -> None: ...
 
+    def listen(self, on_event: Callable[[CloudEvent], None], on_end: Callable[[str], None]) -> bool:
+        """Events handed to ``on_event`` on the loop instead of iterated; False: iterate (the bus's rules)."""
+        ...
+
 
 #: Opens ONE feed for all of a device's distinct subscriptions: ``(device_id, subscriptions)`` → the feed
 #: (``None`` = nothing to deliver). Called again with the longer tuple when a new subscription arrives; the

@@ -426,7 +426,9 @@ class Link:
         old, self._feed = self._feed, feed
         if old is not None:
             old.close("replaced by a feed for more subscriptions")
-        if feed is not None and self._forwarder is None:
+        # A feed that can call the link back needs no task; one that cannot (or a forwarder already running,
+        # which moves on to the new feed by itself) is iterated.
+        if feed is not None and self._forwarder is None and not self._listen(feed):
             self._forwarder = asyncio.create_task(self._forward(), name=f"device-events-{device_id}")
         self._log.debug("device subscribed", prefix=event.prefix, scope=wanted.scope)
 
@@ -450,6 +452,36 @@ class Link:
             self.close("internal error")
         finally:
             self._forwarder = None
+
+    def _listen(self, feed: EventFeed) -> bool:
+        known = 0  # the feed's drops counted so far
+
+        def on_event(event: CloudEvent) -> None:
+            nonlocal known
+            known = self._count_feed_drops(feed, known)
+            self._feed_event(event)
+
+        return feed.listen(on_event, self._feed_ended)
+
+    def _feed_event(self, event: CloudEvent) -> None:
+        """
+        A listened feed's event (on the loop, in order; a replaced feed's last events come before the new's).
+        """
+        if self._ending:
+            return
+        try:
+            self._deliver(event)
+        except Exception:
+            self._log.exception("forwarding events to the device failed", device_id=self.device_id)
+            self.close("internal error")
+
+    def _feed_ended(self, reason: str) -> None:
+        feed = self._feed
+        if feed is None or feed.closed_reason is None or self._ending:
+            return  # we closed it ourselves, or it was replaced
+        self._feed = None
+        self._log.warning("device event feed dropped", reason=reason)
+        self.close("the device's event feed was dropped")
 
     def _count_feed_drops(self, feed: EventFeed, known: int) -> int:
         if feed.dropped > known:
