@@ -222,7 +222,10 @@ class CustomerService:
         product clients own no devices: refused.
         """
         async with self._store.transaction(readonly=True) as tx:
-            await standing(tx, principal, ref)
+            if isinstance(principal, Principal):  # any role: the code is the member's own
+                await access_product(tx, principal, ref, "products:get")
+            else:
+                await standing(tx, principal, ref)
         if isinstance(principal, Principal):
             return await self._devices.create_claim_code(principal.user)
         if not isinstance(principal, ProductPrincipal) or principal.kind != "customer":
