@@ -110,6 +110,18 @@ async def test_shadow_customer_and_customer_scoped_tokens(
     assert created.status_code == 201, created.text
     token = await customer_token(client, app_client, "shadow@example.com")
     assert (await client.get("/v1/devices", headers=bearer(token))).status_code == 200
+    # Its refresh token gives a fresh customer token (and retires the old one).
+    refreshed = await client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": created.json()["refresh_token"]},
+        auth=app_client,
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    fresh = bearer(refreshed.json()["access_token"])
+    assert (await client.get("/v1/devices", headers=fresh)).status_code == 200
+    assert (await client.get("/v1/user", headers=fresh)).status_code == 403
+    old = await client.get("/v1/devices", headers=bearer(created.json()["access_token"]))
+    assert old.status_code == 401
     # A shadow customer has no password to log in with.
     login = await client.post(
         "/oauth/token",
@@ -172,6 +184,7 @@ async def test_team_member_creates_and_the_implicit_flow(client: httpx.AsyncClie
     )
     assert implicit.status_code == 201, implicit.text
     token = implicit.json()["access_token"]
+    assert "refresh_token" not in implicit.json()  # a browser keeps none
     assert implicit.headers["location"].startswith(f"https://brew.example.com/cb#access_token={token}&")
     # The implicit flow is for web clients only; an installed client must show its secret.
     installed_id, _ = await make_client(client, owner, name="Brew installed")

@@ -149,7 +149,7 @@ class CustomerService:
             redirect = self._implicit_redirect(client)
             if new.no_password:
                 raise InvalidInput("The implicit flow needs a password: a browser cannot keep a secret")
-        token = await self._create(product.id, new, client.id)
+        token = await self._create(product.id, new, client.id, refreshable=not implicit)
         if not implicit:
             return CreatedCustomer(token)
         fragment = {"access_token": token.access_token, "token_type": "bearer"}
@@ -165,7 +165,9 @@ class CustomerService:
             )
         return client.redirect_uri
 
-    async def _create(self, product_id: int, new: NewCustomer, client_id: str) -> IssuedToken:
+    async def _create(
+        self, product_id: int, new: NewCustomer, client_id: str, *, refreshable: bool = True
+    ) -> IssuedToken:
         username = check_username(new.email)
         if new.no_password:
             password_hash = None
@@ -175,7 +177,8 @@ class CustomerService:
             password_hash = await self._accounts.hash_password(new.password)
         async with self._store.transaction() as tx:
             customer = await tx.customers.add(product_id, username, password_hash, self._clock.now())
-        return await self._tokens.issue_for_customer(customer, client_id, self._tokens.default_lifetime)
+        lifetime = self._tokens.default_lifetime
+        return await self._tokens.issue_for_customer(customer, client_id, lifetime, refreshable=refreshable)
 
     # ------------------------------------------------------------------ read, change, delete
 

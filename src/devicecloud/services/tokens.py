@@ -304,14 +304,22 @@ class TokenService:
         return await self.issue_for_customer(customer, client.id, lifetime)
 
     async def issue_for_customer(
-        self, customer: Customer, client_id: str, lifetime: int | None
+        self, customer: Customer, client_id: str, lifetime: int | None, *, refreshable: bool = True
     ) -> IssuedToken:
         """
         A customer's token: it acts for the customer's product with `CUSTOMER_ACTIONS` on its own devices.
+        ``refreshable=False`` (the implicit flow: a browser keeps no refresh token) issues none.
         """
         async with self._store.transaction() as tx:
             return await self._issue_in(
-                tx, None, client_id, (), lifetime, product_id=customer.product_id, customer_id=customer.id
+                tx,
+                None,
+                client_id,
+                (),
+                lifetime,
+                product_id=customer.product_id,
+                customer_id=customer.id,
+                refreshable=refreshable,
             )
 
     @property
@@ -388,11 +396,12 @@ class TokenService:
         product_id: int | None = None,
         api_user_id: int | None = None,
         customer_id: int | None = None,
+        refreshable: bool = True,
     ) -> IssuedToken:
         now = self._clock.now()
         access = new_token()
         expires_at = now + timedelta(seconds=lifetime) if lifetime else None
-        refresh = new_token() if expires_at is not None else None
+        refresh = new_token() if expires_at is not None and refreshable else None
         refresh_expires_at = (
             expires_at + timedelta(seconds=self._policy.refresh_lifetime)
             if expires_at is not None and self._policy.refresh_lifetime
