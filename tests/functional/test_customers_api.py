@@ -424,3 +424,28 @@ async def test_refusals(client: httpx.AsyncClient, owner: Account, app_client: t
     assert (
         await client.put(f"{CUSTOMERS}/dup@example.com", json={"password": "x"}, headers=owner.auth)
     ).status_code == 400
+
+
+async def test_the_team_releases_or_removes_a_customers_device(
+    client: httpx.AsyncClient, runtime: Runtime, owner: Account, app_client: tuple[str, str]
+) -> None:
+    await client.post(CUSTOMERS, data={"email": "jane@example.com", "password": PASSWORD}, auth=app_client)
+    jane = bearer(await customer_token(client, app_client, "jane@example.com"))
+    released = await product_device(client, runtime, owner)
+    removed = await product_device(client, runtime, owner)
+    try:
+        for device in (released, removed):
+            code = (await client.post("/v1/products/brew-bot/device_claims", headers=jane)).json()
+            await claim_with(device, runtime, code["claim_code"])
+        listed = {d["id"] for d in (await client.get("/v1/devices", headers=jane)).json()}
+        assert listed == {released.device_id, removed.device_id}
+        base = "/v1/products/brew-bot/devices"
+        unclaimed = await client.delete(f"{base}/{released.device_id}/owner", headers=owner.auth)
+        assert unclaimed.status_code == 200, unclaimed.text
+        gone = await client.delete(f"{base}/{removed.device_id}", headers=owner.auth)
+        assert gone.status_code == 204, gone.text
+        assert (await client.get("/v1/devices", headers=jane)).json() == []
+        assert (await client.get(CUSTOMERS, headers=owner.auth)).json()["customers"][0]["devices"] == []
+    finally:
+        await released.stop()
+        await removed.stop()
