@@ -5,6 +5,9 @@ Rules kept here:
 - `access_device` is the one ownership check. A device that does not exist and a device of someone else
   give the same `PermissionDenied`, so ids cannot be probed. A product device also answers to its
   product's team, by role (issue 11 section 3; only then is a role read); a quarantined one only to reads.
+  A product's customer (issue 11 section 6) reaches only the admitted product devices it claimed with its
+  claim codes (``product_devices.customer_id``), with `CUSTOMER_ACTIONS`; such a device has no user owner
+  and cannot be claimed by id or by another code until the team releases it or the customer is deleted.
 - A function or variable the device's stored Describe lacks is asked for again once (Device OS 0.x may
   have answered before its application registered anything) and refused only if it is still missing; an
   offline device is not asked, and a device is asked at most once per `REDESCRIBE_INTERVAL` (calls naming
