@@ -38,6 +38,7 @@ from devicecloud.protocol import EventPublished, LocalProtocolError
 from devicecloud.protocol.keyslot import server_key_slot
 from devicecloud.services.accounts import AccountPolicy, AccountService
 from devicecloud.services.clients import ClientService
+from devicecloud.services.customers import CustomerService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.device_sessions import DeviceSessionService, SessionPolicy, StatusHook
 from devicecloud.services.devices import DevicePolicy, DeviceService
@@ -135,6 +136,7 @@ class Runtime:
     metrics: Metrics
     sims: SimService
     diagnostics: DiagnosticsService
+    customers: CustomerService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     node_started: bool = field(default=False)
@@ -159,6 +161,7 @@ class Runtime:
             probes=self.metrics,
             sims=self.sims,
             diagnostics=self.diagnostics,
+            customers=self.customers,
         )
 
     @property
@@ -549,4 +552,7 @@ def build_runtime(
         metrics=metrics,
         sims=SimService(store=store, clock=clock, presence=sessions.presence),
         diagnostics=diagnostics,
+        customers=CustomerService(
+            store=store, clock=clock, accounts=accounts, tokens=tokens, devices=devices
+        ),
     )

@@ -5,8 +5,7 @@ suite, so a new route cannot ship without saying who may use it.
 
 Columns: the product's Owner; a member in each role; an API user holding the route's scope and one holding
 another scope; an Administrator of another product; a plain user; a client of another product and one of
-this product (``*:*``). (Customers
-of this and of another product join when customers exist, issue 11 section 6.)
+this product (``*:*``); a customer of this product and one of another product (issue 11 section 6).
 
 The roles that may use a route are written out here by hand, not derived from `ROLE_ACTIONS`, so the test
 checks the table rather than repeating it.
@@ -29,6 +28,7 @@ from devicecloud.domain.access import SCOPES
 from devicecloud.runtime import Runtime
 from devicecloud.virtualdevice.device import VirtualDevice
 
+PW = "correct horse battery"
 ALL_ROLES = "ADSV"  # Administrator, Developer, Support, View-only (the Owner may use every route)
 ROLE_LETTERS = {"administrator": "A", "developer": "D", "support": "S", "view_only": "V"}
 _counter = itertools.count()
@@ -112,6 +112,8 @@ class Row:
     prepare: Callable[[World], Awaitable[Request]]
     listing: bool = False  # answers every person (their own products), not 404
     stream: bool = False  # an event stream: called over a real server, only its status read
+    customer: int = 403  # what a customer of this product gets (its standing shows the product: not 404)
+    people_only: bool = False  # API users and product clients are refused whatever their scopes
 
 
 async def _plain(url: str, **kwargs: Any) -> Request:
@@ -197,6 +199,18 @@ async def _new_sims(_world: World) -> Request:
 
 async def _deactivate_sim(world: World) -> Request:
     return f"/v1/products/alpha/sims/{await world.fresh_sim()}", {"json": {"action": "deactivate"}}
+
+
+async def _new_customer(_world: World) -> Request:
+    return "/v1/products/alpha/customers", {
+        "json": {"email": f"c{next(_counter)}@example.com", "password": PW}
+    }
+
+
+async def _customer_route(world: World) -> Request:
+    email = f"c{next(_counter)}@example.com"
+    await world.as_owner("POST", "/v1/products/alpha/customers", json={"email": email, "password": PW})
+    return f"/v1/products/alpha/customers/{email}", {"json": {"password": "another passphrase"}}
 
 
 async def _release_sim(world: World) -> Request:
@@ -360,6 +374,25 @@ MATRIX.update(
         ("POST", "/v1/products/{product}/events"): Row(
             "events:send", 200, "AD", fixed("/v1/products/alpha/events", json={"name": "matrix"})
         ),
+        ("POST", "/v1/products/{product}/customers"): Row("customers:create", 201, "AD", _new_customer),
+        ("GET", "/v1/products/{product}/customers"): Row(
+            "customers:list", 200, ALL_ROLES, fixed("/v1/products/alpha/customers")
+        ),
+        ("PUT", "/v1/products/{product}/customers/{email}"): Row(
+            "customers:update", 200, "AD", _customer_route
+        ),
+        ("DELETE", "/v1/products/{product}/customers/{email}"): Row(
+            "customers:remove", 200, "AD", _customer_route
+        ),
+        # A member's own claim code (any role), or a customer's: API users and clients own no devices.
+        ("POST", "/v1/products/{product}/device_claims"): Row(
+            "products:get",
+            200,
+            ALL_ROLES,
+            fixed("/v1/products/alpha/device_claims"),
+            customer=200,
+            people_only=True,
+        ),
     }
 )
 
@@ -375,6 +408,8 @@ COLUMNS = (
     "plain_user",
     "client_of_another_product",
     "client_of_this_product",
+    "customer_of_this_product",
+    "customer_of_another_product",
 )
 
 
@@ -396,12 +431,18 @@ def expected(row: Row, column: str) -> int:
     people = ("owner", *ROLE_LETTERS, "member_of_another_product", "plain_user")
     if row.scope is None:  # creating a product: any person, no product principal
         return row.ok if column in people else 403
+    if column.startswith("customer_of_") and row.listing:  # customers list no products
+        return 403
+    if column == "customer_of_this_product":
+        return row.customer
     if column == "owner":
         return row.ok
     if column in ROLE_LETTERS:
         return row.ok if ROLE_LETTERS[column] in row.roles else 403
     if column in ("api_user_with_scope", "client_of_this_product"):  # the client has *:*
-        return row.ok if row.scope in SCOPES else 403  # no scope, not even *:*, grants devicecloud actions
+        return (
+            row.ok if row.scope in SCOPES and not row.people_only else 403
+        )  # no scope, not even *:*, grants devicecloud actions
     if column == "api_user_without_scope":
         return 403
     if row.listing:  # everyone lists their own products; a product client has *:*
@@ -457,6 +498,18 @@ async def build_world(client: httpx.AsyncClient, runtime: Runtime) -> World:
         "/oauth/token", data={"grant_type": "client_credentials"}, auth=(ours.client.id, ours.secret)
     )
     world.tokens["client_of_this_product"] = granted.json()["access_token"]
+    for column, (made_by, secret) in (
+        ("customer_of_this_product", (ours.client.id, ours.secret)),
+        ("customer_of_another_product", (made.client.id, made.secret)),
+    ):
+        product = alpha if column == "customer_of_this_product" else beta
+        created = await client.post(
+            f"/v1/products/{product}/customers",
+            data={"email": f"{column}@example.com", "password": PW},
+            auth=(made_by, secret),
+        )
+        assert created.status_code == 201, created.text
+        world.tokens[column] = created.json()["access_token"]
     return world
 
 

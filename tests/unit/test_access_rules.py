@@ -11,6 +11,7 @@ import pytest
 
 from devicecloud.domain.access import (
     ACTIONS,
+    CUSTOMER_ACTIONS,
     ROLE_ACTIONS,
     SCOPES,
     TEAM_MANAGEMENT,
@@ -120,6 +121,35 @@ def test_wildcards_never_reach_the_devicecloud_actions() -> None:
 def test_unknown_actions_are_refused_to_everyone() -> None:
     assert not can(_person(1), "products:delete-everything", PRODUCT, Role.OWNER)
     assert not can(_api_user(7, "*:*"), "nope:nope", PRODUCT)
+
+
+def _customer(product_id: int, customer_id: int) -> ProductPrincipal:
+    token = _token(product_id=product_id, customer_id=customer_id)
+    return ProductPrincipal("customer", token, product_id, customer_id=customer_id)
+
+
+def test_a_customer_reaches_only_the_devices_it_claimed() -> None:
+    jane = _customer(7, 1)
+    hers = Resource("device", product_id=7, customer_id=1)
+    for action in sorted(ACTIONS):
+        assert can(jane, action, hers) is (action in CUSTOMER_ACTIONS), action
+    for other in (
+        Resource("device", product_id=7),  # the product's, nobody's
+        Resource("device", product_id=7, customer_id=2),  # another customer's
+        Resource("device", product_id=8, customer_id=1),  # another product's
+        Resource("device", user_id=1),  # a user's (user ids are not customer ids)
+        PRODUCT,
+        Resource("group", product_id=7),
+    ):
+        assert not any(can(jane, action, other) for action in ACTIONS), other
+
+
+def test_customers_create_is_a_client_scope_developers_and_up_hold() -> None:
+    assert "customers:create" in SCOPES
+    assert can(_api_user(7, "customers:create"), "customers:create", PRODUCT)
+    assert not can(_api_user(7, "customers:list"), "customers:create", PRODUCT)
+    holders = {role for role in Role if "customers:create" in ROLE_ACTIONS[role]}
+    assert holders == {Role.OWNER, Role.ADMINISTRATOR, Role.DEVELOPER}
 
 
 def test_roles_parse_from_names_and_ids() -> None:

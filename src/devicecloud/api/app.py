@@ -24,6 +24,7 @@ from devicecloud.api.middleware import (
 from devicecloud.api.routes import (
     access_tokens,
     clients,
+    customers,
     devices,
     diagnostics,
     events,
@@ -94,6 +95,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         diagnostics,
         webhooks,
         products,
+        customers,
         product_events,
         product_webhooks,
         groups,

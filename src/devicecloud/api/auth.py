@@ -25,8 +25,8 @@ from fastapi import Request
 
 from devicecloud.api.middleware import RateLimits
 from devicecloud.api.params import FORM, content_type, read_params
-from devicecloud.domain.access import AnyPrincipal
-from devicecloud.domain.accounts import Principal
+from devicecloud.domain.access import AnyPrincipal, ProductPrincipal
+from devicecloud.domain.accounts import Principal, User
 from devicecloud.errors import (
     InsufficientScope,
     InvalidGrant,
@@ -156,6 +156,30 @@ def require(scope: str | None = None) -> Callable[[Request], Awaitable[Principal
         return principal
 
     return dependency
+
+
+def require_device(scope: str) -> Callable[[Request], Awaitable[Principal | ProductPrincipal]]:
+    """
+    Dependency of the device routes a product's customer may use too (its own devices: list, get,
+    variables, functions, ping): a person as `require` lets them through, or a customer. Other product
+    principals are refused as by `require`.
+    """
+    people = require(scope)
+
+    async def dependency(request: Request) -> Principal | ProductPrincipal:
+        principal = await _verified(request)
+        if isinstance(principal, ProductPrincipal) and principal.kind == "customer":
+            return principal
+        return await people(request)
+
+    return dependency
+
+
+def device_caller(principal: Principal | ProductPrincipal) -> User | ProductPrincipal:
+    """
+    Who the device service acts for: the person behind a token, or the customer.
+    """
+    return principal.user if isinstance(principal, Principal) else principal
 
 
 async def _verified(request: Request) -> AnyPrincipal:

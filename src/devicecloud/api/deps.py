@@ -10,6 +10,7 @@ from typing import Protocol
 from devicecloud.clock import Clock
 from devicecloud.services.accounts import AccountService
 from devicecloud.services.clients import ClientService
+from devicecloud.services.customers import CustomerService
 from devicecloud.services.device_keys import DeviceKeyService
 from devicecloud.services.devices import DeviceService
 from devicecloud.services.diagnostics import DiagnosticsService
@@ -61,4 +62,5 @@ class ApiDeps:
     libraries: LibraryService
     sims: SimService
     diagnostics: DiagnosticsService
+    customers: CustomerService
     probes: Probes | None = None

@@ -36,6 +36,8 @@ SCOPES: frozenset[str] = frozenset(
         "sims:list", "sims:get", "sims:import", "sims:update", "sims:remove", "sims.status:get",
         "sims.usage:get",
         "teams.users:list", "teams.users:invite", "teams.users:update", "teams.users:remove",
+        # Catalogue §3: the OAuth client scope that lets a product's client create customers (§16 row 2).
+        "customers:create",
     }
 )  # fmt: skip
 
@@ -102,7 +104,7 @@ ROLE_ACTIONS: Mapping[Role, frozenset[str]] = {
     Role.VIEW_ONLY: _VIEW_ONLY,
 }
 
-#: What a customer may do with its own devices (section 6 of issue 11 fills in who owns which).
+#: What a customer may do with its own devices (those it claimed with its claim codes), and nothing else.
 CUSTOMER_ACTIONS: frozenset[str] = frozenset(
     {
         "devices:list",
@@ -122,13 +124,15 @@ ResourceKind = Literal["device", "webhook", "client", "product", "team", "group"
 class ProductPrincipal:
     """
     A caller that is not a person: an API user, a product client's token, a customer. It acts for one
-    product, with the scopes its token carries (none means nothing, unlike a person's own token).
+    product, with the scopes its token carries (none means nothing, unlike a person's own token). A customer
+    (``customer_id``) carries no scopes: `CUSTOMER_ACTIONS` on its own devices is all it may do.
     """
 
     kind: ProductPrincipalKind
     token: AccessToken
     product_id: int
     scopes: frozenset[str] = field(default_factory=frozenset)
+    customer_id: int | None = None
 
     def allows(self, scope: str) -> bool:
         return scopes_allow(self.scopes, scope, empty_means_all=False)
@@ -140,12 +144,14 @@ AnyPrincipal = Principal | ProductPrincipal
 @dataclass(frozen=True, slots=True)
 class Resource:
     """
-    What an access check is about: its kind and its owner, a user (``user_id``) or a product (``product_id``).
+    What an access check is about: its kind and its owner, a user (``user_id``) or a product (``product_id``);
+    a product device a customer claimed also names that customer (``customer_id``).
     """
 
     kind: ResourceKind
     user_id: int | None = None
     product_id: int | None = None
+    customer_id: int | None = None
 
 
 def scopes_allow(scopes: Iterable[str], action: str, *, empty_means_all: bool) -> bool:
@@ -176,10 +182,13 @@ def can(principal: AnyPrincipal | User, action: str, resource: Resource, role: R
         return role is not None and action in ROLE_ACTIONS[role]
     if resource.product_id is None or resource.product_id != principal.product_id:
         return False
+    if principal.kind == "customer":  # its own devices only, whatever the product's other devices are
+        return (
+            action in CUSTOMER_ACTIONS
+            and resource.kind == "device"
+            and resource.customer_id is not None
+            and resource.customer_id == principal.customer_id
+        )
     if action in EXTENSION_ACTIONS:  # no scope grants them, not even a wildcard: people (roles) only
         return False
-    if not principal.allows(action):
-        return False
-    if principal.kind == "customer":
-        return action in CUSTOMER_ACTIONS and resource.kind == "device"
-    return True
+    return principal.allows(action)

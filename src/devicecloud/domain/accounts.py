@@ -49,7 +49,7 @@ class AccessToken:
     A stored bearer token. Only its hash is kept; ``hint`` is the first characters, for listing.
 
     A person's token has ``user_id``; a product's (API user, product client) has ``product_id`` instead,
-    and an API user's also ``api_user_id`` (decision 0016).
+    and an API user's also ``api_user_id``, a customer's ``customer_id`` (decision 0016).
     """
 
     id: int
@@ -64,6 +64,22 @@ class AccessToken:
     refresh_expires_at: datetime | None = None
     product_id: int | None = None
     api_user_id: int | None = None
+    customer_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """
+    A customer of a product (issue 11 section 6): a person of the product's app, not a user. ``username`` is
+    their email (or the unique id the product's app chose), lower-cased; a shadow customer (``no_password``)
+    has no password hash and gets tokens only through the product's client.
+    """
+
+    id: int
+    product_id: int
+    username: str
+    password_hash: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

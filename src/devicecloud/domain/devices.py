@@ -84,6 +84,7 @@ class ProductMembership:
     desired_firmware_version: int | None = None
     quarantined: bool = False
     denied: bool = False
+    customer_id: int | None = None  # the product's customer that claimed it (issue 11 section 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,17 @@ class HeardRow:
     last_heard: datetime
     session_epoch: int
     node_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCode:
+    """
+    A claim code just used up: for a user (``user_id``) or for a product's customer (``customer_id``).
+    """
+
+    user_id: int | None
+    customer_id: int | None
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,19 @@ class AccountService:
             raise InvalidGrant("User credentials are invalid")
         return user
 
+    async def password_matches(self, stored_hash: str | None, password: str) -> bool:
+        """
+        Whether ``password`` matches a hash kept elsewhere (a product customer's); with no hash it spends the
+        same time and answers False.
+        """
+        return await self._passwords.verify(stored_hash, password)
+
+    async def hash_password(self, password: Any) -> str:
+        """
+        The hash of an acceptable password (`check_password`'s rules) for a record kept elsewhere.
+        """
+        return await self._passwords.hash(check_password(password))
+
     async def authenticate_basic(self, username: str, password: str, otp: str | None = None) -> User:
         """
         HTTP Basic for the token-list endpoints: like `authenticate`, plus the OTP when MFA is on.

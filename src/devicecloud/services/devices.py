@@ -5,6 +5,9 @@ Rules kept here:
 - `access_device` is the one ownership check. A device that does not exist and a device of someone else
   give the same `PermissionDenied`, so ids cannot be probed. A product device also answers to its
   product's team, by role (issue 11 section 3; only then is a role read); a quarantined one only to reads.
+  A product's customer (issue 11 section 6) reaches only the admitted product devices it claimed with its
+  claim codes (``product_devices.customer_id``), with `CUSTOMER_ACTIONS`; such a device has no user owner
+  and cannot be claimed by id or by another code until the team releases it or the customer is deleted.
 - A function or variable the device's stored Describe lacks is asked for again once (Device OS 0.x may
   have answered before its application registered anything) and refused only if it is still missing; an
   offline device is not asked, and a device is asked at most once per `REDESCRIBE_INTERVAL` (calls naming
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from devicecloud.domain.access import Resource, can
+from devicecloud.domain.access import ProductPrincipal, Resource, can
 from devicecloud.domain.devices import (
     WIFI_PLATFORMS,
     Device,
@@ -54,6 +57,14 @@ def _most_recently_connected_first(device: Device) -> tuple[bool, float, str]:
 
 def denied() -> PermissionDenied:
     return PermissionDenied("Permission Denied: not a device of yours", code="Permission Denied")
+
+
+def _customer_resource(device: Device) -> Resource:
+    # A customer reaches a device of its product that it claimed; quarantined and denied ones never.
+    membership = device.membership
+    if membership is None or membership.quarantined or membership.denied:
+        return Resource("device")
+    return Resource("device", product_id=membership.product_id, customer_id=membership.customer_id)
 
 
 def _resource(device: Device) -> Resource:
@@ -155,22 +166,43 @@ class DeviceService:
         self._counts[user.id] = (now + COUNTS_TTL, wifi, cellular)
         return wifi, cellular
 
-    async def list_devices(self, user: User) -> list[Device]:
+    async def list_devices(self, user: User | ProductPrincipal) -> list[Device]:
         """
-        The user's devices, most recently connected first.
+        The user's (or the customer's) devices, most recently connected first.
         """
         async with self._store.transaction(readonly=True) as tx:
-            listed = [self._present(device) for device in await tx.devices.list_for_owner(user.id)]
+            if isinstance(user, ProductPrincipal):
+                found = await self._customer_devices(tx, user)
+            else:
+                found = list(await tx.devices.list_for_owner(user.id))
+            listed = [self._present(device) for device in found]
         if self._presence is not None:  # presence may be newer than the order the store gave
             listed.sort(key=_most_recently_connected_first)
         return listed
 
-    async def access_device(self, user: User, ref: str, action: str = "devices:get") -> Device:
+    async def _customer_devices(self, tx: UnitOfWork, customer: ProductPrincipal) -> list[Device]:
+        if customer.customer_id is None:
+            return []
+        found = await tx.customers.devices(customer.customer_id)
+        return [device for device in found if can(customer, "devices:list", _customer_resource(device))]
+
+    async def access_device(
+        self, user: User | ProductPrincipal, ref: str, action: str = "devices:get"
+    ) -> Device:
         """
         The caller's device named by id or by name, if ``can`` lets it do ``action`` (decision 0016: the one
         access check of devices). Raises `PermissionDenied` for missing and foreign alike.
         """
         device_id = normalise_device_id(ref)
+        if isinstance(user, ProductPrincipal):  # a customer: only the product devices it claimed
+            by_id = await self._store.lookup_device(device_id) if device_id else None
+            if by_id is not None and can(user, action, _customer_resource(by_id)):
+                return self._present(by_id)
+            async with self._store.transaction(readonly=True) as tx:
+                named = [d for d in await self._customer_devices(tx, user) if d.name == ref]
+            if len(named) == 1 and can(user, action, _customer_resource(named[0])):
+                return self._present(named[0])
+            raise denied()
         by_id = await self._store.lookup_device(device_id) if device_id else None
         if by_id is not None and can(user, action, _resource(by_id)):
             return self._present(by_id)
@@ -187,7 +219,9 @@ class DeviceService:
 
     # ------------------------------------------------------------------ talking to the device
 
-    async def call_function(self, user: User, ref: str, name: str, argument: str) -> tuple[Device, int]:
+    async def call_function(
+        self, user: User | ProductPrincipal, ref: str, name: str, argument: str
+    ) -> tuple[Device, int]:
         device = await self.access_device(user, ref, "devices.function:call")
         return await self.call_function_on(device, name, argument)
 
@@ -209,7 +243,9 @@ class DeviceService:
         )
         return device, result
 
-    async def read_variable(self, user: User, ref: str, name: str) -> tuple[Device, VariableReading]:
+    async def read_variable(
+        self, user: User | ProductPrincipal, ref: str, name: str
+    ) -> tuple[Device, VariableReading]:
         device = await self.access_device(user, ref, "devices.variable:get")
         return await self.read_variable_on(device, name)
 
@@ -248,7 +284,7 @@ class DeviceService:
         self._redescribed[device_id] = now
         return True
 
-    async def ping(self, user: User, ref: str) -> bool:
+    async def ping(self, user: User | ProductPrincipal, ref: str) -> bool:
         device = await self.access_device(user, ref, "devices:ping")
         return await self.ping_device(device)
 
@@ -315,6 +351,10 @@ class DeviceService:
                     "You cannot claim a device owned by someone else", code="Permission Denied"
                 )
             membership = device.membership
+            if membership is not None and membership.customer_id is not None:
+                raise PermissionDenied(
+                    "You cannot claim a device owned by someone else", code="Permission Denied"
+                )
             if membership is not None and await tx.products.role_of(membership.product_id, user.id) is None:
                 # An imported id is a record nobody owns: only the product's team may claim it by id.
                 raise PermissionDenied(
@@ -334,6 +374,8 @@ class DeviceService:
         """
         async with self._store.transaction() as tx:
             await tx.devices.update(device.id, owner_id=None, notes=None, updated_at=self._clock.now())
+            if device.membership is not None and device.membership.customer_id is not None:
+                await tx.customers.give_device(device.id, None)  # a customer's device: nobody's now
         self._owner_changed(device.id)
         # Its event subscriptions were made for the old owner; a fresh link subscribes under the new rules.
         await self._control.disconnect(device.id)
@@ -348,6 +390,22 @@ class DeviceService:
             owned = [d.id for d in await tx.devices.list_for_owner(user.id)]
         return code, owned
 
+    async def create_customer_claim_code(self, customer: ProductPrincipal) -> tuple[str, list[str]]:
+        """
+        A one-time code for a product's customer: a device of that product presenting it becomes the
+        customer's (issue 11 section 6).
+        """
+        code = secrets.token_urlsafe(47)[:63]
+        async with self._store.transaction() as tx:
+            await tx.claim_codes.add(
+                hash_secret(code),
+                None,
+                self._clock.now() + CLAIM_CODE_LIFETIME,
+                customer_id=customer.customer_id,
+            )
+            owned = [d.id for d in await self._customer_devices(tx, customer)]
+        return code, owned
+
     async def handle_device_event(self, device_id: str, name: str, data: str | None) -> None:
         """
         Events from devices that concern the device record (more arrive with the events bus).
@@ -357,7 +415,8 @@ class DeviceService:
 
     async def claim_with_code(self, device_id: str, code: str) -> bool:
         """
-        A device presented a claim code: give it to the code's user if the device is unowned.
+        A device presented a claim code: give it to the code's user if the device is unowned. A customer's
+        code is taken only by an unowned, admitted device of the customer's product.
         """
         await self._settle(device_id)
         async with self._store.transaction() as tx:
@@ -365,12 +424,28 @@ class DeviceService:
             device = await tx.devices.get(device_id)
             if (
                 taken is None
-                or taken[1] <= self._clock.now()
+                or taken.expires_at <= self._clock.now()
                 or device is None
                 or device.owner_id is not None
+                or (device.membership is not None and device.membership.customer_id is not None)
             ):
                 return False
-            await self._take_ownership(tx, device, taken[0])
+            if taken.customer_id is not None:
+                customer = await tx.customers.get(taken.customer_id)
+                membership = device.membership
+                if (
+                    customer is None
+                    or membership is None
+                    or membership.product_id != customer.product_id
+                    or membership.quarantined
+                    or membership.denied
+                ):
+                    return False
+                await tx.customers.give_device(device.id, customer.id)
+            elif taken.user_id is not None:
+                await self._take_ownership(tx, device, taken.user_id)
+            else:
+                return False
         self._owner_changed(device_id)
         return True
 

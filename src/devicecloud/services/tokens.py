@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import pyotp
 
-from devicecloud.domain.access import AnyPrincipal, ProductPrincipal
-from devicecloud.domain.accounts import AccessToken, IssuedToken, OAuthClient, Principal, User
+from devicecloud.domain.access import AnyPrincipal, ProductPrincipal, ProductPrincipalKind
+from devicecloud.domain.accounts import AccessToken, Customer, IssuedToken, OAuthClient, Principal, User
 from devicecloud.errors import (
     AuthenticationFailed,
     InsufficientScope,
@@ -110,11 +110,17 @@ class TokenService:
             return Principal(user=user, token=access, scopes=frozenset(access.scopes))
         if access.product_id is None:  # neither a person's nor a product's: nothing may use it
             raise AuthenticationFailed("The access token provided is invalid.")
+        kind: ProductPrincipalKind = "product_client"
+        if access.customer_id is not None:
+            kind = "customer"
+        elif access.api_user_id is not None:
+            kind = "api_user"
         return ProductPrincipal(
-            kind="api_user" if access.api_user_id is not None else "product_client",
+            kind=kind,
             token=access,
             product_id=access.product_id,
             scopes=frozenset(access.scopes),
+            customer_id=access.customer_id,
         )
 
     async def revoked_or_expired(self, tokens: Collection[AccessToken]) -> set[str]:
@@ -161,6 +167,23 @@ class TokenService:
             or client.secret_hash is None
             or not secret_matches(client_secret, client.secret_hash)
         ):
+            raise InvalidClient("Client credentials are invalid")
+        return client
+
+    async def public_client(self, client_id: str | None) -> OAuthClient:
+        """
+        A registered client named by its id alone, for the implicit flow (a browser cannot keep a secret).
+        Raises `InvalidClient`.
+        """
+        if (
+            not client_id
+            or not CLIENT_ID_PATTERN.match(client_id)
+            or client_id in self._policy.builtin_clients
+        ):
+            raise InvalidClient("Invalid or missing client_id parameter")
+        async with self._store.transaction(readonly=True) as tx:
+            client = await tx.clients.get(client_id)
+        if client is None:
             raise InvalidClient("Client credentials are invalid")
         return client
 
@@ -215,6 +238,10 @@ class TokenService:
     ) -> IssuedToken:
         if not request.username or not request.password:
             raise InvalidClient('Missing parameters. "username" and "password" are required')
+        if client.product_id is not None:  # a product's client logs its customers in (issue 11 section 6)
+            customer = await self._customer_login(client.product_id, request.username, request.password)
+            if customer is not None:
+                return await self.issue_for_customer(customer, client.id, lifetime)
         user = await self._accounts.authenticate(request.username, request.password)
         if user.mfa_enabled:
             mfa_token = new_token()
@@ -237,7 +264,7 @@ class TokenService:
         granted = tuple(client.scopes) or (FULL_SCOPE,)
         if request.scope:
             if request.scope.startswith("customer="):
-                raise InsufficientScope("Customer tokens need a product client; this client has no product")
+                return await self._customer_grant(client, request.scope.removeprefix("customer="), lifetime)
             wanted = tuple(request.scope.split())
             if FULL_SCOPE not in granted and not set(wanted) <= set(granted):
                 raise InsufficientScope("The requested scope is not allowed for this client")
@@ -248,6 +275,59 @@ class TokenService:
                     tx, None, client.id, granted, lifetime, product_id=client.product_id
                 )
         return await self._issue(client.owner_id, client.id, granted, lifetime)
+
+    async def _customer_login(self, product_id: int, username: str, password: str) -> Customer | None:
+        """
+        The product's customer these credentials name, if there is one: None when the product has no
+        customer of that name (the login is a person's then); `InvalidGrant` when the password is wrong or
+        the customer has none (a shadow customer).
+        """
+        async with self._store.transaction(readonly=True) as tx:
+            customer = await tx.customers.get_by_username(product_id, username.strip().lower())
+        if customer is None:
+            return None
+        if not await self._accounts.password_matches(customer.password_hash, password):
+            raise InvalidGrant("User credentials are invalid")
+        return customer
+
+    async def _customer_grant(self, client: OAuthClient, email: str, lifetime: int | None) -> IssuedToken:
+        """
+        ``client_credentials`` with ``scope=customer=<email>`` (catalogue §16 row 5): a token for one of the
+        client's product's customers, no password asked (the client's secret vouches for it).
+        """
+        if client.product_id is None:
+            raise InsufficientScope("Customer tokens need a product client; this client has no product")
+        async with self._store.transaction(readonly=True) as tx:
+            customer = await tx.customers.get_by_username(client.product_id, email.strip().lower())
+        if customer is None:
+            raise InvalidGrant("Customer not found in this product")
+        return await self.issue_for_customer(customer, client.id, lifetime)
+
+    async def issue_for_customer(
+        self, customer: Customer, client_id: str, lifetime: int | None, *, refreshable: bool = True
+    ) -> IssuedToken:
+        """
+        A customer's token: it acts for the customer's product with `CUSTOMER_ACTIONS` on its own devices.
+        ``refreshable=False`` (the implicit flow: a browser keeps no refresh token) issues none.
+        """
+        async with self._store.transaction() as tx:
+            return await self._issue_in(
+                tx,
+                None,
+                client_id,
+                (),
+                lifetime,
+                product_id=customer.product_id,
+                customer_id=customer.id,
+                refreshable=refreshable,
+            )
+
+    @property
+    def default_lifetime(self) -> int | None:
+        """
+        Seconds a token lives when the request does not say (None: never).
+        """
+        return self._policy.access_lifetime or None
 
     async def _refresh_grant(self, client: OAuthClient, request: GrantRequest) -> IssuedToken:
         if not request.refresh_token:
@@ -269,6 +349,7 @@ class TokenService:
                 lifetime,
                 product_id=old.product_id,
                 api_user_id=old.api_user_id,
+                customer_id=old.customer_id,
             )
 
     async def _mfa_grant(self, client: OAuthClient, request: GrantRequest) -> IssuedToken:
@@ -314,11 +395,13 @@ class TokenService:
         *,
         product_id: int | None = None,
         api_user_id: int | None = None,
+        customer_id: int | None = None,
+        refreshable: bool = True,
     ) -> IssuedToken:
         now = self._clock.now()
         access = new_token()
         expires_at = now + timedelta(seconds=lifetime) if lifetime else None
-        refresh = new_token() if expires_at is not None else None
+        refresh = new_token() if expires_at is not None and refreshable else None
         refresh_expires_at = (
             expires_at + timedelta(seconds=self._policy.refresh_lifetime)
             if expires_at is not None and self._policy.refresh_lifetime
@@ -336,6 +419,7 @@ class TokenService:
             refresh_expires_at=refresh_expires_at,
             product_id=product_id,
             api_user_id=api_user_id,
+            customer_id=customer_id,
         )
         return IssuedToken(access_token=access, expires_in=lifetime, refresh_token=refresh, scopes=scopes)
 

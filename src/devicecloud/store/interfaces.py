@@ -13,8 +13,8 @@ from datetime import date, datetime
 from typing import Any, Protocol
 
 from devicecloud.domain.access import Role
-from devicecloud.domain.accounts import AccessToken, OAuthClient, User
-from devicecloud.domain.devices import Device, DevicePresence, HeardRow, PendingKey
+from devicecloud.domain.accounts import AccessToken, Customer, OAuthClient, User
+from devicecloud.domain.devices import ClaimCode, Device, DevicePresence, HeardRow, PendingKey
 from devicecloud.domain.diagnostics import VitalsRecord
 from devicecloud.domain.libraries import (
     Library,
@@ -71,6 +71,7 @@ class TokenRepository(Protocol):
         refresh_expires_at: datetime | None,
         product_id: int | None = None,
         api_user_id: int | None = None,
+        customer_id: int | None = None,
     ) -> AccessToken: ...
 
     async def find_with_user(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
@@ -256,9 +257,67 @@ class NodeRepository(Protocol):
 
 
 class ClaimCodeRepository(Protocol):
-    async def add(self, code_hash: str, user_id: int, expires_at: datetime) -> None: ...
+    async def add(
+        self, code_hash: str, user_id: int | None, expires_at: datetime, *, customer_id: int | None = None
+    ) -> None:
+        """
+        A code for a user, or (``user_id`` None) for a product's customer.
+        """
+        ...
 
-    async def take(self, code_hash: str) -> tuple[int, datetime] | None: ...
+    async def take(self, code_hash: str) -> ClaimCode | None:
+        """
+        Use up a claim code: returns it once, then None.
+        """
+        ...
+
+
+class CustomerRepository(Protocol):
+    """
+    A product's customers (issue 11 section 6). Usernames are unique per product.
+    """
+
+    async def add(self, product_id: int, username: str, password_hash: str | None, now: datetime) -> Customer:
+        """
+        Raises `errors.Conflict` when the product has a customer of that name.
+        """
+        ...
+
+    async def get(self, customer_id: int) -> Customer | None: ...
+
+    async def get_by_username(self, product_id: int, username: str) -> Customer | None: ...
+
+    async def page(self, product_id: int, offset: int, limit: int) -> tuple[list[Customer], int]:
+        """
+        A page of the product's customers by id, and how many it has in all.
+        """
+        ...
+
+    async def device_ids(self, customer_ids: Sequence[int]) -> dict[int, list[str]]:
+        """
+        The ids of the devices each of these customers claimed, in id order.
+        """
+        ...
+
+    async def devices(self, customer_id: int) -> Sequence[Device]:
+        """
+        The customer's devices (with their owner and membership, like `DeviceRepository.get`).
+        """
+        ...
+
+    async def set_password(self, customer_id: int, password_hash: str) -> None: ...
+
+    async def delete(self, customer_id: int) -> None:
+        """
+        Delete the customer: its tokens and claim codes go with it, its devices become nobody's.
+        """
+        ...
+
+    async def give_device(self, device_id: str, customer_id: int | None) -> None:
+        """
+        Make a product device the customer's (None: nobody's).
+        """
+        ...
 
 
 class WebhookRepository(Protocol):
@@ -673,6 +732,9 @@ class UnitOfWork(Protocol):
 
     @property
     def claim_codes(self) -> ClaimCodeRepository: ...
+
+    @property
+    def customers(self) -> CustomerRepository: ...
 
     @property
     def webhooks(self) -> WebhookRepository: ...

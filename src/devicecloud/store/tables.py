@@ -118,6 +118,8 @@ access_tokens = Table(
         nullable=True,
         index=True,
     ),
+    # A customer's token (issue 11 section 6) has product_id and customer_id; its deletion revokes it
+    Column("customer_id", Integer, ForeignKey("customers.id", ondelete="CASCADE"), nullable=True, index=True),
 )
 
 one_time_secrets = Table(
@@ -190,8 +192,10 @@ claim_codes = Table(
     "claim_codes",
     metadata,
     Column("code_hash", String(64), primary_key=True),
-    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    # A user's code, or a product customer's (issue 11 section 6): exactly one of the two.
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True),
     Column("expires_at", UtcDateTime, nullable=False),
+    Column("customer_id", Integer, ForeignKey("customers.id", ondelete="CASCADE"), nullable=True, index=True),
 )
 
 webhooks = Table(
@@ -269,6 +273,19 @@ product_api_users = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+# A product's customers (issue 11 section 6, decision 0016): people of the product's app, not users. A
+# shadow customer (``no_password``) has no password and gets tokens only through the product's client.
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=False),
+    Column("username", String(254), nullable=False),
+    Column("password_hash", String(255), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("product_id", "username", name="uq_customers_product_id_username"),
+)
+
 device_groups = Table(
     "device_groups",
     metadata,
@@ -296,6 +313,10 @@ product_devices = Table(
     Column("desired_firmware_version", Integer, nullable=True),
     Column("quarantined", Boolean, nullable=False, default=False, server_default=false()),
     Column("denied", Boolean, nullable=False, default=False, server_default=false()),
+    # The customer that claimed it (issue 11 section 6); a customer-owned device has no user owner.
+    Column(
+        "customer_id", Integer, ForeignKey("customers.id", ondelete="SET NULL"), nullable=True, index=True
+    ),
     # The list's orders within a product (decision 0020): by id, and by product firmware version.
     Index("ix_product_devices_product_id_device_id", "product_id", "device_id"),
     Index("ix_product_devices_product_id_firmware_version", "product_id", "firmware_version", "device_id"),

@@ -11,16 +11,19 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from devicecloud.api.auth import require
+from devicecloud.api.auth import device_caller, require, require_device
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.params import MULTIPART, Params, Upload, body_doc, content_type, query_doc, uploads
 from devicecloud.api.routes.firmware import sources
+from devicecloud.domain.access import ProductPrincipal
 from devicecloud.domain.accounts import Principal
 from devicecloud.domain.devices import Device, VariableReading
 from devicecloud.domain.timestamps import iso
 from devicecloud.errors import InvalidInput
 
 router = APIRouter(tags=["Devices"])
+# A person, or a product's customer on the routes it may use for its own devices (issue 11 section 6).
+Caller = Principal | ProductPrincipal
 
 
 class Claim(BaseModel):
@@ -96,9 +99,9 @@ def _deps(request: Request) -> ApiDeps:
 
 @router.get("/v1/devices", summary="List your devices")
 async def list_devices(
-    request: Request, principal: Annotated[Principal, Depends(require("devices:list"))]
+    request: Request, principal: Annotated[Caller, Depends(require_device("devices:list"))]
 ) -> list[dict[str, Any]]:
-    devices = await _deps(request).devices.list_devices(principal.user)
+    devices = await _deps(request).devices.list_devices(device_caller(principal))
     return [render_device(d) for d in devices]
 
 
@@ -124,9 +127,9 @@ async def create_claim_code(
 
 @router.get("/v1/devices/{device}", summary="Get a device")
 async def get_device(
-    request: Request, device: str, principal: Annotated[Principal, Depends(require("devices:get"))]
+    request: Request, device: str, principal: Annotated[Caller, Depends(require_device("devices:get"))]
 ) -> dict[str, Any]:
-    return render_device(await _deps(request).devices.access_device(principal.user, device))
+    return render_device(await _deps(request).devices.access_device(device_caller(principal), device))
 
 
 @router.put(
@@ -189,9 +192,9 @@ async def unclaim_device(
 
 @router.put("/v1/devices/{device}/ping", summary="Ping a device")
 async def ping_device(
-    request: Request, device: str, principal: Annotated[Principal, Depends(require("devices:ping"))]
+    request: Request, device: str, principal: Annotated[Caller, Depends(require_device("devices:ping"))]
 ) -> dict[str, Any]:
-    online = await _deps(request).devices.ping(principal.user, device)
+    online = await _deps(request).devices.ping(device_caller(principal), device)
     return {"online": online, "ok": True}
 
 
@@ -202,9 +205,9 @@ async def read_variable(
     request: Request,
     device: str,
     variable: str,
-    principal: Annotated[Principal, Depends(require("devices.variable:get"))],
+    principal: Annotated[Caller, Depends(require_device("devices.variable:get"))],
 ) -> Any:
-    found, reading = await _deps(request).devices.read_variable(principal.user, device, variable)
+    found, reading = await _deps(request).devices.read_variable(device_caller(principal), device, variable)
     if request.query_params.get("format") == "raw":
         return PlainTextResponse(raw_value(reading.value))
     return render_variable(found, reading)
@@ -234,11 +237,12 @@ async def call_function(
     request: Request,
     device: str,
     function: str,
-    principal: Annotated[Principal, Depends(require("devices.function:call"))],
+    principal: Annotated[Caller, Depends(require_device("devices.function:call"))],
     params: Annotated[FunctionCall, Depends(Params(FunctionCall))],
 ) -> Any:
     argument = params.arg if params.arg is not None else (params.args or "")
-    found, result = await _deps(request).devices.call_function(principal.user, device, function, argument)
+    caller = device_caller(principal)
+    found, result = await _deps(request).devices.call_function(caller, device, function, argument)
     if params.format == "raw":
         return PlainTextResponse(str(result))
     return {"id": found.id, "name": found.name, "connected": True, "return_value": result}

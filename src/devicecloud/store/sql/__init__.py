@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from devicecloud.domain.accounts import AccessToken, User
 from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
+from devicecloud.store.sql.customers import SqlCustomers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
 from devicecloud.store.sql.diagnostics import SqlVitals
 from devicecloud.store.sql.libraries import SqlLibraries
@@ -97,6 +98,7 @@ class SqlUnitOfWork:
         self.pending_keys = SqlPendingKeys(conn)
         self.nodes = SqlNodes(conn)
         self.claim_codes = SqlClaimCodes(conn)
+        self.customers = SqlCustomers(conn)
         self.webhooks = SqlWebhooks(conn)
         self.deliveries = SqlDeliveries(conn)
         self.products = SqlProducts(conn)

@@ -46,6 +46,7 @@ def _token(row: Row[Any]) -> AccessToken:
         refresh_expires_at=row.refresh_expires_at,
         product_id=row.product_id,
         api_user_id=row.api_user_id,
+        customer_id=row.customer_id,
     )
 
 
@@ -141,6 +142,7 @@ def token_and_user(row: Row[Any]) -> tuple[AccessToken, User | None]:
         refresh_expires_at=mapping["t_refresh_expires_at"],
         product_id=mapping["t_product_id"],
         api_user_id=mapping["t_api_user_id"],
+        customer_id=mapping["t_customer_id"],
     )
     return token, _user(row) if mapping["t_user_id"] is not None else None
 
@@ -163,12 +165,14 @@ class SqlTokens:
         refresh_expires_at: datetime | None,
         product_id: int | None = None,
         api_user_id: int | None = None,
+        customer_id: int | None = None,
     ) -> AccessToken:
         result = await self._conn.execute(
             insert(access_tokens)
             .values(
                 product_id=product_id,
                 api_user_id=api_user_id,
+                customer_id=customer_id,
                 token_hash=token_hash,
                 hint=hint,
                 user_id=user_id,

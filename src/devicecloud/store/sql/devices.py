@@ -25,7 +25,14 @@ from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from devicecloud.domain.devices import Device, DevicePresence, HeardRow, PendingKey, ProductMembership
+from devicecloud.domain.devices import (
+    ClaimCode,
+    Device,
+    DevicePresence,
+    HeardRow,
+    PendingKey,
+    ProductMembership,
+)
 from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import claim_codes, devices, nodes, pending_device_keys, product_devices, users
 
@@ -39,6 +46,7 @@ _DEVICE_COLUMNS = (
     product_devices.c.desired_firmware_version.label("pd_desired_firmware_version"),
     product_devices.c.quarantined.label("pd_quarantined"),
     product_devices.c.denied.label("pd_denied"),
+    product_devices.c.customer_id.label("pd_customer_id"),
 )
 
 
@@ -52,6 +60,7 @@ def _membership(row: Mapping[str, Any]) -> ProductMembership | None:
         desired_firmware_version=row["pd_desired_firmware_version"],
         quarantined=bool(row["pd_quarantined"]),
         denied=bool(row["pd_denied"]),
+        customer_id=row["pd_customer_id"],
     )
 
 
@@ -397,14 +406,18 @@ class SqlClaimCodes:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def add(self, code_hash: str, user_id: int, expires_at: datetime) -> None:
+    async def add(
+        self, code_hash: str, user_id: int | None, expires_at: datetime, *, customer_id: int | None = None
+    ) -> None:
         await self._conn.execute(
-            insert(claim_codes).values(code_hash=code_hash, user_id=user_id, expires_at=expires_at)
+            insert(claim_codes).values(
+                code_hash=code_hash, user_id=user_id, customer_id=customer_id, expires_at=expires_at
+            )
         )
 
-    async def take(self, code_hash: str) -> tuple[int, datetime] | None:
+    async def take(self, code_hash: str) -> ClaimCode | None:
         """
-        Use up a claim code: returns (user_id, expires_at) once, then None.
+        Use up a claim code: returns it once, then None.
         """
         row = (
             await self._conn.execute(select(claim_codes).where(claim_codes.c.code_hash == code_hash))
@@ -412,4 +425,6 @@ class SqlClaimCodes:
         if row is None:
             return None
         result = await self._conn.execute(delete(claim_codes).where(claim_codes.c.code_hash == code_hash))
-        return (row.user_id, row.expires_at) if result.rowcount else None
+        if not result.rowcount:
+            return None
+        return ClaimCode(user_id=row.user_id, customer_id=row.customer_id, expires_at=row.expires_at)

@@ -72,6 +72,7 @@ def _from_sqlite_row(row: Any) -> tuple[AccessToken, User | None]:
         refresh_expires_at=_when(t["refresh_expires_at"]),
         product_id=t["product_id"],
         api_user_id=t["api_user_id"],
+        customer_id=t["customer_id"],
     )
     if t["user_id"] is None:  # a product's token (decision 0016): the outer join found no user
         return token, None
