@@ -44,12 +44,14 @@ from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.diagnostics import DiagnosticsPolicy, DiagnosticsService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.firmware import FirmwareService
+from devicecloud.services.firmware_rollout import UPDATES_PREFIX, FirmwareRollout, RolloutPolicy
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.nodes import NodeService, generate_node_id
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import DeviceControl, Notifier
 from devicecloud.services.product_devices import ProductDeviceService
+from devicecloud.services.product_firmware import ProductFirmwareService
 from devicecloud.services.products import ProductService
 from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenPolicy, TokenService
@@ -135,6 +137,8 @@ class Runtime:
     metrics: Metrics
     sims: SimService
     diagnostics: DiagnosticsService
+    product_firmware: ProductFirmwareService
+    rollout: FirmwareRollout
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     node_started: bool = field(default=False)
@@ -159,6 +163,7 @@ class Runtime:
             probes=self.metrics,
             sims=self.sims,
             diagnostics=self.diagnostics,
+            product_firmware=self.product_firmware,
         )
 
     @property
@@ -208,6 +213,7 @@ class Runtime:
             return
         await self.node.start()
         self.node_started = True
+        self.rollout.start()  # product firmware reaches the devices linked here
         await self.gateway.start()
         self.gateway_started = True
 
@@ -219,6 +225,7 @@ class Runtime:
             # Before the store closes: links report their devices offline while they stop.
             await self.gateway.stop()
             self.gateway_started = False
+        await self.rollout.aclose()
         await self.firmware.aclose()
         await self.diagnostics.stop()  # vitals devices sent are written behind: the rest of them
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
@@ -391,6 +398,7 @@ def build_runtime(
     )
     devices: DeviceService | None = None
     events: EventService | None = None
+    rollout: FirmwareRollout | None = None
 
     async def on_device_event(device_id: str, event: EventPublished) -> bool:
         # The gateway knows protocol events, services know plain values: this is the translation.
@@ -403,6 +411,8 @@ def build_runtime(
         )
         if published is not None:
             await devices.handle_device_event(device_id, published.name, published.data)
+            if rollout is not None and published.name.startswith(UPDATES_PREFIX):
+                rollout.device_event(device_id, published.name, published.data)
         return published is not None
 
     async def open_device_feed(device_id: str, wanted: tuple[DeviceSubscription, ...]) -> EventFeed | None:
@@ -473,18 +483,35 @@ def build_runtime(
         ),
     )
     webhooks.runner = dispatcher
+    binaries = BinaryFiles(settings.data_dir / "binaries", clock.now)
     firmware = FirmwareService(
         devices=devices,
         updates=gateway.updates,
         events=events,
         clock=clock,
-        binaries=BinaryFiles(settings.data_dir / "binaries", clock.now),
+        binaries=binaries,
         compiler=(
             CommandCompiler(settings.compile_command, timeout=settings.compile_timeout)
             if settings.compile_command
             else None
         ),
     )
+    product_firmware = ProductFirmwareService(store=store, clock=clock, binaries=binaries)
+    rollout = FirmwareRollout(
+        store=store,
+        clock=clock,
+        updates=gateway.updates,
+        firmware=firmware,
+        events=events,
+        binaries=binaries,
+        policy=RolloutPolicy(delay=settings.release_delay),
+    )
+    sessions.watcher = rollout
+    product_firmware.on_release = lambda product_id, immediate: rollout.release_changed(
+        product_id, immediate=immediate
+    )
+    product_firmware.on_delete = rollout.forget_binary
+    product_devices.on_flash = rollout.check_now
     # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
     webhooks.on_change(lambda: bus.broadcast("hooks", ""))
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
@@ -549,4 +576,6 @@ def build_runtime(
         metrics=metrics,
         sims=SimService(store=store, clock=clock, presence=sessions.presence),
         diagnostics=diagnostics,
+        product_firmware=product_firmware,
+        rollout=rollout,
     )

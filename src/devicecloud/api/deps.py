@@ -18,6 +18,7 @@ from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryService
 from devicecloud.services.product_devices import ProductDeviceService
+from devicecloud.services.product_firmware import ProductFirmwareService
 from devicecloud.services.products import ProductService
 from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenService
@@ -61,4 +62,5 @@ class ApiDeps:
     libraries: LibraryService
     sims: SimService
     diagnostics: DiagnosticsService
+    product_firmware: ProductFirmwareService
     probes: Probes | None = None

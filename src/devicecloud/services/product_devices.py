@@ -14,8 +14,10 @@ Rules kept here:
 - a quarantined or denied device is listed and can be edited, but not called, read, pinged or signalled;
   denying disconnects it, and the gateway refuses it at its next key check (`device_sessions`);
 - ``groups`` is an absolute set; unknown names are created (palette colour); batch edits add and remove;
-- the lock fields (``desired_firmware_version``, ``development``) are stored: flashing comes with product
-  firmware, so ``flash=true`` is refused rather than ignored.
+- the lock fields (``desired_firmware_version``, ``development``) are stored (a lock to a version not
+  uploaded yet is kept and waits for it); ``flash=true`` with a lock to an uploaded version asks the
+  firmware rollout to check the device now (decision 0025) instead of at its next connect; ``flash=true``
+  without a lock, or to a version the product lacks, is refused.
 """
 
 from __future__ import annotations
@@ -205,6 +207,8 @@ class ProductDeviceService:
         self._control = control
         #: Called with each device whose product membership changed (the events' product cache forgets it).
         self.on_membership_change: Callable[[str], None] | None = None
+        #: Called with a device locked with ``flash=true`` (the firmware rollout checks it now).
+        self.on_flash: Callable[[str], object] | None = None
 
     def _membership_changed(self, device_ids: Iterable[str]) -> None:
         if self.on_membership_change is not None:
@@ -343,20 +347,30 @@ class ProductDeviceService:
                 if wanted is None or wanted in ("", "null")
                 else _whole(wanted, "desired_firmware_version", low=1, high=MAX_FIRMWARE_VERSION)
             )
-        if changes.flash is not ... and changes.flash is not None and parse_flag(changes.flash, "flash"):
-            raise InvalidInput(
-                "Flashing product firmware is not supported by this server yet", code="unsupported"
-            )
+        flash = changes.flash is not ... and changes.flash is not None and parse_flag(changes.flash, "flash")
+        locked_to = record.get("desired_firmware_version", ...)
+        if locked_to is ...:
+            locked_to = device.membership.desired_firmware_version if device.membership is not None else None
+        if flash and locked_to is None:
+            raise InvalidInput("flash=true needs a desired_firmware_version to flash", code="invalid_request")
         groups = _group_names(changes.groups) if changes.groups is not ... else None
         signal = parse_flag(changes.signal, "signal") if changes.signal is not ... else None
         held = device.membership is not None and (device.membership.quarantined or device.membership.denied)
         if signal is not None and held:
             raise quarantined_device()
-        if not record and groups is None and signal is None and changes.name is ... and changes.notes is ...:
+        nothing = not record and groups is None and signal is None and not flash
+        if nothing and changes.name is ... and changes.notes is ...:
             raise InvalidInput(
                 "Nothing to do? Give name, notes, signal, groups, development or desired_firmware_version",
                 code="Nothing to do?",
             )
+        if flash:
+            async with self._store.transaction(readonly=True) as tx:
+                if await tx.product_firmware.get(product.id, locked_to) is None:
+                    raise InvalidInput(
+                        f"Firmware version {locked_to} not found: upload it before flashing it",
+                        code="invalid_request",
+                    )
         reply: dict[str, Any] = {"id": device.id}
         if changes.notes is not ...:
             device = await self._devices.set_device_notes(device, changes.notes)
@@ -377,6 +391,8 @@ class ProductDeviceService:
         if signal is not None:
             await self._devices.signal_device(device, signal)
             reply.update(connected=True, signaling=signal)
+        if flash and self.on_flash is not None:
+            self.on_flash(device.id)
         reply["updated_at"] = self._clock.now()
         return reply
 

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devicecloud.domain.access import Role
-from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
+from devicecloud.domain.products import ApiUser, DeviceGroup, Product, TeamMember
 from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import (
     device_group_members,
@@ -343,30 +343,3 @@ class SqlGroups:
     async def count(self, product_id: int) -> int:
         stmt = select(func.count()).select_from(device_groups).where(device_groups.c.product_id == product_id)
         return int((await self._conn.execute(stmt)).scalar_one())
-
-    async def firmware_impact(
-        self, product_id: int, group_ids: Sequence[int] | None, firmware_version: int
-    ) -> FirmwareImpact:
-        """
-        The product's devices (in any of ``group_ids``; all of them when None) that do not run
-        ``firmware_version``, counted by the version they run.
-        """
-        in_scope = product_devices.c.product_id == product_id
-        if group_ids is not None:
-            members = select(device_group_members.c.device_id).where(
-                device_group_members.c.group_id.in_(list(group_ids))
-            )
-            in_scope = and_(
-                in_scope, product_devices.c.device_id.in_(members) if group_ids else literal(False)
-            )
-        differs = (product_devices.c.firmware_version.is_(None)) | (
-            product_devices.c.firmware_version != firmware_version
-        )
-        stmt = (
-            select(product_devices.c.firmware_version, func.count().label("n"))
-            .where(and_(in_scope, differs))
-            .group_by(product_devices.c.firmware_version)
-            .order_by(product_devices.c.firmware_version)
-        )
-        rows = [(row.firmware_version, int(row.n)) for row in await self._conn.execute(stmt)]
-        return FirmwareImpact(total=sum(n for _, n in rows), by_version=rows)
