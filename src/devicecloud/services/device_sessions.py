@@ -49,7 +49,13 @@ class LinkWatcher(Protocol):
     Told of product devices' links in memory, without I/O (the firmware rollout, decision 0025).
     """
 
-    def connected(self, device_id: str, product_id: int, firmware_version: int | None) -> None: ...
+    def connected(
+        self, device_id: str, product_id: int, firmware_version: int | None, *, joined: bool
+    ) -> None:
+        """
+        ``joined``: the device joined the product with this Hello (its row may not be written yet).
+        """
+        ...
 
     def described(self, device_id: str) -> None: ...
 
@@ -181,6 +187,7 @@ class DeviceSessionService:
         )
         version = hello.product_firmware_version
         running = None if version in (None, 0xFFFF) or product_id in (None, hello.platform_id) else version
+        was_member = self._members.get(device_id) is not None
         if product_id is not None and product_id != hello.platform_id:  # product firmware names its product
             await self._report_product(device_id, product_id, running)
         if device_id not in self._named and self.presence.name(device_id) is None:
@@ -191,7 +198,7 @@ class DeviceSessionService:
         membership = self._members.get(device_id)
         takes_firmware = membership is not None and not (membership.quarantined or membership.denied)
         if self.watcher is not None and membership is not None and takes_firmware:
-            self.watcher.connected(device_id, membership.product_id, running)
+            self.watcher.connected(device_id, membership.product_id, running, joined=not was_member)
 
     async def _report_product(self, device_id: str, product_id: int, firmware_version: int | None) -> None:
         membership = self._members.get(device_id)

@@ -98,6 +98,7 @@ class _Link:
 
     product_id: int
     firmware_version: int | None
+    joined: bool = False  # joined the product with this connection's Hello (maybe not written yet)
     enabled: bool | None = None  # particle/device/updates/enabled as last reported; None: not said
     forced: bool = False
     awaiting: int | None = None  # the version it was asked to accept
@@ -152,11 +153,14 @@ class FirmwareRollout:
 
     # ------------------------------------------------------------------ link facts (memory only)
 
-    def connected(self, device_id: str, product_id: int, firmware_version: int | None) -> None:
+    def connected(
+        self, device_id: str, product_id: int, firmware_version: int | None, *, joined: bool = False
+    ) -> None:
         """
-        A device of ``product_id`` said Hello (``firmware_version``: its product firmware, None = not said).
+        A device of ``product_id`` said Hello (``firmware_version``: its product firmware, None = not said;
+        ``joined``: it joined the product with this Hello, so it has no lock, group or development mark).
         """
-        self._links[device_id] = _Link(product_id, firmware_version)
+        self._links[device_id] = _Link(product_id, firmware_version, joined)
         self._schedule(device_id, self._clock.monotonic() + self._policy.delay)
 
     def described(self, device_id: str) -> None:
@@ -311,6 +315,11 @@ class FirmwareRollout:
                 product = await self._product(product_id)
                 async with self._store.transaction(readonly=True) as tx:
                     fleet = await tx.product_firmware.fleet(product_id, ids)
+            found = {device.device_id for device in fleet}
+            for device_id in ids:  # joined by its Hello, not written behind yet: a member with no marks
+                link = self._links.get(device_id)
+                if device_id not in found and link is not None and link.joined:
+                    fleet.append(FleetDevice(device_id, firmware_version=link.firmware_version))
             for device in fleet:
                 self.checked += 1
                 await self._decide(device, product)
