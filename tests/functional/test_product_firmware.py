@@ -137,7 +137,8 @@ async def test_upload_list_get_edit_download_and_delete(
     assert body["description"] == "built by CI"
     assert body["size"] == len(binary)
     assert body["name"] == "firmware.bin"
-    assert body["product_default"] is False and body["current"] is False
+    assert body["product_default"] is False
+    assert body["current"] is False
     assert body["groups"] == []
     assert body["product_id"] == product_id
     assert body["uploaded_by"] == {"username": owner.email}
