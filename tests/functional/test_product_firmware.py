@@ -269,6 +269,8 @@ async def test_group_beats_default_lock_beats_group_development_is_never_flashed
         assert changed.status_code == 200, changed.text
     assert (await release(client, owner, version=2, product_default=True)).status_code == 200
     assert (await release(client, owner, version=3, groups=["beta"])).status_code == 200
+    beta = (await client.get(f"{PRODUCT}/groups/beta", headers=owner.auth)).json()["group"]
+    assert (beta["fw_version"], beta["device_count"]) == (3, 3)
 
     impact = await client.get(
         f"{PRODUCT}/impact",

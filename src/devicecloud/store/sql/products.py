@@ -21,6 +21,8 @@ from devicecloud.store.tables import (
     device_groups,
     product_api_users,
     product_devices,
+    product_firmware,
+    product_firmware_groups,
     product_members,
     products,
     users,
@@ -263,6 +265,7 @@ def _group(row: Row[Any]) -> DeviceGroup:
         description=row.description,
         color=row.color,
         device_count=int(row.device_count),
+        fw_version=row.fw_version,
     )
 
 
@@ -273,7 +276,17 @@ def _select_groups() -> Any:
         .where(device_group_members.c.group_id == device_groups.c.id)
         .scalar_subquery()
     )
-    return select(*device_groups.c, count.label("device_count"))
+    released = (  # the highest product firmware version released to the group (decision 0025)
+        select(func.max(product_firmware.c.version))
+        .select_from(
+            product_firmware_groups.join(
+                product_firmware, product_firmware.c.id == product_firmware_groups.c.firmware_id
+            )
+        )
+        .where(product_firmware_groups.c.group_id == device_groups.c.id)
+        .scalar_subquery()
+    )
+    return select(*device_groups.c, count.label("device_count"), released.label("fw_version"))
 
 
 class SqlGroups:
