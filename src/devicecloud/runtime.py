@@ -291,12 +291,20 @@ def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommand
     return bus, bus
 
 
-def _forgetting(webhooks: WebhookService, events: EventService) -> Callable[[str, str], None]:
+def _forgetting(
+    webhooks: WebhookService, events: EventService, rollout: FirmwareRollout
+) -> Callable[[str, str], None]:
     def forget(topic: str, key: str) -> None:
         if topic == "hooks":
             webhooks.forget_cache()
         elif topic == "owner":
             events.forget_owner(key)
+        elif topic == "release":  # "<product id>:<1 = intelligent>", from any node's API
+            product_id, _, immediate = key.partition(":")
+            if product_id.isdigit():
+                rollout.release_changed(int(product_id), immediate=immediate == "1")
+        elif topic == "flash":  # a device locked with flash=true: the node holding it checks it now
+            rollout.check_now(key)
 
     return forget
 
@@ -507,15 +515,16 @@ def build_runtime(
         policy=RolloutPolicy(delay=settings.release_delay),
     )
     sessions.watcher = rollout
-    product_firmware.on_release = lambda product_id, immediate: rollout.release_changed(
-        product_id, immediate=immediate
+    # Releases and locks with flash=true reach the node that holds the devices (every node, this one too).
+    product_firmware.on_release = lambda product_id, immediate: bus.broadcast(
+        "release", f"{product_id}:{int(immediate)}"
     )
     product_firmware.on_delete = rollout.forget_binary
-    product_devices.on_flash = rollout.check_now
+    product_devices.on_flash = lambda device_id: bus.broadcast("flash", device_id)
     # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
     webhooks.on_change(lambda: bus.broadcast("hooks", ""))
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
-    bus.on_broadcast(_forgetting(webhooks, events))
+    bus.on_broadcast(_forgetting(webhooks, events, rollout))
     sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
 
     async def database_answers() -> None:

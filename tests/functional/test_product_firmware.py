@@ -292,6 +292,14 @@ async def test_group_beats_default_lock_beats_group_development_is_never_flashed
             ("plain", plain),
         )
     }
+    listed = await client.get(f"{PRODUCT}/devices", params={"perPage": "10"}, headers=owner.auth)
+    targets = {d["id"]: d["targeted_firmware_release_version"] for d in listed.json()["devices"]}
+    assert targets == {
+        grouped.device_id: 3,
+        locked.device_id: 4,
+        development.device_id: None,
+        plain.device_id: 2,
+    }
     await runs(runtime, devices["grouped"], 3)
     await runs(runtime, devices["locked"], 4)
     await runs(runtime, devices["plain"], 2)

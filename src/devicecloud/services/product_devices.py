@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from devicecloud.domain.devices import Device, VariableReading, normalise_device_id
 from devicecloud.domain.product_devices import SORT_ATTRIBUTES, DeviceListQuery
+from devicecloud.domain.product_firmware import Releases, target_firmware
 from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
 from devicecloud.services.device_names import is_valid_name
 from devicecloud.services.groups import MAX_GROUPS_PER_PRODUCT, PALETTE, check_group_name
@@ -64,11 +65,13 @@ class ImportResult:
 @dataclass(frozen=True, slots=True)
 class ProductDevice:
     """
-    A device as a product sees it: the record (with its membership) and its groups.
+    A device as a product sees it: the record (with its membership), its groups and the product firmware
+    version the release precedence targets it with (``targeted_firmware_release_version``).
     """
 
     device: Device
     groups: list[str]
+    target: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,19 @@ def import_ids(values: Sequence[Any]) -> tuple[list[str], list[str]]:
     return list(valid), list(invalid)
 
 
+async def _targets(tx: UnitOfWork, product_id: int, device_ids: Sequence[str]) -> dict[str, int]:
+    """
+    The firmware version the product's releases target each device with (`target_firmware`); devices with
+    no target (development, quarantined, nothing released) are left out.
+    """
+    if not device_ids:
+        return {}
+    releases = Releases.of(await tx.product_firmware.releases(product_id))
+    fleet = await tx.product_firmware.fleet(product_id, device_ids)
+    targets = {f.device_id: target_firmware(f, releases).version for f in fleet}
+    return {device_id: version for device_id, version in targets.items() if version is not None}
+
+
 class ProductDeviceService:
     """
     The product devices API's rules (see the module docstring).
@@ -268,17 +284,16 @@ class ProductDeviceService:
             product = (await access_product(tx, principal, ref, "devices:list", "device")).product
             found, total = await tx.product_devices.search(product.id, query)
             groups = await tx.product_devices.groups_of([d.id for d in found])
-        listed = [ProductDevice(self._devices.present(d), groups[d.id]) for d in found]
+            targets = await _targets(tx, product.id, [d.id for d in found])
+        listed = [ProductDevice(self._devices.present(d), groups[d.id], targets.get(d.id)) for d in found]
         return DevicePage(listed, total, query.page, query.per_page)
 
     async def get(self, principal: AnyPrincipal, ref: str, device_ref: str) -> ProductDevice:
-        _, device = await self._access(principal, ref, device_ref, "devices:get")
-        return await self._with_groups(device)
-
-    async def _with_groups(self, device: Device) -> ProductDevice:
+        product, device = await self._access(principal, ref, device_ref, "devices:get")
         async with self._store.transaction(readonly=True) as tx:
             groups = await tx.product_devices.groups_of([device.id])
-        return ProductDevice(device, groups[device.id])
+            targets = await _targets(tx, product.id, [device.id])
+        return ProductDevice(device, groups[device.id], targets.get(device.id))
 
     async def _access(
         self, principal: AnyPrincipal, ref: str, device_ref: str, action: str
