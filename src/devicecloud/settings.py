@@ -100,8 +100,7 @@ class Settings(BaseSettings):
     release_delay: float = Field(
         default=5.0,
         ge=0,
-        description="Seconds after a product device connects before its released firmware is checked, "
-        "unless its Describe arrives first.",
+        description="Seconds after a product device connects before its released firmware is checked.",
     )
     node_id: str | None = Field(
         default=None,

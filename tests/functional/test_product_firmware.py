@@ -72,7 +72,7 @@ async def fleet(runtime: Runtime, clock: FakeClock) -> AsyncIterator[Callable[..
     started: list[VirtualDevice] = []
 
     async def start(
-        identity: DeviceIdentity, product_id: int, version: int = 1, **options: Any
+        identity: DeviceIdentity, product_id: int, version: int = 1, *, advance: bool = True, **options: Any
     ) -> VirtualDevice:
         device = virtual_device(
             runtime,
@@ -87,8 +87,9 @@ async def fleet(runtime: Runtime, clock: FakeClock) -> AsyncIterator[Callable[..
         await device.start()
         await device.wait_connected(10)
         await handled(runtime, identity.device_id)
-        clock.advance(runtime.settings.release_delay)  # "a few seconds after the handshake"
         await runtime.sessions.presence.flush()  # a Hello's join is written behind: write it now
+        if advance:
+            clock.advance(runtime.settings.release_delay)  # "a few seconds after the handshake"
         return device
 
     yield start
@@ -313,7 +314,11 @@ async def test_group_beats_default_lock_beats_group_development_is_never_flashed
         f"{PRODUCT}/devices/{locked.device_id}", json={"desired_firmware_version": None}, headers=owner.auth
     )
     assert unlocked.status_code == 200, unlocked.text
+    again = devices["locked"].statistics().connects + 1
     await runtime.gateway.control.disconnect(locked.device_id)  # it reconnects, as after a reset
+    await wait_until(lambda: _true(devices["locked"].statistics().connects >= again))
+    await handled(runtime, locked.device_id)
+    clock.advance(runtime.settings.release_delay)
     await runs(runtime, devices["locked"], 3)
 
 
@@ -371,3 +376,30 @@ async def test_an_intelligent_release_asks_the_device_first(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_device_with_updates_disabled_is_asked_and_flashed_once_it_enables_them(
+    client: httpx.AsyncClient,
+    owner: Account,
+    runtime: Runtime,
+    clock: FakeClock,
+    product_id: int,
+    fleet: Callable[..., Any],
+) -> None:
+    assert (await upload(client, owner, 2, product_binary(product_id, 2))).status_code == 201
+    assert (await release(client, owner, version=2, product_default=True)).status_code == 200
+    asked: list[str | None] = []
+
+    async def pending(name: str, data: str | None) -> None:
+        asked.append(data)
+
+    device = await fleet(await registered(runtime), product_id, version=1, advance=False)
+    await device.subscribe("particle/device/updates/pending", pending)
+    # System.disableUpdates(): Device OS reports it after connecting, before the cloud decides.
+    await device.publish("particle/device/updates/enabled", "false")
+    await handled(runtime, device.device_id)
+    await settled(runtime, clock)
+    await wait_until(lambda: _true(asked == ["true"]))
+    assert device.updater.applied == 0
+    await device.publish("particle/device/updates/enabled", "true")  # System.enableUpdates()
+    await runs(runtime, device, 2)

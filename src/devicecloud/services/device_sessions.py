@@ -18,8 +18,8 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
   firmware version, written behind like the rest. The product's setting comes from a small cache
   (`PRODUCT_CACHE_TTL`), so a connection reads a product at most once per interval;
 - a product device that is neither quarantined nor denied is handed, once its status is out, to the
-  `watcher` (the firmware rollout, which decides about its firmware later, off this path), and so are its
-  Describes and its disconnect.
+  `watcher` (the firmware rollout, which decides about its firmware later, off this path), and so is its
+  disconnect.
 """
 
 from __future__ import annotations
@@ -56,8 +56,6 @@ class LinkWatcher(Protocol):
         ``joined``: the device joined the product with this Hello (its row may not be written yet).
         """
         ...
-
-    def described(self, device_id: str) -> None: ...
 
     def disconnected(self, device_id: str) -> None: ...
 
@@ -260,8 +258,6 @@ class DeviceSessionService:
 
     async def device_described(self, device_id: str, description: DeviceDescription) -> None:
         self.presence.described(device_id, description)
-        if self.watcher is not None:
-            self.watcher.described(device_id)
 
     def device_heard(self, device_id: str) -> None:
         # In memory on every message, written by the next flush: a keep-alive sends no statement.

@@ -4,11 +4,12 @@ when a release or a lock asks for it, work out the firmware the device should ru
 something else.
 
 Theory of operation:
-    The gateway's link facts arrive through `DeviceSessionService` as three synchronous calls that only
-    touch memory (`connected`, `described`, `disconnected`): a connect puts the device in a queue, due
-    `RolloutPolicy.delay` seconds later (the hosted cloud's "a few seconds after the handshake") or as soon
-    as its Describe arrives (its application's SHA-256 is then known). Nothing here runs on a device's path
-    and nothing writes to the database (decision 0013).
+    The gateway's link facts arrive through `DeviceSessionService` as synchronous calls that only touch
+    memory (`connected`, `disconnected`, and the device's own ``particle/device/updates/*`` reports through
+    `device_event`): a connect puts the device in a queue, due `RolloutPolicy.delay` seconds later (the
+    hosted cloud's "a few seconds after the handshake"), by when Device OS has described itself (its
+    application's SHA-256) and reported whether its updates are enabled. Nothing here runs on a device's
+    path and nothing writes to the database (decision 0013).
 
     One worker task takes due devices in batches (`RolloutPolicy.batch`), reads, per product, its releases
     and firmware list (cached until a release changes here, or `RELEASE_CACHE_TTL`) and the batch's lock
@@ -50,7 +51,7 @@ from devicecloud.domain.product_firmware import (
     needs_update,
     target_firmware,
 )
-from devicecloud.errors import Busy, DeviceOffline
+from devicecloud.errors import Busy, DeviceOffline, DomainError
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
@@ -162,13 +163,6 @@ class FirmwareRollout:
         """
         self._links[device_id] = _Link(product_id, firmware_version, joined)
         self._schedule(device_id, self._clock.monotonic() + self._policy.delay)
-
-    def described(self, device_id: str) -> None:
-        """
-        The device described itself: a waiting check is due now (its application hash is known).
-        """
-        if device_id in self._due:
-            self._schedule(device_id, self._clock.monotonic())
 
     def disconnected(self, device_id: str) -> None:
         self._links.pop(device_id, None)
@@ -322,7 +316,16 @@ class FirmwareRollout:
                     fleet.append(FleetDevice(device_id, firmware_version=link.firmware_version))
             for device in fleet:
                 self.checked += 1
-                await self._decide(device, product)
+                try:
+                    await self._decide(device, product)
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except Exception:  # one device's trouble never holds up the others
+                    logger.warning(
+                        "firmware rollout failed for a device; it is checked at its next connect",
+                        device_id=device.device_id,
+                        exc_info=True,
+                    )
 
     async def _product(self, product_id: int) -> _Product:
         cached = self._products.get(product_id)
@@ -395,13 +398,11 @@ class FirmwareRollout:
             return
         try:
             handle = await self._firmware.flash_release(device_id, data, link.product_id)
-        except Busy:
-            return  # an update is under way: the device is checked again when it reconnects
-        except DeviceOffline:
-            return
-        except FirmwareRejected as exc:
+        except (Busy, DeviceOffline):
+            return  # an update is under way, or the device left: it is checked again when it reconnects
+        except (FirmwareRejected, DomainError) as exc:  # does not fit, or its OTA is not served here
             logger.warning(
-                "release does not fit the device",
+                "release cannot be flashed to the device",
                 device_id=device_id,
                 version=firmware.version,
                 reason=str(exc),
