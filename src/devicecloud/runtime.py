@@ -45,12 +45,14 @@ from devicecloud.services.devices import DevicePolicy, DeviceService
 from devicecloud.services.diagnostics import DiagnosticsPolicy, DiagnosticsService
 from devicecloud.services.events import EventPolicy, EventService
 from devicecloud.services.firmware import FirmwareService
+from devicecloud.services.firmware_rollout import UPDATES_PREFIX, FirmwareRollout, RolloutPolicy
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryPolicy, LibraryService
 from devicecloud.services.nodes import NodeService, generate_node_id
 from devicecloud.services.passwords import Passwords
 from devicecloud.services.ports import DeviceControl, Notifier
 from devicecloud.services.product_devices import ProductDeviceService
+from devicecloud.services.product_firmware import ProductFirmwareService
 from devicecloud.services.products import ProductService
 from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenPolicy, TokenService
@@ -137,6 +139,8 @@ class Runtime:
     sims: SimService
     diagnostics: DiagnosticsService
     customers: CustomerService
+    product_firmware: ProductFirmwareService
+    rollout: FirmwareRollout
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     node_started: bool = field(default=False)
@@ -162,6 +166,7 @@ class Runtime:
             sims=self.sims,
             diagnostics=self.diagnostics,
             customers=self.customers,
+            product_firmware=self.product_firmware,
         )
 
     @property
@@ -211,6 +216,7 @@ class Runtime:
             return
         await self.node.start()
         self.node_started = True
+        self.rollout.start()  # product firmware reaches the devices linked here
         await self.gateway.start()
         self.gateway_started = True
 
@@ -222,6 +228,7 @@ class Runtime:
             # Before the store closes: links report their devices offline while they stop.
             await self.gateway.stop()
             self.gateway_started = False
+        await self.rollout.aclose()
         await self.firmware.aclose()
         await self.diagnostics.stop()  # vitals devices sent are written behind: the rest of them
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
@@ -287,12 +294,20 @@ def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommand
     return bus, bus
 
 
-def _forgetting(webhooks: WebhookService, events: EventService) -> Callable[[str, str], None]:
+def _forgetting(
+    webhooks: WebhookService, events: EventService, rollout: FirmwareRollout
+) -> Callable[[str, str], None]:
     def forget(topic: str, key: str) -> None:
         if topic == "hooks":
             webhooks.forget_cache()
         elif topic == "owner":
             events.forget_owner(key)
+        elif topic == "release":  # "<product id>:<1 = intelligent>", from any node's API
+            product_id, _, immediate = key.partition(":")
+            if product_id.isdigit():
+                rollout.release_changed(int(product_id), immediate=immediate == "1")
+        elif topic == "flash":  # a device locked with flash=true: the node holding it checks it now
+            rollout.check_now(key)
 
     return forget
 
@@ -394,6 +409,7 @@ def build_runtime(
     )
     devices: DeviceService | None = None
     events: EventService | None = None
+    rollout: FirmwareRollout | None = None
 
     async def on_device_event(device_id: str, event: EventPublished) -> bool:
         # The gateway knows protocol events, services know plain values: this is the translation.
@@ -406,6 +422,8 @@ def build_runtime(
         )
         if published is not None:
             await devices.handle_device_event(device_id, published.name, published.data)
+            if rollout is not None and published.name.startswith(UPDATES_PREFIX):
+                rollout.device_event(device_id, published.name, published.data)
         return published is not None
 
     async def open_device_feed(device_id: str, wanted: tuple[DeviceSubscription, ...]) -> EventFeed | None:
@@ -476,22 +494,40 @@ def build_runtime(
         ),
     )
     webhooks.runner = dispatcher
+    binaries = BinaryFiles(settings.data_dir / "binaries", clock.now)
     firmware = FirmwareService(
         devices=devices,
         updates=gateway.updates,
         events=events,
         clock=clock,
-        binaries=BinaryFiles(settings.data_dir / "binaries", clock.now),
+        binaries=binaries,
         compiler=(
             CommandCompiler(settings.compile_command, timeout=settings.compile_timeout)
             if settings.compile_command
             else None
         ),
     )
+    product_firmware = ProductFirmwareService(store=store, clock=clock, binaries=binaries)
+    rollout = FirmwareRollout(
+        store=store,
+        clock=clock,
+        updates=gateway.updates,
+        firmware=firmware,
+        events=events,
+        binaries=binaries,
+        policy=RolloutPolicy(delay=settings.release_delay),
+    )
+    sessions.watcher = rollout
+    # Releases and locks with flash=true reach the node that holds the devices (every node, this one too).
+    product_firmware.on_release = lambda product_id, immediate: bus.broadcast(
+        "release", f"{product_id}:{int(immediate)}"
+    )
+    product_firmware.on_delete = rollout.forget_binary
+    product_devices.on_flash = lambda device_id: bus.broadcast("flash", device_id)
     # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
     webhooks.on_change(lambda: bus.broadcast("hooks", ""))
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
-    bus.on_broadcast(_forgetting(webhooks, events))
+    bus.on_broadcast(_forgetting(webhooks, events, rollout))
     sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
 
     async def database_answers() -> None:
@@ -555,4 +591,6 @@ def build_runtime(
         customers=CustomerService(
             store=store, clock=clock, accounts=accounts, tokens=tokens, devices=devices
         ),
+        product_firmware=product_firmware,
+        rollout=rollout,
     )

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         "{version} filled in; unset = cloud compile is not configured.",
     )
     compile_timeout: float = Field(default=300.0, gt=0, description="Seconds one compile may take.")
+    release_delay: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds after a product device connects before its released firmware is checked.",
+    )
     node_id: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_-]{1,64}$",

@@ -25,6 +25,7 @@ from tests.support.devices import connect_device
 from tests.support.sse import Served, serve_app
 
 from devicecloud.domain.access import SCOPES
+from devicecloud.domain.firmware import build_module
 from devicecloud.runtime import Runtime
 from devicecloud.virtualdevice.device import VirtualDevice
 
@@ -95,6 +96,14 @@ class World:
         await self.as_owner("POST", "/v1/products/alpha/sims", json={"sims": [iccid]})
         return iccid
 
+    async def fresh_firmware(self) -> int:
+        """
+        A version of alpha's firmware (uploaded by the owner, never released).
+        """
+        version = next(_counter) + 1
+        await self.as_owner("POST", "/v1/products/alpha/firmware", **_firmware_upload(version))
+        return version
+
     async def fresh_group(self) -> str:
         name = f"g{next(_counter)}"
         await self.as_owner("POST", "/v1/products/alpha/groups", json={"name": name})
@@ -102,6 +111,30 @@ class World:
 
 
 Request = tuple[str, dict[str, Any]]  # concrete URL, keyword arguments for httpx
+
+
+def _firmware_upload(version: int) -> dict[str, Any]:
+    binary = build_module(b"matrix firmware", platform_id=6)  # alpha is a Photon product
+    return {
+        "data": {"version": str(version), "title": f"v{version}"},
+        "files": {"binary": ("firmware.bin", binary, "application/octet-stream")},
+    }
+
+
+async def _new_firmware(_world: World) -> Request:
+    return "/v1/products/alpha/firmware", _firmware_upload(next(_counter) + 1)
+
+
+def _firmware_route(suffix: str = "", **kwargs: Any) -> Callable[[World], Awaitable[Request]]:
+    async def prepare(world: World) -> Request:
+        return f"/v1/products/alpha/firmware/{await world.fresh_firmware()}{suffix}", kwargs
+
+    return prepare
+
+
+async def _release_firmware(world: World) -> Request:
+    body = {"version": await world.fresh_firmware(), "groups": ["shared"]}
+    return "/v1/products/alpha/firmware/release", {"json": body}
 
 
 @dataclass(frozen=True)
@@ -269,6 +302,23 @@ MATRIX: dict[tuple[str, str], Row] = {
             "/v1/products/alpha/impact",
             params={"action": "edit_groups_for_firmware", "firmware_version": "2", "groups": "shared"},
         ),
+    ),
+    ("GET", "/v1/products/{product}/firmware"): Row(
+        "firmware:list", 200, ALL_ROLES, fixed("/v1/products/alpha/firmware")
+    ),
+    ("POST", "/v1/products/{product}/firmware"): Row("firmware:create", 201, "AD", _new_firmware),
+    ("GET", "/v1/products/{product}/firmware/{version}"): Row(
+        "firmware:get", 200, ALL_ROLES, _firmware_route()
+    ),
+    ("PUT", "/v1/products/{product}/firmware/{version}"): Row(
+        "firmware:update", 200, "AD", _firmware_route(json={"title": "renamed"})
+    ),
+    ("GET", "/v1/products/{product}/firmware/{version}/binary"): Row(
+        "firmware.binary:get", 200, "AD", _firmware_route("/binary")
+    ),
+    ("PUT", "/v1/products/{product}/firmware/release"): Row("firmware:release", 200, "AD", _release_firmware),
+    ("DELETE", "/v1/products/{product}/firmware/{version}"): Row(
+        "firmware:remove", 204, "AD", _firmware_route()
     ),
     ("GET", "/v1/products/{product}/sims"): Row(
         "sims:list", 200, ALL_ROLES, fixed("/v1/products/alpha/sims")

@@ -19,6 +19,7 @@ from devicecloud.services.firmware import FirmwareService
 from devicecloud.services.groups import GroupService
 from devicecloud.services.libraries import LibraryService
 from devicecloud.services.product_devices import ProductDeviceService
+from devicecloud.services.product_firmware import ProductFirmwareService
 from devicecloud.services.products import ProductService
 from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenService
@@ -63,4 +64,5 @@ class ApiDeps:
     sims: SimService
     diagnostics: DiagnosticsService
     customers: CustomerService
+    product_firmware: ProductFirmwareService
     probes: Probes | None = None

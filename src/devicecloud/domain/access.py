@@ -117,7 +117,7 @@ CUSTOMER_ACTIONS: frozenset[str] = frozenset(
 )
 
 ProductPrincipalKind = Literal["api_user", "product_client", "customer"]
-ResourceKind = Literal["device", "webhook", "client", "product", "team", "group", "event", "sim"]
+ResourceKind = Literal["device", "webhook", "client", "product", "team", "group", "event", "sim", "firmware"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,8 +63,8 @@ class ApiUser:
 @dataclass(frozen=True, slots=True)
 class DeviceGroup:
     """
-    A named subset of a product's devices (catalogue §15). ``fw_version``: the release locked to it (product
-    firmware, later).
+    A named subset of a product's devices (catalogue §15). ``fw_version``: the highest product firmware
+    version released to it (None: none).
     """
 
     id: int

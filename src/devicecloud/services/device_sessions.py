@@ -16,7 +16,10 @@ Implements `services.ports.DeviceSessions`. Rules kept here:
   comes with that same read); a Hello naming a product (not its platform) makes a device that is in no
   product join it — quarantined when the product's ``settings.quarantine`` is on — and records its product
   firmware version, written behind like the rest. The product's setting comes from a small cache
-  (`PRODUCT_CACHE_TTL`), so a connection reads a product at most once per interval.
+  (`PRODUCT_CACHE_TTL`), so a connection reads a product at most once per interval;
+- a product device that is neither quarantined nor denied is handed, once its status is out, to the
+  `watcher` (the firmware rollout, which decides about its firmware later, off this path), and so is its
+  disconnect.
 """
 
 from __future__ import annotations
@@ -39,6 +42,22 @@ if TYPE_CHECKING:
 logger = structlog.get_logger("devicecloud.devices")
 
 PRODUCT_CACHE_TTL = 5.0  # seconds a product's quarantine setting is reused by connecting devices
+
+
+class LinkWatcher(Protocol):
+    """
+    Told of product devices' links in memory, without I/O (the firmware rollout, decision 0025).
+    """
+
+    def connected(
+        self, device_id: str, product_id: int, firmware_version: int | None, *, joined: bool
+    ) -> None:
+        """
+        ``joined``: the device joined the product with this Hello (its row may not be written yet).
+        """
+        ...
+
+    def disconnected(self, device_id: str) -> None: ...
 
 
 class StatusHook(Protocol):
@@ -92,6 +111,8 @@ class DeviceSessionService:
         self.on_status: StatusHook | None = None
         # Set by the runtime to the diagnostics service: vitals a device sent unasked (kept, written behind).
         self.on_vitals: Callable[[str, Mapping[str, Any]], None] | None = None
+        # Set by the runtime to the firmware rollout: product devices' links, after their status is out.
+        self.watcher: LinkWatcher | None = None
 
     async def check_device_key(
         self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
@@ -162,14 +183,20 @@ class DeviceSessionService:
             product_id=product_id,
             after_epoch=self._epochs.pop(device_id, None),
         )
+        version = hello.product_firmware_version
+        running = None if version in (None, 0xFFFF) or product_id in (None, hello.platform_id) else version
+        was_member = self._members.get(device_id) is not None
         if product_id is not None and product_id != hello.platform_id:  # product firmware names its product
-            version = hello.product_firmware_version
-            await self._report_product(device_id, product_id, None if version in (None, 0xFFFF) else version)
+            await self._report_product(device_id, product_id, running)
         if device_id not in self._named and self.presence.name(device_id) is None:
             self.presence.give_name(device_id, self._owners[device_id])  # written behind, checked there
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
         if self.on_status is not None:
             await self.on_status(device_id, True, owner_id=self._owners.get(device_id))
+        membership = self._members.get(device_id)
+        takes_firmware = membership is not None and not (membership.quarantined or membership.denied)
+        if self.watcher is not None and membership is not None and takes_firmware:
+            self.watcher.connected(device_id, membership.product_id, running, joined=not was_member)
 
     async def _report_product(self, device_id: str, product_id: int, firmware_version: int | None) -> None:
         membership = self._members.get(device_id)
@@ -242,6 +269,8 @@ class DeviceSessionService:
 
     async def device_disconnected(self, device_id: str) -> None:
         known = self.presence.disconnected(device_id)
+        if self.watcher is not None:
+            self.watcher.disconnected(device_id)
         logger.info("device offline", device_id=device_id)
         if known and self.on_status is not None:
             await self.on_status(device_id, False)

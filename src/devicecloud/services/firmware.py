@@ -201,6 +201,44 @@ class FirmwareService:
         outcome = await handle.finished()
         await self._status(device, "success " if outcome.ok else "failed ")
 
+    async def flash_release(self, device_id: str, data: bytes, product_id: int) -> UpdateHandle:
+        """
+        Start an update the cloud decided (a product firmware release, decision 0025): the same checks and
+        status events as `flash_binary`, preceded by ``spark/status`` ``auto-update`` as the hosted cloud
+        sends; the events reach the device's owner and its product's streams.
+
+        Raises:
+            FirmwareRejected: the binary does not fit the device as its link knows it.
+            DeviceOffline: the device is not connected here.
+            Busy: the device is being updated already.
+        """
+        image = parse_firmware(data)
+        check_fit(image, self._updates.update_target(device_id))
+        handle = self._updates.start_update(device_id, data)
+        owner_id = await self._events.owner_of(device_id)
+        logger.info(
+            "flashing a release", device_id=device_id, size=len(data), app_hash=image.main.sha256.hex()
+        )
+        for name, status in (("spark/status", "auto-update"), (FLASH_STATUS_EVENT, "started ")):
+            await self._events.publish_internal(
+                name, status, owner_id=owner_id, device_id=device_id, product_id=product_id
+            )
+
+        async def watch() -> None:
+            outcome = await handle.finished()
+            await self._events.publish_internal(
+                FLASH_STATUS_EVENT,
+                "success " if outcome.ok else "failed ",
+                owner_id=owner_id,
+                device_id=device_id,
+                product_id=product_id,
+            )
+
+        task = asyncio.create_task(watch(), name=f"flash-status-{device_id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        return handle
+
     async def _status(self, device: Device, data: str) -> None:
         await self._events.publish_internal(
             FLASH_STATUS_EVENT, data, owner_id=device.owner_id, device_id=device.id

@@ -6,8 +6,11 @@ Rules kept here:
 - every operation goes through `product_access.access_product` with its catalogue scope (decision 0016);
 - a name is 1-64 lower-case letters, digits, ``-`` or ``_``, unique in its product; a colour is ``#rrggbb``
   (one from a fixed palette when none is given); deleting a group takes it off its devices;
-- the impact preview counts the product's devices in the given groups (all of them with
-  ``product_default``) that do not already run the release, by the version they run.
+- the impact preview counts the product's devices that a release of a version to the given groups (or as
+  the product default) would update, by the version they run: the release precedence of
+  `domain.product_firmware.target_firmware` (development → locked → group → default) applied to the
+  product's current releases with this one changed, so locked and development devices, and devices a
+  higher group release keeps, are not counted.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from devicecloud.domain.product_firmware import Release, release_impact
+from devicecloud.domain.products import FirmwareImpact
 from devicecloud.errors import InvalidInput, NotFound
 from devicecloud.services.product_access import access_product
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
     from devicecloud.domain.access import AnyPrincipal
-    from devicecloud.domain.products import DeviceGroup, FirmwareImpact
+    from devicecloud.domain.products import DeviceGroup
     from devicecloud.store.interfaces import Store, UnitOfWork
 
 GROUP_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -155,7 +160,10 @@ class GroupService:
         async with self._store.transaction(readonly=True) as tx:
             product = (await access_product(tx, principal, ref, "groups.impact:get", "group")).product
             ids = [(await _group(tx, product.id, n)).id for n in names]
-            return await tx.groups.firmware_impact(product.id, None if everyone else ids, version)
+            fleet = await tx.product_firmware.fleet(product.id)
+            releases = await tx.product_firmware.releases(product.id)
+        rows = release_impact(fleet, releases, Release(version, everyone, frozenset(ids)))
+        return FirmwareImpact(total=sum(n for _, n in rows), by_version=rows)
 
 
 async def _group(tx: UnitOfWork, product_id: int, name: str) -> DeviceGroup:

@@ -138,10 +138,17 @@ class Compiler(Protocol):
 
 class BinaryStore(Protocol):
     """
-    Compiled binaries kept for download (implemented by `store.binaryfiles.BinaryFiles`).
+    Binaries kept for download and flashing: compiled ones and product firmware (implemented by
+    `store.binaryfiles.BinaryFiles`).
     """
 
     async def save(self, binary: StoredBinary) -> None: ...
+
+    async def delete(self, binary_id: str) -> None:
+        """
+        Forget the binary (no error when unknown).
+        """
+        ...
 
     async def load(self, binary_id: str) -> StoredBinary | None:
         """

@@ -14,8 +14,10 @@ Rules kept here:
 - a quarantined or denied device is listed and can be edited, but not called, read, pinged or signalled;
   denying disconnects it, and the gateway refuses it at its next key check (`device_sessions`);
 - ``groups`` is an absolute set; unknown names are created (palette colour); batch edits add and remove;
-- the lock fields (``desired_firmware_version``, ``development``) are stored: flashing comes with product
-  firmware, so ``flash=true`` is refused rather than ignored.
+- the lock fields (``desired_firmware_version``, ``development``) are stored (a lock to a version not
+  uploaded yet is kept and waits for it); ``flash=true`` with a lock to an uploaded version asks the
+  firmware rollout to check the device now (decision 0025) instead of at its next connect; ``flash=true``
+  without a lock, or to a version the product lacks, is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from devicecloud.domain.devices import Device, VariableReading, normalise_device_id
 from devicecloud.domain.product_devices import SORT_ATTRIBUTES, DeviceListQuery
+from devicecloud.domain.product_firmware import Releases, target_firmware
 from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
 from devicecloud.services.device_names import is_valid_name
 from devicecloud.services.groups import MAX_GROUPS_PER_PRODUCT, PALETTE, check_group_name
@@ -62,11 +65,13 @@ class ImportResult:
 @dataclass(frozen=True, slots=True)
 class ProductDevice:
     """
-    A device as a product sees it: the record (with its membership) and its groups.
+    A device as a product sees it: the record (with its membership), its groups and the product firmware
+    version the release precedence targets it with (``targeted_firmware_release_version``).
     """
 
     device: Device
     groups: list[str]
+    target: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +198,19 @@ def import_ids(values: Sequence[Any]) -> tuple[list[str], list[str]]:
     return list(valid), list(invalid)
 
 
+async def _targets(tx: UnitOfWork, product_id: int, device_ids: Sequence[str]) -> dict[str, int]:
+    """
+    The firmware version the product's releases target each device with (`target_firmware`); devices with
+    no target (development, quarantined, nothing released) are left out.
+    """
+    if not device_ids:
+        return {}
+    releases = Releases.of(await tx.product_firmware.releases(product_id))
+    fleet = await tx.product_firmware.fleet(product_id, device_ids)
+    targets = {f.device_id: target_firmware(f, releases).version for f in fleet}
+    return {device_id: version for device_id, version in targets.items() if version is not None}
+
+
 class ProductDeviceService:
     """
     The product devices API's rules (see the module docstring).
@@ -205,6 +223,8 @@ class ProductDeviceService:
         self._control = control
         #: Called with each device whose product membership changed (the events' product cache forgets it).
         self.on_membership_change: Callable[[str], None] | None = None
+        #: Called with a device locked with ``flash=true`` (the firmware rollout checks it now).
+        self.on_flash: Callable[[str], object] | None = None
 
     def _membership_changed(self, device_ids: Iterable[str]) -> None:
         if self.on_membership_change is not None:
@@ -264,17 +284,16 @@ class ProductDeviceService:
             product = (await access_product(tx, principal, ref, "devices:list", "device")).product
             found, total = await tx.product_devices.search(product.id, query)
             groups = await tx.product_devices.groups_of([d.id for d in found])
-        listed = [ProductDevice(self._devices.present(d), groups[d.id]) for d in found]
+            targets = await _targets(tx, product.id, [d.id for d in found])
+        listed = [ProductDevice(self._devices.present(d), groups[d.id], targets.get(d.id)) for d in found]
         return DevicePage(listed, total, query.page, query.per_page)
 
     async def get(self, principal: AnyPrincipal, ref: str, device_ref: str) -> ProductDevice:
-        _, device = await self._access(principal, ref, device_ref, "devices:get")
-        return await self._with_groups(device)
-
-    async def _with_groups(self, device: Device) -> ProductDevice:
+        product, device = await self._access(principal, ref, device_ref, "devices:get")
         async with self._store.transaction(readonly=True) as tx:
             groups = await tx.product_devices.groups_of([device.id])
-        return ProductDevice(device, groups[device.id])
+            targets = await _targets(tx, product.id, [device.id])
+        return ProductDevice(device, groups[device.id], targets.get(device.id))
 
     async def _access(
         self, principal: AnyPrincipal, ref: str, device_ref: str, action: str
@@ -343,20 +362,30 @@ class ProductDeviceService:
                 if wanted is None or wanted in ("", "null")
                 else _whole(wanted, "desired_firmware_version", low=1, high=MAX_FIRMWARE_VERSION)
             )
-        if changes.flash is not ... and changes.flash is not None and parse_flag(changes.flash, "flash"):
-            raise InvalidInput(
-                "Flashing product firmware is not supported by this server yet", code="unsupported"
-            )
+        flash = changes.flash is not ... and changes.flash is not None and parse_flag(changes.flash, "flash")
+        locked_to = record.get("desired_firmware_version", ...)
+        if locked_to is ...:
+            locked_to = device.membership.desired_firmware_version if device.membership is not None else None
+        if flash and locked_to is None:
+            raise InvalidInput("flash=true needs a desired_firmware_version to flash", code="invalid_request")
         groups = _group_names(changes.groups) if changes.groups is not ... else None
         signal = parse_flag(changes.signal, "signal") if changes.signal is not ... else None
         held = device.membership is not None and (device.membership.quarantined or device.membership.denied)
         if signal is not None and held:
             raise quarantined_device()
-        if not record and groups is None and signal is None and changes.name is ... and changes.notes is ...:
+        nothing = not record and groups is None and signal is None and not flash
+        if nothing and changes.name is ... and changes.notes is ...:
             raise InvalidInput(
                 "Nothing to do? Give name, notes, signal, groups, development or desired_firmware_version",
                 code="Nothing to do?",
             )
+        if flash:
+            async with self._store.transaction(readonly=True) as tx:
+                if await tx.product_firmware.get(product.id, locked_to) is None:
+                    raise InvalidInput(
+                        f"Firmware version {locked_to} not found: upload it before flashing it",
+                        code="invalid_request",
+                    )
         reply: dict[str, Any] = {"id": device.id}
         if changes.notes is not ...:
             device = await self._devices.set_device_notes(device, changes.notes)
@@ -377,6 +406,8 @@ class ProductDeviceService:
         if signal is not None:
             await self._devices.signal_device(device, signal)
             reply.update(connected=True, signaling=signal)
+        if flash and self.on_flash is not None:
+            self.on_flash(device.id)
         reply["updated_at"] = self._clock.now()
         return reply
 

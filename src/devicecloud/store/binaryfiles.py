@@ -1,7 +1,9 @@
 """
-Compiled binaries as files in the data directory: ``binaries/<id>.bin`` and ``<id>.json`` (owner, platform,
-version, times). Binaries are short-lived build products (the hosted cloud lets them expire), so files and no
-database table; expired ones are deleted when read and when new ones are saved.
+Binaries as files in the data directory: ``binaries/<id>.bin`` and ``<id>.json`` (owner, platform, version,
+times). Compiled binaries are short-lived build products (the hosted cloud lets them expire), so files and no
+database table; expired ones are deleted when read and when new ones are saved. Product firmware binaries are
+kept the same way with an expiry that never comes and owner 0 (nobody: they are reached only through their
+product firmware row, decision 0025), and deleted with their version.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class BinaryFiles:
         if not _ID.match(binary_id):
             return None
         return await asyncio.to_thread(self._load, binary_id)
+
+    async def delete(self, binary_id: str) -> None:
+        if _ID.match(binary_id):
+            await asyncio.to_thread(self._delete, binary_id)
 
     def _save(self, binary: StoredBinary) -> None:
         if not _ID.match(binary.id):

@@ -25,7 +25,8 @@ from devicecloud.domain.libraries import (
     Visibility,
 )
 from devicecloud.domain.product_devices import DeviceListQuery, KnownDevice, ProductReport
-from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
+from devicecloud.domain.product_firmware import FleetDevice, ProductFirmware, Release
+from devicecloud.domain.products import ApiUser, DeviceGroup, Product, TeamMember
 from devicecloud.domain.sims import Sim, SimQuery, UsageDay, UsageRow
 from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
@@ -600,9 +601,45 @@ class GroupRepository(Protocol):
 
     async def count(self, product_id: int) -> int: ...
 
-    async def firmware_impact(
-        self, product_id: int, group_ids: Sequence[int] | None, firmware_version: int
-    ) -> FirmwareImpact: ...
+
+class ProductFirmwareRepository(Protocol):
+    """
+    A product's firmware versions and their releases (decision 0025).
+    """
+
+    async def list_for_product(self, product_id: int) -> list[ProductFirmware]:
+        """
+        Newest version first, with the groups each is released to.
+        """
+        ...
+
+    async def get(self, product_id: int, version: int) -> ProductFirmware | None: ...
+
+    async def add(self, values: dict[str, Any]) -> None:
+        """
+        Raises `errors.Conflict` when the product has that version already.
+        """
+        ...
+
+    async def update(self, firmware_id: int, **changes: Any) -> None: ...
+
+    async def delete(self, firmware_id: int) -> None: ...
+
+    async def release(
+        self,
+        firmware: ProductFirmware,
+        *,
+        product_default: bool | None,
+        group_ids: Sequence[int] | None,
+        intelligent: bool,
+        now: datetime,
+    ) -> None: ...
+
+    async def releases(self, product_id: int) -> list[Release]: ...
+
+    async def fleet(self, product_id: int, device_ids: Sequence[str] | None = None) -> list[FleetDevice]: ...
+
+    async def device_counts(self, product_id: int) -> dict[int, int]: ...
 
 
 class VitalsRepository(Protocol):
@@ -756,6 +793,9 @@ class UnitOfWork(Protocol):
 
     @property
     def product_devices(self) -> ProductDeviceRepository: ...
+
+    @property
+    def product_firmware(self) -> ProductFirmwareRepository: ...
 
     @property
     def sims(self) -> SimRepository: ...

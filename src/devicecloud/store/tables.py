@@ -425,3 +425,41 @@ device_vitals = Table(
     Index("ix_device_vitals_created_at", "created_at"),
     sqlite_autoincrement=True,
 )
+
+# Product firmware (issue 12 section 4, catalogue §12; decision 0025). The binary is a file in the binary
+# store (``binary_id``); ``released_at`` is set the first time a version is released (as the product default
+# or to a group) and never cleared, so a version that ever reached devices cannot be deleted. At most one
+# version of a product is its default (kept by the repository in the release's transaction).
+product_firmware = Table(
+    "product_firmware",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("title", String(255), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("name", String(255), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("platform_id", Integer, nullable=False),
+    Column("binary_id", String(24), nullable=False),
+    Column("uploaded_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    Column("uploaded_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("product_default", Boolean, nullable=False, default=False, server_default=false()),
+    Column("intelligent", Boolean, nullable=False, default=False, server_default=false()),
+    Column("mandatory", Boolean, nullable=False, default=False, server_default=false()),
+    Column("released_at", UtcDateTime, nullable=True),
+    UniqueConstraint("product_id", "version", name="uq_product_firmware_product_id_version"),
+    sqlite_autoincrement=True,
+)
+
+# Which groups a version is released to (a group release).
+product_firmware_groups = Table(
+    "product_firmware_groups",
+    metadata,
+    Column("firmware_id", Integer, ForeignKey("product_firmware.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "group_id", Integer, ForeignKey("device_groups.id", ondelete="CASCADE"), primary_key=True, index=True
+    ),
+)

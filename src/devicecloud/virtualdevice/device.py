@@ -269,6 +269,9 @@ class VirtualDevice:
             user_part,
         )
         self.hello = replace(self.hello, flags=self.hello.flags | HelloFlags.OTA_UPGRADE_SUCCESSFUL)
+        if update.product is not None:  # product firmware: the next Hello names its product and version
+            product_id, version = update.product
+            self.hello = replace(self.hello, product_id=product_id, product_firmware_version=version)
 
     def _new_connection(self) -> Connection:
         return Connection(

@@ -86,10 +86,14 @@ class UpdateBehaviour:
 
 @dataclass(frozen=True, slots=True)
 class AppliedUpdate:
-    """An image the device took: its bytes and the app hash (the module's SHA-256)."""
+    """
+    An image the device took: its bytes, the app hash (the module's SHA-256) and the product id and
+    version of its suffix (None: not product firmware).
+    """
 
     image: bytes
     app_hash: str
+    product: tuple[int, int] | None = None
 
 
 class _Transfer:
@@ -239,7 +243,11 @@ class Updater:
             if self.firmware_path is not None:
                 self.firmware_path.parent.mkdir(parents=True, exist_ok=True)
                 self.firmware_path.write_bytes(image)
-            self._on_applied(AppliedUpdate(image, parsed.main.sha256.hex()))
+            main = parsed.main
+            product = None
+            if main.product_id is not None and main.product_version is not None:
+                product = (main.product_id, main.product_version)
+            self._on_applied(AppliedUpdate(image, main.sha256.hex(), product))
             self._log.info("update applied; resetting", size=len(image), app_hash=parsed.main.sha256.hex())
         else:
             self.rejected += 1

@@ -105,7 +105,7 @@ def render_product_device(found: ProductDevice) -> dict[str, Any]:
             firmware_product_id=device.product_id,
             firmware_version=membership.firmware_version,
             desired_firmware_version=membership.desired_firmware_version,
-            targeted_firmware_release_version=None,
+            targeted_firmware_release_version=found.target,
             development=membership.development,
             quarantined=membership.quarantined,
             denied=membership.denied,

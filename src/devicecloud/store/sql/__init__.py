@@ -28,6 +28,7 @@ from devicecloud.store.sql.diagnostics import SqlVitals
 from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.nodes import SqlNodes
 from devicecloud.store.sql.product_devices import SqlProductDevices
+from devicecloud.store.sql.product_firmware import SqlProductFirmware
 from devicecloud.store.sql.products import SqlGroups, SqlProducts
 from devicecloud.store.sql.sims import SqlSims
 from devicecloud.store.sql.token_lookup import TokenLookup
@@ -104,6 +105,7 @@ class SqlUnitOfWork:
         self.products = SqlProducts(conn)
         self.groups = SqlGroups(conn)
         self.product_devices = SqlProductDevices(conn)
+        self.product_firmware = SqlProductFirmware(conn)
         self.libraries = SqlLibraries(conn)
         self.sims = SqlSims(conn)
         self.vitals = SqlVitals(conn)

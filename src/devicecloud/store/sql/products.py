@@ -8,19 +8,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devicecloud.domain.access import Role
-from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
+from devicecloud.domain.products import ApiUser, DeviceGroup, Product, TeamMember
 from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import (
     device_group_members,
     device_groups,
     product_api_users,
     product_devices,
+    product_firmware,
+    product_firmware_groups,
     product_members,
     products,
     users,
@@ -263,6 +265,7 @@ def _group(row: Row[Any]) -> DeviceGroup:
         description=row.description,
         color=row.color,
         device_count=int(row.device_count),
+        fw_version=row.fw_version,
     )
 
 
@@ -273,7 +276,17 @@ def _select_groups() -> Any:
         .where(device_group_members.c.group_id == device_groups.c.id)
         .scalar_subquery()
     )
-    return select(*device_groups.c, count.label("device_count"))
+    released = (  # the highest product firmware version released to the group (decision 0025)
+        select(func.max(product_firmware.c.version))
+        .select_from(
+            product_firmware_groups.join(
+                product_firmware, product_firmware.c.id == product_firmware_groups.c.firmware_id
+            )
+        )
+        .where(product_firmware_groups.c.group_id == device_groups.c.id)
+        .scalar_subquery()
+    )
+    return select(*device_groups.c, count.label("device_count"), released.label("fw_version"))
 
 
 class SqlGroups:
@@ -343,30 +356,3 @@ class SqlGroups:
     async def count(self, product_id: int) -> int:
         stmt = select(func.count()).select_from(device_groups).where(device_groups.c.product_id == product_id)
         return int((await self._conn.execute(stmt)).scalar_one())
-
-    async def firmware_impact(
-        self, product_id: int, group_ids: Sequence[int] | None, firmware_version: int
-    ) -> FirmwareImpact:
-        """
-        The product's devices (in any of ``group_ids``; all of them when None) that do not run
-        ``firmware_version``, counted by the version they run.
-        """
-        in_scope = product_devices.c.product_id == product_id
-        if group_ids is not None:
-            members = select(device_group_members.c.device_id).where(
-                device_group_members.c.group_id.in_(list(group_ids))
-            )
-            in_scope = and_(
-                in_scope, product_devices.c.device_id.in_(members) if group_ids else literal(False)
-            )
-        differs = (product_devices.c.firmware_version.is_(None)) | (
-            product_devices.c.firmware_version != firmware_version
-        )
-        stmt = (
-            select(product_devices.c.firmware_version, func.count().label("n"))
-            .where(and_(in_scope, differs))
-            .group_by(product_devices.c.firmware_version)
-            .order_by(product_devices.c.firmware_version)
-        )
-        rows = [(row.firmware_version, int(row.n)) for row in await self._conn.execute(stmt)]
-        return FirmwareImpact(total=sum(n for _, n in rows), by_version=rows)
