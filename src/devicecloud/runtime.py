@@ -58,7 +58,7 @@ from devicecloud.settings import Settings
 from devicecloud.store import migrate
 from devicecloud.store.archives import FileArchiveStorage
 from devicecloud.store.binaryfiles import BinaryFiles
-from devicecloud.store.keyfiles import load_or_create_server_key
+from devicecloud.store.keyfiles import load_or_create_server_key, load_or_create_udp_server_key
 from devicecloud.store.sql import PoolLimits, SqlStore
 from devicecloud.webhooks.dispatcher import DispatchPolicy, WebhookDispatcher
 from devicecloud.webhooks.http import HttpSender, SenderLimits
@@ -425,6 +425,10 @@ def build_runtime(
         request_timeout=settings.device_request_timeout,
         on_event=on_device_event,
         on_subscribe=open_device_feed,
+        udp_server_key=load_or_create_udp_server_key(settings.data_dir)
+        if settings.device_udp_enabled
+        else None,
+        udp_port=settings.device_udp_port if settings.device_udp_enabled else None,
     )
     metrics = Metrics()
     bus, commands = build_bus(settings, node_id)

@@ -1,0 +1,254 @@
+"""
+Gen3 devices over UDP/DTLS (port 5684) through the real gateway: a virtual Argon registers its EC key with
+the API, connects, and its variables, functions and events work as a TCP device's do; hostile datagrams
+(garbage, truncated, oversized, a spoofed ClientHello flood) cost the gateway nothing but cookies and close
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from tests.support.api import Account, make_account
+from tests.support.devices import wait_until
+
+from devicecloud.domain.events import EventFilter
+from devicecloud.protocol.dtls import DtlsClient, ecdsa_signer
+from devicecloud.protocol.dtls.client import ClientConfig
+from devicecloud.runtime import Runtime
+from devicecloud.store.keyfiles import load_or_create_udp_server_key
+from devicecloud.virtualdevice import VirtualDevice
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """Device behaviour does not depend on the database; the storage tests cover both."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'devicecloud.db'}"
+
+
+@pytest.fixture
+async def ada(client: httpx.AsyncClient) -> Account:
+    return await make_account(client, "ada@example.com")
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> str:
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return public.decode()
+
+
+async def _argon(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, key: ec.EllipticCurvePrivateKey
+) -> VirtualDevice:
+    device_id = "e00fce68" + key.public_key().public_numbers().x.to_bytes(32, "big")[:8].hex()
+    sent = await client.post(
+        f"/v1/provisioning/{device_id}",
+        json={"deviceID": device_id, "publicKey": _pem(key), "algorithm": "ecc"},
+        headers=ada.auth,
+    )
+    assert 200 == sent.status_code, sent.text
+    claimed = await client.post("/v1/devices", json={"id": device_id}, headers=ada.auth)
+    assert 200 == claimed.status_code, claimed.text
+    udp_port = runtime.gateway.udp_port
+    assert udp_port is not None
+    device = VirtualDevice(
+        "127.0.0.1",
+        udp_port,
+        device_id=device_id,
+        device_key=key,
+        server_public_key=load_or_create_udp_server_key(runtime.settings.data_dir).public_key(),
+        platform_id=12,
+        protocol="udp",
+        reconnect=False,
+    )
+    device.set_variable("vint", -42)
+    device.set_variable("vstring", "hello over DTLS")
+    device.add_function("echo_len", lambda arg: len(arg))
+    await device.start()
+    await device.wait_connected(WAIT)
+    return device
+
+
+@pytest.fixture
+async def argon(client: httpx.AsyncClient, ada: Account, runtime: Runtime) -> AsyncIterator[VirtualDevice]:
+    device = await _argon(client, ada, runtime, ec.generate_private_key(ec.SECP256R1()))
+    try:
+        yield device
+    finally:
+        await device.stop()
+
+
+async def _described(client: httpx.AsyncClient, ada: Account, device: VirtualDevice) -> dict[str, object]:
+    body: dict[str, object] = {}
+
+    async def ready() -> bool:
+        nonlocal body
+        body = (await client.get(f"/v1/devices/{device.device_id}", headers=ada.auth)).json()
+        return bool(body.get("online")) and "echo_len" in (body.get("functions") or [])
+
+    await wait_until(ready)
+    return body
+
+
+async def test_a_udp_device_works_through_the_api_like_a_tcp_one(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, argon: VirtualDevice
+) -> None:
+    body = await _described(client, ada, argon)
+    assert (True, 12, "127.0.0.1") == (body["online"], body["platform_id"], body["last_ip_address"])
+    assert {"vint": "int32", "vstring": "string"} == body["variables"]
+
+    read = (await client.get(f"/v1/devices/{argon.device_id}/vint", headers=ada.auth)).json()
+    assert -42 == read["result"]
+    text = (await client.get(f"/v1/devices/{argon.device_id}/vstring", headers=ada.auth)).json()
+    assert "hello over DTLS" == text["result"]
+    called = await client.post(
+        f"/v1/devices/{argon.device_id}/echo_len", json={"args": "twelve chars"}, headers=ada.auth
+    )
+    assert (200, 12) == (called.status_code, called.json()["return_value"])
+
+    # device → cloud (CON event, ACKed) and cloud → device (a subscription)
+    feed = runtime.bus.subscribe(EventFilter(prefix="gen3/", owner_id=None, include_public=True))
+    await argon.publish("gen3/temp", "21.5", private=False, with_ack=True)
+    async with asyncio.timeout(WAIT):
+        event = await anext(feed)
+    assert ("gen3/temp", "21.5", argon.device_id) == (event.name, event.data, event.coreid)
+    feed.close()
+    received: list[tuple[str, str | None]] = []
+    await argon.subscribe("to-argon", lambda name, data: received.append((name, data)))
+    await argon.ping()
+    await argon.ping()
+    published = await client.post(
+        "/v1/devices/events",
+        data={"name": "to-argon/hi", "data": "there", "private": "true"},
+        headers=ada.auth,
+    )
+    assert 200 == published.status_code, published.text
+
+    async def delivered() -> bool:
+        return received == [("to-argon/hi", "there")]
+
+    await wait_until(delivered)
+
+
+async def test_a_session_follows_its_connection_id_to_a_new_address(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, argon: VirtualDevice
+) -> None:
+    """NAT rebinding: the same CID from a new port moves the session, without a handshake."""
+    await _described(client, ada, argon)
+    stats = runtime.gateway.udp_statistics()
+    assert stats is not None
+    await argon.rebind()
+    await argon.ping()  # answered at the new address: the session moved
+    called = await client.post(
+        f"/v1/devices/{argon.device_id}/echo_len", json={"args": "moved"}, headers=ada.auth
+    )
+    assert (200, 5) == (called.status_code, called.json()["return_value"])
+    assert (1, 1) == (stats.moved, stats.sessions)
+    assert 1 == argon.counters.connects
+
+
+async def test_a_device_key_that_does_not_match_is_refused(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime
+) -> None:
+    registered = ec.generate_private_key(ec.SECP256R1())
+    device = await _argon(client, ada, runtime, registered)
+    device_id = device.device_id
+    await device.stop()
+    impostor = VirtualDevice(
+        "127.0.0.1",
+        runtime.gateway.udp_port or 0,
+        device_id=device_id,
+        device_key=ec.generate_private_key(ec.SECP256R1()),
+        server_public_key=load_or_create_udp_server_key(runtime.settings.data_dir).public_key(),
+        platform_id=12,
+        protocol="udp",
+        reconnect=False,
+    )
+    await impostor.start()
+    with pytest.raises(Exception):  # noqa: B017,PT011 - the session is refused, whatever it says
+        await impostor.wait_connected(3)
+    await impostor.stop()
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    return sock
+
+
+async def test_hostile_datagrams_close_nothing(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, argon: VirtualDevice
+) -> None:
+    await _described(client, ada, argon)
+    port = runtime.gateway.udp_port
+    assert port is not None
+    stats = runtime.gateway.udp_statistics()
+    assert stats is not None
+    before = stats.dropped
+    junk = [
+        b"",
+        b"\x17",
+        b"\x17\xfe\xfd" + bytes(10),  # truncated record header
+        b"\x19\xfe\xfd" + bytes(30),  # a CID record with an unknown CID
+        b"\x16\xfe\xfd" + bytes(8) + b"\x00\x05abc",  # a handshake record shorter than it says
+        bytes(4000),  # oversized
+        b"\xff" * 100,
+    ]
+    with _socket() as sock:
+        for datagram in junk * 5:
+            sock.sendto(datagram, ("127.0.0.1", port))
+    await argon.ping()
+    called = await client.post(
+        f"/v1/devices/{argon.device_id}/echo_len", json={"args": "ok"}, headers=ada.auth
+    )
+    assert (200, 2) == (called.status_code, called.json()["return_value"])
+    assert stats.dropped > before
+    assert 1 == stats.sessions
+
+
+async def test_a_spoofed_client_hello_flood_costs_only_bounded_cookies(runtime: Runtime) -> None:
+    port = runtime.gateway.udp_port
+    stats = runtime.gateway.udp_statistics()
+    assert port is not None
+    assert stats is not None
+    key = ec.generate_private_key(ec.SECP256R1())
+    client = DtlsClient(
+        ClientConfig(
+            signer=ecdsa_signer(key), device_public_key=key.public_key(), server_public_key=key.public_key()
+        ),
+        now=0.0,
+    )
+    client.start(0.0)
+    (hello,) = client.datagrams_to_send()
+    flood = 300
+    replies = 0
+    with _socket() as sock:
+        for sent in range(1, flood + 1):
+            sock.sendto(hello, ("127.0.0.1", port))
+            if sent % 20 == 0:  # in batches the socket buffers hold
+
+                async def seen(count: int = sent) -> bool:
+                    return stats.datagrams >= count
+
+                await wait_until(seen)
+        sock.setblocking(False)
+        while True:
+            try:
+                sock.recv(2048)
+            except BlockingIOError:
+                break
+            replies += 1
+    assert 0 == stats.sessions  # no state for a ClientHello without a cookie
+    assert replies == stats.cookies_sent
+    assert 0 < stats.cookies_sent <= 20  # the budget's burst per address (the test clock stands still)
+    assert stats.over_budget == flood - stats.cookies_sent
