@@ -16,11 +16,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.api import Account, make_account
+from tests.support.clock import FakeClock
 from tests.support.devices import wait_until
 
 from devicecloud.domain.events import EventFilter
 from devicecloud.protocol.dtls import DtlsClient, ecdsa_signer
 from devicecloud.protocol.dtls.client import ClientConfig
+from devicecloud.protocol.udp import idle_timeout_for
 from devicecloud.runtime import Runtime
 from devicecloud.store.keyfiles import load_or_create_udp_server_key
 from devicecloud.virtualdevice import VirtualDevice
@@ -154,6 +156,46 @@ async def test_a_session_follows_its_connection_id_to_a_new_address(
     assert (200, 5) == (called.status_code, called.json()["return_value"])
     assert (1, 1) == (stats.moved, stats.sessions)
     assert 1 == argon.counters.connects
+
+
+async def test_a_device_resumes_after_sleep_without_a_handshake(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, clock: FakeClock, argon: VirtualDevice
+) -> None:
+    """Sleep (silence past the cloud's idle deadline), then wake: the stored session goes on, no handshake."""
+    await _described(client, ada, argon)
+    stats = runtime.gateway.udp_statistics()
+    assert stats is not None
+    cookies = stats.cookies_sent
+    await argon.sleep()
+    clock.advance(idle_timeout_for(12) + 1)  # the cloud drops the silent link and keeps its session
+
+    async def offline() -> bool:
+        return stats.sessions == 0
+
+    await wait_until(offline)
+    # A forged record with the session's CID does not authenticate: it takes nothing and keeps nothing.
+    kept = argon.kept_session
+    assert kept is not None
+    assert kept.cid is not None
+    forged = (
+        b"\x19\xfe\xfd\x00\x01" + (10**6).to_bytes(6, "big") + kept.cid + (40).to_bytes(2, "big") + bytes(40)
+    )
+    with _socket() as sock:
+        sock.sendto(forged, ("127.0.0.1", runtime.gateway.udp_port or 0))
+
+        async def judged() -> bool:
+            return stats.dropped > 0
+
+        await wait_until(judged)
+    assert (0, 0) == (stats.resumed, stats.sessions)
+    await argon.wake()
+    await argon.wait_connected(WAIT)
+    await _described(client, ada, argon)
+    called = await client.post(
+        f"/v1/devices/{argon.device_id}/echo_len", json={"args": "awake"}, headers=ada.auth
+    )
+    assert (200, 5) == (called.status_code, called.json()["return_value"])
+    assert (1, cookies) == (stats.resumed, stats.cookies_sent)  # no ClientHello at all
 
 
 async def test_a_device_key_that_does_not_match_is_refused(

@@ -27,26 +27,30 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from devicecloud.gateway.link import Link
-from devicecloud.protocol import Role
+from devicecloud.protocol import ConnectionState, RemoteProtocolError, Role
 from devicecloud.protocol.dtls import (
     DtlsServer,
+    DtlsState,
     HelloCheck,
     ServerConfig,
+    SessionState,
     Timers,
     check_client_hello,
     ecdsa_signer,
     peek_cid,
+    peek_device_id,
 )
-from devicecloud.protocol.udp import UdpSession
+from devicecloud.protocol.udp import ResumedSession, UdpSession
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
@@ -54,7 +58,15 @@ if TYPE_CHECKING:
     from devicecloud.gateway.context import LinkContext, LinkTransport
     from devicecloud.protocol import RandomBytes
 
-__all__ = ["DatagramBudget", "UdpGateway", "UdpPeer", "UdpStatistics"]
+__all__ = [
+    "DatagramBudget",
+    "MemorySessionStore",
+    "SessionStore",
+    "StoredSession",
+    "UdpGateway",
+    "UdpPeer",
+    "UdpStatistics",
+]
 
 logger = structlog.get_logger("devicecloud.gateway")
 
@@ -63,6 +75,11 @@ MAX_DATAGRAM = 2048
 #: Datagrams queued for one session's link; more are dropped (UDP: the device retransmits).
 PEER_QUEUE = 64
 Address = tuple[str, int]
+
+
+def _starts_over(data: bytes) -> bool:
+    """A ClientHello (epoch-0 handshake record whose first message is type 1)."""
+    return len(data) > 13 and data[0] == 22 and data[3:5] == b"\x00\x00" and data[13] == 1
 
 
 def _address_bytes(address: Address) -> bytes:
@@ -82,6 +99,7 @@ class UdpStatistics:
         dropped: datagrams dropped on arrival (empty, too large, not a ClientHello, unknown CID, queue full).
         refused: valid ClientHellos refused (session cap, handshakes per address).
         moved: sessions moved to a new address by their CID.
+        resumed: stored sessions a device continued without a handshake.
     """
 
     sessions: int = 0
@@ -91,6 +109,73 @@ class UdpStatistics:
     dropped: int = 0
     refused: int = 0
     moved: int = 0
+    resumed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A device's DTLS session kept after its link ended, and what its resumption needs of CoAP."""
+
+    state: SessionState
+    coap: ResumedSession
+
+
+class SessionStore(Protocol):
+    """
+    Where device sessions wait between links (a sleeping device, a lost link). A session taken out is
+    live again: it is stored anew, with its later counters, when that link ends.
+    """
+
+    def save(self, session: StoredSession) -> None:
+        """Keep ``session`` (replacing the device's previous one)."""
+        ...
+
+    def take_by_cid(self, cid: bytes) -> StoredSession | None:
+        """Remove and return the session with this Connection ID (25/253 records)."""
+        ...
+
+    def take_by_device(self, device_id: str) -> StoredSession | None:
+        """Remove and return the device's session (type-254 records, Device OS before 3.1)."""
+        ...
+
+    def put_back(self, session: StoredSession) -> None:
+        """Return a session taken for a datagram that did not authenticate (nothing of it changed)."""
+        ...
+
+
+class MemorySessionStore:
+    """`SessionStore` in this process's memory: sessions survive links, not a restart. Bounded (oldest go)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._by_device: OrderedDict[str, StoredSession] = OrderedDict()
+        self._by_cid: dict[bytes, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_device)
+
+    def save(self, session: StoredSession) -> None:
+        self.take_by_device(session.coap.device_id)
+        self._by_device[session.coap.device_id] = session
+        if session.state.cid is not None:
+            self._by_cid[session.state.cid] = session.coap.device_id
+        while len(self._by_device) > self._limit:
+            _, dropped = self._by_device.popitem(last=False)
+            if dropped.state.cid is not None:
+                self._by_cid.pop(dropped.state.cid, None)
+
+    def take_by_cid(self, cid: bytes) -> StoredSession | None:
+        device_id = self._by_cid.get(cid)
+        return self.take_by_device(device_id) if device_id is not None else None
+
+    def take_by_device(self, device_id: str) -> StoredSession | None:
+        session = self._by_device.pop(device_id, None)
+        if session is not None and session.state.cid is not None:
+            self._by_cid.pop(session.state.cid, None)
+        return session
+
+    def put_back(self, session: StoredSession) -> None:
+        self.save(session)
 
 
 class DatagramBudget:
@@ -216,6 +301,7 @@ class UdpGateway(asyncio.DatagramProtocol):
         rate, burst: the datagram budget per source IP for datagrams without a session.
         handshakes_per_address: DTLS handshakes in progress from one IP at most.
         random_bytes: DTLS randomness (server random, ephemeral key, CID) and CoAP ids.
+        sessions: where sessions wait between links (default: in memory).
     """
 
     def __init__(
@@ -231,8 +317,10 @@ class UdpGateway(asyncio.DatagramProtocol):
         handshakes_per_address: int = 16,
         handshake_timeout: float = 30.0,
         random_bytes: RandomBytes = os.urandom,
+        sessions: SessionStore | None = None,
     ) -> None:
         self._ctx = ctx
+        self.sessions: SessionStore = sessions if sessions is not None else MemorySessionStore()
         self._host, self._port = host, port
         self._max_sessions = max_sessions
         self._per_address = handshakes_per_address
@@ -289,14 +377,27 @@ class UdpGateway(asyncio.DatagramProtocol):
             self.stats.dropped += 1
             return
         peer: UdpPeer | None = None
+        cid: bytes | None = None
         if data[0] in (25, 253):
             cid = peek_cid(data)
             peer = self._by_cid.get(cid) if cid is not None else None
         if peer is None:
             peer = self._by_address.get(address)
+            if (
+                peer is not None
+                and _starts_over(data)
+                and peer.session.endpoint.state is DtlsState.ESTABLISHED
+            ):
+                peer = None  # a device that lost its session shakes hands again from the same address
         if peer is not None:
             if not peer.feed(data, address):
                 self.stats.dropped += 1
+            return
+        if data[0] in (25, 253, 254):
+            if not self.budget.take(address[0], self._ctx.clock.monotonic()):
+                self.stats.over_budget += 1
+            elif not self._resume(data, address, cid):
+                self.stats.dropped += 1  # no such session, or the datagram did not authenticate
             return
         if data[0] != 22:  # only a handshake record can start a session
             self.stats.dropped += 1
@@ -331,6 +432,31 @@ class UdpGateway(asyncio.DatagramProtocol):
         self.stats.moved += 1
         logger.debug("device session moved to a new address", device_id=peer.session.device_id)
 
+    def _resume(self, data: bytes, address: Address, cid: bytes | None) -> bool:
+        """
+        Continue a stored session from a 25/253/254 datagram if it authenticates; nothing is kept otherwise.
+        """
+        if cid is not None:
+            stored = self.sessions.take_by_cid(cid)
+        else:
+            raw_id = peek_device_id(data)
+            stored = self.sessions.take_by_device(raw_id.hex()) if raw_id is not None else None
+        if stored is None:
+            return False
+        now = self._ctx.clock.monotonic()
+        server = DtlsServer.resume(self._config, stored.state, _address_bytes(address), now=now)
+        session = UdpSession(
+            Role.CLOUD, endpoint=server, now=now, random_bytes=self._random, resumed=stored.coap
+        )
+        with contextlib.suppress(RemoteProtocolError):
+            session.receive_data(data, now)
+        if session.authenticated == 0 or session.state is ConnectionState.CLOSED:
+            self.sessions.put_back(stored)
+            return False
+        self.stats.resumed += 1
+        self._start_peer(server, session, address, handshaking=False)
+        return True
+
     def _start(self, check: HelloCheck, address: Address) -> None:
         now = self._ctx.clock.monotonic()
         server = DtlsServer.accept(
@@ -341,19 +467,24 @@ class UdpGateway(asyncio.DatagramProtocol):
             random_bytes=self._random,
         )
         session = UdpSession(Role.CLOUD, endpoint=server, now=now, random_bytes=self._random)
+        self._start_peer(server, session, address, handshaking=True)
+
+    def _start_peer(
+        self, server: DtlsServer, session: UdpSession, address: Address, *, handshaking: bool
+    ) -> None:
         peer = UdpPeer(self, session, address)
         self._by_address[address] = peer
         if server.cid is not None:
             self._by_cid[server.cid] = peer
         ip = address[0]
-        self._handshaking[ip] = self._handshaking.get(ip, 0) + 1
+        if handshaking:
+            self._handshaking[ip] = self._handshaking.get(ip, 0) + 1
         self.stats.sessions = len(self._by_address)
-        task = asyncio.create_task(self._serve(peer, server.cid, ip), name=f"device-udp-{ip}")
+        task = asyncio.create_task(self._serve(peer, server.cid, ip, handshaking), name=f"device-udp-{ip}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, peer: UdpPeer, cid: bytes | None, ip: str) -> None:
-        handshaking = True
+    async def _serve(self, peer: UdpPeer, cid: bytes | None, ip: str, handshaking: bool) -> None:
 
         def online() -> None:
             nonlocal handshaking
@@ -370,11 +501,22 @@ class UdpGateway(asyncio.DatagramProtocol):
         finally:
             peer.close()
             online()
+            self._keep(peer.session)
             if self._by_address.get(peer.address) is peer:
                 del self._by_address[peer.address]
             if cid is not None and self._by_cid.get(cid) is peer:
                 del self._by_cid[cid]
             self.stats.sessions = len(self._by_address)
+
+    def _keep(self, session: UdpSession) -> None:
+        """Store the session of a link that ended while its DTLS association stands (sleep, silence)."""
+        endpoint = session.endpoint
+        if endpoint.session is None or session.device_id is None or not session.hello_payload:
+            return  # no handshake finished, or the device was never accepted
+        if session.closed_by_peer:
+            return  # close_notify or a fatal alert: the device discarded it
+        state = endpoint.export_session()
+        self.sessions.save(StoredSession(state, ResumedSession(session.device_id, session.hello_payload)))
 
     def _release(self, ip: str) -> None:
         left = self._handshaking.get(ip, 0) - 1

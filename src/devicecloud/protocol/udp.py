@@ -60,6 +60,7 @@ __all__ = [
     "MAX_RETRANSMIT",
     "UDP_CLOUD_TIMING",
     "UDP_DEVICE_TIMING",
+    "ResumedSession",
     "UdpSession",
     "idle_timeout_for",
 ]
@@ -97,6 +98,17 @@ def idle_timeout_for(platform_id: int | None) -> float:
     """
     interval = CELLULAR_KEEPALIVE if platform_id in CELLULAR_PLATFORMS else WIFI_KEEPALIVE
     return 3 * interval + 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedSession:
+    """
+    What the cloud keeps of a device's session beside its DTLS `SessionState`, so that a device that resumes
+    with a bare CoAP ping (no Hello) is known: its id and the payload of its last Hello.
+    """
+
+    device_id: str
+    hello: bytes
 
 
 @dataclass(slots=True)
@@ -138,6 +150,7 @@ class UdpSession(CoapSession):
         response_style: ResponseStyle = ResponseStyle.SEPARATE,
         timing: Timing | None = None,
         random_bytes: RandomBytes = os.urandom,
+        resumed: ResumedSession | None = None,
     ) -> None:
         default = UDP_CLOUD_TIMING if role is Role.CLOUD else UDP_DEVICE_TIMING
         super().__init__(
@@ -158,12 +171,16 @@ class UdpSession(CoapSession):
         self._hello_id: int | None = None
         self._peer_key = b""
         self._blocks = bytearray()
+        self.hello_payload = b""
+        #: The peer ended the DTLS association (close_notify, a fatal alert): it is not worth keeping.
+        self.closed_by_peer = False
         #: Records the DTLS layer authenticated / dropped, and CON retransmissions, since the start.
         self.authenticated = 0
         self.dropped = 0
         self.retransmissions = 0
         #: The last authenticated record came as a resumption record (253/254): the device may have moved.
         self.moved = False
+        self._resumed = resumed
         if role is Role.DEVICE:
             if device_id is None or not isinstance(endpoint, DtlsClient):
                 raise LocalProtocolError("the device role needs a DtlsClient and device_id")
@@ -171,9 +188,21 @@ class UdpSession(CoapSession):
             if len(raw) != 12:
                 raise LocalProtocolError("device id must be 12 bytes")
             self.device_id = raw.hex()
-            endpoint.start(now)
+            if endpoint.session is None:
+                endpoint.start(now)
+            else:  # a stored session continued: no handshake; a CoAP ping (CON) asks the cloud to answer
+                self._state = ConnectionState.AWAIT_HELLO
+                self._ids = type(self._ids)(int.from_bytes(self._random(2), "big"))
+                self._tokens = type(self._tokens)(self._random(1)[0])
+                self._hello_id = self._ids.next()
+                self._send_message(messages.ping(self._hello_id))
         elif not isinstance(endpoint, DtlsServer):
             raise LocalProtocolError("the cloud role needs a DtlsServer")
+        elif resumed is not None:  # the session was stored: it continues without a handshake or a Hello
+            if endpoint.session is None:
+                raise LocalProtocolError("a resumed session needs a resumed DtlsServer")
+            self._peer_key = endpoint.session.peer_key
+            self._state = ConnectionState.AWAIT_HELLO
         self._pump_dtls(now)
 
     # ------------------------------------------------------------------------------------------ public API
@@ -259,8 +288,10 @@ class UdpSession(CoapSession):
                 self.dropped += 1
             elif isinstance(event, AlertReceived):
                 if event.level == 2 or event.description == 0:  # fatal, or close_notify
+                    self.closed_by_peer = True
                     self._close(f"the peer sent alert {event.description}")
             elif isinstance(event, DtlsClosed):
+                self.closed_by_peer = self.closed_by_peer or event.error
                 self._close(event.reason, error=event.error)
             if self._state is ConnectionState.CLOSED:
                 break
@@ -308,6 +339,9 @@ class UdpSession(CoapSession):
         if msg.type in (MessageType.ACK, MessageType.RST):
             self._unacked.pop(msg.message_id, None)
             if self._state is ConnectionState.AWAIT_HELLO and self.role is Role.DEVICE:
+                if msg.message_id == self._hello_id and msg.type is MessageType.RST:
+                    self._close("the cloud does not know this session")  # start over with a handshake
+                    return
                 if msg.message_id == self._hello_id and msg.type is MessageType.ACK:
                     self._state = ConnectionState.ESTABLISHED  # no server Hello needed over DTLS
                     self._handshake_deadline = None
@@ -333,8 +367,15 @@ class UdpSession(CoapSession):
 
     def _dispatch(self, msg: coap.Message) -> None:
         if self.role is Role.CLOUD and self._state is ConnectionState.AWAIT_HELLO:
-            if messages.classify(msg) is not MessageKind.HELLO or code_class(msg.code) != 0:
+            if self._resumed is None and not _is_hello(msg):
                 raise RemoteProtocolError(f"expected a Hello, got {msg}")
+            if self._resumed is not None and not _is_hello(msg):
+                # Resumed without a Hello (its app state is unchanged): the stored session names the device.
+                self.device_id = self._resumed.device_id
+                self._held_hello = msg
+                self._state = ConnectionState.AWAIT_DEVICE_KEY
+                self._events.append(events.DeviceIdentified(self.device_id, self._peer_key))
+                return
             p = msg.payload
             if len(p) < 22 or p[9] != 12:
                 raise RemoteProtocolError("a UDP Hello without the device id")
@@ -398,9 +439,17 @@ class UdpSession(CoapSession):
         if not isinstance(key, ec.EllipticCurvePublicKey) or public_key_der(key) != self._peer_key:
             self._reset_held("the device key does not match its registered key")
             return
-        hello, self._held_hello = self._held_hello, None
+        held, self._held_hello = self._held_hello, None
         self._state = ConnectionState.AWAIT_HELLO
-        self._handle(hello)
+        if _is_hello(held) or self._resumed is None:
+            hello = held
+            self._handle(held)
+        else:  # the stored Hello stands for the one a resumed device skips; then what it did send
+            hello = coap.Message(MessageType.NON, Code.POST, 0, b"", (), self._resumed.hello)
+            self._on_hello(hello)
+            self._handle(held)
+        #: The payload of the Hello this session runs on (what a session store keeps).
+        self.hello_payload = hello.payload
         platform = int.from_bytes(hello.payload[6:8], "big") if len(hello.payload) >= 8 else None
         self._timing = replace(self._timing, idle_timeout=idle_timeout_for(platform))
         self._collect()
@@ -420,3 +469,7 @@ class UdpSession(CoapSession):
         if self._dtls.state is not DtlsState.CLOSED:
             self._dtls.close()
         self._collect()
+
+
+def _is_hello(msg: coap.Message) -> bool:
+    return code_class(msg.code) == 0 and messages.classify(msg) is MessageKind.HELLO

@@ -62,7 +62,7 @@ from devicecloud.protocol import (
     VariableType,
     build_describe,
 )
-from devicecloud.protocol.dtls import ClientConfig, DtlsClient, ecdsa_signer
+from devicecloud.protocol.dtls import ClientConfig, DtlsClient, SessionState, ecdsa_signer
 from devicecloud.protocol.udp import UDP_DEVICE_TIMING, UdpSession
 from devicecloud.virtualdevice.application import (
     CloudFunction,
@@ -197,6 +197,8 @@ class VirtualDevice:
         self.device_id = normalize_device_id(device_id)
         self.protocol = protocol
         self._ec_key: ec.EllipticCurvePrivateKey | None = None
+        #: UDP: the DTLS session kept over a sleep; the next connection resumes it without a handshake.
+        self.kept_session: SessionState | None = None
         self._ec_server_key: ec.EllipticCurvePublicKey | None = None
         if protocol == "udp":
             if not isinstance(device_key, ec.EllipticCurvePrivateKey):
@@ -297,9 +299,15 @@ class VirtualDevice:
                 server_public_key=self._ec_server_key,
                 device_id=bytes.fromhex(self.device_id),
             )
+            kept, self.kept_session = self.kept_session, None  # one attempt; a refusal means a handshake
+            endpoint = (
+                DtlsClient.resume(config, kept, now=self._now())
+                if kept is not None
+                else DtlsClient(config, now=self._now(), random_bytes=self._random_bytes)
+            )
             return UdpSession(
                 Role.DEVICE,
-                endpoint=DtlsClient(config, now=self._now(), random_bytes=self._random_bytes),
+                endpoint=endpoint,
                 now=self._now(),
                 device_id=self.device_id,
                 hello=self.hello,
@@ -571,6 +579,24 @@ class VirtualDevice:
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop delivering to a subscription (the protocol has no unsubscribe: the cloud may keep sending)."""
         self.subscriptions.remove(subscription)
+
+    async def sleep(self) -> None:
+        """
+        UDP only: keep the DTLS session and go away without a word (no close_notify, no Goodbye), as a Gen3
+        device entering sleep does; `wake` continues the session without a handshake.
+        """
+        link = self._require_link()
+        connection = link.connection
+        if not isinstance(connection, UdpSession):
+            raise RuntimeError("only a UDP device keeps its session over a sleep")
+        session = connection.endpoint.export_session()
+        link.go_silent()
+        await self._connector.stop()
+        self.kept_session = session
+
+    async def wake(self) -> None:
+        """Connect again after `sleep`: a resumed session (a CoAP ping, no Hello), else a handshake."""
+        await self._connector.start(f"virtual-device-{self.device_id}")
 
     async def rebind(self) -> None:
         """UDP only: move to a new local port mid-session, as behind a NAT that rebinds (no new handshake)."""
