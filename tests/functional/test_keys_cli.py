@@ -11,13 +11,16 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from tests.support.clock import FakeClock
 from tests.support.devices import virtual_device, wait_until
 
 from devicecloud.cli import main
 from devicecloud.protocol.keyslot import server_key_slot
 from devicecloud.runtime import Runtime
-from devicecloud.virtualdevice import generate_identity
+from devicecloud.store.keyfiles import load_or_create_udp_server_key
+from devicecloud.virtualdevice import VirtualDevice, generate_identity
 
 FAST = {
     "DEVICECLOUD_PASSWORD_TIME_COST": "1",
@@ -106,3 +109,30 @@ async def test_keys_add(runtime: Runtime, tmp_path: Path) -> None:
     junk.write_text("not a key")
     refused = await cli(runtime, "keys", "add", identity.device_id, str(junk))
     assert (1, "Error: publicKey is not a readable public key\n") == (refused.exit_code, refused.output)
+
+
+async def test_keys_add_takes_an_ec_key_in_der_and_the_udp_device_connects(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """A Gen3 EC P-256 key, as the DER particle-cli sends, registers; the device connects over UDP."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = tmp_path / "argon.pub.der"
+    der.write_bytes(key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    device_id = "e00fce680123456789abcdef"
+    added = await cli(runtime, "keys", "add", device_id, str(der))
+    assert (0, f"registered the key of {device_id}\n") == (added.exit_code, added.output)
+    device = VirtualDevice(
+        "127.0.0.1",
+        runtime.gateway.udp_port or 0,
+        device_id=device_id,
+        device_key=key,
+        server_public_key=load_or_create_udp_server_key(runtime.settings.data_dir).public_key(),
+        platform_id=13,
+        protocol="udp",
+        reconnect=False,
+    )
+    try:
+        await device.start()
+        await device.wait_connected(10)
+    finally:
+        await device.stop()

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 import click
 from cryptography.hazmat.primitives import serialization
@@ -54,13 +54,15 @@ def server(host: str, port: int, out: Path | None, data_dir: Path | None) -> Non
 
 @keys.command("add")
 @click.argument("device_id")
-@click.argument("public_key", type=click.File("r"))
+@click.argument("public_key", type=click.File("rb"))
 @data_dir_option
-def add(device_id: str, public_key: TextIO, data_dir: Path | None) -> None:
+def add(device_id: str, public_key: BinaryIO, data_dir: Path | None) -> None:
     """
-    Register DEVICE_ID's public key from a PEM file ('-' reads standard input).
+    Register DEVICE_ID's public key from a PEM or DER file ('-' reads standard input): RSA for TCP devices,
+    EC P-256 for UDP devices (Gen3, Electron; the DER particle-cli's `keys send` uses).
     """
-    text = public_key.read()
+    raw = public_key.read()
+    text = raw.decode("ascii", "replace") if raw.lstrip().startswith(b"-----") else raw.hex()
 
     async def action(runtime: Runtime) -> str:
         return await runtime.device_keys.add(device_id, text)
