@@ -17,7 +17,7 @@ from typing import Literal
 
 import structlog
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -35,7 +35,7 @@ from devicecloud.gateway.cluster import RoutedControl
 from devicecloud.metrics import Metrics, Sources
 from devicecloud.notify import LogNotifier, SmtpNotifier
 from devicecloud.protocol import EventPublished, LocalProtocolError
-from devicecloud.protocol.keyslot import server_key_slot
+from devicecloud.protocol.keyslot import server_key_slot, udp_server_key_slot
 from devicecloud.services.accounts import AccountPolicy, AccountService
 from devicecloud.services.clients import ClientService
 from devicecloud.services.device_keys import DeviceKeyService
@@ -263,6 +263,22 @@ def server_key_slot_image(key: rsa.RSAPrivateKey, host: str, port: int) -> bytes
     )
     try:
         return server_key_slot(der, host, port)
+    except LocalProtocolError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def load_udp_server_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
+    """The UDP gateway's EC P-256 key from the data dir, created on first use."""
+    return load_or_create_udp_server_key(settings.data_dir)
+
+
+def udp_server_key_slot_image(key: ec.EllipticCurvePrivateKey, host: str, port: int) -> bytes:
+    """The 320-byte UDP key slot a Gen3 device needs to reach this server at ``host:port`` (or ValueError)."""
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        return udp_server_key_slot(der, host, port)
     except LocalProtocolError as exc:
         raise ValueError(str(exc)) from exc
 

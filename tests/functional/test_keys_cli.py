@@ -61,6 +61,25 @@ def test_server_key_slot(tmp_path: Path) -> None:
     assert server_key_slot(der, "10.0.0.7", 5700) == out.read_bytes()
 
 
+def test_udp_server_key_slot(tmp_path: Path) -> None:
+    """keys server --protocol udp writes the 320-byte Gen3 slot: EC SPKI padded to 192, address, port."""
+    result = CliRunner(env={"DEVICECLOUD_DATA_DIR": str(tmp_path / "data")}).invoke(
+        main, ["keys", "server", "--host", "cloud.example.com", "--protocol", "udp"]
+    )
+    assert 0 == result.exit_code, result.output
+    assert "--protocol udp" in result.output
+    public = (tmp_path / "data" / "server_key_udp.pub.pem").read_bytes()
+    der = serialization.load_pem_public_key(public).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    image = (tmp_path / "data" / "server_key_udp_slot.bin").read_bytes()
+    assert 320 == len(image)
+    assert der == image[: len(der)]
+    assert b"\xff" * (192 - len(der)) == image[len(der) : 192]
+    assert bytes([1, 17]) + b"cloud.example.com" == image[192 : 192 + 19]
+    assert b"\xff\xff" == image[258:260]  # the default port, 5684
+
+
 def test_server_key_slot_refuses_ipv6(tmp_path: Path) -> None:
     """An address a TCP device cannot use is a usage error."""
     result = CliRunner(env={"DEVICECLOUD_DATA_DIR": str(tmp_path)}).invoke(
