@@ -32,6 +32,7 @@ from devicecloud.domain.library_archives import ArchiveLimits
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
 from devicecloud.gateway.cluster import RoutedControl
+from devicecloud.gateway.kept_sessions import PersistentSessionStore
 from devicecloud.metrics import Metrics, Sources
 from devicecloud.notify import LogNotifier, SmtpNotifier
 from devicecloud.protocol import EventPublished, LocalProtocolError
@@ -445,6 +446,7 @@ def build_runtime(
         if settings.device_udp_enabled
         else None,
         udp_port=settings.device_udp_port if settings.device_udp_enabled else None,
+        udp_sessions=PersistentSessionStore(store, clock),
     )
     metrics = Metrics()
     bus, commands = build_bus(settings, node_id)

@@ -14,16 +14,17 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
 from tests.support.devices import wait_until
 
 from devicecloud.domain.events import EventFilter
+from devicecloud.gateway.kept_sessions import PersistentSessionStore
 from devicecloud.protocol.dtls import DtlsClient, ecdsa_signer
 from devicecloud.protocol.dtls.client import ClientConfig
 from devicecloud.protocol.udp import idle_timeout_for
-from devicecloud.runtime import Runtime
+from devicecloud.runtime import Runtime, build_runtime
 from devicecloud.store.keyfiles import load_or_create_udp_server_key
 from devicecloud.virtualdevice import VirtualDevice
 
@@ -198,6 +199,57 @@ async def test_a_device_resumes_after_sleep_without_a_handshake(
     assert (1, cookies) == (stats.resumed, stats.cookies_sent)  # no ClientHello at all
 
 
+@pytest.mark.parametrize("crash", [False, True], ids=["stopped", "crashed"])
+async def test_a_device_resumes_after_a_server_restart_and_its_counter_goes_on(
+    client: httpx.AsyncClient,
+    ada: Account,
+    runtime: Runtime,
+    clock: FakeClock,
+    server_key: rsa.RSAPrivateKey,
+    argon: VirtualDevice,
+    monkeypatch: pytest.MonkeyPatch,
+    crash: bool,
+) -> None:
+    """
+    The session is in the database: the next process resumes it without a handshake, and the device (whose
+    replay window drops any sequence number seen before) accepts what the new process sends — also when the
+    first process died without writing its last counters (only the reserved block was written).
+    """
+    await _described(client, ada, argon)
+    clock.advance(1.5)  # a flush: the live session and its reserved block are written
+
+    async def written() -> bool:
+        async with runtime.store.transaction(readonly=True) as tx:
+            rows = await tx.dtls_sessions.all()
+        return [argon.device_id] == [row.device_id for row in rows]
+
+    await wait_until(written)
+    if crash:  # more records after the flush, then nothing more is written: as if the process died
+        for _ in range(5):
+            assert await runtime.gateway.control.ping(argon.device_id, timeout=WAIT)
+        monkeypatch.setattr(PersistentSessionStore, "save", lambda self, session: None)
+        monkeypatch.setattr(PersistentSessionStore, "flush", _nothing)
+    await argon.sleep()
+    port = runtime.gateway.udp_port
+    assert port is not None
+    await runtime.gateway.stop()  # the first process's gateway goes (its database stays, for the second)
+    runtime.gateway_started = False
+    settings = runtime.settings.model_copy(update={"device_udp_port": port})
+    monkeypatch.undo()
+    second = build_runtime(settings, clock=clock, server_key=server_key)
+    await second.start_gateway()
+    try:
+        await argon.wake()
+        await argon.wait_connected(WAIT)
+        assert await second.gateway.control.ping(argon.device_id, timeout=WAIT)
+        stats = second.gateway.udp_statistics()
+        assert stats is not None
+        assert (1, 0) == (stats.resumed, stats.cookies_sent)
+    finally:
+        await argon.stop()
+        await second.stop()
+
+
 async def test_a_device_key_that_does_not_match_is_refused(
     client: httpx.AsyncClient, ada: Account, runtime: Runtime
 ) -> None:
@@ -219,6 +271,10 @@ async def test_a_device_key_that_does_not_match_is_refused(
     with pytest.raises(Exception):  # noqa: B017,PT011 - the session is refused, whatever it says
         await impostor.wait_connected(3)
     await impostor.stop()
+
+
+async def _nothing(self: object) -> None:
+    return None
 
 
 def _socket() -> socket.socket:

@@ -44,6 +44,7 @@ from devicecloud.gateway.admission import HandshakeAdmission, HandshakeSlot
 from devicecloud.gateway.context import EventHook, LinkContext, LinkCounters, SubscribeHook
 from devicecloud.gateway.control import GatewayControl
 from devicecloud.gateway.flash import GatewayUpdates
+from devicecloud.gateway.kept_sessions import SessionStore
 from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
 from devicecloud.gateway.udp import UdpGateway, UdpStatistics
@@ -149,6 +150,7 @@ class DeviceGateway:
         udp_server_key: the server's EC P-256 key; with ``udp_port`` it turns on the UDP/DTLS listener
             (`udp.UdpGateway`) for Gen3 devices, whose links share this gateway's registry and control.
         udp_port: the UDP port (5684; 0 picks a free one); ``None`` = no UDP listener.
+        udp_sessions: where UDP sessions wait between links (default: in memory).
     """
 
     def __init__(
@@ -172,6 +174,7 @@ class DeviceGateway:
         on_subscribe: SubscribeHook | None = None,
         udp_server_key: EllipticCurvePrivateKey | None = None,
         udp_port: int | None = None,
+        udp_sessions: SessionStore | None = None,
     ) -> None:
         self._server_key = server_private_key
         self._signer: RawSigner | None = None  # chosen at start(): it loads libcrypto and signs once
@@ -214,6 +217,7 @@ class DeviceGateway:
                 max_sessions=max_links,
                 handshake_timeout=handshake_timeout,
                 random_bytes=random_bytes,
+                sessions=udp_sessions,
             )
         #: The `services.ports.DeviceControl` for the devices linked to this gateway.
         self.control = GatewayControl(self._registry)

@@ -20,6 +20,13 @@ Theory of operation:
     authenticated a record (``UdpSession.authenticated`` went up), the session moves to that address:
     replies go there and the address index follows. A datagram that does not authenticate moves nothing.
 
+    Kept sessions: a link that ends while its DTLS association stands leaves its session in the
+    `kept_sessions.SessionStore`; a 25/253 (by CID) or 254 (by device id) datagram with no live session
+    takes it, and only if the datagram authenticates does a link start (after the store reserved the
+    session's send sequence numbers); otherwise the session goes back untouched. Every ``flush_interval``
+    the live sessions' reservations are renewed and the store written. On shutdown nothing is sent (no
+    close_notify): the devices keep their sessions for the next process.
+
     A datagram larger than `MAX_DATAGRAM` or empty is dropped on arrival; a malformed one reaches at most the
     session it names and is dropped by its DTLS layer; neither closes anything.
 """
@@ -32,10 +39,11 @@ import os
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
+from devicecloud.gateway.kept_sessions import SEQUENCE_BLOCK, MemorySessionStore, SessionStore, StoredSession
 from devicecloud.gateway.link import Link
 from devicecloud.protocol import ConnectionState, RemoteProtocolError, Role
 from devicecloud.protocol.dtls import (
@@ -43,7 +51,6 @@ from devicecloud.protocol.dtls import (
     DtlsState,
     HelloCheck,
     ServerConfig,
-    SessionState,
     Timers,
     check_client_hello,
     ecdsa_signer,
@@ -60,9 +67,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DatagramBudget",
-    "MemorySessionStore",
-    "SessionStore",
-    "StoredSession",
     "UdpGateway",
     "UdpPeer",
     "UdpStatistics",
@@ -110,72 +114,6 @@ class UdpStatistics:
     refused: int = 0
     moved: int = 0
     resumed: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSession:
-    """A device's DTLS session kept after its link ended, and what its resumption needs of CoAP."""
-
-    state: SessionState
-    coap: ResumedSession
-
-
-class SessionStore(Protocol):
-    """
-    Where device sessions wait between links (a sleeping device, a lost link). A session taken out is
-    live again: it is stored anew, with its later counters, when that link ends.
-    """
-
-    def save(self, session: StoredSession) -> None:
-        """Keep ``session`` (replacing the device's previous one)."""
-        ...
-
-    def take_by_cid(self, cid: bytes) -> StoredSession | None:
-        """Remove and return the session with this Connection ID (25/253 records)."""
-        ...
-
-    def take_by_device(self, device_id: str) -> StoredSession | None:
-        """Remove and return the device's session (type-254 records, Device OS before 3.1)."""
-        ...
-
-    def put_back(self, session: StoredSession) -> None:
-        """Return a session taken for a datagram that did not authenticate (nothing of it changed)."""
-        ...
-
-
-class MemorySessionStore:
-    """`SessionStore` in this process's memory: sessions survive links, not a restart. Bounded (oldest go)."""
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self._limit = limit
-        self._by_device: OrderedDict[str, StoredSession] = OrderedDict()
-        self._by_cid: dict[bytes, str] = {}
-
-    def __len__(self) -> int:
-        return len(self._by_device)
-
-    def save(self, session: StoredSession) -> None:
-        self.take_by_device(session.coap.device_id)
-        self._by_device[session.coap.device_id] = session
-        if session.state.cid is not None:
-            self._by_cid[session.state.cid] = session.coap.device_id
-        while len(self._by_device) > self._limit:
-            _, dropped = self._by_device.popitem(last=False)
-            if dropped.state.cid is not None:
-                self._by_cid.pop(dropped.state.cid, None)
-
-    def take_by_cid(self, cid: bytes) -> StoredSession | None:
-        device_id = self._by_cid.get(cid)
-        return self.take_by_device(device_id) if device_id is not None else None
-
-    def take_by_device(self, device_id: str) -> StoredSession | None:
-        session = self._by_device.pop(device_id, None)
-        if session is not None and session.state.cid is not None:
-            self._by_cid.pop(session.state.cid, None)
-        return session
-
-    def put_back(self, session: StoredSession) -> None:
-        self.save(session)
 
 
 class DatagramBudget:
@@ -237,6 +175,8 @@ class UdpPeer:
         self._source = address
         self._authenticated = session.authenticated
         self._transport = _PeerTransport(self)
+        #: The send sequence number the session store has reserved up to (None: not yet).
+        self.reserved: int | None = None
 
     # reader
     async def read(self, n: int = -1) -> bytes:
@@ -301,7 +241,9 @@ class UdpGateway(asyncio.DatagramProtocol):
         rate, burst: the datagram budget per source IP for datagrams without a session.
         handshakes_per_address: DTLS handshakes in progress from one IP at most.
         random_bytes: DTLS randomness (server random, ephemeral key, CID) and CoAP ids.
-        sessions: where sessions wait between links (default: in memory).
+        sessions: where sessions wait between links (default: in memory; `PersistentSessionStore` keeps them
+            across restarts).
+        flush_interval: seconds between two writes of the session store (live sessions' reservations).
     """
 
     def __init__(
@@ -318,6 +260,7 @@ class UdpGateway(asyncio.DatagramProtocol):
         handshake_timeout: float = 30.0,
         random_bytes: RandomBytes = os.urandom,
         sessions: SessionStore | None = None,
+        flush_interval: float = 1.0,
     ) -> None:
         self._ctx = ctx
         self.sessions: SessionStore = sessions if sessions is not None else MemorySessionStore()
@@ -339,6 +282,9 @@ class UdpGateway(asyncio.DatagramProtocol):
         self._handshaking: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._peers: set[UdpPeer] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self.flush_interval = flush_interval
 
     @property
     def port(self) -> int:
@@ -349,8 +295,10 @@ class UdpGateway(asyncio.DatagramProtocol):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopping = False
+        kept = await self.sessions.load()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="device-udp-sessions")
         await loop.create_datagram_endpoint(lambda: self, local_addr=(self._host or "0.0.0.0", self._port))  # noqa: S104 - None = all, as TCP
-        logger.info("device gateway listening for UDP", host=self._host or "*", port=self.port)
+        logger.info("device gateway listening for UDP", host=self._host or "*", port=self.port, kept=kept)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -358,6 +306,11 @@ class UdpGateway(asyncio.DatagramProtocol):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.sessions.flush()  # the sessions the links just left
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -422,6 +375,8 @@ class UdpGateway(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------------------------------ sessions
 
     def sendto(self, datagram: bytes, address: Address) -> None:
+        if self._stopping:
+            return  # no close_notify on shutdown: the devices keep their sessions for the next process
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(datagram, address)
 
@@ -454,7 +409,7 @@ class UdpGateway(asyncio.DatagramProtocol):
             self.sessions.put_back(stored)
             return False
         self.stats.resumed += 1
-        self._start_peer(server, session, address, handshaking=False)
+        self._start_peer(server, session, address, handshaking=False, resumed=stored)
         return True
 
     def _start(self, check: HelloCheck, address: Address) -> None:
@@ -470,7 +425,13 @@ class UdpGateway(asyncio.DatagramProtocol):
         self._start_peer(server, session, address, handshaking=True)
 
     def _start_peer(
-        self, server: DtlsServer, session: UdpSession, address: Address, *, handshaking: bool
+        self,
+        server: DtlsServer,
+        session: UdpSession,
+        address: Address,
+        *,
+        handshaking: bool,
+        resumed: StoredSession | None = None,
     ) -> None:
         peer = UdpPeer(self, session, address)
         self._by_address[address] = peer
@@ -480,11 +441,15 @@ class UdpGateway(asyncio.DatagramProtocol):
         if handshaking:
             self._handshaking[ip] = self._handshaking.get(ip, 0) + 1
         self.stats.sessions = len(self._by_address)
-        task = asyncio.create_task(self._serve(peer, server.cid, ip, handshaking), name=f"device-udp-{ip}")
+        task = asyncio.create_task(
+            self._serve(peer, server.cid, ip, handshaking, resumed), name=f"device-udp-{ip}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, peer: UdpPeer, cid: bytes | None, ip: str, handshaking: bool) -> None:
+    async def _serve(
+        self, peer: UdpPeer, cid: bytes | None, ip: str, handshaking: bool, resumed: StoredSession | None
+    ) -> None:
 
         def online() -> None:
             nonlocal handshaking
@@ -492,16 +457,29 @@ class UdpGateway(asyncio.DatagramProtocol):
                 handshaking = False
                 self._release(ip)
 
+        self._peers.add(peer)
         try:
+            if resumed is not None:  # nothing was sent yet: reserve its sequence numbers durably first
+                reserved = resumed.state.write_sequence + SEQUENCE_BLOCK
+                try:
+                    await self.sessions.reserve(resumed, reserved)
+                except Exception:
+                    logger.warning("cannot keep a resumed session; the device will retry", exc_info=True)
+                    peer.close()
+                    self.sessions.put_back(resumed)
+                    return
+                peer.reserved = reserved
             link = Link(self._ctx, peer.session, peer, peer, ip, on_online=online)
             await link.run()
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
         finally:
+            self._peers.discard(peer)
             peer.close()
             online()
-            self._keep(peer.session)
+            if resumed is None or peer.reserved is not None:
+                self._keep(peer.session)
             if self._by_address.get(peer.address) is peer:
                 del self._by_address[peer.address]
             if cid is not None and self._by_cid.get(cid) is peer:
@@ -517,6 +495,30 @@ class UdpGateway(asyncio.DatagramProtocol):
             return  # close_notify or a fatal alert: the device discarded it
         state = endpoint.export_session()
         self.sessions.save(StoredSession(state, ResumedSession(session.device_id, session.hello_payload)))
+
+    async def _flush_loop(self) -> None:
+        """Every ``flush_interval``: renew the reservations of live sessions, then write the store."""
+        clock = self._ctx.clock
+        while True:
+            await clock.sleep_until(clock.monotonic() + self.flush_interval)
+            try:
+                for peer in list(self._peers):
+                    self._renew(peer)
+                await self.sessions.flush()
+            except Exception:
+                logger.exception("keeping UDP sessions failed")
+
+    def _renew(self, peer: UdpPeer) -> None:
+        session = peer.session
+        endpoint = session.endpoint
+        if endpoint.session is None or session.device_id is None or not session.hello_payload:
+            return
+        state = endpoint.export_session()
+        if peer.reserved is not None and state.write_sequence < peer.reserved - SEQUENCE_BLOCK // 2:
+            return
+        peer.reserved = state.write_sequence + SEQUENCE_BLOCK
+        kept = StoredSession(state, ResumedSession(session.device_id, session.hello_payload))
+        self.sessions.keep_live(kept, peer.reserved)
 
     def _release(self, ip: str) -> None:
         left = self._handshaking.get(ip, 0) - 1
