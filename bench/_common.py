@@ -251,6 +251,7 @@ def running_server(
         env = {
             **os.environ,
             "DEVICECLOUD_RATE_LIMITS_ENABLED": "false",
+            "DEVICECLOUD_DEVICE_UDP_PORT": "0",  # a free port: servers never collide on 5684
             "DEVICECLOUD_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }

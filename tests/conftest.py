@@ -75,6 +75,7 @@ def settings(tmp_path: Path, database_url: str, settings_overrides: dict[str, An
         "database_url": database_url,
         "device_host": "127.0.0.1",
         "device_port": 0,
+        "device_udp_port": 0,
         "rate_limits_enabled": False,
         **FAST_HASH,
         **settings_overrides,

@@ -17,7 +17,7 @@ from typing import Literal
 
 import structlog
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
 from sqlalchemy import text
 
@@ -32,10 +32,11 @@ from devicecloud.domain.library_archives import ArchiveLimits
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
 from devicecloud.gateway.cluster import RoutedControl
+from devicecloud.gateway.kept_sessions import PersistentSessionStore
 from devicecloud.metrics import Metrics, Sources
 from devicecloud.notify import LogNotifier, SmtpNotifier
 from devicecloud.protocol import EventPublished, LocalProtocolError
-from devicecloud.protocol.keyslot import server_key_slot
+from devicecloud.protocol.keyslot import server_key_slot, udp_server_key_slot
 from devicecloud.services.accounts import AccountPolicy, AccountService
 from devicecloud.services.clients import ClientService
 from devicecloud.services.customers import CustomerService
@@ -61,7 +62,7 @@ from devicecloud.settings import Settings
 from devicecloud.store import migrate
 from devicecloud.store.archives import FileArchiveStorage
 from devicecloud.store.binaryfiles import BinaryFiles
-from devicecloud.store.keyfiles import load_or_create_server_key
+from devicecloud.store.keyfiles import load_or_create_server_key, load_or_create_udp_server_key
 from devicecloud.store.sql import PoolLimits, SqlStore
 from devicecloud.webhooks.dispatcher import DispatchPolicy, WebhookDispatcher
 from devicecloud.webhooks.http import HttpSender, SenderLimits
@@ -277,6 +278,22 @@ def server_key_slot_image(key: rsa.RSAPrivateKey, host: str, port: int) -> bytes
         raise ValueError(str(exc)) from exc
 
 
+def load_udp_server_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
+    """The UDP gateway's EC P-256 key from the data dir, created on first use."""
+    return load_or_create_udp_server_key(settings.data_dir)
+
+
+def udp_server_key_slot_image(key: ec.EllipticCurvePrivateKey, host: str, port: int) -> bytes:
+    """The 320-byte UDP key slot a Gen3 device needs to reach this server at ``host:port`` (or ValueError)."""
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        return udp_server_key_slot(der, host, port)
+    except LocalProtocolError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommands | None]:
     """
     The event bus the settings name, and its device request/reply when it has one: in-process by default,
@@ -446,6 +463,11 @@ def build_runtime(
         request_timeout=settings.device_request_timeout,
         on_event=on_device_event,
         on_subscribe=open_device_feed,
+        udp_server_key=load_or_create_udp_server_key(settings.data_dir)
+        if settings.device_udp_enabled
+        else None,
+        udp_port=settings.device_udp_port if settings.device_udp_enabled else None,
+        udp_sessions=PersistentSessionStore(store, clock),
     )
     metrics = Metrics()
     bus, commands = build_bus(settings, node_id)

@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         description="Address the device gateway listens on.",
     )
     device_port: int = Field(default=5683, ge=0, le=65535, description="TCP port of the device gateway.")
+    device_udp_port: int = Field(
+        default=5684,
+        ge=0,
+        le=65535,
+        description="UDP port of the device gateway (DTLS: Gen3 devices, Electron).",
+    )
+    device_udp_enabled: bool = Field(default=True, description="Listen for UDP/DTLS devices beside TCP.")
     accept_unknown_devices: bool = Field(
         default=False,
         description="Accept an unknown device's key on its first handshake (else it awaits approval).",

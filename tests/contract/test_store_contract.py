@@ -12,6 +12,7 @@ from devicecloud.domain.accounts import OAuthClient
 from devicecloud.domain.devices import DevicePresence, HeardRow
 from devicecloud.errors import Conflict
 from devicecloud.runtime import Runtime
+from devicecloud.store.interfaces import DtlsSessionRow
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -350,3 +351,22 @@ async def test_lookup_token_reads_a_persons_and_a_products_token(runtime: Runtim
     async with runtime.store.transaction() as tx:
         await tx.products.delete_api_user(bot.id)
     assert await runtime.store.lookup_token("a" * 64) is None  # its tokens go with it
+
+
+async def test_kept_dtls_sessions_are_replaced_per_device(runtime: Runtime) -> None:
+    """The UDP gateway's kept sessions: one row per device, replaced whole, large counters intact."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    first = DtlsSessionRow("0123456789abcdef01234567", b"\x01" * 8, '{"a": 1}', b"\x00\x0c", 10_000)
+    other = DtlsSessionRow("0123456789abcdef01234568", None, '{"b": 2}', b"hello", 2**47)
+    async with runtime.store.transaction() as tx:
+        await tx.dtls_sessions.put_many([first, other], at)
+    again = DtlsSessionRow(first.device_id, b"\x02" * 8, '{"a": 2}', b"\x00\x0d", 20_000)
+    async with runtime.store.transaction() as tx:
+        await tx.dtls_sessions.put_many([again], at)
+    async with runtime.store.transaction(readonly=True) as tx:
+        rows = sorted(await tx.dtls_sessions.all(), key=lambda row: row.device_id)
+    assert [again, other] == rows
+    async with runtime.store.transaction() as tx:
+        await tx.dtls_sessions.remove([other.device_id])
+    async with runtime.store.transaction(readonly=True) as tx:
+        assert [again] == list(await tx.dtls_sessions.all())

@@ -11,13 +11,16 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from tests.support.clock import FakeClock
 from tests.support.devices import virtual_device, wait_until
 
 from devicecloud.cli import main
 from devicecloud.protocol.keyslot import server_key_slot
 from devicecloud.runtime import Runtime
-from devicecloud.virtualdevice import generate_identity
+from devicecloud.store.keyfiles import load_or_create_udp_server_key
+from devicecloud.virtualdevice import VirtualDevice, generate_identity
 
 FAST = {
     "DEVICECLOUD_PASSWORD_TIME_COST": "1",
@@ -56,6 +59,25 @@ def test_server_key_slot(tmp_path: Path) -> None:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert server_key_slot(der, "10.0.0.7", 5700) == out.read_bytes()
+
+
+def test_udp_server_key_slot(tmp_path: Path) -> None:
+    """keys server --protocol udp writes the 320-byte Gen3 slot: EC SPKI padded to 192, address, port."""
+    result = CliRunner(env={"DEVICECLOUD_DATA_DIR": str(tmp_path / "data")}).invoke(
+        main, ["keys", "server", "--host", "cloud.example.com", "--protocol", "udp"]
+    )
+    assert 0 == result.exit_code, result.output
+    assert "--protocol udp" in result.output
+    public = (tmp_path / "data" / "server_key_udp.pub.pem").read_bytes()
+    der = serialization.load_pem_public_key(public).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    image = (tmp_path / "data" / "server_key_udp_slot.bin").read_bytes()
+    assert 320 == len(image)
+    assert der == image[: len(der)]
+    assert b"\xff" * (192 - len(der)) == image[len(der) : 192]
+    assert bytes([1, 17]) + b"cloud.example.com" == image[192 : 192 + 19]
+    assert b"\xff\xff" == image[258:260]  # the default port, 5684
 
 
 def test_server_key_slot_refuses_ipv6(tmp_path: Path) -> None:
@@ -106,3 +128,30 @@ async def test_keys_add(runtime: Runtime, tmp_path: Path) -> None:
     junk.write_text("not a key")
     refused = await cli(runtime, "keys", "add", identity.device_id, str(junk))
     assert (1, "Error: publicKey is not a readable public key\n") == (refused.exit_code, refused.output)
+
+
+async def test_keys_add_takes_an_ec_key_in_der_and_the_udp_device_connects(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """A Gen3 EC P-256 key, as the DER particle-cli sends, registers; the device connects over UDP."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    der = tmp_path / "argon.pub.der"
+    der.write_bytes(key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    device_id = "e00fce680123456789abcdef"
+    added = await cli(runtime, "keys", "add", device_id, str(der))
+    assert (0, f"registered the key of {device_id}\n") == (added.exit_code, added.output)
+    device = VirtualDevice(
+        "127.0.0.1",
+        runtime.gateway.udp_port or 0,
+        device_id=device_id,
+        device_key=key,
+        server_public_key=load_or_create_udp_server_key(runtime.settings.data_dir).public_key(),
+        platform_id=13,
+        protocol="udp",
+        reconnect=False,
+    )
+    try:
+        await device.start()
+        await device.wait_connected(10)
+    finally:
+        await device.stop()

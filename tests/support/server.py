@@ -60,6 +60,7 @@ def live_server(
     environment = {
         **os.environ,
         "DEVICECLOUD_PASSWORD_TIME_COST": "1",
+        "DEVICECLOUD_DEVICE_UDP_PORT": "0",  # a free port: servers never collide on 5684
         "DEVICECLOUD_PASSWORD_MEMORY_COST": "8",
         "DEVICECLOUD_PASSWORD_PARALLELISM": "1",
         **env,

@@ -26,9 +26,48 @@ __all__ = [
     "EventHook",
     "LinkContext",
     "LinkCounters",
+    "LinkReader",
+    "LinkTransport",
+    "LinkWriter",
     "SubscribeHook",
     "SubscriptionScopeName",
 ]
+
+
+class LinkReader(Protocol):
+    """What a link reads from: asyncio's ``StreamReader`` (TCP) or a UDP session's datagram queue."""
+
+    async def read(self, n: int = -1) -> bytes:
+        """The next bytes (TCP) or the next datagram (UDP); ``b""`` once the peer or transport is gone."""
+        ...
+
+
+class LinkTransport(Protocol):
+    """The write side of a link's transport (asyncio's stream transport, or one UDP peer)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class LinkWriter(Protocol):
+    """What a link writes to: asyncio's ``StreamWriter`` (TCP) or a UDP session's writer."""
+
+    @property
+    def transport(self) -> LinkTransport: ...
+
+    async def drain(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
 
 #: Called (awaited, in order) for every event a device publishes: ``(device_id, event)``. True = accepted;
 #: False = refused (over the device's publish limit); raising `errors.InvalidInput` = refused as against

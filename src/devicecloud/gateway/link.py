@@ -1,5 +1,6 @@
 """
-One device socket: the short, dumb loop around a cloud-role `protocol.Connection`.
+One device link: the short, dumb loop around a cloud-role `protocol.CoapSession` (a TCP `Connection` over a
+socket, or a `protocol.udp.UdpSession` over one UDP peer of the gateway's datagram socket).
 
 Theory of operation:
     The link's task repeats: read → ``receive_data(data, now)`` → drain events → await the service calls
@@ -75,8 +76,8 @@ from devicecloud.protocol import (
     AcknowledgeEvent,
     ChunkReceived,
     Close,
+    CoapSession,
     Command,
-    Connection,
     ConnectionClosed,
     ConnectionState,
     DescribeReceived,
@@ -105,14 +106,20 @@ from devicecloud.protocol import (
     UpdateReady,
     VariableType,
     VariableValue,
-    load_public_key,
+    load_device_public_key,
     vitals_payload,
 )
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock, TimerHandle
     from devicecloud.domain.events import CloudEvent
-    from devicecloud.gateway.context import EventFeed, LinkContext, SubscriptionScopeName
+    from devicecloud.gateway.context import (
+        EventFeed,
+        LinkContext,
+        LinkReader,
+        LinkWriter,
+        SubscriptionScopeName,
+    )
     from devicecloud.gateway.flash import FlashJob
 
 __all__ = ["Link"]
@@ -167,9 +174,9 @@ class Link:
     def __init__(
         self,
         ctx: LinkContext,
-        conn: Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        conn: CoapSession,
+        reader: LinkReader,
+        writer: LinkWriter,
         ip_address: str | None,
         on_online: Callable[[], None] | None = None,
     ) -> None:
@@ -212,12 +219,12 @@ class Link:
         self.update: FlashJob | None = None
 
     @property
-    def connection(self) -> Connection:
+    def connection(self) -> CoapSession:
         """The protocol connection (an update job drives it beside the link)."""
         return self._conn
 
     @property
-    def writer(self) -> asyncio.StreamWriter:
+    def writer(self) -> LinkWriter:
         return self._writer
 
     @property
@@ -299,7 +306,7 @@ class Link:
         command: AcceptDevice | RejectDevice = RejectDevice("unknown device")
         if der is not None:
             try:
-                command = AcceptDevice(load_public_key(der))
+                command = AcceptDevice(load_device_public_key(der))
             except LocalProtocolError:
                 self._log.error("the stored device key is unusable", device_id=event.device_id)
                 command = RejectDevice("unusable device key")
@@ -634,8 +641,7 @@ class Link:
         Write what the connection has to send; close the socket once the connection is closed.
         """
         transport = self._writer.transport
-        data = self._conn.data_to_send()
-        if data and not transport.is_closing():
+        while (data := self._conn.data_to_send()) and not transport.is_closing():  # UDP: one datagram each
             transport.write(data)
             if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                 self.close("the device does not read what we send")

@@ -44,11 +44,14 @@ from devicecloud.gateway.admission import HandshakeAdmission, HandshakeSlot
 from devicecloud.gateway.context import EventHook, LinkContext, LinkCounters, SubscribeHook
 from devicecloud.gateway.control import GatewayControl
 from devicecloud.gateway.flash import GatewayUpdates
+from devicecloud.gateway.kept_sessions import SessionStore
 from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
+from devicecloud.gateway.udp import UdpGateway, UdpStatistics
 from devicecloud.protocol import Connection, RandomBytes, RawSigner, Role, Timing, raw_signer
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
     from devicecloud.clock import Clock
@@ -144,6 +147,10 @@ class DeviceGateway:
             refused CON event gets ACK 4.00). Without it every event is accepted and goes nowhere.
         on_subscribe: opens the feed of events for a device's subscriptions (see `SubscribeHook`);
             without it Subscribe messages are ACKed and nothing is forwarded.
+        udp_server_key: the server's EC P-256 key; with ``udp_port`` it turns on the UDP/DTLS listener
+            (`udp.UdpGateway`) for Gen3 devices, whose links share this gateway's registry and control.
+        udp_port: the UDP port (5684; 0 picks a free one); ``None`` = no UDP listener.
+        udp_sessions: where UDP sessions wait between links (default: in memory).
     """
 
     def __init__(
@@ -165,6 +172,9 @@ class DeviceGateway:
         describe_on_connect: bool = True,
         on_event: EventHook | None = None,
         on_subscribe: SubscribeHook | None = None,
+        udp_server_key: EllipticCurvePrivateKey | None = None,
+        udp_port: int | None = None,
+        udp_sessions: SessionStore | None = None,
     ) -> None:
         self._server_key = server_private_key
         self._signer: RawSigner | None = None  # chosen at start(): it loads libcrypto and signs once
@@ -197,6 +207,18 @@ class DeviceGateway:
         self._accepting: list[asyncio.Task[None]] = []
         self._stopping = False
         self._at_cap = False
+        self._udp: UdpGateway | None = None
+        if udp_server_key is not None and udp_port is not None:
+            self._udp = UdpGateway(
+                self._ctx,
+                udp_server_key,
+                host=host,
+                port=udp_port,
+                max_sessions=max_links,
+                handshake_timeout=handshake_timeout,
+                random_bytes=random_bytes,
+                sessions=udp_sessions,
+            )
         #: The `services.ports.DeviceControl` for the devices linked to this gateway.
         self.control = GatewayControl(self._registry)
         #: The `services.ports.DeviceUpdates` for the devices linked to this gateway.
@@ -210,6 +232,15 @@ class DeviceGateway:
         if not self._listeners:
             raise RuntimeError("the gateway is not listening")
         return int(self._listeners[0].getsockname()[1])
+
+    @property
+    def udp_port(self) -> int | None:
+        """The UDP port listened on, or ``None`` without a UDP listener."""
+        return self._udp.port if self._udp is not None else None
+
+    def udp_statistics(self) -> UdpStatistics | None:
+        """The UDP side's totals, or ``None`` without a UDP listener."""
+        return self._udp.stats if self._udp is not None else None
 
     async def start(self) -> None:
         """
@@ -230,6 +261,8 @@ class DeviceGateway:
             asyncio.create_task(self._accept_loop(listener), name=f"device-gateway-accept-{n}")
             for n, listener in enumerate(self._listeners)
         ]
+        if self._udp is not None:
+            await self._udp.start()
         logger.info(
             "device gateway listening",
             host=self._host or "*",
@@ -256,6 +289,8 @@ class DeviceGateway:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._udp is not None:
+            await self._udp.stop()
         await self.updates.stop()
         logger.info("device gateway stopped", links_closed=len(tasks))
 

@@ -67,8 +67,14 @@ from devicecloud.protocol.config import (
     Role,
     Timing,
 )
-from devicecloud.protocol.connection import Connection
-from devicecloud.protocol.crypto import RandomBytes, load_private_key, load_public_key, public_key_der
+from devicecloud.protocol.connection import CoapSession, Connection
+from devicecloud.protocol.crypto import (
+    RandomBytes,
+    load_device_public_key,
+    load_private_key,
+    load_public_key,
+    public_key_der,
+)
 from devicecloud.protocol.describe import Description, build_describe, parse_describe
 from devicecloud.protocol.diagnostics import (
     DiagnosticId,
@@ -128,6 +134,7 @@ __all__ = [
     "ChunkReceived",
     "ChunksMissed",
     "Close",
+    "CoapSession",
     "Code",
     "Command",
     "Connection",
@@ -205,6 +212,7 @@ __all__ = [
     "build_diagnostics",
     "decode_variable",
     "encode_variable",
+    "load_device_public_key",
     "load_private_key",
     "load_public_key",
     "parse_describe",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from devicecloud.protocol.codes import Code, DescribeFlags, SubscriptionScope, VariableType
@@ -75,9 +76,12 @@ class Close(Command):
 
 @dataclass(frozen=True)
 class AcceptDevice(Command):
-    """Answer ``DeviceIdentified``: finish the handshake with the device's stored RSA-1024 public key."""
+    """
+    Answer ``DeviceIdentified``: finish the handshake with the device's stored public key (RSA-1024 over
+    TCP; EC P-256 over UDP, where it must be the key the device proved in the DTLS handshake).
+    """
 
-    public_key: RSAPublicKey
+    public_key: RSAPublicKey | EllipticCurvePublicKey
 
 
 @dataclass(frozen=True)

@@ -84,20 +84,26 @@ class DeviceHello:
     #: Device OS ≥ 3.0 also says these (a 20-byte Hello): (system version, max binary, OTA chunk size).
     limits: tuple[int, int, int] | None = None
 
-    def payload(self) -> bytes:
-        """The 8-byte Hello payload, or the 20-byte one of Device OS ≥ 3.0 when ``limits`` are given."""
+    def payload(self, device_id: bytes | None = None) -> bytes:
+        """
+        The 8-byte Hello payload, or the 20-byte one of Device OS ≥ 3.0 when ``limits`` are given. With a
+        ``device_id`` (UDP, where the Hello names the device): 22 bytes (≤ 2.x: id length u16 = 12, the id),
+        or 32 with ``limits``.
+        """
         head = (
             self.product_id.to_bytes(2, "big")
             + self.product_firmware_version.to_bytes(2, "big")
             + bytes([0, self.flags])
             + self.platform_id.to_bytes(2, "big")
         )
+        ident = b"" if device_id is None else device_id
         if self.limits is None:
-            return head
+            return head if device_id is None else head + bytes([0, len(ident)]) + ident
         system_version, max_binary, chunk_size = self.limits
         return (
             head
-            + bytes([0, 0])  # reserved, device id length (none over TCP)
+            + bytes([0, len(ident)])  # reserved, device id length (none over TCP)
+            + ident
             + system_version.to_bytes(2, "big")
             + (1024).to_bytes(2, "big")  # max message size
             + max_binary.to_bytes(4, "big")

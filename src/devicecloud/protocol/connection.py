@@ -81,6 +81,7 @@ from devicecloud.protocol.variables import decode_variable, encode_variable
 __all__ = [
     "CLOUD_TIMING",
     "DEVICE_TIMING",
+    "CoapSession",
     "Connection",
     "ConnectionState",
     "DeviceHello",
@@ -136,15 +137,17 @@ def _utf8(raw: bytes) -> tuple[str, bool]:
 
 def _hello_limits(p: bytes) -> dict[str, int]:
     """
-    Device OS ≥ 3.0 Hello over TCP (20 bytes, no device id): after the platform, reserved u8, id length u8
-    (0), system version u16, max message size u16, max binary size u32, OTA chunk size u16 (all BE).
+    Device OS ≥ 3.0 Hello (20 bytes over TCP, no device id; 32 over UDP, with it): after the platform,
+    reserved u8, id length u8 (0 or 12) and the id, system version u16, max message size u16, max binary
+    size u32, OTA chunk size u16 (all BE).
     """
-    if len(p) < 20 or p[9] != 0:
+    if len(p) < 20 or p[9] not in (0, 12) or len(p) < 20 + p[9]:
         return {}
+    at = 10 + p[9]
     return {
-        "system_version": int.from_bytes(p[10:12], "big"),
-        "max_binary": int.from_bytes(p[14:18], "big"),
-        "ota_chunk_size": int.from_bytes(p[18:20], "big"),
+        "system_version": int.from_bytes(p[at : at + 2], "big"),
+        "max_binary": int.from_bytes(p[at + 4 : at + 8], "big"),
+        "ota_chunk_size": int.from_bytes(p[at + 8 : at + 10], "big"),
     }
 
 
@@ -159,36 +162,27 @@ def _device_id_bytes(device_id: bytes | str) -> bytes:
     return device_id
 
 
-class Connection:
+class CoapSession:
     """
-    A Particle TCP protocol connection.
+    The transport-neutral part of a Particle protocol session, either role: CoAP messages, ids and tokens,
+    requests and their answers, the Hello, Describe, events, OTA requests, keep-alive and deadlines.
 
-    Args:
-        role: ``Role.CLOUD`` (we accepted the socket) or ``Role.DEVICE`` (we opened it).
-        now: the current time (any monotonic clock; only differences matter).
-        server_private_key: cloud role: the RSA-2048 server key.
-        raw_signer: cloud role: signs the handshake reply with that key (`rawsign.raw_signer`, built once
-            per key); ``None`` = the pure-Python `crypto.rsa_sign_raw` (same bytes, ~20 times slower).
-        server_public_key: device role: the server key to expect.
-        device_private_key: device role: our RSA-1024 key.
-        device_id: device role: our 12-byte id (bytes or 24 hex characters).
-        hello: device role: what our Hello says.
-        response_style: device role: piggy-backed (0.x) or separate (1.5+/2.x) answers.
-        timing: timeouts; ``None`` = :data:`CLOUD_TIMING` or :data:`DEVICE_TIMING`.
-        random_bytes: the randomness source (nonce, K, RSA padding, initial id and token), in that order.
-        check_message_ids: cloud role: enforce the device's +1 message id rule.
+    A transport front subclasses it (`Connection`: TCP framing, the RSA handshake and AES-CBC;
+    `protocol.udp.UdpSession`: DTLS records) and supplies ``receive_data``, ``data_to_send``,
+    ``_send_message`` (one CoAP message out) and ``_decide_device`` (the answer to ``DeviceIdentified``);
+    it hands each decoded CoAP message to ``_handle``. What the gateway and the virtual device use is this
+    class's surface: ``state``, ``device_id``, ``receive_data``, ``next_event``, ``send``, ``data_to_send``,
+    ``get_timer``, ``handle_timer``.
     """
+
+    #: Over UDP (CoAP over DTLS) the device role sends its separate responses CON, as Device OS does.
+    unreliable = False
 
     def __init__(
         self,
         role: Role,
         *,
         now: float,
-        server_private_key: rsa.RSAPrivateKey | None = None,
-        raw_signer: RawSigner | None = None,
-        server_public_key: rsa.RSAPublicKey | None = None,
-        device_private_key: rsa.RSAPrivateKey | None = None,
-        device_id: bytes | str | None = None,
         hello: DeviceHello | None = None,
         response_style: ResponseStyle = ResponseStyle.PIGGYBACK,
         timing: Timing | None = None,
@@ -202,10 +196,7 @@ class Connection:
         self._check_ids = check_message_ids
         self._hello = hello or DeviceHello()
         self._state = ConnectionState.HANDSHAKE
-        self._rx = ReceiveBuffer()
-        self._out = bytearray()
         self._events: deque[Event] = deque()
-        self._cipher: SessionCipher | None = None
         self._ids = MessageIdCounter(0)
         self._tokens = TokenCounter(1)
         self._peer_ids: PeerMessageIds | None = None
@@ -218,22 +209,30 @@ class Connection:
         self._handshake_deadline: float | None = now + t if t is not None else None
         self._failure: str | None = None
         self.device_id: str | None = None
-        self._cloud_hs: CloudHandshake | None = None
-        self._device_hs: DeviceHandshake | None = None
-        if role is Role.CLOUD:
-            if server_private_key is None:
-                raise LocalProtocolError("the cloud role needs server_private_key")
-            sign_raw = raw_signer.sign if raw_signer is not None else None
-            self._cloud_hs = CloudHandshake(server_private_key, random_bytes, sign_raw)
-            self._out += self._cloud_hs.nonce
-        else:
-            if device_private_key is None or server_public_key is None or device_id is None:
-                raise LocalProtocolError(
-                    "the device role needs device_private_key, server_public_key and device_id"
-                )
-            raw_id = _device_id_bytes(device_id)
-            self.device_id = raw_id.hex()
-            self._device_hs = DeviceHandshake(raw_id, device_private_key, server_public_key, random_bytes)
+
+    # ------------------------------------------------------------------------------------------ transport
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """
+        Feed what the transport received (TCP: bytes, ``b""`` = the peer closed; UDP: one datagram).
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; the session is now closed.
+        """
+        raise NotImplementedError
+
+    def data_to_send(self) -> bytes:
+        """
+        The next output to write, and forget it: TCP returns every pending byte at once, UDP one datagram per
+        call. Call until it returns ``b""``.
+        """
+        raise NotImplementedError
+
+    def _send_message(self, msg: coap.Message) -> None:
+        raise NotImplementedError
+
+    def _decide_device(self, command: commands.AcceptDevice | commands.RejectDevice, now: float) -> None:
+        raise LocalProtocolError("no device is waiting for a decision")
 
     # ------------------------------------------------------------------------------------------ public API
 
@@ -241,24 +240,6 @@ class Connection:
     def state(self) -> ConnectionState:
         """The current state."""
         return self._state
-
-    def receive_data(self, data: bytes, now: float) -> None:
-        """
-        Feed bytes received from the peer; ``b""`` means the peer closed the connection.
-
-        Raises:
-            RemoteProtocolError: the peer broke the protocol; the connection is now closed.
-        """
-        if self._state is ConnectionState.CLOSED:
-            if self._failure is not None:
-                raise RemoteProtocolError(f"connection already failed: {self._failure}")
-            return
-        if not data:
-            self._close("peer closed the connection")
-            return
-        self._last_rx = now
-        self._rx.feed(data)
-        self._run(now)
 
     def next_event(self) -> Event | type[NEED_DATA]:
         """
@@ -268,17 +249,6 @@ class Connection:
             An event instance or the ``NEED_DATA`` class.
         """
         return self._events.popleft() if self._events else NEED_DATA
-
-    def data_to_send(self) -> bytes:
-        """
-        Bytes to write to the socket (and forget).
-
-        Returns:
-            Possibly empty bytes.
-        """
-        out = bytes(self._out)
-        self._out.clear()
-        return out
 
     def get_timer(self) -> float | None:
         """
@@ -345,73 +315,6 @@ class Connection:
         return self._send_device(command, now)
 
     # ------------------------------------------------------------------------------------------ receiving
-
-    def _run(self, now: float) -> None:
-        try:
-            while self._state is not ConnectionState.CLOSED and self._step():
-                pass
-        except RemoteProtocolError as exc:
-            self._failure = str(exc)
-            self._close(str(exc), error=True)
-            raise
-
-    def _step(self) -> bool:
-        """Consume one unit of input; False when more data is needed."""
-        if self._state is ConnectionState.HANDSHAKE:
-            return self._step_handshake()
-        if self._state is ConnectionState.AWAIT_DEVICE_KEY:
-            return False
-        ciphertext = self._rx.next_frame()
-        if ciphertext is None or self._cipher is None:
-            return False
-        self._handle(coap.decode(self._cipher.decrypt(ciphertext)))
-        return True
-
-    def _step_handshake(self) -> bool:
-        if self._cloud_hs is not None:
-            block = self._rx.take(self._cloud_hs.device_block_size)
-            if block is None:
-                return False
-            self.device_id = self._cloud_hs.receive_device_block(block).hex()
-            self._state = ConnectionState.AWAIT_DEVICE_KEY
-            offered = self._cloud_hs.offered_public_key_der
-            self._events.append(events.DeviceIdentified(self.device_id, offered))
-            return True
-        hs = self._device_hs
-        if hs is None:  # pragma: no cover - the constructor sets one of the two
-            raise LocalProtocolError("no handshake")
-        if hs.state is HandshakeState.AWAIT_NONCE:
-            nonce = self._rx.take(40)
-            if nonce is None:
-                return False
-            self._out += hs.receive_nonce(nonce)
-            return True
-        reply = self._rx.take(hs.reply_size)
-        if reply is None:
-            return False
-        keys = hs.receive_reply(reply)
-        self._start_session(keys)
-        self._ids = MessageIdCounter(keys.device_message_id_seed + 1)
-        self._tokens = TokenCounter(1)
-        self._send_message(messages.hello(self._ids.next(), self._hello.payload()))
-        return True
-
-    def _start_session(self, keys: SessionKeys) -> None:
-        self._cipher = SessionCipher(keys)
-        self._state = ConnectionState.AWAIT_HELLO
-        self._events.append(events.HandshakeCompleted(self.device_id or ""))
-
-    def _decide_device(self, command: commands.AcceptDevice | commands.RejectDevice, now: float) -> None:
-        if self._cloud_hs is None or self._state is not ConnectionState.AWAIT_DEVICE_KEY:
-            raise LocalProtocolError("no device is waiting for a decision")
-        if isinstance(command, commands.RejectDevice):
-            self._cloud_hs.reject()
-            self._close(command.reason)
-            return
-        reply, keys = self._cloud_hs.accept(command.public_key)
-        self._out += reply
-        self._start_session(keys)
-        self._run(now)
 
     def _handle(self, msg: coap.Message) -> None:
         if self._state is ConnectionState.AWAIT_HELLO:
@@ -671,11 +574,6 @@ class Connection:
 
     # ------------------------------------------------------------------------------------------ sending
 
-    def _send_message(self, msg: coap.Message) -> None:
-        if self._cipher is None:  # pragma: no cover - only called once the session exists
-            raise LocalProtocolError("no session yet")
-        self._out += frame(self._cipher.encrypt(coap.encode(msg)))
-
     def _allocate_request_id(self) -> int:
         rid = self._next_request_id
         self._next_request_id += 1
@@ -802,7 +700,11 @@ class Connection:
             if not -(2**31) <= c.return_value < 2**31:
                 raise LocalProtocolError("return value must fit in an int32")
             payload = c.return_value.to_bytes(4, "big", signed=True)
-            self._send_message(messages.response(self._ids.next(), Code.CHANGED, inbound.token, payload))
+            self._send_message(
+                messages.response(
+                    self._ids.next(), Code.CHANGED, inbound.token, payload, confirmable=self.unreliable
+                )
+            )
             return None
         elif isinstance(c, commands.RespondVariable):
             inbound = self._take_inbound(c.request_id, MessageKind.VARIABLE_REQUEST)
@@ -863,6 +765,7 @@ class Connection:
             mid = r.message_id
         else:
             mid = self._ids.next()
+        confirmable = confirmable or self.unreliable
         self._send_message(messages.response(mid, code, inbound.token, payload, confirmable=confirmable))
 
     # ------------------------------------------------------------------------------------------ timers & clos
@@ -886,3 +789,175 @@ class Connection:
             self._fail(request, None, "connection closed")
         self._inbound.clear()
         self._events.append(events.ConnectionClosed(reason, error))
+
+
+class Connection(CoapSession):
+    """
+    A Particle TCP protocol connection: the TCP front of a `CoapSession` (length-prefixed frames, the RSA
+    handshake, AES-128-CBC).
+
+    Args:
+        role: ``Role.CLOUD`` (we accepted the socket) or ``Role.DEVICE`` (we opened it).
+        now: the current time (any monotonic clock; only differences matter).
+        server_private_key: cloud role: the RSA-2048 server key.
+        raw_signer: cloud role: signs the handshake reply with that key (`rawsign.raw_signer`, built once
+            per key); ``None`` = the pure-Python `crypto.rsa_sign_raw` (same bytes, ~20 times slower).
+        server_public_key: device role: the server key to expect.
+        device_private_key: device role: our RSA-1024 key.
+        device_id: device role: our 12-byte id (bytes or 24 hex characters).
+        hello: device role: what our Hello says.
+        response_style: device role: piggy-backed (0.x) or separate (1.5+/2.x) answers.
+        timing: timeouts; ``None`` = :data:`CLOUD_TIMING` or :data:`DEVICE_TIMING`.
+        random_bytes: the randomness source (nonce, K, RSA padding, initial id and token), in that order.
+        check_message_ids: cloud role: enforce the device's +1 message id rule.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        now: float,
+        server_private_key: rsa.RSAPrivateKey | None = None,
+        raw_signer: RawSigner | None = None,
+        server_public_key: rsa.RSAPublicKey | None = None,
+        device_private_key: rsa.RSAPrivateKey | None = None,
+        device_id: bytes | str | None = None,
+        hello: DeviceHello | None = None,
+        response_style: ResponseStyle = ResponseStyle.PIGGYBACK,
+        timing: Timing | None = None,
+        random_bytes: RandomBytes = os.urandom,
+        check_message_ids: bool = True,
+    ) -> None:
+        super().__init__(
+            role,
+            now=now,
+            hello=hello,
+            response_style=response_style,
+            timing=timing,
+            random_bytes=random_bytes,
+            check_message_ids=check_message_ids,
+        )
+        self._rx = ReceiveBuffer()
+        self._out = bytearray()
+        self._cipher: SessionCipher | None = None
+        self._cloud_hs: CloudHandshake | None = None
+        self._device_hs: DeviceHandshake | None = None
+        if role is Role.CLOUD:
+            if server_private_key is None:
+                raise LocalProtocolError("the cloud role needs server_private_key")
+            sign_raw = raw_signer.sign if raw_signer is not None else None
+            self._cloud_hs = CloudHandshake(server_private_key, random_bytes, sign_raw)
+            self._out += self._cloud_hs.nonce
+        else:
+            if device_private_key is None or server_public_key is None or device_id is None:
+                raise LocalProtocolError(
+                    "the device role needs device_private_key, server_public_key and device_id"
+                )
+            raw_id = _device_id_bytes(device_id)
+            self.device_id = raw_id.hex()
+            self._device_hs = DeviceHandshake(raw_id, device_private_key, server_public_key, random_bytes)
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """
+        Feed bytes received from the peer; ``b""`` means the peer closed the connection.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; the connection is now closed.
+        """
+        if self._state is ConnectionState.CLOSED:
+            if self._failure is not None:
+                raise RemoteProtocolError(f"connection already failed: {self._failure}")
+            return
+        if not data:
+            self._close("peer closed the connection")
+            return
+        self._last_rx = now
+        self._rx.feed(data)
+        self._run(now)
+
+    def data_to_send(self) -> bytes:
+        """
+        Bytes to write to the socket (and forget).
+
+        Returns:
+            Possibly empty bytes.
+        """
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _run(self, now: float) -> None:
+        try:
+            while self._state is not ConnectionState.CLOSED and self._step():
+                pass
+        except RemoteProtocolError as exc:
+            self._failure = str(exc)
+            self._close(str(exc), error=True)
+            raise
+
+    def _step(self) -> bool:
+        """Consume one unit of input; False when more data is needed."""
+        if self._state is ConnectionState.HANDSHAKE:
+            return self._step_handshake()
+        if self._state is ConnectionState.AWAIT_DEVICE_KEY:
+            return False
+        ciphertext = self._rx.next_frame()
+        if ciphertext is None or self._cipher is None:
+            return False
+        self._handle(coap.decode(self._cipher.decrypt(ciphertext)))
+        return True
+
+    def _step_handshake(self) -> bool:
+        if self._cloud_hs is not None:
+            block = self._rx.take(self._cloud_hs.device_block_size)
+            if block is None:
+                return False
+            self.device_id = self._cloud_hs.receive_device_block(block).hex()
+            self._state = ConnectionState.AWAIT_DEVICE_KEY
+            offered = self._cloud_hs.offered_public_key_der
+            self._events.append(events.DeviceIdentified(self.device_id, offered))
+            return True
+        hs = self._device_hs
+        if hs is None:  # pragma: no cover - the constructor sets one of the two
+            raise LocalProtocolError("no handshake")
+        if hs.state is HandshakeState.AWAIT_NONCE:
+            nonce = self._rx.take(40)
+            if nonce is None:
+                return False
+            self._out += hs.receive_nonce(nonce)
+            return True
+        reply = self._rx.take(hs.reply_size)
+        if reply is None:
+            return False
+        keys = hs.receive_reply(reply)
+        self._start_session(keys)
+        self._ids = MessageIdCounter(keys.device_message_id_seed + 1)
+        self._tokens = TokenCounter(1)
+        self._send_message(messages.hello(self._ids.next(), self._hello.payload()))
+        return True
+
+    def _start_session(self, keys: SessionKeys) -> None:
+        self._cipher = SessionCipher(keys)
+        self._state = ConnectionState.AWAIT_HELLO
+        self._events.append(events.HandshakeCompleted(self.device_id or ""))
+
+    def _decide_device(self, command: commands.AcceptDevice | commands.RejectDevice, now: float) -> None:
+        if self._cloud_hs is None or self._state is not ConnectionState.AWAIT_DEVICE_KEY:
+            raise LocalProtocolError("no device is waiting for a decision")
+        if isinstance(command, commands.RejectDevice):
+            self._cloud_hs.reject()
+            self._close(command.reason)
+            return
+        if not isinstance(command.public_key, rsa.RSAPublicKey):
+            self._cloud_hs.reject()
+            self._close("the device key is not an RSA key")
+            return
+        reply, keys = self._cloud_hs.accept(command.public_key)
+        self._out += reply
+        self._start_session(keys)
+        self._run(now)
+
+    def _send_message(self, msg: coap.Message) -> None:
+        if self._cipher is None:  # pragma: no cover - only called once the session exists
+            raise LocalProtocolError("no session yet")
+        self._out += frame(self._cipher.encrypt(coap.encode(msg)))

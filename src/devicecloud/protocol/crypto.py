@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -123,7 +123,31 @@ def load_public_key(data: bytes) -> rsa.RSAPublicKey:
         raise LocalProtocolError(f"not an RSA public key: {exc}") from exc
 
 
-def public_key_der(key: rsa.RSAPublicKey) -> bytes:
+def load_device_public_key(data: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
+    """
+    A device's stored public key (PEM or DER): RSA (TCP devices) or EC P-256 (UDP devices).
+
+    Raises:
+        LocalProtocolError: neither.
+    """
+    try:
+        return _load_public_key(data)
+    except (ValueError, TypeError):
+        pass
+    try:
+        key = (
+            serialization.load_pem_public_key(data)
+            if data.lstrip().startswith(b"-----")
+            else serialization.load_der_public_key(data)
+        )
+    except (ValueError, TypeError) as exc:
+        raise LocalProtocolError(f"not a device public key: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise LocalProtocolError("not an RSA or EC P-256 public key")
+    return key
+
+
+def public_key_der(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> bytes:
     """SubjectPublicKeyInfo DER of a public key (162 bytes for RSA-1024, 294 for RSA-2048)."""
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 

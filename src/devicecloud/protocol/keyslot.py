@@ -1,7 +1,8 @@
 """
-The server key slot a TCP device reads at start-up (device-protocol.md §4): the server's RSA-2048 public key
-as SubjectPublicKeyInfo DER at offset 0, 0xFF fill, the server address as a TLV at offset 384 (type 0 = IPv4,
-1 = domain name; length; value) and the port as a big-endian uint16 at offset 450 (0xFFFF = 5683).
+The server key slots devices read at start-up. TCP (device-protocol.md §4, 512 bytes): the server's RSA-2048
+public key as SubjectPublicKeyInfo DER at offset 0, 0xFF fill, the server address as a TLV at offset 384
+(type 0 = IPv4, 1 = domain name; length; value) and the port as a big-endian uint16 at offset 450
+(0xFFFF = 5683). UDP (ota-and-dtls.md §B.8, 320 bytes): see `udp_server_key_slot`.
 """
 
 from __future__ import annotations
@@ -43,10 +44,43 @@ def server_key_slot(public_key_der: bytes, host: str, port: int = DEFAULT_PORT) 
         tlv = bytes([1, len(encoded)]) + encoded
     else:
         if address.version != 4:
-            msg = "TCP devices only take IPv4 addresses or domain names"
+            msg = "devices only take IPv4 addresses or domain names"
             raise LocalProtocolError(msg)
         tlv = bytes([0, 4]) + address.packed
     slot[ADDRESS_OFFSET : ADDRESS_OFFSET + len(tlv)] = tlv
     if port != DEFAULT_PORT:
         slot[PORT_OFFSET : PORT_OFFSET + 2] = port.to_bytes(2, "big")
+    return bytes(slot)
+
+
+UDP_SLOT_SIZE = 320  # particle-cli's udpServerKey (DCT offset 3298 on Gen3)
+UDP_KEY_AREA = 192  # the SPKI DER padded to this size
+UDP_ADDRESS_OFFSET = 192
+UDP_PORT_OFFSET = 258
+UDP_DEFAULT_PORT = 5684
+
+
+def udp_server_key_slot(public_key_der: bytes, host: str, port: int = UDP_DEFAULT_PORT) -> bytes:
+    """
+    The 320-byte UDP server key slot of Gen3 devices and the Electron (ota-and-dtls.md §B.8): the server's EC
+    P-256 SubjectPublicKeyInfo DER padded (0xFF, as erased flash) to 192 bytes, the address TLV at 192 and
+    the port (big-endian) at 258, left 0xFFFF for the default 5684.
+
+    Raises:
+        LocalProtocolError: the key does not fit, the host is too long or IPv6, or the port is bad.
+    """
+    if not public_key_der or len(public_key_der) > UDP_KEY_AREA:
+        msg = f"the UDP server key must be an EC P-256 SPKI DER of at most {UDP_KEY_AREA} bytes"
+        raise LocalProtocolError(msg)
+    if not 0 < port < 0xFFFF:
+        msg = "port must be between 1 and 65534"
+        raise LocalProtocolError(msg)
+    tcp_like = server_key_slot(bytes(SPKI_DER_SIZE), host, DEFAULT_PORT)  # the same address rules and TLV
+    tlv_length = tcp_like[ADDRESS_OFFSET + 1]
+    tlv = tcp_like[ADDRESS_OFFSET : ADDRESS_OFFSET + 2 + tlv_length]
+    slot = bytearray(b"\xff" * UDP_SLOT_SIZE)
+    slot[: len(public_key_der)] = public_key_der
+    slot[UDP_ADDRESS_OFFSET : UDP_ADDRESS_OFFSET + len(tlv)] = tlv
+    if port != UDP_DEFAULT_PORT:
+        slot[UDP_PORT_OFFSET : UDP_PORT_OFFSET + 2] = port.to_bytes(2, "big")
     return bytes(slot)

@@ -2,7 +2,7 @@
 The cloud's side of a legacy chunked OTA update (UpdateBegin, chunks, UpdateDone), as a sans-IO state machine.
 
 Theory of operation:
-    An `OtaTransfer` sits beside a cloud-role `Connection` (it is not part of it): it gives the connection
+    An `OtaTransfer` sits beside a cloud-role `CoapSession` (it is not part of it): it gives the connection
     commands (`BeginUpdate`, `SendChunk`, `FinishUpdate`) and is offered every event the connection yields,
     taking the ones that answer its own requests plus ``ChunksMissed``, device-sent ``UpdateFinished`` and
     ``ConnectionClosed``. It never writes by itself: the driver calls `send` when the socket has room (flow
@@ -47,7 +47,7 @@ from enum import Enum
 
 from devicecloud.protocol.codes import Code, code_str
 from devicecloud.protocol.commands import BeginUpdate, FinishUpdate, SendChunk
-from devicecloud.protocol.connection import Connection
+from devicecloud.protocol.connection import CoapSession
 from devicecloud.protocol.events import (
     ChunkReceived,
     ChunksMissed,
@@ -212,7 +212,7 @@ class OtaTransfer:
 
     # ------------------------------------------------------------------------------------------ actions
 
-    def start(self, conn: Connection, now: float) -> None:
+    def start(self, conn: CoapSession, now: float) -> None:
         """Send UpdateBegin."""
         if self.phase is not OtaPhase.IDLE:
             raise RuntimeError("the transfer has started already")
@@ -223,7 +223,7 @@ class OtaTransfer:
             BeginUpdate(self.file_length, self.options.chunk_size, fast=self.options.fast), now
         )
 
-    def send(self, conn: Connection, now: float, max_chunks: int = 1) -> int:
+    def send(self, conn: CoapSession, now: float, max_chunks: int = 1) -> int:
         """
         Write up to ``max_chunks`` chunks (and the UpdateDone after the last).
 
@@ -245,7 +245,7 @@ class OtaTransfer:
             self._grace_until = now + self.options.completion_grace
         return written
 
-    def handle_timer(self, conn: Connection, now: float) -> None:
+    def handle_timer(self, conn: CoapSession, now: float) -> None:
         if self.done or self.phase is OtaPhase.IDLE:
             return
         if now >= self._deadline:
@@ -257,7 +257,7 @@ class OtaTransfer:
             self._finish_due = True  # it did not finish by itself: ask (Device OS ≥0.8)
             self.send(conn, now, 0)
 
-    def handle_event(self, conn: Connection, event: Event, now: float) -> bool:
+    def handle_event(self, conn: CoapSession, event: Event, now: float) -> bool:
         """
         Take an event if it belongs to this transfer.
 
@@ -302,7 +302,7 @@ class OtaTransfer:
             self._queued.update(first_pass)
             self._finish_due = True
 
-    def _send_chunk(self, conn: Connection, index: int, now: float) -> int:
+    def _send_chunk(self, conn: CoapSession, index: int, now: float) -> int:
         size = self.options.chunk_size
         data = self._image[index * size : (index + 1) * size]
         crc = None
@@ -319,7 +319,7 @@ class OtaTransfer:
         self._progress(now)
         return len(data)
 
-    def _finish(self, conn: Connection, now: float) -> None:
+    def _finish(self, conn: CoapSession, now: float) -> None:
         self._finish_due = False
         self.finish_attempts += 1
         self.phase = OtaPhase.FINISHING

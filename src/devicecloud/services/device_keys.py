@@ -13,7 +13,7 @@ import binascii
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from devicecloud.domain.devices import PendingKey, normalise_device_id
 from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
@@ -29,7 +29,8 @@ MAX_KEY_TEXT = 16_384
 
 def parse_public_key(text: Any) -> bytes:
     """
-    An RSA public key given as PEM (SPKI or PKCS#1) or as hex/DER text → SPKI DER. Raises `InvalidInput`.
+    A device public key given as PEM (SPKI or PKCS#1) or as hex/DER text → SPKI DER: RSA (TCP devices) or
+    EC P-256 (UDP devices: Gen3, Electron over DTLS). Raises `InvalidInput`.
     """
     if not isinstance(text, str) or not text.strip() or len(text) > MAX_KEY_TEXT:
         raise InvalidInput("publicKey must be an RSA public key in PEM format", code="invalid_key")
@@ -41,9 +42,10 @@ def parse_public_key(text: Any) -> bytes:
             key = serialization.load_der_public_key(binascii.unhexlify(raw))
     except (ValueError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
         raise InvalidInput("publicKey is not a readable public key", code="invalid_key") from exc
-    if not isinstance(key, rsa.RSAPublicKey):
+    p256 = isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    if not isinstance(key, rsa.RSAPublicKey) and not p256:
         raise InvalidInput(
-            "Only RSA device keys are supported (TCP devices: Core, Photon, P1)", code="invalid_key"
+            "Only RSA (TCP devices) and EC P-256 (UDP devices) device keys are supported", code="invalid_key"
         )
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -642,6 +643,32 @@ class ProductFirmwareRepository(Protocol):
     async def device_counts(self, product_id: int) -> dict[int, int]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class DtlsSessionRow:
+    """
+    One kept DTLS session of the UDP gateway (ADR 0027): ``state`` is `SessionState.to_dict()` as JSON text
+    (the store does not read it), ``reserved`` the send sequence number it may have reached.
+    """
+
+    device_id: str
+    cid: bytes | None
+    state: str
+    hello: bytes
+    reserved: int
+
+
+class DtlsSessionRepository(Protocol):
+    """The UDP gateway's kept sessions, one per device."""
+
+    async def all(self) -> Sequence[DtlsSessionRow]: ...
+
+    async def put_many(self, rows: Sequence[DtlsSessionRow], at: datetime) -> None:
+        """Insert or replace the rows (one per device)."""
+        ...
+
+    async def remove(self, device_ids: Sequence[str]) -> None: ...
+
+
 class VitalsRepository(Protocol):
     """
     Device vitals reports, each kept under the owner the device had when it reported.
@@ -784,6 +811,9 @@ class UnitOfWork(Protocol):
 
     @property
     def vitals(self) -> VitalsRepository: ...
+
+    @property
+    def dtls_sessions(self) -> DtlsSessionRepository: ...
 
     @property
     def products(self) -> ProductRepository: ...

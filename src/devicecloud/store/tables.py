@@ -463,3 +463,18 @@ product_firmware_groups = Table(
         "group_id", Integer, ForeignKey("device_groups.id", ondelete="CASCADE"), primary_key=True, index=True
     ),
 )
+
+# The UDP gateway's kept DTLS sessions (ADR 0027): a device that slept, or a server that restarted, resumes
+# without a handshake. ``state`` is `SessionState.to_dict()` as JSON text; ``reserved`` the send sequence
+# number up to which this session may already have sent: a restored session continues from there, so its
+# counter never goes back.
+dtls_sessions = Table(
+    "dtls_sessions",
+    metadata,
+    Column("device_id", String(24), primary_key=True),
+    Column("cid", LargeBinary, nullable=True, index=True),
+    Column("state", Text, nullable=False),
+    Column("hello", LargeBinary, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)

@@ -23,7 +23,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from devicecloud.protocol import Connection, ConnectionClosed, Event, ServerHelloReceived
+from devicecloud.protocol import CoapSession, ConnectionClosed, Event, ServerHelloReceived
+from devicecloud.protocol.udp import UdpSession
 from devicecloud.virtualdevice.link import DeviceLink, LinkOwner
 from devicecloud.virtualdevice.support import Backoff, Counters, NotConnectedError
 
@@ -52,7 +53,7 @@ class Connector:
         *,
         host: str,
         port: int,
-        new_connection: Callable[[], Connection],
+        new_connection: Callable[[], CoapSession],
         owner: LinkOwner,
         reconnect: bool,
         backoff: Backoff,
@@ -144,11 +145,15 @@ class Connector:
 
     async def _session(self) -> None:
         """One connection, from TCP connect until its socket is closed."""
-        link = DeviceLink(self._new_connection(), self, self._now)
+        connection = self._new_connection()
+        link = DeviceLink(connection, self, self._now)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await loop.create_connection(lambda: link, self.host, self.port)
+                if isinstance(connection, UdpSession):  # a connected UDP socket; the DTLS handshake follows
+                    await loop.create_datagram_endpoint(lambda: link, remote_addr=(self.host, self.port))
+                else:
+                    await loop.create_connection(lambda: link, self.host, self.port)
         except OSError as exc:  # TimeoutError included
             self._ended(f"cannot connect to {self.host}:{self.port}: {exc or type(exc).__name__}")
             self._log.warning("connect failed", reason=self.last_disconnect_reason)

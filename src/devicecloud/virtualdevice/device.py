@@ -31,11 +31,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicecloud.protocol import (
+    CoapSession,
     Command,
     Connection,
     DescribeFlags,
@@ -60,6 +62,8 @@ from devicecloud.protocol import (
     VariableType,
     build_describe,
 )
+from devicecloud.protocol.dtls import ClientConfig, DtlsClient, SessionState, ecdsa_signer
+from devicecloud.protocol.udp import UDP_DEVICE_TIMING, UdpSession
 from devicecloud.virtualdevice.application import (
     CloudFunction,
     CloudFunctions,
@@ -157,6 +161,8 @@ class VirtualDevice:
             Describe with :attr:`vitals`; off = a Device OS 0.7 device (its metrics Describe is ``{}``).
         now: the clock for protocol deadlines (monotonic seconds).
         random_bytes: the protocol's randomness source.
+        protocol: ``"tcp"`` (RSA keys, port 5683) or ``"udp"`` (a Gen3 device: CoAP over DTLS to port 5684,
+            EC P-256 ``device_key`` and ``server_public_key`` objects; e.g. ``platform_id=12``, an Argon).
     """
 
     def __init__(
@@ -165,8 +171,8 @@ class VirtualDevice:
         port: int,
         *,
         device_id: str | bytes,
-        device_key: PrivateKeyLike,
-        server_public_key: PublicKeyLike,
+        device_key: PrivateKeyLike | ec.EllipticCurvePrivateKey,
+        server_public_key: PublicKeyLike | ec.EllipticCurvePublicKey,
         platform_id: int = 6,
         product_id: int | None = None,
         product_firmware_version: int = 0xFFFF,
@@ -185,13 +191,26 @@ class VirtualDevice:
         diagnostics: bool = True,
         now: Callable[[], float] = time.monotonic,
         random_bytes: RandomBytes = os.urandom,
+        protocol: Literal["tcp", "udp"] = "tcp",
     ) -> None:
         self.host, self.port = host, port
         self.device_id = normalize_device_id(device_id)
-        self._device_key = as_private_key(device_key)
-        if self._device_key.key_size != 1024:
-            raise ValueError(f"device keys are RSA-1024, not {self._device_key.key_size} bits")
-        self._server_key = as_public_key(server_public_key)
+        self.protocol = protocol
+        self._ec_key: ec.EllipticCurvePrivateKey | None = None
+        #: UDP: the DTLS session kept over a sleep; the next connection resumes it without a handshake.
+        self.kept_session: SessionState | None = None
+        self._ec_server_key: ec.EllipticCurvePublicKey | None = None
+        if protocol == "udp":
+            if not isinstance(device_key, ec.EllipticCurvePrivateKey):
+                raise ValueError("a UDP device needs an EC P-256 device key object")
+            if not isinstance(server_public_key, ec.EllipticCurvePublicKey):
+                raise ValueError("a UDP device needs the server's EC P-256 public key object")
+            self._ec_key, self._ec_server_key = device_key, server_public_key
+        else:
+            self._device_key = as_private_key(device_key)  # type: ignore[arg-type]
+            if self._device_key.key_size != 1024:
+                raise ValueError(f"device keys are RSA-1024, not {self._device_key.key_size} bits")
+            self._server_key = as_public_key(server_public_key)  # type: ignore[arg-type]
         self.platform_id = platform_id
         flags = HelloFlags.DEVICE_INITIATED_DESCRIBE if response_style is ResponseStyle.SEPARATE else 0
         if diagnostics:
@@ -207,6 +226,8 @@ class VirtualDevice:
         )
         self.response_style = response_style
         self.timing = timing or VIRTUAL_DEVICE_TIMING
+        #: Over UDP: Device OS's keep-alive (25 s on Wi-Fi) unless ``timing`` says otherwise.
+        self.udp_timing = timing or UDP_DEVICE_TIMING
         self.modules = (
             modules if modules is not None else system_modules(SYSTEM_MODULE_VERSIONS[response_style])
         )
@@ -273,7 +294,30 @@ class VirtualDevice:
             product_id, version = update.product
             self.hello = replace(self.hello, product_id=product_id, product_firmware_version=version)
 
-    def _new_connection(self) -> Connection:
+    def _new_connection(self) -> CoapSession:
+        if self._ec_key is not None and self._ec_server_key is not None:
+            config = ClientConfig(
+                signer=ecdsa_signer(self._ec_key),
+                device_public_key=self._ec_key.public_key(),
+                server_public_key=self._ec_server_key,
+                device_id=bytes.fromhex(self.device_id),
+            )
+            kept, self.kept_session = self.kept_session, None  # one attempt; a refusal means a handshake
+            endpoint = (
+                DtlsClient.resume(config, kept, now=self._now())
+                if kept is not None
+                else DtlsClient(config, now=self._now(), random_bytes=self._random_bytes)
+            )
+            return UdpSession(
+                Role.DEVICE,
+                endpoint=endpoint,
+                now=self._now(),
+                device_id=self.device_id,
+                hello=self.hello,
+                response_style=self.response_style,
+                timing=self.udp_timing,
+                random_bytes=self._random_bytes,
+            )
         return Connection(
             Role.DEVICE,
             now=self._now(),
@@ -538,6 +582,28 @@ class VirtualDevice:
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop delivering to a subscription (the protocol has no unsubscribe: the cloud may keep sending)."""
         self.subscriptions.remove(subscription)
+
+    async def sleep(self) -> None:
+        """
+        UDP only: keep the DTLS session and go away without a word (no close_notify, no Goodbye), as a Gen3
+        device entering sleep does; `wake` continues the session without a handshake.
+        """
+        link = self._require_link()
+        connection = link.connection
+        if not isinstance(connection, UdpSession):
+            raise RuntimeError("only a UDP device keeps its session over a sleep")
+        session = connection.endpoint.export_session()
+        link.go_silent()
+        await self._connector.stop()
+        self.kept_session = session
+
+    async def wake(self) -> None:
+        """Connect again after `sleep`: a resumed session (a CoAP ping, no Hello), else a handshake."""
+        await self._connector.start(f"virtual-device-{self.device_id}")
+
+    async def rebind(self) -> None:
+        """UDP only: move to a new local port mid-session, as behind a NAT that rebinds (no new handshake)."""
+        await self._require_link().rebind((self.host, self.port))
 
     async def ping(self) -> None:
         """Ping the cloud and wait for its ACK."""

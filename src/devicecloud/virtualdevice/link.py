@@ -1,5 +1,7 @@
 """
-One TCP connection of a virtual device: the asyncio glue around a device-role ``protocol.Connection``.
+One connection of a virtual device: the asyncio glue around a device-role ``protocol.CoapSession`` (a TCP
+``Connection`` over a stream, or a ``protocol.udp.UdpSession`` over a connected UDP socket: then each
+``data_to_send()`` is one datagram and each received datagram one ``receive_data``).
 
 Theory of operation:
     This is aioquic's ``asyncio/protocol.py`` pattern, kept deliberately dumb: bytes from the socket go into
@@ -24,8 +26,8 @@ import structlog
 from devicecloud.protocol import (
     NEED_DATA,
     Close,
+    CoapSession,
     Command,
-    Connection,
     ConnectionClosed,
     ConnectionState,
     Event,
@@ -35,6 +37,7 @@ from devicecloud.protocol import (
     RequestTimedOut,
     TimeReceived,
 )
+from devicecloud.protocol.udp import UdpSession
 
 __all__ = ["DeviceLink", "LinkOwner", "RequestResult"]
 
@@ -62,12 +65,14 @@ class DeviceLink(asyncio.Protocol):
         now: the clock the connection's deadlines are on.
     """
 
-    def __init__(self, connection: Connection, owner: LinkOwner, now: Callable[[], float]) -> None:
+    def __init__(self, connection: CoapSession, owner: LinkOwner, now: Callable[[], float]) -> None:
         self.connection = connection
         self._owner = owner
         self._now = now
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._rebinding = False
+        self._datagrams = isinstance(connection, UdpSession)  # a connected UDP socket: sendto(datagram)
         self._silent = False
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Future[RequestResult]] = {}
@@ -81,8 +86,6 @@ class DeviceLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCP transport implements the Transport interface without subclassing asyncio.Transport,
         # so check for what we use rather than the class.
-        if not hasattr(transport, "write"):  # pragma: no cover - TCP always gives one
-            raise TypeError("a stream transport is needed")
         self._transport = transport  # type: ignore[assignment]
         self._flush()
 
@@ -95,7 +98,7 @@ class DeviceLink(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
+        if self._transport is not None and not self._datagrams:
             self._transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -109,11 +112,22 @@ class DeviceLink(asyncio.Protocol):
             )
         self._process()
 
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        """A UDP datagram (the socket is connected: it comes from the gateway)."""
+        if not self._silent:
+            self.data_received(data)
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors on the UDP socket: retransmissions and the keep-alive decide what they mean."""
+
     def eof_received(self) -> bool:
         self._feed_eof()
         return False  # let asyncio close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._rebinding:
+            self._rebinding = False  # the socket left behind by `rebind`, not ours any more
+            return
         self._feed_eof()
         self._cancel_timer()
         self._transport = None
@@ -172,6 +186,27 @@ class DeviceLink(asyncio.Protocol):
         elif self._transport is not None:
             self._transport.close()
 
+    async def rebind(self, remote: tuple[str, int]) -> None:
+        """
+        UDP only: continue on a new local port, as after a NAT gave the device a new public address (the
+        DTLS session and its Connection ID stay; the cloud follows the first record it authenticates).
+        """
+        if not self._datagrams or self._transport is None:
+            raise RuntimeError("only a UDP link can move to a new port")
+        link = self
+
+        class _Forward(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+                link.datagram_received(data, addr)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                link.connection_lost(exc)
+
+        transport, _ = await self._loop.create_datagram_endpoint(_Forward, remote_addr=remote)
+        old, self._transport = self._transport, transport  # type: ignore[assignment]
+        self._rebinding = True
+        old.close()  # its connection_lost comes here: ignored once
+
     async def wait_closed(self) -> None:
         """Wait until the socket is closed."""
         await asyncio.shield(self._lost)
@@ -211,9 +246,13 @@ class DeviceLink(asyncio.Protocol):
             logger.exception("event handling failed", kind=type(event).__name__)
 
     def _flush(self) -> None:
-        data = self.connection.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing() and not self._silent:
-            self._transport.write(data)
+        while data := self.connection.data_to_send():  # UDP: one datagram per call
+            if self._transport is None or self._transport.is_closing() or self._silent:
+                continue
+            if self._datagrams:
+                self._transport.sendto(data)  # type: ignore[attr-defined]
+            else:
+                self._transport.write(data)
             self.bytes_sent += len(data)
         self._arm_timer()
 

@@ -24,7 +24,7 @@ class KeyUpload(BaseModel):
     deviceID: str | None = None
     filename: str | None = None
     order: str | None = None
-    algorithm: str | None = Field(default="rsa", description="rsa (TCP devices)")
+    algorithm: str | None = Field(default="rsa", description="rsa (TCP devices) or ecc (UDP devices, P-256)")
     product_id: int | None = None
 
 
@@ -38,7 +38,7 @@ async def register_key(
     params: Annotated[KeyUpload, Depends(Params(KeyUpload))],
 ) -> dict[str, Any]:
     deps: ApiDeps = request.app.state.deps
-    if params.algorithm not in (None, "rsa"):
-        raise InvalidInput("Only rsa keys are supported (TCP devices); ecc devices use DTLS, not served yet")
+    if params.algorithm not in (None, "rsa", "ecc"):
+        raise InvalidInput("algorithm must be rsa (TCP devices) or ecc (UDP devices)")
     registered = await deps.device_keys.register(principal.user, device_id, params.publicKey)
     return {"ok": True, "id": registered}

@@ -185,6 +185,11 @@ class DtlsServer(Endpoint):
         return server
 
     @property
+    def cid(self) -> bytes | None:
+        """The Connection ID this server gave the client (set once the ServerHello is sent), else ``None``."""
+        return self.session.cid if self.session is not None else self._cid
+
+    @property
     def identity(self) -> str | None:
         """What ``key_check`` said about the device's key (set once the key was accepted)."""
         return self.session.identity if self.session is not None else self._identity

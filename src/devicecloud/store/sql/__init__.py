@@ -25,6 +25,7 @@ from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, Sq
 from devicecloud.store.sql.customers import SqlCustomers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
 from devicecloud.store.sql.diagnostics import SqlVitals
+from devicecloud.store.sql.dtls_sessions import SqlDtlsSessions
 from devicecloud.store.sql.libraries import SqlLibraries
 from devicecloud.store.sql.nodes import SqlNodes
 from devicecloud.store.sql.product_devices import SqlProductDevices
@@ -109,6 +110,7 @@ class SqlUnitOfWork:
         self.libraries = SqlLibraries(conn)
         self.sims = SqlSims(conn)
         self.vitals = SqlVitals(conn)
+        self.dtls_sessions = SqlDtlsSessions(conn)
 
 
 class SqlStore:
