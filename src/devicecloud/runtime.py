@@ -29,6 +29,7 @@ from devicecloud.clock import Clock, SystemClock
 from devicecloud.compiler import CommandCompiler
 from devicecloud.domain.accounts import User
 from devicecloud.domain.library_archives import ArchiveLimits
+from devicecloud.domain.usage import UsageLimits
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
 from devicecloud.gateway.cluster import RoutedControl
@@ -53,6 +54,7 @@ from devicecloud.services.product_devices import ProductDeviceService
 from devicecloud.services.products import ProductService
 from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenPolicy, TokenService
+from devicecloud.services.usage import UsageBook, UsagePolicy, UsageService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
@@ -135,6 +137,7 @@ class Runtime:
     metrics: Metrics
     sims: SimService
     diagnostics: DiagnosticsService
+    usage: UsageService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     node_started: bool = field(default=False)
@@ -159,6 +162,7 @@ class Runtime:
             probes=self.metrics,
             sims=self.sims,
             diagnostics=self.diagnostics,
+            usage=self.usage,
         )
 
     @property
@@ -194,6 +198,7 @@ class Runtime:
         """
         await self.start()
         self.diagnostics.start()  # retention: old vitals are deleted by serving processes
+        await self.usage.start()  # usage reports a stopped process left pending are made now
         if self.settings.webhooks_enabled and not self.dispatcher_started:
             await self.dispatcher.start()
             self.dispatcher_started = True
@@ -221,6 +226,7 @@ class Runtime:
             self.gateway_started = False
         await self.firmware.aclose()
         await self.diagnostics.stop()  # vitals devices sent are written behind: the rest of them
+        await self.usage.stop()  # usage counters are written behind: the rest of them
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
         if self.node_started:
             await self.node.stop()
@@ -522,6 +528,22 @@ def build_runtime(
         ),
     )
     sessions.on_vitals = diagnostics.volunteered
+    book = UsageBook(store=store, clock=clock, flush_interval=settings.usage_flush_interval, node_id=node_id)
+    sessions.usage = events.usage = devices.usage = book  # counted on the device paths, written behind
+    usage = UsageService(
+        store=store,
+        clock=clock,
+        book=book,
+        notifier=notifier,
+        policy=UsagePolicy(
+            limits=UsageLimits(
+                max_devices=settings.usage_max_devices,
+                max_messages=settings.usage_max_messages,
+                max_data=settings.usage_max_data,
+            ),
+            report_lifetime=timedelta(days=settings.usage_report_days),
+        ),
+    )
     return Runtime(
         settings=settings,
         clock=clock,
@@ -549,4 +571,5 @@ def build_runtime(
         metrics=metrics,
         sims=SimService(store=store, clock=clock, presence=sessions.presence),
         diagnostics=diagnostics,
+        usage=usage,
     )

@@ -38,6 +38,7 @@ from devicecloud.api.routes import (
     products,
     provisioning,
     sims,
+    usage,
     users,
     webhooks,
 )
@@ -92,6 +93,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         events,
         devices,
         diagnostics,
+        usage,
         webhooks,
         products,
         product_events,

@@ -21,6 +21,7 @@ from devicecloud.services.product_devices import ProductDeviceService
 from devicecloud.services.products import ProductService
 from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenService
+from devicecloud.services.usage import UsageService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
 
@@ -61,4 +62,5 @@ class ApiDeps:
     libraries: LibraryService
     sims: SimService
     diagnostics: DiagnosticsService
+    usage: UsageService
     probes: Probes | None = None

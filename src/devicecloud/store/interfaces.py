@@ -27,6 +27,7 @@ from devicecloud.domain.libraries import (
 from devicecloud.domain.product_devices import DeviceListQuery, KnownDevice, ProductReport
 from devicecloud.domain.products import ApiUser, DeviceGroup, FirmwareImpact, Product, TeamMember
 from devicecloud.domain.sims import Sim, SimQuery, UsageDay, UsageRow
+from devicecloud.domain.usage import Account, CounterRow, DeviceDay, UsageNotification, UsageReport
 from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
 
@@ -649,6 +650,62 @@ class LibraryRepository(Protocol):
     async def search(self, query: LibraryQuery) -> Sequence[LibraryView]: ...
 
 
+class UsageRepository(Protocol):
+    """
+    Usage counters (per device, day and writer), usage report jobs, notifications of crossed limits.
+    """
+
+    async def write(self, rows: Sequence[CounterRow]) -> None:
+        """
+        Replace each row's (device, day, writer) counts with the row's (absolute values: idempotent).
+        """
+        ...
+
+    async def accounts_of(self, device_ids: Sequence[str]) -> dict[str, tuple[int | None, int | None]]:
+        """
+        device id → (owner id, product id) for the devices that exist.
+        """
+        ...
+
+    async def owned_devices(self, account: Account) -> int: ...
+
+    async def totals(self, account: Account, start: date, end: date) -> tuple[int, int, int, int, int]:
+        """
+        (devices counted, events, calls, reads, data bytes) over the days ``[start, end]``.
+        """
+        ...
+
+    async def days(
+        self,
+        account: Account,
+        start: date,
+        end: date,
+        *,
+        device_ids: Sequence[str] = (),
+        product_ids: Sequence[int] = (),
+    ) -> list[DeviceDay]: ...
+
+    async def add_report(self, report: UsageReport, created_at: datetime, expires_at: datetime) -> None: ...
+
+    async def report(self, report_id: str) -> UsageReport | None: ...
+
+    async def pending_reports(self) -> list[UsageReport]: ...
+
+    async def finish_report(
+        self, report_id: str, *, state: str, content: str | None, key: str | None
+    ) -> None: ...
+
+    async def report_content(self, report_id: str, key: str, now: datetime) -> str | None: ...
+
+    async def prune_reports(self, now: datetime) -> int: ...
+
+    async def has_notification(self, account: Account, period_start: date, limit: str) -> bool: ...
+
+    async def add_notification(self, notice: UsageNotification, created_at: datetime) -> None: ...
+
+    async def notifications(self, account: Account) -> list[UsageNotification]: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def users(self) -> UserRepository: ...
@@ -697,6 +754,9 @@ class UnitOfWork(Protocol):
 
     @property
     def sims(self) -> SimRepository: ...
+
+    @property
+    def usage(self) -> UsageRepository: ...
 
 
 class Store(Protocol):

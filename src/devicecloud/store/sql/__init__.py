@@ -30,6 +30,7 @@ from devicecloud.store.sql.product_devices import SqlProductDevices
 from devicecloud.store.sql.products import SqlGroups, SqlProducts
 from devicecloud.store.sql.sims import SqlSims
 from devicecloud.store.sql.token_lookup import TokenLookup
+from devicecloud.store.sql.usage import SqlUsage
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 
 READONLY_OPTION = "devicecloud_readonly"
@@ -105,6 +106,7 @@ class SqlUnitOfWork:
         self.libraries = SqlLibraries(conn)
         self.sims = SqlSims(conn)
         self.vitals = SqlVitals(conn)
+        self.usage = SqlUsage(conn)
 
 
 class SqlStore:
