@@ -521,6 +521,7 @@ def build_runtime(
         devices=devices,
         control=control,
         events=events,
+        product_devices=product_devices,
         policy=DiagnosticsPolicy(
             retention=timedelta(days=settings.diagnostics_retention_days),
             prune_interval=settings.diagnostics_prune_interval,

@@ -269,11 +269,13 @@ class EventService:
             )
         )
 
-    async def publish_device_system(self, device_id: str, name: str, data: str, *, owner_id: int) -> None:
+    async def publish_device_system(
+        self, device_id: str, name: str, data: str, *, owner_id: int | None, product_id: int | None = None
+    ) -> None:
         """
         A system event in the device's name that the cloud produced for it (the vitals' update event after
-        the cloud asked for them): ``coreid`` is the device, private to ``owner_id``, outside the device's
-        publish limit (the device did not spend it).
+        the cloud asked for them): ``coreid`` is the device, private to ``owner_id`` (and seen by the streams
+        of ``product_id``), outside the device's publish limit (the device did not spend it).
         """
         await self._emit(
             CloudEvent(
@@ -285,6 +287,7 @@ class EventService:
                 public=False,
                 owner_id=owner_id,
                 device_id=device_id,
+                product_id=product_id,
             )
         )
 

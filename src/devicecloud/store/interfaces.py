@@ -549,41 +549,55 @@ class GroupRepository(Protocol):
 
 class VitalsRepository(Protocol):
     """
-    Device vitals reports, each kept under the owner the device had when it reported.
+    Device vitals reports, each kept under the owner and/or product the device had when it reported; reports
+    of past hours are compacted (`compact`) into one row per device and hour. Reads take a scope: a user
+    (reports made under that owner) or a product (reports made in that product).
     """
 
-    async def add(self, device_id: str, owner_id: int, at: datetime, payload: dict[str, Any]) -> None: ...
+    async def add(
+        self,
+        device_id: str,
+        owner_id: int | None,
+        product_id: int | None,
+        at: datetime,
+        payload: dict[str, Any],
+    ) -> None: ...
 
-    async def add_many(self, rows: Sequence[tuple[str, int, datetime, dict[str, Any]]]) -> None:
+    async def add_many(
+        self, rows: Sequence[tuple[str, int | None, int | None, datetime, dict[str, Any]]]
+    ) -> None:
         """
-        Insert (device id, owner id, at, payload) rows in one statement (executemany).
+        Insert (device id, owner id, product id, at, payload) rows in one statement (executemany).
         """
         ...
 
-    async def latest(self, device_id: str, owner_id: int) -> VitalsRecord | None: ...
+    async def latest(self, device_id: str, scope: Account) -> VitalsRecord | None: ...
 
     async def between(
-        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
+        self, device_id: str, scope: Account, start: datetime, end: datetime, *, limit: int
     ) -> list[VitalsRecord]:
         """
-        Reports made in ``[start, end)``, oldest first, at most ``limit``.
+        Reports made in ``[start, end)``, oldest first, at most ``limit`` + 1 (more means: too many).
         """
         ...
 
-    async def between_json(
-        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
-    ) -> list[tuple[datetime, str]]:
+    async def history_json(
+        self, device_id: str, scope: Account, start: datetime, end: datetime, *, limit: int
+    ) -> tuple[int, list[bytes]]:
         """
-        As `between`, each report's payload as the JSON text stored (the history answer is made from it
-        without decoding and encoding every report again).
+        (reports, pieces) of ``[start, end)``: the history answer's items already rendered (UTF-8), as
+        comma-joined pieces in order (joined with commas they are the ``diagnostics`` array's text);
+        counting stops past ``limit``.
         """
         ...
 
-    async def prune(self, before: datetime) -> int:
+    async def compact(self, before: datetime, *, batch: int = 20_000) -> int:
         """
-        Delete every report made before ``before``; returns how many.
+        Fold up to ``batch`` reports made before ``before`` into their hours' rows; returns how many.
         """
         ...
+
+    async def prune(self, before: datetime) -> int: ...
 
 
 class LibraryRepository(Protocol):

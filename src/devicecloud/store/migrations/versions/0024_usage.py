@@ -1,4 +1,4 @@
-"""usage counters, usage reports and their notifications (catalogue §17)
+"""usage counters, usage reports and their notifications (catalogue §17); vitals of products, compacted hours
 
 Revision ID: 0024_usage
 Revises: 0023_diagnostics
@@ -19,6 +19,38 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("device_vitals", schema=None) as batch_op:
+        batch_op.alter_column("owner_id", existing_type=sa.Integer(), nullable=True)
+        batch_op.add_column(sa.Column("product_id", sa.Integer(), nullable=True))
+        batch_op.create_foreign_key(
+            op.f("fk_device_vitals_product_id_products"), "products", ["product_id"], ["id"], ondelete="CASCADE"
+        )
+    op.create_table(
+        "device_vitals_hours",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("device_id", sa.String(length=24), nullable=False),
+        sa.Column("owner_id", sa.Integer(), nullable=True),
+        sa.Column("product_id", sa.Integer(), nullable=True),
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("reports", sa.Integer(), nullable=False),
+        sa.Column("body", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["device_id"], ["devices.id"], name=op.f("fk_device_vitals_hours_device_id_devices"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["owner_id"], ["users.id"], name=op.f("fk_device_vitals_hours_owner_id_users"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["product_id"],
+            ["products.id"],
+            name=op.f("fk_device_vitals_hours_product_id_products"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_device_vitals_hours")),
+        sqlite_autoincrement=True,
+    )
+    op.create_index("ix_device_vitals_hours_device_id_hour", "device_vitals_hours", ["device_id", "hour"])
+    op.create_index("ix_device_vitals_hours_hour", "device_vitals_hours", ["hour"])
     op.create_table(
         "usage_counters",
         sa.Column("device_id", sa.String(length=24), nullable=False),
@@ -79,6 +111,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_device_vitals_hours_hour", table_name="device_vitals_hours")
+    op.drop_index("ix_device_vitals_hours_device_id_hour", table_name="device_vitals_hours")
+    op.drop_table("device_vitals_hours")
+    op.execute("DELETE FROM device_vitals WHERE owner_id IS NULL")
+    with op.batch_alter_table("device_vitals", schema=None) as batch_op:
+        batch_op.drop_constraint(op.f("fk_device_vitals_product_id_products"), type_="foreignkey")
+        batch_op.drop_column("product_id")
+        batch_op.alter_column("owner_id", existing_type=sa.Integer(), nullable=False)
     op.drop_table("usage_notifications")
     op.drop_index("ix_usage_reports_account_kind_account_id", table_name="usage_reports")
     op.drop_table("usage_reports")
