@@ -69,6 +69,8 @@ class UsagePolicy:
     limits: UsageLimits = field(default_factory=UsageLimits)
     flush_interval: float = 1.0
     report_lifetime: timedelta = timedelta(days=7)
+    # Seconds between two limit checks of one account (each check sums its month: two reads).
+    limit_check_interval: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +263,7 @@ class UsageService:
         self._notifier = notifier
         self._policy = policy
         self._jobs: set[asyncio.Task[None]] = set()
+        self._checked: dict[Account, float] = {}  # account → monotonic time of its last limit check
         book.on_flushed = self.check_limits
 
     @property
@@ -446,9 +449,16 @@ class UsageService:
     async def check_limits(self, accounts: set[Account]) -> None:
         """
         After a flush: a limit an account crossed for the first time in this period is noted and mailed.
+        An account is checked at most once per ``limit_check_interval``.
         """
         period = billing_period(self._clock.now().date())
+        now = self._clock.monotonic()
+        horizon = now - self._policy.limit_check_interval
+        self._checked = {a: at for a, at in self._checked.items() if at > horizon}
         for account in sorted(accounts, key=lambda a: (a.kind, a.id)):
+            if account in self._checked:
+                continue  # checked within the interval: a crossing is found at most that much later
+            self._checked[account] = now
             crossed = self._policy.limits.crossed(await self.totals(account))
             if not crossed:
                 continue
