@@ -9,16 +9,21 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from tests.functional.test_device_writebehind import StatementCounter
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
 from tests.support.devices import connect_device, handled
 from tests.support.notifier import RecordingNotifier
 
+from devicecloud.domain.usage import Account as ScopeAccount
+from devicecloud.domain.usage import UsageReport
 from devicecloud.runtime import Runtime
+from devicecloud.services.usage import UsageBook
 from devicecloud.virtualdevice.device import VirtualDevice
 
 N_EVENTS, M_CALLS, K_READS = 7, 5, 3
@@ -89,8 +94,9 @@ async def test_a_scripted_workload_is_counted_exactly(
 ) -> None:
     """N events, M calls, K reads: after a flush the agreement says N + M + K messages and their bytes."""
     size = await workload(client, ada, runtime, device, clock)
-    clock.advance(60.0)  # an account's limits are checked at most once a minute (the last check was earlier)
     await runtime.usage.flush()
+    clock.advance(60.0)  # an account's limits are checked at most once a minute: the last one is due now
+    await runtime.usage.idle()
     item = await agreement(client, ada)
     attributes = item["attributes"]
     assert (item["id"], "individual", "active", "monthly") == (
@@ -122,8 +128,9 @@ async def test_a_scripted_workload_is_counted_exactly(
     assert [("ada@example.com", "device_messages")] == [(a.email, a.limit) for a in notifier.alerts]
     await device.publish("usage/more", "1")
     await handled(runtime, device.device_id)
-    clock.advance(60.0)
     await runtime.usage.flush()
+    clock.advance(60.0)
+    await runtime.usage.idle()
     assert 1 == len(
         (
             await client.get(f"/v1/user/service_agreements/{item['id']}/notifications", headers=ada.auth)
@@ -237,3 +244,73 @@ async def test_a_product_agreement_counts_its_devices(
     # Someone outside the product does not learn it exists.
     bob = await make_account(client, "bob@example.com")
     assert 404 == (await client.get(f"/v1/products/{slug}/service_agreements", headers=bob.auth)).status_code
+
+
+async def test_counting_writes_nothing_until_the_flush(
+    client: httpx.AsyncClient,
+    ada: Account,
+    runtime: Runtime,
+    device: VirtualDevice,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Events a device publishes cost no statement on usage_counters; one flush writes a row per device."""
+    await runtime.usage.flush()  # the connection's row
+    counter = StatementCounter(runtime, monkeypatch)
+    try:
+        for i in range(4):  # within the device's burst of 4: no clock moves, no flush falls due
+            await device.publish(f"quiet/{i}", "x")
+        await handled(runtime, device.device_id)
+        assert [] == [sql for sql, _ in counter.statements if "usage_counters" in sql]
+        assert 1 == await runtime.usage.flush()
+        writes = [(sql.split()[0], many) for sql, many in counter.statements if "usage_counters" in sql]
+        assert [("DELETE", 1), ("INSERT", 1)] == [w for w in writes if w[0] in ("DELETE", "INSERT")]
+    finally:
+        counter.close()
+
+
+async def test_rows_are_absolute_per_writer(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, device: VirtualDevice, clock: FakeClock
+) -> None:
+    """A flush written again counts once; another process's counts (another writer) add up."""
+    book = runtime.usage.book
+    for _ in range(3):
+        book.event(device.device_id, 10)
+    await runtime.usage.flush()
+    book._dirty |= set(book._counts)  # as if the commit's answer was lost: the same rows written again
+    await runtime.usage.flush()
+    other = UsageBook(store=runtime.store, clock=clock, node_id="other-node")
+    other.call(device.device_id, 5)
+    await other.flush()
+    await other.close()
+    usage = (await agreement(client, ada))["attributes"]["current_usage_summary"]["connectivity"]["all"]
+    assert (4, 35, 1) == (usage["device_messages"], usage["device_data"], usage["billable_devices"])
+
+
+async def test_pending_reports_are_made_at_start(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, clock: FakeClock
+) -> None:
+    """A report a stopped process left pending is made by the next start."""
+    item = await agreement(client, ada)
+    today = clock.now().date()
+    report = UsageReport(
+        id="00000000-0000-4000-8000-000000000001",
+        account=ScopeAccount("user", int(item["id"])),
+        state="pending",
+        report_type="products",
+        date_period_start=today,
+        date_period_end=today,
+        devices=(),
+        products=(),
+        created_at_iso="",
+        expires_at_iso="",
+        download_key=None,
+    )
+    async with runtime.store.transaction() as tx:
+        await tx.usage.add_report(report, clock.now(), clock.now() + timedelta(days=1))
+    await runtime.usage.start()
+    await runtime.usage.idle()
+    got = (await client.get(f"/v1/user/usage_reports/{report.id}", headers=ada.auth)).json()["data"]
+    assert "available" == got["attributes"]["state"]
+    downloaded = await client.get(got["attributes"]["download_url"])
+    assert downloaded.text.startswith("date,product_id,devices_connected,")

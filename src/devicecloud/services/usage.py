@@ -54,7 +54,7 @@ from devicecloud.services.product_access import access_product
 from devicecloud.services.write_behind import WriteBehind
 
 if TYPE_CHECKING:
-    from devicecloud.clock import Clock
+    from devicecloud.clock import Clock, TimerHandle
     from devicecloud.domain.access import AnyPrincipal
     from devicecloud.services.ports import Notifier
     from devicecloud.store.interfaces import Store, UnitOfWork
@@ -264,6 +264,8 @@ class UsageService:
         self._policy = policy
         self._jobs: set[asyncio.Task[None]] = set()
         self._checked: dict[Account, float] = {}  # account → monotonic time of its last limit check
+        self._later: set[Account] = set()  # accounts touched while checked recently: checked when due
+        self._later_timer: TimerHandle | None = None
         book.on_flushed = self.check_limits
 
     @property
@@ -442,6 +444,9 @@ class UsageService:
 
     async def stop(self) -> None:
         await self._book.close()
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+            self._later_timer = None
         await self.idle()
 
     # ------------------------------------------------------------------ limits and notifications
@@ -449,15 +454,22 @@ class UsageService:
     async def check_limits(self, accounts: set[Account]) -> None:
         """
         After a flush: a limit an account crossed for the first time in this period is noted and mailed.
-        An account is checked at most once per ``limit_check_interval``.
+        An account is checked at most once per ``limit_check_interval``; one touched meanwhile is checked
+        when the interval is over (a timer), so a crossing is found at most that much later.
         """
         period = billing_period(self._clock.now().date())
         now = self._clock.monotonic()
         horizon = now - self._policy.limit_check_interval
         self._checked = {a: at for a, at in self._checked.items() if at > horizon}
         for account in sorted(accounts, key=lambda a: (a.kind, a.id)):
-            if account in self._checked:
-                continue  # checked within the interval: a crossing is found at most that much later
+            last = self._checked.get(account)
+            if last is not None:  # checked within the interval: again once it is over
+                self._later.add(account)
+                if self._later_timer is None:
+                    self._later_timer = self._clock.call_at(
+                        last + self._policy.limit_check_interval, self._check_later
+                    )
+                continue
             self._checked[account] = now
             crossed = self._policy.limits.crossed(await self.totals(account))
             if not crossed:
@@ -497,6 +509,20 @@ class UsageService:
                         used=notice.used,
                         allowed=notice.allowed,
                     )
+
+    def _check_later(self) -> None:
+        self._later_timer = None
+        accounts, self._later = self._later, set()
+        if accounts:
+            task = asyncio.get_running_loop().create_task(self._check_quietly(accounts), name="usage-limits")
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+
+    async def _check_quietly(self, accounts: set[Account]) -> None:
+        try:
+            await self.check_limits(accounts)
+        except Exception:
+            logger.exception("checking usage limits failed")
 
     @staticmethod
     async def _people(tx: UnitOfWork, account: Account) -> list[str]:
