@@ -28,7 +28,7 @@ import structlog
 from devicecloud.domain.accounts import User
 from devicecloud.domain.diagnostics import VITALS_METADATA, VitalsRecord, summarise, to_csv
 from devicecloud.domain.usage import Account
-from devicecloud.errors import InvalidInput, NotFound
+from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock, TimerHandle
@@ -147,12 +147,11 @@ class DiagnosticsService:
         The device and the scope its reports are read in: the caller's (user routes: reports made while
         the caller owned it) or the product's (``/v1/products/:p/diagnostics/…``: reports made in it).
         """
-        if product is None:
-            assert isinstance(principal, User)
+        if isinstance(principal, User):
             device = await self._devices.access_device(principal, ref, action)
             return device, Account("user", principal.id)
-        assert self._product_devices is not None
-        assert not isinstance(principal, User)
+        if product is None or self._product_devices is None:
+            raise PermissionDenied("Only a person's token reads their own devices' vitals")
         found, device = await self._product_devices.device_in_product(principal, product, ref, action)
         return device, Account("product", found.id)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ from devicecloud.domain.usage import (
     billing_period,
     report_csv,
 )
-from devicecloud.errors import InvalidInput, NotFound
+from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
 from devicecloud.services.product_access import access_product
 from devicecloud.services.write_behind import WriteBehind
 
@@ -113,7 +114,7 @@ class UsageBook:
             name="usage-flush",
         )
         #: Called after each successful flush with the accounts it touched (limits are checked there).
-        self.on_flushed: Any = None
+        self.on_flushed: Callable[[set[Account]], Awaitable[None]] | None = None
         self._flushes = 0
         self._rows = 0
         self._failures = 0
@@ -281,11 +282,15 @@ class UsageService:
     async def _account(
         self, tx: UnitOfWork, principal: AnyPrincipal | User, product: str | None, action: str
     ) -> tuple[Account, str, datetime]:
-        """The account a route is about: (account, its name, when it started)."""
-        if product is None:
-            assert isinstance(principal, User)
+        """
+        The account a route is about: (account, its name, when it started). User routes pass the person
+        (their token's scope was checked at the door); product routes any principal, checked here.
+        """
+        if isinstance(principal, User):
             return Account("user", principal.id), "Sandbox", principal.created_at
-        found = await access_product(tx, principal, product, action, "product")  # type: ignore[arg-type]
+        if product is None:
+            raise PermissionDenied("Service agreements of a product are read under /v1/products/:product")
+        found = await access_product(tx, principal, product, action, "product")
         return Account("product", found.product.id), found.product.name, found.product.created_at
 
     @staticmethod
