@@ -425,3 +425,40 @@ async def test_product_twins(
     for method, path in [("GET", base), ("GET", f"{base}/last"), ("POST", f"{base}/update")]:
         refused = await client.request(method, path, headers=bob.auth)
         assert 404 == refused.status_code, (path, refused.text)
+
+
+async def test_a_compaction_between_the_two_reads_loses_and_repeats_nothing(
+    client: httpx.AsyncClient, ada: Account, device: VirtualDevice, clock: FakeClock, runtime: Runtime
+) -> None:
+    """PostgreSQL reads each statement at its own snapshot: a compaction committing mid-read is harmless."""
+    t0 = clock.now()
+    for _ in range(4):
+        assert 202 == (await refresh(client, ada, device.device_id)).status_code
+        clock.advance(HOUR / 2)
+    await wait_until(flag(lambda: runtime.diagnostics._task is None or runtime.diagnostics._task.done()))
+    assert await stored_rows(runtime) > 0  # the hourly compaction left the last hour's reports as rows
+    async with runtime.store.transaction(readonly=True) as tx:
+        user = await tx.users.get_by_username(ada.email)
+        assert user is not None
+        vitals: Any = tx.vitals
+        real = vitals._conn
+
+        class Between:  # runs a compaction (its own transaction) after the first statement of the read
+            dialect = real.dialect
+            statements = 0
+
+            async def execute(self, statement: Any, *args: Any) -> Any:
+                result = await real.execute(statement, *args)
+                Between.statements += 1
+                if Between.statements == 1:
+                    async with runtime.store.transaction() as other:
+                        await other.vitals.compact(clock.now() + timedelta(days=1))
+                return result
+
+        vitals._conn = Between()
+        count, pieces = await vitals.history_json(
+            device.device_id, Scope("user", user.id), t0, clock.now(), limit=100
+        )
+    items = json.loads("[" + ",".join(p.decode() for p in pieces) + "]")
+    assert 4 == count == len(items)
+    assert [iso(t0 + timedelta(minutes=30 * i)) for i in range(4)] == [i["updated_at"] for i in items]

@@ -97,7 +97,18 @@ class SqlVitals:
         (reports, runs): the reports of ``[start, end)`` oldest first, as runs of rendered items — a whole
         compacted hour (its stored body, items already separated) or a list of items; stops counting past
         ``limit``.
+
+        Single reports are read before the hours: a compaction committing between the two reads (PostgreSQL
+        reads each statement at its own snapshot) then shows a report twice, never not at all, and the copy
+        whose item is already in its hour's body is dropped.
         """
+        rows = await self._conn.execute(
+            select(_v.created_at, cast(_v.payload, Text))
+            .where(_v.device_id == device_id, _scoped(_v, scope), _v.created_at >= start, _v.created_at < end)
+            .order_by(_v.created_at, _v.id)
+            .limit(limit + 1)
+        )
+        recent = [(row[0], item(device_id, row[0], row[1])) for row in rows]
         hours = await self._conn.execute(
             select(_h.hour, _h.reports, _h.body)
             .where(_h.device_id == device_id, _scoped(_h, scope), _h.hour > start - HOUR, _h.hour < end)
@@ -105,11 +116,13 @@ class SqlVitals:
         )
         low, high = (iso(start) or "").encode(), (iso(end) or "").encode()
         runs: list[bytes | list[bytes]] = []
+        bodies: dict[datetime, list[bytes]] = {}
         count = 0
         last_hour: datetime | None = None
         for row in hours:
             hour, reports, body = row[0], int(row[1]), bytes(row[2])
             last_hour = hour
+            bodies.setdefault(hour, []).append(body)
             if hour >= start and hour + HOUR <= end:
                 runs.append(body)  # the whole hour
                 count += reports
@@ -119,16 +132,11 @@ class SqlVitals:
                 count += len(kept)
             if count > limit:
                 return count, runs
-        rows = await self._conn.execute(
-            select(_v.created_at, cast(_v.payload, Text))
-            .where(_v.device_id == device_id, _scoped(_v, scope), _v.created_at >= start, _v.created_at < end)
-            .order_by(_v.created_at, _v.id)
-            .limit(limit + 1)
-        )
-        recent = [(row[0], item(device_id, row[0], row[1])) for row in rows]
+        if bodies:
+            recent = [(at, i) for at, i in recent if not any(i in b for b in bodies.get(_hour(at), ()))]
         count += len(recent)
         if last_hour is not None and recent and recent[0][0] < last_hour + HOUR:
-            # A report that came after its hour was compacted (rare, until the next compaction): sort all.
+            # A report stored after its hour was compacted (rare, until the next compaction): sort all.
             every = [i for run in runs for i in _items(run)] + [text for _, text in recent]
             every.sort(key=lambda i: i[_STAMP])
             return count, [every]
