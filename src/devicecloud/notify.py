@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+from collections.abc import Coroutine
 from email.message import EmailMessage
+from typing import Any
 
 import structlog
 
@@ -21,6 +23,13 @@ class LogNotifier:
     async def send_password_reset(self, *, email: str, token: str, reset_url: str) -> None:
         # WARNING, not INFO: the default level is quiet and an operator must see this line to help the user.
         logger.warning("password reset requested", email=email, token=token, reset_url=reset_url)
+
+    async def send_usage_alert(
+        self, *, email: str, account: str, limit: str, used: int, allowed: int
+    ) -> None:
+        logger.warning(
+            "usage limit reached", email=email, account=account, limit=limit, used=used, allowed=allowed
+        )
 
     async def drain(self) -> None:
         return None
@@ -57,6 +66,36 @@ class SmtpNotifier:
         task = asyncio.create_task(self._deliver(email, token, reset_url))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def send_usage_alert(
+        self, *, email: str, account: str, limit: str, used: int, allowed: int
+    ) -> None:
+        message = self._message(email, f"devicecloud: {account} reached its {limit} limit")
+        message.set_content(
+            f"The {account} account reached a limit of its service agreement this billing period.\n\n"
+            f"  {limit}: {used} used, {allowed} allowed\n"
+        )
+        self._background(self._mail(message, "usage alert", email))
+
+    def _message(self, email: str, subject: str) -> EmailMessage:
+        message = EmailMessage()
+        message["From"] = self._sender
+        message["To"] = email
+        message["Subject"] = subject
+        return message
+
+    def _background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _mail(self, message: EmailMessage, what: str, email: str) -> None:
+        try:
+            await asyncio.to_thread(self._send, message)
+        except (OSError, smtplib.SMTPException) as exc:
+            logger.error("mail failed", what=what, email=email, error=str(exc))
+            return
+        logger.info("mailed", what=what, email=email)
 
     async def drain(self) -> None:
         """

@@ -29,6 +29,7 @@ from devicecloud.clock import Clock, SystemClock
 from devicecloud.compiler import CommandCompiler
 from devicecloud.domain.accounts import User
 from devicecloud.domain.library_archives import ArchiveLimits
+from devicecloud.domain.usage import UsageLimits
 from devicecloud.errors import Conflict
 from devicecloud.gateway import DeviceGateway, DeviceSubscription, EventFeed
 from devicecloud.gateway.cluster import RoutedControl
@@ -57,6 +58,7 @@ from devicecloud.services.product_firmware import ProductFirmwareService
 from devicecloud.services.products import ProductService
 from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenPolicy, TokenService
+from devicecloud.services.usage import UsageBook, UsagePolicy, UsageService
 from devicecloud.services.webhooks import WebhookPolicy, WebhookService
 from devicecloud.settings import Settings
 from devicecloud.store import migrate
@@ -142,6 +144,7 @@ class Runtime:
     customers: CustomerService
     product_firmware: ProductFirmwareService
     rollout: FirmwareRollout
+    usage: UsageService
     started: bool = field(default=False)
     gateway_started: bool = field(default=False)
     node_started: bool = field(default=False)
@@ -168,6 +171,7 @@ class Runtime:
             diagnostics=self.diagnostics,
             customers=self.customers,
             product_firmware=self.product_firmware,
+            usage=self.usage,
         )
 
     @property
@@ -203,6 +207,7 @@ class Runtime:
         """
         await self.start()
         self.diagnostics.start()  # retention: old vitals are deleted by serving processes
+        await self.usage.start()  # usage reports a stopped process left pending are made now
         if self.settings.webhooks_enabled and not self.dispatcher_started:
             await self.dispatcher.start()
             self.dispatcher_started = True
@@ -232,6 +237,7 @@ class Runtime:
         await self.rollout.aclose()
         await self.firmware.aclose()
         await self.diagnostics.stop()  # vitals devices sent are written behind: the rest of them
+        await self.usage.stop()  # usage counters are written behind: the rest of them
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
         if self.node_started:
             await self.node.stop()
@@ -576,6 +582,7 @@ def build_runtime(
         devices=devices,
         control=control,
         events=events,
+        product_devices=product_devices,
         policy=DiagnosticsPolicy(
             retention=timedelta(days=settings.diagnostics_retention_days),
             prune_interval=settings.diagnostics_prune_interval,
@@ -583,6 +590,22 @@ def build_runtime(
         ),
     )
     sessions.on_vitals = diagnostics.volunteered
+    book = UsageBook(store=store, clock=clock, flush_interval=settings.usage_flush_interval, node_id=node_id)
+    sessions.usage = events.usage = devices.usage = book  # counted on the device paths, written behind
+    usage = UsageService(
+        store=store,
+        clock=clock,
+        book=book,
+        notifier=notifier,
+        policy=UsagePolicy(
+            limits=UsageLimits(
+                max_devices=settings.usage_max_devices,
+                max_messages=settings.usage_max_messages,
+                max_data=settings.usage_max_data,
+            ),
+            report_lifetime=timedelta(days=settings.usage_report_days),
+        ),
+    )
     return Runtime(
         settings=settings,
         clock=clock,
@@ -615,4 +638,5 @@ def build_runtime(
         ),
         product_firmware=product_firmware,
         rollout=rollout,
+        usage=usage,
     )

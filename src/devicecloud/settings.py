@@ -176,6 +176,26 @@ class Settings(BaseSettings):
     diagnostics_prune_interval: float = Field(
         default=3600.0, gt=0, description="Seconds between two deletions of vitals past their retention."
     )
+    usage_flush_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Seconds usage counters wait in memory before they are written.",
+    )
+    usage_max_devices: int = Field(
+        default=100, ge=1, description="Devices an account's service agreement allows (the sandbox's 100)."
+    )
+    usage_max_messages: int = Field(
+        default=100_000, ge=1, description="Device messages a service agreement allows a billing period."
+    )
+    usage_max_data: int = Field(
+        default=45_000_000,
+        ge=1,
+        description="Bytes of device data a service agreement allows a billing period.",
+    )
+    usage_report_days: int = Field(
+        default=7, ge=1, le=365, description="Days a usage report can be downloaded after it was asked for."
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",

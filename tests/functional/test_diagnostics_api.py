@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
 from tests.support.devices import connect_device, wait_until
 from tests.support.sse import Served, flag, serve_app, stream
 
 from devicecloud.domain.timestamps import iso
+from devicecloud.domain.usage import Account as Scope
 from devicecloud.protocol import ResponseStyle
 from devicecloud.runtime import Runtime
 from devicecloud.virtualdevice.device import VirtualDevice
@@ -202,7 +204,8 @@ async def test_retention_prunes_old_reports(
             user = await tx.users.get_by_username(ada.email)
             assert user is not None
             start = clock.now() - timedelta(days=40)
-            return 1 == len(await tx.vitals.between(device.device_id, user.id, start, clock.now(), limit=10))
+            scope = Scope("user", user.id)
+            return 1 == len(await tx.vitals.between(device.device_id, scope, start, clock.now(), limit=10))
 
     await wait_until(pruned)
     history = (await client.get(f"/v1/diagnostics/{device.device_id}", headers=ada.auth)).json()
@@ -342,3 +345,120 @@ async def test_a_range_with_too_many_reports_is_refused_not_cut(
         url, params={"start_date": iso(clock.now() - timedelta(seconds=90))}, headers=ada.auth
     )
     assert 1 == len(narrowed.json()["diagnostics"])
+
+
+async def test_compacted_hours_answer_the_same_history(
+    client: httpx.AsyncClient, ada: Account, device: VirtualDevice, clock: FakeClock, runtime: Runtime
+) -> None:
+    """Past hours folded into one row each: JSON, windows in an hour, CSV, a late report: all unchanged."""
+    t0 = clock.now()
+    for _ in range(6):  # two reports an hour for three hours
+        assert 202 == (await refresh(client, ada, device.device_id)).status_code
+        clock.advance(HOUR / 2)
+    url = f"/v1/diagnostics/{device.device_id}"
+    window = {"start_date": iso(t0 + timedelta(minutes=30)), "end_date": iso(t0 + timedelta(hours=2))}
+    before = [
+        (await client.get(url, headers=ada.auth)).json(),
+        (await client.get(url, params=window, headers=ada.auth)).json(),
+        (await client.get(url, headers={**ada.auth, "Accept": "text/csv"})).text,
+        (await client.get(f"{url}/last", headers=ada.auth)).json(),
+    ]
+    assert 6 == len(before[0]["diagnostics"])
+    assert 3 == len(before[1]["diagnostics"])
+    clock.advance(HOUR)  # every report's hour ended more than five minutes ago
+    await runtime.diagnostics.compact()  # (the hourly prune may have folded some already)
+    assert 0 == await stored_rows(runtime)  # every report is in its hour's row
+    after = [
+        (await client.get(url, headers=ada.auth)).json(),
+        (await client.get(url, params=window, headers=ada.auth)).json(),
+        (await client.get(url, headers={**ada.auth, "Accept": "text/csv"})).text,
+        (await client.get(f"{url}/last", headers=ada.auth)).json(),
+    ]
+    assert before == after
+
+    # A report stored late for a compacted hour is listed in its place, then folded into that hour.
+    async with runtime.store.transaction() as tx:
+        user = await tx.users.get_by_username(ada.email)
+        assert user is not None
+        await tx.vitals.add(device.device_id, user.id, None, t0 + timedelta(minutes=10), {"late": True})
+    listed = json.loads((await client.get(url, headers=ada.auth)).text)["diagnostics"]
+    assert [False, True, False] == [r["payload"] == {"late": True} for r in listed[:3]]
+    assert 1 == await stored_rows(runtime)
+    assert 1 == await runtime.diagnostics.compact()
+    assert 0 == await stored_rows(runtime)
+    assert listed == json.loads((await client.get(url, headers=ada.auth)).text)["diagnostics"]
+
+
+async def stored_rows(runtime: Runtime) -> int:
+    """Reports still stored one per row (not yet folded into their hour)."""
+    async with runtime.store.engine.connect() as conn:
+        return int((await conn.execute(text("SELECT count(*) FROM device_vitals"))).scalar_one())
+
+
+async def test_product_twins(
+    client: httpx.AsyncClient, ada: Account, bob: Account, device: VirtualDevice, clock: FakeClock
+) -> None:
+    """/v1/products/:p/diagnostics/…: the product's team reads its devices' vitals; others learn nothing."""
+    created = await client.post("/v1/products", json={"name": "Vitals", "platform_id": 6}, headers=ada.auth)
+    assert 201 == created.status_code, created.text
+    slug = created.json()["product"]["slug"]
+    imported = await client.post(
+        f"/v1/products/{slug}/devices", json={"id": device.device_id}, headers=ada.auth
+    )
+    assert imported.status_code in (200, 201), imported.text
+    base = f"/v1/products/{slug}/diagnostics/{device.device_id}"
+    assert 202 == (await client.post(f"{base}/update", headers=ada.auth)).status_code
+    clock.advance(1.0)  # histories end now, exclusive
+    last = (await client.get(f"{base}/last", headers=ada.auth)).json()["diagnostics"]
+    assert device.device_id == last["deviceID"]
+    history = (await client.get(base, headers=ada.auth)).json()["diagnostics"]
+    assert [last] == history
+    assert (await client.get(f"{base}/metadata", headers=ada.auth)).json()["diagnostics_metadata"]
+    summary = (await client.get(f"{base}/summary", headers=ada.auth)).json()
+    assert device.device_id == summary["deviceID"]
+    as_csv = await client.get(base, headers={**ada.auth, "Accept": "text/csv"})
+    assert 1 == len(list(csv.DictReader(io.StringIO(as_csv.text))))
+    # The owner's own route sees the report too (made while ada owned the device).
+    assert 1 == len(
+        (await client.get(f"/v1/diagnostics/{device.device_id}", headers=ada.auth)).json()["diagnostics"]
+    )
+    for method, path in [("GET", base), ("GET", f"{base}/last"), ("POST", f"{base}/update")]:
+        refused = await client.request(method, path, headers=bob.auth)
+        assert 404 == refused.status_code, (path, refused.text)
+
+
+async def test_a_compaction_between_the_two_reads_loses_and_repeats_nothing(
+    client: httpx.AsyncClient, ada: Account, device: VirtualDevice, clock: FakeClock, runtime: Runtime
+) -> None:
+    """PostgreSQL reads each statement at its own snapshot: a compaction committing mid-read is harmless."""
+    t0 = clock.now()
+    for _ in range(4):
+        assert 202 == (await refresh(client, ada, device.device_id)).status_code
+        clock.advance(HOUR / 2)
+    await wait_until(flag(lambda: runtime.diagnostics._task is None or runtime.diagnostics._task.done()))
+    assert await stored_rows(runtime) > 0  # the hourly compaction left the last hour's reports as rows
+    async with runtime.store.transaction(readonly=True) as tx:
+        user = await tx.users.get_by_username(ada.email)
+        assert user is not None
+        vitals: Any = tx.vitals
+        real = vitals._conn
+
+        class Between:  # runs a compaction (its own transaction) after the first statement of the read
+            dialect = real.dialect
+            statements = 0
+
+            async def execute(self, statement: Any, *args: Any) -> Any:
+                result = await real.execute(statement, *args)
+                Between.statements += 1
+                if Between.statements == 1:
+                    async with runtime.store.transaction() as other:
+                        await other.vitals.compact(clock.now() + timedelta(days=1))
+                return result
+
+        vitals._conn = Between()
+        count, pieces = await vitals.history_json(
+            device.device_id, Scope("user", user.id), t0, clock.now(), limit=100
+        )
+    items = json.loads("[" + ",".join(p.decode() for p in pieces) + "]")
+    assert 4 == count == len(items)
+    assert [iso(t0 + timedelta(minutes=30 * i)) for i in range(4)] == [i["updated_at"] for i in items]

@@ -252,6 +252,39 @@ async def _release_sim(world: World) -> Request:
 
 SHARED_SIM = "/v1/products/alpha/sims/89030000000000000001"  # never a fresh one (8901…, 8902…)
 
+
+def _vitals(suffix: str = "", *, reported: bool = False) -> Callable[[World], Awaitable[Request]]:
+    async def prepare(world: World) -> Request:
+        base = f"/v1/products/alpha/diagnostics/{await world.online_device()}"
+        if reported:  # a report to read back (else "no vitals" is a 404 like a refusal)
+            await world.as_owner("POST", f"{base}/update")
+        return base + suffix, {}
+
+    return prepare
+
+
+async def _agreement(world: World) -> str:
+    answer = await world.as_owner("GET", "/v1/products/alpha/service_agreements")
+    agreement: str = answer.json()["data"][0]["id"]
+    return agreement
+
+
+REPORT = {"report_type": "devices", "date_period_start": "2026-01-01", "date_period_end": "2026-01-31"}
+
+
+async def _new_report(world: World) -> Request:
+    return f"/v1/products/alpha/service_agreements/{await _agreement(world)}/usage_reports", {"json": REPORT}
+
+
+async def _report(world: World) -> Request:
+    made = await world.as_owner("POST", (await _new_report(world))[0], json=REPORT)
+    return f"/v1/products/alpha/usage_reports/{made.json()['data']['id']}", {}
+
+
+async def _notifications(world: World) -> Request:
+    return f"/v1/products/alpha/service_agreements/{await _agreement(world)}/notifications", {}
+
+
 MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/user/products"): Row(
         "products:list", 200, ALL_ROLES, fixed("/v1/user/products"), listing=True
@@ -335,6 +368,33 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("GET", "/v1/products/{product}/sims/{iccid}/status"): Row(
         "sims.status:get", 202, ALL_ROLES, fixed(f"{SHARED_SIM}/status")
+    ),
+    ("POST", "/v1/products/{product}/diagnostics/{device}/update"): Row(
+        "devices.diagnostics:update", 202, "ADS", _vitals("/update")
+    ),
+    ("GET", "/v1/products/{product}/diagnostics/{device}/last"): Row(
+        "devices.diagnostics:get", 200, ALL_ROLES, _vitals("/last", reported=True)
+    ),
+    ("GET", "/v1/products/{product}/diagnostics/{device}"): Row(
+        "devices.diagnostics:get", 200, ALL_ROLES, _vitals()
+    ),
+    ("GET", "/v1/products/{product}/diagnostics/{device}/metadata"): Row(
+        "devices.diagnostics.metadata:get", 200, ALL_ROLES, _vitals("/metadata")
+    ),
+    ("GET", "/v1/products/{product}/diagnostics/{device}/summary"): Row(
+        "devices.diagnostics.summary:get", 200, ALL_ROLES, _vitals("/summary")
+    ),
+    ("GET", "/v1/products/{product}/service_agreements"): Row(
+        "service_agreements:list", 200, ALL_ROLES, fixed("/v1/products/alpha/service_agreements")
+    ),
+    ("POST", "/v1/products/{product}/service_agreements/{agreement}/usage_reports"): Row(
+        "service_agreements.usage_reports:create", 202, "AD", _new_report
+    ),
+    ("GET", "/v1/products/{product}/usage_reports/{report}"): Row(
+        "service_agreements.usage_reports:get", 200, ALL_ROLES, _report
+    ),
+    ("GET", "/v1/products/{product}/service_agreements/{agreement}/notifications"): Row(
+        "service_agreements.notifications:list", 200, ALL_ROLES, _notifications
     ),
 }
 

@@ -40,6 +40,7 @@ from devicecloud.api.routes import (
     products,
     provisioning,
     sims,
+    usage,
     users,
     webhooks,
 )
@@ -94,6 +95,7 @@ def create_app(deps: ApiDeps, *, on_startup: Hook | None = None, on_shutdown: Ho
         events,
         devices,
         diagnostics,
+        usage,
         webhooks,
         products,
         customers,

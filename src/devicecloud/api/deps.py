@@ -23,6 +23,7 @@ from devicecloud.services.product_firmware import ProductFirmwareService
 from devicecloud.services.products import ProductService
 from devicecloud.services.sims import SimService
 from devicecloud.services.tokens import TokenService
+from devicecloud.services.usage import UsageService
 from devicecloud.services.webhooks import WebhookService
 from devicecloud.settings import Settings
 
@@ -65,4 +66,5 @@ class ApiDeps:
     diagnostics: DiagnosticsService
     customers: CustomerService
     product_firmware: ProductFirmwareService
+    usage: UsageService
     probes: Probes | None = None

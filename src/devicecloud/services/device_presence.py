@@ -48,9 +48,10 @@ from devicecloud.domain.devices import Device, DeviceDescription, DevicePresence
 from devicecloud.domain.product_devices import ProductReport
 from devicecloud.errors import Conflict
 from devicecloud.services.device_names import free_name, generate_name
+from devicecloud.services.write_behind import WriteBehind
 
 if TYPE_CHECKING:
-    from devicecloud.clock import Clock, TimerHandle
+    from devicecloud.clock import Clock
     from devicecloud.store.interfaces import Store, UnitOfWork
 
 logger = structlog.get_logger("devicecloud.devices")
@@ -161,10 +162,14 @@ class DevicePresenceBook:
         self._offers: list[_Offer] = []
         self._reports: dict[str, ProductReport] = {}  # device id → what its latest Hello said of its product
         self._dirty: set[str] = set()
-        self._timer: TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
-        self._closed = False
+        self._writer = WriteBehind(
+            clock=clock,
+            interval=flush_interval,
+            flush=self.flush,
+            pending=self._pending,
+            name="device-presence-flush",
+        )
         self._flushes = 0
         self._rows = 0
         self._failures = 0
@@ -399,15 +404,7 @@ class DevicePresenceBook:
         """
         Stop scheduling and write what is left. Idempotent.
         """
-        self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.flush()
+        await self._writer.close()
 
     def _take(self) -> _Batch:
         batch = _Batch()
@@ -494,22 +491,12 @@ class DevicePresenceBook:
         self._schedule()
 
     def _schedule(self) -> None:
-        if self._timer is not None or self._closed or (self._task is not None and not self._task.done()):
-            return  # a flush is due or running; a running one reschedules itself if anything is left
-        self._timer = self._clock.call_at(self._clock.monotonic() + self._interval, self._due)
+        self._writer.schedule()
 
-    def _due(self) -> None:
-        self._timer = None
-        if not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="device-presence-flush")
-
-    async def _run(self) -> None:
-        try:
-            await self.flush()
-        finally:
-            self._task = None
-            if self._dirty or self._offers or self._reports or any(r.dirty for r in self._records.values()):
-                self._schedule()
+    def _pending(self) -> bool:
+        return bool(
+            self._dirty or self._offers or self._reports or any(r.dirty for r in self._records.values())
+        )
 
 
 async def _write_first_connect(tx: UnitOfWork, device_id: str, record: _FirstConnect) -> None:

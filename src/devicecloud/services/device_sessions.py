@@ -37,6 +37,7 @@ from devicecloud.services.device_presence import DevicePresenceBook
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
+    from devicecloud.services.usage import UsageBook
     from devicecloud.store.interfaces import Store
 
 logger = structlog.get_logger("devicecloud.devices")
@@ -113,6 +114,8 @@ class DeviceSessionService:
         self.on_vitals: Callable[[str, Mapping[str, Any]], None] | None = None
         # Set by the runtime to the firmware rollout: product devices' links, after their status is out.
         self.watcher: LinkWatcher | None = None
+        # Set by the runtime to the usage book: a connection counts the device for its accounts' day.
+        self.usage: UsageBook | None = None
 
     async def check_device_key(
         self, device_id: str, offered_public_key_der: bytes, ip_address: str | None
@@ -190,6 +193,8 @@ class DeviceSessionService:
             await self._report_product(device_id, product_id, running)
         if device_id not in self._named and self.presence.name(device_id) is None:
             self.presence.give_name(device_id, self._owners[device_id])  # written behind, checked there
+        if self.usage is not None:
+            self.usage.connected(device_id)
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
         if self.on_status is not None:
             await self.on_status(device_id, True, owner_id=self._owners.get(device_id))

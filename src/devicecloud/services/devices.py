@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from devicecloud.domain.accounts import User
     from devicecloud.services.device_presence import DevicePresenceBook
     from devicecloud.services.ports import DeviceControl
+    from devicecloud.services.usage import UsageBook
     from devicecloud.store.interfaces import Store, UnitOfWork
 
 MAX_FUNCTION_ARGUMENT = 622  # bytes; Device OS ≥ 0.8 (older firmware took 63 and refuses longer itself)
@@ -119,6 +120,8 @@ class DeviceService:
         # user id → (valid until, wifi, cellular); dropped whenever a device changes hands
         self._counts: dict[int, tuple[float, int, int]] = {}
         self._owner_listeners: list[Callable[[str], None]] = []
+        #: Set by the runtime: function calls and variable reads a device answered are counted there.
+        self.usage: UsageBook | None = None
 
     def _present(self, device: Device) -> Device:
         return self._presence.overlay(device) if self._presence is not None else device
@@ -241,6 +244,8 @@ class DeviceService:
         result = await self._control.call_function(
             device.id, name, argument, timeout=self._policy.request_timeout
         )
+        if self.usage is not None:  # a device message: the name, the argument and the 32-bit result
+            self.usage.call(device.id, len(name.encode()) + len(argument.encode()) + 4)
         return device, result
 
     async def read_variable(
@@ -259,6 +264,8 @@ class DeviceService:
         reading = await self._control.read_variable(
             device.id, name, var_type, timeout=self._policy.request_timeout
         )
+        if self.usage is not None:  # a device message: the name and the value as sent
+            self.usage.read(device.id, len(name.encode()) + _value_size(reading.value))
         return device, reading
 
     async def _describe_again(self, device: Device) -> DeviceDescription | None:
@@ -459,3 +466,14 @@ class DeviceService:
         if name is None or await tx.devices.name_taken(user_id, name):
             name = await free_name(lambda candidate: tx.devices.name_taken(user_id, candidate))
         return await tx.devices.update(device.id, owner_id=user_id, name=name, updated_at=self._clock.now())
+
+
+def _value_size(value: bool | int | float | str | None) -> int:
+    """The bytes a variable's value takes on the wire (booleans 1, integers 4, doubles 8, strings as sent)."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int):
+        return 4
+    return 8 if isinstance(value, float) else 0

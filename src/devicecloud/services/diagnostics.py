@@ -25,16 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from devicecloud.domain.accounts import User
 from devicecloud.domain.diagnostics import VITALS_METADATA, VitalsRecord, summarise, to_csv
-from devicecloud.domain.timestamps import iso
-from devicecloud.errors import InvalidInput, NotFound
+from devicecloud.domain.usage import Account
+from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock, TimerHandle
-    from devicecloud.domain.accounts import User
+    from devicecloud.domain.access import AnyPrincipal
+    from devicecloud.domain.devices import Device
     from devicecloud.services.devices import DeviceService
     from devicecloud.services.events import EventService
     from devicecloud.services.ports import DeviceControl
+    from devicecloud.services.product_devices import ProductDeviceService
     from devicecloud.store.interfaces import Store
 
 logger = structlog.get_logger("devicecloud.diagnostics")
@@ -43,6 +46,9 @@ UPDATE_EVENT = "spark/device/diagnostics/update"
 # Reports one answer may hold (30 days of a report a minute fit); a wider range is refused, not cut.
 MAX_HISTORY = 50_000
 MAX_SUMMARY_BUCKETS = 1000
+# Compaction: reports of an hour are folded into one row once the hour ended this long ago, so many a batch.
+COMPACT_DELAY = timedelta(minutes=5)
+COMPACT_BATCH = 20_000
 # Volunteered reports waiting for a flush, at most (a database that does not answer must not fill memory).
 MAX_PENDING = 100_000
 
@@ -76,6 +82,17 @@ def parse_date(value: str | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def history_document(pieces: list[bytes]) -> bytes:
+    """The history answer from runs of rendered items, in one copy (a month of reports is ~32 MB)."""
+    parts = [b'{"diagnostics":[']
+    for index, piece in enumerate(pieces):
+        if index:
+            parts.append(b",")
+        parts.append(piece)
+    parts.append(b"]}")
+    return b"".join(parts)
+
+
 def _at_most(records: list[VitalsRecord]) -> list[VitalsRecord]:
     """The range's reports, or a 400 when it holds more than `MAX_HISTORY` (never a silent cut)."""
     if len(records) > MAX_HISTORY:
@@ -101,8 +118,10 @@ class DiagnosticsService:
         control: DeviceControl,
         events: EventService,
         policy: DiagnosticsPolicy,
+        product_devices: ProductDeviceService | None = None,
     ) -> None:
         self._store = store
+        self._product_devices = product_devices
         self._clock = clock
         self._devices = devices
         self._control = control
@@ -119,13 +138,32 @@ class DiagnosticsService:
         #: Volunteered reports dropped because too many waited for a flush.
         self.dropped = 0
 
+    # ------------------------------------------------------------------ whose device, whose reports
+
+    async def _device(
+        self, principal: User | AnyPrincipal, ref: str, action: str, product: str | None
+    ) -> tuple[Device, Account]:
+        """
+        The device and the scope its reports are read in: the caller's (user routes: reports made while
+        the caller owned it) or the product's (``/v1/products/:p/diagnostics/…``: reports made in it).
+        """
+        if isinstance(principal, User):
+            device = await self._devices.access_device(principal, ref, action)
+            return device, Account("user", principal.id)
+        if product is None or self._product_devices is None:
+            raise PermissionDenied("Only a person's token reads their own devices' vitals")
+        found, device = await self._product_devices.device_in_product(principal, product, ref, action)
+        return device, Account("product", found.id)
+
     # ------------------------------------------------------------------ asking the device
 
-    async def refresh(self, user: User, ref: str) -> VitalsRecord:
+    async def refresh(
+        self, principal: User | AnyPrincipal, ref: str, product: str | None = None
+    ) -> VitalsRecord:
         """
         Ask the device for its vitals now, store the report and publish it as the device's event.
         """
-        device = await self._devices.access_device(user, ref, "devices.diagnostics:update")
+        device, scope = await self._device(principal, ref, "devices.diagnostics:update", product)
         reading = await self._control.read_vitals(device.id, timeout=self._policy.request_timeout)
         payload: dict[str, Any] = {
             "device": dict(reading.device),
@@ -136,19 +174,27 @@ class DiagnosticsService:
             },
         }
         now = self._clock.now()
+        owner = scope.id if scope.kind == "user" else device.owner_id
+        product_id = device.membership.product_id if device.membership is not None else None
         async with self._store.transaction() as tx:
-            await tx.vitals.add(device.id, user.id, now, payload)
+            await tx.vitals.add(device.id, owner, product_id, now, payload)
         await self._events.publish_device_system(
-            device.id, UPDATE_EVENT, json.dumps(payload, separators=(",", ":")), owner_id=user.id
+            device.id,
+            UPDATE_EVENT,
+            json.dumps(payload, separators=(",", ":")),
+            owner_id=owner,
+            product_id=product_id,
         )
         return VitalsRecord(device.id, now, payload)
 
     # ------------------------------------------------------------------ reading back
 
-    async def last(self, user: User, ref: str) -> VitalsRecord:
-        device = await self._devices.access_device(user, ref, "devices.diagnostics:get")
+    async def last(
+        self, principal: User | AnyPrincipal, ref: str, product: str | None = None
+    ) -> VitalsRecord:
+        device, scope = await self._device(principal, ref, "devices.diagnostics:get", product)
         async with self._store.transaction(readonly=True) as tx:
-            record = await tx.vitals.latest(device.id, user.id)
+            record = await tx.vitals.latest(device.id, scope)
         if record is None:
             raise NotFound("No vitals have been reported for this device", code="not_found")
         return record
@@ -166,36 +212,62 @@ class DiagnosticsService:
             raise _bad_dates("end_date must be after start_date")
         return start_at, end_at
 
-    async def history(self, user: User, ref: str, start: str | None, end: str | None) -> list[VitalsRecord]:
-        device = await self._devices.access_device(user, ref, "devices.diagnostics:get")
+    async def history(
+        self,
+        principal: User | AnyPrincipal,
+        ref: str,
+        start: str | None,
+        end: str | None,
+        product: str | None = None,
+    ) -> list[VitalsRecord]:
+        device, scope = await self._device(principal, ref, "devices.diagnostics:get", product)
         start_at, end_at = self._range(start, end, default_span=self._policy.retention)
         async with self._store.transaction(readonly=True) as tx:
-            return _at_most(
-                await tx.vitals.between(device.id, user.id, start_at, end_at, limit=MAX_HISTORY + 1)
+            return _at_most(await tx.vitals.between(device.id, scope, start_at, end_at, limit=MAX_HISTORY))
+
+    async def history_json(
+        self,
+        principal: User | AnyPrincipal,
+        ref: str,
+        start: str | None,
+        end: str | None,
+        product: str | None = None,
+    ) -> bytes:
+        """
+        ``{"diagnostics":[…]}`` as UTF-8, joined once from the items the store keeps rendered (past hours are
+        compacted into one text each, copied as they are; recent reports are rendered from their stored
+        JSON): the same document `history` renders, without decoding and encoding any report again.
+        """
+        device, scope = await self._device(principal, ref, "devices.diagnostics:get", product)
+        start_at, end_at = self._range(start, end, default_span=self._policy.retention)
+        async with self._store.transaction(readonly=True) as tx:
+            count, pieces = await tx.vitals.history_json(
+                device.id, scope, start_at, end_at, limit=MAX_HISTORY
             )
-
-    async def history_json(self, user: User, ref: str, start: str | None, end: str | None) -> str:
-        """
-        ``{"diagnostics":[…]}`` as text, each payload the JSON stored (the same document `history` renders,
-        about ten times faster for long ranges: no report is decoded and encoded again).
-        """
-        device = await self._devices.access_device(user, ref, "devices.diagnostics:get")
-        start_at, end_at = self._range(start, end, default_span=self._policy.retention)
-        async with self._store.transaction(readonly=True) as tx:
-            rows = await tx.vitals.between_json(device.id, user.id, start_at, end_at, limit=MAX_HISTORY + 1)
-        if len(rows) > MAX_HISTORY:
+        if count > MAX_HISTORY:
             raise _too_many()
-        middle = f'","deviceID":{json.dumps(device.id)},"payload":'
-        items = ['{"updated_at":"' + (iso(at) or "") + middle + payload + "}" for at, payload in rows]
-        return '{"diagnostics":[' + ",".join(items) + "]}"
+        return history_document(pieces)
 
-    async def history_csv(self, user: User, ref: str, start: str | None, end: str | None) -> str:
-        return to_csv(await self.history(user, ref, start, end))
+    async def history_csv(
+        self,
+        principal: User | AnyPrincipal,
+        ref: str,
+        start: str | None,
+        end: str | None,
+        product: str | None = None,
+    ) -> str:
+        return to_csv(await self.history(principal, ref, start, end, product))
 
     async def summary(
-        self, user: User, ref: str, start: str | None, end: str | None, limit: str | None
+        self,
+        principal: User | AnyPrincipal,
+        ref: str,
+        start: str | None,
+        end: str | None,
+        limit: str | None,
+        product: str | None = None,
     ) -> dict[str, Any]:
-        device = await self._devices.access_device(user, ref, "devices.diagnostics.summary:get")
+        device, scope = await self._device(principal, ref, "devices.diagnostics.summary:get", product)
         try:
             buckets = int(limit) if limit else 30
         except ValueError:
@@ -204,13 +276,13 @@ class DiagnosticsService:
             raise InvalidInput(f"limit must be between 1 and {MAX_SUMMARY_BUCKETS}", code="bad_request")
         start_at, end_at = self._range(start, end, default_span=self._policy.retention)
         async with self._store.transaction(readonly=True) as tx:
-            records = _at_most(
-                await tx.vitals.between(device.id, user.id, start_at, end_at, limit=MAX_HISTORY + 1)
-            )
+            records = _at_most(await tx.vitals.between(device.id, scope, start_at, end_at, limit=MAX_HISTORY))
         return summarise(records, device_id=device.id, start=start_at, end=end_at, limit=buckets)
 
-    async def metadata(self, user: User, ref: str) -> dict[str, Any]:
-        await self._devices.access_device(user, ref, "devices.diagnostics.metadata:get")
+    async def metadata(
+        self, principal: User | AnyPrincipal, ref: str, product: str | None = None
+    ) -> dict[str, Any]:
+        await self._device(principal, ref, "devices.diagnostics.metadata:get", product)
         return VITALS_METADATA
 
     # ------------------------------------------------------------------ vitals devices send unasked
@@ -264,31 +336,49 @@ class DiagnosticsService:
         if not batch:
             return 0
         try:
-            rows = []
+            rows: list[tuple[str, int | None, int | None, datetime, dict[str, Any]]] = []
             for device_id, at, payload in batch:
                 owner = await self._events.owner_of(device_id)  # cached: read once per device
-                if owner is not None:
-                    rows.append((device_id, owner, at, payload))
+                product, _ = await self._events.product_of(device_id)  # cached likewise
+                if owner is not None or product is not None:
+                    rows.append((device_id, owner, product, at, payload))
             async with self._store.transaction() as tx:
                 await tx.vitals.add_many(rows)
         except Exception:
             logger.exception("writing vitals failed; the next flush tries again", reports=len(batch))
             self._pending[:0] = batch[: max(0, MAX_PENDING - len(self._pending))]
             return 0
-        for device_id, owner, _at, payload in rows:
+        for device_id, owner, product, _at, payload in rows:
             data = json.dumps(payload, separators=(",", ":"))
-            await self._events.publish_device_system(device_id, UPDATE_EVENT, data, owner_id=owner)
+            await self._events.publish_device_system(
+                device_id, UPDATE_EVENT, data, owner_id=owner, product_id=product
+            )
         return len(rows)
 
     # ------------------------------------------------------------------ retention
 
     async def prune(self) -> int:
-        """Delete reports older than the retention; returns how many."""
+        """Delete reports older than the retention, then compact past hours; returns how many were deleted."""
         async with self._store.transaction() as tx:
             removed = await tx.vitals.prune(self._clock.now() - self._policy.retention)
         if removed:
             logger.info("old vitals pruned", removed=removed)
+        await self.compact()
         return removed
+
+    async def compact(self) -> int:
+        """
+        Fold the reports of hours that ended (``COMPACT_DELAY`` ago: late flushes land first) into one row
+        per device and hour, a batch per transaction; returns how many reports were folded.
+        """
+        before = (self._clock.now() - COMPACT_DELAY).replace(minute=0, second=0, microsecond=0)
+        folded = 0
+        while True:
+            async with self._store.transaction() as tx:
+                done = await tx.vitals.compact(before, batch=COMPACT_BATCH)
+            folded += done
+            if done < COMPACT_BATCH:
+                return folded
 
     def start(self) -> None:
         """Prune now and then every ``prune_interval`` on the clock, until `stop`."""

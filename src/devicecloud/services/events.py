@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from devicecloud.domain.access import AnyPrincipal
     from devicecloud.domain.accounts import User
     from devicecloud.services.devices import DeviceService
+    from devicecloud.services.usage import UsageBook
     from devicecloud.store.interfaces import Store
 
 logger = structlog.get_logger("devicecloud.events")
@@ -145,6 +146,8 @@ class EventService:
         self._owners: dict[str, int | None] = {}
         self._products: dict[str, tuple[int, int | None] | None] = {}
         self._dropped = 0
+        #: Set by the runtime: events devices publish are counted there (decision 0026).
+        self.usage: UsageBook | None = None
 
     # ------------------------------------------------------------------ publishing
 
@@ -225,7 +228,8 @@ class EventService:
             product_id=product,
             product_version=version,
         )
-        await self._emit(event)
+        if await self._emit(event) and self.usage is not None:
+            self.usage.event(device_id, len(name.encode()) + len((data or "").encode()))
         return event
 
     async def publish_status(
@@ -265,11 +269,13 @@ class EventService:
             )
         )
 
-    async def publish_device_system(self, device_id: str, name: str, data: str, *, owner_id: int) -> None:
+    async def publish_device_system(
+        self, device_id: str, name: str, data: str, *, owner_id: int | None, product_id: int | None = None
+    ) -> None:
         """
         A system event in the device's name that the cloud produced for it (the vitals' update event after
-        the cloud asked for them): ``coreid`` is the device, private to ``owner_id``, outside the device's
-        publish limit (the device did not spend it).
+        the cloud asked for them): ``coreid`` is the device, private to ``owner_id`` (and seen by the streams
+        of ``product_id``), outside the device's publish limit (the device did not spend it).
         """
         await self._emit(
             CloudEvent(
@@ -281,6 +287,7 @@ class EventService:
                 public=False,
                 owner_id=owner_id,
                 device_id=device_id,
+                product_id=product_id,
             )
         )
 

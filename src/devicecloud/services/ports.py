@@ -28,6 +28,14 @@ class Notifier(Protocol):
 
     async def send_password_reset(self, *, email: str, token: str, reset_url: str) -> None: ...
 
+    async def send_usage_alert(
+        self, *, email: str, account: str, limit: str, used: int, allowed: int
+    ) -> None:
+        """
+        Tell a person that an account reached a usage limit of its service agreement (decision 0026).
+        """
+        ...
+
     async def drain(self) -> None:
         """
         Finish messages still in flight (called on shutdown).

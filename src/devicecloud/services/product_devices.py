@@ -314,6 +314,15 @@ class ProductDeviceService:
             raise not_in_product()
         return product, self._devices.present(device)
 
+    async def device_in_product(
+        self, principal: AnyPrincipal, ref: str, device_ref: str, action: str
+    ) -> tuple[Product, Device]:
+        """
+        The product and its device (by id or name) if the caller may do ``action`` to the product's devices
+        (the product twins of other services, e.g. diagnostics, check access here).
+        """
+        return await self._access(principal, ref, device_ref, action)
+
     async def _controllable(self, principal: AnyPrincipal, ref: str, device_ref: str, action: str) -> Device:
         _, device = await self._access(principal, ref, device_ref, action)
         membership = device.membership

@@ -29,6 +29,7 @@ from devicecloud.domain.product_devices import DeviceListQuery, KnownDevice, Pro
 from devicecloud.domain.product_firmware import FleetDevice, ProductFirmware, Release
 from devicecloud.domain.products import ApiUser, DeviceGroup, Product, TeamMember
 from devicecloud.domain.sims import Sim, SimQuery, UsageDay, UsageRow
+from devicecloud.domain.usage import Account, CounterRow, DeviceDay, UsageNotification, UsageReport
 from devicecloud.domain.webhooks import Delivery, DeliveryLog, HookEvent, UnreadableDelivery, Webhook
 
 
@@ -671,41 +672,55 @@ class DtlsSessionRepository(Protocol):
 
 class VitalsRepository(Protocol):
     """
-    Device vitals reports, each kept under the owner the device had when it reported.
+    Device vitals reports, each kept under the owner and/or product the device had when it reported; reports
+    of past hours are compacted (`compact`) into one row per device and hour. Reads take a scope: a user
+    (reports made under that owner) or a product (reports made in that product).
     """
 
-    async def add(self, device_id: str, owner_id: int, at: datetime, payload: dict[str, Any]) -> None: ...
+    async def add(
+        self,
+        device_id: str,
+        owner_id: int | None,
+        product_id: int | None,
+        at: datetime,
+        payload: dict[str, Any],
+    ) -> None: ...
 
-    async def add_many(self, rows: Sequence[tuple[str, int, datetime, dict[str, Any]]]) -> None:
+    async def add_many(
+        self, rows: Sequence[tuple[str, int | None, int | None, datetime, dict[str, Any]]]
+    ) -> None:
         """
-        Insert (device id, owner id, at, payload) rows in one statement (executemany).
+        Insert (device id, owner id, product id, at, payload) rows in one statement (executemany).
         """
         ...
 
-    async def latest(self, device_id: str, owner_id: int) -> VitalsRecord | None: ...
+    async def latest(self, device_id: str, scope: Account) -> VitalsRecord | None: ...
 
     async def between(
-        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
+        self, device_id: str, scope: Account, start: datetime, end: datetime, *, limit: int
     ) -> list[VitalsRecord]:
         """
-        Reports made in ``[start, end)``, oldest first, at most ``limit``.
+        Reports made in ``[start, end)``, oldest first, at most ``limit`` + 1 (more means: too many).
         """
         ...
 
-    async def between_json(
-        self, device_id: str, owner_id: int, start: datetime, end: datetime, *, limit: int
-    ) -> list[tuple[datetime, str]]:
+    async def history_json(
+        self, device_id: str, scope: Account, start: datetime, end: datetime, *, limit: int
+    ) -> tuple[int, list[bytes]]:
         """
-        As `between`, each report's payload as the JSON text stored (the history answer is made from it
-        without decoding and encoding every report again).
+        (reports, pieces) of ``[start, end)``: the history answer's items already rendered (UTF-8), as
+        comma-joined pieces in order (joined with commas they are the ``diagnostics`` array's text);
+        counting stops past ``limit``.
         """
         ...
 
-    async def prune(self, before: datetime) -> int:
+    async def compact(self, before: datetime, *, batch: int = 20_000) -> int:
         """
-        Delete every report made before ``before``; returns how many.
+        Fold up to ``batch`` reports made before ``before`` into their hours' rows; returns how many.
         """
         ...
+
+    async def prune(self, before: datetime) -> int: ...
 
 
 class LibraryRepository(Protocol):
@@ -772,6 +787,62 @@ class LibraryRepository(Protocol):
     async def search(self, query: LibraryQuery) -> Sequence[LibraryView]: ...
 
 
+class UsageRepository(Protocol):
+    """
+    Usage counters (per device, day and writer), usage report jobs, notifications of crossed limits.
+    """
+
+    async def write(self, rows: Sequence[CounterRow]) -> None:
+        """
+        Replace each row's (device, day, writer) counts with the row's (absolute values: idempotent).
+        """
+        ...
+
+    async def accounts_of(self, device_ids: Sequence[str]) -> dict[str, tuple[int | None, int | None]]:
+        """
+        device id → (owner id, product id) for the devices that exist.
+        """
+        ...
+
+    async def owned_devices(self, account: Account) -> int: ...
+
+    async def totals(self, account: Account, start: date, end: date) -> tuple[int, int, int, int, int]:
+        """
+        (devices counted, events, calls, reads, data bytes) over the days ``[start, end]``.
+        """
+        ...
+
+    async def days(
+        self,
+        account: Account,
+        start: date,
+        end: date,
+        *,
+        device_ids: Sequence[str] = (),
+        product_ids: Sequence[int] = (),
+    ) -> list[DeviceDay]: ...
+
+    async def add_report(self, report: UsageReport, created_at: datetime, expires_at: datetime) -> None: ...
+
+    async def report(self, report_id: str) -> UsageReport | None: ...
+
+    async def pending_reports(self) -> list[UsageReport]: ...
+
+    async def finish_report(
+        self, report_id: str, *, state: str, content: str | None, key: str | None
+    ) -> None: ...
+
+    async def report_content(self, report_id: str, key: str, now: datetime) -> str | None: ...
+
+    async def prune_reports(self, now: datetime) -> int: ...
+
+    async def has_notification(self, account: Account, period_start: date, limit: str) -> bool: ...
+
+    async def add_notification(self, notice: UsageNotification, created_at: datetime) -> None: ...
+
+    async def notifications(self, account: Account) -> list[UsageNotification]: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def users(self) -> UserRepository: ...
@@ -829,6 +900,9 @@ class UnitOfWork(Protocol):
 
     @property
     def sims(self) -> SimRepository: ...
+
+    @property
+    def usage(self) -> UsageRepository: ...
 
 
 class Store(Protocol):

@@ -418,7 +418,9 @@ device_vitals = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("device_id", String(24), ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    # The device's product when it reported (read by the product's twins), beside or instead of an owner.
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("payload", JSON, nullable=False),
     Index("ix_device_vitals_device_id_created_at", "device_id", "created_at"),
@@ -477,4 +479,81 @@ dtls_sessions = Table(
     Column("hello", LargeBinary, nullable=False),
     Column("reserved", BigInteger, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# Reports of past hours, compacted (decision 0023, issue 15 benchmark): one row per device, owner, product and
+# hour holding the history answer's items for that hour already rendered (UTF-8, ",\n" between them: the
+# answer's own separator, so a whole hour is copied into it as it is), oldest first. A
+# 30-day history reads 720 of these instead of 43,200 reports and joins their text.
+device_vitals_hours = Table(
+    "device_vitals_hours",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(24), ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("owner_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("product_id", Integer, ForeignKey("products.id", ondelete="CASCADE"), nullable=True),
+    Column("hour", UtcDateTime, nullable=False),
+    Column("reports", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Index("ix_device_vitals_hours_device_id_hour", "device_id", "hour"),
+    Index("ix_device_vitals_hours_hour", "hour"),
+    sqlite_autoincrement=True,
+)
+
+# Usage counters (catalogue §17, decision 0026): one row per device, day and writer (a process incarnation:
+# its node id and start), holding that writer's counts for the day — absolute values, so a flush written
+# twice (a retry after a commit whose answer was lost) counts once. An account's usage sums the rows; the
+# owner and product are the device's when the writer last flushed it.
+usage_counters = Table(
+    "usage_counters",
+    metadata,
+    Column("device_id", String(24), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("writer", String(160), primary_key=True),
+    Column("owner_id", Integer, nullable=True),
+    Column("product_id", Integer, nullable=True),
+    Column("connected", Boolean, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("calls", BigInteger, nullable=False),
+    Column("reads", BigInteger, nullable=False),
+    Column("data_bytes", BigInteger, nullable=False),
+    Index("ix_usage_counters_owner_id_day", "owner_id", "day"),
+    Index("ix_usage_counters_product_id_day", "product_id", "day"),
+)
+
+# Usage reports: jobs made by POST …/usage_reports (pending → available), their CSV kept until they expire.
+usage_reports = Table(
+    "usage_reports",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_kind", String(8), nullable=False),
+    Column("account_id", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("report_type", String(16), nullable=False),
+    Column("date_period_start", Date, nullable=False),
+    Column("date_period_end", Date, nullable=False),
+    Column("devices", JSON, nullable=False),
+    Column("products", JSON, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("download_key", String(64), nullable=True),
+    Column("content", Text, nullable=True),
+    Index("ix_usage_reports_account_kind_account_id", "account_kind", "account_id"),
+)
+
+# A limit an account crossed in a billing period: one notification per account, period and limit.
+usage_notifications = Table(
+    "usage_notifications",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("account_kind", String(8), nullable=False),
+    Column("account_id", Integer, nullable=False),
+    Column("event_name", String(64), nullable=False),
+    Column("period_start", Date, nullable=False),
+    Column("period_end", Date, nullable=False),
+    Column("limit_name", String(32), nullable=False),
+    Column("used", BigInteger, nullable=False),
+    Column("allowed", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("account_kind", "account_id", "period_start", "limit_name"),
 )

@@ -33,6 +33,7 @@ from devicecloud.store.sql.product_firmware import SqlProductFirmware
 from devicecloud.store.sql.products import SqlGroups, SqlProducts
 from devicecloud.store.sql.sims import SqlSims
 from devicecloud.store.sql.token_lookup import TokenLookup
+from devicecloud.store.sql.usage import SqlUsage
 from devicecloud.store.sql.webhooks import SqlDeliveries, SqlWebhooks
 
 READONLY_OPTION = "devicecloud_readonly"
@@ -111,6 +112,7 @@ class SqlUnitOfWork:
         self.sims = SqlSims(conn)
         self.vitals = SqlVitals(conn)
         self.dtls_sessions = SqlDtlsSessions(conn)
+        self.usage = SqlUsage(conn)
 
 
 class SqlStore:

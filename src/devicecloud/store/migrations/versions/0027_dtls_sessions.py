@@ -1,7 +1,7 @@
 """kept DTLS sessions of the UDP gateway (ADR 0027)
 
 Revision ID: 0027_dtls_sessions
-Revises: 0025_product_firmware
+Revises: 0026_usage
 Create Date: 2026-12-04 13:10:00.000000
 
 Written beside other branches' migrations: the revision that precedes it is set when branches are merged.
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0027_dtls_sessions"
-down_revision = "0025_product_firmware"
+down_revision = "0026_usage"
 branch_labels = None
 depends_on = None
 
