@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 from tests.support.api import Account, make_account
 
 from devicecloud.runtime import Runtime
@@ -276,6 +277,72 @@ async def test_team_reaches_product_devices_through_the_device_routes(
     assert (await client.put(url, json={"notes": "mine"}, headers=stranger.auth)).status_code == 403
     assert (await client.get(f"{DEVICES}/{did(15)}", headers=owner.auth)).json()["notes"] == "by support"
     assert (await client.get("/v1/devices", headers=team["Support"].auth)).json() == []  # not theirs to list
+
+
+class _Reads:
+    """The SQL statements the runtime sends, the point reads outside SQLAlchemy and the units of work."""
+
+    def __init__(self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[str] = []
+        self._engine = runtime.store.engine.sync_engine
+        event.listen(self._engine, "before_cursor_execute", self._statement)
+        for name in ("lookup_token", "lookup_device", "lookup_device_for", "transaction"):
+            monkeypatch.setattr(runtime.store, name, self._counting(name, getattr(runtime.store, name)))
+
+    def _statement(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.seen.append(statement.split()[0].upper())
+
+    def _counting(self, name: str, read: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.seen.append(name)
+            return read(*args, **kwargs)
+
+        return counted
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._statement)
+
+
+async def test_a_team_members_device_read_costs_what_an_owners_does(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    GET /v1/devices/:id of a product device by a team member is the owner's one read (the device with the
+    member's role in its product), no unit of work; an id names that device before the caller's own
+    device names do.
+    """
+    developer = await make_account(client, "developer@example.com")
+    invited = await client.post(
+        "/v1/products/brew-bot/team",
+        json={"username": developer.email, "role": "Developer"},
+        headers=owner.auth,
+    )
+    assert invited.status_code == 200, invited.text
+    await client.post(DEVICES, json={"id": did(20)}, headers=owner.auth)
+    await runtime.device_keys.add(did(21), _pem())
+    claimed = await client.post("/v1/devices", json={"id": did(21)}, headers=developer.auth)
+    assert claimed.status_code == 200, claimed.text
+    for url in (f"/v1/devices/{did(20)}", f"/v1/devices/{did(21)}"):  # warm: the token is read once
+        assert (await client.get(url, headers=developer.auth)).status_code == 200
+    reads = _Reads(runtime, monkeypatch)
+    try:
+        seen: dict[str, list[str]] = {}
+        for device_id in (did(21), did(20)):
+            reads.seen.clear()
+            response = await client.get(f"/v1/devices/{device_id}", headers=developer.auth)
+            assert response.json()["id"] == device_id, response.text
+            seen[device_id] = list(reads.seen)
+    finally:
+        reads.close()
+    assert "lookup_device_for" in seen[did(21)]
+    assert "transaction" not in seen[did(21)]
+    assert seen[did(20)] == seen[did(21)]
+    # Her own device named after the product device's id: the id still names the product device.
+    renamed = await client.put(f"/v1/devices/{did(21)}", json={"name": did(20)}, headers=developer.auth)
+    assert renamed.status_code == 200, renamed.text
+    assert (await client.get(f"/v1/devices/{did(20)}", headers=developer.auth)).json()["id"] == did(20)
+    stranger = await make_account(client, "stranger@example.com")
+    assert (await client.get(f"/v1/devices/{did(20)}", headers=stranger.auth)).status_code == 403
 
 
 async def test_only_the_team_claims_a_product_device_by_id(

@@ -720,6 +720,14 @@ class Store(Protocol):
         """
         ...
 
+    async def lookup_device_for(self, device_id: str, user_id: int) -> tuple[Device, Role | None] | None:
+        """
+        A device by id and ``user_id``'s role in the device's product (None when the device is in no product
+        or the user is not in its team), as one indexed read outside any unit of work: the first read of a
+        user's request on the device routes, which lets a team member's request cost what an owner's does.
+        """
+        ...
+
     async def lookup_membership(self, device_id: str) -> tuple[int, int | None] | None:
         """
         (product id, product firmware version) of the device's product, or None when it is in none: one
