@@ -220,6 +220,7 @@ class Runtime:
             await self.gateway.stop()
             self.gateway_started = False
         await self.firmware.aclose()
+        await self.product_devices.aclose()
         await self.diagnostics.stop()  # vitals devices sent are written behind: the rest of them
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes
         if self.node_started:

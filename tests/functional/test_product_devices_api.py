@@ -7,6 +7,7 @@ on SQLite and PostgreSQL. The device twins and quarantine, which need devices on
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -14,8 +15,12 @@ import httpx
 import pytest
 from sqlalchemy import event
 from tests.support.api import Account, make_account
+from tests.support.clock import FakeClock
 
+from devicecloud.domain.product_devices import DeviceListQuery
 from devicecloud.runtime import Runtime
+from devicecloud.services.product_devices import LIST_CACHE_TTL, OrderedLists
+from devicecloud.store.sql.product_devices import SqlProductDevices
 from devicecloud.virtualdevice.identity import generate_identity
 
 DEVICES = "/v1/products/brew-bot/devices"
@@ -164,6 +169,67 @@ async def test_list_filters_order_and_pages(client: httpx.AsyncClient, owner: Ac
     ):
         response = await client.get(DEVICES, params=bad, headers=owner.auth)
         assert response.status_code == 400, (bad, response.text)
+
+
+async def test_a_long_lists_pages_share_one_read_until_it_changes(
+    client: httpx.AsyncClient,
+    owner: Account,
+    runtime: Runtime,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A list of at least LIST_CACHE_MIN devices is read once and paged from memory (decision 0020 §8); this
+    server's own changes show at once, others (here a group renamed) within LIST_CACHE_TTL.
+    """
+    monkeypatch.setattr(runtime.product_devices, "lists", OrderedLists(clock, min_devices=3))
+    await client.post(DEVICES, json={"ids": [did(0x100 + n) for n in range(5)]}, headers=owner.auth)
+    grouped = {
+        "action": "groups",
+        "devices": [did(0x100), did(0x101), did(0x102)],
+        "metadata": {"add": ["a"]},
+    }
+    assert (await client.put(DEVICES, json=grouped, headers=owner.auth)).status_code == 200
+    reads = 0
+    ordered = SqlProductDevices.ordered
+
+    async def counted(self: SqlProductDevices, product_id: int, query: Any) -> str:
+        nonlocal reads
+        reads += 1
+        return await ordered(self, product_id, query)
+
+    monkeypatch.setattr(SqlProductDevices, "ordered", counted)
+    pages = [await ids(client, owner, sortAttr="deviceId", perPage=2, page=n) for n in (1, 2, 3, 4)]
+    assert pages == [[did(0x100), did(0x101)], [did(0x102), did(0x103)], [did(0x104)], []]
+    assert reads == 1
+    assert (await listed(client, owner, sortAttr="deviceId", sortDir="desc", perPage=1))["meta"]["total"] == 5
+    assert reads == 2  # another order is another list
+    await client.post(DEVICES, json={"id": did(0x105)}, headers=owner.auth)
+    assert (await listed(client, owner, sortAttr="deviceId", perPage=2))["meta"]["total_pages"] == 3
+    assert await ids(client, owner, groups="a", sortAttr="deviceId") == [did(0x100), did(0x101), did(0x102)]
+    renamed = await client.put("/v1/products/brew-bot/groups/a", json={"name": "b"}, headers=owner.auth)
+    assert renamed.status_code == 200, renamed.text
+    # Kept: the list is a moment old.
+    assert len(await ids(client, owner, groups="a", sortAttr="deviceId")) == 3
+    clock.advance(LIST_CACHE_TTL)
+    assert reads == 4
+    # Still served once due, and read again behind the request.
+    assert len(await ids(client, owner, groups="a", sortAttr="deviceId")) == 3
+    await asyncio.gather(*(t for t in asyncio.all_tasks() if t.get_name() == "product-device-list"))
+    assert reads == 5
+    assert await ids(client, owner, groups="a", sortAttr="deviceId") == []  # short now: read each time
+    assert len(await ids(client, owner, groups="b", sortAttr="deviceId")) == 3
+    assert reads == 7
+    clock.advance(2 * LIST_CACHE_TTL)  # unused that long: read by the request itself
+    assert len(await ids(client, owner, groups="b", sortAttr="deviceId")) == 3
+    assert reads == 8
+    short = OrderedLists(clock, min_devices=10)
+    short.put(1, DeviceListQuery(), did(1) * 9, short.generation(1))
+    assert short.get(1, DeviceListQuery()) == (None, False)  # shorter lists are read afresh for every page
+    stale = short.generation(1)
+    short.forget(1)
+    short.put(1, DeviceListQuery(), did(1) * 10, stale)
+    assert short.get(1, DeviceListQuery()) == (None, False)  # read before a change: not kept
 
 
 async def test_update_lock_development_notes_and_groups(client: httpx.AsyncClient, owner: Account) -> None:

@@ -450,7 +450,18 @@ class ProductDeviceRepository(Protocol):
 
     async def by_name(self, product_id: int, name: str) -> list[str]: ...
 
-    async def search(self, product_id: int, query: DeviceListQuery) -> tuple[list[Device], int]: ...
+    async def ordered(self, product_id: int, query: DeviceListQuery) -> str:
+        """
+        The ids of the product's devices that match the query's filters, in its order, concatenated (each
+        24 characters); the page and the total are the caller's to take from it.
+        """
+        ...
+
+    async def records(self, ids: Sequence[str]) -> list[Device]:
+        """
+        The device records of ``ids`` that exist, in the order given.
+        """
+        ...
 
     async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]: ...
 
