@@ -223,6 +223,10 @@ async def test_a_long_lists_pages_share_one_read_until_it_changes(
     clock.advance(2 * LIST_CACHE_TTL)  # unused that long: read by the request itself
     assert len(await ids(client, owner, groups="b", sortAttr="deviceId")) == 3
     assert reads == 8
+    cold = [{"sortAttr": "firmwareVersion", "page": n} for n in (1, 2, 3)]  # one read for requests at once
+    pages = await asyncio.gather(*(listed(client, owner, perPage=2, **params) for params in cold))
+    assert [len(p["devices"]) for p in pages] == [2, 2, 2]
+    assert reads == 9
     short = OrderedLists(clock, min_devices=10)
     short.put(1, DeviceListQuery(), did(1) * 9, short.generation(1))
     assert short.get(1, DeviceListQuery()) == (None, False)  # shorter lists are read afresh for every page

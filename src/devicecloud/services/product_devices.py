@@ -292,6 +292,7 @@ class ProductDeviceService:
         #: The order of long lists read a moment ago; `forget` it for a product whose devices changed.
         self.lists = OrderedLists(clock)
         self._reading: dict[tuple[int, DeviceListQuery], asyncio.Task[None]] = {}
+        self._pending: dict[tuple[int, DeviceListQuery, int], asyncio.Future[str | None]] = {}
         self._closed = False
         #: Called with each device whose product membership changed (the events' product cache forgets it).
         self.on_membership_change: Callable[[str], None] | None = None
@@ -357,9 +358,7 @@ class ProductDeviceService:
             product = (await access_product(tx, principal, ref, "devices:list", "device")).product
             ordered, due = self.lists.get(product.id, shape)
             if ordered is None:
-                generation = self.lists.generation(product.id)
-                ordered = await tx.product_devices.ordered(product.id, query)
-                self.lists.put(product.id, shape, ordered, generation)
+                ordered = await self._read_list(tx, product.id, query, shape)
             elif due:
                 self._read_behind(product.id, query, shape)
             first = (query.page - 1) * query.per_page * ID_LENGTH
@@ -370,6 +369,32 @@ class ProductDeviceService:
             groups = await tx.product_devices.groups_of([d.id for d in found])
         listed = [ProductDevice(self._devices.present(d), groups[d.id]) for d in found]
         return DevicePage(listed, len(ordered) // ID_LENGTH, query.page, query.per_page)
+
+    async def _read_list(
+        self, tx: UnitOfWork, product_id: int, query: DeviceListQuery, shape: DeviceListQuery
+    ) -> str:
+        """
+        Read a list's order, or wait for the same read another request began since the product last changed
+        here (a long list that many requests want at once is read once).
+        """
+        generation = self.lists.generation(product_id)
+        key = (product_id, shape, generation)
+        pending = self._pending.get(key)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            return await tx.product_devices.ordered(product_id, query)  # that read failed: this one tries
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        ordered: str | None = None
+        try:
+            ordered = await tx.product_devices.ordered(product_id, query)
+        finally:
+            self._pending.pop(key, None)
+            future.set_result(ordered)
+        self.lists.put(product_id, shape, ordered, generation)
+        return ordered
 
     def _read_behind(self, product_id: int, query: DeviceListQuery, shape: DeviceListQuery) -> None:
         """
