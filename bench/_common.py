@@ -406,7 +406,12 @@ def run_load(
                 "port": server.port, "requests": [r.raw(server.port) for r in (variants or [request])],
                 "connections": connections, "duration": duration, "rate": rate,
             }  # fmt: skip
-            argv = [sys.executable, str(BENCH_DIR / "_loadgen.py"), json.dumps(spec)]
+            argument = json.dumps(spec)
+            if len(argument) > 64 * 1024:  # one argument may not exceed 128 KiB (Linux): pass a file instead
+                spec_path = Path(tmp) / "spec.json"
+                spec_path.write_text(argument)
+                argument = "@" + str(spec_path)
+            argv = [sys.executable, str(BENCH_DIR / "_loadgen.py"), argument]
         out_path = Path(tmp) / "out.txt"
         with out_path.open("w") as out:
             server_cpu_before = server.cpu_seconds()

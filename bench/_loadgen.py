@@ -13,7 +13,8 @@ is due every ``1/rate`` seconds whatever the replies do, a free connection sends
 counted from when it was *due*, so a server that falls behind shows in the percentiles (no coordinated
 omission). Without ``rate`` each connection sends as fast as replies come back (closed loop).
 
-Usage: ``python bench/_loadgen.py '{"port": 8080, "request": "GET / HTTP/1.1\\r\\n...", ...}'``
+Usage: ``python bench/_loadgen.py '{"port": 8080, "request": "GET / HTTP/1.1\\r\\n...", ...}'`` (or
+``@spec.json``: the spec from a file, for long lists of requests).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -160,7 +162,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    spec = json.loads(sys.argv[1])
+    argument = sys.argv[1]
+    spec = json.loads(Path(argument[1:]).read_text() if argument.startswith("@") else argument)
     loop_factory: Callable[[], asyncio.AbstractEventLoop]
     try:
         import uvloop

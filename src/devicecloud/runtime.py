@@ -236,6 +236,7 @@ class Runtime:
             self.gateway_started = False
         await self.rollout.aclose()
         await self.firmware.aclose()
+        await self.product_devices.aclose()
         await self.diagnostics.stop()  # vitals devices sent are written behind: the rest of them
         await self.usage.stop()  # usage counters are written behind: the rest of them
         await self.sessions.close()  # presence is written behind: the rest of it, before the store closes

@@ -7,14 +7,20 @@ on SQLite and PostgreSQL. The device twins and quarantine, which need devices on
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 from tests.support.api import Account, make_account
+from tests.support.clock import FakeClock
 
+from devicecloud.domain.product_devices import DeviceListQuery
 from devicecloud.runtime import Runtime
+from devicecloud.services.product_devices import LIST_CACHE_TTL, OrderedLists
+from devicecloud.store.sql.product_devices import SqlProductDevices
 from devicecloud.virtualdevice.identity import generate_identity
 
 DEVICES = "/v1/products/brew-bot/devices"
@@ -165,6 +171,71 @@ async def test_list_filters_order_and_pages(client: httpx.AsyncClient, owner: Ac
         assert response.status_code == 400, (bad, response.text)
 
 
+async def test_a_long_lists_pages_share_one_read_until_it_changes(
+    client: httpx.AsyncClient,
+    owner: Account,
+    runtime: Runtime,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    A list of at least LIST_CACHE_MIN devices is read once and paged from memory (decision 0020 §8); this
+    server's own changes show at once, others (here a group renamed) within LIST_CACHE_TTL.
+    """
+    monkeypatch.setattr(runtime.product_devices, "lists", OrderedLists(clock, min_devices=3))
+    await client.post(DEVICES, json={"ids": [did(0x100 + n) for n in range(5)]}, headers=owner.auth)
+    grouped = {
+        "action": "groups",
+        "devices": [did(0x100), did(0x101), did(0x102)],
+        "metadata": {"add": ["a"]},
+    }
+    assert (await client.put(DEVICES, json=grouped, headers=owner.auth)).status_code == 200
+    reads = 0
+    ordered = SqlProductDevices.ordered
+
+    async def counted(self: SqlProductDevices, product_id: int, query: Any) -> str:
+        nonlocal reads
+        reads += 1
+        return await ordered(self, product_id, query)
+
+    monkeypatch.setattr(SqlProductDevices, "ordered", counted)
+    pages = [await ids(client, owner, sortAttr="deviceId", perPage=2, page=n) for n in (1, 2, 3, 4)]
+    assert pages == [[did(0x100), did(0x101)], [did(0x102), did(0x103)], [did(0x104)], []]
+    assert reads == 1
+    assert (await listed(client, owner, sortAttr="deviceId", sortDir="desc", perPage=1))["meta"]["total"] == 5
+    assert reads == 2  # another order is another list
+    await client.post(DEVICES, json={"id": did(0x105)}, headers=owner.auth)
+    assert (await listed(client, owner, sortAttr="deviceId", perPage=2))["meta"]["total_pages"] == 3
+    assert await ids(client, owner, groups="a", sortAttr="deviceId") == [did(0x100), did(0x101), did(0x102)]
+    renamed = await client.put("/v1/products/brew-bot/groups/a", json={"name": "b"}, headers=owner.auth)
+    assert renamed.status_code == 200, renamed.text
+    # Kept: the list is a moment old.
+    assert len(await ids(client, owner, groups="a", sortAttr="deviceId")) == 3
+    clock.advance(LIST_CACHE_TTL)
+    assert reads == 4
+    # Still served once due, and read again behind the request.
+    assert len(await ids(client, owner, groups="a", sortAttr="deviceId")) == 3
+    await asyncio.gather(*(t for t in asyncio.all_tasks() if t.get_name() == "product-device-list"))
+    assert reads == 5
+    assert await ids(client, owner, groups="a", sortAttr="deviceId") == []  # short now: read each time
+    assert len(await ids(client, owner, groups="b", sortAttr="deviceId")) == 3
+    assert reads == 7
+    clock.advance(2 * LIST_CACHE_TTL)  # unused that long: read by the request itself
+    assert len(await ids(client, owner, groups="b", sortAttr="deviceId")) == 3
+    assert reads == 8
+    cold = [{"sortAttr": "firmwareVersion", "page": n} for n in (1, 2, 3)]  # one read for requests at once
+    pages = await asyncio.gather(*(listed(client, owner, perPage=2, **params) for params in cold))
+    assert [len(p["devices"]) for p in pages] == [2, 2, 2]
+    assert reads == 9
+    short = OrderedLists(clock, min_devices=10)
+    short.put(1, DeviceListQuery(), did(1) * 9, short.generation(1))
+    assert short.get(1, DeviceListQuery()) == (None, False)  # shorter lists are read afresh for every page
+    stale = short.generation(1)
+    short.forget(1)
+    short.put(1, DeviceListQuery(), did(1) * 10, stale)
+    assert short.get(1, DeviceListQuery()) == (None, False)  # read before a change: not kept
+
+
 async def test_update_lock_development_notes_and_groups(client: httpx.AsyncClient, owner: Account) -> None:
     await client.post(DEVICES, json={"id": did(9)}, headers=owner.auth)
     url = f"{DEVICES}/{did(9)}"
@@ -276,6 +347,72 @@ async def test_team_reaches_product_devices_through_the_device_routes(
     assert (await client.put(url, json={"notes": "mine"}, headers=stranger.auth)).status_code == 403
     assert (await client.get(f"{DEVICES}/{did(15)}", headers=owner.auth)).json()["notes"] == "by support"
     assert (await client.get("/v1/devices", headers=team["Support"].auth)).json() == []  # not theirs to list
+
+
+class _Reads:
+    """The SQL statements the runtime sends, the point reads outside SQLAlchemy and the units of work."""
+
+    def __init__(self, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[str] = []
+        self._engine = runtime.store.engine.sync_engine
+        event.listen(self._engine, "before_cursor_execute", self._statement)
+        for name in ("lookup_token", "lookup_device", "lookup_device_for", "transaction"):
+            monkeypatch.setattr(runtime.store, name, self._counting(name, getattr(runtime.store, name)))
+
+    def _statement(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.seen.append(statement.split()[0].upper())
+
+    def _counting(self, name: str, read: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.seen.append(name)
+            return read(*args, **kwargs)
+
+        return counted
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._statement)
+
+
+async def test_a_team_members_device_read_costs_what_an_owners_does(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    GET /v1/devices/:id of a product device by a team member is the owner's one read (the device with the
+    member's role in its product), no unit of work; an id names that device before the caller's own
+    device names do.
+    """
+    developer = await make_account(client, "developer@example.com")
+    invited = await client.post(
+        "/v1/products/brew-bot/team",
+        json={"username": developer.email, "role": "Developer"},
+        headers=owner.auth,
+    )
+    assert invited.status_code == 200, invited.text
+    await client.post(DEVICES, json={"id": did(20)}, headers=owner.auth)
+    await runtime.device_keys.add(did(21), _pem())
+    claimed = await client.post("/v1/devices", json={"id": did(21)}, headers=developer.auth)
+    assert claimed.status_code == 200, claimed.text
+    for url in (f"/v1/devices/{did(20)}", f"/v1/devices/{did(21)}"):  # warm: the token is read once
+        assert (await client.get(url, headers=developer.auth)).status_code == 200
+    reads = _Reads(runtime, monkeypatch)
+    try:
+        seen: dict[str, list[str]] = {}
+        for device_id in (did(21), did(20)):
+            reads.seen.clear()
+            response = await client.get(f"/v1/devices/{device_id}", headers=developer.auth)
+            assert response.json()["id"] == device_id, response.text
+            seen[device_id] = list(reads.seen)
+    finally:
+        reads.close()
+    assert "lookup_device_for" in seen[did(21)]
+    assert "transaction" not in seen[did(21)]
+    assert seen[did(20)] == seen[did(21)]
+    # Her own device named after the product device's id: the id still names the product device.
+    renamed = await client.put(f"/v1/devices/{did(21)}", json={"name": did(20)}, headers=developer.auth)
+    assert renamed.status_code == 200, renamed.text
+    assert (await client.get(f"/v1/devices/{did(20)}", headers=developer.auth)).json()["id"] == did(20)
+    stranger = await make_account(client, "stranger@example.com")
+    assert (await client.get(f"/v1/devices/{did(20)}", headers=stranger.auth)).status_code == 403
 
 
 async def test_only_the_team_claims_a_product_device_by_id(

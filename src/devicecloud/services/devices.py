@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from devicecloud.domain.access import ProductPrincipal, Resource, can
+from devicecloud.domain.access import ProductPrincipal, Resource, Role, can
 from devicecloud.domain.devices import (
     WIFI_PLATFORMS,
     Device,
@@ -74,17 +74,17 @@ def _resource(device: Device) -> Resource:
     return Resource("device", user_id=device.owner_id)
 
 
-async def _product_allows(tx: UnitOfWork, user: User, action: str, device: Device) -> bool:
+def _product_allows(user: User, action: str, device: Device, role: Role | None) -> bool:
     """
-    Whether the device's product lets ``user`` (a team member) do ``action`` to it: a product device answers
-    to its product's roles as well as to its owner. Quarantined and denied devices can only be read.
+    Whether the device's product lets ``user`` (a team member, ``role`` in the device's product) do
+    ``action`` to it: a product device answers to its product's roles as well as to its owner. Quarantined
+    and denied devices can only be read.
     """
     membership = device.membership
-    if membership is None:
+    if membership is None or role is None:
         return False
     if (membership.quarantined or membership.denied) and action != "devices:get":
         return False
-    role = await tx.products.role_of(membership.product_id, user.id)
     return can(user, action, Resource("device", product_id=membership.product_id), role)
 
 
@@ -195,6 +195,10 @@ class DeviceService:
         """
         The caller's device named by id or by name, if ``can`` lets it do ``action`` (decision 0016: the one
         access check of devices). Raises `PermissionDenied` for missing and foreign alike.
+
+        An id names the device it is when the caller owns it or its product's team role allows ``action``
+        (decision 0020): one read brings the device and that role, so the product path costs what the owner's
+        does. Only then is ``ref`` looked for among the names of the caller's own devices.
         """
         device_id = normalise_device_id(ref)
         if isinstance(user, ProductPrincipal):  # a customer: only the product devices it claimed
@@ -206,15 +210,15 @@ class DeviceService:
             if len(named) == 1 and can(user, action, _customer_resource(named[0])):
                 return self._present(named[0])
             raise denied()
-        by_id = await self._store.lookup_device(device_id) if device_id else None
-        if by_id is not None and can(user, action, _resource(by_id)):
-            return self._present(by_id)
+        found = await self._store.lookup_device_for(device_id, user.id) if device_id else None
+        if found is not None:
+            by_id, role = found
+            if can(user, action, _resource(by_id)) or _product_allows(user, action, by_id, role):
+                return self._present(by_id)
         async with self._store.transaction(readonly=True) as tx:
             device = await tx.devices.get_by_name(user.id, ref)
-            if device is not None and can(user, action, _resource(device)):
-                return self._present(device)
-            if by_id is not None and await _product_allows(tx, user, action, by_id):
-                return self._present(by_id)
+        if device is not None and can(user, action, _resource(device)):
+            return self._present(device)
         raise denied()
 
     def is_online(self, device: Device) -> bool:

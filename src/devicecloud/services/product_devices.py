@@ -22,10 +22,14 @@ Rules kept here:
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from devicecloud.domain.devices import Device, VariableReading, normalise_device_id
 from devicecloud.domain.product_devices import SORT_ATTRIBUTES, DeviceListQuery
@@ -43,11 +47,19 @@ if TYPE_CHECKING:
     from devicecloud.services.ports import DeviceControl
     from devicecloud.store.interfaces import Store, UnitOfWork
 
+logger = structlog.get_logger("devicecloud.product_devices")
+
 MAX_IMPORT = 10_000  # ids in one import request
 MAX_PER_PAGE = 1000
 MAX_FILTER = 64  # characters of a text filter
 MAX_DEVICE_GROUPS = 100  # groups one device may be in
 MAX_FIRMWARE_VERSION = 2**31 - 1
+ID_LENGTH = 24  # characters of a device id (stored lower-case)
+LIST_CACHE_TTL = (
+    5.0  # seconds a long list's order is fresh, and as long again served while read anew (0020 §8)
+)
+LIST_CACHE_MIN = 1000  # devices a list needs to be kept: shorter ones are read afresh for each page
+LIST_CACHE_CHARS = 24_000_000  # id characters kept at most, all lists together (1,000,000 ids)
 
 
 @dataclass(slots=True)
@@ -211,6 +223,80 @@ async def _targets(tx: UnitOfWork, product_id: int, device_ids: Sequence[str]) -
     return {device_id: version for device_id, version in targets.items() if version is not None}
 
 
+class OrderedLists:
+    """
+    The order of long device lists read a moment ago (decision 0020 §8): per product and filters and order,
+    the matching ids concatenated, when the list has at least `LIST_CACHE_MIN` devices, at most
+    `LIST_CACHE_CHARS` id characters in all (the least recently used go first).
+
+    An entry is fresh for `LIST_CACHE_TTL` seconds; for as long again it is still served, ``due`` for a
+    read behind the request. `forget` drops a product's entries and makes reads that began before it
+    unrecordable, so a change this process made shows at once.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        ttl: float = LIST_CACHE_TTL,
+        min_devices: int = LIST_CACHE_MIN,
+        max_chars: int = LIST_CACHE_CHARS,
+    ) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._min_chars = min_devices * ID_LENGTH
+        self._max_chars = max_chars
+        self._entries: OrderedDict[tuple[int, DeviceListQuery], tuple[float, str]] = OrderedDict()
+        self._chars = 0
+        self._generations: dict[int, int] = {}
+
+    def generation(self, product_id: int) -> int:
+        """
+        The product's generation: take it before reading a list, give it to `put`.
+        """
+        return self._generations.get(product_id, 0)
+
+    def get(self, product_id: int, shape: DeviceListQuery) -> tuple[str | None, bool]:
+        """
+        The list's ids (None: read it) and whether it is due for a read behind.
+        """
+        key = (product_id, shape)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None, False
+        age = self._clock.monotonic() - entry[0]
+        if age >= 2 * self._ttl:
+            self._drop(key)
+            return None, False
+        self._entries.move_to_end(key)
+        return entry[1], age >= self._ttl
+
+    def put(self, product_id: int, shape: DeviceListQuery, ordered: str, generation: int) -> None:
+        if generation != self.generation(product_id):
+            return  # read before this process changed the product: not to be served
+        key = (product_id, shape)
+        self._drop(key)
+        if not self._min_chars <= len(ordered) <= self._max_chars:
+            return  # short now (or too long to keep): read afresh for each page
+        self._entries[key] = (self._clock.monotonic(), ordered)
+        self._chars += len(ordered)
+        while self._chars > self._max_chars:
+            self._drop(next(iter(self._entries)))
+
+    def forget(self, product_id: int) -> None:
+        """
+        Drop the product's lists: this process changed its devices or groups.
+        """
+        self._generations[product_id] = self.generation(product_id) + 1
+        for key in [k for k in self._entries if k[0] == product_id]:
+            self._drop(key)
+
+    def _drop(self, key: tuple[int, DeviceListQuery]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._chars -= len(entry[1])
+
+
 class ProductDeviceService:
     """
     The product devices API's rules (see the module docstring).
@@ -221,6 +307,11 @@ class ProductDeviceService:
         self._clock = clock
         self._devices = devices
         self._control = control
+        #: The order of long lists read a moment ago; `forget` it for a product whose devices changed.
+        self.lists = OrderedLists(clock)
+        self._reading: dict[tuple[int, DeviceListQuery], asyncio.Task[None]] = {}
+        self._pending: dict[tuple[int, DeviceListQuery, int], asyncio.Future[str | None]] = {}
+        self._closed = False
         #: Called with each device whose product membership changed (the events' product cache forgets it).
         self.on_membership_change: Callable[[str], None] | None = None
         #: Called with a device locked with ``flash=true`` (the firmware rollout checks it now).
@@ -273,6 +364,8 @@ class ProductDeviceService:
             await tx.product_devices.approve(product.id, approved)
             result.updated.extend(members)
             result.updated.extend(approved)
+        if result.updated:
+            self.lists.forget(product.id)
         self._membership_changed(result.updated)
         return result
 
@@ -280,13 +373,82 @@ class ProductDeviceService:
 
     async def list_devices(self, principal: AnyPrincipal, ref: str, params: Mapping[str, Any]) -> DevicePage:
         query = parse_list_query(params)
+        shape = replace(query, page=1, per_page=1)  # what the order depends on: every page shares it
         async with self._store.transaction(readonly=True) as tx:
             product = (await access_product(tx, principal, ref, "devices:list", "device")).product
-            found, total = await tx.product_devices.search(product.id, query)
+            ordered, due = self.lists.get(product.id, shape)
+            if ordered is None:
+                ordered = await self._read_list(tx, product.id, query, shape)
+            elif due:
+                self._read_behind(product.id, query, shape)
+            first = (query.page - 1) * query.per_page * ID_LENGTH
+            last = min(len(ordered), first + query.per_page * ID_LENGTH)
+            found = await tx.product_devices.records(
+                [ordered[at : at + ID_LENGTH] for at in range(first, last, ID_LENGTH)]
+            )
             groups = await tx.product_devices.groups_of([d.id for d in found])
             targets = await _targets(tx, product.id, [d.id for d in found])
         listed = [ProductDevice(self._devices.present(d), groups[d.id], targets.get(d.id)) for d in found]
-        return DevicePage(listed, total, query.page, query.per_page)
+        return DevicePage(listed, len(ordered) // ID_LENGTH, query.page, query.per_page)
+
+    async def _read_list(
+        self, tx: UnitOfWork, product_id: int, query: DeviceListQuery, shape: DeviceListQuery
+    ) -> str:
+        """
+        Read a list's order, or wait for the same read another request began since the product last changed
+        here (a long list that many requests want at once is read once).
+        """
+        generation = self.lists.generation(product_id)
+        key = (product_id, shape, generation)
+        pending = self._pending.get(key)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            return await tx.product_devices.ordered(product_id, query)  # that read failed: this one tries
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        ordered: str | None = None
+        try:
+            ordered = await tx.product_devices.ordered(product_id, query)
+        finally:
+            self._pending.pop(key, None)
+            future.set_result(ordered)
+        self.lists.put(product_id, shape, ordered, generation)
+        return ordered
+
+    def _read_behind(self, product_id: int, query: DeviceListQuery, shape: DeviceListQuery) -> None:
+        """
+        Read a list again behind the request that found it due (one read per list at a time).
+        """
+        key = (product_id, shape)
+        if key in self._reading or self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._read_again(product_id, query, shape), name="product-device-list"
+        )
+        self._reading[key] = task
+        task.add_done_callback(lambda _: self._reading.pop(key, None))
+
+    async def _read_again(self, product_id: int, query: DeviceListQuery, shape: DeviceListQuery) -> None:
+        generation = self.lists.generation(product_id)
+        try:
+            async with self._store.transaction(readonly=True) as tx:
+                ordered = await tx.product_devices.ordered(product_id, query)
+        except Exception:  # the entry ages out; the next request reads the list itself
+            logger.exception("reading a product's device list again failed", product_id=product_id)
+            return
+        self.lists.put(product_id, shape, ordered, generation)
+
+    async def aclose(self) -> None:
+        """
+        Stop the lists' reads behind (before the store closes).
+        """
+        self._closed = True
+        reading = list(self._reading.values())
+        for task in reading:
+            task.cancel()
+        await asyncio.gather(*reading, return_exceptions=True)
 
     async def get(self, principal: AnyPrincipal, ref: str, device_ref: str) -> ProductDevice:
         product, device = await self._access(principal, ref, device_ref, "devices:get")
@@ -406,6 +568,7 @@ class ProductDeviceService:
                 if groups is not None:
                     ids = await self._group_ids(tx, product.id, groups)
                     await tx.products.set_device_groups(device.id, ids)
+            self.lists.forget(product.id)
             reply.update(record)
             if groups is not None:
                 reply["groups"] = groups
@@ -473,6 +636,7 @@ class ProductDeviceService:
                 found = [await tx.groups.get(product.id, n) for n in remove]
                 existing = [g.id for g in found if g is not None]
                 await tx.product_devices.remove_from_groups(valid, existing)
+        self.lists.forget(product.id)
 
     async def release(self, principal: AnyPrincipal, ref: str, device_ref: str) -> None:
         """
@@ -485,12 +649,13 @@ class ProductDeviceService:
         """
         Take a device out of the product, or (``deny``) keep it refused at the gateway.
         """
-        _, device = await self._access(principal, ref, device_ref, "devices:remove")
+        product, device = await self._access(principal, ref, device_ref, "devices:remove")
         async with self._store.transaction() as tx:
             if deny:
                 await tx.product_devices.update(device.id, quarantined=False, denied=True)
             else:
                 await tx.product_devices.remove(device.id)
+        self.lists.forget(product.id)
         self._membership_changed([device.id])
         if deny:
             await self._control.disconnect(device.id)

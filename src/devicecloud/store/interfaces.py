@@ -512,7 +512,18 @@ class ProductDeviceRepository(Protocol):
 
     async def by_name(self, product_id: int, name: str) -> list[str]: ...
 
-    async def search(self, product_id: int, query: DeviceListQuery) -> tuple[list[Device], int]: ...
+    async def ordered(self, product_id: int, query: DeviceListQuery) -> str:
+        """
+        The ids of the product's devices that match the query's filters, in its order, concatenated (each
+        24 characters); the page and the total are the caller's to take from it.
+        """
+        ...
+
+    async def records(self, ids: Sequence[str]) -> list[Device]:
+        """
+        The device records of ``ids`` that exist, in the order given.
+        """
+        ...
 
     async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]: ...
 
@@ -923,6 +934,14 @@ class Store(Protocol):
     async def lookup_device(self, device_id: str) -> Device | None:
         """
         A device by id, outside any unit of work: the first read of every device request.
+        """
+        ...
+
+    async def lookup_device_for(self, device_id: str, user_id: int) -> tuple[Device, Role | None] | None:
+        """
+        A device by id and ``user_id``'s role in the device's product (None when the device is in no product
+        or the user is not in its team), as one indexed read outside any unit of work: the first read of a
+        user's request on the device routes, which lets a team member's request cost what an owner's does.
         """
         ...
 

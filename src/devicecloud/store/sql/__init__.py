@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, User
 from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
@@ -129,6 +130,9 @@ class SqlStore:
 
     async def lookup_device(self, device_id: str) -> Device | None:
         return await self._token_lookup.device(device_id)
+
+    async def lookup_device_for(self, device_id: str, user_id: int) -> tuple[Device, Role | None] | None:
+        return await self._token_lookup.device_for(device_id, user_id)
 
     async def lookup_membership(self, device_id: str) -> tuple[int, int | None] | None:
         return await self._token_lookup.membership(device_id)

@@ -34,7 +34,15 @@ from devicecloud.domain.devices import (
     ProductMembership,
 )
 from devicecloud.errors import Conflict, NotFound
-from devicecloud.store.tables import claim_codes, devices, nodes, pending_device_keys, product_devices, users
+from devicecloud.store.tables import (
+    claim_codes,
+    devices,
+    nodes,
+    pending_device_keys,
+    product_devices,
+    product_members,
+    users,
+)
 
 _DEVICE_COLUMNS = (
     *devices.c,
@@ -99,11 +107,14 @@ def device_from_values(row: Mapping[str, Any]) -> Device:
     )
 
 
-def _select_devices() -> Any:
-    joined = devices.outerjoin(users, devices.c.owner_id == users.c.id).outerjoin(
+def _device_source() -> Any:
+    return devices.outerjoin(users, devices.c.owner_id == users.c.id).outerjoin(
         product_devices, product_devices.c.device_id == devices.c.id
     )
-    return select(*_DEVICE_COLUMNS).select_from(joined)
+
+
+def _select_devices() -> Any:
+    return select(*_DEVICE_COLUMNS).select_from(_device_source())
 
 
 def select_devices() -> Any:
@@ -116,6 +127,22 @@ def select_devices() -> Any:
 # Built once, for the hot path of every device request (store/sql/token_lookup.py).
 FIND_DEVICE = _select_devices().where(devices.c.id == bindparam("device_id"))
 DEVICE_COLUMN_NAMES = tuple(column.name for column in _DEVICE_COLUMNS)
+# Built once: a user's device request — the device and the user's role in its product, if it is in one and
+# the user is in its team (one more primary-key probe in the same statement), so a team member's request on
+# the device routes costs the one read an owner's does.
+FIND_DEVICE_FOR_USER = (
+    select(*_DEVICE_COLUMNS, product_members.c.role.label("member_role"))
+    .select_from(
+        _device_source().outerjoin(
+            product_members,
+            and_(
+                product_members.c.product_id == product_devices.c.product_id,
+                product_members.c.user_id == bindparam("user_id"),
+            ),
+        )
+    )
+    .where(devices.c.id == bindparam("device_id"))
+)
 
 # Built once: the write-behind of device presence, run with one parameter set per device (executemany).
 # Fenced: it writes only when its link, (epoch, node), is not older than the record's latest, so a link that

@@ -28,12 +28,14 @@ import aiosqlite
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, User
 from devicecloud.domain.devices import Device
 from devicecloud.store.sql.accounts import FIND_TOKEN_WITH_USER, token_and_user
 from devicecloud.store.sql.devices import (
     DEVICE_COLUMN_NAMES,
     FIND_DEVICE,
+    FIND_DEVICE_FOR_USER,
     device_from_row,
     device_from_values,
 )
@@ -42,6 +44,9 @@ from devicecloud.store.tables import UtcDateTime, access_tokens, users
 
 _SQLITE_SQL = str(FIND_TOKEN_WITH_USER.compile(dialect=sqlite.dialect()))
 _SQLITE_DEVICE_SQL = str(FIND_DEVICE.compile(dialect=sqlite.dialect()))
+_DEVICE_FOR_USER = FIND_DEVICE_FOR_USER.compile(dialect=sqlite.dialect())
+_SQLITE_DEVICE_FOR_USER_SQL = str(_DEVICE_FOR_USER)
+_DEVICE_FOR_USER_PARAMS = tuple(_DEVICE_FOR_USER.positiontup or ())  # the order of its "?" placeholders
 _SQLITE_MEMBERSHIP_SQL = str(FIND_MEMBERSHIP.compile(dialect=sqlite.dialect()))
 _TOKEN_COLUMNS = len(access_tokens.c)
 _UTC = UtcDateTime()
@@ -88,6 +93,14 @@ def _from_sqlite_row(row: Any) -> tuple[AccessToken, User | None]:
     return token, user
 
 
+def _device_from_sqlite_row(row: Any) -> Device:
+    values = dict(zip(DEVICE_COLUMN_NAMES, row, strict=True))
+    values["describe"] = _json(values["describe"]) or {}
+    for column in ("last_heard", "last_handshake_at", "created_at", "updated_at"):
+        values[column] = _when(values[column])
+    return device_from_values(values)
+
+
 class TokenLookup:
     """
     ``lookup(token_hash)`` for the request hot path; ``close()`` releases its connection.
@@ -121,13 +134,27 @@ class TokenLookup:
                 found = (await conn.execute(FIND_DEVICE, {"device_id": device_id})).first()
             return device_from_row(found) if found is not None else None
         rows = await self._sqlite_rows(_SQLITE_DEVICE_SQL, (device_id,))
+        return _device_from_sqlite_row(rows[0]) if rows else None
+
+    async def device_for(self, device_id: str, user_id: int) -> tuple[Device, Role | None] | None:
+        """
+        A device by id and ``user_id``'s role in its product (None: in no product, or not in its team).
+        """
+        if self._sqlite_path is None:
+            async with self._engine.connect() as conn:
+                params = {"device_id": device_id, "user_id": user_id}
+                found = (await conn.execute(FIND_DEVICE_FOR_USER, params)).first()
+            if found is None:
+                return None
+            return device_from_row(found), Role(found.member_role) if found.member_role is not None else None
+        values = {"device_id": device_id, "user_id": user_id}
+        rows = await self._sqlite_rows(
+            _SQLITE_DEVICE_FOR_USER_SQL, tuple(values[n] for n in _DEVICE_FOR_USER_PARAMS)
+        )
         if not rows:
             return None
-        values = dict(zip(DEVICE_COLUMN_NAMES, rows[0], strict=True))
-        values["describe"] = _json(values["describe"]) or {}
-        for column in ("last_heard", "last_handshake_at", "created_at", "updated_at"):
-            values[column] = _when(values[column])
-        return device_from_values(values)
+        *columns, role = rows[0]
+        return _device_from_sqlite_row(columns), Role(role) if role is not None else None
 
     async def membership(self, device_id: str) -> tuple[int, int | None] | None:
         """
