@@ -419,6 +419,7 @@ def build_runtime(
         max_links=settings.max_device_links,
         handshake_slots=settings.device_handshake_slots,
         listen_backlog=settings.device_listen_backlog,
+        reuse_port=settings.reuse_port,
         handshake_timeout=settings.device_handshake_timeout,
         ping_after=settings.device_keepalive,
         idle_timeout=settings.device_keepalive * 1.75,

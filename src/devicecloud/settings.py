@@ -102,6 +102,16 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="This process's name in the cluster and its logs; default: generated at each start.",
     )
+    reuse_port: bool = Field(
+        default=False,
+        description="Listen with SO_REUSEPORT (HTTP and device ports), so several processes share them; "
+        "set by `serve --workers N` for its workers.",
+    )
+    drain_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a stopping server lets HTTP calls in flight finish before closing them.",
+    )
     node_lease: float = Field(
         default=35.0,
         gt=0,
