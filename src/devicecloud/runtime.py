@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -308,6 +308,18 @@ def _serving(routed: RoutedControl, publish_status: StatusHook) -> StatusHook:
     return on_status
 
 
+def _announcing_offline(events: EventService) -> Callable[[Sequence[str]], Awaitable[None]]:
+    """
+    What a node does with the devices its sweep marked offline (their node died): ``spark/status`` offline.
+    """
+
+    async def announce(device_ids: Sequence[str]) -> None:
+        for device_id in device_ids:
+            await events.publish_status(device_id, False)
+
+    return announce
+
+
 def build_libraries(settings: Settings, store: SqlStore, clock: Clock) -> LibraryService:
     """
     The library registry, its archives as files under ``<data dir>/libraries`` (decision 0019).
@@ -491,6 +503,7 @@ def build_runtime(
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
     bus.on_broadcast(_forgetting(webhooks, events))
     sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
+    node.on_swept = _announcing_offline(events)
 
     async def database_answers() -> None:
         async with store.engine.connect() as conn:

@@ -113,8 +113,10 @@ class Settings(BaseSettings):
         description="Seconds a stopping server lets HTTP calls in flight finish before closing them.",
     )
     node_lease: float = Field(
-        default=35.0,
+        default=26.0,
         gt=0,
+        # Renewed every third of it: a dead node's devices are offline within 4/3 of it, 34.7 s, inside the
+        # 35 s keep-alive window devices use to notice a dead link (decision 0024).
         description="Seconds without renewing its lease after which a node's devices are marked offline.",
     )
     bus_url: str = Field(
