@@ -497,7 +497,10 @@ def build_runtime(
             if settings.compile_command
             else None
         ),
+        remote=routed,
     )
+    if routed is not None:
+        routed.flash_handler = firmware.flash_stored
     # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
     webhooks.on_change(lambda: bus.broadcast("hooks", ""))
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
