@@ -70,14 +70,22 @@ def compat_server(data_dir: Path, workers: int = 1) -> Iterator[LiveServer]:
         args=["--workers", str(workers)],
         DEVICECLOUD_BUS_URL=url,
     ) as s:
-        with httpx.Client(base_url=s.url, timeout=30) as http:
-            reply = http.post(
-                "/oauth/token",
-                auth=("particle", "particle"),
-                data={"grant_type": "password", "username": s.email, "password": s.password},
+        reply = httpx.post(
+            f"{s.url}/oauth/token",
+            auth=("particle", "particle"),
+            data={"grant_type": "password", "username": s.email, "password": s.password},
+        )
+        auth = {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+        def online_everywhere() -> bool:
+            # Each request a new connection, so either worker answers: the one without the demo's link reads
+            # the store, which its worker writes behind (within a second).
+            return all(
+                httpx.get(f"{s.url}/v1/devices/demo", headers=auth).json().get("connected") is True
+                for _ in range(8)
             )
-            http.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
-            wait_for(lambda: http.get("/v1/devices/demo").json().get("connected") is True, timeout=30)
+
+        wait_for(online_everywhere, timeout=30)
         yield s
     asyncio.run(usable())  # drops the subject root's JetStream stream
 
