@@ -93,25 +93,35 @@ class Sink:
         self.first = asyncio.Event()
         self.answered = 0
         self._never = asyncio.Event()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            (
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            ),
-            0,
-        )
-        self.bodies.append(await reader.readexactly(length))
-        if len(self.bodies) == 1:
-            self.first.set()
-            await self._never.wait()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        self.answered += 1
-        writer.close()
+        self._handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in lines
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            self.bodies.append(await reader.readexactly(length))
+            if len(self.bodies) == 1:
+                self.first.set()
+                await self._never.wait()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            self.answered += 1
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        self._never.set()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -122,6 +132,8 @@ async def sink_server() -> AsyncIterator[tuple[Sink, int]]:
         yield sink, server.sockets[0].getsockname()[1]
     finally:
         server.close()
+        await sink.close()  # the request A never got an answer to ends, and its socket closes
+        await server.wait_closed()
 
 
 async def holder(node: Runtime, device_id: str) -> tuple[bool, str | None]:
