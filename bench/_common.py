@@ -73,6 +73,22 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """
+    `process_cpu_seconds` of a process and of its live descendants (``serve --workers N``: the supervisor
+    and its workers). A descendant that ended since is not counted.
+    """
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += process_cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(child) for child in (task / "children").read_text().split()]
+    return total
+
+
 def wait_child(proc: subprocess.Popen[str], timeout: float) -> tuple[int, float]:
     """
     Wait for ``proc`` and return its exit code and CPU seconds (from wait4's rusage).
@@ -191,7 +207,7 @@ class Server:
             return sum(1 for line in log if any(needle in line for needle in needles))
 
     def cpu_seconds(self) -> float:
-        return process_cpu_seconds(self.proc.pid)
+        return process_tree_cpu_seconds(self.proc.pid)  # with --workers N, the workers' too
 
     def rss_bytes(self) -> int:
         return process_rss_bytes(self.proc.pid)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -350,6 +350,18 @@ def _serving(routed: RoutedControl, publish_status: StatusHook) -> StatusHook:
     return on_status
 
 
+def _announcing_offline(events: EventService) -> Callable[[Sequence[str]], Awaitable[None]]:
+    """
+    What a node does with the devices its sweep marked offline (their node died): ``spark/status`` offline.
+    """
+
+    async def announce(device_ids: Sequence[str]) -> None:
+        for device_id in device_ids:
+            await events.publish_status(device_id, False)
+
+    return announce
+
+
 def build_libraries(settings: Settings, store: SqlStore, clock: Clock) -> LibraryService:
     """
     The library registry, its archives as files under ``<data dir>/libraries`` (decision 0019).
@@ -464,6 +476,7 @@ def build_runtime(
         max_links=settings.max_device_links,
         handshake_slots=settings.device_handshake_slots,
         listen_backlog=settings.device_listen_backlog,
+        reuse_port=settings.reuse_port,
         handshake_timeout=settings.device_handshake_timeout,
         ping_after=settings.device_keepalive,
         idle_timeout=settings.device_keepalive * 1.75,
@@ -535,6 +548,7 @@ def build_runtime(
             if settings.compile_command
             else None
         ),
+        remote=routed,
     )
     product_firmware = ProductFirmwareService(store=store, clock=clock, binaries=binaries)
     rollout = FirmwareRollout(
@@ -553,11 +567,14 @@ def build_runtime(
     )
     product_firmware.on_delete = rollout.forget_binary
     product_devices.on_flash = lambda device_id: bus.broadcast("flash", device_id)
+    if routed is not None:
+        routed.flash_handler = firmware.flash_stored
     # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
     webhooks.on_change(lambda: bus.broadcast("hooks", ""))
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
     bus.on_broadcast(_forgetting(webhooks, events, rollout))
     sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
+    node.on_swept = _announcing_offline(events)
 
     async def database_answers() -> None:
         async with store.engine.connect() as conn:

@@ -124,9 +124,21 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="This process's name in the cluster and its logs; default: generated at each start.",
     )
-    node_lease: float = Field(
-        default=35.0,
+    reuse_port: bool = Field(
+        default=False,
+        description="Listen with SO_REUSEPORT (HTTP and device ports), so several processes share them; "
+        "set by `serve --workers N` for its workers.",
+    )
+    drain_timeout: float = Field(
+        default=10.0,
         gt=0,
+        description="Seconds a stopping server lets HTTP calls in flight finish before closing them.",
+    )
+    node_lease: float = Field(
+        default=26.0,
+        gt=0,
+        # Renewed every third of it: a dead node's devices are offline within 4/3 of it, 34.7 s, inside the
+        # 35 s keep-alive window devices use to notice a dead link (decision 0024).
         description="Seconds without renewing its lease after which a node's devices are marked offline.",
     )
     bus_url: str = Field(

@@ -27,6 +27,7 @@ def event(
     public: bool = False,
     device: str | None = None,
     to_device: str | None = None,
+    product: int | None = None,
 ) -> CloudEvent:
     return CloudEvent(
         name=name,
@@ -38,6 +39,7 @@ def event(
         owner_id=owner,
         device_id=device,
         to_device=to_device,
+        product_id=product,
     )
 
 
@@ -83,6 +85,19 @@ async def test_filters(bus: EventBus) -> None:
     assert ["temperature", "temperature"] == await drain(mine, 2)
     assert ["temperature"] == await drain(public, 1)
     assert ["temperature", "humidity"] == await drain(one_device, 2)
+
+
+async def test_a_products_stream_gets_its_events_whoever_owns_the_device(bus: EventBus) -> None:
+    """A product filter takes the product's events of every owner (and the owner's stream still its own)."""
+    product = bus.subscribe(EventFilter(prefix="t", product_id=5))
+    owner = bus.subscribe(EventFilter(prefix="t", owner_id=2))
+    await bus.publish(event("temp", owner=1, device="d1", product=5))
+    await bus.publish(event("temp", owner=2, device="d2", product=5))
+    await bus.publish(event("temp", owner=2, device="d3", product=6))
+    await bus.publish(event("humidity", owner=1, device="d1", product=5))
+    await bus.settle()
+    assert ["d1", "d2"] == [e.device_id for e in [await anext(aiter(product)) for _ in range(2)]]
+    assert ["d2", "d3"] == [e.device_id for e in [await anext(aiter(owner)) for _ in range(2)]]
 
 
 async def test_slow_subscriber_is_closed_and_others_get_everything(bus: EventBus) -> None:

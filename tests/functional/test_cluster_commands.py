@@ -13,12 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.functional.test_firmware_flash import FAST_RECONNECT, app_binary, flash, next_status
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
 from tests.support.cluster import api_of, bus_url, node_b
 from tests.support.devices import register_and_claim, virtual_device, wait_until
 from tests.support.sse import flag
 
+from devicecloud.domain.events import EventFilter
 from devicecloud.gateway.cluster import MARGIN
 from devicecloud.runtime import Runtime
 from devicecloud.virtualdevice.device import VirtualDevice
@@ -164,4 +166,48 @@ async def test_a_key_replaced_through_one_node_ends_the_old_session_on_the_other
         await runtime.device_keys.add(device.device_id, generate_identity().public_key_pem())
         await wait_until(flag(lambda: not b.gateway.control.is_online(device.device_id)))
     finally:
+        await device.stop()
+
+
+async def test_a_flash_through_one_node_updates_the_device_on_the_other(
+    client: httpx.AsyncClient, runtime: Runtime, node_b: Callable[[], Awaitable[Runtime]]
+) -> None:
+    """
+    PUT /v1/devices/:id with a binary at node A for a device on node B: B reads the binary from the shared
+    store, checks it against its link and updates the device; the status events reach A's streams. A binary
+    for another platform gets B's refusal, word for word; a broken one is refused by A without asking.
+    """
+    ada = await make_account(client, "ada@example.com")
+    b = await node_b()
+    identity = generate_identity()
+    await register_and_claim(client, ada, identity.device_id, identity.public_key_pem())
+    device = virtual_device(b, identity, reconnect=True, backoff=FAST_RECONNECT)
+    await device.start()
+    await device.wait_connected(10)
+    await b.sessions.presence.flush()
+    await b.bus.settle()
+    owner = await runtime.accounts.get_by_username(ada.email)
+    # A user's view (the intake of `events.everything` is shared: each event reaches one node's).
+    statuses = runtime.bus.subscribe(EventFilter(prefix="spark/flash/status", owner_id=owner.id))
+    await runtime.bus.settle()  # A's subscription is at the server before B publishes
+    try:
+        image = app_binary()
+        reply = await flash(client, ada, device.device_id, image)
+        assert 200 == reply.status_code, reply.text
+        assert {"id": device.device_id, "status": "Update started"} == reply.json()
+        assert "started " == (await next_status(statuses, device.device_id)).data
+        assert "success " == (await next_status(statuses, device.device_id)).data
+        assert device.firmware == image
+        assert not runtime.gateway.control.is_online(device.device_id)  # B's link did it
+        await device.wait_connected(10)
+        await b.bus.settle()
+        wrong = await flash(client, ada, device.device_id, app_binary(platform=12))
+        async with api_of(b) as via_b:
+            at_b = await flash(via_b, ada, device.device_id, app_binary(platform=12))
+        assert (400, wrong.json()) == (wrong.status_code, at_b.json())
+        assert "platform 12" in wrong.json()["error_description"]
+        broken = await flash(client, ada, device.device_id, b"not a binary")
+        assert 400 == broken.status_code
+    finally:
+        statuses.close()
         await device.stop()

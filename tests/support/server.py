@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +48,14 @@ def live_server(
     email: str = "admin@example.com",
     password: str = "admin password",
     device_port: int | None = None,
+    args: Sequence[str] = (),
     **env: str,
 ) -> Iterator[LiveServer]:
     """
     Start the server as the README does, wait until it answers, stop it with SIGTERM and check it exits 0.
 
     The device gateway listens on ``device_port`` (a free port unless given): servers never collide on 5683.
+    ``args`` are more ``serve`` options (``--workers 2``).
     """
     port = free_port()
     device_port = free_port() if device_port is None else device_port
@@ -80,6 +82,7 @@ def live_server(
         email,
         "--admin-password",
         password,
+        *args,
     ]
     process = subprocess.Popen(
         command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

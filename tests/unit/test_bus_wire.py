@@ -13,7 +13,13 @@ from devicecloud.bus import wire
 from devicecloud.domain.events import CloudEvent
 
 names = st.text(max_size=64)
-AUDIENCES = [("all", ""), ("owner", 7), ("to", "0123456789abcdef01234567"), ("owner", "a.b *>")]
+AUDIENCES = [
+    ("all", ""),
+    ("owner", 7),
+    ("product", 7),
+    ("to", "0123456789abcdef01234567"),
+    ("owner", "a.b *>"),
+]
 
 
 def nats_matches(pattern: str, subject: str) -> bool:

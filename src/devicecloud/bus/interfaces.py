@@ -76,6 +76,13 @@ class EventBus(Protocol):
 
     async def settle(self) -> None: ...
 
+    async def subscribed(self) -> None:
+        """
+        Return once the subscriptions made so far get every event published from now on, by any process (an
+        event stream says ``:ok`` only then: a client may publish through another node at once).
+        """
+        ...
+
     async def ping(self) -> None:
         """
         Raise when the bus cannot carry events now (readiness).

@@ -159,6 +159,11 @@ class MemoryBus:
         Publishing has delivered already.
         """
 
+    async def subscribed(self) -> None:
+        """
+        In process a subscription is complete when it is made.
+        """
+
     async def ping(self) -> None:
         """
         Always reachable.

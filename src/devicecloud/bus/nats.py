@@ -240,6 +240,18 @@ class NatsBus(MemoryBus):
             logger.exception("event not stored in JetStream: webhooks miss it", event_name=loggable(name))
         _reraise_cancellation()  # ... or swallow it whole
 
+    async def subscribed(self) -> None:
+        """
+        The routes being opened are open, and the server has them (a PING after the SUBs answered): an event
+        published anywhere from now on reaches them. Without the server the stream opens anyway.
+        """
+        if self._subscribing:
+            await asyncio.wait(set(self._subscribing))
+        try:
+            await self._connection().flush(timeout=2)
+        except Exception:  # not connected, or slow: events reach the stream once the bus is back
+            logger.warning("NATS did not confirm a subscription", exc_info=True)
+
     async def settle(self) -> None:
         nc = self._connection()
         if self._subscribing:

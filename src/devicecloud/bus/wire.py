@@ -4,10 +4,11 @@ one encoding of an event, made once per publish.
 
 Subjects (``<root>`` from the bus URL, ``devicecloud`` by default):
     ``<root>.ev.<audience>.<name>``, where ``<audience>`` is one or two tokens (``all``, ``pub``, ``pdev``;
-    ``own.<owner>``, ``odev.<owner>``, ``to.<device>``; see `domain.events.audiences`) and ``<name>`` is the
-    event name with ONE TOKEN PER CHARACTER, ended by the token ``_``. An event is published once per
-    audience (a few). A route (audience, prefix) subscribes ``<root>.ev.<audience>.<prefix tokens>.>``:
-    ``>`` needs at least one more token, the end token at least, so the prefix matches the whole name too.
+    ``own.<owner>``, ``prod.<product>``, ``odev.<owner>``, ``to.<device>``; see `domain.events.audiences`)
+    and ``<name>`` is the event name with ONE TOKEN PER CHARACTER, ended by the token ``_``. An event is
+    published once per audience (a few). A route (audience, prefix) subscribes
+    ``<root>.ev.<audience>.<prefix tokens>.>``: ``>`` needs at least one more token, the end token at least,
+    so the prefix matches the whole name too.
 
 Tokens: a letter, digit or ``-`` stands for itself; any other character (``.``, ``*``, ``>``, space, ``_``,
 ``/``, non-ASCII...) is ``_`` followed by its code point in hex, so no name can make a wildcard, an empty
@@ -29,6 +30,7 @@ _AUDIENCE_KINDS = {
     "public": "pub",
     "public-devices": "pdev",
     "owner": "own",
+    "product": "prod",  # a product's events, whoever owns the device (`/v1/products/:p/events`)
     "owner-devices": "odev",
     "to": "to",
 }

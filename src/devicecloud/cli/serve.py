@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ import uvicorn
 
 from devicecloud.cli.common import data_dir_option, new_event_loop, settings_from
 from devicecloud.cli.demo_device import DemoDevice, start_demo_device
+from devicecloud.cli.supervisor import Supervisor, worker_command, worker_environment
 from devicecloud.clock import SystemClock
 from devicecloud.heap import FrozenHeap
 from devicecloud.httpserver import HttpLimits, guarded_protocol, plan_descriptors, raise_descriptor_limit
@@ -148,6 +152,16 @@ class QuietSignalsServer(uvicorn.Server):
     default=None,
     help="Run a demo virtual device owned by the first account (default on; DEVICECLOUD_DEMO_DEVICE).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    envvar="DEVICECLOUD_WORKERS",
+    show_default=True,
+    help="Worker processes sharing the HTTP and device ports (SO_REUSEPORT); more than one needs "
+    "DEVICECLOUD_BUS_URL=nats://… (DEVICECLOUD_WORKERS).",
+)
+@click.option("--worker", "is_worker", is_flag=True, hidden=True, help="Run as one worker of `--workers N`.")
 @data_dir_option
 def serve(
     host: str | None,
@@ -157,6 +171,8 @@ def serve(
     admin_email: str | None,
     admin_password: str | None,
     demo_device: bool | None,
+    workers: int,
+    is_worker: bool,
     data_dir: Path | None,
 ) -> None:
     """
@@ -170,8 +186,12 @@ def serve(
         admin_password=admin_password,
         demo_device=demo_device,
         data_dir=data_dir,
+        node_id=worker_node_id() if is_worker else None,
     )
     configure_logging(settings)
+    if workers > 1 and not is_worker:
+        supervise(settings, workers=workers, only=only)
+        return
     run_api, run_devices = only != "devices", only != "api"
     settings, http_connections = share_descriptors(settings, run_api=run_api, run_devices=run_devices)
 
@@ -179,7 +199,8 @@ def serve(
         runtime: Runtime = build_runtime(settings)
         structlog.contextvars.bind_contextvars(node=runtime.node.node_id)  # every log line names the node
         await runtime.start()
-        first = await runtime.ensure_first_account()
+        # A worker's supervisor created the first account and prints the banner.
+        first = None if is_worker else await runtime.ensure_first_account()
         created = (first[0].username, first[1]) if first else None
         demo: DemoDevice | None = None
         if run_devices:
@@ -203,11 +224,12 @@ def serve(
         stop = asyncio.Event()
         try:
             if run_api:
-                await serve_api(runtime, settings, http_connections, created, demo, loop)
+                await serve_api(runtime, settings, http_connections, created, demo, loop, quiet=is_worker)
             else:
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(signum, stop.set)
-                click.echo(banner(settings, created, device_port=runtime.gateway_port, demo=demo))
+                if not is_worker:
+                    click.echo(banner(settings, created, device_port=runtime.gateway_port, demo=demo))
                 await stop.wait()
         finally:
             if demo is not None:
@@ -251,9 +273,14 @@ async def serve_api(
     created: tuple[str, str] | None,
     demo: DemoDevice | None,
     loop: asyncio.AbstractEventLoop,
+    *,
+    quiet: bool = False,
 ) -> None:
     """
-    Run uvicorn until a stop signal; the runtime's life stays with the caller.
+    Run uvicorn until a stop signal, then drain: the device port closes at once (new devices go to another
+    process on the port), HTTP stops accepting and lets the calls in flight finish within the drain timeout;
+    the caller then stops the runtime, which closes the device links. The runtime's life stays with
+    the caller.
     """
     app = runtime.asgi_app(manage_lifecycle=False)
     limits = HttpLimits(
@@ -274,23 +301,105 @@ async def serve_api(
         # Read deadlines and connection caps (ADR 0011); no WebSocket routes, so no upgrades to follow.
         http=guarded_protocol(limits, SystemClock()),
         ws="none",
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
     )
     server = QuietSignalsServer(config)
+    draining: list[asyncio.Task[None]] = []
 
     def request_exit() -> None:
+        if runtime.gateway_started and not draining:
+            draining.append(loop.create_task(runtime.gateway.stop_accepting()))
         # Open event streams never end by themselves: end them, or uvicorn would wait for them forever.
         app.state.event_streams.close_all()
         server.request_exit()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, request_exit)
-    serving = asyncio.create_task(server.serve())
+    sockets = [shared_socket(settings.http_host, settings.http_port)] if settings.reuse_port else None
+    serving = asyncio.create_task(server.serve(sockets=sockets))
     # uvicorn exposes only a `started` flag (set once the socket listens), no event to await.
     while not server.started and not serving.done():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    if server.started:
+    if server.started and not quiet:
         device_port = runtime.gateway_port if runtime.gateway_started else None
         click.echo(banner(settings, created, device_port=device_port, demo=demo))
     await serving
+    await asyncio.gather(*draining)
     if not server.started:
         raise click.ClickException(f"could not listen on {settings.http_host}:{settings.http_port}")
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """
+    The HTTP listening socket of one worker: SO_REUSEPORT, so every worker binds the same port. Raises a
+    usage error when the address is taken by a process that does not share it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise click.ClickException(f"could not listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(False)
+    return sock
+
+
+def worker_node_id() -> str | None:
+    """
+    A worker's node id: ``<configured id>-w<index>`` when the operator configured one, else generated.
+    """
+    prefix = os.environ.get("DEVICECLOUD_NODE_ID_PREFIX")
+    if not prefix:
+        return None
+    return f"{prefix[:60]}-w{os.environ.get('DEVICECLOUD_WORKER_INDEX', '0')}"
+
+
+def supervise(settings: Settings, *, workers: int, only: str | None) -> None:
+    """
+    ``serve --workers N``: prepare once (schema, server key, first account), then run N workers under a
+    supervisor until SIGINT/SIGTERM (decision 0024).
+    """
+    if settings.bus_url.startswith("memory://"):
+        raise click.ClickException(
+            f"--workers {workers} needs a shared event bus: with the in-process bus (memory://) an event "
+            "published in one worker never reaches the event streams, devices and webhooks of the others, "
+            "and a call for a device linked to another worker answers that it is offline. Run NATS with "
+            "JetStream and set DEVICECLOUD_BUS_URL=nats://host:4222, or use --workers 1."
+        )
+    if settings.http_port == 0 or settings.device_port == 0:
+        raise click.ClickException(f"--workers {workers} needs fixed ports: 0 would give each worker its own")
+
+    async def prepare() -> tuple[str, str] | None:
+        runtime = build_runtime(settings)  # creates the server key once, before the workers read it
+        await runtime.start()  # the schema, before N processes would race to migrate it
+        try:
+            first = await runtime.ensure_first_account()
+        finally:
+            await runtime.stop()
+        return (first[0].username, first[1]) if first else None
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        created = runner.run(prepare())
+        supervisor = Supervisor(
+            worker_command(
+                host=settings.http_host,
+                port=settings.http_port,
+                device_port=settings.device_port,
+                data_dir=str(settings.data_dir.resolve()),
+                only=only,
+            ),
+            workers=workers,
+            env=worker_environment(settings.node_id, demo_device=settings.demo_device and only != "api"),
+            grace=settings.drain_timeout + 10,
+        )
+        device_port = settings.device_port if only != "api" else None
+        click.echo(banner(settings, created, device_port=device_port, demo=None))
+        if settings.demo_device and only != "api":
+            click.echo(
+                "Worker 0 runs the demo virtual device ('demo'): particle list shows it once it is up."
+            )
+        click.echo(f"{workers} workers share these ports; Ctrl-C or SIGTERM to this process stops them all.")
+        runner.run(supervisor.run())

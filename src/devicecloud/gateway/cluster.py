@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from devicecloud.domain.devices import DeviceDescription, VariableReading
 from devicecloud.domain.diagnostics import VitalsReading
-from devicecloud.errors import DeviceOffline, DeviceTimedOut, DomainError, InvalidInput, NotFound
+from devicecloud.errors import Busy, DeviceOffline, DeviceTimedOut, DomainError, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from devicecloud.bus.interfaces import DeviceCommands
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 logger = structlog.get_logger("devicecloud.gateway")
 
 MARGIN = 2.0  # seconds the bus waits past the device's own timeout
+FLASH_TIMEOUT = 30.0  # the holder checks the binary and starts the update; it does not wait for the end
 _ERRORS: dict[str, type[DomainError]] = {
-    cls.__name__: cls for cls in (DeviceOffline, DeviceTimedOut, NotFound, InvalidInput, DomainError)
+    cls.__name__: cls for cls in (DeviceOffline, DeviceTimedOut, NotFound, InvalidInput, Busy, DomainError)
 }
 
 
@@ -53,6 +55,8 @@ class RoutedControl:
         self._local = local
         self._commands = commands
         commands.command_handler = self.answer
+        #: The holder's side of an update asked for by another node (`FirmwareService.flash_stored`).
+        self.flash_handler: Callable[[str, str, int | None], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------------ which devices this node answers for
 
@@ -129,6 +133,12 @@ class RoutedControl:
         with contextlib.suppress(DomainError):  # held nowhere, or gone meanwhile: nothing to disconnect
             await self._remote(device_id, {"op": "disconnect"}, 5.0)
 
+    # ------------------------------------------------------------------ RemoteUpdates
+
+    async def flash_elsewhere(self, device_id: str, binary_id: str, owner_id: int | None) -> None:
+        request = {"op": "flash", "binary": binary_id, "owner": owner_id}
+        await self._remote(device_id, request, FLASH_TIMEOUT)
+
     # ------------------------------------------------------------------ the two ends of the bus
 
     async def _remote(self, device_id: str, request: dict[str, Any], timeout: float) -> Any:
@@ -178,5 +188,10 @@ class RoutedControl:
             return dataclasses.asdict(await local.read_vitals(device_id, timeout=timeout))
         if op == "disconnect":
             await local.disconnect(device_id)
+            return None
+        if op == "flash":
+            if self.flash_handler is None:
+                raise DeviceOffline("Device is not connected")
+            await self.flash_handler(device_id, str(request["binary"]), request["owner"])
             return None
         raise InvalidInput(f"Unknown device command: {op}")

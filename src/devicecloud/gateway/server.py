@@ -164,6 +164,7 @@ class DeviceGateway:
         max_links: int = 10_000,
         handshake_slots: int = 512,
         listen_backlog: int = 4096,
+        reuse_port: bool = False,
         handshake_timeout: float = 30.0,
         ping_after: float = 20.0,
         idle_timeout: float = 35.0,
@@ -184,6 +185,8 @@ class DeviceGateway:
         self._max_links = max_links
         self._admission = HandshakeAdmission(handshake_slots)
         self._backlog = listen_backlog
+        self._reuse_port = reuse_port
+        self._bound_port = port
         self._random_bytes = random_bytes
         self._timing = Timing(
             handshake_timeout=handshake_timeout,
@@ -231,7 +234,7 @@ class DeviceGateway:
         """
         if not self._listeners:
             raise RuntimeError("the gateway is not listening")
-        return int(self._listeners[0].getsockname()[1])
+        return self._bound_port
 
     @property
     def udp_port(self) -> int | None:
@@ -256,7 +259,8 @@ class DeviceGateway:
                     "no usable libcrypto: handshakes are signed in pure Python (~20x slower)",
                     reason=self._signer.reason,
                 )
-        self._listeners = await _listen(self._host, self._port, self._backlog)
+        self._listeners = await _listen(self._host, self._port, self._backlog, reuse_port=self._reuse_port)
+        self._bound_port = int(self._listeners[0].getsockname()[1])
         self._accepting = [
             asyncio.create_task(self._accept_loop(listener), name=f"device-gateway-accept-{n}")
             for n, listener in enumerate(self._listeners)
@@ -270,6 +274,19 @@ class DeviceGateway:
             handshake_slots=self._admission.slots,
             listen_backlog=self._backlog,
         )
+
+    async def stop_accepting(self) -> None:
+        """
+        Close the listening sockets and keep the links (a draining worker: with SO_REUSEPORT the kernel sends
+        new connections to the other processes on the port from now on). `stop` closes the links after.
+        """
+        self._stopping = True
+        accepting, self._accepting = self._accepting, []
+        for task in accepting:
+            task.cancel()
+        await asyncio.gather(*accepting, return_exceptions=True)
+        for listener in self._listeners:
+            listener.close()  # connections still in its backlog are reset: their devices retry elsewhere
 
     async def stop(self) -> None:
         """
@@ -413,10 +430,13 @@ class DeviceGateway:
         sock.close()
 
 
-async def _listen(host: str | None, port: int, backlog: int) -> list[socket.socket]:
+async def _listen(
+    host: str | None, port: int, backlog: int, *, reuse_port: bool = False
+) -> list[socket.socket]:
     """
     Listening sockets on every address of ``host`` (``None`` = all interfaces), as asyncio's server makes
-    them (SO_REUSEADDR, IPv6 sockets IPv6-only); raises `OSError` when an address is taken.
+    them (SO_REUSEADDR, IPv6 sockets IPv6-only; SO_REUSEPORT when asked, so the workers of one machine
+    share the port and the kernel spreads connections over them); raises `OSError` when an address is taken.
     """
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -426,6 +446,8 @@ async def _listen(host: str | None, port: int, backlog: int) -> list[socket.sock
             sock = socket.socket(family, kind, proto)
             listeners.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:

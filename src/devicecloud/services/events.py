@@ -440,7 +440,9 @@ class EventService:
                 raise PermissionDenied("Permission Denied", code="Permission Denied")
             device = await self._devices.access_device(user, device_ref)
             event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
-        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+        subscription = self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+        await self._bus.subscribed()  # a publish through another node right after the stream opens arrives
+        return subscription
 
     async def product_stream(
         self, principal: AnyPrincipal, product_ref: str, prefix: str, device_ref: str | None = None
@@ -461,7 +463,9 @@ class EventService:
             if membership is None or membership[0] != found.product.id:
                 raise NotFound("Device not found", code="Not Found")
         event_filter = EventFilter(prefix=prefix, product_id=found.product.id, device_id=device_id)
-        return self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+        subscription = self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
+        await self._bus.subscribed()
+        return subscription
 
     def everything(self, *, max_pending: int, exclude: str = "hook-") -> IntakeSubscription:
         """

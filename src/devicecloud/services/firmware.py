@@ -33,7 +33,7 @@ from devicecloud.domain.firmware import (
     check_fit,
     parse_firmware,
 )
-from devicecloud.errors import InvalidInput, NotFound
+from devicecloud.errors import DeviceOffline, InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from devicecloud.domain.devices import Device
     from devicecloud.services.devices import DeviceService
     from devicecloud.services.events import EventService
-    from devicecloud.services.ports import BinaryStore, Compiler, DeviceUpdates, UpdateHandle
+    from devicecloud.services.ports import BinaryStore, Compiler, DeviceUpdates, RemoteUpdates, UpdateHandle
 
 __all__ = ["BINARY_LIFETIME", "BUILD_PLATFORMS", "FLASH_STATUS_EVENT", "MAX_BINARY_SIZE", "FirmwareService"]
 
@@ -50,6 +50,8 @@ logger = structlog.get_logger("devicecloud.firmware")
 FLASH_STATUS_EVENT = "spark/flash/status"
 #: No Particle device takes a larger file over the air (Gen3 OTA regions are under 2 MB; gcc takes 10 MB).
 MAX_BINARY_SIZE = 4 * 1024 * 1024
+# How long a binary flashed through another node stays in the shared store for the holder to read it.
+REMOTE_FLASH_KEEP = timedelta(minutes=10)
 #: How long a compiled binary can be downloaded.
 BINARY_LIFETIME = timedelta(days=1)
 #: The platforms build targets are listed for: the ones this server's TCP gateway serves with Device OS
@@ -79,6 +81,7 @@ class FirmwareService:
         clock: Clock,
         binaries: BinaryStore,
         compiler: Compiler | None = None,
+        remote: RemoteUpdates | None = None,
     ) -> None:
         self._devices = devices
         self._updates = updates
@@ -86,6 +89,8 @@ class FirmwareService:
         self._clock = clock
         self._binaries = binaries
         self._compiler = compiler
+        #: Updates of devices linked to other nodes (a cluster); None: only this process's links.
+        self._remote = remote
         self._watchers: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ compiling
@@ -185,21 +190,28 @@ class FirmwareService:
         if len(data) > MAX_BINARY_SIZE:
             raise InvalidInput(f"The binary is larger than {MAX_BINARY_SIZE} bytes", code="invalid_binary")
         try:
-            image = parse_firmware(data)
-            check_fit(image, self._updates.update_target(device.id))
+            parse_firmware(data)  # a broken binary is refused here, before any node is asked
         except FirmwareRejected as exc:
             raise InvalidInput(str(exc), code="invalid_binary") from exc
-        handle = self._updates.start_update(device.id, data)
-        logger.info("flashing", device_id=device.id, size=len(data), app_hash=image.main.sha256.hex())
-        await self._status(device, "started ")
-        task = asyncio.create_task(self._watch(device, handle), name=f"flash-status-{device.id}")
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        try:
+            self._updates.update_target(device.id)
+        except DeviceOffline:
+            if self._remote is None:
+                raise
+            await self._flash_elsewhere(device, data)
+            return device
+        await self._flash_here(device.id, device.owner_id, data)
         return device
 
-    async def _watch(self, device: Device, handle: UpdateHandle) -> None:
-        outcome = await handle.finished()
-        await self._status(device, "success " if outcome.ok else "failed ")
+    async def flash_stored(self, device_id: str, binary_id: str, owner_id: int | None) -> None:
+        """
+        The holder's half of `RemoteUpdates.flash_elsewhere`: flash the binary another node stored, with the
+        checks `flash_binary` makes here. Raises as `flash_binary` does.
+        """
+        binary = await self._binaries.load(binary_id)
+        if binary is None:
+            raise InvalidInput("The binary is no longer available", code="invalid_binary")
+        await self._flash_here(device_id, owner_id, binary.data)
 
     async def flash_release(self, device_id: str, data: bytes, product_id: int) -> UpdateHandle:
         """
@@ -239,10 +251,43 @@ class FirmwareService:
         task.add_done_callback(self._watchers.discard)
         return handle
 
-    async def _status(self, device: Device, data: str) -> None:
-        await self._events.publish_internal(
-            FLASH_STATUS_EVENT, data, owner_id=device.owner_id, device_id=device.id
+    async def _flash_elsewhere(self, device: Device, data: bytes) -> None:
+        """The device is linked to another node (or none): the binary goes by the shared store."""
+        assert self._remote is not None
+        now = self._clock.now()
+        binary_id = secrets.token_hex(12)
+        await self._binaries.save(
+            StoredBinary(
+                id=binary_id,
+                owner_id=device.owner_id or 0,
+                platform_id=0,
+                version="flash",
+                created_at=now,
+                expires_at=now + REMOTE_FLASH_KEEP,
+                data=data,
+            )
         )
+        await self._remote.flash_elsewhere(device.id, binary_id, device.owner_id)
+
+    async def _flash_here(self, device_id: str, owner_id: int | None, data: bytes) -> None:
+        try:
+            image = parse_firmware(data)
+            check_fit(image, self._updates.update_target(device_id))
+        except FirmwareRejected as exc:
+            raise InvalidInput(str(exc), code="invalid_binary") from exc
+        handle = self._updates.start_update(device_id, data)
+        logger.info("flashing", device_id=device_id, size=len(data), app_hash=image.main.sha256.hex())
+        await self._status(device_id, owner_id, "started ")
+        task = asyncio.create_task(self._watch(device_id, owner_id, handle), name=f"flash-status-{device_id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, device_id: str, owner_id: int | None, handle: UpdateHandle) -> None:
+        outcome = await handle.finished()
+        await self._status(device_id, owner_id, "success " if outcome.ok else "failed ")
+
+    async def _status(self, device_id: str, owner_id: int | None, data: str) -> None:
+        await self._events.publish_internal(FLASH_STATUS_EVENT, data, owner_id=owner_id, device_id=device_id)
 
     async def aclose(self) -> None:
         """Stop watching updates (shutdown); their outcome events are not published any more."""

@@ -9,6 +9,8 @@ Rules kept here:
   held by a live node stay as they are: restarting one node never marks another's devices offline;
 - each renewal also marks offline the devices of every node whose lease ran out (it died without stopping)
   and forgets those nodes; any node may do it, the statement is the same whoever runs it first;
+- whoever marks devices offline that way publishes their ``spark/status`` offline (``on_swept``): the
+  statement changes a device once, so one node publishes it;
 - a node that finds its own row gone (it was too slow to renew, and another node swept its devices) comes
   back: it registers again and has its presence book write every device it holds again
   (``on_lost``), which the presence fence lets through, since its links are still the latest.
@@ -21,7 +23,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -61,6 +63,8 @@ class NodeService:
         self._clock = clock
         self._lease = lease
         self._on_lost = on_lost
+        #: Told the devices a sweep marked offline (the runtime publishes their ``spark/status`` offline).
+        self.on_swept: Callable[[Sequence[str]], Awaitable[None]] | None = None
         self._timer: TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._running = False
@@ -100,11 +104,17 @@ class NodeService:
             if not renewed:
                 await tx.nodes.register(self.node_id, now)
             dead = [node for node in await tx.nodes.expired(cutoff) if node != self.node_id]
-            changed = await tx.devices.set_offline_unless_held(
+            offline = await tx.devices.set_offline_unless_held(
                 now, live_since=cutoff, stale=self.node_id if starting else None
             )
             await tx.nodes.remove_expired(cutoff)
+        changed = len(offline)
         self.swept += changed
+        if offline and self.on_swept is not None:
+            try:
+                await self.on_swept(offline)
+            except Exception:  # the store is right; a stream misses the news, as with a lost event
+                logger.warning("could not publish the swept devices' status", exc_info=True)
         if dead:
             logger.warning(
                 "nodes stopped renewing their lease", dead_nodes=dead, devices_marked_offline=changed

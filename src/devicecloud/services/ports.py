@@ -130,6 +130,20 @@ class DeviceUpdates(Protocol):
         ...
 
 
+class RemoteUpdates(Protocol):
+    """
+    An update of a device linked to another node of the cluster (`gateway.cluster.RoutedControl`): the
+    holder reads the binary from the shared `BinaryStore` by id (binaries are larger than a bus message).
+    """
+
+    async def flash_elsewhere(self, device_id: str, binary_id: str, owner_id: int | None) -> None:
+        """
+        Have the node holding the device check the binary and start the update. Raises `errors.DeviceOffline`
+        when no node holds it, else what the holder's check raised (`InvalidInput`, `Busy`).
+        """
+        ...
+
+
 class Compiler(Protocol):
     """
     Cloud compile: turns uploaded sources into a binary (implemented by `compiler.CommandCompiler`).

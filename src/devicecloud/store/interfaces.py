@@ -173,10 +173,12 @@ class DeviceRepository(Protocol):
         """
         ...
 
-    async def set_offline_unless_held(self, now: datetime, *, live_since: datetime, stale: str | None) -> int:
+    async def set_offline_unless_held(
+        self, now: datetime, *, live_since: datetime, stale: str | None
+    ) -> list[str]:
         """
         Mark offline every online device whose latest link is not on a live node (one that renewed its lease
-        at ``live_since`` or later, other than ``stale``), or whose record names no node; the number changed.
+        at ``live_since`` or later, other than ``stale``), or whose record names no node; the ids changed.
         """
         ...
 

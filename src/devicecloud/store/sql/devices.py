@@ -290,7 +290,9 @@ class SqlDevices:
             raise NotFound("Device not found")
         return updated
 
-    async def set_offline_unless_held(self, now: datetime, *, live_since: datetime, stale: str | None) -> int:
+    async def set_offline_unless_held(
+        self, now: datetime, *, live_since: datetime, stale: str | None
+    ) -> list[str]:
         live = select(nodes.c.id).where(nodes.c.seen_at >= live_since)
         if stale is not None:
             live = live.where(nodes.c.id != stale)
@@ -300,8 +302,9 @@ class SqlDevices:
                 devices.c.online.is_(True), or_(devices.c.node_id.is_(None), devices.c.node_id.not_in(live))
             )
             .values(online=False, updated_at=now)
+            .returning(devices.c.id)
         )
-        return int(result.rowcount)
+        return [str(device_id) for device_id in result.scalars()]
 
     async def write_presence(self, presence: Sequence[DevicePresence]) -> None:
         if not presence:
