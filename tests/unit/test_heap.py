@@ -102,7 +102,8 @@ def test_young_collections_change_nothing(heap: FrozenHeap) -> None:
     frozen = heap.frozen
     gc.collect(0)
     gc.collect(1)
-    assert heap.frozen == frozen
+    # Nothing is frozen by them (a frozen object that reference counting frees meanwhile may leave the set).
+    assert heap.frozen <= frozen
     assert heap.sweeps == 1
 
 
