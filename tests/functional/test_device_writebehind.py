@@ -274,3 +274,45 @@ async def test_shutdown_writes_every_pending_fact(runtime: Runtime, clock: FakeC
         record.online,
         record.functions,
     )
+
+
+async def test_a_device_that_reconnects_with_the_same_describe_costs_no_describe_write(
+    client: httpx.AsyncClient, runtime: Runtime, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The key check reads the stored record anyway: a Describe equal to the stored one (a device reconnecting
+    with the same firmware, a whole fleet after a restart) is not written again; a changed one is.
+    """
+    ada = await make_account(client, "ada@example.com")
+    identity = generate_identity()
+    await register_and_claim(client, ada, identity.device_id, identity.public_key_pem())
+
+    async def link(*functions: str) -> list[str]:
+        device = virtual_device(runtime, identity)
+        for name in functions:
+            device.add_function(name, lambda arg: len(arg))
+        counter = StatementCounter(runtime, monkeypatch)
+        try:
+            await device.start()
+            await device.wait_connected(10)
+            await handled(runtime, identity.device_id)  # its Describe is in the book
+            await written(
+                runtime, clock, lambda d: d.online and "functions" in d.describe, [identity.device_id]
+            )
+            return [
+                sql
+                for sql, _ in counter.statements
+                if sql.lstrip().startswith("UPDATE") and "describe" in sql
+            ]
+        finally:
+            counter.close()
+            await device.stop()
+            await written(runtime, clock, lambda d: not d.online, [identity.device_id])
+
+    assert len(await link()) == 1  # the first Describe is written
+    assert [] == await link(), "the same Describe again: nothing to write"
+    assert len(await link("brew")) == 1  # a new function: written
+    record = await stored(runtime, identity.device_id)
+    assert record is not None
+    assert "brew" in record.describe["functions"]
+    assert [] == await link("brew")

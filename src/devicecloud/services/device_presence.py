@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -161,6 +162,9 @@ class DevicePresenceBook:
         self._records: dict[str, _FirstConnect] = {}
         self._offers: list[_Offer] = []
         self._reports: dict[str, ProductReport] = {}  # device id → what its latest Hello said of its product
+        # What the store held of a connecting device's Describe at its key check (describe, system firmware),
+        # until its Describe arrives: the same Describe again is nothing to write.
+        self._stored: dict[str, tuple[Mapping[str, Any], str | None]] = {}
         self._dirty: set[str] = set()
         self._flushing = asyncio.Lock()
         self._writer = WriteBehind(
@@ -250,10 +254,18 @@ class DevicePresenceBook:
         entry.heard_dirty = True
         self._mark(device_id)
 
+    def stored_describe(self, device_id: str, describe: Mapping[str, Any], firmware: str | None) -> None:
+        """
+        What the store holds of the device's Describe, as its key check read it (the one read of a connect).
+        """
+        self._stored[device_id] = (describe, firmware)
+
     def described(self, device_id: str, description: DeviceDescription) -> None:
         """
-        The device sent (part of) its Describe; parts that are None stay as they were.
+        The device sent (part of) its Describe; parts that are None stay as they were. A device that
+        reconnects with the Describe the store already holds costs no write.
         """
+        stored = self._stored.pop(device_id, None)
         entry = self._entries.get(device_id)
         if entry is None:
             return  # a Describe comes only from a connected device
@@ -265,6 +277,8 @@ class DevicePresenceBook:
             entry.describe["modules"] = description.modules
         if description.system_firmware_version is not None:
             entry.firmware = description.system_firmware_version
+        if stored is not None and not entry.describe_dirty and stored == (entry.describe, entry.firmware):
+            return
         entry.updated_at = self._clock.now()
         entry.version += 1
         entry.describe_dirty = True
@@ -299,6 +313,7 @@ class DevicePresenceBook:
         Returns:
             False when this book did not know the device (it never connected here).
         """
+        self._stored.pop(device_id, None)
         entry = self._entries.get(device_id)
         if entry is None:
             return False

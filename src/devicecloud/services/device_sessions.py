@@ -136,6 +136,7 @@ class DeviceSessionService:
             return None
         if known is not None:
             self._owners[device_id] = known.owner_id
+            self.presence.stored_describe(device_id, known.describe, known.system_firmware_version)
             if known.session_epoch is not None:
                 self._epochs[device_id] = known.session_epoch
             self._members[device_id] = known.membership
