@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.api import Account, make_account
+from tests.support.api import Account
 from tests.support.devices import connect_device, handled, wait_until
 
 from devicecloud.runtime import Runtime
@@ -23,16 +23,6 @@ PASSWORD = "correct horse battery"
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
-    account = await make_account(client, "owner@example.com")
-    created = await client.post(
-        "/v1/products", json={"name": "Brew Bot", "platform_id": 6}, headers=account.auth
-    )
-    assert created.status_code == 201, created.text
-    return account
 
 
 async def make_client(

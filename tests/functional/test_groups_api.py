@@ -12,22 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.api import Account, make_account
+from tests.support.api import Account
 from tests.support.clock import FakeClock
 
 from devicecloud.runtime import Runtime
 
 GROUPS = "/v1/products/brew-bot/groups"
-
-
-@pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
-    account = await make_account(client, "owner@example.com")
-    created = await client.post(
-        "/v1/products", json={"name": "Brew Bot", "platform_id": 6}, headers=account.auth
-    )
-    assert created.status_code == 201, created.text
-    return account
 
 
 async def add_group(client: httpx.AsyncClient, owner: Account, **body: Any) -> httpx.Response:

@@ -7,22 +7,11 @@ client-credentials tokens act for the product, within the client's scopes.
 from __future__ import annotations
 
 import httpx
-import pytest
 from tests.support.api import Account, make_account
 
 from devicecloud.runtime import Runtime
 
 CLIENTS = "/v1/products/brew-bot/clients"
-
-
-@pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
-    account = await make_account(client, "owner@example.com")
-    created = await client.post(
-        "/v1/products", json={"name": "Brew Bot", "platform_id": 6}, headers=account.auth
-    )
-    assert created.status_code == 201, created.text
-    return account
 
 
 async def grant(client: httpx.AsyncClient, client_id: str, secret: str) -> httpx.Response:

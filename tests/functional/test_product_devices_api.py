@@ -30,16 +30,6 @@ def did(n: int) -> str:
     return f"{n:024x}"
 
 
-@pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
-    account = await make_account(client, "owner@example.com")
-    created = await client.post(
-        "/v1/products", json={"name": "Brew Bot", "platform_id": 6}, headers=account.auth
-    )
-    assert created.status_code == 201, created.text
-    return account
-
-
 async def listed(client: httpx.AsyncClient, owner: Account, **params: Any) -> dict[str, Any]:
     response = await client.get(DEVICES, params=params, headers=owner.auth)
     assert response.status_code == 200, response.text

@@ -38,16 +38,6 @@ async def served(runtime: Runtime) -> AsyncIterator[Served]:
         yield running
 
 
-@pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
-    account = await make_account(client, "owner@example.com")
-    created = await client.post(
-        "/v1/products", json={"name": "Brew Bot", "platform_id": 6}, headers=account.auth
-    )
-    assert created.status_code == 201, created.text
-    return account
-
-
 async def product_id(runtime: Runtime, slug: str = "brew-bot") -> int:
     async with runtime.store.transaction(readonly=True) as tx:
         product = await tx.products.get_by_slug(slug)

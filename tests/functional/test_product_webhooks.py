@@ -26,16 +26,6 @@ from devicecloud.runtime import Runtime
 HOOKS = "/v1/products/brew-bot/integrations"
 
 
-@pytest.fixture
-async def owner(client: httpx.AsyncClient) -> Account:
-    account = await make_account(client, "owner@example.com")
-    created = await client.post(
-        "/v1/products", json={"name": "Brew Bot", "platform_id": 6}, headers=account.auth
-    )
-    assert created.status_code == 201, created.text
-    return account
-
-
 async def test_create_list_get_edit_delete(
     client: httpx.AsyncClient, runtime: Runtime, owner: Account
 ) -> None:
