@@ -109,6 +109,8 @@ class UpdateBehaviour:
             on every arrival).
         drop_seed: seed of the loss pattern.
         disconnect_after_chunks: close the connection once this many chunks have arrived.
+        corrupt_at: OTA v3: flip the byte at this file offset as it is stored (a flash write fault), so the
+            device's own integrity check fails at UpdateFinish.
     """
 
     enabled: bool = True
@@ -116,6 +118,7 @@ class UpdateBehaviour:
     drop_chunks: float = 0.0
     drop_seed: int = 0
     disconnect_after_chunks: int | None = None
+    corrupt_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +329,9 @@ class Updater:
             transfer.stats["ooo_chunks"] += 1
         at = transfer.offset + (index - 1) * transfer.chunk_size
         transfer.buffer[at : at + len(event.data)] = event.data
+        fault = self.behaviour.corrupt_at
+        if fault is not None and at <= fault < at + len(event.data):
+            transfer.buffer[fault] ^= 0xFF
         transfer.received.add(index)
         while transfer.cumulative + 1 in transfer.received:
             transfer.cumulative += 1
