@@ -367,3 +367,39 @@ async def test_a_silent_v3_device_fails_the_update_on_the_gateways_clock_and_a_s
         assert runtime.gateway.control.is_online(device.device_id)
     finally:
         await device.stop()
+
+
+async def test_a_product_release_reaches_a_v3_device_the_usual_way(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, statuses: Subscription, clock: FakeClock
+) -> None:
+    body = {"name": "Argons", "platform_id": ARGON, "settings": {"quarantine": False}}
+    created = await client.post("/v1/products", json=body, headers=ada.auth)
+    assert 201 == created.status_code, created.text
+    product_id = created.json()["product"]["id"]
+    code = b"application of the Argon fleet, version 2" * 40
+    image = build_module(code, platform_id=ARGON, product=(product_id, 2))
+    uploaded = await client.post(
+        f"/v1/products/{product_id}/firmware",
+        data={"version": "2", "title": "Version 2"},
+        files={"binary": ("firmware.bin", image, "application/octet-stream")},
+        headers=ada.auth,
+    )
+    assert 201 == uploaded.status_code, uploaded.text
+    released = await client.put(
+        f"/v1/products/{product_id}/firmware/release",
+        json={"version": 2, "product_default": True},
+        headers=ada.auth,
+    )
+    assert 200 == released.status_code, released.text
+    device = await argon(client, ada, runtime, product_id=product_id, product_firmware_version=1)
+    try:
+        await runtime.sessions.presence.flush()
+        clock.advance(runtime.settings.release_delay)  # "a few seconds after the handshake"
+        assert "started " == (await next_status(statuses, device.device_id)).data
+        await run_update(runtime, clock, device)
+        assert "success " == (await next_status(statuses, device.device_id)).data
+        await wait_until(lambda: _true(device.hello.product_firmware_version == 2 and device.connected))
+        assert device.firmware == image
+        assert 1 == device.updater.ota_v3_counters.starts  # over v3, not the legacy protocol
+    finally:
+        await device.stop()
