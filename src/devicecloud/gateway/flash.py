@@ -202,7 +202,8 @@ class FlashJob:
 
     def _log_progress(self) -> None:
         t = self.transfer
-        done = min(t.bytes_sent, t.file_length) / t.file_length
+        held = t.offset if isinstance(t, Ota3Transfer) else 0  # a resumed v3 update starts part way
+        done = min(held + t.bytes_sent, t.file_length) / t.file_length
         if done >= self._next_mark:
             logger.info(
                 "update progress",
