@@ -20,6 +20,12 @@ Theory of operation:
     ``spark/hardware/ota_chunk_size`` events (≥3.0 puts them, and its system version, in the Hello). The
     Device OS version decides how a fast update ends: 0.7 finishes by itself, 0.8.0-rc.25 and later want
     UpdateDone again (see `protocol.ota`).
+
+    Which protocol: a device whose Hello carries flag 0x80 (Gen3 on Device OS ≥ 3.0) has only OTA protocol
+    v3 (`protocol.ota3.Ota3Transfer`: windowed NON chunks, UpdateAck bitmaps, resume by SHA-256), which runs
+    over UDP; every other device keeps the legacy transfer. Both have the same surface, so `FlashJob` drives
+    either the same way (over UDP the link's "write buffer" is always empty, so the transfer's own window and
+    in-flight bound pace it), and the API, the checks and the ``spark/flash/status`` events do not change.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ from devicecloud.protocol import (
     LocalProtocolError,
 )
 from devicecloud.protocol.ota import MAX_CHUNK_SIZE, OtaOptions, OtaTransfer
+from devicecloud.protocol.ota3 import Ota3Options, Ota3Transfer
+from devicecloud.protocol.ota3_messages import MAX_CHUNK_SIZE as V3_MAX_CHUNK_SIZE
+from devicecloud.protocol.ota3_messages import MIN_CHUNK_SIZE as V3_MIN_CHUNK_SIZE
 
 if TYPE_CHECKING:
     from devicecloud.clock import Clock, TimerHandle
@@ -78,6 +87,8 @@ class DeviceFacts:
         self.chunk_size: int | None = None
         self.modules: tuple[Mapping[str, Any], ...] | None = None
         self.system_version: int | None = None
+        #: The OTA chunk size the Hello announced (Device OS ≥ 3.0), unbounded by the legacy maximum.
+        self.hello_chunk_size: int | None = None
 
     def on_hello(self, event: HelloReceived) -> None:
         self.platform_id, self.hello_flags = event.platform_id, event.flags
@@ -86,6 +97,7 @@ class DeviceFacts:
             self.max_binary = event.max_binary
         if event.ota_chunk_size:
             self.chunk_size = min(event.ota_chunk_size, MAX_CHUNK_SIZE)
+            self.hello_chunk_size = event.ota_chunk_size
 
     def on_describe(self, description: Description) -> None:
         if description.modules is not None:
@@ -108,15 +120,28 @@ class DeviceFacts:
     def target(self) -> UpdateTarget:
         return UpdateTarget(self.platform_id, self.max_binary, self.hello_flags, self.modules)
 
+    @property
+    def ota_v3(self) -> bool:
+        """The device takes updates over OTA protocol v3 only (Hello flag 0x80)."""
+        return bool(self.hello_flags & OTA_V3_HELLO_FLAG)
+
+    def v3_chunk_size(self) -> int:
+        """The Hello's chunk size within what v3 allows (512…1136, a multiple of 4); 512 when unsaid."""
+        size = self.hello_chunk_size or DEFAULT_CHUNK_SIZE
+        return max(V3_MIN_CHUNK_SIZE, min(V3_MAX_CHUNK_SIZE, size - size % 4))
+
     def finishes_alone(self) -> bool | None:
         version = system_module_version(self.modules) or self.system_version
         return None if version is None else version < RESEND_DONE_SINCE
 
 
+Transfer = OtaTransfer | Ota3Transfer
+
+
 class FlashJob:
     """One update of one link's device: the transfer, written with flow control, as a task."""
 
-    def __init__(self, link: Link, transfer: OtaTransfer, clock: Clock) -> None:
+    def __init__(self, link: Link, transfer: Transfer, clock: Clock) -> None:
         self.link = link
         self.transfer = transfer
         self._clock = clock
@@ -177,7 +202,8 @@ class FlashJob:
 
     def _log_progress(self) -> None:
         t = self.transfer
-        done = min(t.bytes_sent, t.file_length) / t.file_length
+        held = t.offset if isinstance(t, Ota3Transfer) else 0  # a resumed v3 update starts part way
+        done = min(held + t.bytes_sent, t.file_length) / t.file_length
         if done >= self._next_mark:
             logger.info(
                 "update progress",
@@ -231,21 +257,30 @@ class GatewayUpdates:
     def updating(self, device_id: str) -> bool:
         return device_id in self._jobs
 
+    def job(self, device_id: str) -> FlashJob | None:
+        """The update under way for ``device_id`` (tests and operators look at its transfer)."""
+        return self._jobs.get(device_id)
+
     def start_update(self, device_id: str, image: bytes) -> FlashJob:
         link = self._link(device_id)
         if device_id in self._jobs:
             raise Busy("An update of this device is already in progress", code="Update in progress")
         facts = link.facts
-        if facts.hello_flags & OTA_V3_HELLO_FLAG:
-            raise InvalidInput(
-                "This device takes updates only over OTA protocol v3, which this server does not speak yet",
-                code="unsupported",
-            )
-        options = OtaOptions(
-            chunk_size=facts.chunk_size or DEFAULT_CHUNK_SIZE, device_finishes_alone=facts.finishes_alone()
-        )
+        transfer: Transfer
         try:
-            transfer = OtaTransfer(image, options)
+            if facts.ota_v3:
+                if not link.connection.unreliable:
+                    raise InvalidInput(
+                        "This device takes updates only over OTA protocol v3, which runs over UDP",
+                        code="unsupported",
+                    )
+                transfer = Ota3Transfer(image, Ota3Options(chunk_size=facts.v3_chunk_size()))
+            else:
+                options = OtaOptions(
+                    chunk_size=facts.chunk_size or DEFAULT_CHUNK_SIZE,
+                    device_finishes_alone=facts.finishes_alone(),
+                )
+                transfer = OtaTransfer(image, options)
         except ValueError as exc:
             raise InvalidInput(f"The binary cannot be sent: {exc}") from exc
         job = FlashJob(link, transfer, self._clock)
@@ -262,7 +297,9 @@ class GatewayUpdates:
 
     async def _run(self, device_id: str, job: FlashJob) -> None:
         log = logger.bind(device_id=device_id)
-        log.info("update started", size=job.transfer.file_length, chunk_size=job.transfer.options.chunk_size)
+        t = job.transfer
+        protocol = "v3" if isinstance(t, Ota3Transfer) else "legacy"
+        log.info("update started", size=t.file_length, chunk_size=t.options.chunk_size, protocol=protocol)
         try:
             await job.run()
         except Exception:
@@ -272,14 +309,16 @@ class GatewayUpdates:
                 job.link.update = None
             self._jobs.pop(device_id, None)
         outcome = await job.finished()
-        t = job.transfer
+        extra = {"resumed_from": t.offset, "window": t.window} if isinstance(t, Ota3Transfer) else {}
         log.info(
             "update finished" if outcome.ok else "update failed",
             reason=outcome.reason,
             fast=t.fast,
             chunks=t.chunk_count,
+            sent=t.chunks_sent,
             resent=t.chunks_resent,
             rounds=t.finish_attempts,
+            **extra,
         )
 
     async def stop(self) -> None:

@@ -72,10 +72,12 @@ class Code(IntEnum):
     UNAUTHORIZED = 0x81  # 4.01
     NOT_FOUND = 0x84  # 4.04
     METHOD_NOT_ALLOWED = 0x85  # 4.05
+    FORBIDDEN = 0x83  # 4.03
     REQUEST_ENTITY_TOO_LARGE = 0x8D  # 4.13
     INTERNAL_SERVER_ERROR = 0xA0  # 5.00
     NOT_IMPLEMENTED = 0xA1  # 5.01
     SERVICE_UNAVAILABLE = 0xA3  # 5.03
+    GATEWAY_TIMEOUT = 0xA4  # 5.04
 
 
 class OptionNumber(IntEnum):
@@ -122,6 +124,7 @@ class HelloFlags(IntFlag):
     GOODBYE_SUPPORT = 0x10
     DEVICE_INITIATED_DESCRIBE = 0x20
     COMPRESSED_OTA = 0x40
+    OTA_PROTOCOL_V3 = 0x80
 
 
 class DescribeFlags(IntFlag):
@@ -159,6 +162,10 @@ class MessageKind(IntEnum):
     CHUNK_MISSED = 13
     KEY_CHANGE = 14
     GOODBYE = 15
+    UPDATE_START = 16  # OTA v3 (ota-and-dtls.md §A.3): POST /S, /C, /A, /F
+    UPDATE_CHUNK = 17
+    UPDATE_ACK = 18
+    UPDATE_FINISH = 19
 
 
 #: (method code, first Uri-Path segment) → kind. Events use both ``e`` (public) and ``E`` (private).
@@ -180,4 +187,8 @@ REQUEST_KINDS: dict[tuple[int, str], MessageKind] = {
     (Code.GET, "c"): MessageKind.CHUNK_MISSED,
     (Code.PUT, "k"): MessageKind.KEY_CHANGE,
     (Code.POST, "x"): MessageKind.GOODBYE,
+    (Code.POST, "S"): MessageKind.UPDATE_START,
+    (Code.POST, "C"): MessageKind.UPDATE_CHUNK,
+    (Code.POST, "A"): MessageKind.UPDATE_ACK,
+    (Code.POST, "F"): MessageKind.UPDATE_FINISH,
 }

@@ -22,12 +22,14 @@ from devicecloud.protocol.variables import VariableData
 __all__ = [
     "AcceptDevice",
     "AcceptUpdate",
+    "AcceptUpdateStart",
     "AcknowledgeEvent",
     "BeginUpdate",
     "CallFunction",
     "Close",
     "Command",
     "FinishUpdate",
+    "FinishUpdateV3",
     "Ping",
     "PublishEvent",
     "ReadVariable",
@@ -40,13 +42,18 @@ __all__ = [
     "RespondChunk",
     "RespondDescribe",
     "RespondFunction",
+    "RespondOtaError",
     "RespondUpdateDone",
+    "RespondUpdateFinish",
     "RespondVariable",
     "SendChunk",
     "SendDescribe",
     "SendEvent",
     "SendTime",
+    "SendUpdateAck",
+    "SendUpdateChunk",
     "Signal",
+    "StartUpdateV3",
     "Subscribe",
 ]
 
@@ -188,6 +195,36 @@ class FinishUpdate(Command):
     """UpdateDone: completes with ``UpdateFinished``, or ``RequestFailed`` 4.00 when chunks are missing."""
 
 
+@dataclass(frozen=True)
+class StartUpdateV3(Command):
+    """
+    OTA v3 UpdateStart; completes with ``UpdateStarted`` (window, resume offset) or ``UpdateRefused``.
+    ``sha256`` (of the whole file) makes the update resumable.
+    """
+
+    file_size: int
+    chunk_size: int
+    sha256: bytes | None = None
+    discard: bool = False
+    module_function: int | None = None
+
+
+@dataclass(frozen=True)
+class SendUpdateChunk(Command):
+    """OTA v3: one chunk, NON, 1-based ``index``; no reply (the device's UpdateAcks say what it holds)."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FinishUpdateV3(Command):
+    """OTA v3 UpdateFinish (``cancel``: abort); completes with ``UpdateFinishAnswered``/``UpdateRefused``."""
+
+    discard: bool = False
+    cancel: bool = False
+
+
 # ---------------------------------------------------------------- device role
 
 
@@ -291,6 +328,43 @@ class ReportUpdateDone(Command):
     """Device OS 0.7 finishing a fast update by itself: NON PUT /u with the result JSON."""
 
     payload: bytes
+
+
+@dataclass(frozen=True)
+class AcceptUpdateStart(Command):
+    """Device, OTA v3: accept UpdateStart: the window (chunks) and the bytes already held (resume)."""
+
+    request_id: int
+    window: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class SendUpdateAck(Command):
+    """Device, OTA v3: UpdateAck: chunks held contiguously from 1, and those held beyond them."""
+
+    cumulative: int
+    received: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class RespondUpdateFinish(Command):
+    """
+    Device, OTA v3: answer UpdateFinish with a CON 2.04 (``send`` returns a request id that completes,
+    ``RequestCompleted``, when the cloud ACKs it: only then does a device apply the update).
+    """
+
+    request_id: int
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class RespondOtaError(Command):
+    """Device, OTA v3: refuse a request with a Device OS system error (CoAP code and JSON body as it does)."""
+
+    request_id: int
+    system_error: int
+    message: str
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devicecloud.protocol import coap, commands, events, messages, ota_requests
+from devicecloud.protocol import coap, commands, events, messages, ota3_messages, ota_requests
 from devicecloud.protocol.codes import (
     Code,
     DescribeFlags,
@@ -111,6 +111,7 @@ _DONE_ON_EMPTY_ACK = {
             MessageKind.SUBSCRIBE,
             MessageKind.DESCRIBE,
             MessageKind.CHUNK_MISSED,
+            MessageKind.UPDATE_FINISH,  # OTA v3: the cloud's ACK of our 2.04 is all that follows
         }
     ),
 }
@@ -120,6 +121,10 @@ _DONE_ON_EMPTY_ACK = {
 _OTA_REQUESTS = frozenset(
     {MessageKind.UPDATE_BEGIN, MessageKind.SAVE_BEGIN, MessageKind.CHUNK, MessageKind.UPDATE_DONE}
 )
+
+# OTA protocol v3 (Gen3 on Device OS ≥ 3.0); `ota3_messages` reads them.
+_OTA3_REQUESTS = frozenset({MessageKind.UPDATE_START, MessageKind.UPDATE_CHUNK, MessageKind.UPDATE_FINISH})
+_OTA3_ANSWERED = frozenset({MessageKind.UPDATE_START, MessageKind.UPDATE_FINISH})
 
 _DEFAULT_DESCRIBE_FLAGS = DescribeFlags.SYSTEM | DescribeFlags.APPLICATION
 METRICS = int(DescribeFlags.METRICS)
@@ -407,7 +412,9 @@ class CoapSession:
             return
         rid = request.request_id
         ok = code_class(msg.code) == 2 or msg.code == Code.EMPTY
-        if request.kind is MessageKind.CHUNK:
+        if request.kind in _OTA3_ANSWERED and self.role is Role.CLOUD:
+            self._events.append(ota3_messages.answer_event(rid, request.kind, msg))
+        elif request.kind is MessageKind.CHUNK:
             self._events.append(events.ChunkReceived(rid, request.index, ok))
         elif not ok:
             self._fail(request, msg.code, f"peer answered {code_str(msg.code)}")
@@ -513,6 +520,11 @@ class CoapSession:
             pending = self._requests.take_kind(MessageKind.UPDATE_DONE)
             done_id = pending.request_id if pending is not None else None
             self._events.append(events.UpdateFinished(done_id, msg.payload))
+        elif kind is MessageKind.UPDATE_ACK:  # OTA v3: NON; dropped when malformed, like a lost datagram
+            self._ack_if_con(msg)
+            acked = ota3_messages.cloud_event(msg)
+            if acked is not None:
+                self._events.append(acked)
         elif kind is MessageKind.GOODBYE:
             self._ack_if_con(msg)
             self._events.append(events.GoodbyeReceived(msg.payload))
@@ -552,6 +564,12 @@ class CoapSession:
             pass
         elif kind in _OTA_REQUESTS:
             self._events.append(ota_requests.device_event(kind, msg, self._inbound_request))
+        elif kind in _OTA3_REQUESTS:
+            if kind is MessageKind.UPDATE_CHUNK:
+                self._ack_if_con(msg)
+            event = ota3_messages.device_event(kind, msg, self._inbound_request)
+            if event is not None:
+                self._events.append(event)
         elif kind is MessageKind.KEY_CHANGE:
             self._ack_if_con(msg)
         else:
@@ -652,7 +670,10 @@ class CoapSession:
         elif isinstance(c, commands.SendChunk):
             if c.fast:  # fast OTA chunks get no reply: not tracked
                 mid, token = self._ids.next(), self._tokens.next(self._requests.tokens())
-                self._send_message(messages.chunk(mid, token, c.data, index=c.index, crc32=c.crc32))
+                msg = messages.chunk(mid, token, c.data, index=c.index, crc32=c.crc32)
+                if self.unreliable:  # over UDP NON: a CON nobody ACKs would be retransmitted (§A.2)
+                    msg = replace(msg, type=MessageType.NON)
+                self._send_message(msg)
                 return None
             r = self._new_request(MessageKind.CHUNK, now)
             r.index = c.index
@@ -660,6 +681,27 @@ class CoapSession:
         elif isinstance(c, commands.FinishUpdate):
             r = self._new_request(MessageKind.UPDATE_DONE, now)
             self._send_message(messages.update_done(r.message_id, r.token))
+        elif isinstance(c, commands.StartUpdateV3):
+            r = self._new_request(MessageKind.UPDATE_START, now)
+            self._send_message(
+                ota3_messages.update_start(
+                    r.message_id,
+                    r.token,
+                    file_size=c.file_size,
+                    chunk_size=c.chunk_size,
+                    sha256=c.sha256,
+                    discard=c.discard,
+                    module_function=c.module_function,
+                )
+            )
+        elif isinstance(c, commands.SendUpdateChunk):  # NON, untracked: UpdateAcks say what arrived
+            self._send_message(ota3_messages.update_chunk(self._ids.next(), c.index, c.data))
+            return None
+        elif isinstance(c, commands.FinishUpdateV3):
+            r = self._new_request(MessageKind.UPDATE_FINISH, now)
+            self._send_message(
+                ota3_messages.update_finish(r.message_id, r.token, discard=c.discard, cancel=c.cancel)
+            )
         else:
             raise LocalProtocolError(f"{type(c).__name__} is not a cloud-role command")
         return r.request_id
@@ -741,6 +783,29 @@ class CoapSession:
             return None
         elif isinstance(c, commands.ReportUpdateDone):
             self._send_message(messages.update_result(self._ids.next(), c.payload))
+            return None
+        elif isinstance(c, commands.AcceptUpdateStart):
+            inbound = self._take_inbound(c.request_id, MessageKind.UPDATE_START)
+            if not inbound.acked:
+                self._send_message(messages.ack(inbound.message_id))
+            msg = ota3_messages.start_response(
+                self._ids.next(), inbound.token, window=c.window, offset=c.offset
+            )
+            self._send_message(msg)
+            return None
+        elif isinstance(c, commands.SendUpdateAck):
+            self._send_message(ota3_messages.update_ack(self._ids.next(), c.cumulative, c.received))
+            return None
+        elif isinstance(c, commands.RespondUpdateFinish):
+            inbound = self._take_inbound(c.request_id, MessageKind.UPDATE_FINISH)
+            if not inbound.acked:
+                self._send_message(messages.ack(inbound.message_id))
+            r = self._new_request(MessageKind.UPDATE_FINISH, now, token=False)
+            self._send_message(ota3_messages.finish_response(r.message_id, inbound.token, c.payload))
+        elif isinstance(c, commands.RespondOtaError):
+            inbound = self._take_inbound(c.request_id, None)
+            code = ota3_messages.coap_code_for(c.system_error)
+            self._answer(inbound, code, ota3_messages.error_payload(c.system_error, c.message), now)
             return None
         else:
             raise LocalProtocolError(f"{type(c).__name__} is not a device-role command")

@@ -56,10 +56,17 @@ __all__ = [
     "SubscribeRequested",
     "TimeReceived",
     "TimeRequested",
+    "UpdateAcked",
     "UpdateBeginRequested",
+    "UpdateChunkArrived",
     "UpdateDoneRequested",
+    "UpdateFinishAnswered",
+    "UpdateFinishRequested",
     "UpdateFinished",
     "UpdateReady",
+    "UpdateRefused",
+    "UpdateStartRequested",
+    "UpdateStarted",
     "VariableRequested",
     "VariableValue",
 ]
@@ -234,6 +241,50 @@ class UpdateFinished(Event):
 
 
 @dataclass(frozen=True)
+class UpdateStarted(Event):
+    """
+    Cloud, OTA v3: the device accepted UpdateStart (its CON 2.01, already ACKed): ``window`` chunks may be in
+    flight beyond its cumulative ack, and it already holds the file's first ``offset`` bytes (resume).
+    """
+
+    request_id: int
+    window: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class UpdateAcked(Event):
+    """
+    Cloud, OTA v3: an UpdateAck: chunks 1…``cumulative`` are held, and so are ``received`` beyond them
+    (1-based indices, counted from the resume offset).
+    """
+
+    cumulative: int
+    received: frozenset[int]
+
+
+@dataclass(frozen=True)
+class UpdateFinishAnswered(Event):
+    """Cloud, OTA v3: the device's 2.04 to UpdateFinish (already ACKed: it applies the update now)."""
+
+    request_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class UpdateRefused(Event):
+    """
+    Cloud, OTA v3: the device answered UpdateStart or UpdateFinish with an error: the CoAP ``code`` (5.03 for
+    nearly everything) and the Device OS ``system_error`` and ``message`` of its JSON body, when present.
+    """
+
+    request_id: int
+    code: int
+    system_error: int | None
+    message: str | None
+
+
+@dataclass(frozen=True)
 class GoodbyeReceived(Event):
     """Cloud: a 2.x device announces it is going away; ``payload`` holds its flags and reasons."""
 
@@ -312,6 +363,43 @@ class UpdateDoneRequested(Event):
     """
 
     request_id: int
+
+
+@dataclass(frozen=True)
+class UpdateStartRequested(Event):
+    """
+    Device, OTA v3: the cloud starts an update (empty ACK sent when it ``decoded``). Answer
+    ``AcceptUpdateStart(request_id, window, offset)`` or ``RespondOtaError(request_id, system_error, …)``.
+    """
+
+    request_id: int
+    file_size: int
+    chunk_size: int
+    sha256: bytes | None
+    discard: bool
+    module_function: int | None
+    decoded: bool = True
+
+
+@dataclass(frozen=True)
+class UpdateChunkArrived(Event):
+    """Device, OTA v3: one chunk (NON, no answer); ``index`` is 1-based (0: the option was missing)."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class UpdateFinishRequested(Event):
+    """
+    Device, OTA v3: the cloud finishes (or, ``cancel``, aborts) the update (empty ACK sent). Answer
+    ``RespondUpdateFinish(request_id, payload)`` — its request id completes when the cloud ACKs it — or
+    ``RespondOtaError``.
+    """
+
+    request_id: int
+    discard: bool
+    cancel: bool
 
 
 @dataclass(frozen=True)

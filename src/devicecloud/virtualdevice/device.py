@@ -90,7 +90,7 @@ from devicecloud.virtualdevice.support import (
     RequestError,
     Subscription,
 )
-from devicecloud.virtualdevice.updates import AppliedUpdate, UpdateBehaviour, Updater
+from devicecloud.virtualdevice.updates import V3_MAX_FILE, AppliedUpdate, UpdateBehaviour, Updater
 from devicecloud.virtualdevice.vitals import Vitals
 
 __all__ = [
@@ -118,6 +118,8 @@ VIRTUAL_DEVICE_TIMING = Timing(
 #: (2301) for 2.x, 0.7.0 (207) for 0.x, both real Photon releases. The cloud shows the release as
 #: ``system_firmware_version``.
 SYSTEM_MODULE_VERSIONS = {ResponseStyle.SEPARATE: 2301, ResponseStyle.PIGGYBACK: 207}
+#: The system version of an ``ota_v3`` device (Device OS 5.7.0; OTA v3 exists from 3.0.0).
+OTA_V3_SYSTEM_VERSION = 5700
 
 
 def system_modules(version: int) -> tuple[dict[str, object], ...]:
@@ -163,6 +165,9 @@ class VirtualDevice:
         random_bytes: the protocol's randomness source.
         protocol: ``"tcp"`` (RSA keys, port 5683) or ``"udp"`` (a Gen3 device: CoAP over DTLS to port 5684,
             EC P-256 ``device_key`` and ``server_public_key`` objects; e.g. ``platform_id=12``, an Argon).
+        ota_v3: a Gen3 device on Device OS ≥ 3.0 (UDP only): its Hello carries flag 0x80 and the ≥ 3.0
+            limits (system version, max binary size, OTA chunk size 512), and it takes updates over OTA
+            protocol v3 only; its Describe's system part is that version (`OTA_V3_SYSTEM_VERSION`).
     """
 
     def __init__(
@@ -192,6 +197,7 @@ class VirtualDevice:
         now: Callable[[], float] = time.monotonic,
         random_bytes: RandomBytes = os.urandom,
         protocol: Literal["tcp", "udp"] = "tcp",
+        ota_v3: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.device_id = normalize_device_id(device_id)
@@ -215,6 +221,11 @@ class VirtualDevice:
         flags = HelloFlags.DEVICE_INITIATED_DESCRIBE if response_style is ResponseStyle.SEPARATE else 0
         if diagnostics:
             flags |= HelloFlags.DIAGNOSTICS_SUPPORT
+        if ota_v3 and protocol != "udp":
+            raise ValueError("OTA protocol v3 is a UDP device's")
+        self.ota_v3 = ota_v3
+        if ota_v3:
+            flags |= HelloFlags.OTA_PROTOCOL_V3
         self.diagnostics = diagnostics
         #: What the device reports when the cloud asks for its vitals (tests may change any figure).
         self.vitals = Vitals(platform_id=platform_id)
@@ -223,14 +234,14 @@ class VirtualDevice:
             product_firmware_version=product_firmware_version,
             flags=int(flags),
             platform_id=platform_id,
+            limits=(OTA_V3_SYSTEM_VERSION, V3_MAX_FILE, 512) if ota_v3 else None,
         )
         self.response_style = response_style
         self.timing = timing or VIRTUAL_DEVICE_TIMING
         #: Over UDP: Device OS's keep-alive (25 s on Wi-Fi) unless ``timing`` says otherwise.
         self.udp_timing = timing or UDP_DEVICE_TIMING
-        self.modules = (
-            modules if modules is not None else system_modules(SYSTEM_MODULE_VERSIONS[response_style])
-        )
+        default_system = OTA_V3_SYSTEM_VERSION if ota_v3 else SYSTEM_MODULE_VERSIONS[response_style]
+        self.modules = modules if modules is not None else system_modules(default_system)
         self._now = now
         self._born = now()
         self._random_bytes = random_bytes
