@@ -422,6 +422,13 @@ class ProductRepository(Protocol):
 
     async def get_by_slug(self, slug: str) -> Product | None: ...
 
+    async def with_role(self, ref: int | str, user_id: int | None) -> tuple[Product, Role | None] | None:
+        """
+        The product by id (an int) or slug (a str) and ``user_id``'s role in its team (None: not in it, or
+        no user): one read.
+        """
+        ...
+
     async def slug_taken(self, slug: str) -> bool: ...
 
     async def list_for_member(self, user_id: int) -> Sequence[Product]:
