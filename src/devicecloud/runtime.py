@@ -319,7 +319,10 @@ def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommand
 
 
 def _forgetting(
-    webhooks: WebhookService, events: EventService, rollout: FirmwareRollout
+    webhooks: WebhookService,
+    events: EventService,
+    rollout: FirmwareRollout,
+    product_devices: ProductDeviceService,
 ) -> Callable[[str, str], None]:
     def forget(topic: str, key: str) -> None:
         if topic == "hooks":
@@ -329,6 +332,7 @@ def _forgetting(
         elif topic == "release":  # "<product id>:<1 = intelligent>", from any node's API
             product_id, _, immediate = key.partition(":")
             if product_id.isdigit():
+                product_devices.forget_releases(int(product_id))
                 rollout.release_changed(int(product_id), immediate=immediate == "1")
         elif topic == "flash":  # a device locked with flash=true: the node holding it checks it now
             rollout.check_now(key)
@@ -561,10 +565,13 @@ def build_runtime(
         policy=RolloutPolicy(delay=settings.release_delay),
     )
     sessions.watcher = rollout
+
     # Releases and locks with flash=true reach the node that holds the devices (every node, this one too).
-    product_firmware.on_release = lambda product_id, immediate: bus.broadcast(
-        "release", f"{product_id}:{int(immediate)}"
-    )
+    def released(product_id: int, immediate: bool) -> None:
+        product_devices.forget_releases(product_id)  # at once here; other processes when the note arrives
+        bus.broadcast("release", f"{product_id}:{int(immediate)}")
+
+    product_firmware.on_release = released
     product_firmware.on_delete = rollout.forget_binary
     product_devices.on_flash = lambda device_id: bus.broadcast("flash", device_id)
     if routed is not None:
@@ -572,7 +579,7 @@ def build_runtime(
     # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
     webhooks.on_change(lambda: bus.broadcast("hooks", ""))
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
-    bus.on_broadcast(_forgetting(webhooks, events, rollout))
+    bus.on_broadcast(_forgetting(webhooks, events, rollout, product_devices))
     sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
     node.on_swept = _announcing_offline(events)
 

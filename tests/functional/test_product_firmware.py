@@ -322,6 +322,37 @@ async def test_group_beats_default_lock_beats_group_development_is_never_flashed
     await runs(runtime, devices["locked"], 3)
 
 
+async def test_the_list_shows_each_release_at_once(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime, product_id: int
+) -> None:
+    # The list keeps each product's releases a while (decision 0029): a release must show in the very next
+    # list, and in the next read of one device, however recently they were read.
+    for version in (2, 3):
+        assert (await upload(client, owner, version, product_binary(product_id, version))).status_code == 201
+    grouped, plain = [await registered(runtime) for _ in range(2)]
+    ids = [grouped.device_id, plain.device_id]
+    assert (await client.post(f"{PRODUCT}/devices", json={"ids": ids}, headers=owner.auth)).status_code == 200
+    changed = await client.put(
+        f"{PRODUCT}/devices/{grouped.device_id}", json={"groups": ["beta"]}, headers=owner.auth
+    )
+    assert changed.status_code == 200, changed.text
+
+    async def targets() -> dict[str, int | None]:
+        listed = await client.get(f"{PRODUCT}/devices", headers=owner.auth)
+        assert listed.status_code == 200, listed.text
+        one = await client.get(f"{PRODUCT}/devices/{grouped.device_id}", headers=owner.auth)
+        assert one.status_code == 200, one.text
+        found = {d["id"]: d["targeted_firmware_release_version"] for d in listed.json()["devices"]}
+        assert one.json()["targeted_firmware_release_version"] == found[grouped.device_id]
+        return found
+
+    assert await targets() == {grouped.device_id: None, plain.device_id: None}
+    assert (await release(client, owner, version=2, product_default=True)).status_code == 200
+    assert await targets() == {grouped.device_id: 2, plain.device_id: 2}
+    assert (await release(client, owner, version=3, groups=["beta"])).status_code == 200
+    assert await targets() == {grouped.device_id: 3, plain.device_id: 2}
+
+
 async def test_lock_with_flash_updates_an_online_device_now(
     client: httpx.AsyncClient,
     owner: Account,

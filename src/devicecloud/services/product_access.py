@@ -54,13 +54,19 @@ async def find_product(tx: UnitOfWork, ref: str) -> Product | None:
 
 async def standing(tx: UnitOfWork, principal: AnyPrincipal, ref: str) -> ProductStanding:
     """
-    The product and the caller's role in it; `NotFound` when the caller has no standing there.
+    The product and the caller's role in it; `NotFound` when the caller has no standing there (one read).
     """
-    product = await find_product(tx, ref)
-    if product is None:
+    user_id = principal.user.id if isinstance(principal, Principal) else None
+    key: int | str | None = None
+    if PRODUCT_ID.match(ref):
+        key = int(ref)
+    elif len(ref) <= 64:
+        key = ref.lower()
+    found = await tx.products.with_role(key, user_id) if key is not None else None
+    if found is None:
         raise product_not_found()
+    product, role = found
     if isinstance(principal, Principal):
-        role = await tx.products.role_of(product.id, principal.user.id)
         if role is None:
             raise product_not_found()
         return ProductStanding(product, role)

@@ -33,7 +33,7 @@ import structlog
 
 from devicecloud.domain.devices import Device, VariableReading, normalise_device_id
 from devicecloud.domain.product_devices import SORT_ATTRIBUTES, DeviceListQuery
-from devicecloud.domain.product_firmware import Releases, target_firmware
+from devicecloud.domain.product_firmware import FleetDevice, Releases, target_firmware
 from devicecloud.errors import InvalidInput, NotFound, PermissionDenied
 from devicecloud.services.device_names import is_valid_name
 from devicecloud.services.groups import MAX_GROUPS_PER_PRODUCT, PALETTE, check_group_name
@@ -60,6 +60,7 @@ LIST_CACHE_TTL = (
 )
 LIST_CACHE_MIN = 1000  # devices a list needs to be kept: shorter ones are read afresh for each page
 LIST_CACHE_CHARS = 24_000_000  # id characters kept at most, all lists together (1,000,000 ids)
+RELEASES_TTL = 30.0  # seconds a product's releases are reused (a change says so on the bus: a lost note)
 
 
 @dataclass(slots=True)
@@ -210,17 +211,59 @@ def import_ids(values: Sequence[Any]) -> tuple[list[str], list[str]]:
     return list(valid), list(invalid)
 
 
-async def _targets(tx: UnitOfWork, product_id: int, device_ids: Sequence[str]) -> dict[str, int]:
+def _target(device: Device, group_ids: Iterable[int], product_id: int, releases: Releases) -> int | None:
     """
-    The firmware version the product's releases target each device with (`target_firmware`); devices with
-    no target (development, quarantined, nothing released) are left out.
+    The firmware version the product's releases target ``device`` with (`target_firmware`), from its record
+    and its groups: None for a device with no target (development, quarantined, denied, nothing released)
+    or no longer the product's.
     """
-    if not device_ids:
-        return {}
-    releases = Releases.of(await tx.product_firmware.releases(product_id))
-    fleet = await tx.product_firmware.fleet(product_id, device_ids)
-    targets = {f.device_id: target_firmware(f, releases).version for f in fleet}
-    return {device_id: version for device_id, version in targets.items() if version is not None}
+    held = device.membership
+    if held is None or held.product_id != product_id or held.quarantined or held.denied:
+        return None
+    fleet = FleetDevice(
+        device_id=device.id,
+        development=held.development,
+        desired_firmware_version=held.desired_firmware_version,
+        group_ids=frozenset(group_ids),
+        firmware_version=held.firmware_version,
+    )
+    return target_firmware(fleet, releases).version
+
+
+class ReleaseCache:
+    """
+    Each product's releases as the lists' targets need them (`Releases`), kept `RELEASES_TTL` seconds at
+    most: every page of a list would read them again otherwise. `forget` drops a product's (a release
+    changed: here, or on another process, which says so on the bus) and makes reads that began before it
+    unrecordable, so a release shows in the next list on every node.
+    """
+
+    def __init__(self, clock: Clock, *, ttl: float = RELEASES_TTL, max_products: int = 10_000) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._max = max_products
+        self._entries: dict[int, tuple[float, Releases]] = {}
+        self._generations: dict[int, int] = {}
+
+    def generation(self, product_id: int) -> int:
+        return self._generations.get(product_id, 0)
+
+    def get(self, product_id: int) -> Releases | None:
+        entry = self._entries.get(product_id)
+        if entry is None or self._clock.monotonic() - entry[0] >= self._ttl:
+            return None
+        return entry[1]
+
+    def put(self, product_id: int, releases: Releases, generation: int) -> None:
+        if generation != self.generation(product_id):
+            return  # read before a release changed: not to be served
+        if len(self._entries) >= self._max and product_id not in self._entries:
+            self._entries.clear()
+        self._entries[product_id] = (self._clock.monotonic(), releases)
+
+    def forget(self, product_id: int) -> None:
+        self._generations[product_id] = self.generation(product_id) + 1
+        self._entries.pop(product_id, None)
 
 
 class OrderedLists:
@@ -309,6 +352,8 @@ class ProductDeviceService:
         self._control = control
         #: The order of long lists read a moment ago; `forget` it for a product whose devices changed.
         self.lists = OrderedLists(clock)
+        #: Each product's releases (the listed devices' targets); `forget_releases` when one changes.
+        self.releases = ReleaseCache(clock)
         self._reading: dict[tuple[int, DeviceListQuery], asyncio.Task[None]] = {}
         self._pending: dict[tuple[int, DeviceListQuery, int], asyncio.Future[str | None]] = {}
         self._closed = False
@@ -387,9 +432,32 @@ class ProductDeviceService:
                 [ordered[at : at + ID_LENGTH] for at in range(first, last, ID_LENGTH)]
             )
             groups = await tx.product_devices.groups_of([d.id for d in found])
-            targets = await _targets(tx, product.id, [d.id for d in found])
-        listed = [ProductDevice(self._devices.present(d), groups[d.id], targets.get(d.id)) for d in found]
+            releases = await self._releases(tx, product.id) if found else Releases()
+        listed = [self._listed(d, groups[d.id], product.id, releases) for d in found]
         return DevicePage(listed, len(ordered) // ID_LENGTH, query.page, query.per_page)
+
+    def _listed(
+        self, device: Device, groups: Sequence[tuple[int, str]], product_id: int, releases: Releases
+    ) -> ProductDevice:
+        target = _target(device, (i for i, _ in groups), product_id, releases)
+        return ProductDevice(self._devices.present(device), [name for _, name in groups], target)
+
+    async def _releases(self, tx: UnitOfWork, product_id: int) -> Releases:
+        """
+        The product's releases, as kept a moment ago or read now.
+        """
+        found = self.releases.get(product_id)
+        if found is None:
+            generation = self.releases.generation(product_id)
+            found = Releases.of(await tx.product_firmware.releases(product_id))
+            self.releases.put(product_id, found, generation)
+        return found
+
+    def forget_releases(self, product_id: int) -> None:
+        """
+        A release of the product changed (here or on another process): its devices' targets are read anew.
+        """
+        self.releases.forget(product_id)
 
     async def _read_list(
         self, tx: UnitOfWork, product_id: int, query: DeviceListQuery, shape: DeviceListQuery
@@ -454,8 +522,10 @@ class ProductDeviceService:
         product, device = await self._access(principal, ref, device_ref, "devices:get")
         async with self._store.transaction(readonly=True) as tx:
             groups = await tx.product_devices.groups_of([device.id])
-            targets = await _targets(tx, product.id, [device.id])
-        return ProductDevice(device, groups[device.id], targets.get(device.id))
+            releases = await self._releases(tx, product.id)
+        held = groups[device.id]
+        target = _target(device, (i for i, _ in held), product.id, releases)
+        return ProductDevice(device, [name for _, name in held], target)
 
     async def _access(
         self, principal: AnyPrincipal, ref: str, device_ref: str, action: str

@@ -422,6 +422,13 @@ class ProductRepository(Protocol):
 
     async def get_by_slug(self, slug: str) -> Product | None: ...
 
+    async def with_role(self, ref: int | str, user_id: int | None) -> tuple[Product, Role | None] | None:
+        """
+        The product by id (an int) or slug (a str) and ``user_id``'s role in its team (None: not in it, or
+        no user): one read.
+        """
+        ...
+
     async def slug_taken(self, slug: str) -> bool: ...
 
     async def list_for_member(self, user_id: int) -> Sequence[Product]:
@@ -527,7 +534,11 @@ class ProductDeviceRepository(Protocol):
         """
         ...
 
-    async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]: ...
+    async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        """
+        Each device's groups as (group id, name), by name.
+        """
+        ...
 
     async def members_among(self, product_id: int, ids: Sequence[str]) -> list[str]: ...
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from devicecloud.domain.access import Role
@@ -89,7 +90,21 @@ def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, **sizing)
+    engine = create_async_engine(url, **sizing)
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _closed_is_gone(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # What SQLAlchemy's pre-ping is for, without its cost (decision 0029): on asyncpg a pre-ping is three
+        # round trips (BEGIN, an empty query, ROLLBACK) before every checkout. A connection the server
+        # closed (a restart, a terminated backend) is known closed to asyncpg as soon as the loop has read
+        # the end of its socket; the pool then opens a fresh one instead. A connection that dies while idle
+        # without the socket saying so fails its next statement, and SQLAlchemy drops the pool's
+        # connections on that disconnect, as it does for a connection lost between a ping and a statement.
+        driver = record.driver_connection
+        if driver is not None and driver.is_closed():
+            raise DisconnectionError("the database closed this connection")
+
+    return engine
 
 
 class SqlUnitOfWork:
@@ -124,6 +139,13 @@ class SqlStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._token_lookup = TokenLookup(engine)
+        # A read-only unit of work on PostgreSQL runs its statements in autocommit mode: under READ
+        # COMMITTED each statement of a transaction reads its own snapshot anyway, so a BEGIN and a COMMIT
+        # would add two round trips and no consistency (decision 0029). SQLite's BEGIN does hold one
+        # snapshot for the whole read (and costs no round trip): kept.
+        self._read_options: dict[str, Any] = (
+            {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}
+        )
 
     async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         return await self._token_lookup.lookup(token_hash)
@@ -145,7 +167,7 @@ class SqlStore:
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[SqlUnitOfWork]:
         async with self.engine.connect() as conn:
             if readonly:
-                await conn.execution_options(**{READONLY_OPTION: True})
+                await conn.execution_options(**{READONLY_OPTION: True, **self._read_options})
             async with conn.begin():
                 yield SqlUnitOfWork(conn)
 

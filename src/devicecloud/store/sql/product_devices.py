@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    any_,
     bindparam,
     delete,
     false,
@@ -60,6 +61,26 @@ def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(ids), _IN_CHUNK):
         yield ids[start : start + _IN_CHUNK]
 
+
+def _one_of(column: Any, *, postgres: bool) -> Any:
+    """
+    ``column`` is one of the list bound as ``ids``: on PostgreSQL one array parameter (``= ANY``), so the
+    statement's text, and asyncpg's prepared statement, is the same for every length; elsewhere ``IN``.
+    """
+    if postgres:
+        return column == any_(bindparam("ids", type_=postgresql.ARRAY(String())))
+    return column.in_(bindparam("ids", expanding=True))
+
+
+# Built once (a page of a list reads them): keyed by "is PostgreSQL".
+_RECORDS = {pg: select_devices().where(_one_of(devices.c.id, postgres=pg)) for pg in (False, True)}
+_GROUPS_OF = {
+    pg: select(device_group_members.c.device_id, device_groups.c.id, device_groups.c.name)
+    .join(device_groups, device_groups.c.id == device_group_members.c.group_id)
+    .where(_one_of(device_group_members.c.device_id, postgres=pg))
+    .order_by(device_groups.c.name)
+    for pg in (False, True)
+}
 
 _SORT_COLUMNS = {
     "deviceId": product_devices.c.device_id,
@@ -288,21 +309,17 @@ class SqlProductDevices:
         """
         if not ids:
             return []
-        rows = await self._conn.execute(select_devices().where(devices.c.id.in_(list(ids))))
+        stmt = _RECORDS[self._conn.dialect.name == "postgresql"]
+        rows = await self._conn.execute(stmt, {"ids": list(ids)})
         found = {row.id: device_from_row(row) for row in rows}
         return [found[i] for i in ids if i in found]
 
-    async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {i: [] for i in device_ids}
+    async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+        found: dict[str, list[tuple[int, str]]] = {i: [] for i in device_ids}
+        stmt = _GROUPS_OF[self._conn.dialect.name == "postgresql"]
         for chunk in _chunks(device_ids):
-            stmt = (
-                select(device_group_members.c.device_id, device_groups.c.name)
-                .join(device_groups, device_groups.c.id == device_group_members.c.group_id)
-                .where(device_group_members.c.device_id.in_(list(chunk)))
-                .order_by(device_groups.c.name)
-            )
-            for row in await self._conn.execute(stmt):
-                found[row.device_id].append(row.name)
+            for row in await self._conn.execute(stmt, {"ids": list(chunk)}):
+                found[row.device_id].append((row.id, row.name))
         return found
 
     async def members_among(self, product_id: int, ids: Sequence[str]) -> list[str]:

@@ -69,6 +69,29 @@ def _select_products() -> Any:
     )
 
 
+def _with_role(where: Any) -> Any:
+    role = (
+        select(product_members.c.role)
+        .where(
+            and_(
+                product_members.c.product_id == products.c.id,
+                product_members.c.user_id == bindparam("user_id"),
+            )
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(*_PRODUCT_COLUMNS, role.label("member_role"))
+        .join_from(products, users, products.c.owner_id == users.c.id, isouter=True)
+        .where(where)
+    )
+
+
+# Built once (every product request reads one): a product by id or slug with a user's role in its team.
+_PRODUCT_BY_ID = _with_role(products.c.id == bindparam("product_id"))
+_PRODUCT_BY_SLUG = _with_role(products.c.slug == bindparam("slug"))
+
+
 class SqlProducts:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -109,12 +132,23 @@ class SqlProducts:
         return found
 
     async def get(self, product_id: int) -> Product | None:
-        row = (await self._conn.execute(_select_products().where(products.c.id == product_id))).first()
-        return _product(row) if row else None
+        found = await self.with_role(product_id, None)
+        return found[0] if found else None
 
     async def get_by_slug(self, slug: str) -> Product | None:
-        row = (await self._conn.execute(_select_products().where(products.c.slug == slug))).first()
-        return _product(row) if row else None
+        found = await self.with_role(slug, None)
+        return found[0] if found else None
+
+    async def with_role(self, ref: int | str, user_id: int | None) -> tuple[Product, Role | None] | None:
+        params: dict[str, Any] = {"user_id": user_id}
+        if isinstance(ref, int):
+            stmt, params["product_id"] = _PRODUCT_BY_ID, ref
+        else:
+            stmt, params["slug"] = _PRODUCT_BY_SLUG, ref
+        row = (await self._conn.execute(stmt, params)).first()
+        if row is None:
+            return None
+        return _product(row), Role(row.member_role) if row.member_role is not None else None
 
     async def slug_taken(self, slug: str) -> bool:
         stmt = select(func.count()).select_from(products).where(products.c.slug == slug)
