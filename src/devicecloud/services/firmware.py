@@ -96,13 +96,20 @@ class SharedImages:
 
     def __init__(self) -> None:
         self._held: dict[bytes, _Held] = {}
+        #: The key of each held object by its id: a release's rollout passes the very object it holds
+        #: already (its cache), which then needs no hashing again (a held object is alive, so its id is
+        #: not reused while listed here).
+        self._keys: dict[int, bytes] = {}
 
     def hold(self, data: bytes) -> tuple[bytes, bytes]:
         """The key to `release` later, and the one copy of ``data`` to send."""
-        key = hashlib.sha256(data).digest()
+        key = self._keys.get(id(data))
+        if key is None:
+            key = hashlib.sha256(data).digest()
         held = self._held.get(key)
         if held is None:
             held = self._held[key] = _Held(data, 0)
+            self._keys[id(data)] = key
         held.updates += 1
         return key, held.data
 
@@ -113,6 +120,7 @@ class SharedImages:
         held.updates -= 1
         if held.updates <= 0:
             del self._held[key]
+            self._keys.pop(id(held.data), None)
 
     @property
     def distinct(self) -> int:
