@@ -554,7 +554,7 @@ def build_runtime(
         ),
         remote=routed,
     )
-    product_firmware = ProductFirmwareService(store=store, clock=clock, binaries=binaries)
+    product_firmware = ProductFirmwareService(store=store, clock=clock, binaries=binaries, events=events)
     rollout = FirmwareRollout(
         store=store,
         clock=clock,

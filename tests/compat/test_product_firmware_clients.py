@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.compat.conftest import NodeFlow
+from tests.compat.conftest import DeviceRunner, NodeFlow, wait_for
 from tests.support.server import LiveServer
 
 from devicecloud.domain.firmware import build_module
+from devicecloud.virtualdevice import generate_identity
 
 pytestmark = pytest.mark.compat
 
@@ -24,7 +25,11 @@ DEVICE = f"{0xF1:024x}"
 
 
 @pytest.fixture(scope="module")
-def product(server: LiveServer) -> dict[str, Any]:
+def product(server: LiveServer, device_runner: DeviceRunner) -> dict[str, Any]:
+    """
+    The product, with a bare imported device for the lock calls and a connected one already running
+    version 7 (a first release needs the version running on a device of the product).
+    """
     with httpx.Client(base_url=server.url, timeout=30) as http:
         login = http.post(
             "/oauth/token",
@@ -32,11 +37,23 @@ def product(server: LiveServer) -> dict[str, Any]:
             auth=("particle", "particle"),
         )
         auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
-        created = http.post("/v1/products", json={"name": "Firmware Fleet", "platform_id": 6}, headers=auth)
+        body = {"name": "Firmware Fleet", "platform_id": 6, "settings": {"quarantine": False}}
+        created = http.post("/v1/products", json=body, headers=auth)
         assert created.status_code == 201, created.text
         found = dict(created.json()["product"])
         imported = http.post(f"/v1/products/{found['slug']}/devices", json={"id": DEVICE}, headers=auth)
         assert imported.status_code == 200, imported.text
+        identity = generate_identity()
+        key = {"deviceID": identity.device_id, "publicKey": identity.public_key_pem(), "algorithm": "rsa"}
+        sent = http.post(f"/v1/provisioning/{identity.device_id}", json=key, headers=auth)
+        assert sent.status_code == 200, sent.text
+        device_runner.connect(identity, product_id=found["id"], product_firmware_version=7)
+
+        def runs_seven() -> bool:
+            shown = http.get(f"/v1/products/{found['slug']}/devices/{identity.device_id}", headers=auth)
+            return shown.status_code == 200 and shown.json().get("firmware_version") == 7
+
+        wait_for(runs_seven, timeout=20)
     return found
 
 
@@ -54,7 +71,7 @@ def test_particle_api_js_product_firmware_calls(
     assert (uploaded["version"], uploaded["title"], uploaded["size"]) == (7, "From api-js", len(binary))
     assert uploaded["name"] == "firmware.bin"
     listed = out["list"]["body"]
-    assert [(f["version"], f["device_count"], f["current"]) for f in listed] == [(7, 0, False)]
+    assert [(f["version"], f["device_count"], f["current"]) for f in listed] == [(7, 1, False)]
     assert isinstance(listed[0]["uploaded_at"], str)
     assert out["get"]["body"]["description"] == "uploaded by the flow"
     assert (out["update"]["body"]["title"], out["update"]["body"]["description"]) == ("Renamed", "edited")

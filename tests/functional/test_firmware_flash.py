@@ -219,6 +219,44 @@ async def test_a_second_flash_during_an_update_is_refused_and_a_silent_device_ti
         await device.stop()
 
 
+async def test_updates_of_the_same_binary_share_one_copy_of_it(
+    client: httpx.AsyncClient,
+    ada: Account,
+    runtime: Runtime,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    Each PUT uploads its own copy; the updates under way read one copy per distinct binary (by content), and
+    it is let go when the last of them ends.
+    """
+    sent: dict[str, bytes] = {}
+    start = runtime.gateway.updates.start_update
+
+    def spy(device_id: str, image: bytes) -> Any:
+        sent[device_id] = image
+        return start(device_id, image)
+
+    monkeypatch.setattr(runtime.gateway.updates, "start_update", spy)
+    silent, same, other = [await updatable(client, ada, runtime) for _ in range(3)]
+    image = app_binary()
+    try:
+        silent.go_silent()  # its update stays under way until the progress deadline
+        for device, data in ((silent, image), (same, image), (other, app_binary(seed=9))):
+            assert 200 == (await flash(client, ada, device.device_id, data)).status_code
+        assert sent[silent.device_id] is sent[same.device_id]
+        assert sent[other.device_id] is not sent[silent.device_id]
+        assert sent[other.device_id] == app_binary(seed=9)
+        await wait_until(lambda: _true(same.firmware == image and other.firmware == sent[other.device_id]))
+        await wait_until(lambda: _true(runtime.firmware.images.updates == 1))
+        assert (runtime.firmware.images.distinct, runtime.firmware.images.nbytes) == (1, len(image))
+        clock.advance(21)  # the silent device's update fails: nothing is held any more
+        await wait_until(lambda: _true(runtime.firmware.images.distinct == 0))
+    finally:
+        for device in (silent, same, other):
+            await device.stop()
+
+
 async def test_a_device_with_updates_disabled_reports_a_failed_flash(
     client: httpx.AsyncClient, ada: Account, runtime: Runtime, statuses: Subscription
 ) -> None:

@@ -123,6 +123,26 @@ async def settled(runtime: Runtime, clock: FakeClock) -> None:
     await runtime.rollout.idle()
 
 
+async def proven(
+    client: httpx.AsyncClient,
+    owner: Account,
+    runtime: Runtime,
+    fleet: Callable[..., Any],
+    product_id: int,
+    version: int,
+) -> VirtualDevice:
+    """
+    A development device of the product running ``version`` already (a first release needs one, §12);
+    development devices are never updated, so it stays out of the rollout under test.
+    """
+    device: VirtualDevice = await fleet(await registered(runtime), product_id, version=version)
+    marked = await client.put(
+        f"{PRODUCT}/devices/{device.device_id}", json={"development": True}, headers=owner.auth
+    )
+    assert marked.status_code == 200, marked.text
+    return device
+
+
 # ---------------------------------------------------------------------------------------------- the API
 
 
@@ -161,9 +181,10 @@ async def test_upload_list_get_edit_download_and_delete(
 
 
 async def test_a_released_version_cannot_be_deleted(
-    client: httpx.AsyncClient, owner: Account, product_id: int
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime, product_id: int, fleet: Callable[..., Any]
 ) -> None:
     assert (await upload(client, owner, 3, product_binary(product_id, 3))).status_code == 201
+    await proven(client, owner, runtime, fleet, product_id, 3)
     released = await release(client, owner, version=3, product_default=True)
     assert released.status_code == 200, released.text
     assert released.json()["product_default"] is True
@@ -176,6 +197,67 @@ async def test_a_released_version_cannot_be_deleted(
     await release(client, owner, version=3, product_default=False)
     assert (await client.delete(f"{FIRMWARE}/3", headers=owner.auth)).status_code == 400
     assert (await client.get(f"{FIRMWARE}/3/binary", headers=owner.auth)).status_code == 200
+
+
+async def test_a_version_is_first_released_once_a_device_runs_it_and_the_product_hears_of_both(
+    client: httpx.AsyncClient,
+    owner: Account,
+    runtime: Runtime,
+    clock: FakeClock,
+    product_id: int,
+    fleet: Callable[..., Any],
+) -> None:
+    """
+    The docs' release flow: upload, lock a device to the version and flash it, then release. The upload and
+    the release are announced on the product's stream (``particle/firmware/create``, ``…/release``).
+    """
+    stream = runtime.events.everything(max_pending=1000)
+    try:
+        assert (await upload(client, owner, 2, product_binary(product_id, 2))).status_code == 201
+        device = await fleet(await registered(runtime), product_id, version=1)
+        await settled(runtime, clock)
+        for target in ({"product_default": True}, {"groups": ["beta"]}):
+            if "groups" in target:
+                made = await client.post(f"{PRODUCT}/groups", json={"name": "beta"}, headers=owner.auth)
+                assert made.status_code in (200, 201), made.text
+            refused = await release(client, owner, version=2, **target)
+            assert refused.status_code == 400, refused.text
+            assert refused.json() == {
+                "ok": False,
+                "error": "Firmware not running on any device",
+                "error_description": "Firmware version 2 must be running on at least one device of the "
+                "product before its first release: lock a device to it (with flash) and let it reconnect",
+            }
+        assert (await client.get(f"{FIRMWARE}/2", headers=owner.auth)).json()["product_default"] is False
+        locked = await client.put(
+            f"{PRODUCT}/devices/{device.device_id}",
+            json={"desired_firmware_version": 2, "flash": True},
+            headers=owner.auth,
+        )
+        assert locked.status_code == 200, locked.text
+        await runs(runtime, device, 2)
+        await runtime.sessions.presence.flush()  # the Hello's version is written behind
+        released = await release(client, owner, version=2, product_default=True)
+        assert released.status_code == 200, released.text
+        # Released once, it may be released again (here: to a group) whatever runs it now.
+        assert (await release(client, owner, version=2, groups=["beta"], intelligent=True)).status_code == 200
+        seen = []
+        async with asyncio.timeout(10):
+            async for event in stream:
+                if event.name.startswith("particle/firmware/"):
+                    seen.append(event)
+                if len(seen) == 3:
+                    break
+        assert [(e.name, e.data) for e in seen] == [
+            ("particle/firmware/create", '{"version":"2"}'),
+            ("particle/firmware/release", '{"immediate":false,"version":2}'),
+            ("particle/firmware/release", '{"immediate":true,"version":2}'),
+        ]
+        assert {(e.coreid, e.public, e.product_id, e.owner_id) for e in seen} == {
+            ("api", False, product_id, None)
+        }
+    finally:
+        stream.close()
 
 
 async def test_binaries_that_do_not_fit_are_refused(
@@ -215,6 +297,7 @@ async def test_the_product_default_reaches_a_connecting_device(
 ) -> None:
     image = product_binary(product_id, 2)
     assert (await upload(client, owner, 2, image)).status_code == 201
+    await proven(client, owner, runtime, fleet, product_id, 2)
     assert (await release(client, owner, version=2, product_default=True)).status_code == 200
     statuses = runtime.events.everything(max_pending=1000)
     try:
@@ -242,7 +325,7 @@ async def test_the_product_default_reaches_a_connecting_device(
     assert runtime.rollout.started == 1
     await runtime.sessions.presence.flush()
     listed = (await client.get(FIRMWARE, headers=owner.auth)).json()
-    assert [(f["version"], f["device_count"]) for f in listed] == [(2, 1)]
+    assert [(f["version"], f["device_count"]) for f in listed] == [(2, 2)]  # with the development one
     shown = (await client.get(f"{PRODUCT}/devices/{device.device_id}", headers=owner.auth)).json()
     assert shown["firmware_version"] == 2
 
@@ -268,6 +351,7 @@ async def test_group_beats_default_lock_beats_group_development_is_never_flashed
     ):
         changed = await client.put(f"{PRODUCT}/devices/{identity.device_id}", json=body, headers=owner.auth)
         assert changed.status_code == 200, changed.text
+    provers = [await proven(client, owner, runtime, fleet, product_id, v) for v in (2, 3)]
     assert (await release(client, owner, version=2, product_default=True)).status_code == 200
     assert (await release(client, owner, version=3, groups=["beta"])).status_code == 200
     beta = (await client.get(f"{PRODUCT}/groups/beta", headers=owner.auth)).json()["group"]
@@ -300,7 +384,7 @@ async def test_group_beats_default_lock_beats_group_development_is_never_flashed
         locked.device_id: 4,
         development.device_id: None,
         plain.device_id: 2,
-    }
+    } | {prover.device_id: None for prover in provers}
     await runs(runtime, devices["grouped"], 3)
     await runs(runtime, devices["locked"], 4)
     await runs(runtime, devices["plain"], 2)
@@ -383,6 +467,7 @@ async def test_an_intelligent_release_asks_the_device_first(
     fleet: Callable[..., Any],
 ) -> None:
     assert (await upload(client, owner, 2, product_binary(product_id, 2))).status_code == 201
+    await proven(client, owner, runtime, fleet, product_id, 2)
     device = await fleet(await registered(runtime), product_id, version=1)
     await settled(runtime, clock)
     asked: list[str | None] = []
@@ -418,6 +503,7 @@ async def test_a_device_with_updates_disabled_is_asked_and_flashed_once_it_enabl
     fleet: Callable[..., Any],
 ) -> None:
     assert (await upload(client, owner, 2, product_binary(product_id, 2))).status_code == 201
+    await proven(client, owner, runtime, fleet, product_id, 2)
     assert (await release(client, owner, version=2, product_default=True)).status_code == 200
     asked: list[str | None] = []
 

@@ -121,11 +121,21 @@ def check_tree(data: Any, where: str = "body") -> None:
                 stack.extend((item, [*path, str(index)], depth + 1) for index, item in enumerate(value))
 
 
+#: The most bytes of one uploaded file kept in memory while a multipart body arrives; the rest goes to disk.
+SPOOL_BYTES = 64 * 1024
+
+
 class StrictMultiPartParser(MultiPartParser):
     """
     Starlette's multipart parser, except that a field whose name or value is not text in the body's charset
     is refused: Starlette falls back to Latin-1 there, which would store something other than what was sent.
+
+    Files past `SPOOL_BYTES` are streamed to a temporary file as they arrive rather than grown in memory
+    (Starlette keeps up to 1 MB per file in memory): a hundred firmware uploads at once then hold a few
+    KB each until their body is complete, and the route reads each file once, at its exact size.
     """
+
+    spool_max_size = SPOOL_BYTES
 
     def _refuse_unless_text(self, raw: bytes, where: str) -> None:
         try:

@@ -194,6 +194,23 @@ class EventService:
         await self._emit(event)
         return event
 
+    async def publish_for_product_internal(self, product_id: int, name: str, data: str) -> CloudEvent | None:
+        """
+        An event the cloud makes about a product itself (``particle/firmware/create``, ``…/release``):
+        private, no owner, ``coreid`` "api" as the hosted cloud sends them; the product's streams see it.
+        """
+        event = CloudEvent(
+            name=name,
+            data=data,
+            ttl=DEFAULT_TTL,
+            published_at=self._clock.now(),
+            coreid=API_COREID,
+            public=False,
+            owner_id=None,
+            product_id=product_id,
+        )
+        return event if await self._emit(event) else None
+
     async def publish_from_device(
         self, device_id: str, name: str, data: bytes | str | None, *, private: bool, ttl: int
     ) -> CloudEvent | None:

@@ -14,12 +14,19 @@ Theory of operation:
     trailing space the hosted cloud sends), private to the device's owner, ``coreid`` "particle-internal".
     "success" means the device took the image (its UpdateDone answer), as on the hosted cloud; it then
     resets and comes back online.
+
+    Memory: every update under way reads its chunks from one ``bytes`` per distinct image (`SharedImages`,
+    keyed by SHA-256): a hundred devices taking the same binary, from a user's flashes or a product release,
+    hold it once, and a copy made by an upload is dropped as soon as its request ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +50,14 @@ if TYPE_CHECKING:
     from devicecloud.services.events import EventService
     from devicecloud.services.ports import BinaryStore, Compiler, DeviceUpdates, RemoteUpdates, UpdateHandle
 
-__all__ = ["BINARY_LIFETIME", "BUILD_PLATFORMS", "FLASH_STATUS_EVENT", "MAX_BINARY_SIZE", "FirmwareService"]
+__all__ = [
+    "BINARY_LIFETIME",
+    "BUILD_PLATFORMS",
+    "FLASH_STATUS_EVENT",
+    "MAX_BINARY_SIZE",
+    "FirmwareService",
+    "SharedImages",
+]
 
 logger = structlog.get_logger("devicecloud.firmware")
 
@@ -65,6 +79,63 @@ NOT_CONFIGURED = "Cloud compile is not configured on this server; compile locall
 def compile_error(*errors: str) -> InvalidInput:
     """The compile error body of the catalogue (§11): ``output`` and ``errors`` besides ours."""
     return InvalidInput(errors[0], code="Compile failed", output=COMPILE_FAILED, errors=list(errors))
+
+
+@dataclass(slots=True)
+class _Held:
+    data: bytes
+    updates: int
+
+
+class SharedImages:
+    """
+    The images of the updates under way, one ``bytes`` per distinct content (SHA-256), counted: `hold` gives
+    the copy already held when there is one (the caller's own copy can then be freed), `release` forgets it
+    after its last update.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[bytes, _Held] = {}
+        #: The key of each held object by its id: a release's rollout passes the very object it holds
+        #: already (its cache), which then needs no hashing again (a held object is alive, so its id is
+        #: not reused while listed here).
+        self._keys: dict[int, bytes] = {}
+
+    def hold(self, data: bytes) -> tuple[bytes, bytes]:
+        """The key to `release` later, and the one copy of ``data`` to send."""
+        key = self._keys.get(id(data))
+        if key is None:
+            key = hashlib.sha256(data).digest()
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = _Held(data, 0)
+            self._keys[id(data)] = key
+        held.updates += 1
+        return key, held.data
+
+    def release(self, key: bytes) -> None:
+        held = self._held.get(key)
+        if held is None:
+            return
+        held.updates -= 1
+        if held.updates <= 0:
+            del self._held[key]
+            self._keys.pop(id(held.data), None)
+
+    @property
+    def distinct(self) -> int:
+        """How many different images are held."""
+        return len(self._held)
+
+    @property
+    def updates(self) -> int:
+        """How many updates hold one."""
+        return sum(h.updates for h in self._held.values())
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes held (each distinct image once)."""
+        return sum(len(h.data) for h in self._held.values())
 
 
 class FirmwareService:
@@ -92,6 +163,8 @@ class FirmwareService:
         #: Updates of devices linked to other nodes (a cluster); None: only this process's links.
         self._remote = remote
         self._watchers: set[asyncio.Task[None]] = set()
+        #: The images of the updates started here, each distinct one held once.
+        self.images = SharedImages()
 
     # ------------------------------------------------------------------ compiling
 
@@ -226,18 +299,17 @@ class FirmwareService:
         """
         image = parse_firmware(data)
         check_fit(image, self._updates.update_target(device_id))
-        handle = self._updates.start_update(device_id, data)
-        owner_id = await self._events.owner_of(device_id)
+        key, handle = self._start(device_id, data)
+        owner_id: int | None = None
         logger.info(
             "flashing a release", device_id=device_id, size=len(data), app_hash=image.main.sha256.hex()
         )
-        for name, status in (("spark/status", "auto-update"), (FLASH_STATUS_EVENT, "started ")):
-            await self._events.publish_internal(
-                name, status, owner_id=owner_id, device_id=device_id, product_id=product_id
-            )
 
         async def watch() -> None:
-            outcome = await handle.finished()
+            try:
+                outcome = await handle.finished()
+            finally:
+                self.images.release(key)
             await self._events.publish_internal(
                 FLASH_STATUS_EVENT,
                 "success " if outcome.ok else "failed ",
@@ -246,9 +318,14 @@ class FirmwareService:
                 product_id=product_id,
             )
 
-        task = asyncio.create_task(watch(), name=f"flash-status-{device_id}")
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+        try:
+            owner_id = await self._events.owner_of(device_id)
+            for name, status in (("spark/status", "auto-update"), (FLASH_STATUS_EVENT, "started ")):
+                await self._events.publish_internal(
+                    name, status, owner_id=owner_id, device_id=device_id, product_id=product_id
+                )
+        finally:  # the watcher releases the image whatever happens here
+            self._spawn(watch(), device_id)
         return handle
 
     async def _flash_elsewhere(self, device: Device, data: bytes) -> None:
@@ -275,15 +352,32 @@ class FirmwareService:
             check_fit(image, self._updates.update_target(device_id))
         except FirmwareRejected as exc:
             raise InvalidInput(str(exc), code="invalid_binary") from exc
-        handle = self._updates.start_update(device_id, data)
+        key, handle = self._start(device_id, data)
         logger.info("flashing", device_id=device_id, size=len(data), app_hash=image.main.sha256.hex())
-        await self._status(device_id, owner_id, "started ")
-        task = asyncio.create_task(self._watch(device_id, owner_id, handle), name=f"flash-status-{device_id}")
+        try:
+            await self._status(device_id, owner_id, "started ")
+        finally:  # the watcher releases the image whatever happens here
+            self._spawn(self._watch(device_id, owner_id, handle, key), device_id)
+
+    def _start(self, device_id: str, data: bytes) -> tuple[bytes, UpdateHandle]:
+        """Start the update with the one held copy of ``data``; the caller releases the key when it ends."""
+        key, image = self.images.hold(data)
+        try:
+            return key, self._updates.start_update(device_id, image)
+        except BaseException:
+            self.images.release(key)
+            raise
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], device_id: str) -> None:
+        task = asyncio.create_task(coro, name=f"flash-status-{device_id}")
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
-    async def _watch(self, device_id: str, owner_id: int | None, handle: UpdateHandle) -> None:
-        outcome = await handle.finished()
+    async def _watch(self, device_id: str, owner_id: int | None, handle: UpdateHandle, key: bytes) -> None:
+        try:
+            outcome = await handle.finished()
+        finally:
+            self.images.release(key)
         await self._status(device_id, owner_id, "success " if outcome.ok else "failed ")
 
     async def _status(self, device_id: str, owner_id: int | None, data: str) -> None:

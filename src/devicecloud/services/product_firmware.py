@@ -11,13 +11,22 @@ Rules kept here:
   ``title`` is required; the file goes to the binary store, the row to the database;
 - a release sets the product default (taken from every other version) and/or the exact groups a version is
   released to, and ``intelligent``; the first release of a version marks it released for good;
+- a version's first release (one that reaches devices: the product default or a group) needs the version
+  running on at least one of the product's devices, as the hosted cloud requires ("Before releasing
+  firmware for the first time, the firmware must be running on at least one device in your product fleet
+  that has successfully re-connected"): a device whose Hello reported it (``device_count``); later
+  releases of a released version are not checked again;
 - a released version cannot be deleted; deleting a never-released one deletes its binary too;
+- an upload publishes ``particle/firmware/create`` ``{"version":"N"}`` and a release that reaches devices
+  ``particle/firmware/release`` ``{"immediate":<intelligent>,"version":N}`` to the product's streams,
+  private, ``coreid`` "api", as the hosted cloud does (docs: firmware update events);
 - a release changed here tells the rollout (`firmware_rollout.FirmwareRollout`), which applies it to the
   devices linked to this process: intelligent releases at once, standard ones at each device's next connect.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,16 +47,19 @@ if TYPE_CHECKING:
     from devicecloud.domain.access import AnyPrincipal
     from devicecloud.domain.product_firmware import ProductFirmware
     from devicecloud.domain.products import Product
+    from devicecloud.services.events import EventService
     from devicecloud.services.ports import BinaryStore
     from devicecloud.store.interfaces import Store, UnitOfWork
 
 from devicecloud.services.product_access import access_product
 
-__all__ = ["FirmwareEntry", "ProductFirmwareService"]
+__all__ = ["FIRMWARE_CREATE_EVENT", "FIRMWARE_RELEASE_EVENT", "FirmwareEntry", "ProductFirmwareService"]
 
 logger = structlog.get_logger("devicecloud.firmware")
 
 MAX_VERSION = 2**31 - 1
+FIRMWARE_CREATE_EVENT = "particle/firmware/create"
+FIRMWARE_RELEASE_EVENT = "particle/firmware/release"
 MAX_TITLE = 255
 MAX_DESCRIPTION = 4096
 MAX_RELEASE_GROUPS = 100
@@ -151,10 +163,13 @@ class ProductFirmwareService:
     The product firmware API's rules (see the module docstring).
     """
 
-    def __init__(self, *, store: Store, clock: Clock, binaries: BinaryStore) -> None:
+    def __init__(
+        self, *, store: Store, clock: Clock, binaries: BinaryStore, events: EventService | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
         self._binaries = binaries
+        self._events = events
         #: Called with (product id, immediate) after a release changed (the rollout applies it).
         self.on_release: Callable[[int, bool], None] | None = None
         #: Called with a deleted version's binary id (the rollout's cache forgets it).
@@ -215,6 +230,7 @@ class ProductFirmwareService:
             raise
         assert found is not None
         logger.info("product firmware uploaded", product_id=product.id, version=number, size=len(data))
+        await self._announce(product.id, FIRMWARE_CREATE_EVENT, {"version": str(number)})
         return found
 
     async def list_firmware(self, principal: AnyPrincipal, ref: str) -> list[FirmwareEntry]:
@@ -289,6 +305,17 @@ class ProductFirmwareService:
             product = (await access_product(tx, principal, ref, "firmware:release", "firmware")).product
             found = await _firmware(tx, product.id, number)
             group_ids = await _group_ids(tx, product.id, names) if names is not None else None
+            reaches = (found.product_default if default is None else default) or bool(
+                found.group_ids if group_ids is None else group_ids
+            )
+            if reaches and not found.released:
+                counts = await tx.product_firmware.device_counts(product.id)
+                if not counts.get(number):
+                    raise InvalidInput(
+                        f"Firmware version {number} must be running on at least one device of the product "
+                        "before its first release: lock a device to it (with flash) and let it reconnect",
+                        code="Firmware not running on any device",
+                    )
             await tx.product_firmware.release(
                 found, product_default=default, group_ids=group_ids, intelligent=smart, now=self._clock.now()
             )
@@ -304,7 +331,16 @@ class ProductFirmwareService:
         )
         if self.on_release is not None:
             self.on_release(product.id, smart)
+        if reaches:
+            await self._announce(product.id, FIRMWARE_RELEASE_EVENT, {"immediate": smart, "version": number})
         return released
+
+    async def _announce(self, product_id: int, name: str, body: Mapping[str, Any]) -> None:
+        """A product event of the firmware's life (docs: firmware update events), after the change."""
+        if self._events is not None:
+            await self._events.publish_for_product_internal(
+                product_id, name, json.dumps(body, separators=(",", ":"))
+            )
 
     async def delete(self, principal: AnyPrincipal, ref: str, version: Any) -> None:
         number = parse_version(version)
