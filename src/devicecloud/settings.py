@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     device_handshake_timeout: float = Field(
         default=30.0, gt=0, description="Seconds a device has to finish the handshake, from its admission."
     )
+    device_proxy_protocol: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Addresses or networks of TCP proxies (HAProxy send-proxy-v2) whose device sockets must "
+        "start with a PROXY protocol v1/v2 header naming the device's address; others connect directly.",
+    )
+    proxy_protocol_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds a trusted proxy has to send a socket's PROXY protocol header."
+    )
     device_keepalive: float = Field(
         default=20.0,
         gt=0,
@@ -292,7 +300,12 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = Field(default="console", description="Log line format.")
 
     @field_validator(
-        "cors_origins", "builtin_clients", "webhook_retry_delays", "trusted_proxies", mode="before"
+        "cors_origins",
+        "builtin_clients",
+        "webhook_retry_delays",
+        "trusted_proxies",
+        "device_proxy_protocol",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -303,7 +316,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "device_proxy_protocol")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
         # A typo must not silently trust nothing (or the wrong hosts): each entry is an address or a network.
