@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     http_max_connections_per_ip: int = Field(
         default=256, ge=1, description="HTTP connections open at once from one address (IPv6: one /64)."
     )
+    http_proxy_protocol: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Addresses or networks of proxies whose HTTP connections must start with a PROXY "
+        "protocol v1/v2 header naming the client (then the client for every per-address limit).",
+    )
     http_max_connections: int | None = Field(
         default=None,
         ge=1,
@@ -305,6 +310,7 @@ class Settings(BaseSettings):
         "webhook_retry_delays",
         "trusted_proxies",
         "device_proxy_protocol",
+        "http_proxy_protocol",
         mode="before",
     )
     @classmethod
@@ -316,7 +322,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("trusted_proxies", "device_proxy_protocol")
+    @field_validator("trusted_proxies", "device_proxy_protocol", "http_proxy_protocol")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
         # A typo must not silently trust nothing (or the wrong hosts): each entry is an address or a network.
