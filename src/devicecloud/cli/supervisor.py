@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -176,12 +175,14 @@ def die_with_parent() -> bool:
     elsewhere `watch_supervisor` alone notices).
     """
     supervisor = os.environ.get(SUPERVISOR_PID)
+    if supervisor is None:  # `serve --worker` started by hand: its parent is not ours to follow
+        return False
     armed = False
     if sys.platform.startswith("linux") and os.environ.get(PARENT_DEATH_SIGNAL) != "0":
         with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc = ctypes.CDLL(None, use_errno=True)  # this process's symbols: libc's prctl among them
             armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
-    if supervisor is not None and str(os.getppid()) != supervisor:
+    if str(os.getppid()) != supervisor:
         logger.warning("the supervisor is gone before this worker started; exiting", supervisor=supervisor)
         sys.exit(1)
     return armed
