@@ -492,6 +492,8 @@ def build_runtime(
         else None,
         udp_port=settings.device_udp_port if settings.device_udp_enabled else None,
         udp_sessions=PersistentSessionStore(store, clock),
+        proxy_protocol_from=settings.device_proxy_protocol,
+        proxy_header_timeout=settings.proxy_protocol_timeout,
     )
     metrics = Metrics()
     bus, commands = build_bus(settings, node_id)

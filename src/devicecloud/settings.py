@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     http_max_connections_per_ip: int = Field(
         default=256, ge=1, description="HTTP connections open at once from one address (IPv6: one /64)."
     )
+    http_proxy_protocol: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Addresses or networks of proxies whose HTTP connections must start with a PROXY "
+        "protocol v1/v2 header naming the client (then the client for every per-address limit).",
+    )
     http_max_connections: int | None = Field(
         default=None,
         ge=1,
@@ -97,6 +102,14 @@ class Settings(BaseSettings):
     )
     device_handshake_timeout: float = Field(
         default=30.0, gt=0, description="Seconds a device has to finish the handshake, from its admission."
+    )
+    device_proxy_protocol: Annotated[list[str], NoDecode] = Field(
+        default=[],
+        description="Addresses or networks of TCP proxies (HAProxy send-proxy-v2) whose device sockets must "
+        "start with a PROXY protocol v1/v2 header naming the device's address; others connect directly.",
+    )
+    proxy_protocol_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds a trusted proxy has to send a socket's PROXY protocol header."
     )
     device_keepalive: float = Field(
         default=20.0,
@@ -292,7 +305,13 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = Field(default="console", description="Log line format.")
 
     @field_validator(
-        "cors_origins", "builtin_clients", "webhook_retry_delays", "trusted_proxies", mode="before"
+        "cors_origins",
+        "builtin_clients",
+        "webhook_retry_delays",
+        "trusted_proxies",
+        "device_proxy_protocol",
+        "http_proxy_protocol",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -303,7 +322,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "device_proxy_protocol", "http_proxy_protocol")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
         # A typo must not silently trust nothing (or the wrong hosts): each entry is an address or a network.

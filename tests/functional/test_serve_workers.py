@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,3 +257,66 @@ async def _drain(tmp_path: Path) -> None:
             finally:
                 await device.stop()
         assert 0 == await asyncio.to_thread(server.process.wait, 20)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet has exited: it holds no socket)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT links do not count
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            return False
+        return True
+
+
+@pytest.mark.nats
+@pytest.mark.parametrize(
+    "mechanism",
+    [
+        pytest.param({}, id="parent-death-signal-and-pipe"),
+        pytest.param({"DEVICECLOUD_WORKER_PDEATHSIG": "0"}, id="pipe-alone"),
+    ],
+)
+async def test_workers_end_when_the_supervisor_is_killed(
+    tmp_path: Path, database_url: str, bus_url: str, mechanism: dict[str, str]
+) -> None:
+    """
+    SIGKILL to the supervisor: its workers drain and exit by themselves, and the ports are free again (no
+    orphan keeps serving, nor binds the port a restarted server needs).
+    """
+    env = {
+        **FAST,
+        "DEVICECLOUD_DATABASE_URL": database_url,
+        "DEVICECLOUD_BUS_URL": bus_url,
+        "DEVICECLOUD_DRAIN_TIMEOUT": "2",
+        **mechanism,
+    }
+    with live_server(tmp_path / "data", args=["--workers", "2"], **env) as server:
+        pids = {pid_of(node) for node in await asyncio.to_thread(nodes_answering, server, 2)}
+        assert all(_alive(pid) for pid in pids)
+        port = int(server.url.rsplit(":", 1)[1])
+        server.process.kill()
+        assert -signal.SIGKILL == await asyncio.to_thread(server.process.wait, 10)
+
+        async def workers_gone() -> bool:
+            return not any(_alive(pid) for pid in pids)
+
+        await wait_until(workers_gone, timeout=30)
+        assert _port_free(port)
+        assert _port_free(server.device_port)

@@ -71,14 +71,19 @@ def test_the_load_balancer_spreads_http_and_device_tcp_over_every_node() -> None
     services = compose()["services"]
     assert {"8080:8080", "5683:5683"} == set(services["haproxy"]["ports"])
     proxy_ip = services["haproxy"]["networks"]["cluster"]["ipv4_address"]
-    assert proxy_ip == services["node1"]["environment"]["DEVICECLOUD_TRUSTED_PROXIES"]
+    # Clients' and devices' addresses come in the PROXY protocol header, believed from this proxy only.
+    assert proxy_ip == services["node1"]["environment"]["DEVICECLOUD_HTTP_PROXY_PROTOCOL"]
+    assert proxy_ip == services["node1"]["environment"]["DEVICECLOUD_DEVICE_PROXY_PROTOCOL"]
     config = (DEPLOY / "haproxy.cfg").read_text()
     backends = dict(re.findall(r"^backend (\S+)\n((?:    .*\n)+)", config, flags=re.MULTILINE))
     assert "mode http" in backends["nodes_http"]
     assert "mode tcp" in backends["nodes_devices"]
     for name in NODES:
-        assert f"server {name} {name}:8080 check" in backends["nodes_http"]
-        assert f"server {name} {name}:5683 check port 8080" in backends["nodes_devices"]
+        assert f"server {name} {name}:8080 send-proxy-v2 check check-send-proxy " in backends["nodes_http"]
+        assert (
+            f"server {name} {name}:5683 send-proxy-v2 check port 8080 check-send-proxy "
+            in backends["nodes_devices"]
+        )
     assert re.search(r"^frontend devices\n    bind :5683\n    mode tcp", config, flags=re.MULTILINE)
 
 

@@ -22,7 +22,13 @@ import uvicorn
 
 from devicecloud.cli.common import data_dir_option, new_event_loop, settings_from
 from devicecloud.cli.demo_device import DemoDevice, start_demo_device
-from devicecloud.cli.supervisor import Supervisor, worker_command, worker_environment
+from devicecloud.cli.supervisor import (
+    Supervisor,
+    die_with_parent,
+    watch_supervisor,
+    worker_command,
+    worker_environment,
+)
 from devicecloud.clock import SystemClock
 from devicecloud.heap import FrozenHeap
 from devicecloud.httpserver import HttpLimits, guarded_protocol, plan_descriptors, raise_descriptor_limit
@@ -178,6 +184,8 @@ def serve(
     """
     Start the server: creates the data dir and database on first run, and a first account if there is none.
     """
+    if is_worker:
+        die_with_parent()  # first: a worker must not outlive its supervisor, even while it starts
     settings = settings_from(
         http_host=host,
         http_port=port,
@@ -222,6 +230,8 @@ def serve(
         if settings.heap_freeze:
             heap.install()
         stop = asyncio.Event()
+        # The supervisor died (SIGKILL): the same drain as SIGTERM, through the handlers installed below.
+        unwatch = watch_supervisor(loop, lambda: os.kill(os.getpid(), signal.SIGTERM))
         try:
             if run_api:
                 await serve_api(runtime, settings, http_connections, created, demo, loop, quiet=is_worker)
@@ -232,6 +242,8 @@ def serve(
                     click.echo(banner(settings, created, device_port=runtime.gateway_port, demo=demo))
                 await stop.wait()
         finally:
+            if unwatch is not None:
+                unwatch()
             if demo is not None:
                 await demo.device.stop()
             await runtime.stop()
@@ -288,6 +300,8 @@ async def serve_api(
         body_timeout=settings.http_body_timeout,
         max_connections=http_connections,
         max_connections_per_ip=settings.http_max_connections_per_ip,
+        proxy_protocol_from=tuple(settings.http_proxy_protocol),
+        proxy_header_timeout=settings.proxy_protocol_timeout,
     )
     config = uvicorn.Config(
         app,

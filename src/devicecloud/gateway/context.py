@@ -141,6 +141,7 @@ class LinkCounters:
     events_sent: int = 0
     events_undeliverable: int = 0
     events_dropped: int = 0
+    proxy_headers_refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,13 @@ Theory of operation:
     Randomness comes from ``random_bytes``, which the conformance replays replace with recorded bytes.
 
     `control` is the gateway's `services.ports.DeviceControl` (see `control.py`).
+
+    Behind a TCP proxy (decision 0029): a socket whose peer is one of ``proxy_protocol_from`` must start
+    with a PROXY protocol header (v1 or v2, `protocol.proxy_header`), read before the nonce, within
+    ``proxy_header_timeout`` seconds and without reading past it; the client address it carries is the
+    link's address from then on (sessions, logs). A missing, slow or malformed header closes that socket
+    only. Sockets from other peers are devices connecting directly, as without a proxy: whatever header they
+    send is not believed (it is the start of their handshake, and fails it).
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,6 +58,7 @@ from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
 from devicecloud.gateway.udp import UdpGateway, UdpStatistics
 from devicecloud.protocol import Connection, RandomBytes, RawSigner, Role, Timing, raw_signer
+from devicecloud.protocol.proxy_header import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
@@ -98,6 +108,8 @@ class GatewayStatistics:
         handshakes_in_progress_peak: the most handshakes ever in progress at once since start.
         handshakes_queued: connections waiting in the listen backlog to be admitted (``None`` where the
             operating system does not tell; Linux does).
+        proxy_headers_refused: sockets from a trusted proxy closed because their PROXY protocol header
+            was malformed, missing or late (counted in ``handshakes_failed`` too).
     """
 
     links: int
@@ -120,6 +132,7 @@ class GatewayStatistics:
     handshakes_in_progress: int
     handshakes_in_progress_peak: int
     handshakes_queued: int | None
+    proxy_headers_refused: int = 0
 
 
 class DeviceGateway:
@@ -151,6 +164,9 @@ class DeviceGateway:
             (`udp.UdpGateway`) for Gen3 devices, whose links share this gateway's registry and control.
         udp_port: the UDP port (5684; 0 picks a free one); ``None`` = no UDP listener.
         udp_sessions: where UDP sessions wait between links (default: in memory).
+        proxy_protocol_from: addresses or networks of TCP proxies whose sockets start with a PROXY
+            protocol header naming the device's address (empty: none; see the module docstring).
+        proxy_header_timeout: seconds from admission such a header has to arrive whole.
     """
 
     def __init__(
@@ -176,6 +192,8 @@ class DeviceGateway:
         udp_server_key: EllipticCurvePrivateKey | None = None,
         udp_port: int | None = None,
         udp_sessions: SessionStore | None = None,
+        proxy_protocol_from: Sequence[str] = (),
+        proxy_header_timeout: float = 5.0,
     ) -> None:
         self._server_key = server_private_key
         self._signer: RawSigner | None = None  # chosen at start(): it loads libcrypto and signs once
@@ -188,6 +206,8 @@ class DeviceGateway:
         self._reuse_port = reuse_port
         self._bound_port = port
         self._random_bytes = random_bytes
+        self._proxies = tuple(ipaddress.ip_network(entry, strict=False) for entry in proxy_protocol_from)
+        self._proxy_header_timeout = proxy_header_timeout
         self._timing = Timing(
             handshake_timeout=handshake_timeout,
             request_timeout=request_timeout,
@@ -337,6 +357,7 @@ class DeviceGateway:
             handshakes_in_progress=self._admission.in_progress,
             handshakes_in_progress_peak=self._admission.peak,
             handshakes_queued=_queued(self._listeners),
+            proxy_headers_refused=c.proxy_headers_refused,
         )
 
     def link(self, device_id: str) -> Link | None:
@@ -401,6 +422,13 @@ class DeviceGateway:
             except OSError:
                 sock.close()  # reset before we got to it
                 return
+            if self._proxies and _is_from(ip_address, self._proxies):
+                header = await self._proxy_header(reader, ip_address)
+                if header is None:
+                    writer.transport.abort()
+                    return
+                if header.source is not None:
+                    ip_address = header.source[0]
             try:
                 conn = Connection(
                     Role.CLOUD,
@@ -421,6 +449,49 @@ class DeviceGateway:
             # stop() cancelled us and the link has cleaned up: end normally.
         finally:
             slot.release()
+
+    async def _proxy_header(self, reader: asyncio.StreamReader, proxy: str | None) -> ProxyHeader | None:
+        """
+        The PROXY protocol header a trusted proxy sends first, or ``None`` (counted and logged) when it is
+        malformed, cut short or not whole within the timeout. Reads only the header's own bytes.
+        """
+        parser = ProxyHeaderReader()
+
+        async def read() -> ProxyHeader | None:
+            while True:
+                header = parser.feed(await reader.readexactly(parser.wanted()))
+                if header is not None:
+                    return header
+
+        reading = asyncio.ensure_future(read())
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            reading.cancel()
+
+        timer = self._clock.call_at(self._clock.monotonic() + self._proxy_header_timeout, expire)
+        problem: str
+        try:
+            return await reading
+        except asyncio.CancelledError:
+            if not expired or _cancelling():  # stop() cancelled us: not the header's fault
+                raise
+            problem = f"no whole PROXY protocol header within {self._proxy_header_timeout:g} s"
+        except asyncio.IncompleteReadError:
+            problem = "the proxy closed the connection before a whole PROXY protocol header"
+        except ProxyHeaderError as exc:
+            problem = str(exc)
+        except OSError as exc:
+            problem = f"reading the PROXY protocol header failed: {exc}"
+        finally:
+            timer.cancel()
+            reading.cancel()
+        self._counters.proxy_headers_refused += 1
+        self._counters.handshakes_failed += 1
+        logger.warning("device socket from a trusted proxy closed", proxy=proxy, problem=problem)
+        return None
 
     def _refuse(self, sock: socket.socket) -> None:
         self._counters.refused += 1
@@ -489,6 +560,27 @@ async def _streams(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.S
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def _is_from(
+    address: str | None, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    """Whether ``address`` (a peer's, as text) is in one of ``networks`` (IPv4-mapped IPv6 counts as IPv4)."""
+    if address is None:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def _cancelling() -> bool:
+    """Whether the running task itself is being cancelled (not only a task it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _queued(listeners: list[socket.socket]) -> int | None:

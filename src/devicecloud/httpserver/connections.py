@@ -16,6 +16,12 @@ documented ``http=`` extension point) that adds:
 A response in progress (an event stream lasts hours) is never timed out: the deadlines cover reading a
 request only. A connection that misses one is aborted (RST), which frees its descriptor even when the client
 has stopped reading what we wrote.
+
+Behind a TCP proxy (decision 0029): a connection from one of ``proxy_protocol_from`` must start with a
+PROXY protocol v1/v2 header, whole within ``proxy_header_timeout`` seconds; only then is it counted, against
+the client address the header carries, and handed to uvicorn with that address as the request's client
+(so the per-IP rate limits and login protection see it too). A malformed or late header aborts that
+connection, unanswered.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from devicecloud.clock import Clock, TimerHandle
+from devicecloud.protocol.proxy_header import ProxyHeaderError, ProxyHeaderReader
 
 logger = structlog.get_logger("devicecloud.http")
 
@@ -46,6 +53,20 @@ class HttpLimits:
     body_timeout: float
     max_connections: int
     max_connections_per_ip: int
+    proxy_protocol_from: tuple[str, ...] = ()
+    proxy_header_timeout: float = 5.0
+
+
+def is_from(peer: object, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    """Whether a peer address (``(host, port, …)`` or text) is in one of ``networks``."""
+    host = peer[0] if isinstance(peer, tuple) and peer else peer
+    try:
+        address = ipaddress.ip_address(str(host).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 def address_key(peer: object) -> str:
@@ -88,6 +109,10 @@ class ConnectionBook:
 
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
+        self.proxies = tuple(
+            ipaddress.ip_network(entry, strict=False) for entry in limits.proxy_protocol_from
+        )
+        self.proxy_headers_refused = 0
         self.total = 0
         self._per_key: Counter[str] = Counter()
         self._at_global_cap = False
@@ -138,20 +163,69 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     _timer: TimerHandle | None = None
     _waiting: _Waiting = _Waiting.NOTHING
     _followed: object = None  # the request cycle whose head we last saw complete
+    _proxied: tuple[asyncio.Transport, ProxyHeaderReader] | None = None  # a trusted proxy's header to come
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        key = address_key(transport.get_extra_info("peername"))
+        peer = transport.get_extra_info("peername")
+        if self.book.proxies and is_from(peer, self.book.proxies):
+            self._proxied = (transport, ProxyHeaderReader())
+            timeout = self.book.limits.proxy_header_timeout
+            self._timer = self.clock.call_at(self.clock.monotonic() + timeout, self._header_late)
+            return
+        self._admit(transport, peer)
+
+    def _admit(self, transport: asyncio.Transport, client: object) -> bool:
+        key = address_key(client)
         refusal = self.book.admit(key)
         if refusal is not None:
             # Nothing of uvicorn's is set up for this one: connection_lost must not reach it either.
             transport.write(refusal)
             transport.close()
-            return
+            return False
         self._key = key
         super().connection_made(transport)
+        if isinstance(client, tuple) and len(client) >= 2:
+            self.client = (str(client[0]), int(client[1]))  # the request's client: the header's, if any
         self._follow()
+        return True
+
+    def _proxy_header(self, data: bytes) -> None:
+        """Bytes from a trusted proxy before its header is whole: parse; once whole, admit its client."""
+        assert self._proxied is not None
+        transport, reader = self._proxied
+        try:
+            header = reader.feed(data)
+        except ProxyHeaderError as exc:
+            self._refuse_proxied(str(exc))
+            return
+        if header is None:
+            return
+        self._proxied = None
+        self._disarm()
+        if not self._admit(transport, header.source or transport.get_extra_info("peername")):
+            return
+        if reader.rest:
+            self.data_received(reader.rest)
+
+    def _header_late(self) -> None:
+        self._timer = None
+        if self._proxied is not None:
+            self._refuse_proxied("no whole PROXY protocol header in time")
+
+    def _refuse_proxied(self, problem: str) -> None:
+        assert self._proxied is not None
+        transport, _ = self._proxied
+        self._proxied = None
+        self._disarm()
+        self.book.proxy_headers_refused += 1
+        logger.warning("HTTP connection from a trusted proxy closed", problem=problem)
+        transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._proxied is not None:  # gone before its header was whole
+            self._proxied = None
+            self._disarm()
+            return
         if self._key is None:
             return
         self.book.release(self._key)
@@ -161,6 +235,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._proxied is not None:
+            self._proxy_header(data)
+            return
+        if self._key is None:
+            return  # refused, or its header was
         super().data_received(data)
         self._follow()
 
