@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -50,7 +51,11 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 async def _argon(
-    client: httpx.AsyncClient, ada: Account, runtime: Runtime, key: ec.EllipticCurvePrivateKey
+    client: httpx.AsyncClient,
+    ada: Account,
+    runtime: Runtime,
+    key: ec.EllipticCurvePrivateKey,
+    **options: Any,
 ) -> VirtualDevice:
     device_id = "e00fce68" + key.public_key().public_numbers().x.to_bytes(32, "big")[:8].hex()
     sent = await client.post(
@@ -72,6 +77,7 @@ async def _argon(
         platform_id=12,
         protocol="udp",
         reconnect=False,
+        **options,
     )
     device.set_variable("vint", -42)
     device.set_variable("vstring", "hello over DTLS")
@@ -140,6 +146,38 @@ async def test_a_udp_device_works_through_the_api_like_a_tcp_one(
         return received == [("to-argon/hi", "there")]
 
     await wait_until(delivered)
+
+
+async def test_a_device_os_6_device_describes_its_system_in_protobuf(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime
+) -> None:
+    """
+    Device OS ≥ 5.5 sends its system Describe apart, as protobuf (Content-Format 42): the API shows its
+    modules and release as from a JSON one, and the link stays up.
+    """
+    modules = (
+        {"s": 49152, "l": "m", "vc": 30, "vv": 30, "f": "b", "n": "0", "v": 2300, "d": []},
+        {"s": 1048576, "l": "m", "vc": 30, "vv": 30, "f": "s", "n": "1", "v": 6200,
+         "d": [{"f": "b", "n": "0", "v": 2300}]},
+        {"s": 262144, "l": "m", "vc": 30, "vv": 30, "u": "ab" * 32, "f": "u", "n": "1", "v": 6,
+         "d": [{"f": "s", "n": "1", "v": 6200}]},
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    device = await _argon(client, ada, runtime, key, system_describe="protobuf", modules=modules)
+    try:
+        body = await _described(client, ada, device)
+        assert ("6.2.0", {"vint": "int32", "vstring": "string"}) == (
+            body["system_firmware_version"],
+            body["variables"],
+        )
+        assert device.connected
+        assert 2 == device.counters.describes
+        called = await client.post(
+            f"/v1/devices/{device.device_id}/echo_len", json={"args": "pb"}, headers=ada.auth
+        )
+        assert (200, 2) == (called.status_code, called.json()["return_value"])
+    finally:
+        await device.stop()
 
 
 async def test_a_session_follows_its_connection_id_to_a_new_address(
