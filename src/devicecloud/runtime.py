@@ -319,13 +319,14 @@ def build_bus(settings: Settings, node_id: str) -> tuple[EventBus, DeviceCommand
 
 
 def _forgetting(
-    webhooks: WebhookService, events: EventService, rollout: FirmwareRollout
+    webhooks: WebhookService, events: EventService, rollout: FirmwareRollout, gateway: DeviceGateway
 ) -> Callable[[str, str], None]:
     def forget(topic: str, key: str) -> None:
         if topic == "hooks":
             webhooks.forget_cache()
-        elif topic == "owner":
+        elif topic == "owner":  # first forget the owner, then subscribe again: the new one is read afresh
             events.forget_owner(key)
+            gateway.owner_changed(key)
         elif topic == "release":  # "<product id>:<1 = intelligent>", from any node's API
             product_id, _, immediate = key.partition(":")
             if product_id.isdigit():
@@ -572,7 +573,7 @@ def build_runtime(
     # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
     webhooks.on_change(lambda: bus.broadcast("hooks", ""))
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
-    bus.on_broadcast(_forgetting(webhooks, events, rollout))
+    bus.on_broadcast(_forgetting(webhooks, events, rollout, gateway))
     sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
     node.on_swept = _announcing_offline(events)
 

@@ -55,6 +55,8 @@ async def _argon(
     ada: Account,
     runtime: Runtime,
     key: ec.EllipticCurvePrivateKey,
+    *,
+    claim: bool = True,
     **options: Any,
 ) -> VirtualDevice:
     device_id = "e00fce68" + key.public_key().public_numbers().x.to_bytes(32, "big")[:8].hex()
@@ -64,8 +66,9 @@ async def _argon(
         headers=ada.auth,
     )
     assert 200 == sent.status_code, sent.text
-    claimed = await client.post("/v1/devices", json={"id": device_id}, headers=ada.auth)
-    assert 200 == claimed.status_code, claimed.text
+    if claim:
+        claimed = await client.post("/v1/devices", json={"id": device_id}, headers=ada.auth)
+        assert 200 == claimed.status_code, claimed.text
     udp_port = runtime.gateway.udp_port
     assert udp_port is not None
     device = VirtualDevice(
@@ -176,6 +179,40 @@ async def test_a_device_os_6_device_describes_its_system_in_protobuf(
             f"/v1/devices/{device.device_id}/echo_len", json={"args": "pb"}, headers=ada.auth
         )
         assert (200, 2) == (called.status_code, called.json()["return_value"])
+    finally:
+        await device.stop()
+
+
+async def test_a_device_claimed_while_connected_receives_its_new_owners_events(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime
+) -> None:
+    """
+    A device that subscribed while nobody owned it gets its new owner's private events once claimed,
+    without reconnecting (its feed is opened again for the new owner).
+    """
+    device = await _argon(client, ada, runtime, ec.generate_private_key(ec.SECP256R1()), claim=False)
+    try:
+        received: list[tuple[str, str | None]] = []
+        await device.subscribe("to-argon", lambda name, data: received.append((name, data)))
+        await device.ping()
+        await device.ping()  # the Subscribe is handled: the gateway answered what came after it
+        claimed = await client.post("/v1/devices", json={"id": device.device_id}, headers=ada.auth)
+        assert 200 == claimed.status_code, claimed.text
+
+        async def delivered() -> bool:
+            # The feed is reopened in the background: publish until one arrives (events to devices are NON).
+            if not received:
+                sent = await client.post(
+                    "/v1/devices/events",
+                    data={"name": "to-argon/mine", "data": "private", "private": "true"},
+                    headers=ada.auth,
+                )
+                assert 200 == sent.status_code, sent.text
+            return bool(received)
+
+        await wait_until(delivered)
+        assert ("to-argon/mine", "private") == received[0]
+        assert device.connected
     finally:
         await device.stop()
 
