@@ -323,12 +323,14 @@ def _forgetting(
     events: EventService,
     rollout: FirmwareRollout,
     product_devices: ProductDeviceService,
+    gateway: DeviceGateway,
 ) -> Callable[[str, str], None]:
     def forget(topic: str, key: str) -> None:
         if topic == "hooks":
             webhooks.forget_cache()
-        elif topic == "owner":
+        elif topic == "owner":  # first forget the owner, then subscribe again: the new one is read afresh
             events.forget_owner(key)
+            gateway.owner_changed(key)
         elif topic == "release":  # "<product id>:<1 = intelligent>", from any node's API
             product_id, _, immediate = key.partition(":")
             if product_id.isdigit():
@@ -581,7 +583,7 @@ def build_runtime(
     # Caches of other processes on the bus forget what changed here (hooks; a device's owner).
     webhooks.on_change(lambda: bus.broadcast("hooks", ""))
     devices.on_owner_change(lambda device_id: bus.broadcast("owner", device_id))
-    bus.on_broadcast(_forgetting(webhooks, events, rollout, product_devices))
+    bus.on_broadcast(_forgetting(webhooks, events, rollout, product_devices, gateway))
     sessions.on_status = events.publish_status if routed is None else _serving(routed, events.publish_status)
     node.on_swept = _announcing_offline(events)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -50,7 +51,13 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 async def _argon(
-    client: httpx.AsyncClient, ada: Account, runtime: Runtime, key: ec.EllipticCurvePrivateKey
+    client: httpx.AsyncClient,
+    ada: Account,
+    runtime: Runtime,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    claim: bool = True,
+    **options: Any,
 ) -> VirtualDevice:
     device_id = "e00fce68" + key.public_key().public_numbers().x.to_bytes(32, "big")[:8].hex()
     sent = await client.post(
@@ -59,8 +66,9 @@ async def _argon(
         headers=ada.auth,
     )
     assert 200 == sent.status_code, sent.text
-    claimed = await client.post("/v1/devices", json={"id": device_id}, headers=ada.auth)
-    assert 200 == claimed.status_code, claimed.text
+    if claim:
+        claimed = await client.post("/v1/devices", json={"id": device_id}, headers=ada.auth)
+        assert 200 == claimed.status_code, claimed.text
     udp_port = runtime.gateway.udp_port
     assert udp_port is not None
     device = VirtualDevice(
@@ -72,6 +80,7 @@ async def _argon(
         platform_id=12,
         protocol="udp",
         reconnect=False,
+        **options,
     )
     device.set_variable("vint", -42)
     device.set_variable("vstring", "hello over DTLS")
@@ -140,6 +149,72 @@ async def test_a_udp_device_works_through_the_api_like_a_tcp_one(
         return received == [("to-argon/hi", "there")]
 
     await wait_until(delivered)
+
+
+async def test_a_device_os_6_device_describes_its_system_in_protobuf(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime
+) -> None:
+    """
+    Device OS ≥ 5.5 sends its system Describe apart, as protobuf (Content-Format 42): the API shows its
+    modules and release as from a JSON one, and the link stays up.
+    """
+    modules = (
+        {"s": 49152, "l": "m", "vc": 30, "vv": 30, "f": "b", "n": "0", "v": 2300, "d": []},
+        {"s": 1048576, "l": "m", "vc": 30, "vv": 30, "f": "s", "n": "1", "v": 6200,
+         "d": [{"f": "b", "n": "0", "v": 2300}]},
+        {"s": 262144, "l": "m", "vc": 30, "vv": 30, "u": "ab" * 32, "f": "u", "n": "1", "v": 6,
+         "d": [{"f": "s", "n": "1", "v": 6200}]},
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    device = await _argon(client, ada, runtime, key, system_describe="protobuf", modules=modules)
+    try:
+        body = await _described(client, ada, device)
+        assert ("6.2.0", {"vint": "int32", "vstring": "string"}) == (
+            body["system_firmware_version"],
+            body["variables"],
+        )
+        assert device.connected
+        assert 2 == device.counters.describes
+        called = await client.post(
+            f"/v1/devices/{device.device_id}/echo_len", json={"args": "pb"}, headers=ada.auth
+        )
+        assert (200, 2) == (called.status_code, called.json()["return_value"])
+    finally:
+        await device.stop()
+
+
+async def test_a_device_claimed_while_connected_receives_its_new_owners_events(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime
+) -> None:
+    """
+    A device that subscribed while nobody owned it gets its new owner's private events once claimed,
+    without reconnecting (its feed is opened again for the new owner).
+    """
+    device = await _argon(client, ada, runtime, ec.generate_private_key(ec.SECP256R1()), claim=False)
+    try:
+        received: list[tuple[str, str | None]] = []
+        await device.subscribe("to-argon", lambda name, data: received.append((name, data)))
+        await device.ping()
+        await device.ping()  # the Subscribe is handled: the gateway answered what came after it
+        claimed = await client.post("/v1/devices", json={"id": device.device_id}, headers=ada.auth)
+        assert 200 == claimed.status_code, claimed.text
+
+        async def delivered() -> bool:
+            # The feed is reopened in the background: publish until one arrives (events to devices are NON).
+            if not received:
+                sent = await client.post(
+                    "/v1/devices/events",
+                    data={"name": "to-argon/mine", "data": "private", "private": "true"},
+                    headers=ada.auth,
+                )
+                assert 200 == sent.status_code, sent.text
+            return bool(received)
+
+        await wait_until(delivered)
+        assert ("to-argon/mine", "private") == received[0]
+        assert device.connected
+    finally:
+        await device.stop()
 
 
 async def test_a_session_follows_its_connection_id_to_a_new_address(

@@ -166,6 +166,9 @@ _SCOPE_NAMES: dict[SubscriptionScope, SubscriptionScopeName] = {
 }
 
 
+_RESUBSCRIBING: set[asyncio.Task[None]] = set()
+
+
 class Link:
     """
     One accepted socket and its protocol connection; `run()` is the link's task.
@@ -204,6 +207,7 @@ class Link:
         self._subscriptions: list[DeviceSubscription] = []
         self._feed: EventFeed | None = None
         self._forwarder: asyncio.Task[None] | None = None
+        self._feed_lock: asyncio.Lock | None = None  # made on the first Subscribe
         #: Events this link's device lost because the link fell behind (see the module doc).
         self.events_dropped = 0
         self._drops_unlogged = 0
@@ -409,8 +413,7 @@ class Link:
         """
         Widen the link's feed to a new subscription; a repeated one changes nothing.
         """
-        device_id, hook = self.device_id, self._ctx.on_subscribe
-        if hook is None or device_id is None or not self._connected or self._ending:
+        if self._ctx.on_subscribe is None or self.device_id is None or not self._connected or self._ending:
             return
         wanted = DeviceSubscription(
             event.prefix,
@@ -422,22 +425,55 @@ class Link:
         if len(self._subscriptions) >= MAX_SUBSCRIPTIONS:
             self._log.warning("too many device subscriptions; ignored", prefix=event.prefix)
             return
-        feed = await hook(device_id, (*self._subscriptions, wanted))
-        if self._ending or self._conn.state is ConnectionState.CLOSED:
-            if feed is not None:
-                feed.close("link ended")
-            return
-        self._subscriptions.append(wanted)
-        # No await between the provider's subscribe and this swap: nothing is lost or sent twice. The
-        # forwarder drains what the old feed still holds, then moves on to the new one.
-        old, self._feed = self._feed, feed
-        if old is not None:
-            old.close("replaced by a feed for more subscriptions")
-        # A feed that can call the link back needs no task; one that cannot (or a forwarder already running,
-        # which moves on to the new feed by itself) is iterated.
-        if feed is not None and self._forwarder is None and not self._listen(feed):
-            self._forwarder = asyncio.create_task(self._forward(), name=f"device-events-{device_id}")
-        self._log.debug("device subscribed", prefix=event.prefix, scope=wanted.scope)
+        if await self._open_feed((*self._subscriptions, wanted)):
+            self._log.debug("device subscribed", prefix=event.prefix, scope=wanted.scope)
+
+    def resubscribe(self) -> None:
+        """
+        The device changed hands: open its feed again under the new owner's visibility (the same
+        subscriptions), as the hosted cloud decides who receives what when an event is sent. A no-op for a
+        link with no subscription.
+        """
+        if self._subscriptions and not self._ending:
+            task = asyncio.get_running_loop().create_task(self._resubscribe())
+            _RESUBSCRIBING.add(task)  # a strong reference until it is done
+            task.add_done_callback(_RESUBSCRIBING.discard)
+
+    async def _resubscribe(self) -> None:
+        try:
+            await self._open_feed(tuple(self._subscriptions))
+        except Exception:  # a task of its own: nobody above would see it
+            self._log.exception("subscribing again for the device's new owner failed")
+            self.close("internal error")
+
+    async def _open_feed(self, subscriptions: tuple[DeviceSubscription, ...]) -> bool:
+        """
+        Replace the link's feed with one for ``subscriptions``; False when the link ended meanwhile. One at a
+        time (a Subscribe and an owner change may overlap), so the last feed opened has every subscription.
+        """
+        device_id, hook = self.device_id, self._ctx.on_subscribe
+        if device_id is None or hook is None:
+            return False
+        if self._feed_lock is None:
+            self._feed_lock = asyncio.Lock()
+        async with self._feed_lock:
+            subscriptions = (*subscriptions, *(s for s in self._subscriptions if s not in subscriptions))
+            feed = await hook(device_id, subscriptions)
+            if self._ending or self._conn.state is ConnectionState.CLOSED:
+                if feed is not None:
+                    feed.close("link ended")
+                return False
+            self._subscriptions[:] = subscriptions
+            # No await between the provider's subscribe and this swap: nothing is lost or sent twice. The
+            # forwarder drains what the old feed still holds, then moves on to the new one.
+            old, self._feed = self._feed, feed
+            if old is not None:
+                old.close("replaced by a feed for more subscriptions")
+            # A feed that can call the link back needs no task; one that cannot (or a forwarder already
+            # running, which moves on to the new feed by itself) is iterated.
+            if feed is not None and self._forwarder is None and not self._listen(feed):
+                self._forwarder = asyncio.create_task(self._forward(), name=f"device-events-{device_id}")
+            return True
 
     async def _forward(self) -> None:
         """

@@ -366,6 +366,15 @@ class DeviceGateway:
         """
         return self._registry.get(device_id)
 
+    def owner_changed(self, device_id: str) -> None:
+        """
+        A device changed hands (on any node): if it is connected here, its subscriptions are opened again
+        under the new owner's visibility.
+        """
+        link = self._registry.get(device_id)
+        if link is not None:
+            link.resubscribe()
+
     async def wait_online(self, device_id: str) -> None:
         """
         Return once the device has an established link here (at once if it has one).

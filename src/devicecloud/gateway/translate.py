@@ -77,21 +77,24 @@ def system_firmware_version(modules: Iterable[Any] | None) -> str | None:
 def system_module_version(modules: Iterable[Any] | None) -> int | None:
     """
     The version number of the system parts (function ``"s"``) in a Describe's module list; the numbers grow
-    with each Device OS release (1.5.0-rc.1 is 1500).
+    with each Device OS release (1.5.0-rc.1 is 1500). A monolithic build (function ``"m"``: system and
+    application in one module, as the gcc virtual device and debug builds run) counts when no system part is
+    listed.
 
     Mid-upgrade the parts can disagree; the lowest counts (the newer release is not complete yet).
     Entries that are not modules, modules in another store than the main one (``"l"``: backup, factory, OTA
     scratchpad) and versions that are not integers are ignored. ``None`` when no system part is listed.
     """
-    versions = [
-        module["v"]
+    main = [
+        module
         for module in modules or ()
-        if isinstance(module, dict)
-        and module.get("f") == "s"
-        and module.get("l", "m") == "m"
-        and type(module.get("v")) is int
+        if isinstance(module, dict) and module.get("l", "m") == "m" and type(module.get("v")) is int
     ]
-    return min(versions) if versions else None
+    for function in ("s", "m"):
+        versions: list[int] = [module["v"] for module in main if module.get("f") == function]
+        if versions:
+            return min(versions)
+    return None
 
 
 def variable_type_code(name: str | None) -> VariableType | None:

@@ -260,10 +260,14 @@ class RequestTime(Command):
 
 @dataclass(frozen=True)
 class SendDescribe(Command):
-    """2.x device-initiated Describe (CON POST /d); completes with ``RequestCompleted``."""
+    """
+    2.x device-initiated Describe (CON POST /d); completes with ``RequestCompleted``. ``content_format`` 42
+    marks a Device OS ≥ 5.5 protobuf system Describe.
+    """
 
     payload: bytes
     flags: DescribeFlags | int = DescribeFlags.SYSTEM | DescribeFlags.APPLICATION
+    content_format: int | None = None
 
 
 @dataclass(frozen=True)
@@ -285,10 +289,14 @@ class RespondVariable(Command):
 
 @dataclass(frozen=True)
 class RespondDescribe(Command):
-    """Answer ``DescribeRequested`` with a Describe JSON payload (see ``build_describe``)."""
+    """
+    Answer ``DescribeRequested`` with a Describe payload (JSON, see ``build_describe``; with
+    ``content_format`` 42 a protobuf system Describe, see ``encode_system_describe``).
+    """
 
     request_id: int
     payload: bytes
+    content_format: int | None = None
 
 
 @dataclass(frozen=True)

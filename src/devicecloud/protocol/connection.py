@@ -130,6 +130,12 @@ _DEFAULT_DESCRIBE_FLAGS = DescribeFlags.SYSTEM | DescribeFlags.APPLICATION
 METRICS = int(DescribeFlags.METRICS)
 
 
+def _content_format(msg: coap.Message) -> int | None:
+    """The message's Content-Format option, if it has one (a Device OS ≥ 5.5 system Describe: 42)."""
+    values = msg.option_values(OptionNumber.CONTENT_FORMAT)
+    return coap.decode_uint(values[0]) if values else None
+
+
 def _utf8(raw: bytes) -> tuple[str, bool]:
     """
     Text from the peer, strictly: (the text, True), or (U+FFFD where bytes are not UTF-8, False).
@@ -440,7 +446,7 @@ class CoapSession:
             self._events.append(events.DiagnosticsReceived(rid, report))
         elif request.kind is MessageKind.DESCRIBE and self.role is Role.CLOUD:
             try:
-                description = parse_describe(msg.payload)
+                description = parse_describe(msg.payload, _content_format(msg))
             except RemoteProtocolError as exc:
                 self._fail(request, msg.code, str(exc))
                 return
@@ -507,7 +513,8 @@ class CoapSession:
             if is_binary_describe(msg.payload):  # Particle.publishVitals(): POST /d?\x04, binary
                 self._events.append(events.DiagnosticsReceived(None, parse_diagnostics(msg.payload)))
             else:
-                self._events.append(events.DescribeReceived(None, flags, parse_describe(msg.payload)))
+                description = parse_describe(msg.payload, _content_format(msg))
+                self._events.append(events.DescribeReceived(None, flags, description))
         elif kind is MessageKind.CHUNK_MISSED:
             self._ack_if_con(msg)
             if len(msg.payload) % 2:
@@ -736,7 +743,9 @@ class CoapSession:
             self._send_message(messages.time_request(r.message_id, r.token))
         elif isinstance(c, commands.SendDescribe):
             r = self._new_request(MessageKind.DESCRIBE, now, token=False)
-            self._send_message(messages.device_describe(r.message_id, c.payload, int(c.flags)))
+            self._send_message(
+                messages.device_describe(r.message_id, c.payload, int(c.flags), c.content_format)
+            )
         elif isinstance(c, commands.RespondFunction):
             inbound = self._take_inbound(c.request_id, MessageKind.FUNCTION_CALL)
             if not -(2**31) <= c.return_value < 2**31:
@@ -754,7 +763,9 @@ class CoapSession:
             return None
         elif isinstance(c, commands.RespondDescribe):
             inbound = self._take_inbound(c.request_id, MessageKind.DESCRIBE)
-            self._answer(inbound, Code.CONTENT, c.payload, now, confirmable=True)
+            self._answer(
+                inbound, Code.CONTENT, c.payload, now, confirmable=True, content_format=c.content_format
+            )
             return None
         elif isinstance(c, commands.RejectRequest):
             inbound = self._take_inbound(c.request_id, None)
@@ -819,11 +830,18 @@ class CoapSession:
         return inbound
 
     def _answer(
-        self, inbound: _Inbound, code: int, payload: bytes, now: float, *, confirmable: bool = False
+        self,
+        inbound: _Inbound,
+        code: int,
+        payload: bytes,
+        now: float,
+        *,
+        confirmable: bool = False,
+        content_format: int | None = None,
     ) -> None:
         """Answer a peer request: piggy-backed in the ACK, or as a separate response once ACKed."""
         if not inbound.acked:
-            self._send_message(messages.ack(inbound.message_id, code, inbound.token, payload))
+            self._send_message(messages.ack(inbound.message_id, code, inbound.token, payload, content_format))
             return
         if confirmable:  # 2.x sends the Describe as CON; swallow the cloud's ACK quietly
             r = self._new_request(MessageKind.DESCRIBE, now, token=False, internal=True)
@@ -831,7 +849,11 @@ class CoapSession:
         else:
             mid = self._ids.next()
         confirmable = confirmable or self.unreliable
-        self._send_message(messages.response(mid, code, inbound.token, payload, confirmable=confirmable))
+        self._send_message(
+            messages.response(
+                mid, code, inbound.token, payload, confirmable=confirmable, content_format=content_format
+            )
+        )
 
     # ------------------------------------------------------------------------------------------ timers & clos
 

@@ -1,16 +1,14 @@
 """
-The Describe JSON: what functions and variables a device has, and its system modules.
+The Describe: what functions and variables a device has, and its system modules.
 
 Theory of operation:
     The device answers a Describe request (or, on 2.x, volunteers one) with a compact JSON object: ``"f"`` a
-    list of
-    function names, ``"v"`` an object ``name → variable type code``, ``"p"`` the platform id and ``"m"`` the
-    module
-    list. Which keys are present depends on the Describe flags (system = ``p``/``m``, application =
-    ``f``/``v``).
-    :func:`parse_describe` validates the shape; :func:`build_describe` writes it in the key order the 0.7.0
-    firmware
-    uses, so the virtual device produces the recorded bytes.
+    list of function names, ``"v"`` an object ``name → variable type code``, ``"p"`` the platform id and
+    ``"m"`` the module list. Which keys are present depends on the Describe flags (system = ``p``/``m``,
+    application = ``f``/``v``). From Device OS 5.5 the system part is protobuf instead, with Content-Format
+    42 (`system_describe`), read into the same shape.
+    :func:`parse_describe` reads either and validates the shape; :func:`build_describe` writes the JSON in the
+    key order the 0.7.0 firmware uses, so the virtual device produces the recorded bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from typing import Any
 
 from devicecloud.protocol.codes import DescribeFlags, VariableType
 from devicecloud.protocol.errors import RemoteProtocolError
+from devicecloud.protocol.system_describe import SYSTEM_DESCRIBE_CONTENT_FORMAT, decode_system_describe
 
 __all__ = ["Description", "build_describe", "parse_describe"]
 
@@ -44,20 +43,24 @@ def _variable_type(code: int) -> VariableType | int:
         return code
 
 
-def parse_describe(payload: bytes) -> Description:
+def parse_describe(payload: bytes, content_format: int | None = None) -> Description:
     """
-    Parse a Describe payload.
+    Parse a Describe payload: JSON, or with ``content_format`` 42 the protobuf system Describe of Device OS
+    ≥ 5.5 (`system_describe`), read into the same shape.
 
     Returns:
         The description.
 
     Raises:
-        RemoteProtocolError: not UTF-8 JSON, or a key has the wrong shape.
+        RemoteProtocolError: not UTF-8 JSON (not a SystemDescribe protobuf), or a key has the wrong shape.
     """
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"Describe payload is not JSON: {exc}") from exc
+    if content_format == SYSTEM_DESCRIBE_CONTENT_FORMAT:
+        doc: Any = decode_system_describe(payload)
+    else:
+        try:
+            doc = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise RemoteProtocolError(f"Describe payload is not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise RemoteProtocolError("Describe payload is not a JSON object")
     functions = doc.get("f")

@@ -80,17 +80,34 @@ def ping(message_id: int) -> Message:
     return Message(MessageType.CON, Code.EMPTY, message_id)
 
 
-def ack(message_id: int, code: int = Code.EMPTY, token: bytes = b"", payload: bytes = b"") -> Message:
+def ack(
+    message_id: int,
+    code: int = Code.EMPTY,
+    token: bytes = b"",
+    payload: bytes = b"",
+    content_format: int | None = None,
+) -> Message:
     """ACK echoing ``message_id`` (empty, or a piggy-backed response)."""
-    return Message(MessageType.ACK, code, message_id, token if code else b"", (), payload if code else b"")
+    if not code:
+        return Message(MessageType.ACK, code, message_id, b"", (), b"")
+    return Message(MessageType.ACK, code, message_id, token, _content_format(content_format), payload)
 
 
 def response(
-    message_id: int, code: int, token: bytes, payload: bytes = b"", confirmable: bool = False
+    message_id: int,
+    code: int,
+    token: bytes,
+    payload: bytes = b"",
+    confirmable: bool = False,
+    content_format: int | None = None,
 ) -> Message:
     """A separate response (NON, or CON for the 2.x Describe) carrying the request's token."""
     mtype = MessageType.CON if confirmable else MessageType.NON
-    return Message(mtype, code, message_id, token, (), payload)
+    return Message(mtype, code, message_id, token, _content_format(content_format), payload)
+
+
+def _content_format(value: int | None) -> tuple[tuple[int, bytes], ...]:
+    return () if value is None else ((OptionNumber.CONTENT_FORMAT, encode_uint(value)),)
 
 
 def describe_request(message_id: int, token: bytes, flags: int | None) -> Message:
@@ -169,9 +186,11 @@ def time_request(message_id: int, token: bytes) -> Message:
     return Message(MessageType.CON, Code.GET, message_id, token, path_options("t"))
 
 
-def device_describe(message_id: int, payload: bytes, flags: int) -> Message:
-    """2.x device-initiated Describe: CON POST /d?<flags> + JSON."""
-    options = path_options("d") + query_options([bytes([flags])])
+def device_describe(
+    message_id: int, payload: bytes, flags: int, content_format: int | None = None
+) -> Message:
+    """2.x device-initiated Describe: CON POST /d?<flags> + JSON (or, Content-Format 42, protobuf)."""
+    options = path_options("d") + _content_format(content_format) + query_options([bytes([flags])])
     return Message(MessageType.CON, Code.POST, message_id, b"", options, payload)
 
 

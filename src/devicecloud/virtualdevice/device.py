@@ -63,6 +63,7 @@ from devicecloud.protocol import (
     build_describe,
 )
 from devicecloud.protocol.dtls import ClientConfig, DtlsClient, SessionState, ecdsa_signer
+from devicecloud.protocol.system_describe import SYSTEM_DESCRIBE_CONTENT_FORMAT, encode_system_describe
 from devicecloud.protocol.udp import UDP_DEVICE_TIMING, UdpSession
 from devicecloud.virtualdevice.application import (
     CloudFunction,
@@ -168,6 +169,8 @@ class VirtualDevice:
         ota_v3: a Gen3 device on Device OS ≥ 3.0 (UDP only): its Hello carries flag 0x80 and the ≥ 3.0
             limits (system version, max binary size, OTA chunk size 512), and it takes updates over OTA
             protocol v3 only; its Describe's system part is that version (`OTA_V3_SYSTEM_VERSION`).
+        system_describe: ``"json"``, or ``"protobuf"`` as Device OS ≥ 5.5 sends it: the system Describe
+            apart from the application's, as a ``SystemDescribe`` message with Content-Format 42.
     """
 
     def __init__(
@@ -198,10 +201,12 @@ class VirtualDevice:
         random_bytes: RandomBytes = os.urandom,
         protocol: Literal["tcp", "udp"] = "tcp",
         ota_v3: bool = False,
+        system_describe: Literal["json", "protobuf"] = "json",
     ) -> None:
         self.host, self.port = host, port
         self.device_id = normalize_device_id(device_id)
         self.protocol = protocol
+        self.system_describe = system_describe
         self._ec_key: ec.EllipticCurvePrivateKey | None = None
         #: UDP: the DTLS session kept over a sleep; the next connection resumes it without a handshake.
         self.kept_session: SessionState | None = None
@@ -274,7 +279,7 @@ class VirtualDevice:
             variables=self.variables if started else CloudVariables(),
             subscriptions=self.subscriptions,
             counters=self.counters,
-            describe=self.describe_payload,
+            describe=self.describe_answer,
             max_argument_length=max_argument_length,
             log=self.log,
         )
@@ -434,8 +439,7 @@ class VirtualDevice:
             link.send(PublishEvent("spark/hardware/ota_chunk_size", str(chunk_size)))
         # As Device OS does after every Hello: 2.x volunteers its Describe, then the subscriptions go again.
         if self.response_style is ResponseStyle.SEPARATE:
-            link.send(SendDescribe(self.describe_payload()))
-            self.counters.describes += 1
+            self._send_describes(link)
         for s in self.subscriptions:
             link.send(Subscribe(s.prefix, s.scope, s.device_id))
 
@@ -479,6 +483,18 @@ class VirtualDevice:
             **({"flags": flags} if flags else {}),
         )
 
+    def describe_answer(self, flags: int) -> tuple[bytes, int | None]:
+        """
+        The answer to the cloud's Describe request for ``flags``: (payload, Content-Format). A ``protobuf``
+        device answers a system-only request in protobuf (Content-Format 42), anything else in JSON.
+        """
+        if self.system_describe == "protobuf" and flags == DescribeFlags.SYSTEM:
+            return self._system_pb(), SYSTEM_DESCRIBE_CONTENT_FORMAT
+        return self.describe_payload(flags), None
+
+    def _system_pb(self) -> bytes:
+        return encode_system_describe(m for m in self.modules if isinstance(m, dict))
+
     def _app_changed(self) -> None:
         # 2.x devices tell the cloud about new functions/variables; coalesce a burst of changes into one.
         if (
@@ -494,6 +510,15 @@ class VirtualDevice:
         self._describe_pending = False
         link = self._connector.link
         if link is not None and link.is_open and self.connected:
+            self._send_describes(link)
+
+    def _send_describes(self, link: DeviceLink) -> None:
+        if self.system_describe == "protobuf":  # Device OS ≥ 5.5: the system part apart, in protobuf
+            app = DescribeFlags.APPLICATION
+            link.send(SendDescribe(self._system_pb(), DescribeFlags.SYSTEM, SYSTEM_DESCRIBE_CONTENT_FORMAT))
+            link.send(SendDescribe(self.describe_payload(app), app))
+            self.counters.describes += 2
+        else:
             link.send(SendDescribe(self.describe_payload()))
             self.counters.describes += 1
 

@@ -69,7 +69,7 @@ class Responder:
         variables: the cloud variables.
         subscriptions: the device's subscriptions (shared, mutated by the device).
         counters: where to count.
-        describe: builds the Describe payload for the given flags.
+        describe: builds the Describe answer for the given flags: (payload, Content-Format or None).
         max_argument_length: longer function arguments are refused with 4.00.
         log: a bound structlog logger.
     """
@@ -81,7 +81,7 @@ class Responder:
         variables: CloudVariables,
         subscriptions: list[Subscription],
         counters: Counters,
-        describe: Callable[[int], bytes],
+        describe: Callable[[int], tuple[bytes, int | None]],
         max_argument_length: int,
         log: Any,
     ) -> None:
@@ -102,7 +102,8 @@ class Responder:
         elif isinstance(event, VariableRequested):
             self._read_variable(link, event)
         elif isinstance(event, DescribeRequested):
-            link.send(RespondDescribe(event.request_id, self.describe(int(event.flags))))
+            payload, content_format = self.describe(int(event.flags))
+            link.send(RespondDescribe(event.request_id, payload, content_format))
             self.counters.describes += 1
             self.log.debug("describe sent", flags=int(event.flags))
         elif isinstance(event, SignalRequested):
