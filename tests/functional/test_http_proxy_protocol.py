@@ -1,5 +1,5 @@
 """
-The HTTP port behind a load balancer that sends the PROXY protocol (decision 0029): the client address in the
+The HTTP port behind a load balancer that sends the PROXY protocol (decision 0031): the client address in the
 header is the connection's for the per-address connection cap and the request's for the per-IP protections
 (login lockout here); a malformed or late header from a trusted proxy closes that connection, unanswered.
 

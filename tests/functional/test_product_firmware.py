@@ -409,7 +409,7 @@ async def test_group_beats_default_lock_beats_group_development_is_never_flashed
 async def test_the_list_shows_each_release_at_once(
     client: httpx.AsyncClient, owner: Account, runtime: Runtime, product_id: int
 ) -> None:
-    # The list keeps each product's releases a while (decision 0029): a release must show in the very next
+    # The list keeps each product's releases a while (decision 0030): a release must show in the very next
     # list, and in the next read of one device, however recently they were read.
     for version in (2, 3):
         assert (await upload(client, owner, version, product_binary(product_id, version))).status_code == 201

@@ -1,5 +1,5 @@
 """
-Devices behind a TCP load balancer that sends the PROXY protocol (decision 0029): the address the header
+Devices behind a TCP load balancer that sends the PROXY protocol (decision 0031): the address the header
 carries is the device's, for the API's ``last_ip_address`` too; a header from a peer that is not a trusted
 proxy is not believed, and a malformed, cut or late one from a trusted proxy closes that socket only.
 

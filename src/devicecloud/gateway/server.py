@@ -26,7 +26,7 @@ Theory of operation:
 
     `control` is the gateway's `services.ports.DeviceControl` (see `control.py`).
 
-    Behind a TCP proxy (decision 0029): a socket whose peer is one of ``proxy_protocol_from`` must start
+    Behind a TCP proxy (decision 0031): a socket whose peer is one of ``proxy_protocol_from`` must start
     with a PROXY protocol header (v1 or v2, `protocol.proxy_header`), read before the nonce, within
     ``proxy_header_timeout`` seconds and without reading past it; the client address it carries is the
     link's address from then on (sessions, logs). A missing, slow or malformed header closes that socket

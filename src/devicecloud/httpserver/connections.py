@@ -17,7 +17,7 @@ A response in progress (an event stream lasts hours) is never timed out: the dea
 request only. A connection that misses one is aborted (RST), which frees its descriptor even when the client
 has stopped reading what we wrote.
 
-Behind a TCP proxy (decision 0029): a connection from one of ``proxy_protocol_from`` must start with a
+Behind a TCP proxy (decision 0031): a connection from one of ``proxy_protocol_from`` must start with a
 PROXY protocol v1/v2 header, whole within ``proxy_header_timeout`` seconds; only then is it counted, against
 the client address the header carries, and handed to uvicorn with that address as the request's client
 (so the per-IP rate limits and login protection see it too). A malformed or late header aborts that

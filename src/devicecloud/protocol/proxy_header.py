@@ -1,6 +1,6 @@
 """
 The PROXY protocol header (HAProxy's spec, versions 1 and 2), sans-IO: what a TCP proxy sends before the
-client's bytes to say whom the connection is from (decision 0029).
+client's bytes to say whom the connection is from (decision 0031).
 
 A `ProxyHeaderReader` is fed the first bytes of a connection and answers the header once it is complete,
 keeping the bytes after it in `ProxyHeaderReader.rest`. `ProxyHeaderReader.wanted` tells how many more bytes

@@ -94,7 +94,7 @@ def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _closed_is_gone(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        # What SQLAlchemy's pre-ping is for, without its cost (decision 0029): on asyncpg a pre-ping is three
+        # What SQLAlchemy's pre-ping is for, without its cost (decision 0030): on asyncpg a pre-ping is three
         # round trips (BEGIN, an empty query, ROLLBACK) before every checkout. A connection the server
         # closed (a restart, a terminated backend) is known closed to asyncpg as soon as the loop has read
         # the end of its socket; the pool then opens a fresh one instead. A connection that dies while idle
@@ -141,7 +141,7 @@ class SqlStore:
         self._token_lookup = TokenLookup(engine)
         # A read-only unit of work on PostgreSQL runs its statements in autocommit mode: under READ
         # COMMITTED each statement of a transaction reads its own snapshot anyway, so a BEGIN and a COMMIT
-        # would add two round trips and no consistency (decision 0029). SQLite's BEGIN does hold one
+        # would add two round trips and no consistency (decision 0030). SQLite's BEGIN does hold one
         # snapshot for the whole read (and costs no round trip): kept.
         self._read_options: dict[str, Any] = (
             {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {}

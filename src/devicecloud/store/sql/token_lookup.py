@@ -7,7 +7,7 @@ nine hops to aiosqlite's thread, COMMIT), which alone would cap the API at under
 one prebuilt statement in autocommit mode, no transaction. Under WAL every statement reads the latest
 committed state, so a revocation committed by any connection is seen by the next lookup. Other dialects use
 the prebuilt statement on the engine, in autocommit mode: no BEGIN and ROLLBACK round trips around it
-(decision 0029).
+(decision 0030).
 
 On SQLite the statement runs inline, on the event loop's thread, over a plain `sqlite3` connection with no
 busy wait (decision 0010): a whole device read costs 18 µs of CPU there against 44 µs through the hop to
