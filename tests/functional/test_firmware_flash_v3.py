@@ -385,12 +385,16 @@ async def test_a_product_release_reaches_a_v3_device_the_usual_way(
         headers=ada.auth,
     )
     assert 201 == uploaded.status_code, uploaded.text
+    # A version is released only once a device of the product runs it (decision 0025's release rule).
+    veteran = await argon(client, ada, runtime, product_id=product_id, product_firmware_version=2)
+    await runtime.sessions.presence.flush()
     released = await client.put(
         f"/v1/products/{product_id}/firmware/release",
         json={"version": 2, "product_default": True},
         headers=ada.auth,
     )
     assert 200 == released.status_code, released.text
+    await veteran.stop()
     device = await argon(client, ada, runtime, product_id=product_id, product_firmware_version=1)
     try:
         await runtime.sessions.presence.flush()

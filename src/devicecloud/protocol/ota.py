@@ -117,6 +117,18 @@ class OtaResult:
     device_result: str | None = None
 
 
+def _test(bits: bytearray, index: int) -> bool:
+    return bool(bits[index >> 3] & (1 << (index & 7)))
+
+
+def _set(bits: bytearray, index: int) -> None:
+    bits[index >> 3] |= 1 << (index & 7)
+
+
+def _clear(bits: bytearray, index: int) -> None:
+    bits[index >> 3] &= ~(1 << (index & 7)) & 0xFF
+
+
 def update_result(payload: bytes) -> tuple[bool, str]:
     """
     Read a device's UpdateDone result (``{"r":"ok"}`` ≤1.x, ``{"r":0}`` 2.x; anything else after a 2.04).
@@ -160,9 +172,13 @@ class OtaTransfer:
         self.chunks_resent = 0
         self.bytes_sent = 0
         self.finish_attempts = 0
-        self._queue: deque[int] = deque()
-        self._queued: set[int] = set()
-        self._sent_once: set[int] = set()
+        # Fast OTA's chunks to send: the first pass as a cursor, then the resends the device asked for, each
+        # queued once (a bit per chunk); and a bit per chunk written at least once. A few KB for a 1 MB
+        # image, where lists and sets of indices cost ~300 KB.
+        self._next_first = self.chunk_count  # the first pass starts when the device accepts fast OTA
+        self._resends: deque[int] = deque()
+        self._resend_queued = bytearray((self.chunk_count + 7) // 8)
+        self._sent_once = bytearray((self.chunk_count + 7) // 8)
         self._begin_rid: int | None = None
         self._finish_rid: int | None = None
         self._chunk_rid: int | None = None  # plain OTA: the chunk waiting for ChunkReceived
@@ -192,14 +208,16 @@ class OtaTransfer:
         if self._ready_to_finish():
             return True
         if self.fast:
-            return bool(self._queue)
+            return self._has_queued()
         return self._chunk_rid is None and self._next_plain < self.chunk_count
 
     def _ready_to_finish(self) -> bool:
         if not self._finish_due:
             return False
         return (
-            not self._queue if self.fast else self._chunk_rid is None and self._next_plain >= self.chunk_count
+            not self._has_queued()
+            if self.fast
+            else self._chunk_rid is None and self._next_plain >= self.chunk_count
         )
 
     def get_timer(self) -> float | None:
@@ -234,12 +252,11 @@ class OtaTransfer:
         for _ in range(max_chunks):
             if not self.wants_to_send or self._ready_to_finish():
                 break
-            index = self._queue.popleft() if self.fast else self._next_plain
-            self._queued.discard(index)
+            index = self._pop_queued() if self.fast else self._next_plain
             written += self._send_chunk(conn, index, now)
         if self.phase is OtaPhase.SENDING and self._ready_to_finish():
             self._finish(conn, now)
-        elif self._resending and self.fast and not self._queue:
+        elif self._resending and self.fast and not self._has_queued():
             # The resends are out: a 0.7 device finishes by itself now; later ones are asked when this ends.
             self._resending = False
             self._grace_until = now + self.options.completion_grace
@@ -289,6 +306,30 @@ class OtaTransfer:
 
     # ------------------------------------------------------------------------------------------ internals
 
+    def _first_pending(self) -> int | None:
+        """The next chunk of fast OTA's first pass (withheld ones skipped), or None when it is over."""
+        withhold = self.options.withhold
+        while self._next_first < self.chunk_count and self._next_first in withhold:
+            self._next_first += 1
+        return self._next_first if self._next_first < self.chunk_count else None
+
+    def _has_queued(self) -> bool:
+        return bool(self._resends) or self._first_pending() is not None
+
+    def _pop_queued(self) -> int:
+        index = self._first_pending()
+        if index is not None:
+            self._next_first += 1
+            return index
+        index = self._resends.popleft()
+        _clear(self._resend_queued, index)
+        return index
+
+    def _is_queued(self, index: int) -> bool:
+        first = self._first_pending()
+        in_first_pass = first is not None and index >= first and index not in self.options.withhold
+        return in_first_pass or _test(self._resend_queued, index)
+
     def _rids(self) -> set[int]:
         return {r for r in (self._begin_rid, self._finish_rid, self._chunk_rid) if r is not None}
 
@@ -297,20 +338,19 @@ class OtaTransfer:
         self.fast = self.options.fast and event.fast
         self.phase = OtaPhase.SENDING
         if self.fast:
-            first_pass = [i for i in range(self.chunk_count) if i not in self.options.withhold]
-            self._queue.extend(first_pass)
-            self._queued.update(first_pass)
+            self._next_first = 0
             self._finish_due = True
 
     def _send_chunk(self, conn: CoapSession, index: int, now: float) -> int:
         size = self.options.chunk_size
         data = self._image[index * size : (index + 1) * size]
         crc = None
-        if index in self.options.bad_crc and index not in self._sent_once:
+        sent_before = _test(self._sent_once, index)
+        if index in self.options.bad_crc and not sent_before:
             crc = zlib.crc32(data) ^ 0xFFFFFFFF
-        if index in self._sent_once:
+        if sent_before:
             self.chunks_resent += 1
-        self._sent_once.add(index)
+        _set(self._sent_once, index)
         rid = conn.send(SendChunk(index, data, fast=self.fast, crc32=crc), now)
         if not self.fast:
             self._chunk_rid = rid
@@ -339,9 +379,10 @@ class OtaTransfer:
 
     def _on_missed(self, event: ChunksMissed, now: float) -> None:
         self._progress(now)
-        fresh = [i for i in event.indices if i < self.chunk_count and i not in self._queued]
-        self._queue.extend(fresh)
-        self._queued.update(fresh)
+        for index in event.indices:
+            if index < self.chunk_count and not self._is_queued(index):
+                self._resends.append(index)
+                _set(self._resend_queued, index)
         if self.phase is OtaPhase.FINISHING:
             self.phase = OtaPhase.SENDING
         # A 0.7 device finishes by itself once the resends are in; a later one needs UpdateDone again.
@@ -375,5 +416,6 @@ class OtaTransfer:
     def _fail(self, reason: str) -> None:
         self.phase = OtaPhase.FAILED
         self.result = OtaResult(False, reason)
-        self._queue.clear()
+        self._resends.clear()
+        self._next_first = self.chunk_count
         self._grace_until = None
