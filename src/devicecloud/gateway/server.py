@@ -47,7 +47,7 @@ from devicecloud.gateway.flash import GatewayUpdates
 from devicecloud.gateway.kept_sessions import SessionStore
 from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
-from devicecloud.gateway.udp import UdpGateway, UdpStatistics
+from devicecloud.gateway.udp import UdpGateway, UdpStatistics, UdpTotals
 from devicecloud.protocol import Connection, RandomBytes, RawSigner, Role, Timing, raw_signer
 
 if TYPE_CHECKING:
@@ -244,6 +244,10 @@ class DeviceGateway:
     def udp_statistics(self) -> UdpStatistics | None:
         """The UDP side's totals, or ``None`` without a UDP listener."""
         return self._udp.stats if self._udp is not None else None
+
+    def udp_totals(self) -> UdpTotals | None:
+        """The UDP side's counters with the live sessions' parts (for metrics), or ``None`` without UDP."""
+        return self._udp.totals() if self._udp is not None else None
 
     async def start(self) -> None:
         """
