@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -219,8 +219,10 @@ class UdpPeer:
         self.address = address
         self.closed = False
         self._gateway = gateway
-        self._queue: deque[tuple[bytes, Address]] = deque()
-        self._ready = asyncio.Event()
+        # A list and a future made only while the link waits, not a deque and an Event: ~1.5 KB less per idle
+        # device (issue 13's ≤ 20 KB of server RSS per device).
+        self._queue: list[tuple[bytes, Address]] = []
+        self._waiter: asyncio.Future[None] | None = None
         self._source = address
         self._authenticated = session.authenticated
         self._transport = _PeerTransport(self)
@@ -235,9 +237,12 @@ class UdpPeer:
         while not self._queue:
             if self.closed:
                 return b""
-            self._ready.clear()
-            await self._ready.wait()
-        data, self._source = self._queue.popleft()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data, self._source = self._queue.pop(0)
         return data
 
     # writer
@@ -256,7 +261,7 @@ class UdpPeer:
         if self.closed or len(self._queue) >= PEER_QUEUE:
             return False
         self._queue.append((data, source))
-        self._ready.set()
+        self._wake()
         return True
 
     def send(self, datagram: bytes) -> None:
@@ -268,7 +273,11 @@ class UdpPeer:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._ready.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _follow(self) -> None:
         """Move to the last datagram's source once the session authenticated a record from it."""
