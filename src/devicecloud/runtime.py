@@ -488,6 +488,8 @@ def build_runtime(
         else None,
         udp_port=settings.device_udp_port if settings.device_udp_enabled else None,
         udp_sessions=PersistentSessionStore(store, clock),
+        udp_address_rate=settings.device_udp_address_rate,
+        udp_address_handshakes=settings.device_udp_address_handshakes,
     )
     metrics = Metrics()
     bus, commands = build_bus(settings, node_id)

@@ -151,6 +151,8 @@ class DeviceGateway:
             (`udp.UdpGateway`) for Gen3 devices, whose links share this gateway's registry and control.
         udp_port: the UDP port (5684; 0 picks a free one); ``None`` = no UDP listener.
         udp_sessions: where UDP sessions wait between links (default: in memory).
+        udp_address_rate: datagrams a second one IP may send outside a session (bursts of twice as many).
+        udp_address_handshakes: DTLS handshakes in progress from one IP at most.
     """
 
     def __init__(
@@ -176,6 +178,8 @@ class DeviceGateway:
         udp_server_key: EllipticCurvePrivateKey | None = None,
         udp_port: int | None = None,
         udp_sessions: SessionStore | None = None,
+        udp_address_rate: float = 10.0,
+        udp_address_handshakes: int = 16,
     ) -> None:
         self._server_key = server_private_key
         self._signer: RawSigner | None = None  # chosen at start(): it loads libcrypto and signs once
@@ -221,6 +225,9 @@ class DeviceGateway:
                 handshake_timeout=handshake_timeout,
                 random_bytes=random_bytes,
                 sessions=udp_sessions,
+                rate=udp_address_rate,
+                burst=2 * udp_address_rate,
+                handshakes_per_address=udp_address_handshakes,
             )
         #: The `services.ports.DeviceControl` for the devices linked to this gateway.
         self.control = GatewayControl(self._registry)
