@@ -13,7 +13,9 @@ Theory of operation:
       deadlines of the session still decide when a request has failed;
     - deduplication: the ids of the peer's recent CON and NON messages are remembered (`DEDUP_WINDOW`);
       a repeated CON gets the ACK (or piggy-backed answer) it got the first time, again, and is not handled
-      twice; a repeated NON is dropped. No TCP-style "+1 or disconnect" id rule (§B.7, gotcha 17);
+      twice; a repeated NON is dropped. Pings (empty CONs) are not remembered: answering one twice changes
+      nothing, and an idle device's keep-alives would otherwise fill the window (memory per idle device).
+      No TCP-style "+1 or disconnect" id rule (§B.7, gotcha 17);
     - the Hello is CON and carries the device id (cloud role: the id comes from it, the device key from the
       DTLS handshake; ``DeviceIdentified`` waits for the application's ``AcceptDevice``, which must name the
       key the device proved). The device role is established once its Hello is ACKed (no server Hello is
@@ -368,7 +370,7 @@ class UdpSession(CoapSession):
                 return
             if self._state is not ConnectionState.ESTABLISHED:
                 return
-        else:
+        elif msg.code != Code.EMPTY:  # a repeated ping is answered again: nothing to remember it by
             if msg.message_id in self._seen:
                 answer = self._seen[msg.message_id]
                 if answer is not None and msg.type is MessageType.CON:
