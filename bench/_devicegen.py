@@ -26,7 +26,10 @@ stdin: ``connect N`` brings the number of started devices to N (at most ``concur
 flight, so none hits the server's handshake deadline), ``report`` prints the state, ``quit`` stops. Every
 command is answered with one ``STATE {json}`` line: devices connected, connect failures, disconnects,
 pings received from the cloud (min and total), function calls served. With ``functions`` each device has a
-function ``bench(arg) -> len(arg)``.
+function ``bench(arg) -> len(arg)``. With ``"protocol": "udp"`` the devices are Gen3 ones (Argons, platform
+12) speaking DTLS to the UDP port with EC P-256 keys (``server_public_key`` is then the server's EC key,
+``server_key_udp.pub.pem``); over UDP the devices send the keep-alives (``device_ping_after``), the cloud
+never pings.
 
 Device ids are ``tag`` (4 hex digits) followed by a 20-digit counter, so processes do not collide.
 """
@@ -46,7 +49,7 @@ from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from _photon import PING_AFTER, PhotonDevice, PhotonSession, Tally, connection
 from devicecloud.heap import FrozenHeap
@@ -296,7 +299,9 @@ class Fleet:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.host, self.port = str(spec.get("host", "127.0.0.1")), int(spec["port"])
-        self.server_key = load_public_key(str(spec["server_public_key"]).encode())
+        self.udp = spec.get("protocol", "tcp") == "udp"
+        pem = str(spec["server_public_key"]).encode()
+        self.server_key: Any = serialization.load_pem_public_key(pem) if self.udp else load_public_key(pem)
         self.tag = int(spec["tag"])
         self.concurrency = int(spec.get("concurrency", 64))
         self.functions = bool(spec.get("functions", False))
@@ -305,7 +310,10 @@ class Fleet:
         self.timing = Timing(
             handshake_timeout=60.0, request_timeout=30.0, ping_after=ping_after, idle_timeout=ping_after * 2
         )
-        self.keys = key_pool(spec)
+        # UDP: P-256 keys are cheap to make; the server keeps the key each device id first offered.
+        self.keys: list[Any] = (
+            [ec.generate_private_key(ec.SECP256R1()) for _ in range(KEY_POOL)] if self.udp else key_pool(spec)
+        )
         self.devices: list[VirtualDevice] = []
         self.connect_failures: Counter[str] = Counter()
 
@@ -330,6 +338,8 @@ class Fleet:
                 server_public_key=self.server_key,
                 reconnect=False,
                 timing=self.timing,
+                platform_id=12 if self.udp else 6,
+                protocol="udp" if self.udp else "tcp",
             )
             if self.functions:
                 device.add_function("bench", len)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from devicecloud.domain.devices import DeviceDescription, VariableReading
     from devicecloud.domain.diagnostics import VitalsReading
     from devicecloud.gateway import DeviceGateway
+    from devicecloud.gateway.udp import UdpTotals
     from devicecloud.services.device_presence import DevicePresenceBook
     from devicecloud.services.ports import DeviceControl
     from devicecloud.webhooks.dispatcher import WebhookDispatcher
@@ -216,6 +217,7 @@ class _Snapshot(Collector):
             for key, value in values.items():
                 family.add_metric((key,), value)
             yield family
+        yield from _udp_metrics(s.gateway.udp_totals())
         lag = SummaryMetricFamily(
             "devicecloud_bus_lag_seconds", "From an event's publication to its arrival at this node (NATS)."
         )
@@ -282,3 +284,50 @@ class MeteredControl:
         finally:
             self._metrics.calls.labels(kind).observe(time.perf_counter() - started)
             self._metrics.call_outcomes.labels(kind, outcome).inc()
+
+
+def _udp_metrics(udp: UdpTotals | None) -> Iterable[Metric]:
+    """The UDP/DTLS gateway's figures (issue 13), none when it does not run."""
+    if udp is None:
+        return
+    gauges = (
+        ("udp_sessions", "DTLS sessions on this node (handshaking or established).", udp.sessions),
+        ("udp_devices_connected", "Devices with a live UDP/DTLS link to this node.", udp.online),
+        ("dtls_sessions_kept", "DTLS sessions kept for devices that went silent (asleep).", udp.kept),
+    )
+    for name, documentation, value in gauges:
+        yield GaugeMetricFamily(f"devicecloud_{name}", documentation, value=value)
+    counters = (
+        ("udp_datagrams_in", "UDP datagrams received.", udp.datagrams_in),
+        ("udp_datagrams_out", "UDP datagrams sent.", udp.datagrams_out),
+        ("dtls_cookies_sent", "HelloVerifyRequests sent (no state kept).", udp.cookies_sent),
+        ("dtls_sessions_moved", "DTLS sessions that followed their CID to a new address.", udp.moved),
+    )
+    for name, documentation, value in counters:
+        yield CounterMetricFamily(f"devicecloud_{name}", documentation, value=value)
+    labelled = (
+        (
+            "dtls_handshakes",
+            "DTLS sessions established: full handshakes, stored sessions resumed without one.",
+            "kind",
+            udp.handshakes,
+        ),
+        (
+            "dtls_handshakes_failed",
+            "DTLS handshakes that failed, by reason.",
+            "reason",
+            udp.handshakes_failed,
+        ),
+        ("udp_datagrams_dropped", "UDP datagrams dropped, by reason.", "reason", udp.datagrams_dropped),
+        (
+            "udp_retransmissions",
+            "Retransmissions: DTLS flights, CoAP confirmables.",
+            "layer",
+            udp.retransmissions,
+        ),
+    )
+    for name, documentation, label, values in labelled:
+        family = CounterMetricFamily(f"devicecloud_{name}", documentation, labels=(label,))
+        for key, value in values.items():
+            family.add_metric((key,), value)
+        yield family

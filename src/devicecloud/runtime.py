@@ -496,6 +496,8 @@ def build_runtime(
         udp_sessions=PersistentSessionStore(store, clock),
         proxy_protocol_from=settings.device_proxy_protocol,
         proxy_header_timeout=settings.proxy_protocol_timeout,
+        udp_address_rate=settings.device_udp_address_rate,
+        udp_address_handshakes=settings.device_udp_address_handshakes,
     )
     metrics = Metrics()
     bus, commands = build_bus(settings, node_id)

@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         description="UDP port of the device gateway (DTLS: Gen3 devices, Electron).",
     )
     device_udp_enabled: bool = Field(default=True, description="Listen for UDP/DTLS devices beside TCP.")
+    device_udp_address_rate: float = Field(
+        default=10.0,
+        gt=0,
+        description="Datagrams a second one source IP may send the UDP gateway outside a DTLS session "
+        "(ClientHellos, resumptions; bursts of twice as many). Raise it when many devices share an address.",
+    )
+    device_udp_address_handshakes: int = Field(
+        default=16, ge=1, description="DTLS handshakes in progress from one source IP at most."
+    )
     accept_unknown_devices: bool = Field(
         default=False,
         description="Accept an unknown device's key on its first handshake (else it awaits approval).",

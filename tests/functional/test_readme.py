@@ -5,6 +5,7 @@ The README stays true: its configuration table lists every setting, and its quic
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from devicecloud.settings import Settings
@@ -27,3 +28,15 @@ def test_quick_start_commands_exist() -> None:
     assert "./dev test" in readme
     assert "  serve)" in dev
     assert "  test)" in dev
+
+
+def test_the_virtual_device_command_lines_parse() -> None:
+    """Every `devicecloud virtual-device …` line in the README (TCP and Gen3) is one the command accepts."""
+    from devicecloud.cli.virtual_device import virtual_device
+
+    readme = (ROOT / "README.md").read_text()
+    lines = re.findall(r"^devicecloud virtual-device (.+)$", readme, flags=re.MULTILINE)
+    assert any("--protocol udp" in line for line in lines), lines
+    for line in lines:
+        context = virtual_device.make_context("virtual-device", shlex.split(line))
+        assert context.params["username"] == "you@example.com", line

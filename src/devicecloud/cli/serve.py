@@ -59,12 +59,15 @@ def launcher() -> str:
     return f"{shlex.quote(sys.executable)} -m devicecloud"
 
 
-def virtual_device_line(settings: Settings, device_port: int, q_email: str, q_password: str) -> str:
+def virtual_device_line(
+    settings: Settings, device_port: int, q_email: str, q_password: str, *, udp: bool = False
+) -> str:
     """
     The exact ``virtual-device`` command that registers with this server: its API and data dir when not the
-    command's defaults, and its gateway.
+    command's defaults, and its gateway (``udp``: a Gen3 device on the UDP port).
     """
-    words = [launcher(), "virtual-device", "--port", str(device_port)]
+    words = [launcher(), "virtual-device"]
+    words += ["--protocol", "udp", "--port", str(device_port)] if udp else ["--port", str(device_port)]
     if settings.device_host not in ("0.0.0.0", "::", "127.0.0.1"):  # noqa: S104 - comparing, not binding
         words += ["--host", shlex.quote(settings.device_host)]
     url = settings.effective_public_url
@@ -73,20 +76,30 @@ def virtual_device_line(settings: Settings, device_port: int, q_email: str, q_pa
     data_dir = settings.data_dir.resolve()
     if data_dir != VIRTUAL_DEVICE_DATA_DIR.resolve():
         words += ["--data-dir", shlex.quote(str(data_dir))]
-    words += ["--username", q_email, "--password", q_password, "--name", "my-device"]
+    words += ["--username", q_email, "--password", q_password, "--name", "my-argon" if udp else "my-device"]
     return " ".join(words)
 
 
 def banner(
-    settings: Settings, created: tuple[str, str] | None, *, device_port: int | None, demo: DemoDevice | None
+    settings: Settings,
+    created: tuple[str, str] | None,
+    *,
+    device_port: int | None,
+    demo: DemoDevice | None,
+    udp_port: int | None = None,
 ) -> str:
     """
-    What to try first: the account, and exact particle-cli, particle-api-js and curl lines.
+    What to try first: the account, and exact particle-cli, particle-api-js and curl lines. ``udp_port``: the
+    UDP/DTLS gateway's port when it runs.
     """
     url = settings.effective_public_url
     lines = [f"devicecloud API on {url}  (data: {settings.data_dir.resolve()})"]
     if device_port is not None:
-        lines.append(f"device gateway on {settings.device_host}:{device_port} (TCP)")
+        lines.append(f"device gateway on {settings.device_host}:{device_port} (TCP: Photon, P1, Core)")
+    if udp_port is not None:
+        lines.append(
+            f"device gateway on {settings.device_host}:{udp_port} (UDP/DTLS: Gen3 devices, Electron)"
+        )
     lines.append("")
     if created is None:
         lines += [
@@ -121,8 +134,13 @@ def banner(
         lines += [
             "Connect another virtual device:",
             f"  {virtual_device_line(settings, device_port, q_email, q_password)}",
-            "",
         ]
+        if udp_port is not None:
+            lines += [
+                "Or a Gen3 one (an Argon, over UDP/DTLS):",
+                f"  {virtual_device_line(settings, udp_port, q_email, q_password, udp=True)}",
+            ]
+        lines.append("")
     lines.append(f"API reference: {url}/docs   Stop with Ctrl-C.")
     return "\n".join(lines)
 
@@ -239,7 +257,15 @@ def serve(
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(signum, stop.set)
                 if not is_worker:
-                    click.echo(banner(settings, created, device_port=runtime.gateway_port, demo=demo))
+                    click.echo(
+                        banner(
+                            settings,
+                            created,
+                            device_port=runtime.gateway_port,
+                            demo=demo,
+                            udp_port=runtime.gateway.udp_port,
+                        )
+                    )
                 await stop.wait()
         finally:
             if unwatch is not None:
@@ -336,7 +362,8 @@ async def serve_api(
         await asyncio.sleep(0.05)
     if server.started and not quiet:
         device_port = runtime.gateway_port if runtime.gateway_started else None
-        click.echo(banner(settings, created, device_port=device_port, demo=demo))
+        udp_port = runtime.gateway.udp_port if runtime.gateway_started else None
+        click.echo(banner(settings, created, device_port=device_port, demo=demo, udp_port=udp_port))
     await serving
     await asyncio.gather(*draining)
     if not server.started:
@@ -410,7 +437,8 @@ def supervise(settings: Settings, *, workers: int, only: str | None) -> None:
             grace=settings.drain_timeout + 10,
         )
         device_port = settings.device_port if only != "api" else None
-        click.echo(banner(settings, created, device_port=device_port, demo=None))
+        udp_port = settings.device_udp_port if only != "api" and settings.device_udp_enabled else None
+        click.echo(banner(settings, created, device_port=device_port, demo=None, udp_port=udp_port))
         if settings.demo_device and only != "api":
             click.echo(
                 "Worker 0 runs the demo virtual device ('demo'): particle list shows it once it is up."

@@ -56,7 +56,7 @@ from devicecloud.gateway.flash import GatewayUpdates
 from devicecloud.gateway.kept_sessions import SessionStore
 from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
-from devicecloud.gateway.udp import UdpGateway, UdpStatistics
+from devicecloud.gateway.udp import UdpGateway, UdpStatistics, UdpTotals
 from devicecloud.protocol import Connection, RandomBytes, RawSigner, Role, Timing, raw_signer
 from devicecloud.protocol.proxy_header import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
 
@@ -167,6 +167,8 @@ class DeviceGateway:
         proxy_protocol_from: addresses or networks of TCP proxies whose sockets start with a PROXY
             protocol header naming the device's address (empty: none; see the module docstring).
         proxy_header_timeout: seconds from admission such a header has to arrive whole.
+        udp_address_rate: datagrams a second one IP may send outside a session (bursts of twice as many).
+        udp_address_handshakes: DTLS handshakes in progress from one IP at most.
     """
 
     def __init__(
@@ -194,6 +196,8 @@ class DeviceGateway:
         udp_sessions: SessionStore | None = None,
         proxy_protocol_from: Sequence[str] = (),
         proxy_header_timeout: float = 5.0,
+        udp_address_rate: float = 10.0,
+        udp_address_handshakes: int = 16,
     ) -> None:
         self._server_key = server_private_key
         self._signer: RawSigner | None = None  # chosen at start(): it loads libcrypto and signs once
@@ -241,6 +245,9 @@ class DeviceGateway:
                 handshake_timeout=handshake_timeout,
                 random_bytes=random_bytes,
                 sessions=udp_sessions,
+                rate=udp_address_rate,
+                burst=2 * udp_address_rate,
+                handshakes_per_address=udp_address_handshakes,
             )
         #: The `services.ports.DeviceControl` for the devices linked to this gateway.
         self.control = GatewayControl(self._registry)
@@ -264,6 +271,10 @@ class DeviceGateway:
     def udp_statistics(self) -> UdpStatistics | None:
         """The UDP side's totals, or ``None`` without a UDP listener."""
         return self._udp.stats if self._udp is not None else None
+
+    def udp_totals(self) -> UdpTotals | None:
+        """The UDP side's counters with the live sessions' parts (for metrics), or ``None`` without UDP."""
+        return self._udp.totals() if self._udp is not None else None
 
     async def start(self) -> None:
         """

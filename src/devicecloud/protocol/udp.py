@@ -13,7 +13,9 @@ Theory of operation:
       deadlines of the session still decide when a request has failed;
     - deduplication: the ids of the peer's recent CON and NON messages are remembered (`DEDUP_WINDOW`);
       a repeated CON gets the ACK (or piggy-backed answer) it got the first time, again, and is not handled
-      twice; a repeated NON is dropped. No TCP-style "+1 or disconnect" id rule (§B.7, gotcha 17);
+      twice; a repeated NON is dropped. Pings (empty CONs) are not remembered: answering one twice changes
+      nothing, and an idle device's keep-alives would otherwise fill the window (memory per idle device).
+      No TCP-style "+1 or disconnect" id rule (§B.7, gotcha 17);
     - the Hello is CON and carries the device id (cloud role: the id comes from it, the device key from the
       DTLS handshake; ``DeviceIdentified`` waits for the application's ``AcceptDevice``, which must name the
       key the device proved). The device role is established once its Hello is ACKed (no server Hello is
@@ -32,7 +34,6 @@ Theory of operation:
 from __future__ import annotations
 
 import os
-from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -137,6 +138,25 @@ class UdpSession(CoapSession):
         random_bytes: initial message id and token.
     """
 
+    __slots__ = (
+        "_blocks",
+        "_dtls",
+        "_held_hello",
+        "_hello_id",
+        "_now",
+        "_out",
+        "_peer_key",
+        "_resumed",
+        "_seen",
+        "_unacked",
+        "authenticated",
+        "closed_by_peer",
+        "dropped",
+        "hello_payload",
+        "moved",
+        "retransmissions",
+    )
+
     unreliable = True
 
     def __init__(
@@ -164,9 +184,10 @@ class UdpSession(CoapSession):
         )
         self._dtls = endpoint
         self._now = now
-        self._out: deque[bytes] = deque()
+        # Lists and a plain dict, not deques and an OrderedDict: an idle session's memory counts (issue 13).
+        self._out: list[bytes] = []
         self._unacked: dict[int, _Unacked] = {}
-        self._seen: OrderedDict[int, bytes | None] = OrderedDict()
+        self._seen: dict[int, bytes | None] = {}  # insertion-ordered: the oldest first
         self._held_hello: coap.Message | None = None
         self._hello_id: int | None = None
         self._peer_key = b""
@@ -236,7 +257,7 @@ class UdpSession(CoapSession):
 
     def data_to_send(self) -> bytes:
         """The next datagram to send (``b""`` when none is waiting)."""
-        return self._out.popleft() if self._out else b""
+        return self._out.pop(0) if self._out else b""
 
     def send(self, command: commands.Command, now: float) -> int | None:
         self._now = now
@@ -349,7 +370,7 @@ class UdpSession(CoapSession):
                 return
             if self._state is not ConnectionState.ESTABLISHED:
                 return
-        else:
+        elif msg.code != Code.EMPTY:  # a repeated ping is answered again: nothing to remember it by
             if msg.message_id in self._seen:
                 answer = self._seen[msg.message_id]
                 if answer is not None and msg.type is MessageType.CON:
@@ -357,7 +378,7 @@ class UdpSession(CoapSession):
                 return
             self._seen[msg.message_id] = None
             if len(self._seen) > DEDUP_WINDOW:
-                self._seen.popitem(last=False)
+                del self._seen[next(iter(self._seen))]
         try:
             self._dispatch(msg)
         except RemoteProtocolError as exc:

@@ -27,9 +27,13 @@ from devicecloud.virtualdevice.demo import DEMO_FUNCTIONS, DEMO_VARIABLES, Tinke
 from devicecloud.virtualdevice.device import VIRTUAL_DEVICE_TIMING, VirtualDevice
 from devicecloud.virtualdevice.identity import (
     DeviceIdentity,
+    EcDeviceIdentity,
     IdentityError,
+    generate_ec_identity,
     generate_identity,
+    load_ec_identity,
     load_identity,
+    load_or_create_ec_identity,
     load_or_create_identity,
     save_identity,
 )
@@ -55,6 +59,7 @@ __all__ = [
     "CloudVariables",
     "DeviceIdentity",
     "DeviceStatistics",
+    "EcDeviceIdentity",
     "EventHandler",
     "IdentityError",
     "NotConnectedError",
@@ -66,10 +71,13 @@ __all__ = [
     "VariableType",
     "VirtualDevice",
     "VirtualDeviceError",
+    "generate_ec_identity",
     "generate_identity",
     "infer_variable_type",
     "install_demo",
+    "load_ec_identity",
     "load_identity",
+    "load_or_create_ec_identity",
     "load_or_create_identity",
     "save_identity",
 ]

@@ -14,6 +14,10 @@ Theory of operation:
     ``POST /v1/provisioning/:id`` sends)
 
     Files are written to a temporary name and renamed, so a crash never leaves half a key behind.
+
+    A Gen3 device (UDP/DTLS) has an EC P-256 key instead: :func:`load_or_create_ec_identity` keeps an
+    :class:`EcDeviceIdentity` in the same three files (the private key as PKCS#8 PEM). A state directory holds
+    one kind or the other; loading the wrong kind is an :class:`IdentityError`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from devicecloud.protocol import LocalProtocolError, load_private_key, load_public_key
 
@@ -33,13 +37,17 @@ __all__ = [
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
     "DeviceIdentity",
+    "EcDeviceIdentity",
     "IdentityError",
     "PrivateKeyLike",
     "PublicKeyLike",
     "as_private_key",
     "as_public_key",
+    "generate_ec_identity",
     "generate_identity",
+    "load_ec_identity",
     "load_identity",
+    "load_or_create_ec_identity",
     "load_or_create_identity",
     "normalize_device_id",
     "save_identity",
@@ -101,6 +109,37 @@ class DeviceIdentity:
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption(),
+        ).decode("ascii")
+
+
+@dataclass(frozen=True)
+class EcDeviceIdentity:
+    """
+    A Gen3 device's identity: its id and EC P-256 key (what the UDP/DTLS protocol uses).
+
+    Attributes:
+        device_id: the 12-byte id as hex.
+        private_key: the P-256 device key.
+    """
+
+    device_id: str
+    private_key: ec.EllipticCurvePrivateKey
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The public half, as the cloud stores it."""
+        return self.private_key.public_key()
+
+    def public_key_pem(self) -> str:
+        """The public key as SubjectPublicKeyInfo PEM (``POST /v1/provisioning/:id`` takes it as ``ecc``)."""
+        return self.public_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode("ascii")
+
+    def private_key_pem(self) -> str:
+        """The private key as PKCS#8 PEM (``-----BEGIN PRIVATE KEY-----``), unencrypted."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode("ascii")
 
 
@@ -171,7 +210,13 @@ def _write_atomically(path: Path, text: str, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def save_identity(identity: DeviceIdentity, state_dir: Path) -> None:
+def generate_ec_identity(device_id: str | bytes | None = None) -> EcDeviceIdentity:
+    """A fresh Gen3 identity: a new P-256 key and a random device id (unless one is given)."""
+    chosen = normalize_device_id(device_id) if device_id is not None else secrets.token_bytes(12).hex()
+    return EcDeviceIdentity(chosen, ec.generate_private_key(ec.SECP256R1()))
+
+
+def save_identity(identity: DeviceIdentity | EcDeviceIdentity, state_dir: Path) -> None:
     """
     Write an identity into ``state_dir`` (created if needed), replacing what was there.
 
@@ -220,5 +265,40 @@ def load_or_create_identity(state_dir: Path, device_id: str | None = None) -> tu
     if (state_dir / DEVICE_ID_FILE).exists():
         return load_identity(state_dir), False
     identity = generate_identity(device_id)
+    save_identity(identity, state_dir)
+    return identity, True
+
+
+def load_ec_identity(state_dir: Path) -> EcDeviceIdentity:
+    """
+    Read the Gen3 identity kept in ``state_dir``.
+
+    Raises:
+        FileNotFoundError: there is none.
+        IdentityError: it is unusable (not an EC P-256 key: an RSA one is a TCP device's).
+    """
+    device_id = normalize_device_id((state_dir / DEVICE_ID_FILE).read_text(encoding="ascii"))
+    path = state_dir / PRIVATE_KEY_FILE
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError as exc:
+        raise IdentityError(f"{path}: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise IdentityError(f"{path} holds no EC P-256 key (is this a TCP device's state dir?)")
+    return EcDeviceIdentity(device_id, key)
+
+
+def load_or_create_ec_identity(
+    state_dir: Path, device_id: str | None = None
+) -> tuple[EcDeviceIdentity, bool]:
+    """
+    The Gen3 identity kept in ``state_dir``, or a new one saved there.
+
+    Returns:
+        ``(identity, created)``.
+    """
+    if (state_dir / DEVICE_ID_FILE).exists():
+        return load_ec_identity(state_dir), False
+    identity = generate_ec_identity(device_id)
     save_identity(identity, state_dir)
     return identity, True

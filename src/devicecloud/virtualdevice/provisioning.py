@@ -148,8 +148,11 @@ class CloudApi:
         self.token = token
         return token
 
-    async def send_public_key(self, device_id: str, public_key_pem: str) -> None:
-        """Register a device's public key (``POST /v1/provisioning/:deviceId``, as ``particle keys send``)."""
+    async def send_public_key(self, device_id: str, public_key_pem: str, algorithm: str = "rsa") -> None:
+        """
+        Register a device's public key (``POST /v1/provisioning/:deviceId``, as ``particle keys send``):
+        ``algorithm`` is ``"rsa"`` (TCP devices) or ``"ecc"`` (Gen3 devices' P-256 keys).
+        """
         await self._call(
             "register the device key",
             "POST",
@@ -159,7 +162,7 @@ class CloudApi:
                 "publicKey": public_key_pem,
                 "filename": "virtual",
                 "order": f"manual_{secrets.token_hex(8)}",
-                "algorithm": "rsa",
+                "algorithm": algorithm,
             },
         )
 

@@ -19,7 +19,7 @@ fragment reassembly. Typical server loop::
 
 from devicecloud.protocol.dtls.client import ClientConfig, DtlsClient, ResumeMarker
 from devicecloud.protocol.dtls.cookies import HelloCheck, check_client_hello
-from devicecloud.protocol.dtls.endpoint import AlertDescription, DtlsState, Timers
+from devicecloud.protocol.dtls.endpoint import HANDSHAKE_TIMED_OUT, AlertDescription, DtlsState, Timers
 from devicecloud.protocol.dtls.events import (
     AlertReceived,
     ApplicationData,
@@ -35,6 +35,7 @@ from devicecloud.protocol.dtls.session import SessionState
 
 __all__ = [
     "CID_SIZE",
+    "HANDSHAKE_TIMED_OUT",
     "AlertDescription",
     "AlertReceived",
     "ApplicationData",

@@ -219,6 +219,7 @@ class DtlsServer(Endpoint):
                 self._client_key, signature, self._transcript_hash()
             ):
                 raise HandshakeFailure("CertificateVerify does not verify", AlertDescription.DECRYPT_ERROR)
+            self._client_key = None  # verified: the key object holds ~2 KB of libcrypto memory per session
             self._add_transcript(raw)
             self._expect = HandshakeType.FINISHED
         elif msg_type == HandshakeType.FINISHED:
