@@ -179,6 +179,13 @@ async def test_a_device_os_6_device_describes_its_system_in_protobuf(
             f"/v1/devices/{device.device_id}/echo_len", json={"args": "pb"}, headers=ada.auth
         )
         assert (200, 2) == (called.status_code, called.json()["return_value"])
+        # A name the stored Describe lacks makes the cloud ask again: for the application part alone, the
+        # one request such a device answers (it refuses one without flags, as Device OS ≥ 3.3 does).
+        unknown = await client.post(
+            f"/v1/devices/{device.device_id}/no_such_function", json={"args": ""}, headers=ada.auth
+        )
+        assert 404 == unknown.status_code, unknown.text
+        assert (3, 0) == (device.counters.describes, device.counters.rejected_requests)
     finally:
         await device.stop()
 

@@ -45,6 +45,7 @@ from devicecloud.protocol import (
     VariableValue,
     vitals_payload,
 )
+from devicecloud.protocol.udp import UdpSession
 
 if TYPE_CHECKING:
     from devicecloud.gateway.link import Link
@@ -142,7 +143,10 @@ class GatewayControl:
 
     async def refresh_describe(self, device_id: str, *, timeout: float) -> DeviceDescription:
         link = self._link(device_id)
-        result = await link.request(RequestDescribe(), timeout=timeout)
+        # Over UDP ask for the application part alone: Device OS ≥ 3.3 answers one part per request and
+        # refuses a request without flags (4.00); the functions and variables are what a refresh is for.
+        flags = DescribeFlags.APPLICATION if isinstance(link.connection, UdpSession) else None
+        result = await link.request(RequestDescribe(flags), timeout=timeout)
         if isinstance(result, DescribeReceived):
             # The link reports it to DeviceSessions as well, in order with everything else.
             return describe_to_domain(result.description)

@@ -483,13 +483,17 @@ class VirtualDevice:
             **({"flags": flags} if flags else {}),
         )
 
-    def describe_answer(self, flags: int) -> tuple[bytes, int | None]:
+    def describe_answer(self, flags: int) -> tuple[bytes, int | None] | None:
         """
         The answer to the cloud's Describe request for ``flags``: (payload, Content-Format). A ``protobuf``
-        device answers a system-only request in protobuf (Content-Format 42), anything else in JSON.
+        device answers as Device OS ≥ 5.5 does: the system part in protobuf (Content-Format 42), the
+        application part in JSON, one part per request; None (refused, 4.00) for any other flags.
         """
-        if self.system_describe == "protobuf" and flags == DescribeFlags.SYSTEM:
-            return self._system_pb(), SYSTEM_DESCRIBE_CONTENT_FORMAT
+        if self.system_describe == "protobuf":
+            if flags == DescribeFlags.SYSTEM:
+                return self._system_pb(), SYSTEM_DESCRIBE_CONTENT_FORMAT
+            if flags not in (DescribeFlags.APPLICATION, DescribeFlags.METRICS):
+                return None
         return self.describe_payload(flags), None
 
     def _system_pb(self) -> bytes:

@@ -69,7 +69,8 @@ class Responder:
         variables: the cloud variables.
         subscriptions: the device's subscriptions (shared, mutated by the device).
         counters: where to count.
-        describe: builds the Describe answer for the given flags: (payload, Content-Format or None).
+        describe: builds the Describe answer for the given flags: (payload, Content-Format or None), or None
+            to refuse the request (4.00).
         max_argument_length: longer function arguments are refused with 4.00.
         log: a bound structlog logger.
     """
@@ -81,7 +82,7 @@ class Responder:
         variables: CloudVariables,
         subscriptions: list[Subscription],
         counters: Counters,
-        describe: Callable[[int], tuple[bytes, int | None]],
+        describe: Callable[[int], tuple[bytes, int | None] | None],
         max_argument_length: int,
         log: Any,
     ) -> None:
@@ -102,7 +103,13 @@ class Responder:
         elif isinstance(event, VariableRequested):
             self._read_variable(link, event)
         elif isinstance(event, DescribeRequested):
-            payload, content_format = self.describe(int(event.flags))
+            answer = self.describe(int(event.flags))
+            if answer is None:  # Device OS ≥ 3.3 answers one part per request: "Invalid message options"
+                self._reject(
+                    link, event.request_id, Code.BAD_REQUEST, "describe refused", flags=int(event.flags)
+                )
+                return
+            payload, content_format = answer
             link.send(RespondDescribe(event.request_id, payload, content_format))
             self.counters.describes += 1
             self.log.debug("describe sent", flags=int(event.flags))
