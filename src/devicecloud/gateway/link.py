@@ -189,6 +189,7 @@ class Link:
         "_drops_unlogged",
         "_ending",
         "_feed",
+        "_feed_lock",
         "_forwarder",
         "_got_bytes",
         "_heard",

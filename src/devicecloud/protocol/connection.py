@@ -36,7 +36,6 @@ Theory of operation:
 from __future__ import annotations
 
 import os
-from collections import deque
 from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric import rsa
