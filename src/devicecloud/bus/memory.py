@@ -34,8 +34,9 @@ class MemorySubscription:
         self._bus = bus
         self.filter = event_filter
         self.routes: tuple[Route, ...] = event_filter.routes()
-        # One slot more than the bound, so the close mark always fits.
-        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max_pending + 1)
+        # Made when first needed: a listened feed (every device link's) never needs one, and an empty
+        # asyncio.Queue is ~2.5 KB (four deques) per subscribed device.
+        self._queue: asyncio.Queue[object] | None = None
         self._max_pending = max_pending
         self._lossy = lossy
         self._closed_reason: str | None = None
@@ -59,7 +60,7 @@ class MemorySubscription:
         if self._closed_reason is not None:
             return False
         loop = self._loop if self._listener is not None else None
-        if (len(self._waiting) if loop is not None else self._queue.qsize()) >= self._max_pending:
+        if (len(self._waiting) if loop is not None else self.pending()) >= self._max_pending:
             if self._lossy:
                 self._dropped += 1
                 return False
@@ -67,7 +68,7 @@ class MemorySubscription:
             self.end("too slow: more than %d events pending" % self._max_pending)  # noqa: UP031
             return False
         if loop is None:
-            self._queue.put_nowait(event)
+            self._the_queue().put_nowait(event)
             return True
         # A listener: never inside the publisher's call (a link that publishes may be one that receives);
         # one drain per loop turn hands over what arrived.
@@ -92,7 +93,8 @@ class MemorySubscription:
         if not self._waiting:
             self._listener = None
         self._bus.forget(self)
-        self._queue.put_nowait(_CLOSED)
+        if self._queue is not None:  # one is waited on, or holds events: end it after them
+            self._queue.put_nowait(_CLOSED)
 
     def end(self, reason: str) -> None:
         """
@@ -104,7 +106,7 @@ class MemorySubscription:
             loop.call_soon(listener[1], reason)  # after the drain of what was handed before
 
     def listen(self, on_event: Callable[[CloudEvent], None], on_end: Callable[[str], None]) -> bool:
-        if self._closed_reason is not None or self._listener is not None or not self._queue.empty():
+        if self._closed_reason is not None or self._listener is not None or self.pending():
             return False
         self._listener, self._loop = (on_event, on_end), asyncio.get_running_loop()
         return True
@@ -113,15 +115,24 @@ class MemorySubscription:
         return self
 
     async def __anext__(self) -> CloudEvent:
-        item = await self._queue.get()
+        if self._queue is None and self._closed_reason is not None:
+            raise StopAsyncIteration  # closed before anything was queued or awaited
+        queue = self._the_queue()
+        item = await queue.get()
         if item is _CLOSED:
-            self._queue.put_nowait(_CLOSED)  # later calls end too
+            queue.put_nowait(_CLOSED)  # later calls end too
             raise StopAsyncIteration
         assert isinstance(item, CloudEvent)
         return item
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def _the_queue(self) -> asyncio.Queue[object]:
+        if self._queue is None:
+            # One slot more than the bound, so the close mark always fits.
+            self._queue = asyncio.Queue(maxsize=self._max_pending + 1)
+        return self._queue
 
     async def acknowledge(self, events: Sequence[CloudEvent]) -> None:
         """

@@ -312,7 +312,12 @@ class Link:
                 # On RemoteProtocolError the connection is closed; ConnectionClosed(error=True) says why.
                 with contextlib.suppress(RemoteProtocolError):
                     self._conn.receive_data(data, self._ctx.clock.monotonic())
-                self._transmit()
+                self._pump()
+                if not self._work:
+                    self._flush()
+                    self._rearm()
+                # Else the handlers run first and one write carries the replies and what they send (a Hello's
+                # answer and the Describe request go together): `_do_work` transmits when it is done.
         except asyncio.CancelledError:
             self.close("gateway stopping")
             raise
@@ -323,6 +328,7 @@ class Link:
             await self._finish()
 
     async def _do_work(self) -> None:
+        worked = bool(self._work)
         while self._work:
             event = self._work.pop(0)
             if isinstance(event, DeviceIdentified):
@@ -335,6 +341,8 @@ class Link:
                 await self._publish(event)
             elif isinstance(event, SubscribeRequested):
                 await self._subscribe(event)
+        if worked:
+            self._transmit()
         if self._heard and self._connected and self.device_id:
             self._heard = False
             self._ctx.sessions.device_heard(self.device_id)  # in memory, never waits: no lock needed

@@ -206,7 +206,7 @@ class DtlsClient(Endpoint):
         ephemeral = private_key_from_bytes(self._random(32))
         pre_master = ecdh_shared_secret(ephemeral, self._server_point)
         self._master = master_secret(pre_master, self._client_random, self._server_random)
-        block = key_block(self._master, self._client_random, self._server_random)
+        block = self._keys = key_block(self._master, self._client_random, self._server_random)
         self._pending_write = RecordCipher(block.client_key, block.client_iv)
         self._pending_read = RecordCipher(block.server_key, block.server_iv)
         self._new_flight()
@@ -247,6 +247,7 @@ class DtlsClient(Endpoint):
             replay_top=self._replay[1].top,
             replay_bitmap=self._replay[1].bitmap,
             peer_key=spki_der(self._config.server_public_key),
+            keys=self._keys,
         )
         self._established()
         self._events.append(events.HandshakeComplete(self.session))

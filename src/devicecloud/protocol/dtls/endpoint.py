@@ -20,7 +20,7 @@ from enum import Enum
 
 from devicecloud.protocol.dtls import events
 from devicecloud.protocol.dtls.messages import HandshakeType, handshake_header
-from devicecloud.protocol.dtls.primitives import RecordCipher
+from devicecloud.protocol.dtls.primitives import KeyBlock, RecordCipher
 from devicecloud.protocol.dtls.records import (
     CID_SIZE,
     MAX_SEQUENCE,
@@ -123,6 +123,7 @@ class Endpoint:
         "_failure",
         "_first_hello",
         "_flight",
+        "_keys",
         "_max_datagram",
         "_out",
         "_partials",
@@ -151,6 +152,7 @@ class Endpoint:
     is_server = False
 
     def __init__(self, *, now: float, timers: Timers, max_datagram: int) -> None:
+        self._keys: KeyBlock | None = None  # the session's key expansion, kept with it for resumptions
         self._timers = timers
         self._max_datagram = max_datagram
         self.state = DtlsState.HANDSHAKE

@@ -352,7 +352,7 @@ class DtlsServer(Endpoint):
             raise HandshakeFailure(str(exc), AlertDescription.ILLEGAL_PARAMETER) from exc
         self._ephemeral = None
         self._master = master_secret(pre_master, self._client_random, self._server_random)
-        block = key_block(self._master, self._client_random, self._server_random)
+        block = self._keys = key_block(self._master, self._client_random, self._server_random)
         self._pending_read = RecordCipher(block.client_key, block.client_iv)
         self._pending_write = RecordCipher(block.server_key, block.server_iv)
         self._cid_in = self._cid
@@ -376,6 +376,7 @@ class DtlsServer(Endpoint):
             replay_bitmap=self._replay[1].bitmap,
             peer_key=self._client_spki,
             identity=self._identity,
+            keys=self._keys,
         )
         self._established()
         self._events.append(events.HandshakeComplete(self.session))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from devicecloud.protocol.dtls.primitives import RecordCipher, key_block
+from devicecloud.protocol.dtls.primitives import KeyBlock, RecordCipher, key_block
 from devicecloud.protocol.dtls.records import MAX_SEQUENCE
 from devicecloud.protocol.errors import LocalProtocolError
 
@@ -34,6 +34,8 @@ class SessionState:
         replay_top, replay_bitmap: the peer's records seen so far (the 64-record window).
         peer_key: the peer's long-term key (SubjectPublicKeyInfo DER).
         identity: what the server's key check said about the device key (its device id), else ``None``.
+        keys: the key expansion of master secret and randoms, kept so that a resumption does not run the
+            PRF again (``None``: derived when needed, as for a row stored before it was kept).
     """
 
     master_secret: bytes
@@ -46,10 +48,11 @@ class SessionState:
     replay_bitmap: int
     peer_key: bytes
     identity: str | None = None
+    keys: KeyBlock | None = None
 
     def ciphers(self, *, is_server: bool) -> tuple[RecordCipher, RecordCipher]:
         """(write cipher, read cipher) for this end."""
-        block = key_block(self.master_secret, self.client_random, self.server_random)
+        block = self.keys or key_block(self.master_secret, self.client_random, self.server_random)
         client = RecordCipher(block.client_key, block.client_iv)
         server = RecordCipher(block.server_key, block.server_iv)
         return (server, client) if is_server else (client, server)
@@ -58,7 +61,7 @@ class SessionState:
         """A copy with newer counters (built directly: ``dataclasses.replace`` costs more than the rest)."""
         return SessionState(
             self.master_secret, self.client_random, self.server_random, self.cid, self.epoch,
-            write_sequence, replay_top, replay_bitmap, self.peer_key, self.identity,
+            write_sequence, replay_top, replay_bitmap, self.peer_key, self.identity, self.keys,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,6 +78,7 @@ class SessionState:
             "replay_bitmap": self.replay_bitmap,
             "peer_key": self.peer_key.hex(),
             "identity": self.identity,
+            "keys": _keys_hex(self.keys),
         }
 
     @classmethod
@@ -100,6 +104,7 @@ class SessionState:
                 replay_bitmap=int(data["replay_bitmap"]),
                 peer_key=bytes.fromhex(data["peer_key"]),
                 identity=data["identity"],
+                keys=_keys_from_hex(data.get("keys")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LocalProtocolError(f"not a stored DTLS session: {exc}") from exc
@@ -115,3 +120,21 @@ class SessionState:
         ):
             raise LocalProtocolError("stored DTLS session out of range")
         return state
+
+
+_KEYS_SIZE = 16 + 16 + 4 + 4  # client key, server key, client IV, server IV
+
+
+def _keys_hex(keys: KeyBlock | None) -> str | None:
+    if keys is None:
+        return None
+    return (keys.client_key + keys.server_key + keys.client_iv + keys.server_iv).hex()
+
+
+def _keys_from_hex(value: Any) -> KeyBlock | None:
+    if value is None:
+        return None
+    raw = bytes.fromhex(value)  # TypeError/ValueError: not a stored session, as for the other fields
+    if len(raw) != _KEYS_SIZE:
+        raise ValueError("stored key block of the wrong size")
+    return KeyBlock(raw[:16], raw[16:32], raw[32:36], raw[36:40])

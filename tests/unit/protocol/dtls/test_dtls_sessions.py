@@ -18,6 +18,7 @@ from devicecloud.protocol.dtls import (
     peek_cid,
     peek_device_id,
 )
+from devicecloud.protocol.dtls.primitives import key_block
 from devicecloud.protocol.errors import LocalProtocolError
 
 NEW_ADDRESS = b"192.0.2.7:61000"
@@ -111,7 +112,7 @@ def test_a_forgotten_session_cannot_be_faked() -> None:
     """A server holding another session's keys drops the device's records (the gateway then answers RST)."""
     client_state, _, _ = _slept()
     _, other_server_state, _ = _slept({"offer_cid": True})
-    wrong = SessionState.from_dict({**other_server_state.to_dict(), "master_secret": "00" * 48})
+    wrong = SessionState.from_dict({**other_server_state.to_dict(), "master_secret": "00" * 48, "keys": None})
     device = DtlsClient.resume(client_config(), client_state, now=5.0)
     device.send_application_data(b"ping")
     server = DtlsServer.resume(server_config(), wrong, ADDRESS, now=5.0)
@@ -130,13 +131,39 @@ def test_a_forgotten_session_cannot_be_faked() -> None:
         {"replay_bitmap": 1 << 64},
         {"identity": 5},
         {"peer_key": None},
+        {"keys": "00" * 39},
+        {"keys": "zz"},
     ],
-    ids=["format", "master", "hex", "epoch", "sequence", "bitmap", "identity", "missing key"],
+    ids=[
+        "format",
+        "master",
+        "hex",
+        "epoch",
+        "sequence",
+        "bitmap",
+        "identity",
+        "missing key",
+        "keys",
+        "keys hex",
+    ],
 )
 def test_a_damaged_stored_session_is_refused(change: dict[str, object]) -> None:
     _, server_state, _ = _slept()
     with pytest.raises(LocalProtocolError):
         SessionState.from_dict({**server_state.to_dict(), **change})
+
+
+def test_a_session_keeps_its_key_expansion_and_an_older_row_without_it_still_resumes() -> None:
+    """The stored keys spare a resumption the PRF; a row stored before they were kept derives them."""
+    client_state, server_state, _ = _slept()
+    derived = key_block(server_state.master_secret, server_state.client_random, server_state.server_random)
+    assert (derived, derived) == (server_state.keys, client_state.keys)
+    older = {k: v for k, v in server_state.to_dict().items() if k != "keys"}
+    device = DtlsClient.resume(client_config(), client_state, now=5.0)
+    device.send_application_data(b"ping")
+    server = DtlsServer.resume(server_config(), SessionState.from_dict(older), ADDRESS, now=5.0)
+    server.receive_datagram(device.datagrams_to_send()[0], 5.0)
+    assert [b"ping"] == [event.data for event in drain(server) if isinstance(event, ApplicationData)]
 
 
 def test_export_before_a_handshake_is_a_local_error() -> None:
