@@ -208,3 +208,35 @@ async def test_a_deleted_customers_device_reaches_no_later_customer(
     finally:
         await janes.stop()
         await kims.stop()
+
+
+async def test_a_released_device_leaves_its_customers_streams(
+    client: httpx.AsyncClient, runtime: Runtime, served: Served, owner: Account, app_client: tuple[str, str]
+) -> None:
+    """
+    The team releases a customer's device (``DELETE /v1/products/:p/devices/:id/owner``): the device's next
+    event (its ``spark/status`` offline, as the release disconnects it) reaches the product, not the customer.
+    """
+    jane = await customer(client, app_client, "jane@example.com")
+    released = await product_device(client, runtime, owner)
+    kept = await product_device(client, runtime, owner)
+    try:
+        await claimed_by(client, runtime, jane, released)
+        await claimed_by(client, runtime, jane, kept)
+        async with (
+            stream(served, "/v1/devices/events", jane) as janes,
+            stream(served, "/v1/products/brew-bot/events/spark", owner) as product,
+        ):
+            await released.publish("before", with_ack=True)
+            assert await next_event(janes) == ("before", released.device_id)  # its membership is cached
+            answer = await client.delete(
+                f"/v1/products/brew-bot/devices/{released.device_id}/owner", headers=owner.auth
+            )
+            assert answer.status_code < 300, answer.text
+            name, data = await product.event()
+            assert (name, data["data"], data["coreid"]) == ("spark/status", "offline", released.device_id)
+            await kept.publish("marker", with_ack=True)
+            assert await next_event(janes) == ("marker", kept.device_id)
+    finally:
+        await released.stop()
+        await kept.stop()
