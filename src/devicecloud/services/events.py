@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
-from devicecloud.domain.access import ProductPrincipal
+from devicecloud.domain.access import CUSTOMER_ACTIONS, ProductPrincipal
 from devicecloud.domain.events import (
     API_COREID,
     DEFAULT_TTL,
@@ -506,7 +506,11 @@ class EventService:
         Other accounts' public events are not a customer's: it is a person of the product's app, not a
         user of the cloud (decision 0032).
         """
-        if customer.kind != "customer" or customer.customer_id is None:
+        if (
+            customer.kind != "customer"
+            or customer.customer_id is None
+            or "events:get" not in CUSTOMER_ACTIONS
+        ):
             raise PermissionDenied("API users are not allowed to call this endpoint", code="unauthorized")
         device_id = None
         if device_ref is not None:
