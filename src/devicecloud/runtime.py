@@ -329,7 +329,7 @@ def _forgetting(
         if topic == "hooks":
             webhooks.forget_cache()
         elif topic == "owner":  # first forget the owner, then subscribe again: the new one is read afresh
-            events.forget_owner(key)
+            events.forget_device(key)  # its owner, and its product membership with its customer
             gateway.owner_changed(key)
         elif topic == "release":  # "<product id>:<1 = intelligent>", from any node's API
             product_id, _, immediate = key.partition(":")
@@ -520,7 +520,7 @@ def build_runtime(
         devices=devices,
         policy=EventPolicy(max_pending=settings.event_queue_bound),
     )
-    devices.on_owner_change(events.forget_owner)
+    devices.on_owner_change(events.forget_device)  # a customer's claim changes its events' customer
     webhooks = WebhookService(
         store=store,
         clock=clock,
@@ -605,7 +605,14 @@ def build_runtime(
             bus_ping=bus.ping,
         )
     )
-    product_devices.on_membership_change = events.forget_product  # events carry the product they belong to
+
+    # Events carry the product (and customer) they belong to: every node forgets a changed membership, the
+    # one holding the device's link included (a removed device's events stop reaching its customer).
+    def membership_changed(device_id: str) -> None:
+        events.forget_product(device_id)  # at once here; other processes when the note arrives
+        bus.broadcast("owner", device_id)
+
+    product_devices.on_membership_change = membership_changed
     products.on_settings_change = sessions.forget_product  # quarantine on/off applies to the next Hello
     diagnostics = DiagnosticsService(
         store=store,

@@ -28,6 +28,8 @@ def event(
     device: str | None = None,
     to_device: str | None = None,
     product: int | None = None,
+    customer: int | None = None,
+    version: int | None = None,
 ) -> CloudEvent:
     return CloudEvent(
         name=name,
@@ -40,6 +42,8 @@ def event(
         device_id=device,
         to_device=to_device,
         product_id=product,
+        customer_id=customer,
+        product_version=version,
     )
 
 
@@ -98,6 +102,36 @@ async def test_a_products_stream_gets_its_events_whoever_owns_the_device(bus: Ev
     await bus.settle()
     assert ["d1", "d2"] == [e.device_id for e in [await anext(aiter(product)) for _ in range(2)]]
     assert ["d2", "d3"] == [e.device_id for e in [await anext(aiter(owner)) for _ in range(2)]]
+
+
+async def test_a_customers_stream_gets_only_its_own_devices_events(bus: EventBus) -> None:
+    """
+    A customer filter takes the events of the product's devices that customer owns: never another
+    customer's, the product's other devices', another product's, nor anyone's public ones; and it is a
+    candidate only for its own customer's events (the product's stream still sees them all, with the
+    customer and product version across the bus).
+    """
+    jane = bus.subscribe(EventFilter(prefix="t", product_id=5, customer_id=7, include_public=True))
+    one = bus.subscribe(EventFilter(product_id=5, customer_id=7, device_id="d2"))
+    product = bus.subscribe(EventFilter(prefix="t", product_id=5))
+    before = bus.statistics()["evaluated"]
+    await bus.publish(event("temp", owner=None, device="d1", product=5, customer=7, version=3))
+    await bus.publish(event("temp", owner=None, device="d9", product=5, customer=8))  # another customer's
+    await bus.publish(event("temp", owner=1, device="d8", product=5))  # the product's, nobody's customer
+    await bus.publish(event("temp", owner=2, device="d7", product=6, customer=7))  # not its product
+    await bus.publish(event("temp", owner=3, public=True))  # someone's public event
+    await bus.publish(event("humidity", owner=None, device="d2", product=5, customer=7))
+    await bus.publish(event("temp", owner=None, device="d2", product=5, customer=7))
+    await bus.settle()
+    # Candidates: jane for customer 7's "t…" events (3), "one" for all of customer 7's (4), the product's
+    # stream for its "t…" events (4); never a customer's filter for another customer's or public events.
+    assert bus.statistics()["evaluated"] - before == 3 + 4 + 4
+    received = [await anext(aiter(jane)) for _ in range(2)]
+    assert [("d1", 7, 3), ("d2", 7, None)] == [
+        (e.device_id, e.customer_id, e.product_version) for e in received
+    ]
+    assert ["humidity", "temp"] == await drain(one, 2)
+    assert ["d1", "d9", "d8", "d2"] == [e.device_id for e in [await anext(aiter(product)) for _ in range(4)]]
 
 
 async def test_slow_subscriber_is_closed_and_others_get_everything(bus: EventBus) -> None:

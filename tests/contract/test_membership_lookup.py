@@ -22,7 +22,7 @@ async def test_membership_of_product_devices_and_others(runtime: Runtime) -> Non
             await tx.devices.add(device_id, now=NOW)
         await tx.products.add_device(product.id, "a" * 24, firmware_version=7, now=NOW)
         await tx.products.add_device(product.id, "b" * 24, firmware_version=None, now=NOW)
-    assert await runtime.store.lookup_membership("a" * 24) == (product.id, 7)
-    assert await runtime.store.lookup_membership("b" * 24) == (product.id, None)
+    assert await runtime.store.lookup_membership("a" * 24) == (product.id, 7, None)
+    assert await runtime.store.lookup_membership("b" * 24) == (product.id, None, None)
     assert await runtime.store.lookup_membership("c" * 24) is None
     assert await runtime.store.lookup_membership("d" * 24) is None

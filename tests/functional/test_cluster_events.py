@@ -1,6 +1,7 @@
 """
 Two nodes on one database (SQLite and PostgreSQL) and one NATS bus: an event published through either node
-reaches streams and subscribed devices on the other, and each webhook is sent once, by one node.
+reaches streams and subscribed devices on the other, and each webhook is sent once, by one node; a product
+customer's stream on one node gets its device's events from the other, and forgets a deleted customer there.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 from pytest_httpserver import HTTPServer
+from tests.functional.test_customer_events import customer
+from tests.functional.test_customers_api import make_client
 from tests.support.api import Account, make_account
 from tests.support.cluster import api_of, bus_url, node_b, settings_overrides
 from tests.support.devices import register_and_claim, virtual_device, wait_until
@@ -18,6 +21,7 @@ from tests.support.webhooks import create_hook, outbox_empty, publish, requests_
 
 from devicecloud.protocol import SubscriptionScope
 from devicecloud.runtime import Runtime
+from devicecloud.virtualdevice.device import VirtualDevice
 from devicecloud.virtualdevice.identity import generate_identity
 
 pytestmark = pytest.mark.nats
@@ -123,3 +127,69 @@ async def test_a_hook_made_on_one_node_is_known_at_once_to_the_others(
             await publish(via_b if n % 2 else client, ada, "after", str(n))
     seen = await requests_seen(httpserver, 10)
     assert sorted(str(n) for n in range(10)) == sorted(request.form["data"] for request in seen)
+
+
+async def claim(client: httpx.AsyncClient, who: Account, device: VirtualDevice) -> None:
+    """``device`` (on any node) presents a claim code of customer ``who``; returns once ``who`` lists it."""
+    code = await client.post("/v1/products/brew-bot/device_claims", headers=who.auth)
+    assert code.status_code == 200, code.text
+    await device.publish("spark/device/claim/code", code.json()["claim_code"], private=True, with_ack=True)
+
+    async def listed() -> bool:
+        found = (await client.get("/v1/devices", headers=who.auth)).json()
+        return device.device_id in [d["id"] for d in found]
+
+    await wait_until(listed)
+
+
+async def test_a_customers_stream_on_one_node_gets_its_device_on_the_other(
+    client: httpx.AsyncClient, runtime: Runtime, node_b: Callable[[], Awaitable[Runtime]]
+) -> None:
+    """
+    A product customer's stream on node A gets the events of its device linked to node B (the customer's
+    audience across NATS), not those of the product's other device there; once the customer is deleted on
+    node A, node B's events of that device carry it no more, even to a new customer with the same id.
+    """
+    owner = await make_account(client, "owner@example.com")
+    made = await client.post("/v1/products", json={"name": "Brew Bot", "platform_id": 6}, headers=owner.auth)
+    assert made.status_code == 201, made.text
+    app = await make_client(client, owner)
+    jane = await customer(client, app, "jane@example.com")
+    b = await node_b()
+    devices = []
+    for _ in range(3):
+        identity = generate_identity()
+        await runtime.device_keys.add(identity.device_id, identity.public_key_pem())
+        imported = await client.post(
+            "/v1/products/brew-bot/devices", json={"id": identity.device_id}, headers=owner.auth
+        )
+        assert imported.status_code == 200, imported.text
+        device = virtual_device(b, identity)
+        await device.start()
+        await device.wait_connected(10)
+        devices.append(device)
+    janes, nobodys, kims = devices
+    try:
+        await claim(client, jane, janes)
+        async with serve_app(runtime) as served:
+            async with stream(served, "/v1/devices/events/t", jane) as on_a:
+                await runtime.bus.settle()
+                await nobodys.publish("t/nobody", with_ack=True)
+                await janes.publish("t/jane", with_ack=True)
+                name, data = await on_a.event()
+                assert (name, data["coreid"]) == ("t/jane", janes.device_id)
+            deleted = await client.delete(
+                "/v1/products/brew-bot/customers/jane@example.com", headers=owner.auth
+            )
+            assert deleted.status_code == 200, deleted.text
+            kim = await customer(client, app, "kim@example.com")
+            await claim(client, kim, kims)
+            async with stream(served, "/v1/devices/events/t", kim) as kim_on_a:
+                await runtime.bus.settle()
+                await janes.publish("t/jane-after", with_ack=True)
+                await kims.publish("t/kim", with_ack=True)
+                name, data = await kim_on_a.event()
+                assert (name, data["coreid"]) == ("t/kim", kims.device_id)
+    finally:
+        for device in devices:
+            await device.stop()

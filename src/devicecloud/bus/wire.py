@@ -4,9 +4,9 @@ one encoding of an event, made once per publish.
 
 Subjects (``<root>`` from the bus URL, ``devicecloud`` by default):
     ``<root>.ev.<audience>.<name>``, where ``<audience>`` is one or two tokens (``all``, ``pub``, ``pdev``;
-    ``own.<owner>``, ``prod.<product>``, ``odev.<owner>``, ``to.<device>``; see `domain.events.audiences`)
-    and ``<name>`` is the event name with ONE TOKEN PER CHARACTER, ended by the token ``_``. An event is
-    published once per audience (a few). A route (audience, prefix) subscribes
+    ``own.<owner>``, ``prod.<product>``, ``cust.<customer>``, ``odev.<owner>``, ``to.<device>``; see
+    `domain.events.audiences`) and ``<name>`` is the event name with ONE TOKEN PER CHARACTER, ended by the
+    token ``_``. An event is published once per audience (a few). A route (audience, prefix) subscribes
     ``<root>.ev.<audience>.<prefix tokens>.>``: ``>`` needs at least one more token, the end token at least,
     so the prefix matches the whole name too.
 
@@ -31,6 +31,7 @@ _AUDIENCE_KINDS = {
     "public-devices": "pdev",
     "owner": "own",
     "product": "prod",  # a product's events, whoever owns the device (`/v1/products/:p/events`)
+    "customer": "cust",  # a product customer's devices' events (decision 0032)
     "owner-devices": "odev",
     "to": "to",
 }
@@ -78,35 +79,50 @@ def route_subject(root: str, audience: Audience, prefix: str) -> str:
     return f"{root}.ev.{audience_subject(audience)}.{middle}"
 
 
+#: Fields of the first encoding; later fields are appended after them, and left out while they (and all
+#: after them) are empty, so a node of the previous release still decodes every event that has none.
+BASE_FIELDS = 11
+
+
 def encode(event: CloudEvent, event_id: str) -> bytes:
     """
-    The event as one compact JSON array, its id first (a receiver drops copies it already took).
+    The event as one compact JSON array, its id first (a receiver drops copies it already took). The fields
+    after the first `BASE_FIELDS` (``product_version``, ``customer_id``) are appended only when set, so during
+    a rolling upgrade a node of the previous release decodes every event but those that carry them.
     """
-    return json.dumps(
-        [
-            event_id,
-            event.name,
-            event.data,
-            event.ttl,
-            event.published_at.isoformat(),
-            event.coreid,
-            event.public,
-            event.owner_id,
-            event.device_id,
-            event.product_id,
-            event.to_device,
-        ],
-        separators=(",", ":"),  # ASCII: a lone surrogate the in-process bus would carry survives too
-    ).encode("ascii")
+    fields = [
+        event_id,
+        event.name,
+        event.data,
+        event.ttl,
+        event.published_at.isoformat(),
+        event.coreid,
+        event.public,
+        event.owner_id,
+        event.device_id,
+        event.product_id,
+        event.to_device,
+        event.product_version,
+        event.customer_id,
+    ]
+    while len(fields) > BASE_FIELDS and fields[-1] is None:
+        fields.pop()
+    # ASCII: a lone surrogate the in-process bus would carry survives too
+    return json.dumps(fields, separators=(",", ":")).encode("ascii")
 
 
 def decode(payload: bytes) -> tuple[str, CloudEvent]:
     """
-    The id and event ``encode`` made. Raises ValueError (or a JSON error, one of its kind) on anything else.
+    The id and event ``encode`` made (this release's or the previous one's, `BASE_FIELDS` long). Raises
+    ValueError (or a JSON error, one of its kind) on anything else.
     """
+    fields = json.loads(payload)
+    if not isinstance(fields, list) or not BASE_FIELDS <= len(fields) <= BASE_FIELDS + 2:
+        raise ValueError("not an encoded event")
     (event_id, name, data, ttl, published_at, coreid, public, owner_id, device_id, product_id, to_device) = (
-        json.loads(payload)
+        fields[:BASE_FIELDS]
     )
+    product_version, customer_id = [*fields[BASE_FIELDS:], None, None][:2]
     return str(event_id), CloudEvent(
         name=name,
         data=data,
@@ -118,4 +134,6 @@ def decode(payload: bytes) -> tuple[str, CloudEvent]:
         device_id=device_id,
         product_id=product_id,
         to_device=to_device,
+        product_version=product_version,
+        customer_id=customer_id,
     )

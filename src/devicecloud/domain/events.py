@@ -45,8 +45,10 @@ class CloudEvent:
     One event. ``owner_id`` is the user it belongs to (the device's owner, or the API publisher); public
     events are visible to everyone, private ones only to their owner. ``product_id`` is the product it
     belongs to as well (a product device's, or published for the product), whose streams see it whatever
-    its owner; ``product_version`` is that device's product firmware version. ``to_device`` addresses it
-    to one device: of all device subscriptions, only that device's receive it (streams see it as any other).
+    its owner; ``product_version`` is that device's product firmware version. ``customer_id`` is the
+    product's customer that owns the device (it claimed it with a claim code): that customer's streams see
+    the event, no other customer's (decision 0032). ``to_device`` addresses it to one device: of all device
+    subscriptions, only that device's receive it (streams see it as any other).
     """
 
     name: str
@@ -60,12 +62,14 @@ class CloudEvent:
     product_id: int | None = None
     to_device: str | None = None
     product_version: int | None = None
+    customer_id: int | None = None
 
 
-#: Who may receive an event, as a bus index key: ``("owner", id)``, ``("product", id)``, ``("public", "")``,
-#: ``("all", "")`` for streams and the cloud's consumers; ``("to", device_id)``, ``("owner-devices", id)``,
-#: ``("public-devices", "")`` for device subscriptions. A filter lists (audience, prefix) routes; an event
-#: can only match a filter that shares an audience with it and whose route prefix starts its name.
+#: Who may receive an event, as a bus index key: ``("owner", id)``, ``("product", id)``, ``("customer", id)``
+#: (a product customer's devices, decision 0032), ``("public", "")``, ``("all", "")`` for streams and the
+#: cloud's consumers; ``("to", device_id)``, ``("owner-devices", id)``, ``("public-devices", "")`` for device
+#: subscriptions. A filter lists (audience, prefix) routes; an event can only match a filter that shares an
+#: audience with it and whose route prefix starts its name.
 Audience = tuple[str, Hashable]
 Route = tuple[Audience, str]
 EVERYONE: Audience = ("all", "")
@@ -83,6 +87,8 @@ def audiences(event: CloudEvent) -> tuple[Audience, ...]:
         found.append(("owner", event.owner_id))
     if event.product_id is not None:
         found.append(("product", event.product_id))
+        if event.customer_id is not None:
+            found.append(("customer", event.customer_id))
     if event.public:
         found.append(PUBLIC)
     if event.to_device is not None:
@@ -104,7 +110,10 @@ class EventFilter:
     - ``owner_id`` set and ``include_public`` on: that user's events plus everyone's public ones
       (``/v1/events``; a device's subscription to all devices, inside its `DeviceFilter`);
     - ``device_id`` set: only that device's events (still subject to the owner rule above);
-    - ``product_id`` set: that product's events too, whoever owns them (``/v1/products/:p/events``).
+    - ``product_id`` set: that product's events too, whoever owns them (``/v1/products/:p/events``);
+    - ``customer_id`` set (with ``product_id``): only the events of that product's devices the customer owns,
+      whatever else is set: a customer's ``/v1/devices/events`` and ``/v1/events/:prefix`` (decision 0032).
+      It routes through the customer's own audience, so other customers' streams are never candidates.
     """
 
     prefix: str = ""
@@ -112,6 +121,7 @@ class EventFilter:
     include_public: bool = False
     device_id: str | None = None
     product_id: int | None = None
+    customer_id: int | None = None
 
     def matches(self, event: CloudEvent) -> bool:
         """
@@ -121,6 +131,12 @@ class EventFilter:
             return False
         if self.device_id is not None and event.device_id != self.device_id:
             return False
+        if self.customer_id is not None:
+            return (
+                event.customer_id == self.customer_id
+                and event.product_id is not None
+                and event.product_id == self.product_id
+            )
         if self.owner_id is not None and event.owner_id == self.owner_id:
             return True
         if self.product_id is not None and event.product_id == self.product_id:
@@ -128,6 +144,8 @@ class EventFilter:
         return self.include_public and event.public
 
     def routes(self) -> tuple[Route, ...]:
+        if self.customer_id is not None:
+            return ((("customer", self.customer_id), self.prefix),)
         found: list[Route] = []
         if self.owner_id is not None:
             found.append((("owner", self.owner_id), self.prefix))

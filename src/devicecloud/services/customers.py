@@ -214,7 +214,10 @@ class CustomerService:
             customer = await tx.customers.get_by_username(found.product.id, email.strip().lower())
             if customer is None:
                 raise _customer_not_found()
+            owned = (await tx.customers.device_ids([customer.id]))[customer.id]
             await tx.customers.delete(customer.id)
+        # Its devices are nobody's now: their events stop carrying the customer (decision 0032).
+        self._devices.changed_hands(owned)
 
     # ------------------------------------------------------------------ claim codes
 

@@ -20,7 +20,7 @@ Rules kept here:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -148,6 +148,14 @@ class DeviceService:
         self._counts.clear()
         for listener in self._owner_listeners:
             listener(device_id)
+
+    def changed_hands(self, device_ids: Iterable[str]) -> None:
+        """
+        Devices changed hands outside this service (a deleted customer's devices, now nobody's): the owner
+        listeners (the events' caches, on every node) forget them.
+        """
+        for device_id in device_ids:
+            self._owner_changed(device_id)
 
     # ------------------------------------------------------------------ reading
 

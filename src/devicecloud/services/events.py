@@ -10,9 +10,14 @@ Rules kept here:
 - who sees what is `EventFilter`'s business: an owner sees everything of theirs, others only public events;
   ``/v1/devices/events`` shows only the caller's own; a product's streams see every event of its devices
   (and those published for it), whoever owns them;
-- a product device's events carry its product (``productID``): the device → product membership is cached
-  like the owner, read once per device and connection, never per event; the product-device doors call
-  `forget_product` when membership changes;
+- a product device's events carry its product (``productID``), and the product's customer that owns the
+  device if one does: the device → (product, customer) membership is cached like the owner, read once per
+  device and connection, never per event; the product-device doors call `forget_product` when membership
+  changes, and claims, releases and customer deletions `forget_device` (on every node, through the bus's
+  ``owner`` note);
+- a product's customer streams only the events of its own devices in that product (`EventFilter.customer_id`),
+  on ``/v1/devices/events``, ``/v1/devices/:id/events`` and ``/v1/events/:prefix`` alike: never another
+  customer's, the product's other devices', nor other accounts' public events (decision 0032);
 - devices are sent ordinary events under the same rules, but a system event (``spark…``, ``particle…``)
   only when the cloud addresses it to that device (`publish_to_device`; `DeviceFilter`, decision 0012):
   ``spark/status`` and a device's own system events go to streams and webhooks, never to its siblings. A
@@ -27,11 +32,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
+from devicecloud.domain.access import CUSTOMER_ACTIONS, ProductPrincipal
 from devicecloud.domain.events import (
     API_COREID,
     DEFAULT_TTL,
@@ -144,7 +150,7 @@ class EventService:
         self._policy = policy
         self._buckets: dict[str, _Bucket] = {}
         self._owners: dict[str, int | None] = {}
-        self._products: dict[str, tuple[int, int | None] | None] = {}
+        self._products: dict[str, tuple[int, int | None, int | None] | None] = {}
         self._dropped = 0
         #: Set by the runtime: events devices publish are counted there (decision 0026).
         self.usage: UsageBook | None = None
@@ -232,7 +238,7 @@ class EventService:
         name, data, ttl = check_event(name, data, min(ttl, MAX_TTL))
         if not self._take_token(device_id):
             return None
-        product, version = await self.product_of(device_id)
+        product, version, customer = await self.membership_of(device_id)
         event = CloudEvent(
             name=name,
             data=data,
@@ -244,6 +250,7 @@ class EventService:
             device_id=device_id,
             product_id=product,
             product_version=version,
+            customer_id=customer,
         )
         if await self._emit(event) and self.usage is not None:
             self.usage.event(device_id, len(name.encode()) + len((data or "").encode()))
@@ -270,7 +277,7 @@ class EventService:
         if online:  # a connection reads membership afresh: another process may have changed it
             self.forget_product(device_id)
         owner = await self.owner_of(device_id)
-        product, version = await self.product_of(device_id)
+        product, version, customer = await self.membership_of(device_id)
         await self._emit(
             CloudEvent(
                 name=STATUS_EVENT,
@@ -283,6 +290,7 @@ class EventService:
                 device_id=device_id,
                 product_id=product,
                 product_version=version,
+                customer_id=customer,
             )
         )
 
@@ -364,14 +372,21 @@ class EventService:
             device_id=device_id,
             to_device=device_id,
             product_id=(await self.product_of(device_id))[0],
-        )
+        )  # `_emit` adds the device's customer
         return event if await self._emit(event) else None
 
     async def _emit(self, event: CloudEvent) -> bool:
         """
         The one way onto the bus. An event whose name or data cannot be encoded would break every stream
         and device link it matches; it is dropped here instead (False), with a log line and a count.
+
+        An event about a device, of that device's product (its vitals, a flash status, a product hook's
+        answer...), is its customer's too: the device's customer, if it has one, is filled in here.
         """
+        if event.device_id is not None and event.product_id is not None and event.customer_id is None:
+            product, _, customer = await self.membership_of(event.device_id)
+            if customer is not None and product == event.product_id:
+                event = replace(event, customer_id=customer)
         if is_valid_text(event.name) and (event.data is None or is_valid_text(event.data)):
             await self._bus.publish(event)
             return True
@@ -423,12 +438,20 @@ class EventService:
         """
         (product id, product firmware version) of a product device, (None, None) for others; cached.
         """
+        product, version, _ = await self.membership_of(device_id)
+        return product, version
+
+    async def membership_of(self, device_id: str) -> tuple[int | None, int | None, int | None]:
+        """
+        (product id, product firmware version, customer id) of a product device, (None, None, None) for
+        others; cached.
+        """
         if device_id in self._products:
             found = self._products[device_id]
         else:
             found = await self._store.lookup_membership(device_id)  # one point read, as for the owner
             self._products[device_id] = found
-        return found if found is not None else (None, None)
+        return found if found is not None else (None, None, None)
 
     def forget_product(self, device_id: str) -> None:
         """
@@ -436,19 +459,32 @@ class EventService:
         """
         self._products.pop(device_id, None)
 
+    def forget_device(self, device_id: str) -> None:
+        """
+        Drop the cached owner and membership (with its customer): a device changed hands (a claim, a
+        release, a customer's deletion), on this node or, through the bus's ``owner`` note, another.
+        """
+        self.forget_owner(device_id)
+        self.forget_product(device_id)
+
     # ------------------------------------------------------------------ subscribing
 
     async def stream(
-        self, user: User, scope: StreamScope, prefix: str, device_ref: str | None = None
+        self, user: User | ProductPrincipal, scope: StreamScope, prefix: str, device_ref: str | None = None
     ) -> Subscription:
         """
-        A subscription for an SSE stream. ``device`` scope checks the device is the caller's.
+        A subscription for an SSE stream. ``device`` scope checks the device is the caller's. A product's
+        customer (``user`` a customer's `ProductPrincipal`) sees its own devices' events on every scope.
         """
-        if scope == "all":
-            if not prefix:
-                raise InvalidInput(
-                    "An event name prefix is required on /v1/events", code="event prefix filter is required"
-                )
+        if scope == "all" and not prefix:
+            raise InvalidInput(
+                "An event name prefix is required on /v1/events", code="event prefix filter is required"
+            )
+        if isinstance(user, ProductPrincipal):
+            event_filter = await self._customer_filter(
+                user, prefix, device_ref if scope == "device" else None
+            )
+        elif scope == "all":
             event_filter = EventFilter(prefix=prefix, owner_id=user.id, include_public=True)
         elif scope == "mine":
             event_filter = EventFilter(prefix=prefix, owner_id=user.id)
@@ -460,6 +496,31 @@ class EventService:
         subscription = self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
         await self._bus.subscribed()  # a publish through another node right after the stream opens arrives
         return subscription
+
+    async def _customer_filter(
+        self, customer: ProductPrincipal, prefix: str, device_ref: str | None
+    ) -> EventFilter:
+        """
+        A customer's stream: the events of the devices it owns in its product (one of them, by id or name,
+        for ``device_ref``; `PermissionDenied` for any other, as on the customer's other device routes).
+        Other accounts' public events are not a customer's: it is a person of the product's app, not a
+        user of the cloud (decision 0032).
+        """
+        if (
+            customer.kind != "customer"
+            or customer.customer_id is None
+            or "events:get" not in CUSTOMER_ACTIONS
+        ):
+            raise PermissionDenied("API users are not allowed to call this endpoint", code="unauthorized")
+        device_id = None
+        if device_ref is not None:
+            device_id = (await self._devices.access_device(customer, device_ref, "events:get")).id
+        return EventFilter(
+            prefix=prefix,
+            product_id=customer.product_id,
+            customer_id=customer.customer_id,
+            device_id=device_id,
+        )
 
     async def product_stream(
         self, principal: AnyPrincipal, product_ref: str, prefix: str, device_ref: str | None = None

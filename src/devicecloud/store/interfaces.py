@@ -958,10 +958,11 @@ class Store(Protocol):
         """
         ...
 
-    async def lookup_membership(self, device_id: str) -> tuple[int, int | None] | None:
+    async def lookup_membership(self, device_id: str) -> tuple[int, int | None, int | None] | None:
         """
-        (product id, product firmware version) of the device's product, or None when it is in none: one
-        indexed read outside any unit of work (the events service caches it per connection).
+        (product id, product firmware version, customer id) of the device's product membership (the customer
+        that claimed it, or None), or None when it is in no product: one indexed read outside any unit of
+        work (the events service caches it per connection).
         """
         ...
 

@@ -3,6 +3,9 @@
 // listDevices, getDevice, callFunction and getVariable on its device and on another. Prints what each gave:
 //   node customers_flow.js URL USER PASSWORD create PRODUCT CLIENT_ID CLIENT_SECRET EMAIL
 //   node customers_flow.js URL USER PASSWORD use TOKEN MINE OTHER
+//   node customers_flow.js URL USER PASSWORD stream TOKEN DEVICES NAME
+//       getEventStream with the customer's token, one stream per entry of DEVICES (comma list: "mine" or a
+//       device id); prints READY once all are open, then, once each got its first event, the events as JSON
 'use strict';
 const Particle = require('particle-api-js');
 const { runPhases, settle } = require('./flow');
@@ -26,5 +29,17 @@ runPhases({
 		out.getOther = await settle(particle.getDevice({ deviceId: other, auth }));
 		out.callOther = await settle(particle.callFunction({ deviceId: other, name: 'digitalread', argument: 'D7', auth }));
 		return out;
+	},
+	async stream(particle, _auth, auth, devices, name) {
+		const streams = await Promise.all(
+			devices.split(',').map((deviceId) => particle.getEventStream({ deviceId, name, auth })),
+		);
+		const firsts = streams.map((stream) => new Promise((resolve) => stream.once('event', resolve)));
+		process.stdout.write('READY\n');
+		const events = await Promise.all(firsts);
+		streams.forEach((stream) => stream.abort());
+		process.stdout.write(JSON.stringify({ events }) + '\n');
+		// The library's idle timer may still be armed after abort(): leave now that the answer is out.
+		process.exit(0);
 	},
 });

@@ -17,11 +17,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from devicecloud.api.auth import require
+from devicecloud.api.auth import device_caller, require, require_device
 from devicecloud.api.deps import ApiDeps
 from devicecloud.api.params import Params, body_doc
 from devicecloud.api.sse import MEDIA_TYPE, EventStreamResponse, StreamRegistry
-from devicecloud.domain.access import AnyPrincipal
+from devicecloud.domain.access import AnyPrincipal, ProductPrincipal
 from devicecloud.domain.accounts import Principal
 from devicecloud.errors import RateLimited
 from devicecloud.services.events import StreamScope
@@ -78,10 +78,15 @@ def stream_registry(request: Request) -> StreamRegistry:
 
 
 async def open_stream(
-    request: Request, principal: Principal, scope: StreamScope, prefix: str, device: str | None = None
+    request: Request,
+    principal: Principal | ProductPrincipal,
+    scope: StreamScope,
+    prefix: str,
+    device: str | None = None,
 ) -> EventStreamResponse:
     """
-    Check the per-IP cap, subscribe (the service checks the prefix and the device), and stream.
+    Check the per-IP cap, subscribe (the service checks the prefix and the device), and stream. A product's
+    customer streams its own devices' events (decision 0032).
     """
     deps = _deps(request)
     streams = stream_registry(request)
@@ -89,7 +94,7 @@ async def open_stream(
     if not streams.acquire(ip):
         raise RateLimited(f"At most {streams.per_ip} event streams may be open from one address")
     try:
-        subscription = await deps.events.stream(principal.user, scope, prefix, device)
+        subscription = await deps.events.stream(device_caller(principal), scope, prefix, device)
     except BaseException:
         streams.release(ip)
         raise
@@ -127,7 +132,8 @@ async def open_product_stream(
     )
 
 
-Reader = Annotated[Principal, Depends(require("events:get"))]
+# A person with the events:get scope (or none), or a product's customer (its own devices' events only).
+Reader = Annotated[Principal | ProductPrincipal, Depends(require_device("events:get"))]
 
 
 @router.get(

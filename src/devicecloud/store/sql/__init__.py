@@ -156,7 +156,7 @@ class SqlStore:
     async def lookup_device_for(self, device_id: str, user_id: int) -> tuple[Device, Role | None] | None:
         return await self._token_lookup.device_for(device_id, user_id)
 
-    async def lookup_membership(self, device_id: str) -> tuple[int, int | None] | None:
+    async def lookup_membership(self, device_id: str) -> tuple[int, int | None, int | None] | None:
         return await self._token_lookup.membership(device_id)
 
     @classmethod

@@ -32,9 +32,9 @@ _PRODUCT_COLUMNS = (*products.c, users.c.username.label("owner_username"))
 
 
 # Built once: a device's product membership, read outside any unit of work (store/sql/token_lookup.py).
-FIND_MEMBERSHIP = select(product_devices.c.product_id, product_devices.c.firmware_version).where(
-    product_devices.c.device_id == bindparam("device_id")
-)
+FIND_MEMBERSHIP = select(
+    product_devices.c.product_id, product_devices.c.firmware_version, product_devices.c.customer_id
+).where(product_devices.c.device_id == bindparam("device_id"))
 
 
 def _product(row: Row[Any]) -> Product:

@@ -159,16 +159,16 @@ class TokenLookup:
         *columns, role = rows[0]
         return _device_from_sqlite_row(columns), Role(role) if role is not None else None
 
-    async def membership(self, device_id: str) -> tuple[int, int | None] | None:
+    async def membership(self, device_id: str) -> tuple[int, int | None, int | None] | None:
         """
-        The device's (product id, product firmware version), or None.
+        The device's (product id, product firmware version, customer id), or None.
         """
         if self._sqlite_path is None:
             async with self._reader.connect() as conn:
                 found = (await conn.execute(FIND_MEMBERSHIP, {"device_id": device_id})).first()
-            return (found[0], found[1]) if found is not None else None
+            return (found[0], found[1], found[2]) if found is not None else None
         rows = await self._sqlite_rows(_SQLITE_MEMBERSHIP_SQL, (device_id,))
-        return (rows[0][0], rows[0][1]) if rows else None
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
 
     async def _sqlite_rows(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
         rows = self._inline_rows(sql, parameters)
