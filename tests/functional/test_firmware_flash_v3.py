@@ -7,7 +7,6 @@ device error code; and a UDP device without the flag still taking the legacy pro
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.api import Account, make_account
 from tests.support.clock import FakeClock
 from tests.support.devices import wait_until
+from tests.support.flashing import flash, next_status
 
 from devicecloud.bus.interfaces import Subscription
-from devicecloud.domain.events import CloudEvent
 from devicecloud.domain.firmware import Dependency, ModuleFunction, build_module
 from devicecloud.protocol.ota import OtaTransfer
 from devicecloud.protocol.ota3 import Ota3Transfer
@@ -58,23 +57,6 @@ async def statuses(runtime: Runtime) -> AsyncIterator[Subscription]:
     subscription = runtime.events.everything(max_pending=10_000)
     yield subscription
     subscription.close()
-
-
-async def next_status(subscription: Subscription, device_id: str) -> CloudEvent:
-    async with asyncio.timeout(30):
-        async for event in subscription:
-            if event.name == "spark/flash/status" and event.device_id == device_id:
-                return event
-    raise AssertionError("the stream ended")
-
-
-async def flash(client: httpx.AsyncClient, account: Account, device_id: str, data: bytes) -> httpx.Response:
-    return await client.put(
-        f"/v1/devices/{device_id}",
-        files={"file": ("app.bin", data, "application/octet-stream")},
-        data={"file_type": "binary"},
-        headers=account.auth,
-    )
 
 
 async def argon(
