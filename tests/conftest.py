@@ -2,15 +2,18 @@
 Root fixtures, kept few: settings, a started runtime on each database backend, and an in-process API client.
 
 Every test that uses ``runtime`` runs on SQLite and again on PostgreSQL (``-m "not postgres"`` skips the
-latter). The PostgreSQL leg uses DEVICECLOUD_TEST_POSTGRES_URL (default: the local server's ``test``
-database) and is skipped, with the reason, only when that server cannot be reached.
+latter). The PostgreSQL leg runs in a database of this run's own, created on the server of
+DEVICECLOUD_TEST_POSTGRES_URL (default: the local server's ``test`` database) and dropped at the end, so
+that two runs on one machine (a developer's and CI's) never empty each other's schema mid-test. It is
+skipped, with the reason, only when that server cannot be reached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,40 +27,113 @@ from tests.support import unavailable
 from tests.support.clock import FakeClock
 from tests.support.notifier import RecordingNotifier
 
-POSTGRES_URL = os.environ.get(
+POSTGRES_SERVER_URL = os.environ.get(
     "DEVICECLOUD_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 FAST_HASH = {"password_time_cost": 1, "password_memory_cost": 8, "password_parallelism": 1}
 
 
-async def _reset_postgres(url: str) -> str | None:
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _create_database(server_url: str) -> tuple[str | None, str]:
     """
-    Empty the test database's public schema; returns why PostgreSQL is unusable, or None.
+    A new, empty database on ``server_url``'s server: (its URL, "") or (None, why PostgreSQL is unusable).
     """
     try:
         import asyncpg
     except ImportError:
-        return "asyncpg is not installed (pip install devicecloud[postgres])"
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        return None, "asyncpg is not installed (pip install devicecloud[postgres])"
     try:
-        conn = await asyncpg.connect(dsn, timeout=5)
+        conn = await asyncpg.connect(_dsn(server_url), timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
-        return f"PostgreSQL at {dsn} is unreachable: {exc}"
+        return None, f"PostgreSQL at {_dsn(server_url)} is unreachable: {exc}"
+    name = f"devicecloud_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        await _drop_abandoned(conn)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.PostgresError as exc:
+        return None, f"cannot create a test database on {_dsn(server_url)}: {exc}"
+    finally:
+        await conn.close()
+    return server_url.rsplit("/", 1)[0] + f"/{name}", ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _drop_abandoned(conn: Any) -> None:
+    """
+    Drop the databases of earlier runs on this machine that were killed before their end (their process is
+    gone), so that they never pile up. Only for a server on this machine, where a process id means something.
+    """
+    if conn._addr[0] not in ("127.0.0.1", "::1", "localhost") and not str(conn._addr[0]).startswith("/"):
+        return
+    rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'devicecloud_test_%'")
+    for row in rows:
+        pid = row["datname"].split("_")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+
+
+async def _drop_database(server_url: str, url: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_dsn(server_url), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _reset_postgres(url: str) -> None:
+    """
+    Empty the test database's public schema.
+    """
+    import asyncpg
+
+    conn = await asyncpg.connect(_dsn(url), timeout=5)
     try:
         await conn.execute("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;")
     finally:
         await conn.close()
-    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """
+    This run's own PostgreSQL database (its URL), dropped when the run ends.
+    """
+    url, problem = asyncio.run(_create_database(POSTGRES_SERVER_URL))
+    if url is None:
+        unavailable(problem)
+    yield url
+    asyncio.run(_drop_database(POSTGRES_SERVER_URL, url))
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """
+    This run's PostgreSQL database, emptied for the test.
+    """
+    asyncio.run(_reset_postgres(postgres_database))
+    return postgres_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'devicecloud.db'}"
-    problem = asyncio.run(_reset_postgres(POSTGRES_URL))
-    if problem:
-        unavailable(problem)
-    return POSTGRES_URL
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

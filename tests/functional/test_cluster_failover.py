@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
-from tests.conftest import FAST_HASH, POSTGRES_URL, _reset_postgres
-from tests.support import unavailable
+from tests.conftest import FAST_HASH
 from tests.support.cluster import api_of, bus_url
 from tests.support.devices import wait_until
 from tests.support.server import LiveServer, free_port, live_server
@@ -35,14 +34,6 @@ __all__ = ["bus_url"]  # fixture
 LEASE = 3.0  # node lease: a dead node's devices are offline within 4/3 of it (plus a flush)
 WEBHOOK_TIMEOUT = 2  # a delivery's lease is 2 × this + 10 s: how long A's in-flight send stays its own
 KEEPALIVE_WINDOW = 35.0
-
-
-@pytest.fixture
-def postgres_url() -> str:
-    problem = asyncio.run(_reset_postgres(POSTGRES_URL))
-    if problem:
-        unavailable(problem)
-    return POSTGRES_URL
 
 
 @pytest.fixture
