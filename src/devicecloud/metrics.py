@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -56,6 +56,15 @@ class Sources:
     bus_ping: Callable[[], Awaitable[None]]
 
 
+class HttpConnectionCounts(Protocol):
+    """
+    What the HTTP server's connection book tells (`devicecloud.httpserver.ConnectionBook`).
+    """
+
+    total: int
+    proxy_headers_refused: int
+
+
 class Metrics:
     """
     One process's metrics registry (not the library's global one: tests run many runtimes in one process).
@@ -77,7 +86,15 @@ class Metrics:
             registry=self.registry,
         )
         self._sources: Sources | None = None
+        self._http: HttpConnectionCounts | None = None
         self.outbox = 0
+
+    def watch_http(self, book: HttpConnectionCounts) -> None:
+        """
+        Report the HTTP server's open connections and refused PROXY headers too (``devicecloud serve``
+        calls this with its server's book; an app served otherwise has none).
+        """
+        self._http = book
 
     def attach(self, sources: Sources) -> None:
         """
@@ -150,6 +167,20 @@ class _Snapshot(Collector):
         )
         for name, documentation, value in gauges:
             yield GaugeMetricFamily(f"devicecloud_{name}", documentation, value=value)
+        http = self._metrics._http
+        if http is not None:
+            yield GaugeMetricFamily(
+                "devicecloud_http_connections", "HTTP connections open.", value=http.total
+            )
+        refused = CounterMetricFamily(
+            "devicecloud_proxy_headers_refused",
+            "Sockets from a trusted proxy closed for a malformed, missing or late PROXY header, by port.",
+            labels=("port",),
+        )
+        refused.add_metric(("device",), gateway.proxy_headers_refused)
+        if http is not None:
+            refused.add_metric(("http",), http.proxy_headers_refused)
+        yield refused
         counters = (
             ("device_links_refused", "Device sockets refused (over the limit).", gateway.refused),
             ("device_commands", "Requests sent to devices.", gateway.requests),

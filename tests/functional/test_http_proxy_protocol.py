@@ -135,11 +135,16 @@ async def test_login_protection_locks_out_the_client_not_the_proxy(served: Serve
     ],
 )
 async def test_a_malformed_header_from_the_proxy_closes_that_connection_only(
-    served: Served, protocol: type[GuardedHttpProtocol], header: bytes
+    served: Served, runtime: Runtime, protocol: type[GuardedHttpProtocol], header: bytes
 ) -> None:
+    runtime.metrics.watch_http(protocol.book)  # what `devicecloud serve` does with its server's book
     async with connect(served, PROXY, header + REQUEST) as (reader, _):
         assert await closed_unanswered(reader)
     assert 1 == protocol.book.proxy_headers_refused
+    exposed = (await served.http.get("/metrics")).text
+    assert 'devicecloud_proxy_headers_refused_total{port="http"} 1.0' in exposed
+    assert 'devicecloud_proxy_headers_refused_total{port="device"} 0.0' in exposed
+    assert "devicecloud_http_connections 1.0" in exposed  # the scrape's own
     assert 200 == (await request(served, PROXY, header_v1(ALICE, HERE)))[0]
     assert 200 == (await served.http.get("/healthz")).status_code  # 127.0.0.1: not a proxy, no header
 

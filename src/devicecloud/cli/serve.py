@@ -329,6 +329,8 @@ async def serve_api(
         proxy_protocol_from=tuple(settings.http_proxy_protocol),
         proxy_header_timeout=settings.proxy_protocol_timeout,
     )
+    http = guarded_protocol(limits, SystemClock())
+    runtime.metrics.watch_http(http.book)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -339,7 +341,7 @@ async def serve_api(
         server_header=False,
         proxy_headers=False,  # the app believes X-Forwarded-For only from DEVICECLOUD_TRUSTED_PROXIES
         # Read deadlines and connection caps (ADR 0011); no WebSocket routes, so no upgrades to follow.
-        http=guarded_protocol(limits, SystemClock()),
+        http=http,
         ws="none",
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout),
     )
