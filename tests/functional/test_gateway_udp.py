@@ -22,9 +22,10 @@ from tests.support.devices import wait_until
 
 from devicecloud.domain.events import EventFilter
 from devicecloud.gateway.kept_sessions import PersistentSessionStore
+from devicecloud.protocol.codes import DescribeFlags
 from devicecloud.protocol.dtls import DtlsClient, ecdsa_signer
 from devicecloud.protocol.dtls.client import ClientConfig
-from devicecloud.protocol.udp import idle_timeout_for
+from devicecloud.protocol.udp import DESCRIBE_BLOCK, idle_timeout_for
 from devicecloud.runtime import Runtime, build_runtime
 from devicecloud.store.keyfiles import load_or_create_udp_server_key
 from devicecloud.virtualdevice import VirtualDevice
@@ -188,6 +189,26 @@ async def test_a_device_os_6_device_describes_its_system_in_protobuf(
         assert (3, 0) == (device.counters.describes, device.counters.rejected_requests)
     finally:
         await device.stop()
+
+
+async def test_a_describe_too_big_for_one_message_is_fetched_block_by_block(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime, argon: VirtualDevice
+) -> None:
+    """
+    A device with many functions answers the cloud's Describe request blockwise (ETag + Block2, 1,024-byte
+    blocks, as Device OS ≥ 3.3): the cloud asks for every block and sees the whole application.
+    """
+    await _described(client, ada, argon)
+    for n in range(120):
+        argon.add_function(f"late_function_{n:03d}", lambda arg: 7)
+    assert len(argon.describe_payload(int(DescribeFlags.APPLICATION))) > 2 * DESCRIBE_BLOCK  # three blocks
+    called = await client.post(
+        f"/v1/devices/{argon.device_id}/late_function_119", json={"args": ""}, headers=ada.auth
+    )
+    assert (200, 7) == (called.status_code, called.json().get("return_value")), called.text
+    body = (await client.get(f"/v1/devices/{argon.device_id}", headers=ada.auth)).json()
+    assert 121 == len(body["functions"])
+    assert argon.connected
 
 
 async def test_a_device_claimed_while_connected_receives_its_new_owners_events(

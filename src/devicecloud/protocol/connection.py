@@ -437,6 +437,11 @@ class CoapSession:
             self._on_result(request, msg)
 
     def _on_result(self, request: Outstanding, msg: coap.Message) -> None:
+        if request.kind is MessageKind.DESCRIBE and self.role is Role.CLOUD and not request.internal:
+            whole = self._describe_block(request, msg)
+            if whole is None:
+                return
+            msg = whole
         self._requests.remove(request)
         if request.internal:
             return
@@ -487,6 +492,45 @@ class CoapSession:
             self._events.append(events.TimeReceived(rid, int.from_bytes(msg.payload, "big")))
         else:
             self._events.append(events.RequestCompleted(rid, msg.code))
+
+    def _describe_block(self, request: Outstanding, msg: coap.Message) -> coap.Message | None:
+        """
+        A Describe too big for one message comes back blockwise (Device OS ≥ 3.3: ETag + Block2 on each
+        block): ask for the next block with the same query and the device's block size (it refuses any
+        other), under a new token, until the last; then the whole Describe stands for the answer. ``None``
+        while blocks are still due, or when the transfer failed (the request is then failed).
+        """
+        blocks = msg.option_values(OptionNumber.BLOCK2)
+        if not blocks or code_class(msg.code) != 2:
+            return msg
+        num, more, size = messages.parse_block_option(blocks[0])
+        etags = msg.option_values(OptionNumber.ETAG)
+        etag = etags[0] if etags else b""
+        if num == 0:
+            request.blocks, request.etag = bytearray(), etag
+        gathered = request.blocks
+        problem = None
+        if gathered is None or num * size != len(gathered) or etag != request.etag:
+            problem = "describe blocks out of order, or the describe changed meanwhile"
+        elif len(gathered) + len(msg.payload) > messages.MAX_DESCRIBE or (more and len(msg.payload) != size):
+            problem = "describe blocks too big or short"
+        if problem is not None or gathered is None:
+            self._requests.remove(request)
+            self._fail(request, msg.code, problem or "")
+            return None
+        gathered += msg.payload
+        if more:
+            request.message_id = self._ids.next()
+            request.token = self._tokens.next(self._requests.tokens())
+            request.acked = False
+            block2 = messages.block_option(num + 1, False, size.bit_length() - 5)
+            self._send_message(
+                messages.describe_request(request.message_id, request.token, request.flags, block2=block2)
+            )
+            return None
+        options = tuple(o for o in msg.options if o[0] not in (OptionNumber.BLOCK2, OptionNumber.ETAG))
+        request.blocks = None
+        return coap.Message(msg.type, msg.code, msg.message_id, msg.token, options, bytes(gathered))
 
     def _fail(self, request: Outstanding, code: int | None, reason: str) -> None:
         if not request.internal:
@@ -862,10 +906,13 @@ class CoapSession:
         *,
         confirmable: bool = False,
         content_format: int | None = None,
+        options: messages.Options = (),
     ) -> None:
         """Answer a peer request: piggy-backed in the ACK, or as a separate response once ACKed."""
         if not inbound.acked:
-            self._send_message(messages.ack(inbound.message_id, code, inbound.token, payload, content_format))
+            self._send_message(
+                messages.ack(inbound.message_id, code, inbound.token, payload, content_format, options)
+            )
             return
         if confirmable:  # 2.x sends the Describe as CON; swallow the cloud's ACK quietly
             r = self._new_request(MessageKind.DESCRIBE, now, token=False, internal=True)
@@ -875,7 +922,13 @@ class CoapSession:
         confirmable = confirmable or self.unreliable
         self._send_message(
             messages.response(
-                mid, code, inbound.token, payload, confirmable=confirmable, content_format=content_format
+                mid,
+                code,
+                inbound.token,
+                payload,
+                confirmable=confirmable,
+                content_format=content_format,
+                options=options,
             )
         )
 

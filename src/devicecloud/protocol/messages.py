@@ -80,17 +80,23 @@ def ping(message_id: int) -> Message:
     return Message(MessageType.CON, Code.EMPTY, message_id)
 
 
+Options = tuple[tuple[int, bytes], ...]
+
+
 def ack(
     message_id: int,
     code: int = Code.EMPTY,
     token: bytes = b"",
     payload: bytes = b"",
     content_format: int | None = None,
+    options: Options = (),
 ) -> Message:
-    """ACK echoing ``message_id`` (empty, or a piggy-backed response)."""
+    """ACK echoing ``message_id`` (empty, or a piggy-backed response with ``options`` besides)."""
     if not code:
         return Message(MessageType.ACK, code, message_id, b"", (), b"")
-    return Message(MessageType.ACK, code, message_id, token, _content_format(content_format), payload)
+    return Message(
+        MessageType.ACK, code, message_id, token, _content_format(content_format) + options, payload
+    )
 
 
 def response(
@@ -100,20 +106,39 @@ def response(
     payload: bytes = b"",
     confirmable: bool = False,
     content_format: int | None = None,
+    options: Options = (),
 ) -> Message:
     """A separate response (NON, or CON for the 2.x Describe) carrying the request's token."""
     mtype = MessageType.CON if confirmable else MessageType.NON
-    return Message(mtype, code, message_id, token, _content_format(content_format), payload)
+    return Message(mtype, code, message_id, token, _content_format(content_format) + options, payload)
 
 
 def _content_format(value: int | None) -> tuple[tuple[int, bytes], ...]:
     return () if value is None else ((OptionNumber.CONTENT_FORMAT, encode_uint(value)),)
 
 
-def describe_request(message_id: int, token: bytes, flags: int | None) -> Message:
-    """CON GET /d [+ 1-byte Uri-Query flags]."""
+#: The largest Describe joined from blocks (Block1 from the device, Block2 on request): bigger is refused.
+MAX_DESCRIBE = 64 * 1024
+
+
+def block_option(num: int, more: bool, szx: int) -> bytes:
+    """A Block1/Block2 option value (RFC 7959 §2.2): number, more flag, size exponent (2^(szx+4) bytes)."""
+    return encode_uint(num << 4 | (0x8 if more else 0) | szx)
+
+
+def parse_block_option(raw: bytes) -> tuple[int, bool, int]:
+    """(block number, more, size in bytes) of a Block1/Block2 option value."""
+    value = int.from_bytes(raw, "big")
+    return value >> 4, bool(value & 0x8), 1 << ((value & 0x7) + 4)
+
+
+def describe_request(
+    message_id: int, token: bytes, flags: int | None, *, block2: bytes | None = None
+) -> Message:
+    """CON GET /d [+ 1-byte Uri-Query flags] [+ Block2: the next block of a blockwise Describe]."""
     query = query_options([bytes([flags])]) if flags is not None else ()
-    return Message(MessageType.CON, Code.GET, message_id, token, path_options("d") + query)
+    block = ((OptionNumber.BLOCK2, block2),) if block2 is not None else ()
+    return Message(MessageType.CON, Code.GET, message_id, token, path_options("d") + query + block)
 
 
 def function_call(message_id: int, token: bytes, name: str, argument: str | bytes) -> Message:

@@ -104,6 +104,8 @@ class Outstanding:
     var_type: VariableType | None = None
     flags: int | None = None
     index: int = 0
+    blocks: bytearray | None = None  # a Describe answered blockwise (Block2): the blocks so far
+    etag: bytes = b""  # the blockwise Describe's ETag: every block must carry the first block's
 
 
 class RequestTable:

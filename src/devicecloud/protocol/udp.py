@@ -24,7 +24,10 @@ Theory of operation:
       `idle_timeout_for(platform)` without an authenticated record (Wi-Fi devices ping every 25 s, cellular
       ones every 23 minutes, §B.6);
     - Describe: Device OS ≥ 3.3 sends a large device-initiated Describe blockwise (Block1): the blocks are
-      ACKed (2.31 Continue) and joined; the whole Describe is handled once the last block arrives.
+      ACKed (2.31 Continue) and joined; the whole Describe is handled once the last block arrives. A large
+      answer to the cloud's Describe request comes blockwise too (ETag + Block2): the cloud asks for each
+      next block (`CoapSession`), and the device role here serves them, as Device OS does, from the answer
+      it kept for those flags.
 
     Records that do not authenticate are dropped by the DTLS layer and counted (``dropped``); they never
     close the session. ``authenticated`` counts records that did authenticate: the gateway moves a session to
@@ -39,9 +42,9 @@ from dataclasses import dataclass, replace
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicecloud.protocol import coap, commands, events, messages
-from devicecloud.protocol.codes import Code, MessageKind, MessageType, OptionNumber, code_class
+from devicecloud.protocol.codes import Code, DescribeFlags, MessageKind, MessageType, OptionNumber, code_class
 from devicecloud.protocol.config import ConnectionState, DeviceHello, ResponseStyle, Role, Timing
-from devicecloud.protocol.connection import CoapSession
+from devicecloud.protocol.connection import CoapSession, _Inbound
 from devicecloud.protocol.crypto import RandomBytes, public_key_der
 from devicecloud.protocol.dtls import (
     AlertReceived,
@@ -72,8 +75,13 @@ ACK_TIMEOUT = 3.0
 MAX_RETRANSMIT = 4
 #: Peer message ids remembered for deduplication (with our answer to each).
 DEDUP_WINDOW = 64
-#: A blockwise Describe larger than this is refused (4.13).
-MAX_DESCRIBE = 64 * 1024
+#: A blockwise Describe larger than this is refused (4.08).
+MAX_DESCRIBE = messages.MAX_DESCRIBE
+#: Device role: a Describe answer longer than this goes out blockwise (ETag + Block2), in blocks of this size,
+#: as Device OS ≥ 3.3 answers (1,024 bytes where its messages hold 1,040 or more: every Gen3 platform).
+DESCRIBE_BLOCK = 1024
+_DESCRIBE_SZX = 6  # 2^(6+4) = 1,024
+_NOT_FOUND = 0x84  # 4.04: a block asked for of a Describe this device is not serving
 #: Platforms with a cellular modem: they ping every 23 minutes (Particle SIM NAT), the others every 25 s.
 #: Electron/E-series 10, Boron 13, B-SoM 23, B5-SoM 25, Tracker 26, Tracker M 28, M-SoM 35, E404X 37.
 CELLULAR_PLATFORMS = frozenset({10, 13, 23, 25, 26, 28, 35, 37})
@@ -139,6 +147,7 @@ class UdpSession(CoapSession):
     """
 
     __slots__ = (
+        "_asked",
         "_blocks",
         "_dtls",
         "_held_hello",
@@ -148,6 +157,7 @@ class UdpSession(CoapSession):
         "_peer_key",
         "_resumed",
         "_seen",
+        "_serving",
         "_unacked",
         "authenticated",
         "closed_by_peer",
@@ -192,6 +202,10 @@ class UdpSession(CoapSession):
         self._hello_id: int | None = None
         self._peer_key = b""
         self._blocks = bytearray()
+        # Device role, only while a Describe is asked for or served blockwise: the flags of the Describe
+        # requests waiting for the application (by token), and the answers being served (by flags).
+        self._asked: dict[bytes, int] | None = None
+        self._serving: dict[int, tuple[bytes, bytes, int | None]] | None = None
         self.hello_payload = b""
         #: The peer ended the DTLS association (close_notify, a fatal alert): it is not worth keeping.
         self.closed_by_peer = False
@@ -262,6 +276,13 @@ class UdpSession(CoapSession):
     def send(self, command: commands.Command, now: float) -> int | None:
         self._now = now
         try:
+            if (
+                isinstance(command, commands.RespondDescribe)
+                and self.role is Role.DEVICE
+                and len(command.payload) > DESCRIBE_BLOCK
+            ):
+                self._serve_describe(command)
+                return None
             return super().send(command, now)
         finally:
             self._collect()
@@ -414,7 +435,71 @@ class UdpSession(CoapSession):
             return
         if self.role is Role.CLOUD and self._block1(msg):
             return
+        if self.role is Role.DEVICE and self._describe_asked(msg):
+            return
         self._handle(msg)
+
+    def _describe_asked(self, msg: coap.Message) -> bool:
+        """
+        Device role, a Describe request: a later block of an answer being served is sent from it (True);
+        otherwise its flags are noted for the answer and the application is asked (False).
+        """
+        if msg.code != Code.GET or messages.classify(msg) is not MessageKind.DESCRIBE:
+            return False
+        query = msg.uri_query
+        flags = query[0][0] if query and query[0] else int(DescribeFlags.SYSTEM | DescribeFlags.APPLICATION)
+        blocks = msg.option_values(OptionNumber.BLOCK2)
+        num = messages.parse_block_option(blocks[0])[0] if blocks else 0
+        if num == 0:
+            if self._asked is None or len(self._asked) > 16:  # answers never given do not pile up
+                self._asked = {}
+            self._asked[msg.token] = flags
+            return False
+        served = self._serving.get(flags) if self._serving else None
+        if served is None or num * DESCRIBE_BLOCK >= len(served[1]):
+            self._send_message(messages.ack(msg.message_id, _NOT_FOUND, msg.token))
+            return True
+        self._send_message(messages.ack(msg.message_id))
+        self._send_describe_block(msg.token, flags, num)
+        return True
+
+    def _serve_describe(self, command: commands.RespondDescribe) -> None:
+        """Answer a Describe request too big for one message with its first block; keep it for the rest."""
+        inbound = self._take_inbound(command.request_id, MessageKind.DESCRIBE)
+        flags = self._asked.pop(inbound.token, None) if self._asked else None
+        if flags is None:
+            flags = int(DescribeFlags.SYSTEM | DescribeFlags.APPLICATION)
+        if self._serving is None:
+            self._serving = {}
+        etag = self._random(4)  # a new one with every answer: a cloud mixing two answers' blocks sees it
+        self._serving[flags] = (etag, command.payload, command.content_format)
+        if not inbound.acked:
+            self._send_message(messages.ack(inbound.message_id))
+        self._send_describe_block(inbound.token, flags, 0)
+
+    def _send_describe_block(self, token: bytes, flags: int, num: int) -> None:
+        assert self._serving is not None
+        etag, payload, content_format = self._serving[flags]
+        block = payload[num * DESCRIBE_BLOCK : (num + 1) * DESCRIBE_BLOCK]
+        more = (num + 1) * DESCRIBE_BLOCK < len(payload)
+        options = (
+            (OptionNumber.ETAG, etag),
+            (OptionNumber.BLOCK2, messages.block_option(num, more, _DESCRIBE_SZX)),
+        )
+        inbound = _Inbound(MessageKind.DESCRIBE, 0, token, True)
+        self._answer(
+            inbound,
+            Code.CONTENT,
+            block,
+            self._now,
+            confirmable=True,
+            content_format=content_format,
+            options=options,
+        )
+        if not more:
+            del self._serving[flags]
+            if not self._serving:
+                self._serving = None
 
     def _block1(self, msg: coap.Message) -> bool:
         """

@@ -18,6 +18,8 @@ from devicecloud.protocol import (
     CallFunction,
     ConnectionClosed,
     ConnectionState,
+    DescribeReceived,
+    DescribeRequested,
     DeviceHello,
     DeviceIdentified,
     Event,
@@ -25,12 +27,17 @@ from devicecloud.protocol import (
     FunctionReturned,
     HelloReceived,
     RejectDevice,
+    RequestDescribe,
+    RequestFailed,
+    RespondDescribe,
     RespondFunction,
     Role,
     ServerHelloReceived,
 )
+from devicecloud.protocol.codes import DescribeFlags, VariableType
+from devicecloud.protocol.describe import build_describe
 from devicecloud.protocol.dtls import DtlsClient, DtlsServer, check_client_hello, spki_der
-from devicecloud.protocol.udp import UdpSession, idle_timeout_for
+from devicecloud.protocol.udp import DESCRIBE_BLOCK, UdpSession, idle_timeout_for
 
 
 class Pair:
@@ -192,3 +199,64 @@ def test_garbage_and_truncated_datagrams_are_dropped_not_fatal() -> None:
 def test_the_idle_deadline_follows_the_platform_keepalive() -> None:
     assert idle_timeout_for(12) < 120  # Argon: Wi-Fi, 25 s pings
     assert idle_timeout_for(13) > 23 * 60  # Boron: cellular, 23 min pings
+
+
+def _big_describe() -> bytes:
+    functions = [f"function{n:02d}" for n in range(90)]
+    variables = {f"variable{n:02d}": VariableType.STRING for n in range(90)}
+    return build_describe(functions=functions, variables=variables, platform_id=12)
+
+
+def _asked_describe(pair: Pair, flags: DescribeFlags) -> tuple[int, int]:
+    """The cloud asks; the device's application answers with a Describe of about 2.7 KB (three blocks)."""
+    assert pair.cloud is not None
+    rid = pair.cloud.send(RequestDescribe(flags=int(flags)), pair.now)
+    assert rid is not None
+    pair.pump()
+    (asked,) = [e for e in pair.device_events if isinstance(e, DescribeRequested)]
+    assert flags == asked.flags
+    pair.device.send(RespondDescribe(asked.request_id, _big_describe()), pair.now)
+    return rid, asked.request_id
+
+
+def test_a_describe_too_big_for_one_message_comes_back_blockwise_and_whole() -> None:
+    pair = Pair()
+    pair.pump()
+    pair.accept()
+    assert len(_big_describe()) > 2 * DESCRIBE_BLOCK
+    rid, _ = _asked_describe(pair, DescribeFlags.APPLICATION)
+    pair.lose_next_to_device = 2  # the ACK of the first block and the request for the second: retransmitted
+    pair.pump()
+    assert not [e for e in pair.cloud_events if isinstance(e, DescribeReceived)]
+    timer = pair.cloud.get_timer() if pair.cloud else None
+    assert timer is not None
+    pair.now = timer
+    assert pair.cloud is not None
+    pair.cloud.handle_timer(pair.now)
+    pair.pump()
+    (received,) = [e for e in pair.cloud_events if isinstance(e, DescribeReceived)]
+    assert rid == received.request_id
+    assert received.description.functions is not None
+    assert received.description.variables is not None
+    assert 90 == len(received.description.functions) == len(received.description.variables)
+    assert "function89" in received.description.functions
+    assert 1 == pair.cloud.retransmissions
+    # The device asked its application once; the later blocks came from the answer it kept, now dropped.
+    assert 1 == len([e for e in pair.device_events if isinstance(e, DescribeRequested)])
+    assert pair.device._serving is None
+
+
+def test_a_block_of_a_describe_the_device_no_longer_serves_fails_the_request() -> None:
+    pair = Pair()
+    pair.pump()
+    pair.accept()
+    rid, _ = _asked_describe(pair, DescribeFlags.APPLICATION | DescribeFlags.SYSTEM)
+    # The first block is on its way; the device forgets the answer, as Device OS does after its blockwise
+    # response timeout, so the request for the second block finds nothing.
+    pair.device._serving = None
+    pair.pump()
+    assert pair.cloud is not None
+    (failed,) = [e for e in pair.cloud_events if isinstance(e, RequestFailed)]
+    assert (rid, 0x84) == (failed.request_id, failed.code)
+    assert not [e for e in pair.cloud_events if isinstance(e, DescribeReceived)]
+    assert ConnectionState.ESTABLISHED == pair.cloud.state
