@@ -58,6 +58,7 @@ async def _argon(
     key: ec.EllipticCurvePrivateKey,
     *,
     claim: bool = True,
+    extra_functions: int = 0,
     **options: Any,
 ) -> VirtualDevice:
     device_id = "e00fce68" + key.public_key().public_numbers().x.to_bytes(32, "big")[:8].hex()
@@ -86,6 +87,8 @@ async def _argon(
     device.set_variable("vint", -42)
     device.set_variable("vstring", "hello over DTLS")
     device.add_function("echo_len", lambda arg: len(arg))
+    for n in range(extra_functions):
+        device.add_function(f"more_function_{n:03d}", lambda arg: 7)
     await device.start()
     await device.wait_connected(WAIT)
     return device
@@ -209,6 +212,26 @@ async def test_a_describe_too_big_for_one_message_is_fetched_block_by_block(
     body = (await client.get(f"/v1/devices/{argon.device_id}", headers=ada.auth)).json()
     assert 121 == len(body["functions"])
     assert argon.connected
+
+
+async def test_a_describe_too_big_for_one_message_arrives_in_block1_parts(
+    client: httpx.AsyncClient, ada: Account, runtime: Runtime
+) -> None:
+    """
+    A device with many functions sends its own Describe on connect in Block1 parts (Device OS ≥ 3.3): the
+    cloud joins them and stores the whole application.
+    """
+    device = await _argon(client, ada, runtime, ec.generate_private_key(ec.SECP256R1()), extra_functions=120)
+    try:
+        assert len(device.describe_payload()) > 2 * DESCRIBE_BLOCK
+        body = await _described(client, ada, device)
+        assert 121 == len(body["functions"])  # type: ignore[arg-type]
+        called = await client.post(
+            f"/v1/devices/{device.device_id}/more_function_119", json={"args": ""}, headers=ada.auth
+        )
+        assert (200, 7) == (called.status_code, called.json().get("return_value")), called.text
+    finally:
+        await device.stop()
 
 
 async def test_a_device_claimed_while_connected_receives_its_new_owners_events(

@@ -436,7 +436,16 @@ class CoapSession:
         if request is not None:
             self._on_result(request, msg)
 
+    def _continue_request(self, request: Outstanding, msg: coap.Message) -> bool:
+        """
+        Whether ``msg`` only lets a request we send in parts go on (`UdpSession`: a Block1 Describe's
+        2.31 Continue); the request then stays outstanding.
+        """
+        return False
+
     def _on_result(self, request: Outstanding, msg: coap.Message) -> None:
+        if self._continue_request(request, msg):
+            return
         if request.kind is MessageKind.DESCRIBE and self.role is Role.CLOUD and not request.internal:
             whole = self._describe_block(request, msg)
             if whole is None:

@@ -106,6 +106,7 @@ class Outstanding:
     index: int = 0
     blocks: bytearray | None = None  # a Describe answered blockwise (Block2): the blocks so far
     etag: bytes = b""  # the blockwise Describe's ETag: every block must carry the first block's
+    content_format: int | None = None  # a Describe we send blockwise (Block1): each part carries it
 
 
 class RequestTable:

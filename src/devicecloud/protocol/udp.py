@@ -57,6 +57,7 @@ from devicecloud.protocol.dtls import (
 )
 from devicecloud.protocol.dtls import ConnectionClosed as DtlsClosed
 from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
+from devicecloud.protocol.reliability import Outstanding
 
 __all__ = [
     "ACK_TIMEOUT",
@@ -283,6 +284,12 @@ class UdpSession(CoapSession):
             ):
                 self._serve_describe(command)
                 return None
+            if (
+                isinstance(command, commands.SendDescribe)
+                and self.role is Role.DEVICE
+                and len(command.payload) > DESCRIBE_BLOCK
+            ):
+                return self._send_describe_blockwise(command, now)
             return super().send(command, now)
         finally:
             self._collect()
@@ -461,6 +468,44 @@ class UdpSession(CoapSession):
             return True
         self._send_message(messages.ack(msg.message_id))
         self._send_describe_block(msg.token, flags, num)
+        return True
+
+    def _send_describe_blockwise(self, command: commands.SendDescribe, now: float) -> int:
+        """
+        Device role, as Device OS ≥ 3.3: a device-initiated Describe too big for one message goes in Block1
+        parts, each under a new token once the previous one's 2.31 Continue arrived; the cloud's answer to
+        the last part completes the request.
+        """
+        if self._state is not ConnectionState.ESTABLISHED:
+            raise LocalProtocolError("not connected")
+        request = self._new_request(MessageKind.DESCRIBE, now)
+        request.blocks = bytearray(command.payload)
+        request.flags = int(command.flags)
+        request.content_format = command.content_format
+        self._send_describe_part(request)
+        return request.request_id
+
+    def _send_describe_part(self, request: Outstanding) -> None:
+        assert request.blocks is not None
+        assert request.flags is not None
+        num = request.index
+        part = bytes(request.blocks[num * DESCRIBE_BLOCK : (num + 1) * DESCRIBE_BLOCK])
+        more = (num + 1) * DESCRIBE_BLOCK < len(request.blocks)
+        msg = messages.device_describe(request.message_id, part, request.flags, request.content_format)
+        block1 = ((OptionNumber.BLOCK1, messages.block_option(num, more, _DESCRIBE_SZX)),)
+        self._send_message(replace(msg, token=request.token, options=msg.options + block1))
+
+    def _continue_request(self, request: Outstanding, msg: coap.Message) -> bool:
+        if request.kind is not MessageKind.DESCRIBE or self.role is not Role.DEVICE or request.blocks is None:
+            return False
+        if msg.code != _CONTINUE:  # the last part's answer, or a refusal: the request ends as usual
+            request.blocks = None
+            return False
+        request.index += 1
+        request.message_id = self._ids.next()
+        request.token = self._tokens.next(self._requests.tokens())
+        request.acked = False
+        self._send_describe_part(request)
         return True
 
     def _serve_describe(self, command: commands.RespondDescribe) -> None:

@@ -27,11 +27,13 @@ from devicecloud.protocol import (
     FunctionReturned,
     HelloReceived,
     RejectDevice,
+    RequestCompleted,
     RequestDescribe,
     RequestFailed,
     RespondDescribe,
     RespondFunction,
     Role,
+    SendDescribe,
     ServerHelloReceived,
 )
 from devicecloud.protocol.codes import DescribeFlags, VariableType
@@ -260,3 +262,19 @@ def test_a_block_of_a_describe_the_device_no_longer_serves_fails_the_request() -
     assert (rid, 0x84) == (failed.request_id, failed.code)
     assert not [e for e in pair.cloud_events if isinstance(e, DescribeReceived)]
     assert ConnectionState.ESTABLISHED == pair.cloud.state
+
+
+def test_a_device_sends_a_describe_too_big_for_one_message_in_block1_parts() -> None:
+    pair = Pair()
+    pair.pump()
+    pair.accept()
+    sent_before = len(pair.up)
+    rid = pair.device.send(SendDescribe(_big_describe()), pair.now)
+    pair.pump()
+    assert len(pair.up) - sent_before >= 3  # three parts, each after the previous one's 2.31 Continue
+    (received,) = [e for e in pair.cloud_events if isinstance(e, DescribeReceived)]
+    assert received.request_id is None  # volunteered by the device
+    assert received.description.functions is not None
+    assert 90 == len(received.description.functions)
+    (done,) = [e for e in pair.device_events if isinstance(e, RequestCompleted)]
+    assert rid == done.request_id
