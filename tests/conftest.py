@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devicecloud.runtime import Runtime, build_runtime
@@ -134,6 +135,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'devicecloud.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture(autouse=True)
+def _logging_configured_per_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """
+    Commands run in-process (the CLI tests) configure structlog as ``serve`` does, caching each logger at its
+    first use: a logger cached so stays bound to that test's stderr and level for the rest of the run, and a
+    later test's ``capture_logs`` sees nothing. Here configurations never cache, and end with their test.
+    """
+    configure = structlog.configure
+
+    def uncached(*args: Any, **kwargs: Any) -> None:
+        configure(*args, **{**kwargs, "cache_logger_on_first_use": False})
+
+    monkeypatch.setattr(structlog, "configure", uncached)
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
