@@ -197,6 +197,25 @@ async def test_one_product_devices_stream(
         await device.stop()
 
 
+async def test_a_team_member_streams_a_product_device_it_does_not_own(
+    client: httpx.AsyncClient, runtime: Runtime, served: Served, owner: Account
+) -> None:
+    """
+    ``/v1/devices/:id/events`` names a product device owned by another account: the product's team sees its
+    events there too (as on the product's device stream), and someone outside the team is refused.
+    """
+    ada = await make_account(client, "ada@example.com")
+    inside = await product_device(client, runtime, ada)
+    async with stream(served, f"/v1/devices/{inside.device_id}/events", owner) as one:
+        await inside.publish("t/private", "1", private=True, with_ack=True)
+        name, data = await one.event()
+        assert ("t/private", inside.device_id) == (name, data["coreid"])
+    stranger = await make_account(client, "stranger@example.com")
+    refused = await served.http.get(f"/v1/devices/{inside.device_id}/events", headers=stranger.auth)
+    assert 403 == refused.status_code, refused.text
+    await inside.stop()
+
+
 def test_product_stream_opens_are_rate_limited() -> None:
     """Opening a product stream counts against rate_limit_events, like the others (catalogue §1.5)."""
     limits = RateLimits(Settings(rate_limit_events="7/minute"))

@@ -491,8 +491,15 @@ class EventService:
         else:
             if device_ref is None:
                 raise PermissionDenied("Permission Denied", code="Permission Denied")
-            device = await self._devices.access_device(user, device_ref)
-            event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
+            device = await self._devices.access_device(user, device_ref, "events:get")
+            if device.owner_id != user.id and device.membership is not None:
+                # A product device reached through the caller's team: its events, as the product's stream
+                # has them (the owner filter would leave the stream empty).
+                event_filter = EventFilter(
+                    prefix=prefix, product_id=device.membership.product_id, device_id=device.id
+                )
+            else:
+                event_filter = EventFilter(prefix=prefix, owner_id=user.id, device_id=device.id)
         subscription = self._bus.subscribe(event_filter, max_pending=self._policy.max_pending)
         await self._bus.subscribed()  # a publish through another node right after the stream opens arrives
         return subscription
