@@ -232,6 +232,40 @@ async def test_devices_receive_system_events_only_when_addressed_to_them(bus: Ev
     everything.close()
 
 
+async def test_product_devices_get_their_products_publishes_and_their_customers_devices_events(
+    bus: EventBus,
+) -> None:
+    """
+    A product device's subscription, claimed or not, gets what its product publishes to the fleet (hosted
+    cloud since 2023); a customer's device gets the events of that customer's other devices. Nothing of
+    another product or customer, nor an unclaimed sibling's events; a subscription naming one device gets
+    none of the product's publishes.
+    """
+    mine = EventFilter(prefix="fleet", owner_id=None)  # an unclaimed device's MY_DEVICES subscription
+    unclaimed = bus.subscribe(DeviceFilter("d1", mine, product_id=7), lossy=True)
+    customers = bus.subscribe(DeviceFilter("d2", mine, product_id=7, customer_id=3), lossy=True)
+    one_device = bus.subscribe(
+        DeviceFilter("d3", EventFilter(prefix="fleet", device_id="d9"), product_id=7), lossy=True
+    )
+    for published in (
+        event("fleet/update", owner=None, product=7),  # POST /v1/products/7/events
+        event("fleet/other-product", owner=None, product=8),
+        event("fleet/sibling", owner=None, product=7, device="d9"),  # an unclaimed sibling's publish
+        event("fleet/customer", owner=None, product=7, customer=3, device="d4"),
+        event("fleet/other-customer", owner=None, product=7, customer=4, device="d5"),
+        event("fleet/particle-made", owner=None, product=7, to_device="d6"),
+        event("fleet/last", owner=None, product=7),
+        event("fleet/to-d3", owner=None, product=7, to_device="d3"),
+    ):
+        await bus.publish(published)
+    await bus.settle()
+    assert ["fleet/update", "fleet/last"] == await drain(unclaimed, 2)
+    assert ["fleet/update", "fleet/customer", "fleet/last"] == await drain(customers, 3)
+    assert ["fleet/to-d3"] == await drain(one_device, 1)
+    for feed in (unclaimed, customers, one_device):
+        feed.close()
+
+
 async def test_a_lossy_subscriber_loses_events_and_stays_open(bus: EventBus) -> None:
     """Past its bound a lossy subscriber loses what does not fit, counted, and receives later events."""
     lossy = bus.subscribe(EventFilter(owner_id=1), lossy=True)

@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.api import Account, make_account
-from tests.support.devices import connect_device
+from tests.support.devices import connect_device, wait_until
 from tests.support.sse import Served, serve_app, stream
 
 from devicecloud.api.middleware import RateLimits
 from devicecloud.runtime import Runtime
 from devicecloud.settings import Settings
-from devicecloud.virtualdevice import VirtualDevice
+from devicecloud.virtualdevice import SubscriptionScope, VirtualDevice
 
 EVENTS = "/v1/products/brew-bot/events"
 
@@ -214,6 +214,38 @@ async def test_a_team_member_streams_a_product_device_it_does_not_own(
     refused = await served.http.get(f"/v1/devices/{inside.device_id}/events", headers=stranger.auth)
     assert 403 == refused.status_code, refused.text
     await inside.stop()
+
+
+async def test_what_a_product_publishes_reaches_its_subscribed_devices(
+    client: httpx.AsyncClient, runtime: Runtime, owner: Account
+) -> None:
+    """
+    ``POST /v1/products/:p/events`` reaches the product's devices that subscribe to its name (the hosted
+    cloud's fleet-wide publish), whoever owns them; a device outside the product gets nothing of it.
+    """
+    ada = await make_account(client, "ada@example.com")
+    inside = await product_device(client, runtime, ada)
+    outside = await connect_device(client, ada, runtime)
+    got: dict[str, list[tuple[str, str | None]]] = {inside.device_id: [], outside.device_id: []}
+    for device in (inside, outside):
+        await device.subscribe(
+            "fleet",
+            lambda name, data, d=device.device_id: got[d].append((name, data)),
+            scope=SubscriptionScope.MY_DEVICES,
+        )
+        await device.ping()
+    published = await client.post(EVENTS, json={"name": "fleet/config", "data": "v2"}, headers=owner.auth)
+    assert 200 == published.status_code, published.text
+    await client.post("/v1/devices/events", json={"name": "fleet/own", "data": "1"}, headers=ada.auth)
+
+    async def delivered() -> bool:
+        return len(got[inside.device_id]) == 2 and len(got[outside.device_id]) == 1
+
+    await wait_until(delivered)
+    assert [("fleet/config", "v2"), ("fleet/own", "1")] == got[inside.device_id]
+    assert [("fleet/own", "1")] == got[outside.device_id]
+    for device in (inside, outside):
+        await device.stop()
 
 
 def test_product_stream_opens_are_rate_limited() -> None:

@@ -33,6 +33,8 @@ _AUDIENCE_KINDS = {
     "product": "prod",  # a product's events, whoever owns the device (`/v1/products/:p/events`)
     "customer": "cust",  # a product customer's devices' events (decision 0032)
     "owner-devices": "odev",
+    "product-devices": "prdev",  # what a product publishes, to its devices' subscriptions
+    "customer-devices": "cdev",  # a customer's devices' events, to its other devices
     "to": "to",
 }
 

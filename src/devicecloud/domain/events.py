@@ -67,9 +67,11 @@ class CloudEvent:
 
 #: Who may receive an event, as a bus index key: ``("owner", id)``, ``("product", id)``, ``("customer", id)``
 #: (a product customer's devices, decision 0032), ``("public", "")``, ``("all", "")`` for streams and the
-#: cloud's consumers; ``("to", device_id)``, ``("owner-devices", id)``, ``("public-devices", "")`` for device
-#: subscriptions. A filter lists (audience, prefix) routes; an event can only match a filter that shares an
-#: audience with it and whose route prefix starts its name.
+#: cloud's consumers; ``("to", device_id)``, ``("owner-devices", id)``, ``("public-devices", "")``,
+#: ``("product-devices", id)`` (what the product publishes, to its fleet) and ``("customer-devices", id)`` (a
+#: customer's devices' events, to its other devices) for device subscriptions. A filter lists (audience,
+#: prefix) routes; an event can only match a filter that shares an audience with it and whose route prefix
+#: starts its name.
 Audience = tuple[str, Hashable]
 Route = tuple[Audience, str]
 EVERYONE: Audience = ("all", "")
@@ -98,7 +100,19 @@ def audiences(event: CloudEvent) -> tuple[Audience, ...]:
             found.append(("owner-devices", event.owner_id))
         if event.public:
             found.append(PUBLIC_TO_DEVICES)
+        if event.product_id is not None and event.device_id is None:
+            found.append(("product-devices", event.product_id))
+        if event.customer_id is not None:
+            found.append(("customer-devices", event.customer_id))
     return tuple(found)
+
+
+def is_fleet_event(event: CloudEvent, product_id: int) -> bool:
+    """
+    An event ``product_id`` publishes itself (``POST /v1/products/:p/events``): its devices may subscribe
+    to it, claimed or not, as the hosted cloud's fleet-wide publish reaches them.
+    """
+    return event.product_id == product_id and event.device_id is None and event.owner_id is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +181,11 @@ class DeviceFilter:
 
     recipient: str
     visible: EventFilter
+    #: The recipient's product and customer (a product device; a customer's device): what the product
+    #: publishes reaches it, and so do the events of its customer's other devices, unless the subscription
+    #: names one device.
+    product_id: int | None = None
+    customer_id: int | None = None
 
     @property
     def prefix(self) -> str:
@@ -177,7 +196,15 @@ class DeviceFilter:
             return False
         if event.to_device is not None:
             return event.to_device == self.recipient
-        return not is_system_name(event.name) and self.visible.matches(event)
+        if is_system_name(event.name):
+            return False
+        if self.visible.matches(event):
+            return True
+        if self.visible.device_id is not None or self.product_id is None:
+            return False
+        if is_fleet_event(event, self.product_id):
+            return True
+        return self.customer_id is not None and event.customer_id == self.customer_id
 
     def routes(self) -> tuple[Route, ...]:
         prefix, owner = self.visible.prefix, self.visible.owner_id
@@ -187,6 +214,10 @@ class DeviceFilter:
                 found.append((("owner-devices", owner), prefix))
             if self.visible.include_public:
                 found.append((PUBLIC_TO_DEVICES, prefix))
+            if self.product_id is not None and self.visible.device_id is None:
+                found.append((("product-devices", self.product_id), prefix))
+                if self.customer_id is not None:
+                    found.append((("customer-devices", self.customer_id), prefix))
         return tuple(found)
 
 

@@ -569,8 +569,9 @@ class EventService:
         await after it: the gateway swaps an old feed for the new one on that promise.
         """
         owner = await self.owner_of(device_id)
+        product, _, customer = await self.membership_of(device_id)
         parts = tuple(
-            self._device_filter(device_id, owner, prefix, scope, from_device)
+            self._device_filter(device_id, owner, prefix, scope, from_device, product, customer)
             for prefix, scope, from_device in wanted
         )
         if not parts:
@@ -580,16 +581,23 @@ class EventService:
 
     @staticmethod
     def _device_filter(
-        device_id: str, owner: int | None, prefix: str, scope: StreamScope, from_device: str | None
+        device_id: str,
+        owner: int | None,
+        prefix: str,
+        scope: StreamScope,
+        from_device: str | None,
+        product: int | None = None,
+        customer: int | None = None,
     ) -> DeviceFilter:
-        # An unowned device's "mine" covers nobody's ordinary events, only those addressed to it.
+        # An unowned device's "mine" covers nobody's ordinary events, only those addressed to it; a product
+        # device's covers what its product publishes, and a customer's device its customer's devices' events.
         visible = EventFilter(
             prefix=prefix,
             owner_id=owner,
             include_public=scope != "mine",
             device_id=from_device if scope == "device" else None,
         )
-        return DeviceFilter(recipient=device_id, visible=visible)
+        return DeviceFilter(recipient=device_id, visible=visible, product_id=product, customer_id=customer)
 
     async def device_subscription(
         self, device_id: str, prefix: str, scope: StreamScope, from_device: str | None = None
