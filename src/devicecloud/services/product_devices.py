@@ -428,12 +428,11 @@ class ProductDeviceService:
                 self._read_behind(product.id, query, shape)
             first = (query.page - 1) * query.per_page * ID_LENGTH
             last = min(len(ordered), first + query.per_page * ID_LENGTH)
-            found = await tx.product_devices.records(
+            found = await tx.product_devices.records_with_groups(
                 [ordered[at : at + ID_LENGTH] for at in range(first, last, ID_LENGTH)]
             )
-            groups = await tx.product_devices.groups_of([d.id for d in found])
             releases = await self._releases(tx, product.id) if found else Releases()
-        listed = [self._listed(d, groups[d.id], product.id, releases) for d in found]
+        listed = [self._listed(d, groups, product.id, releases) for d, groups in found]
         return DevicePage(listed, len(ordered) // ID_LENGTH, query.page, query.per_page)
 
     def _listed(

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Integer,
     String,
     Table,
@@ -25,9 +26,11 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from devicecloud.domain.devices import Device, ProductMembership
@@ -74,6 +77,35 @@ def _one_of(column: Any, *, postgres: bool) -> Any:
 
 # Built once (a page of a list reads them): keyed by "is PostgreSQL".
 _RECORDS = {pg: select_devices().where(_one_of(devices.c.id, postgres=pg)) for pg in (False, True)}
+
+
+def _groups_column(*, postgres: bool) -> Any:
+    """
+    The device's groups as a JSON list of [id, name], in one correlated subquery of the records' read: a
+    page of a list is then one round trip, not two. PostgreSQL orders them by name as `groups_of` does (its
+    collation); SQLite's order is the caller's to make (its BINARY order of names is Python's).
+    """
+    pair = (func.json_build_array if postgres else func.json_array)(device_groups.c.id, device_groups.c.name)
+    listed = (
+        func.json_agg(aggregate_order_by(pair, device_groups.c.name))
+        if postgres
+        else func.json_group_array(pair)
+    )
+    return type_coerce(
+        select(listed)
+        .select_from(
+            device_group_members.join(device_groups, device_groups.c.id == device_group_members.c.group_id)
+        )
+        .where(device_group_members.c.device_id == devices.c.id)
+        .scalar_subquery(),
+        JSON(),
+    ).label("group_list")
+
+
+_RECORDS_WITH_GROUPS = {
+    pg: select_devices().add_columns(_groups_column(postgres=pg)).where(_one_of(devices.c.id, postgres=pg))
+    for pg in (False, True)
+}
 _GROUPS_OF = {
     pg: select(device_group_members.c.device_id, device_groups.c.id, device_groups.c.name)
     .join(device_groups, device_groups.c.id == device_group_members.c.group_id)
@@ -312,6 +344,22 @@ class SqlProductDevices:
         stmt = _RECORDS[self._conn.dialect.name == "postgresql"]
         rows = await self._conn.execute(stmt, {"ids": list(ids)})
         found = {row.id: device_from_row(row) for row in rows}
+        return [found[i] for i in ids if i in found]
+
+    async def records_with_groups(self, ids: Sequence[str]) -> list[tuple[Device, list[tuple[int, str]]]]:
+        """
+        The records of ``ids`` that exist, in the order given, each with its groups as `groups_of` has them.
+        """
+        if not ids:
+            return []
+        postgres = self._conn.dialect.name == "postgresql"
+        rows = await self._conn.execute(_RECORDS_WITH_GROUPS[postgres], {"ids": list(ids)})
+        found: dict[str, tuple[Device, list[tuple[int, str]]]] = {}
+        for row in rows:
+            groups = [(int(group_id), str(name)) for group_id, name in row.group_list or ()]
+            if not postgres:
+                groups.sort(key=lambda group: group[1])
+            found[row.id] = (device_from_row(row), groups)
         return [found[i] for i in ids if i in found]
 
     async def groups_of(self, device_ids: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
