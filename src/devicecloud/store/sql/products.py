@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Integer, and_, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,6 +30,19 @@ from devicecloud.store.tables import (
 )
 
 _PRODUCT_COLUMNS = (*products.c, users.c.username.label("owner_username"))
+
+# Built once, keyed by "is PostgreSQL" (every GET /v1/products/:p reads its group names): one array
+# parameter there, so one prepared statement for any number of products; an expanding IN elsewhere.
+_GROUP_NAMES = {
+    pg: select(device_groups.c.product_id, device_groups.c.name)
+    .where(
+        device_groups.c.product_id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer())))
+        if pg
+        else device_groups.c.product_id.in_(bindparam("ids", expanding=True))
+    )
+    .order_by(device_groups.c.name)
+    for pg in (False, True)
+}
 
 
 # Built once: a device's product membership, read outside any unit of work (store/sql/token_lookup.py).
@@ -340,12 +354,8 @@ class SqlGroups:
         found: dict[int, list[str]] = {p: [] for p in product_ids}
         if not product_ids:
             return found
-        stmt = (
-            select(device_groups.c.product_id, device_groups.c.name)
-            .where(device_groups.c.product_id.in_(list(product_ids)))
-            .order_by(device_groups.c.name)
-        )
-        for row in await self._conn.execute(stmt):
+        stmt = _GROUP_NAMES[self._conn.dialect.name == "postgresql"]
+        for row in await self._conn.execute(stmt, {"ids": list(product_ids)}):
             found[row.product_id].append(row.name)
         return found
 
