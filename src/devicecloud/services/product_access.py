@@ -33,6 +33,8 @@ class ProductStanding:
 
     product: Product
     role: Role | None
+    #: The product's group names, when asked for (``groups=True``): read in the same statement.
+    groups: tuple[str, ...] = ()
 
 
 def product_not_found() -> NotFound:
@@ -52,9 +54,12 @@ async def find_product(tx: UnitOfWork, ref: str) -> Product | None:
     return await tx.products.get_by_slug(ref.lower()) if len(ref) <= 64 else None
 
 
-async def standing(tx: UnitOfWork, principal: AnyPrincipal, ref: str) -> ProductStanding:
+async def standing(
+    tx: UnitOfWork, principal: AnyPrincipal, ref: str, *, groups: bool = False
+) -> ProductStanding:
     """
-    The product and the caller's role in it; `NotFound` when the caller has no standing there (one read).
+    The product and the caller's role in it (and its group names if ``groups``); `NotFound` when the caller
+    has no standing there (one read).
     """
     user_id = principal.user.id if isinstance(principal, Principal) else None
     key: int | str | None = None
@@ -62,26 +67,41 @@ async def standing(tx: UnitOfWork, principal: AnyPrincipal, ref: str) -> Product
         key = int(ref)
     elif len(ref) <= 64:
         key = ref.lower()
-    found = await tx.products.with_role(key, user_id) if key is not None else None
+    names: tuple[str, ...] = ()
+    if key is None:
+        found = None
+    elif groups:
+        with_groups = await tx.products.with_role_and_groups(key, user_id)
+        found = with_groups[:2] if with_groups is not None else None
+        names = tuple(with_groups[2]) if with_groups is not None else ()
+    else:
+        found = await tx.products.with_role(key, user_id)
     if found is None:
         raise product_not_found()
     product, role = found
     if isinstance(principal, Principal):
         if role is None:
             raise product_not_found()
-        return ProductStanding(product, role)
+        return ProductStanding(product, role, names)
     if principal.product_id != product.id:
         raise product_not_found()
-    return ProductStanding(product, None)
+    return ProductStanding(product, None, names)
 
 
 async def access_product(
-    tx: UnitOfWork, principal: AnyPrincipal, ref: str, action: str, kind: ResourceKind = "product"
+    tx: UnitOfWork,
+    principal: AnyPrincipal,
+    ref: str,
+    action: str,
+    kind: ResourceKind = "product",
+    *,
+    groups: bool = False,
 ) -> ProductStanding:
     """
-    The product named by ``ref`` if ``principal`` may do ``action`` to its ``kind`` of resource.
+    The product named by ``ref`` if ``principal`` may do ``action`` to its ``kind`` of resource (with its
+    group names if ``groups``).
     """
-    found = await standing(tx, principal, ref)
+    found = await standing(tx, principal, ref, groups=groups)
     if not can(principal, action, Resource(kind, product_id=found.product.id), found.role):
         raise refused(action)
     return found

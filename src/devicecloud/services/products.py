@@ -211,9 +211,8 @@ class ProductService:
 
     async def get(self, principal: AnyPrincipal, ref: str) -> ProductView:
         async with self._store.transaction(readonly=True) as tx:
-            product = (await access_product(tx, principal, ref, "products:get")).product
-            groups = await tx.groups.names_by_product([product.id])
-        return ProductView(product, tuple(groups[product.id]))
+            found = await access_product(tx, principal, ref, "products:get", groups=True)
+        return ProductView(found.product, found.groups)
 
     async def update(
         self,

@@ -429,6 +429,14 @@ class ProductRepository(Protocol):
         """
         ...
 
+    async def with_role_and_groups(
+        self, ref: int | str, user_id: int | None
+    ) -> tuple[Product, Role | None, list[str]] | None:
+        """
+        `with_role` and the product's group names (by name), in the same one read.
+        """
+        ...
+
     async def slug_taken(self, slug: str) -> bool: ...
 
     async def list_for_member(self, user_id: int) -> Sequence[Product]:

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, and_, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import JSON, Integer, and_, any_, bindparam, delete, func, insert, select, type_coerce, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -106,6 +107,31 @@ _PRODUCT_BY_ID = _with_role(products.c.id == bindparam("product_id"))
 _PRODUCT_BY_SLUG = _with_role(products.c.slug == bindparam("slug"))
 
 
+def _group_names_column(*, postgres: bool) -> Any:
+    """
+    The product's group names as a JSON list (PostgreSQL orders them by name, as `names_by_product` does;
+    SQLite's are sorted by the caller: its BINARY order of names is Python's).
+    """
+    names = (
+        func.json_agg(aggregate_order_by(device_groups.c.name, device_groups.c.name))
+        if postgres
+        else (func.json_group_array(device_groups.c.name))
+    )
+    found = select(names).where(device_groups.c.product_id == products.c.id).scalar_subquery()
+    return type_coerce(found, JSON()).label("group_names")
+
+
+# Built once, keyed by (is PostgreSQL, by id): GET /v1/products/:p reads the product, the caller's role and
+# its group names in one statement.
+_WITH_GROUPS = {
+    (pg, by_id): _with_role(
+        products.c.id == bindparam("product_id") if by_id else products.c.slug == bindparam("slug")
+    ).add_columns(_group_names_column(postgres=pg))
+    for pg in (False, True)
+    for by_id in (False, True)
+}
+
+
 class SqlProducts:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -163,6 +189,23 @@ class SqlProducts:
         if row is None:
             return None
         return _product(row), Role(row.member_role) if row.member_role is not None else None
+
+    async def with_role_and_groups(
+        self, ref: int | str, user_id: int | None
+    ) -> tuple[Product, Role | None, list[str]] | None:
+        params: dict[str, Any] = {"user_id": user_id}
+        postgres = self._conn.dialect.name == "postgresql"
+        if isinstance(ref, int):
+            stmt, params["product_id"] = _WITH_GROUPS[postgres, True], ref
+        else:
+            stmt, params["slug"] = _WITH_GROUPS[postgres, False], ref
+        row = (await self._conn.execute(stmt, params)).first()
+        if row is None:
+            return None
+        names = [str(name) for name in row.group_names or ()]
+        if not postgres:
+            names.sort()
+        return _product(row), Role(row.member_role) if row.member_role is not None else None, names
 
     async def slug_taken(self, slug: str) -> bool:
         stmt = select(func.count()).select_from(products).where(products.c.slug == slug)
