@@ -20,6 +20,7 @@ from tests.support.flashing import flash, next_status
 
 from devicecloud.bus.interfaces import Subscription
 from devicecloud.domain.firmware import Dependency, ModuleFunction, build_module
+from devicecloud.domain.images import FileImage, Image, image_bytes
 from devicecloud.protocol import ResponseStyle
 from devicecloud.runtime import Runtime
 from devicecloud.virtualdevice.device import VirtualDevice
@@ -212,10 +213,10 @@ async def test_updates_of_the_same_binary_share_one_copy_of_it(
     Each PUT uploads its own copy; the updates under way read one copy per distinct binary (by content), and
     it is let go when the last of them ends.
     """
-    sent: dict[str, bytes] = {}
+    sent: dict[str, Image] = {}
     start = runtime.gateway.updates.start_update
 
-    def spy(device_id: str, image: bytes) -> Any:
+    def spy(device_id: str, image: Image) -> Any:
         sent[device_id] = image
         return start(device_id, image)
 
@@ -228,12 +229,15 @@ async def test_updates_of_the_same_binary_share_one_copy_of_it(
             assert 200 == (await flash(client, ada, device.device_id, data)).status_code
         assert sent[silent.device_id] is sent[same.device_id]
         assert sent[other.device_id] is not sent[silent.device_id]
-        assert sent[other.device_id] == app_binary(seed=9)
-        await wait_until(lambda: _true(same.firmware == image and other.firmware == sent[other.device_id]))
+        assert image_bytes(sent[other.device_id]) == app_binary(seed=9)
+        # Uploads past the spool size are sent from their file, not read into memory.
+        assert all(isinstance(i, FileImage) and not i.closed for i in sent.values())
+        await wait_until(lambda: _true(same.firmware == image and other.firmware == app_binary(seed=9)))
         await wait_until(lambda: _true(runtime.firmware.images.updates == 1))
         assert (runtime.firmware.images.distinct, runtime.firmware.images.nbytes) == (1, len(image))
         clock.advance(21)  # the silent device's update fails: nothing is held any more
         await wait_until(lambda: _true(runtime.firmware.images.distinct == 0))
+        assert all(isinstance(i, FileImage) and i.closed for i in sent.values())  # descriptors back
     finally:
         for device in (silent, same, other):
             await device.stop()

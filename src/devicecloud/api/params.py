@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from devicecloud.api.text_guard import StrictMultiPartParser, check_tree, decode_urlencoded
+from devicecloud.domain.images import FileImage, Image, image_bytes
 from devicecloud.errors import InvalidInput
 
 FORM = "application/x-www-form-urlencoded"
@@ -37,11 +38,18 @@ MAX_UPLOAD = 5 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """A file from a multipart body: its field name (``file``, ``file1``…), its filename and content."""
+    """
+    A file from a multipart body: its field name (``file``, ``file1``…), its filename and content. A file
+    that was spooled to disk stays there (`FileImage`): a firmware binary is sent from it, `data` reads it.
+    """
 
     field: str
     filename: str
-    data: bytes
+    content: Image
+
+    @property
+    def data(self) -> bytes:
+        return image_bytes(self.content)
 
 
 def content_type(request: Request) -> str:
@@ -143,11 +151,21 @@ async def _multipart_fields(request: Request) -> list[tuple[str, Any]]:
                 total += value.size or 0
                 if total > MAX_UPLOAD:
                     raise InvalidInput(f"The uploaded files are larger than {MAX_UPLOAD} bytes")
-                uploads.append(Upload(key, value.filename or "", await value.read()))
+                uploads.append(Upload(key, value.filename or "", await _content(value)))
         request.state.uploads = uploads
     finally:
         await form.close()
     return fields
+
+
+async def _content(file: UploadFile) -> Image:
+    """The spooled file itself (the form closes its own descriptor), else its bytes (small, or too many)."""
+    if getattr(file.file, "_rolled", False):  # SpooledTemporaryFile past SPOOL_BYTES: a real file now
+        await file.seek(0)
+        image = FileImage.adopt(file.file.fileno())
+        if image is not None:
+            return image
+    return await file.read()
 
 
 async def uploads(request: Request) -> list[Upload]:

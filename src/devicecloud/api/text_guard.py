@@ -132,7 +132,8 @@ class StrictMultiPartParser(MultiPartParser):
 
     Files past `SPOOL_BYTES` are streamed to a temporary file as they arrive rather than grown in memory
     (Starlette keeps up to 1 MB per file in memory): a hundred firmware uploads at once then hold a few
-    KB each until their body is complete, and the route reads each file once, at its exact size.
+    KB each until their body is complete, and a firmware binary is then sent from its file
+    (`domain.images.FileImage`, decision 0033).
     """
 
     spool_max_size = SPOOL_BYTES

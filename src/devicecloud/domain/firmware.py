@@ -160,7 +160,7 @@ class ModuleInfo:
 class FirmwareImage:
     """A parsed, integrity-checked firmware file."""
 
-    data: bytes = field(repr=False)
+    size: int
     modules: tuple[ModuleInfo, ...]
 
     @property
@@ -175,10 +175,6 @@ class FirmwareImage:
     @property
     def combined(self) -> bool:
         return len(self.modules) > 1
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +236,9 @@ class StoredBinary:
 # ---------------------------------------------------------------------------------------------- parsing
 
 
-def _prefix_at(data: bytes, module_offset: int, prefix_offset: int, remaining: int) -> ModuleInfo | None:
+def _prefix_at(
+    data: bytes | memoryview, module_offset: int, prefix_offset: int, remaining: int
+) -> ModuleInfo | None:
     """The module whose prefix is at ``module_offset + prefix_offset``, if the fields there are plausible."""
     at = module_offset + prefix_offset
     if at + PREFIX_SIZE > len(data):
@@ -274,7 +272,7 @@ def _prefix_at(data: bytes, module_offset: int, prefix_offset: int, remaining: i
     )
 
 
-def _find_prefix(data: bytes, offset: int, remaining: int) -> ModuleInfo | None:
+def _find_prefix(data: bytes | memoryview, offset: int, remaining: int) -> ModuleInfo | None:
     for candidate in _KNOWN_OFFSETS:
         found = _prefix_at(data, offset, candidate, remaining)
         if found is not None:
@@ -287,7 +285,7 @@ def _find_prefix(data: bytes, offset: int, remaining: int) -> ModuleInfo | None:
     return None
 
 
-def _with_suffix(data: bytes, module: ModuleInfo) -> ModuleInfo:
+def _with_suffix(data: bytes | memoryview, module: ModuleInfo) -> ModuleInfo:
     """Check the module's CRC and hash; fill in what its suffix says."""
     # A view, not slices: the CRC and the hash read the caller's buffer, so checking a 1 MB file costs no
     # copy of it (100 concurrent flashes would otherwise churn 3 MB each through the allocator).
@@ -312,9 +310,10 @@ def _with_suffix(data: bytes, module: ModuleInfo) -> ModuleInfo:
     )
 
 
-def parse_firmware(data: bytes) -> FirmwareImage:
+def parse_firmware(data: bytes | memoryview) -> FirmwareImage:
     """
-    Parse and integrity-check a module file (or a combined file of several modules).
+    Parse and integrity-check a module file (or a combined file of several modules); ``data`` is read, not
+    kept (a view of a mapped file is fine: `images.readable`).
 
     Raises:
         FirmwareRejected: not a Particle module, truncated, or a CRC/hash mismatch; the message says which.
@@ -335,10 +334,10 @@ def parse_firmware(data: bytes) -> FirmwareImage:
             raise FirmwareRejected("The binary is not a Particle firmware module (no valid module prefix)")
         modules.append(_with_suffix(data, found))
         offset += found.length
-    return FirmwareImage(bytes(data), tuple(modules))
+    return FirmwareImage(len(data), tuple(modules))
 
 
-def _looks_truncated(data: bytes) -> bool:
+def _looks_truncated(data: bytes | memoryview) -> bool:
     """A plausible prefix whose length runs past the end of the file."""
     for at in _KNOWN_OFFSETS:
         if at + PREFIX_SIZE <= len(data):

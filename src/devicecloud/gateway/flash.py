@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from devicecloud.domain.firmware import UpdateOutcome, UpdateTarget
+from devicecloud.domain.images import Image
 from devicecloud.errors import Busy, DeviceOffline, InvalidInput
 from devicecloud.gateway.translate import system_module_version
 from devicecloud.protocol import (
@@ -261,7 +262,7 @@ class GatewayUpdates:
         """The update under way for ``device_id`` (tests and operators look at its transfer)."""
         return self._jobs.get(device_id)
 
-    def start_update(self, device_id: str, image: bytes) -> FlashJob:
+    def start_update(self, device_id: str, image: Image) -> FlashJob:
         link = self._link(device_id)
         if device_id in self._jobs:
             raise Busy("An update of this device is already in progress", code="Update in progress")

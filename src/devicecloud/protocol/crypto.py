@@ -74,6 +74,8 @@ DEVICE_BLOCK_SIZE = 256
 SERVER_REPLY_SIZE = 384
 _DEVICE_KEY_SIZE = 128  # RSA-1024 ciphertext
 _AES_BLOCK = 16
+#: Messages of this many padded bytes or more are encrypted through a CBC context of their own.
+_CBC_CONTEXT_FROM = 6 * _AES_BLOCK
 
 
 # ------------------------------------------------------------------------------------------------ keys
@@ -418,7 +420,8 @@ class SessionCipher:
     """
 
     def __init__(self, keys: SessionKeys) -> None:
-        aes = Cipher(algorithms.AES(keys.aes_key), modes.ECB())  # noqa: S305 -- block by block CBC, below
+        self._aes = algorithms.AES(keys.aes_key)
+        aes = Cipher(self._aes, modes.ECB())  # noqa: S305 -- block by block CBC, below
         self._encrypt_block = aes.encryptor().update
         self._decrypt_blocks = aes.decryptor().update
         self._send_iv = keys.iv
@@ -428,6 +431,12 @@ class SessionCipher:
         """Encrypt an outgoing message (PKCS#7 padded) and advance the send chain."""
         pad = _AES_BLOCK - len(plaintext) % _AES_BLOCK
         padded = plaintext + bytes((pad,)) * pad
+        if len(padded) >= _CBC_CONTEXT_FROM:
+            # Long messages (OTA chunks: 33 blocks) are cheaper through a CBC context of their own (~8 µs)
+            # than block by block (~1 µs a block).
+            ciphertext = Cipher(self._aes, modes.CBC(self._send_iv)).encryptor().update(padded)
+            self._send_iv = ciphertext[:_AES_BLOCK]  # the protocol chains on the first block
+            return ciphertext
         previous = int.from_bytes(self._send_iv, "big")
         blocks = []
         for start in range(0, len(padded), _AES_BLOCK):

@@ -44,6 +44,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 from devicecloud.protocol.codes import Code, code_str
 from devicecloud.protocol.commands import BeginUpdate, FinishUpdate, SendChunk
@@ -59,12 +60,23 @@ from devicecloud.protocol.events import (
     UpdateReady,
 )
 
-__all__ = ["MAX_CHUNKS", "OtaOptions", "OtaPhase", "OtaResult", "OtaTransfer", "update_result"]
+__all__ = ["MAX_CHUNKS", "ImageSource", "OtaOptions", "OtaPhase", "OtaResult", "OtaTransfer", "update_result"]
 
 #: Device OS refuses files of this many chunks or more (``MAX_CHUNKS``).
 MAX_CHUNKS = 65535
 #: The largest chunk Device OS takes over TCP (spark-protocol's limit).
 MAX_CHUNK_SIZE = 594
+
+
+class ImageSource(Protocol):
+    """
+    What a transfer sends: ``bytes``, or anything of a length that gives byte ranges (the cloud reads a large
+    upload's chunks from its file as they go out, rather than holding it in memory).
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> bytes: ...
 
 
 class OtaPhase(Enum):
@@ -153,7 +165,7 @@ class OtaTransfer:
     One update of one device. ``image`` is the whole file; it is sliced into chunks as they are sent.
     """
 
-    def __init__(self, image: bytes, options: OtaOptions | None = None) -> None:
+    def __init__(self, image: ImageSource, options: OtaOptions | None = None) -> None:
         self.options = options or OtaOptions()
         size = self.options.chunk_size
         if not 1 <= size <= MAX_CHUNK_SIZE:

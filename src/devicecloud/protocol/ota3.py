@@ -54,6 +54,7 @@ from devicecloud.protocol.events import (
     UpdateRefused,
     UpdateStarted,
 )
+from devicecloud.protocol.ota import ImageSource
 from devicecloud.protocol.ota3_messages import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, error_reason
 
 __all__ = ["REORDER_THRESHOLD", "Ota3Options", "Ota3Phase", "Ota3Result", "Ota3Transfer"]
@@ -110,13 +111,22 @@ class Ota3Result:
     stats: dict[str, Any] | None = None
 
 
+def _digest(image: ImageSource) -> bytes:
+    if isinstance(image, bytes):
+        return sha256(image).digest()
+    digest = sha256()
+    for at in range(0, len(image), 65536):
+        digest.update(image[at : at + 65536])
+    return digest.digest()
+
+
 class Ota3Transfer:
     """One OTA v3 update of one device; ``image`` is the whole file, sliced as chunks are sent."""
 
     #: Interface shared with `protocol.ota.OtaTransfer` (the gateway logs it): v3 chunks never wait.
     fast = True
 
-    def __init__(self, image: bytes, options: Ota3Options | None = None) -> None:
+    def __init__(self, image: ImageSource, options: Ota3Options | None = None) -> None:
         self.options = options or Ota3Options()
         size = self.options.chunk_size
         if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE or size % 4:
@@ -124,7 +134,7 @@ class Ota3Transfer:
         if not image:
             raise ValueError("nothing to send")
         self._image = image
-        self.sha256 = sha256(image).digest()
+        self.sha256 = _digest(image)
         self.phase = Ota3Phase.IDLE
         self.result: Ota3Result | None = None
         #: What the device said at the start: its window, and the bytes it already held (resume).

@@ -15,15 +15,16 @@ Theory of operation:
     "success" means the device took the image (its UpdateDone answer), as on the hosted cloud; it then
     resets and comes back online.
 
-    Memory: every update under way reads its chunks from one ``bytes`` per distinct image (`SharedImages`,
+    Memory: every update under way reads its chunks from one image per distinct content (`SharedImages`,
     keyed by SHA-256): a hundred devices taking the same binary, from a user's flashes or a product release,
-    hold it once, and a copy made by an upload is dropped as soon as its request ends.
+    hold it once. An uploaded binary stays in its spooled file (`domain.images.FileImage`): its chunks are
+    read from the file as they go out, so a hundred concurrent uploads of different binaries do not hold a
+    hundred copies in memory; releases, stored and compiled binaries are ``bytes``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from devicecloud.domain.firmware import (
     check_fit,
     parse_firmware,
 )
+from devicecloud.domain.images import FileImage, Image, image_bytes, image_sha256, readable
 from devicecloud.errors import DeviceOffline, InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -83,13 +85,13 @@ def compile_error(*errors: str) -> InvalidInput:
 
 @dataclass(slots=True)
 class _Held:
-    data: bytes
+    data: Image
     updates: int
 
 
 class SharedImages:
     """
-    The images of the updates under way, one ``bytes`` per distinct content (SHA-256), counted: `hold` gives
+    The images of the updates under way, one per distinct content (SHA-256), counted: `hold` gives
     the copy already held when there is one (the caller's own copy can then be freed), `release` forgets it
     after its last update.
     """
@@ -101,11 +103,11 @@ class SharedImages:
         #: not reused while listed here).
         self._keys: dict[int, bytes] = {}
 
-    def hold(self, data: bytes) -> tuple[bytes, bytes]:
+    def hold(self, data: Image) -> tuple[bytes, Image]:
         """The key to `release` later, and the one copy of ``data`` to send."""
         key = self._keys.get(id(data))
         if key is None:
-            key = hashlib.sha256(data).digest()
+            key = image_sha256(data)
         held = self._held.get(key)
         if held is None:
             held = self._held[key] = _Held(data, 0)
@@ -121,6 +123,8 @@ class SharedImages:
         if held.updates <= 0:
             del self._held[key]
             self._keys.pop(id(held.data), None)
+            if isinstance(held.data, FileImage):
+                held.data.close()  # its descriptor now, not whenever the last reference goes
 
     @property
     def distinct(self) -> int:
@@ -247,9 +251,9 @@ class FirmwareService:
 
     # ------------------------------------------------------------------ flashing
 
-    async def flash_binary(self, user: User, ref: str, data: bytes) -> Device:
+    async def flash_binary(self, user: User, ref: str, data: Image) -> Device:
         """
-        Check ``data`` against the device and start updating it.
+        Check ``data`` against the device and start updating it (an uploaded file is sent from its file).
 
         Raises:
             PermissionDenied: not the caller's device.
@@ -263,7 +267,8 @@ class FirmwareService:
         if len(data) > MAX_BINARY_SIZE:
             raise InvalidInput(f"The binary is larger than {MAX_BINARY_SIZE} bytes", code="invalid_binary")
         try:
-            parse_firmware(data)  # a broken binary is refused here, before any node is asked
+            with readable(data) as whole:
+                parse_firmware(whole)  # a broken binary is refused here, before any node is asked
         except FirmwareRejected as exc:
             raise InvalidInput(str(exc), code="invalid_binary") from exc
         try:
@@ -328,7 +333,7 @@ class FirmwareService:
             self._spawn(watch(), device_id)
         return handle
 
-    async def _flash_elsewhere(self, device: Device, data: bytes) -> None:
+    async def _flash_elsewhere(self, device: Device, data: Image) -> None:
         """The device is linked to another node (or none): the binary goes by the shared store."""
         assert self._remote is not None
         now = self._clock.now()
@@ -341,14 +346,15 @@ class FirmwareService:
                 version="flash",
                 created_at=now,
                 expires_at=now + REMOTE_FLASH_KEEP,
-                data=data,
+                data=image_bytes(data),
             )
         )
         await self._remote.flash_elsewhere(device.id, binary_id, device.owner_id)
 
-    async def _flash_here(self, device_id: str, owner_id: int | None, data: bytes) -> None:
+    async def _flash_here(self, device_id: str, owner_id: int | None, data: Image) -> None:
         try:
-            image = parse_firmware(data)
+            with readable(data) as whole:
+                image = parse_firmware(whole)
             check_fit(image, self._updates.update_target(device_id))
         except FirmwareRejected as exc:
             raise InvalidInput(str(exc), code="invalid_binary") from exc
@@ -359,7 +365,7 @@ class FirmwareService:
         finally:  # the watcher releases the image whatever happens here
             self._spawn(self._watch(device_id, owner_id, handle, key), device_id)
 
-    def _start(self, device_id: str, data: bytes) -> tuple[bytes, UpdateHandle]:
+    def _start(self, device_id: str, data: Image) -> tuple[bytes, UpdateHandle]:
         """Start the update with the one held copy of ``data``; the caller releases the key when it ends."""
         key, image = self.images.hold(data)
         try:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
 from devicecloud.domain.diagnostics import VitalsReading
 from devicecloud.domain.firmware import CompileResult, SourceFile, StoredBinary, UpdateOutcome, UpdateTarget
+from devicecloud.domain.images import Image
 from devicecloud.domain.webhooks import HookEvent, Webhook, WebhookConfig
 
 
@@ -123,9 +124,10 @@ class DeviceUpdates(Protocol):
         """
         ...
 
-    def start_update(self, device_id: str, image: bytes) -> UpdateHandle:
+    def start_update(self, device_id: str, image: Image) -> UpdateHandle:
         """
-        Start sending ``image``; returns at once. Raises `errors.Busy` while the device is being updated.
+        Start sending ``image`` (bytes, or a file read as the chunks go out); returns at once. Raises
+        `errors.Busy` while the device is being updated.
         """
         ...
 

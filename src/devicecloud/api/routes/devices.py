@@ -178,7 +178,7 @@ async def _flash(
         version = params.build_target_version
         await firmware.flash_sources(principal.user, device, sources(files), version)
         return {"ok": True, "message": "Update started"}
-    flashed = await firmware.flash_binary(principal.user, device, files[0].data)
+    flashed = await firmware.flash_binary(principal.user, device, files[0].content)
     return {"id": flashed.id, "status": "Update started"}
 
 
