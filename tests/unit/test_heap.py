@@ -125,3 +125,25 @@ def test_a_decided_sweep_runs_when_scheduled_not_at_the_collectors_leisure(clock
         gc.collect()  # what the owner's loop runs
         assert policy.sweeps == 2
         assert policy.frozen > 0
+
+
+def test_the_frozen_set_is_counted_only_when_it_may_have_grown(
+    heap: FrozenHeap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = 0
+    count = gc.get_freeze_count
+
+    def counted() -> int:
+        nonlocal counts
+        counts += 1
+        return count()
+
+    monkeypatch.setattr(gc, "get_freeze_count", counted)
+    for _ in range(5):
+        gc.collect()  # nothing new survives: walking the frozen set (O(heap)) would be wasted
+    assert counts == 0
+    grow = [Node() for _ in range(count() * 2)]
+    gc.collect()
+    assert counts == 1
+    assert heap.frozen == 0, "grew twofold: everything unfrozen for the next full collection"
+    del grow
