@@ -60,6 +60,7 @@ class FrozenHeap:
     installed: bool = field(default=False, init=False)
     _baseline: int = field(default=0, init=False)
     _bound: int = field(default=0, init=False)  # at least the frozen count (see _after_collection)
+    _count_at: float = field(default=0.0, init=False)  # the bound at which the frozen set is counted next
     _swept_at: float = field(default=0.0, init=False)
     _sweeping: bool = field(default=False, init=False)
 
@@ -94,6 +95,7 @@ class FrozenHeap:
         gc.freeze()
         self.sweeps += 1
         self._baseline = self._bound = max(gc.get_freeze_count(), 1)
+        self._count_at = self._baseline * self.sweep_growth
         self._swept_at = self.clock()
         self._sweeping = False
 
@@ -110,12 +112,16 @@ class FrozenHeap:
         # million objects), so it is counted only when an upper bound says it may have grown enough: the last
         # count plus everything frozen since (frozen objects that died meanwhile make it an overestimate).
         # Counting what this collection left is the order of the collection itself.
+        # A count that finds the set just short of the mark waits for a quarter of the growth before the next
+        # (a sweep at most that late), or a fleet holding near the mark would be counted at every collection.
         self._bound += len(gc.get_objects(generation=_OLDEST))
         gc.freeze()
         grown = False
-        if self._bound >= self._baseline * self.sweep_growth:
+        if self._bound >= self._count_at:
             self._bound = gc.get_freeze_count()
-            grown = self._bound >= self._baseline * self.sweep_growth
+            mark = self._baseline * self.sweep_growth
+            grown = self._bound >= mark
+            self._count_at = max(mark, self._bound + self._baseline * (self.sweep_growth - 1) / 4)
         if grown or self.clock() - self._swept_at >= self.sweep_interval:
             # The next full collection scans everything once: ours, now, when we may schedule one.
             gc.unfreeze()

@@ -236,8 +236,22 @@ def test_the_frozen_set_is_counted_only_when_it_may_have_grown(
     for _ in range(5):
         gc.collect()  # nothing new survives: walking the frozen set (O(heap)) would be wasted
     assert counts == 0
-    grow = [Node() for _ in range(count() * 2)]
+    baseline = count()
+    dead = [Node() for _ in range(baseline // 2)]
+    gc.collect()
+    del dead  # frozen, then freed: the bound (1.5 x the baseline) cannot see them leave
+    assert counts == 0
+    live = [Node() for _ in range(baseline - baseline // 20)]
+    gc.collect()  # frozen: 1.95 x, the bound 2.45 x
+    assert counts == 1, "the bound reached twofold: counted"
+    assert heap.sweeps == 1
+    assert heap.frozen > 0, "not grown twofold yet: no sweep"
+    counts = 0
+    live += [Node() for _ in range(baseline // 10)]
+    gc.collect()
+    assert counts == 0, "just short of the mark: not counted again at every collection"
+    live += [Node() for _ in range(baseline // 5)]
     gc.collect()
     assert counts == 1
     assert heap.frozen == 0, "grew twofold: everything unfrozen for the next full collection"
-    del grow
+    del live
