@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     heap_sweep_interval: float = Field(
         default=3600.0, gt=0, description="Seconds after which the whole heap is scanned once anyway."
     )
+    heap_young_interval: float = Field(
+        default=0.1,
+        ge=0,
+        le=60,
+        description="Seconds between two collections of the youngest objects (0: as the collector decides).",
+    )
     device_handshake_slots: int = Field(
         default=512,
         ge=1,

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from devicecloud.heap import FrozenHeap
+from devicecloud.heap import CollectionPacer, FrozenHeap
 
 
 class Node:
@@ -125,3 +125,133 @@ def test_a_decided_sweep_runs_when_scheduled_not_at_the_collectors_leisure(clock
         gc.collect()  # what the owner's loop runs
         assert policy.sweeps == 2
         assert policy.frozen > 0
+
+
+class Timers:
+    """``loop.call_later`` by hand: a test fires the pending callback when it says time has passed."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], object]]] = []
+        self.cancelled = 0
+
+    def __call__(self, delay: float, callback: Callable[[], object]) -> Timers:
+        self.pending.append((delay, callback))
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+        self.pending.clear()
+
+    def fire(self) -> None:
+        _, callback = self.pending.pop(0)
+        callback()
+
+
+@contextmanager
+def generations_collected() -> Iterator[list[int]]:
+    seen: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the pacer's collections
+    gc.callbacks.append(note)
+    try:
+        yield seen
+    finally:
+        gc.callbacks.remove(note)
+        if was_enabled:
+            gc.enable()
+
+
+def test_the_pacer_collects_the_youngest_on_its_timer_and_the_middle_one_every_tenth_time() -> None:
+    timers = Timers()
+    pacer = CollectionPacer(timers, interval=0.1)
+    with generations_collected() as seen:
+        pacer.start()
+        assert seen == []  # nothing before the first interval
+        for _ in range(20):
+            assert [delay for delay, _ in timers.pending] == [0.1]
+            timers.fire()
+    assert seen == ([0] * 9 + [1]) * 2
+    assert pacer.ticks == 20
+
+
+def test_the_pacer_collects_everything_unfrozen_every_full_every_th_time() -> None:
+    timers = Timers()
+    pacer = CollectionPacer(timers, interval=0.1, full_every=20)
+    with generations_collected() as seen:
+        pacer.start()
+        for _ in range(40):
+            timers.fire()
+    assert seen == ([0] * 9 + [1] + [0] * 9 + [2]) * 2
+
+
+def test_a_stopped_pacer_collects_nothing_more() -> None:
+    timers = Timers()
+    pacer = CollectionPacer(timers, interval=0.1)
+    pacer.start()
+    pacer.start()  # once
+    assert len(timers.pending) == 1
+    pacer.stop()
+    assert timers.pending == []
+    assert timers.cancelled == 1
+    assert not pacer.running
+    pacer.stop()
+    assert timers.cancelled == 1
+
+
+def test_young_collections_free_a_young_cycle_without_touching_the_frozen(heap: FrozenHeap) -> None:
+    timers = Timers()
+    frozen = heap.frozen
+    a, ref = cycle()
+    del a
+    CollectionPacer(timers, interval=0.1).start()
+    timers.fire()
+    assert ref() is None
+    assert heap.frozen <= frozen
+    assert heap.sweeps == 1
+
+
+@pytest.mark.parametrize(("interval", "every", "full"), [(0.0, 10, 0), (0.1, 0, 0), (0.1, 10, -1)])
+def test_pacer_settings_out_of_range_are_refused(interval: float, every: int, full: int) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        CollectionPacer(Timers(), interval=interval, middle_every=every, full_every=full)
+
+
+def test_the_frozen_set_is_counted_only_when_it_may_have_grown(
+    heap: FrozenHeap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts = 0
+    count = gc.get_freeze_count
+
+    def counted() -> int:
+        nonlocal counts
+        counts += 1
+        return count()
+
+    monkeypatch.setattr(gc, "get_freeze_count", counted)
+    for _ in range(5):
+        gc.collect()  # nothing new survives: walking the frozen set (O(heap)) would be wasted
+    assert counts == 0
+    baseline = count()
+    dead = [Node() for _ in range(baseline // 2)]
+    gc.collect()
+    del dead  # frozen, then freed: the bound (1.5 x the baseline) cannot see them leave
+    assert counts == 0
+    live = [Node() for _ in range(baseline - baseline // 20)]
+    gc.collect()  # frozen: 1.95 x, the bound 2.45 x
+    assert counts == 1, "the bound reached twofold: counted"
+    assert heap.sweeps == 1
+    assert heap.frozen > 0, "not grown twofold yet: no sweep"
+    counts = 0
+    live += [Node() for _ in range(baseline // 10)]
+    gc.collect()
+    assert counts == 0, "just short of the mark: not counted again at every collection"
+    live += [Node() for _ in range(baseline // 5)]
+    gc.collect()
+    assert counts == 1
+    assert heap.frozen == 0, "grew twofold: everything unfrozen for the next full collection"
+    del live
