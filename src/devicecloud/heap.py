@@ -18,7 +18,7 @@ heap times ``sweep_growth - 1``. A sweep runs as soon as it is decided when a ``
 event loop's ``call_soon_threadsafe``): a fleet that finished connecting then pays its last sweep at once,
 not at the next full collection the collector schedules, which in a quiet minute may be much later.
 
-Paced collections (``CollectionPacer``, decision 0033): CPython starts a collection when the *net* count of
+Paced collections (``CollectionPacer``, decision 0034): CPython starts a collection when the *net* count of
 tracked objects (allocations minus deallocations) passes 700. An idle fleet churns without growing: every
 keep-alive replaces a link's read coroutine, future and timer, which live one keep-alive period, so
 deallocations keep pace with allocations and the young generations grow for seconds between collections

@@ -248,7 +248,7 @@ def serve(
         if settings.heap_freeze:
             heap.install()
         # Young collections on a timer: an idle fleet churns without net growth, which the collector's own
-        # trigger waits for while the young generations grow (decision 0033).
+        # trigger waits for while the young generations grow (decision 0034).
         # Under the frozen heap a full collection scans only what survived since the last: one every 2 s too.
         full_every = 20 if settings.heap_freeze else 0
         young = settings.heap_young_interval
