@@ -160,6 +160,25 @@ async def test_first_connection_names_the_device(runtime: Runtime, clock: FakeCl
     assert (True, runtime.sessions.presence.name(DEVICE)) == (record.online, record.name)
 
 
+async def test_settling_one_device_writes_its_facts_alone(runtime: Runtime, clock: FakeClock) -> None:
+    """
+    A claim settles its device: that device's first-connect record is written at once, without the rest of
+    the fleet's pending facts (a claim must not wait for a whole fleet's transaction).
+    """
+    ids = [f"{n:024x}" for n in range(1, 6)]
+    for device_id in ids:
+        await runtime.sessions.device_connected(device_id, "10.1.2.3", HELLO)
+    await runtime.sessions.presence.settle(ids[0])
+    async with runtime.store.transaction(readonly=True) as tx:
+        written = [await tx.devices.get(device_id) for device_id in ids]
+    assert [True, False, False, False, False] == [device is not None for device in written]
+    settled = runtime.sessions.presence.statistics()
+    assert (1, 2) == (settled.flushes, settled.rows_written)  # one device's record and presence row
+    clock.advance(INTERVAL)
+    await flushed(runtime, 2)
+    assert all([(await stored(runtime, device_id)).online for device_id in ids])
+
+
 class FailingOnce:
     """A store whose first transaction fails, as a dropped database connection would."""
 
