@@ -17,6 +17,7 @@ from devicecloud.protocol.dtls.messages import (
     handshake_header,
     parse_client_hello,
 )
+from devicecloud.protocol.dtls.primitives import hmac_sha256_pads
 from devicecloud.protocol.dtls.records import ContentType, encode_record, parse_datagram
 from devicecloud.protocol.errors import RemoteProtocolError
 
@@ -31,13 +32,15 @@ def make_cookie(secret: bytes, address: bytes, cookie_input: bytes) -> bytes:
     if keyed is None:  # a process has one or two secrets (rotation): key each once
         if len(_KEYED) >= 8:
             _KEYED.clear()
-        keyed = _KEYED[secret] = hmac.new(secret, digestmod=hashlib.sha256)
-    mac = keyed.copy()
-    mac.update(len(address).to_bytes(2, "big") + address + cookie_input)
-    return mac.digest()
+        keyed = _KEYED[secret] = hmac_sha256_pads(secret)
+    inner = keyed[0].copy()
+    inner.update(len(address).to_bytes(2, "big") + address + cookie_input)
+    outer = keyed[1].copy()
+    outer.update(inner.digest())
+    return outer.digest()
 
 
-_KEYED: dict[bytes, hmac.HMAC] = {}
+_KEYED: dict[bytes, tuple[hashlib._Hash, hashlib._Hash]] = {}
 
 
 @dataclass(slots=True)  # not frozen: made for every datagram from an unknown address
