@@ -161,8 +161,9 @@ class Endpoint:
         self._failure: str | None = None
         self._started = now
         # record layer
-        self._write_seq = {0: 0, 1: 0}
-        self._replay = {0: ReplayWindow(), 1: ReplayWindow()}
+        # Indexed by epoch (0 or 1): lists, smaller than dicts on 10,000 idle sessions and quicker to make.
+        self._write_seq = [0, 0]
+        self._replay = [ReplayWindow(), ReplayWindow()]
         self._write_cipher: RecordCipher | None = None
         self._read_cipher: RecordCipher | None = None
         self._pending_write: RecordCipher | None = None

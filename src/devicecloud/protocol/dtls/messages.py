@@ -7,7 +7,7 @@ Parsers raise only ``RemoteProtocolError``.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from devicecloud.protocol.errors import RemoteProtocolError
@@ -167,7 +167,7 @@ def encode_extensions(extensions: list[tuple[int, bytes]]) -> bytes:
     return _vec(b"".join(struct.pack("!H", n) + _vec(data, 2) for n, data in extensions), 2)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: the cookie gate makes one per ClientHello, and frozen costs ~4× more
 class ClientHello:
     """A parsed ClientHello; ``cookie_input`` is its body without the cookie (what the cookie covers)."""
 
@@ -177,7 +177,7 @@ class ClientHello:
     cookie: bytes
     cipher_suites: tuple[int, ...]
     compression_methods: bytes
-    extensions: dict[int, bytes] = field(hash=False)
+    extensions: dict[int, bytes]
     cookie_input: bytes
 
     def certificate_types(self, number: int) -> tuple[int, ...]:

@@ -153,15 +153,16 @@ def parse_datagram(datagram: bytes, cid_size: int = CID_SIZE) -> list[Record]:
         moved = True
     records: list[Record] = []
     offset = 0
-    while offset < len(datagram):
-        if len(datagram) - offset < _HEADER_SIZE:
+    end = len(datagram)
+    while offset < end:
+        if end - offset < _HEADER_SIZE:
             raise RemoteProtocolError("truncated record header")
         content_type, version, epoch, sequence_high, sequence_low = _PREFIX.unpack_from(datagram, offset)
         sequence = (sequence_high << 32) | sequence_low
         offset += 11
         cid: bytes | None = None
         if content_type == ContentType.CID:
-            if len(datagram) - offset < cid_size + 2:
+            if end - offset < cid_size + 2:
                 raise RemoteProtocolError("truncated CID record header")
             cid = datagram[offset : offset + cid_size]
             offset += cid_size
@@ -173,7 +174,7 @@ def parse_datagram(datagram: bytes, cid_size: int = CID_SIZE) -> list[Record]:
         offset += 2
         if length > _MAX_FRAGMENT:
             raise RemoteProtocolError("record too long")
-        if len(datagram) - offset < length:
+        if end - offset < length:
             raise RemoteProtocolError("truncated record")
         fragment = datagram[offset : offset + length]
         offset += length
