@@ -26,6 +26,7 @@ __all__ = ["COOKIE_SIZE", "HelloCheck", "check_client_hello", "make_cookie"]
 
 COOKIE_SIZE = 32
 _RECORD_HEADER = struct.Struct("!B2sHHIH")  # type, version, epoch, sequence (16 + 32 bits), length
+_MAX_RECORD = (1 << 14) + 2048  # the longest record parse_datagram takes (RFC 6347 §4.1)
 
 
 def make_cookie(secret: bytes, address: bytes, cookie_input: bytes) -> bytes:
@@ -77,7 +78,7 @@ def check_client_hello(datagram: bytes, address: bytes, secrets: tuple[bytes, ..
     content_type, version, epoch, sequence_high, sequence_low, length = _RECORD_HEADER.unpack_from(datagram)
     if content_type != ContentType.HANDSHAKE or epoch != 0 or version not in (DTLS_1_2, DTLS_1_0):
         return HelloCheck(False, None, "not a ClientHello")
-    if length != len(datagram) - _RECORD_HEADER.size:
+    if length != len(datagram) - _RECORD_HEADER.size or length > _MAX_RECORD:
         return HelloCheck(False, None, "not a single ClientHello record")
     record_sequence = (sequence_high << 32) | sequence_low
     fragment = datagram[_RECORD_HEADER.size :]
