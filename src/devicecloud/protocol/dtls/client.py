@@ -96,6 +96,7 @@ class DtlsClient(Endpoint):
         "_saw_ccs",
         "_server_point",
         "_server_random",
+        "_transcript",
     )
 
     is_server = False
@@ -112,6 +113,15 @@ class DtlsClient(Endpoint):
         self._saw_ccs = False
         self._server_point = b""
         self._device_id = config.device_id
+        self._transcript = bytearray()  # the handshake messages, which CertificateVerify signs
+
+    def _add_transcript(self, raw: bytes) -> None:
+        self._transcript += raw
+        super()._add_transcript(raw)
+
+    def _reset_transcript(self) -> None:
+        self._transcript = bytearray()
+        super()._reset_transcript()
 
     @classmethod
     def resume(

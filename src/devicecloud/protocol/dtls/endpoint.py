@@ -98,6 +98,7 @@ class _Outgoing:
     payload: bytes  # handshake: the body; CCS: b"\x01"
     msg_type: int = 0
     message_seq: int = 0
+    whole: bytes = b""  # handshake: header ‖ body, unfragmented (as the transcript hashed it)
 
 
 @dataclass(slots=True)
@@ -140,7 +141,6 @@ class Endpoint:
         "_send_msg_seq",
         "_started",
         "_timers",
-        "_transcript",
         "_transcript_sha",
         "_write_cipher",
         "_write_seq",
@@ -161,8 +161,9 @@ class Endpoint:
         self._failure: str | None = None
         self._started = now
         # record layer
-        self._write_seq = {0: 0, 1: 0}
-        self._replay = {0: ReplayWindow(), 1: ReplayWindow()}
+        # Indexed by epoch (0 or 1): lists, smaller than dicts on 10,000 idle sessions and quicker to make.
+        self._write_seq = [0, 0]
+        self._replay = [ReplayWindow(), ReplayWindow()]
         self._write_cipher: RecordCipher | None = None
         self._read_cipher: RecordCipher | None = None
         self._pending_write: RecordCipher | None = None
@@ -172,8 +173,8 @@ class Endpoint:
         self._send_marker: int | None = None  # client resuming: 253 or 254 on its datagrams
         self._device_id: bytes | None = None  # client: for 254 trailers
         # handshake layer
-        self._transcript = bytearray()  # the messages themselves (what CertificateVerify signs)
-        self._transcript_sha = hashlib.sha256()  # and their running hash (what Finished covers)
+        # The messages' running hash (what Finished covers); the client keeps the messages too, to sign them.
+        self._transcript_sha = hashlib.sha256()
         self._send_msg_seq = 0
         self._recv_msg_seq = 0
         self._partials: dict[int, _Partial] = {}
@@ -467,8 +468,8 @@ class Endpoint:
         """Add a handshake message to the flight being built; returns it as the transcript hashes it."""
         seq = self._send_msg_seq
         self._send_msg_seq += 1
-        self._flight.append(_Outgoing(epoch, ContentType.HANDSHAKE, body, msg_type, seq))
         raw = handshake_header(msg_type, seq, len(body), 0, len(body)) + body
+        self._flight.append(_Outgoing(epoch, ContentType.HANDSHAKE, body, msg_type, seq, raw))
         self._add_transcript(raw)
         return raw
 
@@ -502,8 +503,7 @@ class Endpoint:
         overhead = 13 + 12 + (8 + 8 + 16 + CID_SIZE if item.epoch else 0)
         room = max(self._max_datagram - overhead, 64)
         if len(body) <= room:  # the usual case: one record, the message whole
-            header = handshake_header(item.msg_type, item.message_seq, len(body), 0, len(body))
-            return [self._protect(ContentType.HANDSHAKE, item.epoch, header + body)]
+            return [self._protect(ContentType.HANDSHAKE, item.epoch, item.whole)]
         records = []
         offset = 0
         while True:
@@ -546,11 +546,9 @@ class Endpoint:
         self._write_cipher, self._pending_write = self._pending_write, None
 
     def _add_transcript(self, raw: bytes) -> None:
-        self._transcript += raw
         self._transcript_sha.update(raw)
 
     def _reset_transcript(self) -> None:
-        self._transcript = bytearray()
         self._transcript_sha = hashlib.sha256()
 
     def _transcript_hash(self) -> bytes:

@@ -69,6 +69,16 @@ class ContentType:
     LEGACY_MOVED: Final = 254  # Device OS ≤ 3.0: application data + device id trailer while resuming
 
 
+# Bytes and structs the per-record path would otherwise build for every record.
+_LEGACY_MOVED_BYTE = bytes([ContentType.LEGACY_MOVED])
+_CID_MOVED_BYTE = bytes([ContentType.CID_MOVED])
+_CID_BYTE = bytes([ContentType.CID])
+_APPLICATION_DATA_BYTE = bytes([ContentType.APPLICATION_DATA])
+_CID_TYPE_VERSION = _CID_BYTE + DTLS_1_2
+_PLAIN_AAD_TAIL = struct.Struct("!B2sH")
+_CID_AAD_TAIL = struct.Struct("!BH")
+
+
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class Record:
     """
@@ -88,7 +98,7 @@ class Record:
     @property
     def explicit_nonce(self) -> bytes:
         """epoch ‖ sequence, the 8 bytes every AAD and nonce starts with."""
-        return struct.pack("!H", self.epoch) + self.sequence.to_bytes(6, "big")
+        return ((self.epoch << 48) | self.sequence).to_bytes(8, "big")
 
 
 def encode_record(
@@ -131,26 +141,28 @@ def parse_datagram(datagram: bytes, cid_size: int = CID_SIZE) -> list[Record]:
         raise RemoteProtocolError("datagram too large")
     device_id: bytes | None = None
     moved = False
-    if datagram[:1] == bytes([ContentType.LEGACY_MOVED]):
+    first = datagram[:1]
+    if first == _LEGACY_MOVED_BYTE:
         device_id = peek_device_id(datagram)
         if device_id is None:
             raise RemoteProtocolError("type-254 datagram without a device id trailer")
-        datagram = bytes([ContentType.APPLICATION_DATA]) + datagram[1 : -1 - DEVICE_ID_SIZE]
+        datagram = _APPLICATION_DATA_BYTE + datagram[1 : -1 - DEVICE_ID_SIZE]
         moved = True
-    elif datagram[:1] == bytes([ContentType.CID_MOVED]):
-        datagram = bytes([ContentType.CID]) + datagram[1:]
+    elif first == _CID_MOVED_BYTE:
+        datagram = _CID_BYTE + datagram[1:]
         moved = True
     records: list[Record] = []
     offset = 0
-    while offset < len(datagram):
-        if len(datagram) - offset < _HEADER_SIZE:
+    end = len(datagram)
+    while offset < end:
+        if end - offset < _HEADER_SIZE:
             raise RemoteProtocolError("truncated record header")
         content_type, version, epoch, sequence_high, sequence_low = _PREFIX.unpack_from(datagram, offset)
         sequence = (sequence_high << 32) | sequence_low
         offset += 11
         cid: bytes | None = None
         if content_type == ContentType.CID:
-            if len(datagram) - offset < cid_size + 2:
+            if end - offset < cid_size + 2:
                 raise RemoteProtocolError("truncated CID record header")
             cid = datagram[offset : offset + cid_size]
             offset += cid_size
@@ -162,7 +174,7 @@ def parse_datagram(datagram: bytes, cid_size: int = CID_SIZE) -> list[Record]:
         offset += 2
         if length > _MAX_FRAGMENT:
             raise RemoteProtocolError("record too long")
-        if len(datagram) - offset < length:
+        if end - offset < length:
             raise RemoteProtocolError("truncated record")
         fragment = datagram[offset : offset + length]
         offset += length
@@ -174,12 +186,12 @@ def parse_datagram(datagram: bytes, cid_size: int = CID_SIZE) -> list[Record]:
 
 def plain_aad(explicit_nonce: bytes, content_type: int, length: int) -> bytes:
     """TLS 1.2's 13-byte AAD: epoch‖seq ‖ type ‖ version ‖ plaintext length."""
-    return explicit_nonce + struct.pack("!B2sH", content_type, DTLS_1_2, length)
+    return explicit_nonce + _PLAIN_AAD_TAIL.pack(content_type, DTLS_1_2, length)
 
 
 def cid_aad(explicit_nonce: bytes, cid: bytes, length: int) -> bytes:
     """draft-05's AAD: epoch‖seq ‖ 25 ‖ version ‖ cid ‖ cid length ‖ inner plaintext length."""
-    return explicit_nonce + bytes([ContentType.CID]) + DTLS_1_2 + cid + struct.pack("!BH", len(cid), length)
+    return explicit_nonce + _CID_TYPE_VERSION + cid + _CID_AAD_TAIL.pack(len(cid), length)
 
 
 def cid_inner_plaintext(content: bytes, real_type: int) -> bytes:

@@ -303,9 +303,10 @@ class DtlsServer(Endpoint):
             chain = b"".join(len(c).to_bytes(3, "big") + c for c in self._config.certificate_chain)
             self._queue_message(HandshakeType.CERTIFICATE, len(chain).to_bytes(3, "big") + chain)
         point = encode_point(self._ephemeral.public_key())
-        signed = self._client_random + self._server_random + server_ecdh_params(point)
+        params = server_ecdh_params(point)
+        signature = self._config.signer(self._client_random + self._server_random + params)
         self._queue_message(
-            HandshakeType.SERVER_KEY_EXCHANGE, build_server_key_exchange(point, self._config.signer(signed))
+            HandshakeType.SERVER_KEY_EXCHANGE, build_server_key_exchange(point, signature, params=params)
         )
         self._queue_message(HandshakeType.CERTIFICATE_REQUEST, build_certificate_request())
         self._queue_message(HandshakeType.SERVER_HELLO_DONE, b"")
