@@ -203,14 +203,7 @@ class Fleet:
 
 async def flash(http: httpx.AsyncClient, device: VirtualDevice, image: bytes) -> float:
     """Seconds from the PUT to the device holding ``image`` (the update then succeeds)."""
-    started = time.monotonic()
-    reply = await http.put(
-        f"/v1/devices/{device.device_id}",
-        files={"file": ("app.bin", image, "application/octet-stream")},
-        data={"file_type": "binary"},
-    )
-    if reply.status_code != 200:
-        raise BenchError(f"flash answered {reply.status_code}: {reply.text[:200]}")
+    started = await upload(http, device.device_id, image)
     deadline = started + 600
     while device.firmware != image:
         if time.monotonic() > deadline:
