@@ -98,6 +98,7 @@ class _Inbound:
     message_id: int
     token: bytes
     acked: bool
+    flags: int | None = None  # a Describe request's flags (a blockwise answer is served by them)
 
 
 # Requests whose empty ACK is the whole answer, per role.
@@ -634,6 +635,7 @@ class CoapSession:
             query = msg.uri_query
             flags = DescribeFlags(query[0][0]) if query and query[0] else _DEFAULT_DESCRIBE_FLAGS
             rid = self._inbound_request(kind, msg, acked=separate)
+            self._inbound[rid].flags = int(flags)
             self._events.append(events.DescribeRequested(rid, flags))
         elif kind is MessageKind.SIGNAL:
             self._send_message(messages.ack(msg.message_id, Code.CHANGED, msg.token))

@@ -42,9 +42,9 @@ from dataclasses import dataclass, replace
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from devicecloud.protocol import coap, commands, events, messages
-from devicecloud.protocol.codes import Code, DescribeFlags, MessageKind, MessageType, OptionNumber, code_class
+from devicecloud.protocol.codes import Code, MessageKind, MessageType, OptionNumber, code_class
 from devicecloud.protocol.config import ConnectionState, DeviceHello, ResponseStyle, Role, Timing
-from devicecloud.protocol.connection import CoapSession, _Inbound
+from devicecloud.protocol.connection import _DEFAULT_DESCRIBE_FLAGS, CoapSession, _Inbound
 from devicecloud.protocol.crypto import RandomBytes, public_key_der
 from devicecloud.protocol.dtls import (
     AlertReceived,
@@ -148,7 +148,6 @@ class UdpSession(CoapSession):
     """
 
     __slots__ = (
-        "_asked",
         "_blocks",
         "_dtls",
         "_held_hello",
@@ -203,9 +202,7 @@ class UdpSession(CoapSession):
         self._hello_id: int | None = None
         self._peer_key = b""
         self._blocks = bytearray()
-        # Device role, only while a Describe is asked for or served blockwise: the flags of the Describe
-        # requests waiting for the application (by token), and the answers being served (by flags).
-        self._asked: dict[bytes, int] | None = None
+        # Device role, only while a Describe is served blockwise: the answers being served, by their flags.
         self._serving: dict[int, tuple[bytes, bytes, int | None]] | None = None
         self.hello_payload = b""
         #: The peer ended the DTLS association (close_notify, a fatal alert): it is not worth keeping.
@@ -449,19 +446,16 @@ class UdpSession(CoapSession):
     def _describe_asked(self, msg: coap.Message) -> bool:
         """
         Device role, a Describe request: a later block of an answer being served is sent from it (True);
-        otherwise its flags are noted for the answer and the application is asked (False).
+        otherwise the application is asked (False).
         """
         if msg.code != Code.GET or messages.classify(msg) is not MessageKind.DESCRIBE:
             return False
         query = msg.uri_query
-        flags = query[0][0] if query and query[0] else int(DescribeFlags.SYSTEM | DescribeFlags.APPLICATION)
         blocks = msg.option_values(OptionNumber.BLOCK2)
         num = messages.parse_block_option(blocks[0])[0] if blocks else 0
         if num == 0:
-            if self._asked is None or len(self._asked) > 16:  # answers never given do not pile up
-                self._asked = {}
-            self._asked[msg.token] = flags
             return False
+        flags = query[0][0] if query and query[0] else int(_DEFAULT_DESCRIBE_FLAGS)
         served = self._serving.get(flags) if self._serving else None
         if served is None or num * DESCRIBE_BLOCK >= len(served[1]):
             self._send_message(messages.ack(msg.message_id, _NOT_FOUND, msg.token))
@@ -511,9 +505,7 @@ class UdpSession(CoapSession):
     def _serve_describe(self, command: commands.RespondDescribe) -> None:
         """Answer a Describe request too big for one message with its first block; keep it for the rest."""
         inbound = self._take_inbound(command.request_id, MessageKind.DESCRIBE)
-        flags = self._asked.pop(inbound.token, None) if self._asked else None
-        if flags is None:
-            flags = int(DescribeFlags.SYSTEM | DescribeFlags.APPLICATION)
+        flags = inbound.flags if inbound.flags is not None else int(_DEFAULT_DESCRIBE_FLAGS)
         if self._serving is None:
             self._serving = {}
         etag = self._random(4)  # a new one with every answer: a cloud mixing two answers' blocks sees it
