@@ -226,6 +226,59 @@ async def test_a_long_lists_pages_share_one_read_until_it_changes(
     assert short.get(1, DeviceListQuery()) == (None, False)  # read before a change: not kept
 
 
+async def test_requests_waiting_for_another_ones_read_of_a_list_hold_no_connection(
+    client: httpx.AsyncClient,
+    owner: Account,
+    runtime: Runtime,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    While one request reads a long list, the others for the same list wait for that read outside any
+    transaction: a burst for a list not kept yet never empties the connection pool (decision 0020 §8).
+    """
+    lists = OrderedLists(clock, min_devices=3)
+    monkeypatch.setattr(runtime.product_devices, "lists", lists)
+    await client.post(DEVICES, json={"ids": [did(0x200 + n) for n in range(6)]}, headers=owner.auth)
+    release = asyncio.Event()
+    reads = looked = 0
+    get = lists.get
+
+    def counted(product_id: int, shape: DeviceListQuery) -> tuple[str | None, bool]:
+        nonlocal looked
+        looked += 1
+        return get(product_id, shape)
+
+    monkeypatch.setattr(lists, "get", counted)
+    ordered = SqlProductDevices.ordered
+
+    async def gated(self: SqlProductDevices, product_id: int, query: Any) -> str:
+        nonlocal reads
+        reads += 1
+        await release.wait()
+        return await ordered(self, product_id, query)
+
+    monkeypatch.setattr(SqlProductDevices, "ordered", gated)
+    pool = runtime.store.engine.sync_engine.pool
+    held_before = pool.checkedout()  # type: ignore[attr-defined]
+    pages = [
+        asyncio.create_task(listed(client, owner, sortAttr="deviceId", perPage=2, page=n)) for n in (1, 2, 3)
+    ]
+    for _ in range(10_000):  # yield to the requests until all three looked and the two followers let go
+        await asyncio.sleep(0)
+        if looked == 3 and pool.checkedout() == held_before + 1:  # type: ignore[attr-defined]
+            break
+    assert (looked, reads, pool.checkedout() - held_before) == (3, 1, 1)  # type: ignore[attr-defined]
+    release.set()
+    bodies = await asyncio.gather(*pages)
+    assert [[d["id"] for d in b["devices"]] for b in bodies] == [
+        [did(0x200), did(0x201)],
+        [did(0x202), did(0x203)],
+        [did(0x204), did(0x205)],
+    ]
+    assert reads == 1
+
+
 async def test_update_lock_development_notes_and_groups(client: httpx.AsyncClient, owner: Account) -> None:
     await client.post(DEVICES, json={"id": did(9)}, headers=owner.auth)
     url = f"{DEVICES}/{did(9)}"

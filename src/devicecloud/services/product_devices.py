@@ -355,6 +355,9 @@ class ProductDeviceService:
         #: Each product's releases (the listed devices' targets); `forget_releases` when one changes.
         self.releases = ReleaseCache(clock)
         self._reading: dict[tuple[int, DeviceListQuery], asyncio.Task[None]] = {}
+        #: Reads behind run one at a time: lists kept at the same moment fall due together, and reading them
+        #: all at once would be a burst of database work beside the requests (their order is a join).
+        self._behind = asyncio.Lock()
         self._pending: dict[tuple[int, DeviceListQuery, int], asyncio.Future[str | None]] = {}
         self._closed = False
         #: Called with each device whose product membership changed (the events' product cache forgets it).
@@ -422,17 +425,33 @@ class ProductDeviceService:
         async with self._store.transaction(readonly=True) as tx:
             product = (await access_product(tx, principal, ref, "devices:list", "device")).product
             ordered, due = self.lists.get(product.id, shape)
+            shared = None
             if ordered is None:
-                ordered = await self._read_list(tx, product.id, query, shape)
+                shared = self._pending.get((product.id, shape, self.lists.generation(product.id)))
+                if shared is None:
+                    ordered = await self._read_list(tx, product.id, query, shape)
             elif due:
                 self._read_behind(product.id, query, shape)
-            first = (query.page - 1) * query.per_page * ID_LENGTH
-            last = min(len(ordered), first + query.per_page * ID_LENGTH)
-            found = await tx.product_devices.records_with_groups(
-                [ordered[at : at + ID_LENGTH] for at in range(first, last, ID_LENGTH)]
-            )
-            releases = await self._releases(tx, product.id) if found else Releases()
-        listed = [self._listed(d, groups, product.id, releases) for d, groups in found]
+            if shared is None:
+                return await self._page(tx, product.id, ordered or "", query)
+        # Another request is reading this list: wait for it holding no connection, so that a burst of requests
+        # for a long list that is not kept yet never takes the pool's connections to wait (decision 0020 §8).
+        ordered = await asyncio.shield(shared)
+        async with self._store.transaction(readonly=True) as tx:
+            if ordered is None:  # that read failed: this one tries
+                ordered = await tx.product_devices.ordered(product.id, query)
+            return await self._page(tx, product.id, ordered, query)
+
+    async def _page(
+        self, tx: UnitOfWork, product_id: int, ordered: str, query: DeviceListQuery
+    ) -> DevicePage:
+        first = (query.page - 1) * query.per_page * ID_LENGTH
+        last = min(len(ordered), first + query.per_page * ID_LENGTH)
+        found = await tx.product_devices.records_with_groups(
+            [ordered[at : at + ID_LENGTH] for at in range(first, last, ID_LENGTH)]
+        )
+        releases = await self._releases(tx, product_id) if found else Releases()
+        listed = [self._listed(d, groups, product_id, releases) for d, groups in found]
         return DevicePage(listed, len(ordered) // ID_LENGTH, query.page, query.per_page)
 
     def _listed(
@@ -462,17 +481,11 @@ class ProductDeviceService:
         self, tx: UnitOfWork, product_id: int, query: DeviceListQuery, shape: DeviceListQuery
     ) -> str:
         """
-        Read a list's order, or wait for the same read another request began since the product last changed
-        here (a long list that many requests want at once is read once).
+        Read a list's order; requests for the same list that come meanwhile wait for this read
+        (`list_devices`) rather than read it too: a long list that many requests want at once is read once.
         """
         generation = self.lists.generation(product_id)
         key = (product_id, shape, generation)
-        pending = self._pending.get(key)
-        if pending is not None:
-            shared = await asyncio.shield(pending)
-            if shared is not None:
-                return shared
-            return await tx.product_devices.ordered(product_id, query)  # that read failed: this one tries
         future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         ordered: str | None = None
@@ -498,14 +511,15 @@ class ProductDeviceService:
         task.add_done_callback(lambda _: self._reading.pop(key, None))
 
     async def _read_again(self, product_id: int, query: DeviceListQuery, shape: DeviceListQuery) -> None:
-        generation = self.lists.generation(product_id)
-        try:
-            async with self._store.transaction(readonly=True) as tx:
-                ordered = await tx.product_devices.ordered(product_id, query)
-        except Exception:  # the entry ages out; the next request reads the list itself
-            logger.exception("reading a product's device list again failed", product_id=product_id)
-            return
-        self.lists.put(product_id, shape, ordered, generation)
+        async with self._behind:
+            generation = self.lists.generation(product_id)
+            try:
+                async with self._store.transaction(readonly=True) as tx:
+                    ordered = await tx.product_devices.ordered(product_id, query)
+            except Exception:  # the entry ages out; the next request reads the list itself
+                logger.exception("reading a product's device list again failed", product_id=product_id)
+                return
+            self.lists.put(product_id, shape, ordered, generation)
 
     async def aclose(self) -> None:
         """
