@@ -241,10 +241,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/devicecloud.db.",
     )
     database_pool_size: int = Field(
-        default=10, ge=1, description="Database connections kept open (SQLite and PostgreSQL alike)."
+        default=20, ge=1, description="Database connections kept open (SQLite and PostgreSQL alike)."
     )
     database_max_overflow: int = Field(
-        default=20, ge=0, description="Connections opened beyond the pool size at peaks."
+        default=10,
+        ge=0,
+        description="Connections opened beyond the pool size at peaks, closed as soon as returned.",
     )
     database_pool_timeout: float = Field(
         default=30.0, gt=0, description="Seconds a database user waits for a free connection."

@@ -48,8 +48,8 @@ class PoolLimits:
     seconds a caller waits for one (then SQLAlchemy's TimeoutError).
     """
 
-    size: int = 10
-    overflow: int = 20
+    size: int = 20
+    overflow: int = 10
     timeout: float = 30.0
 
 
