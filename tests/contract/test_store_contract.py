@@ -4,9 +4,11 @@ The store contract, run against every backend (SQLite and PostgreSQL via the ``r
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tests.support.devices import wait_until
 
 from devicecloud.domain.accounts import OAuthClient
 from devicecloud.domain.devices import DevicePresence, HeardRow
@@ -351,6 +353,53 @@ async def test_lookup_token_reads_a_persons_and_a_products_token(runtime: Runtim
     async with runtime.store.transaction() as tx:
         await tx.products.delete_api_user(bot.id)
     assert await runtime.store.lookup_token("a" * 64) is None  # its tokens go with it
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_token_read_cut_off_half_way_gives_its_connection_up(runtime: Runtime) -> None:
+    """
+    On PostgreSQL the hot-path reads run on a pooled connection's driver (decision 0036): a read cancelled
+    while the server holds it up (another connection's lock) discards that connection, the pool has none
+    left out, and the next read answers.
+    """
+    import asyncpg
+
+    user_id = await add_user(runtime)
+    async with runtime.store.transaction() as tx:
+        await tx.tokens.add(
+            token_hash="p" * 64,
+            hint="pppppppp",
+            user_id=user_id,
+            client_id="particle",
+            scopes=(),
+            now=NOW,
+            expires_at=None,
+            refresh_token_hash=None,
+            refresh_expires_at=None,
+        )
+    pool = runtime.store.engine.sync_engine.pool
+    url = runtime.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    holder = await asyncpg.connect(url)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE access_tokens IN ACCESS EXCLUSIVE MODE")
+            read = asyncio.create_task(runtime.store.lookup_token("p" * 64))
+
+            async def held_up() -> bool:
+                return bool(await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+            await wait_until(held_up, timeout=10)
+            assert pool.checkedout() == 1  # type: ignore[attr-defined]
+            read.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await read
+    finally:
+        await holder.close()
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    found = await runtime.store.lookup_token("p" * 64)
+    assert found is not None
+    assert found[1] is not None
+    assert found[1].username == "ada@example.com"
 
 
 async def test_kept_dtls_sessions_are_replaced_per_device(runtime: Runtime) -> None:
