@@ -14,7 +14,7 @@ from devicecloud.domain.accounts import OAuthClient
 from devicecloud.domain.devices import DevicePresence, HeardRow
 from devicecloud.errors import Conflict
 from devicecloud.runtime import Runtime
-from devicecloud.store.interfaces import DtlsSessionRow
+from devicecloud.store.interfaces import DtlsSessionRow, UnitOfWork
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -25,6 +25,21 @@ async def add_user(runtime: Runtime, username: str = "ada@example.com") -> int:
             username=username, password_hash="h", account_info={"first_name": "Ada"}, now=NOW
         )
     return user.id
+
+
+async def add_person_token(tx: UnitOfWork, user_id: int) -> None:
+    """A person's token, hash ``"p" * 64``: no expiry, no scopes."""
+    await tx.tokens.add(
+        token_hash="p" * 64,
+        hint="pppppppp",
+        user_id=user_id,
+        client_id="particle",
+        scopes=(),
+        now=NOW,
+        expires_at=None,
+        refresh_token_hash=None,
+        refresh_expires_at=None,
+    )
 
 
 async def test_user_round_trip(runtime: Runtime) -> None:
@@ -304,17 +319,7 @@ async def test_lookup_token_reads_a_persons_and_a_products_token(runtime: Runtim
     """The hot-path read (decision 0016): a person's token comes with its user, a product's with none."""
     user_id = await add_user(runtime)
     async with runtime.store.transaction() as tx:
-        await tx.tokens.add(
-            token_hash="p" * 64,
-            hint="pppppppp",
-            user_id=user_id,
-            client_id="particle",
-            scopes=(),
-            now=NOW,
-            expires_at=None,
-            refresh_token_hash=None,
-            refresh_expires_at=None,
-        )
+        await add_person_token(tx, user_id)
         product = await tx.products.add(
             slug="brew", name="Brew", description=None, platform_id=6, owner_id=user_id, settings={}, now=NOW
         )
@@ -366,17 +371,7 @@ async def test_a_token_read_cut_off_half_way_gives_its_connection_up(runtime: Ru
 
     user_id = await add_user(runtime)
     async with runtime.store.transaction() as tx:
-        await tx.tokens.add(
-            token_hash="p" * 64,
-            hint="pppppppp",
-            user_id=user_id,
-            client_id="particle",
-            scopes=(),
-            now=NOW,
-            expires_at=None,
-            refresh_token_hash=None,
-            refresh_expires_at=None,
-        )
+        await add_person_token(tx, user_id)
     pool = runtime.store.engine.sync_engine.pool
     url = runtime.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     holder = await asyncpg.connect(url)
