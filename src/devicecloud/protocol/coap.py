@@ -20,9 +20,10 @@ Theory of operation:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from operator import itemgetter
+from typing import Any, Generic, TypeVar, overload
 
 from devicecloud.protocol.codes import MessageType, OptionNumber, code_str
 from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -30,6 +31,35 @@ from devicecloud.protocol.errors import LocalProtocolError, RemoteProtocolError
 __all__ = ["Message", "decode", "decode_uint", "encode", "encode_uint", "path_options", "query_options"]
 
 _PAYLOAD_MARKER = 0xFF
+# MessageType by header bits, without the enum's call (it runs for every message received).
+_TYPES = tuple(MessageType(value) for value in range(4))
+_OPTION_NUMBER = itemgetter(0)
+_T = TypeVar("_T")
+
+
+class _computed_once(Generic[_T]):  # a decorator, named like functools.cached_property
+    """
+    A property computed on first read and kept in the instance's ``__dict__`` (later reads never call this):
+    `functools.cached_property` without its lock, which on Python 3.11 costs more than the work it saves.
+    """
+
+    def __init__(self, compute: Callable[[Any], _T]) -> None:
+        self._compute = compute
+        self._name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> _computed_once[_T]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type) -> _T: ...
+
+    def __get__(self, instance: object | None, owner: type) -> _T | _computed_once[_T]:
+        if instance is None:
+            return self
+        value = self._compute(instance)
+        instance.__dict__[self._name] = value  # a frozen dataclass's __setattr__ is bypassed on purpose
+        return value
 
 
 @dataclass(frozen=True)
@@ -43,10 +73,10 @@ class Message:
     options: tuple[tuple[int, bytes], ...] = ()
     payload: bytes = b""
 
-    @cached_property
+    @_computed_once
     def uri_path(self) -> tuple[str, ...]:
         """The Uri-Path segments, decoded as UTF-8 (undecodable bytes replaced); read several times."""
-        return tuple(v.decode("utf-8", "replace") for v in self.option_values(OptionNumber.URI_PATH))
+        return tuple([v.decode("utf-8", "replace") for n, v in self.options if n == OptionNumber.URI_PATH])
 
     @property
     def uri_query(self) -> tuple[bytes, ...]:
@@ -55,7 +85,7 @@ class Message:
 
     def option_values(self, number: int) -> tuple[bytes, ...]:
         """All values of one option number, in order."""
-        return tuple(v for n, v in self.options if n == number)
+        return tuple([v for n, v in self.options if n == number])
 
     @property
     def is_empty(self) -> bool:
@@ -126,7 +156,8 @@ def encode(message: Message) -> bytes:
     out += message.message_id.to_bytes(2, "big")
     out += token
     last = 0
-    for number, value in sorted(message.options, key=lambda o: o[0]):
+    options = message.options
+    for number, value in sorted(options, key=_OPTION_NUMBER) if len(options) > 1 else options:
         delta_nib, delta_ext = _nibble(number - last)
         len_nib, len_ext = _nibble(len(value))
         out.append((delta_nib << 4) | len_nib)
@@ -162,41 +193,48 @@ def decode(data: bytes) -> Message:
     Raises:
         RemoteProtocolError: the bytes are not a well-formed CoAP message.
     """
-    if len(data) < 4:
-        raise RemoteProtocolError(f"CoAP message too short ({len(data)} bytes)")
+    if type(data) is not bytes:
+        data = bytes(data)  # slices below are then bytes, copied once
+    size = len(data)
+    if size < 4:
+        raise RemoteProtocolError(f"CoAP message too short ({size} bytes)")
     first = data[0]
     if first >> 6 != 1:
         raise RemoteProtocolError(f"unsupported CoAP version {first >> 6}")
-    mtype = MessageType((first >> 4) & 0x03)
+    mtype = _TYPES[(first >> 4) & 0x03]
     tkl = first & 0x0F
     if tkl > 8:
         raise RemoteProtocolError(f"invalid CoAP token length {tkl}")
     code = data[1]
     message_id = int.from_bytes(data[2:4], "big")
-    if code == 0 and (tkl or len(data) > 4):
+    if code == 0 and (tkl or size > 4):
         raise RemoteProtocolError("empty CoAP message with token, options or payload")
     pos = 4 + tkl
-    if pos > len(data):
+    if pos > size:
         raise RemoteProtocolError("truncated CoAP token")
-    token = bytes(data[4:pos])
+    token = data[4:pos]
     options: list[tuple[int, bytes]] = []
     number = 0
     payload = b""
-    while pos < len(data):
+    while pos < size:
         byte = data[pos]
         pos += 1
         if byte == _PAYLOAD_MARKER:
-            payload = bytes(data[pos:])
+            payload = data[pos:]
             if not payload:
                 raise RemoteProtocolError("CoAP payload marker without payload")
             break
-        delta, pos = _read_ext(data, pos, byte >> 4)
-        length, pos = _read_ext(data, pos, byte & 0x0F)
-        if pos + length > len(data):
+        delta, length = byte >> 4, byte & 0x0F
+        if delta > 12:  # the extended forms (and the reserved 15) are rare: out of the common path
+            delta, pos = _read_ext(data, pos, delta)
+        if length > 12:
+            length, pos = _read_ext(data, pos, length)
+        end = pos + length
+        if end > size:
             raise RemoteProtocolError("truncated CoAP option value")
         number += delta
-        options.append((number, bytes(data[pos : pos + length])))
-        pos += length
+        options.append((number, data[pos:end]))
+        pos = end
     return Message(mtype, code, message_id, token, tuple(options), payload)
 
 
