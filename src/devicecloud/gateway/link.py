@@ -59,8 +59,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -390,8 +391,8 @@ class Link:
         wants_request = not event.flags & HelloFlags.DEVICE_INITIATED_DESCRIBE
         if self._ctx.describe_on_connect and wants_request and self.online:
             self._asks_describe = True
+            # Written with the Hello's answer: `_do_work`, which called us, transmits once it is done.
             self._conn.send(RequestDescribe(), self._ctx.clock.monotonic())
-            self._transmit()
 
     async def _report_describe(self, event: DescribeReceived) -> None:
         if self._connected and self.device_id:
@@ -448,7 +449,7 @@ class Link:
             log = self._log.debug if self._invalid_logged else self._log.info
             self._invalid_logged = True
             log("device event refused", reason=invalid, event_name=loggable(event.name), size=_size(event))
-        elif not accepted:
+        elif not accepted and _debugging(self._log):
             self._log.debug("device event over the publish limit", event_name=loggable(event.name))
         if not accepted:
             self._ctx.counters.events_refused += 1
@@ -701,10 +702,14 @@ class Link:
                     self._conn.send(SendTime(event.request_id, unix_time), self._ctx.clock.monotonic())
             elif isinstance(event, EventPublished):
                 self.facts.on_event(event)
-                self._log.debug("device published", event_name=loggable(event.name), private=event.private)
+                if _debugging(self._log):  # the name is made loggable only for a line that is written
+                    self._log.debug(
+                        "device published", event_name=loggable(event.name), private=event.private
+                    )
                 self._work.append(event)  # the hook decides; a CON event is ACKed after it
             elif isinstance(event, SubscribeRequested):
-                self._log.debug("device subscribes", prefix=event.prefix, scope=event.scope.name.lower())
+                if _debugging(self._log):
+                    self._log.debug("device subscribes", prefix=event.prefix, scope=event.scope.name.lower())
                 if self._ctx.on_subscribe is not None:
                     self._work.append(event)
             elif isinstance(event, DiagnosticsReceived) and event.request_id is None:
@@ -836,6 +841,14 @@ class Link:
         self._conn.send(command, self._ctx.clock.monotonic())
         self._transmit()
         return True
+
+
+def _debugging(log: Any) -> bool:
+    """
+    Whether ``log`` writes DEBUG lines (a filtering logger says; any other is asked to write them).
+    """
+    enabled = getattr(log, "is_enabled_for", None)
+    return enabled is None or bool(enabled(logging.DEBUG))
 
 
 def _size(event: EventPublished) -> int:

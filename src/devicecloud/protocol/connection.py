@@ -293,13 +293,26 @@ class CoapSession:
         Returns:
             An absolute time on the caller's clock, or ``None`` if nothing is scheduled.
         """
-        if self._state is ConnectionState.CLOSED:
+        state = self._state
+        if state is ConnectionState.CLOSED:
             return None
-        candidates = [self._handshake_deadline, self._requests.next_deadline()]
-        if self._state is ConnectionState.ESTABLISHED:
-            candidates += [self._ping_due(), self._idle_deadline()]
-        times = [t for t in candidates if t is not None]
-        return min(times) if times else None
+        # Called after every message in and out: no lists, no calls for what cannot be set.
+        earliest = self._handshake_deadline
+        if self._requests:
+            deadline = self._requests.next_deadline()
+            if deadline is not None and (earliest is None or deadline < earliest):
+                earliest = deadline
+        if state is ConnectionState.ESTABLISHED:
+            timing = self._timing
+            if timing.ping_after is not None:
+                due = max(self._last_rx, self._last_ping) + timing.ping_after
+                if earliest is None or due < earliest:
+                    earliest = due
+            if timing.idle_timeout is not None:
+                idle = self._last_rx + timing.idle_timeout
+                if earliest is None or idle < earliest:
+                    earliest = idle
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         """Act on every deadline that has passed by ``now`` (timeouts, keep-alive pings, a dead link)."""
