@@ -562,9 +562,9 @@ class CoapSession:
     # ---- cloud role: requests from the device
 
     def _on_device_request(self, kind: MessageKind | None, msg: coap.Message) -> None:
-        path = msg.uri_path
         if kind is MessageKind.EVENT:
-            raw_name = b"/".join(msg.option_values(OptionNumber.URI_PATH)[1:])
+            raw_path = msg.option_values(OptionNumber.URI_PATH)
+            raw_name = b"/".join(raw_path[1:])
             if not raw_name:
                 raise RemoteProtocolError("event without a name")
             name, name_utf8 = _utf8(raw_name)
@@ -576,7 +576,7 @@ class CoapSession:
                 events.EventPublished(
                     name=name,
                     data=msg.payload or None,
-                    private=path[0] == "E",
+                    private=raw_path[0] == b"E",
                     ttl=coap.decode_uint(max_age[0]) if max_age else messages.DEFAULT_EVENT_TTL,
                     confirmable=confirmable,
                     request_id=rid,
@@ -585,7 +585,7 @@ class CoapSession:
             )
         elif kind is MessageKind.SUBSCRIBE:
             self._ack_if_con(msg)
-            prefix = "/".join(path[1:])
+            prefix = "/".join(msg.uri_path[1:])
             if b"u" in msg.uri_query:
                 sub = events.SubscribeRequested(prefix, SubscriptionScope.MY_DEVICES)
             elif msg.payload:

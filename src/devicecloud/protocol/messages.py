@@ -63,10 +63,14 @@ def classify(message: Message) -> MessageKind | None:
     """
     if message.code == Code.EMPTY:
         return MessageKind.PING if message.type is MessageType.CON else None
-    path = message.uri_path
-    if not path:
-        return None
-    return REQUEST_KINDS.get((message.code, path[0]))
+    # The first Uri-Path option, raw: no segment is decoded for a lookup of one ASCII letter.
+    for number, value in message.options:
+        if number == OptionNumber.URI_PATH:
+            return _RAW_REQUEST_KINDS.get((message.code, value))
+    return None
+
+
+_RAW_REQUEST_KINDS = {(code, path.encode()): kind for (code, path), kind in REQUEST_KINDS.items()}
 
 
 def hello(message_id: int, payload: bytes = b"", confirmable: bool = False) -> Message:
