@@ -81,7 +81,6 @@ from devicecloud.protocol import (
     ConnectionClosed,
     ConnectionState,
     DescribeReceived,
-    Description,
     DeviceIdentified,
     DiagnosticsReceived,
     Event,
@@ -396,14 +395,16 @@ class Link:
 
     async def _report_describe(self, event: DescribeReceived) -> None:
         if self._connected and self.device_id:
+            version = system_module_version(event.description.modules)  # read once, used twice
             async with self._ctx.registry.serial(self.device_id):
-                description = describe_to_domain(event.description)
+                description = describe_to_domain(event.description, module_version=version)
                 await self._ctx.sessions.device_described(self.device_id, description)
-            self._plan_redescribe(event.description)
+            self._plan_redescribe(version)
 
-    def _plan_redescribe(self, description: Description) -> None:
+    def _plan_redescribe(self, version: int | None) -> None:
         """
-        Ask for the Describe again later if this one may have come before the application registered.
+        Ask for the Describe again later if this one may have come before the application registered
+        (``version``: its system modules', see `system_module_version`).
         """
         retries = self._describe_retries
         if (
@@ -413,7 +414,6 @@ class Link:
         ):
             return
         empty = not self.functions and not self.variables
-        version = system_module_version(description.modules)
         before_setup = version is not None and version < SETUP_BEFORE_CLOUD_SINCE and retries == 0
         if empty or before_setup:
             self._describe_retries += 1
