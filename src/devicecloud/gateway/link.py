@@ -395,11 +395,10 @@ class Link:
 
     async def _report_describe(self, event: DescribeReceived) -> None:
         if self._connected and self.device_id:
-            version = system_module_version(event.description.modules)  # read once, used twice
             async with self._ctx.registry.serial(self.device_id):
-                description = describe_to_domain(event.description, module_version=version)
+                description = describe_to_domain(event.description)
                 await self._ctx.sessions.device_described(self.device_id, description)
-            self._plan_redescribe(version)
+            self._plan_redescribe(system_module_version(event.description.modules))
 
     def _plan_redescribe(self, version: int | None) -> None:
         """

@@ -10,7 +10,7 @@ the Hello becomes a `DeviceHelloInfo`, a Describe a `DeviceDescription`, a varia
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 from devicecloud.domain.device_os_versions import system_version_name
 from devicecloud.domain.devices import DeviceDescription, DeviceHelloInfo, VariableReading
@@ -46,17 +46,12 @@ def hello_to_domain(event: HelloReceived) -> DeviceHelloInfo:
     )
 
 
-def describe_to_domain(
-    description: Description, *, module_version: int | Literal["unread"] | None = "unread"
-) -> DeviceDescription:
+def describe_to_domain(description: Description) -> DeviceDescription:
     """
     A Describe as services store it. Parts the device did not send stay ``None``; variables of a type the
     API cannot show (NULL, unknown codes) are left out; the Device OS release comes from the system parts in
-    the module list (``None`` when it cannot be told, so the stored one stays). ``module_version``: what
-    `system_module_version` gave for these modules, when the caller has it already.
+    the module list (``None`` when it cannot be told, so the stored one stays).
     """
-    if module_version == "unread":
-        module_version = system_module_version(description.modules)
     variables = None
     if description.variables is not None:
         variables = {
@@ -65,7 +60,7 @@ def describe_to_domain(
     return DeviceDescription(
         functions=description.functions,
         variables=variables,
-        system_firmware_version=system_version_name(module_version) if module_version is not None else None,
+        system_firmware_version=system_firmware_version(description.modules),
         modules=list(description.modules) if description.modules is not None else None,
     )
 

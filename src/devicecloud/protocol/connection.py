@@ -296,22 +296,16 @@ class CoapSession:
         state = self._state
         if state is ConnectionState.CLOSED:
             return None
-        # Called after every message in and out: no lists, no calls for what cannot be set.
+        # Called after every message in and out: no lists.
         earliest = self._handshake_deadline
         if self._requests:
             deadline = self._requests.next_deadline()
             if deadline is not None and (earliest is None or deadline < earliest):
                 earliest = deadline
         if state is ConnectionState.ESTABLISHED:
-            timing = self._timing
-            if timing.ping_after is not None:
-                due = max(self._last_rx, self._last_ping) + timing.ping_after
-                if earliest is None or due < earliest:
+            for due in (self._ping_due(), self._idle_deadline()):
+                if due is not None and (earliest is None or due < earliest):
                     earliest = due
-            if timing.idle_timeout is not None:
-                idle = self._last_rx + timing.idle_timeout
-                if earliest is None or idle < earliest:
-                    earliest = idle
         return earliest
 
     def handle_timer(self, now: float) -> None:

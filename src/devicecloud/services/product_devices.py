@@ -425,15 +425,15 @@ class ProductDeviceService:
         async with self._store.transaction(readonly=True) as tx:
             product = (await access_product(tx, principal, ref, "devices:list", "device")).product
             ordered, due = self.lists.get(product.id, shape)
-            shared = None
-            if ordered is None:
-                shared = self._pending.get((product.id, shape, self.lists.generation(product.id)))
-                if shared is None:
-                    ordered = await self._read_list(tx, product.id, query, shape)
-            elif due:
-                self._read_behind(product.id, query, shape)
+            if ordered is not None:
+                if due:
+                    self._read_behind(product.id, query, shape)
+                return await self._page(tx, product.id, ordered, query)
+            shared = self._pending.get((product.id, shape, self.lists.generation(product.id)))
             if shared is None:
-                return await self._page(tx, product.id, ordered or "", query)
+                return await self._page(
+                    tx, product.id, await self._read_list(tx, product.id, query, shape), query
+                )
         # Another request is reading this list: wait for it holding no connection, so that a burst of requests
         # for a long list that is not kept yet never takes the pool's connections to wait (decision 0020 §8).
         ordered = await asyncio.shield(shared)
