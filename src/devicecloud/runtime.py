@@ -28,6 +28,7 @@ from devicecloud.bus.memory import MemoryBus
 from devicecloud.clock import Clock, SystemClock
 from devicecloud.compiler import CommandCompiler
 from devicecloud.domain.accounts import User
+from devicecloud.domain.devices import ProductMembership
 from devicecloud.domain.library_archives import ArchiveLimits
 from devicecloud.domain.usage import UsageLimits
 from devicecloud.errors import Conflict
@@ -348,10 +349,14 @@ def _serving(routed: RoutedControl, publish_status: StatusHook) -> StatusHook:
     """
 
     async def on_status(
-        device_id: str, online: bool, *, owner_id: int | Literal["unread"] | None = "unread"
+        device_id: str,
+        online: bool,
+        *,
+        owner_id: int | Literal["unread"] | None = "unread",
+        membership: ProductMembership | Literal["unread"] | None = "unread",
     ) -> None:
         (routed.held if online else routed.released)(device_id)
-        await publish_status(device_id, online, owner_id=owner_id)
+        await publish_status(device_id, online, owner_id=owner_id, membership=membership)
 
     return on_status
 

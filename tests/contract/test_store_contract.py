@@ -397,6 +397,38 @@ async def test_a_token_read_cut_off_half_way_gives_its_connection_up(runtime: Ru
     assert found[1].username == "ada@example.com"
 
 
+async def test_a_device_read_waits_no_longer_than_its_timeout(runtime: Runtime) -> None:
+    """
+    The gateway's key check bounds its device read (``timeout``): a read the database holds up ends with
+    `TimeoutError` and gives its connection up; a read that needs no wait (SQLite's inline read) is never
+    cut, whatever the timeout.
+    """
+    async with runtime.store.transaction() as tx:
+        await tx.devices.add("a" * 24, now=NOW, platform_id=6)
+    if runtime.store.engine.dialect.name == "sqlite":
+        found = await runtime.store.lookup_device("a" * 24, timeout=0)
+        assert found is not None
+        assert found.platform_id == 6
+        return
+    import asyncpg
+
+    pool = runtime.store.engine.sync_engine.pool
+    url = runtime.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    holder = await asyncpg.connect(url)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(TimeoutError):
+                await runtime.store.lookup_device("a" * 24, timeout=0.2)
+            assert not await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
+    finally:
+        await holder.close()
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    found = await runtime.store.lookup_device("a" * 24, timeout=5)
+    assert found is not None
+    assert found.platform_id == 6
+
+
 async def test_kept_dtls_sessions_are_replaced_per_device(runtime: Runtime) -> None:
     """The UDP gateway's kept sessions: one row per device, replaced whole, large counters intact."""
     at = datetime(2026, 1, 1, tzinfo=UTC)

@@ -137,7 +137,7 @@ class StatementCounter:
         self.statements: list[tuple[str, int]] = []
         self._engine = runtime.store.engine.sync_engine
         event.listen(self._engine, "before_cursor_execute", self._seen)
-        for name in ("lookup_device", "lookup_token"):
+        for name in ("lookup_device", "lookup_token", "lookup_membership"):
             monkeypatch.setattr(runtime.store, name, self._counting(getattr(runtime.store, name)))
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -145,9 +145,9 @@ class StatementCounter:
         self.statements.append((statement, many))
 
     def _counting(self, read: Any) -> Any:
-        async def counted(*args: Any) -> Any:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
             self.statements.append((f"point read {read.__name__}", 1))
-            return await read(*args)
+            return await read(*args, **kwargs)
 
         return counted
 
@@ -274,6 +274,30 @@ async def test_shutdown_writes_every_pending_fact(runtime: Runtime, clock: FakeC
         record.online,
         record.functions,
     )
+
+
+async def test_a_connection_reads_the_database_once(
+    client: httpx.AsyncClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The key check's read is the one read of a connection (ADR 0010): its ``spark/status`` and its events take
+    the owner and the product membership that read found.
+    """
+    ada = await make_account(client, "ada@example.com")
+    identity = generate_identity()
+    await register_and_claim(client, ada, identity.device_id, identity.public_key_pem())
+    counter = StatementCounter(runtime, monkeypatch)
+    device = virtual_device(runtime, identity)
+    try:
+        await device.start()
+        await device.wait_connected(10)
+        await device.publish("brew/started", "1", with_ack=True)
+        await handled(runtime, identity.device_id)
+        reads = [sql for sql, _ in counter.statements if sql.startswith("point read")]
+        assert reads == ["point read lookup_device"]
+    finally:
+        counter.close()
+        await device.stop()
 
 
 async def test_a_device_that_reconnects_with_the_same_describe_costs_no_describe_write(

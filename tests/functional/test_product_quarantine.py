@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import delete
 from tests.support.api import Account, make_account
 from tests.support.devices import handled, virtual_device, wait_until
+from tests.support.sse import serve_app, stream
 
 from devicecloud.runtime import Runtime
 from devicecloud.store.sql.products import SqlProducts
@@ -170,6 +171,27 @@ async def test_without_quarantine_a_device_joins_at_once(
     assert (record["quarantined"], record["firmware_version"]) == (False, 3)
     pinged = await client.put(f"{DEVICES}/{identity.device_id}/ping", headers=owner.auth)
     assert pinged.json()["online"] is True
+
+
+async def test_a_device_joining_with_its_hello_comes_online_on_the_products_stream(
+    client: httpx.AsyncClient, owner: Account, runtime: Runtime, fleet: Callable[..., Any]
+) -> None:
+    # Its status is published before the join is written behind: it carries the membership the connection
+    # just learned, not what the database still says.
+    product_id = await make_product(client, owner, quarantine=False)
+    identity = await registered(runtime)
+    async with (
+        serve_app(runtime) as served,
+        stream(served, f"/v1/products/{product_id}/events/spark/status", owner) as statuses,
+    ):
+        await fleet(runtime, identity, product_id)
+        name, data = await statuses.event()
+    assert (name, data["data"], data["coreid"], data["productID"]) == (
+        "spark/status",
+        "online",
+        identity.device_id,
+        product_id,
+    )
 
 
 async def test_imported_device_is_the_products_and_others_join_nothing(

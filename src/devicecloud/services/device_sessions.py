@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import structlog
@@ -63,11 +63,17 @@ class LinkWatcher(Protocol):
 
 class StatusHook(Protocol):
     """
-    Publishes ``spark/status`` (`EventService.publish_status`); ``owner_id`` is the owner as just read.
+    Publishes ``spark/status`` (`EventService.publish_status`); ``owner_id`` and ``membership`` are the
+    owner and product membership as just read.
     """
 
     async def __call__(
-        self, device_id: str, online: bool, *, owner_id: int | Literal["unread"] | None = "unread"
+        self,
+        device_id: str,
+        online: bool,
+        *,
+        owner_id: int | Literal["unread"] | None = "unread",
+        membership: ProductMembership | Literal["unread"] | None = "unread",
     ) -> None: ...
 
 
@@ -123,9 +129,8 @@ class DeviceSessionService:
         made_here = self.presence.first_connect_key(device_id)  # a first-connect record not written yet
         if made_here is not None:
             return self._known_key(device_id, made_here, offered_public_key_der, ip_address)
-        try:
-            async with asyncio.timeout(self._policy.key_check_timeout):
-                known = await self._store.lookup_device(device_id)  # one point read (ADR 0010)
+        try:  # one point read (ADR 0010)
+            known = await self._store.lookup_device(device_id, timeout=self._policy.key_check_timeout)
         except Exception:
             logger.warning(
                 "device key check failed: the database did not answer; the device will retry",
@@ -198,7 +203,8 @@ class DeviceSessionService:
             self.usage.connected(device_id)
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
         if self.on_status is not None:
-            await self.on_status(device_id, True, owner_id=self._owners.get(device_id))
+            owner, membership = self._owners.get(device_id), self._members.get(device_id)
+            await self.on_status(device_id, True, owner_id=owner, membership=membership)
         membership = self._members.get(device_id)
         takes_firmware = membership is not None and not (membership.quarantined or membership.denied)
         if self.watcher is not None and membership is not None and takes_firmware:
@@ -225,6 +231,8 @@ class DeviceSessionService:
             )
         elif membership.firmware_version == firmware_version:
             return
+        else:  # what the device runs now, for its status event (the row is written behind)
+            self._members[device_id] = replace(membership, firmware_version=firmware_version)
         self.presence.product_reported(ProductReport(device_id, product_id, firmware_version, quarantined))
 
     async def _quarantine_setting(self, product_id: int) -> bool | None:

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from devicecloud.clock import Clock
     from devicecloud.domain.access import AnyPrincipal
     from devicecloud.domain.accounts import User
+    from devicecloud.domain.devices import ProductMembership
     from devicecloud.services.devices import DeviceService
     from devicecloud.services.usage import UsageBook
     from devicecloud.store.interfaces import Store
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 logger = structlog.get_logger("devicecloud.events")
 
 StreamScope = Literal["all", "mine", "device"]
+Membership = tuple[int, int | None, int | None]  # (product id, product firmware version, customer id)
 STATUS_EVENT = "spark/status"
 MAX_TTL = 16_777_215  # what the protocol's Max-Age option (3 bytes) can carry
 
@@ -150,7 +152,7 @@ class EventService:
         self._policy = policy
         self._buckets: dict[str, _Bucket] = {}
         self._owners: dict[str, int | None] = {}
-        self._products: dict[str, tuple[int, int | None, int | None] | None] = {}
+        self._products: dict[str, Membership | None] = {}
         self._dropped = 0
         #: Set by the runtime: events devices publish are counted there (decision 0026).
         self.usage: UsageBook | None = None
@@ -257,7 +259,12 @@ class EventService:
         return event
 
     async def publish_status(
-        self, device_id: str, online: bool, *, owner_id: int | Literal["unread"] | None = "unread"
+        self,
+        device_id: str,
+        online: bool,
+        *,
+        owner_id: int | Literal["unread"] | None = "unread",
+        membership: ProductMembership | Literal["unread"] | None = "unread",
     ) -> None:
         """
         ``spark/status`` online/offline, private to the device's owner, after the presence changed.
@@ -269,12 +276,16 @@ class EventService:
                 reads the record anyway); it replaces the cached owner. ``"unread"``: online reads the
                 owner afresh; offline uses the owner the connection's events went to (the cache, which
                 claims and unclaims here clear).
+            membership: the product membership likewise (``None``: in no product); it replaces the cached
+                one, so a connection costs one read, the key check's. ``"unread"``: as for the owner.
         """
         if owner_id != "unread":
             self._owners[device_id] = owner_id
         elif online:
             self.forget_owner(device_id)
-        if online:  # a connection reads membership afresh: another process may have changed it
+        if membership != "unread":
+            self._products[device_id] = _membership_key(membership)
+        elif online:  # a connection reads membership afresh: another process may have changed it
             self.forget_product(device_id)
         owner = await self.owner_of(device_id)
         product, version, customer = await self.membership_of(device_id)
@@ -608,3 +619,10 @@ class EventService:
         System events (``spark…``, ``particle…``) only when addressed to the device, whatever the scope.
         """
         return await self.device_feed(device_id, [(prefix, scope, from_device)])
+
+
+def _membership_key(membership: ProductMembership | None) -> Membership | None:
+    """What `membership_of` keeps of a device's product membership (what `Store.lookup_membership` reads)."""
+    if membership is None:
+        return None
+    return membership.product_id, membership.firmware_version, membership.customer_id

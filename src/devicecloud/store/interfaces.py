@@ -958,9 +958,11 @@ class Store(Protocol):
         """
         ...
 
-    async def lookup_device(self, device_id: str) -> Device | None:
+    async def lookup_device(self, device_id: str, *, timeout: float | None = None) -> Device | None:
         """
-        A device by id, outside any unit of work: the first read of every device request.
+        A device by id, outside any unit of work: the first read of every device request. ``timeout``: the
+        most seconds the read may wait for the database (then `TimeoutError`); a read that needs no wait is
+        never cut short.
         """
         ...
 

@@ -150,8 +150,8 @@ class SqlStore:
     async def lookup_token(self, token_hash: str) -> tuple[AccessToken, User | None] | None:
         return await self._token_lookup.lookup(token_hash)
 
-    async def lookup_device(self, device_id: str) -> Device | None:
-        return await self._token_lookup.device(device_id)
+    async def lookup_device(self, device_id: str, *, timeout: float | None = None) -> Device | None:
+        return await self._token_lookup.device(device_id, timeout)
 
     async def lookup_device_for(self, device_id: str, user_id: int) -> tuple[Device, Role | None] | None:
         return await self._token_lookup.device_for(device_id, user_id)
