@@ -11,8 +11,9 @@ Theory of operation:
     when through its ``on_online`` callback. The handshake deadline therefore counts from admission, when
     the gateway sends the nonce: the wait in the backlog is the device's, bounded by its own timer.
 
-    Every accepted socket becomes a `Link` served by its own task; the gateway keeps those tasks in a set,
-    so `stop()` can cancel them and wait until each has closed its socket and reported its device offline.
+    Every accepted socket becomes a `Link` served by its own task, over a `tcp_stream.TcpLinkStream`; the
+    gateway keeps those tasks in a set, so `stop()` can cancel them and wait until each has closed its socket
+    and reported its device offline.
 
     Beyond ``max_links`` sockets (handshaking or established), a new socket is closed at once, before any
     RSA work is spent on it. Each `protocol.Connection` gets the gateway's `Timing`: the handshake
@@ -56,6 +57,7 @@ from devicecloud.gateway.flash import GatewayUpdates
 from devicecloud.gateway.kept_sessions import SessionStore
 from devicecloud.gateway.link import Link
 from devicecloud.gateway.registry import LinkRegistry
+from devicecloud.gateway.tcp_stream import TcpLinkStream, open_link_stream
 from devicecloud.gateway.udp import UdpGateway, UdpStatistics, UdpTotals
 from devicecloud.protocol import Connection, RandomBytes, RawSigner, Role, Timing, raw_signer
 from devicecloud.protocol.proxy_header import ProxyHeader, ProxyHeaderError, ProxyHeaderReader
@@ -438,14 +440,14 @@ class DeviceGateway:
                 ip_address = str(peer[0]) if isinstance(peer, tuple) else None
             try:
                 sock.setblocking(False)
-                reader, writer = await _streams(sock)
+                stream = await open_link_stream(sock)
             except OSError:
                 sock.close()  # reset before we got to it
                 return
             if self._proxies and _is_from(ip_address, self._proxies):
-                header = await self._proxy_header(reader, ip_address)
+                header = await self._proxy_header(stream, ip_address)
                 if header is None:
-                    writer.transport.abort()
+                    stream.transport.abort()
                     return
                 if header.source is not None:
                     ip_address = header.source[0]
@@ -460,9 +462,9 @@ class DeviceGateway:
                 )
             except Exception:
                 logger.exception("cannot start a device connection", ip=ip_address)
-                writer.transport.abort()
+                stream.transport.abort()
                 return
-            await Link(self._ctx, conn, reader, writer, ip_address, on_online=slot.release).run()
+            await Link(self._ctx, conn, stream, stream, ip_address, on_online=slot.release).run()
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
@@ -470,7 +472,7 @@ class DeviceGateway:
         finally:
             slot.release()
 
-    async def _proxy_header(self, reader: asyncio.StreamReader, proxy: str | None) -> ProxyHeader | None:
+    async def _proxy_header(self, reader: TcpLinkStream, proxy: str | None) -> ProxyHeader | None:
         """
         The PROXY protocol header a trusted proxy sends first, or ``None`` (counted and logged) when it is
         malformed, cut short or not whole within the timeout. Reads only the header's own bytes.
@@ -569,17 +571,6 @@ async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Non
         await ready
     finally:
         loop.remove_reader(sock.fileno())
-
-
-async def _streams(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """
-    asyncio streams over an accepted socket, as ``asyncio.start_server`` would hand them over.
-    """
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def _is_from(
