@@ -406,9 +406,8 @@ async def test_a_device_read_waits_no_longer_than_its_timeout(runtime: Runtime) 
     async with runtime.store.transaction() as tx:
         await tx.devices.add("a" * 24, now=NOW, platform_id=6)
     if runtime.store.engine.dialect.name == "sqlite":
-        found = await runtime.store.lookup_device("a" * 24, timeout=0)
-        assert found is not None
-        assert found.platform_id == 6
+        for read in (runtime.store.lookup_device, runtime.store.lookup_device_key):
+            assert await read("a" * 24, timeout=0) is not None
         return
     import asyncpg
 
@@ -418,8 +417,9 @@ async def test_a_device_read_waits_no_longer_than_its_timeout(runtime: Runtime) 
     try:
         async with holder.transaction():
             await holder.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
-            with pytest.raises(TimeoutError):
-                await runtime.store.lookup_device("a" * 24, timeout=0.2)
+            for read in (runtime.store.lookup_device, runtime.store.lookup_device_key):
+                with pytest.raises(TimeoutError):
+                    await read("a" * 24, timeout=0.2)
             assert not await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
     finally:
         await holder.close()
@@ -427,6 +427,7 @@ async def test_a_device_read_waits_no_longer_than_its_timeout(runtime: Runtime) 
     found = await runtime.store.lookup_device("a" * 24, timeout=5)
     assert found is not None
     assert found.platform_id == 6
+    assert await runtime.store.lookup_device_key("a" * 24, timeout=5) is not None
 
 
 async def test_kept_dtls_sessions_are_replaced_per_device(runtime: Runtime) -> None:

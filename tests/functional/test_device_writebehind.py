@@ -137,7 +137,7 @@ class StatementCounter:
         self.statements: list[tuple[str, int]] = []
         self._engine = runtime.store.engine.sync_engine
         event.listen(self._engine, "before_cursor_execute", self._seen)
-        for name in ("lookup_device", "lookup_token", "lookup_membership"):
+        for name in ("lookup_device", "lookup_device_key", "lookup_token", "lookup_membership"):
             monkeypatch.setattr(runtime.store, name, self._counting(getattr(runtime.store, name)))
 
     def _seen(self, _conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -294,7 +294,7 @@ async def test_a_connection_reads_the_database_once(
         await device.publish("brew/started", "1", with_ack=True)
         await handled(runtime, identity.device_id)
         reads = [sql for sql, _ in counter.statements if sql.startswith("point read")]
-        assert reads == ["point read lookup_device"]
+        assert reads == ["point read lookup_device_key"]
     finally:
         counter.close()
         await device.stop()

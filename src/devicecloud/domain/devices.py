@@ -88,6 +88,23 @@ class ProductMembership:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceKeyRecord:
+    """
+    What a device's connection needs of its record, as the key check's one read finds it (ADR 0010): the
+    key, the owner its status goes to, whether it has a name, what the store holds of its Describe, the
+    epoch of its latest link and its product membership.
+    """
+
+    owner_id: int | None
+    named: bool
+    public_key_der: bytes | None
+    describe: dict[str, Any]
+    system_firmware_version: str | None
+    session_epoch: int | None
+    membership: ProductMembership | None
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """
     A device record: identity, ownership, what it last reported and when it was last seen.

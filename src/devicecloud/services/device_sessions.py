@@ -130,7 +130,7 @@ class DeviceSessionService:
         if made_here is not None:
             return self._known_key(device_id, made_here, offered_public_key_der, ip_address)
         try:  # one point read (ADR 0010)
-            known = await self._store.lookup_device(device_id, timeout=self._policy.key_check_timeout)
+            known = await self._store.lookup_device_key(device_id, timeout=self._policy.key_check_timeout)
         except Exception:
             logger.warning(
                 "device key check failed: the database did not answer; the device will retry",
@@ -148,7 +148,7 @@ class DeviceSessionService:
             if known.membership is not None and known.membership.denied:
                 logger.warning("device refused: its product denied it", device_id=device_id, ip=ip_address)
                 return None
-            if known.name is not None:
+            if known.named:
                 self._named.add(device_id)
             if known.public_key_der:
                 return self._known_key(device_id, known.public_key_der, offered_public_key_der, ip_address)
@@ -174,11 +174,11 @@ class DeviceSessionService:
 
     async def device_connected(self, device_id: str, ip_address: str | None, hello: DeviceHelloInfo) -> None:
         if device_id not in self._owners:  # no key check in this process (a direct report): read it once
-            known = await self._store.lookup_device(device_id)
+            known = await self._store.lookup_device_key(device_id)
             if known is None:
                 self.presence.first_connect(device_id, None)
             else:
-                if known.name is not None:
+                if known.named:
                     self._named.add(device_id)
                 if known.session_epoch is not None:
                     self._epochs[device_id] = known.session_epoch

@@ -15,7 +15,14 @@ from typing import Any, Protocol
 
 from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, Customer, OAuthClient, User
-from devicecloud.domain.devices import ClaimCode, Device, DevicePresence, HeardRow, PendingKey
+from devicecloud.domain.devices import (
+    ClaimCode,
+    Device,
+    DeviceKeyRecord,
+    DevicePresence,
+    HeardRow,
+    PendingKey,
+)
 from devicecloud.domain.diagnostics import VitalsRecord
 from devicecloud.domain.libraries import (
     Library,
@@ -963,6 +970,15 @@ class Store(Protocol):
         A device by id, outside any unit of work: the first read of every device request. ``timeout``: the
         most seconds the read may wait for the database (then `TimeoutError`); a read that needs no wait is
         never cut short.
+        """
+        ...
+
+    async def lookup_device_key(
+        self, device_id: str, *, timeout: float | None = None
+    ) -> DeviceKeyRecord | None:
+        """
+        What a connecting device's key check needs of its record (the one read of a connection, ADR 0010),
+        outside any unit of work; ``timeout`` as for `lookup_device`.
         """
         ...
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, User
-from devicecloud.domain.devices import Device
+from devicecloud.domain.devices import Device, DeviceKeyRecord
 from devicecloud.store.sql.accounts import SqlClients, SqlSecrets, SqlTokens, SqlUsers
 from devicecloud.store.sql.customers import SqlCustomers
 from devicecloud.store.sql.devices import SqlClaimCodes, SqlDevices, SqlPendingKeys
@@ -152,6 +152,11 @@ class SqlStore:
 
     async def lookup_device(self, device_id: str, *, timeout: float | None = None) -> Device | None:
         return await self._token_lookup.device(device_id, timeout)
+
+    async def lookup_device_key(
+        self, device_id: str, *, timeout: float | None = None
+    ) -> DeviceKeyRecord | None:
+        return await self._token_lookup.device_key(device_id, timeout)
 
     async def lookup_device_for(self, device_id: str, user_id: int) -> tuple[Device, Role | None] | None:
         return await self._token_lookup.device_for(device_id, user_id)

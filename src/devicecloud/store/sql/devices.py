@@ -4,6 +4,7 @@ SQL repositories of devices: device records, keys waiting for approval, and clai
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from devicecloud.domain.devices import (
     ClaimCode,
     Device,
+    DeviceKeyRecord,
     DevicePresence,
     HeardRow,
     PendingKey,
@@ -44,10 +46,8 @@ from devicecloud.store.tables import (
     users,
 )
 
-_DEVICE_COLUMNS = (
-    *devices.c,
-    users.c.username.label("owner_username"),
-    # Its product membership (one primary-key probe): access to a product device is the product's.
+# A device's product membership (one primary-key probe): access to a product device is the product's.
+_MEMBERSHIP_COLUMNS = (
     product_devices.c.product_id.label("pd_product_id"),
     product_devices.c.firmware_version.label("pd_firmware_version"),
     product_devices.c.development.label("pd_development"),
@@ -56,6 +56,8 @@ _DEVICE_COLUMNS = (
     product_devices.c.denied.label("pd_denied"),
     product_devices.c.customer_id.label("pd_customer_id"),
 )
+_MEMBERSHIP_NAMES = tuple(column.name for column in _MEMBERSHIP_COLUMNS)
+_DEVICE_COLUMNS = (*devices.c, users.c.username.label("owner_username"), *_MEMBERSHIP_COLUMNS)
 
 
 def _membership(row: Mapping[str, Any]) -> ProductMembership | None:
@@ -128,6 +130,42 @@ def select_devices() -> Any:
 # Built once, for the hot path of every device request (store/sql/token_lookup.py).
 FIND_DEVICE = _select_devices().where(devices.c.id == bindparam("device_id"))
 DEVICE_COLUMN_NAMES = tuple(column.name for column in _DEVICE_COLUMNS)
+# Built once: the key check of a connecting device (ADR 0010), only the columns a connection uses: a
+# quarter of the whole record's, no owner join, no dates to convert (about 9 µs less per handshake).
+FIND_DEVICE_KEY = (
+    select(
+        devices.c.owner_id,
+        devices.c.name,
+        devices.c.public_key,
+        devices.c.describe,
+        devices.c.system_firmware_version,
+        devices.c.session_epoch,
+        *_MEMBERSHIP_COLUMNS,
+    )
+    .select_from(devices.outerjoin(product_devices, product_devices.c.device_id == devices.c.id))
+    .where(devices.c.id == bindparam("device_id"))
+)
+
+
+def device_key_from_values(values: Sequence[Any]) -> DeviceKeyRecord:
+    """
+    A `FIND_DEVICE_KEY` row as the record a connection needs; its describe as the driver gives it (JSON text
+    from SQLite's and asyncpg's own reads, a dict through SQLAlchemy).
+    """
+    owner_id, name, public_key, describe, firmware, epoch, *membership = values
+    if isinstance(describe, str):
+        describe = json.loads(describe)
+    return DeviceKeyRecord(
+        owner_id=owner_id,
+        named=name is not None,
+        public_key_der=public_key,
+        describe=dict(describe or {}),
+        system_firmware_version=firmware,
+        session_epoch=epoch,
+        membership=_membership(dict(zip(_MEMBERSHIP_NAMES, membership, strict=True))),
+    )
+
+
 # Built once: a user's device request — the device and the user's role in its product, if it is in one and
 # the user is in its team (one more primary-key probe in the same statement), so a team member's request on
 # the device routes costs the one read an owner's does.

@@ -27,6 +27,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -39,19 +40,32 @@ from sqlalchemy.util import greenlet_spawn
 
 from devicecloud.domain.access import Role
 from devicecloud.domain.accounts import AccessToken, User
-from devicecloud.domain.devices import Device
+from devicecloud.domain.devices import Device, DeviceKeyRecord
 from devicecloud.store.sql.accounts import FIND_TOKEN_WITH_USER, token_and_user
 from devicecloud.store.sql.devices import (
     DEVICE_COLUMN_NAMES,
     FIND_DEVICE,
     FIND_DEVICE_FOR_USER,
+    FIND_DEVICE_KEY,
     device_from_row,
     device_from_values,
+    device_key_from_values,
 )
 from devicecloud.store.sql.products import FIND_MEMBERSHIP
 from devicecloud.store.tables import UtcDateTime, access_tokens, users
 
 _SQLITE_SQL = str(FIND_TOKEN_WITH_USER.compile(dialect=sqlite.dialect()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Prebuilt:
+    """A hot-path statement, and its text compiled once for SQLite and for asyncpg's own reads."""
+
+    select: Select[Any]
+    sqlite: str
+    pg: tuple[str, tuple[str, ...]]
+
+
 _SQLITE_DEVICE_SQL = str(FIND_DEVICE.compile(dialect=sqlite.dialect()))
 _DEVICE_FOR_USER = FIND_DEVICE_FOR_USER.compile(dialect=sqlite.dialect())
 _SQLITE_DEVICE_FOR_USER_SQL = str(_DEVICE_FOR_USER)
@@ -70,6 +84,10 @@ def _driver_sql(statement: Select[Any]) -> tuple[str, tuple[str, ...]]:
 
 _PG_TOKEN = _driver_sql(FIND_TOKEN_WITH_USER)
 _PG_DEVICE = _driver_sql(FIND_DEVICE)
+_DEVICE = _Prebuilt(FIND_DEVICE, _SQLITE_DEVICE_SQL, _PG_DEVICE)
+_DEVICE_KEY = _Prebuilt(
+    FIND_DEVICE_KEY, str(FIND_DEVICE_KEY.compile(dialect=sqlite.dialect())), _driver_sql(FIND_DEVICE_KEY)
+)
 _PG_DEVICE_FOR_USER = _driver_sql(FIND_DEVICE_FOR_USER)
 _PG_MEMBERSHIP = _driver_sql(FIND_MEMBERSHIP)
 
@@ -164,24 +182,38 @@ class TokenLookup:
     async def device(self, device_id: str, timeout: float | None = None) -> Device | None:
         """
         A device by id, with its owner's username: the read every device request starts with. ``timeout``:
+        see `_point_read`.
+        """
+        rows = await self._point_read(_DEVICE, device_id, timeout)
+        return _device_from_values_row(rows[0]) if rows else None
+
+    async def device_key(self, device_id: str, timeout: float | None = None) -> DeviceKeyRecord | None:
+        """
+        What a connecting device's key check needs of its record (`FIND_DEVICE_KEY`); ``timeout``: see
+        `_point_read`.
+        """
+        rows = await self._point_read(_DEVICE_KEY, device_id, timeout)
+        return device_key_from_values(rows[0]) if rows else None
+
+    async def _point_read(self, statement: _Prebuilt, device_id: str, timeout: float | None) -> list[Any]:
+        """
+        The rows of a statement with one ``device_id`` parameter, as tuples of driver values. ``timeout``:
         the most seconds it may wait for the database (then `TimeoutError`); SQLite's inline read never
         waits, so it sets no timer (one costs about 9 µs, a tenth of a handshake's work besides RSA).
         """
         if self._sqlite_path is not None:
-            rows = self._inline_rows(_SQLITE_DEVICE_SQL, (device_id,))
+            rows = self._inline_rows(statement.sqlite, (device_id,))
             if rows is not None:
-                return _device_from_values_row(rows[0]) if rows else None
+                return rows
         async with asyncio.timeout(timeout):
             if self._asyncpg:
-                rows = await self._driver_rows(_PG_DEVICE, {"device_id": device_id})
-                return _device_from_values_row(tuple(rows[0])) if rows else None
+                return [tuple(row) for row in await self._driver_rows(statement.pg, {"device_id": device_id})]
             if self._sqlite_path is None:
                 async with self._reader.connect() as conn:
-                    found = (await conn.execute(FIND_DEVICE, {"device_id": device_id})).first()
-                return device_from_row(found) if found is not None else None
+                    found = await conn.execute(statement.select, {"device_id": device_id})
+                    return [tuple(row) for row in found]
             connection = await self._sqlite_connection()
-            rows = list(await connection.execute_fetchall(_SQLITE_DEVICE_SQL, (device_id,)))
-            return _device_from_values_row(rows[0]) if rows else None
+            return list(await connection.execute_fetchall(statement.sqlite, (device_id,)))
 
     async def device_for(self, device_id: str, user_id: int) -> tuple[Device, Role | None] | None:
         """
