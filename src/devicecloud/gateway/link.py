@@ -158,6 +158,9 @@ DEFAULT_EVENT_TTL = 60
 SETUP_BEFORE_CLOUD_SINCE = 1500
 # Seconds (on the clock) from a Describe that may have come too early to asking again; one per retry.
 DESCRIBE_RETRY_DELAYS = (3.0, 10.0, 30.0)
+# Hello flags as plain ints: an int & IntFlag builds a flag member through the enum machinery (~1 µs).
+_OTA_DONE = int(HelloFlags.OTA_UPGRADE_SUCCESSFUL)
+_SENDS_DESCRIBE = int(HelloFlags.DEVICE_INITIATED_DESCRIBE)
 _SCOPE_NAMES: dict[SubscriptionScope, SubscriptionScopeName] = {
     SubscriptionScope.ALL_DEVICES: "all",
     SubscriptionScope.MY_DEVICES: "mine",
@@ -384,10 +387,10 @@ class Link:
         self._heard = False  # connected means heard now: the Hello's own bytes need no second report
         self._log = self._log.bind(device_id=device_id)
         self._log.debug("device link up", platform_id=event.platform_id, flags=event.flags)
-        if event.flags & HelloFlags.OTA_UPGRADE_SUCCESSFUL:
+        if event.flags & _OTA_DONE:
             self._log.info("device back after an over-the-air update")
         # A 2.x device that announces device-initiated Describe sends it by itself.
-        wants_request = not event.flags & HelloFlags.DEVICE_INITIATED_DESCRIBE
+        wants_request = not event.flags & _SENDS_DESCRIBE
         if self._ctx.describe_on_connect and wants_request and self.online:
             self._asks_describe = True
             # Written with the Hello's answer: `_do_work`, which called us, transmits once it is done.
