@@ -8,11 +8,13 @@ httpx's ASGI transport would buffer a stream until it ends, which an event strea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -132,8 +134,48 @@ async def stream(
     headers = {} if query_token else account.auth
     if query_token:
         params["access_token"] = account.token
-    async with served.http.stream("GET", path, headers=headers, params=params) as response:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            response = await stack.enter_async_context(
+                served.http.stream("GET", path, headers=headers, params=params)
+            )
+        except httpx.TimeoutException as exc:  # rare under load: say where every task of the loop stood
+            raise AssertionError(f"opening {path} timed out; the loop's tasks:\n{task_stacks()}") from exc
         assert 200 == response.status_code, await response.aread()
         reader = Reader(response)
         assert b":ok" == await reader.block()
         yield reader
+
+
+def task_stacks() -> str:
+    """Each task of the running loop and the chain of awaits it waits in (innermost last), one line each."""
+    lines = []
+    for task in asyncio.all_tasks():
+        where = " > ".join(_frame(frame) for frame in _awaiting(task.get_coro()))
+        lines.append(f"{task.get_name()}: {where or repr(task)}")
+    return "\n".join(sorted(lines))
+
+
+def _awaiting(awaitable: Any) -> list[Any]:
+    frames = []
+    while awaitable is not None and len(frames) < 30:
+        frame = next(
+            (getattr(awaitable, a) for a in ("cr_frame", "gi_frame", "ag_frame") if hasattr(awaitable, a)),
+            None,
+        )
+        if frame is None:
+            break
+        frames.append(frame)
+        awaitable = next(
+            (
+                getattr(awaitable, a)
+                for a in ("cr_await", "gi_yieldfrom", "ag_await")
+                if hasattr(awaitable, a)
+            ),
+            None,
+        )
+    return frames
+
+
+def _frame(frame: Any) -> str:
+    return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
