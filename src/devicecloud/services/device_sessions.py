@@ -202,10 +202,9 @@ class DeviceSessionService:
         if self.usage is not None:
             self.usage.connected(device_id)
         logger.info("device online", device_id=device_id, ip=ip_address, platform_id=hello.platform_id)
-        if self.on_status is not None:
-            owner, membership = self._owners.get(device_id), self._members.get(device_id)
-            await self.on_status(device_id, True, owner_id=owner, membership=membership)
         membership = self._members.get(device_id)
+        if self.on_status is not None:
+            await self.on_status(device_id, True, owner_id=self._owners.get(device_id), membership=membership)
         takes_firmware = membership is not None and not (membership.quarantined or membership.denied)
         if self.watcher is not None and membership is not None and takes_firmware:
             self.watcher.connected(device_id, membership.product_id, running, joined=not was_member)
