@@ -10,6 +10,8 @@ busy timeout on every connection and an explicit BEGIN; unique violations of eit
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +55,25 @@ class PoolLimits:
     timeout: float = 30.0
 
 
+class SqliteConnection(sqlite3.Connection):
+    """
+    The pool's SQLite connections: closing one rolls its transaction back first.
+
+    SQLite keeps a connection closed while one of its statements is still running (a cursor not read to the
+    end) open as a "zombie" until that statement is finalized, and a zombie keeps its transaction: the
+    database's one write lock stays held while anything references the cursor. That happens when a unit of
+    work is cancelled half way through a query (its task stopped, a timeout): SQLAlchemy then closes the
+    connection, but the cancelled frames hold the cursor, and every writer of every process waited out its
+    busy timeout again and again (seen in a node's shutdown, minutes long).
+    """
+
+    def close(self) -> None:
+        if self.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
+
+
 def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
     """
     Build the async engine with the per-dialect connection settings this project relies on.
@@ -68,7 +89,9 @@ def create_engine(url: str, pool: PoolLimits | None = None) -> AsyncEngine:
             sizing = {}  # one in-memory database per connection: SQLAlchemy uses a static pool there
         # The busy timeout matches the pool's: a writer waits for SQLite's one write lock as long as for a
         # connection. Device links never do (their writes go through the presence book's one flush).
-        engine = create_async_engine(url, connect_args={"timeout": pool.timeout}, **sizing)
+        engine = create_async_engine(
+            url, connect_args={"timeout": pool.timeout, "factory": SqliteConnection}, **sizing
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
