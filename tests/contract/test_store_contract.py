@@ -5,7 +5,10 @@ The store contract, run against every backend (SQLite and PostgreSQL via the ``r
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from tests.support.devices import wait_until
@@ -360,6 +363,21 @@ async def test_lookup_token_reads_a_persons_and_a_products_token(runtime: Runtim
     assert await runtime.store.lookup_token("a" * 64) is None  # its tokens go with it
 
 
+@asynccontextmanager
+async def table_locked(runtime: Runtime, table: str) -> AsyncIterator[Any]:
+    """Another PostgreSQL connection holding ``table`` locked (ACCESS EXCLUSIVE) until the block ends."""
+    import asyncpg
+
+    url = runtime.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    holder = await asyncpg.connect(url)
+    try:
+        async with holder.transaction():
+            await holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield holder
+    finally:
+        await holder.close()
+
+
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_a_token_read_cut_off_half_way_gives_its_connection_up(runtime: Runtime) -> None:
     """
@@ -367,29 +385,21 @@ async def test_a_token_read_cut_off_half_way_gives_its_connection_up(runtime: Ru
     while the server holds it up (another connection's lock) discards that connection, the pool has none
     left out, and the next read answers.
     """
-    import asyncpg
-
     user_id = await add_user(runtime)
     async with runtime.store.transaction() as tx:
         await add_person_token(tx, user_id)
     pool = runtime.store.engine.sync_engine.pool
-    url = runtime.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    holder = await asyncpg.connect(url)
-    try:
-        async with holder.transaction():
-            await holder.execute("LOCK TABLE access_tokens IN ACCESS EXCLUSIVE MODE")
-            read = asyncio.create_task(runtime.store.lookup_token("p" * 64))
+    async with table_locked(runtime, "access_tokens") as holder:
+        read = asyncio.create_task(runtime.store.lookup_token("p" * 64))
 
-            async def held_up() -> bool:
-                return bool(await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        async def held_up() -> bool:
+            return bool(await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
 
-            await wait_until(held_up, timeout=10)
-            assert pool.checkedout() == 1  # type: ignore[attr-defined]
-            read.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await read
-    finally:
-        await holder.close()
+        await wait_until(held_up, timeout=10)
+        assert pool.checkedout() == 1  # type: ignore[attr-defined]
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
     found = await runtime.store.lookup_token("p" * 64)
     assert found is not None
@@ -409,20 +419,12 @@ async def test_a_device_read_waits_no_longer_than_its_timeout(runtime: Runtime) 
         for read in (runtime.store.lookup_device, runtime.store.lookup_device_key):
             assert await read("a" * 24, timeout=0) is not None
         return
-    import asyncpg
-
     pool = runtime.store.engine.sync_engine.pool
-    url = runtime.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    holder = await asyncpg.connect(url)
-    try:
-        async with holder.transaction():
-            await holder.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
-            for read in (runtime.store.lookup_device, runtime.store.lookup_device_key):
-                with pytest.raises(TimeoutError):
-                    await read("a" * 24, timeout=0.2)
-            assert not await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
-    finally:
-        await holder.close()
+    async with table_locked(runtime, "devices") as holder:
+        for read in (runtime.store.lookup_device, runtime.store.lookup_device_key):
+            with pytest.raises(TimeoutError):
+                await read("a" * 24, timeout=0.2)
+        assert not await holder.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
     found = await runtime.store.lookup_device("a" * 24, timeout=5)
     assert found is not None
