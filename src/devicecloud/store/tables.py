@@ -7,6 +7,7 @@ JSON columns use SQLAlchemy's generic JSON type (TEXT on SQLite, JSON on Postgre
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,14 @@ NAMING = {
 }
 
 metadata = MetaData(naming_convention=NAMING)
+
+
+def json_value(value: Any) -> Any:
+    """
+    A JSON column's value as a read gives it: text from the drivers' own reads (SQLite inline, asyncpg),
+    already parsed through SQLAlchemy.
+    """
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -4,7 +4,6 @@ SQL repositories of devices: device records, keys waiting for approval, and clai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -39,6 +38,7 @@ from devicecloud.errors import Conflict, NotFound
 from devicecloud.store.tables import (
     claim_codes,
     devices,
+    json_value,
     nodes,
     pending_device_keys,
     product_devices,
@@ -153,13 +153,11 @@ def device_key_from_values(values: Sequence[Any]) -> DeviceKeyRecord:
     from SQLite's and asyncpg's own reads, a dict through SQLAlchemy).
     """
     owner_id, name, public_key, describe, firmware, epoch, *membership = values
-    if isinstance(describe, str):
-        describe = json.loads(describe)
     return DeviceKeyRecord(
         owner_id=owner_id,
         named=name is not None,
         public_key_der=public_key,
-        describe=dict(describe or {}),
+        describe=dict(json_value(describe) or {}),
         system_firmware_version=firmware,
         session_epoch=epoch,
         membership=_membership(dict(zip(_MEMBERSHIP_NAMES, membership, strict=True))),

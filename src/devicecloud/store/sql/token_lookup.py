@@ -24,7 +24,6 @@ checkpoint restarts the log) the read takes the hop to the aiosqlite connection,
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from devicecloud.store.sql.devices import (
     device_key_from_values,
 )
 from devicecloud.store.sql.products import FIND_MEMBERSHIP
-from devicecloud.store.tables import UtcDateTime, access_tokens, users
+from devicecloud.store.tables import UtcDateTime, access_tokens, json_value, users
 
 _SQLITE_SQL = str(FIND_TOKEN_WITH_USER.compile(dialect=sqlite.dialect()))
 
@@ -103,10 +102,6 @@ def _when(value: Any) -> Any:
     return _UTC.process_result_value(value, _DIALECT)
 
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def _token_from_row(row: Any) -> tuple[AccessToken, User | None]:
     t = dict(zip((c.name for c in access_tokens.c), row[:_TOKEN_COLUMNS], strict=True))
     u = dict(zip((c.name for c in users.c), row[_TOKEN_COLUMNS:], strict=True))
@@ -116,7 +111,7 @@ def _token_from_row(row: Any) -> tuple[AccessToken, User | None]:
         hint=t["hint"],
         user_id=t["user_id"],
         client_id=t["client_id"],
-        scopes=tuple(_json(t["scopes"]) or ()),
+        scopes=tuple(json_value(t["scopes"]) or ()),
         created_at=_when(t["created_at"]),
         expires_at=_when(t["expires_at"]),
         refresh_token_hash=t["refresh_token_hash"],
@@ -131,7 +126,7 @@ def _token_from_row(row: Any) -> tuple[AccessToken, User | None]:
         id=u["id"],
         username=u["username"],
         password_hash=u["password_hash"],
-        account_info=dict(_json(u["account_info"]) or {}),
+        account_info=dict(json_value(u["account_info"]) or {}),
         mfa_enabled=bool(u["mfa_enabled"]),
         mfa_secret=u["mfa_secret"],
         created_at=_when(u["created_at"]),
@@ -141,7 +136,7 @@ def _token_from_row(row: Any) -> tuple[AccessToken, User | None]:
 
 def _device_from_values_row(row: Any) -> Device:
     values = dict(zip(DEVICE_COLUMN_NAMES, row, strict=True))
-    values["describe"] = _json(values["describe"]) or {}
+    values["describe"] = json_value(values["describe"]) or {}
     for column in ("last_heard", "last_handshake_at", "created_at", "updated_at"):
         values[column] = _when(values[column])
     return device_from_values(values)
